@@ -1,0 +1,6 @@
+//! Everything that talks to (or describes) Azure: resource ids, ARM models, the ARM client.
+
+pub mod models;
+pub mod resource_id;
+
+pub use resource_id::{ResourceId, ResourceIdError, ResourceKind};
