@@ -7,7 +7,10 @@
 //! - `sim`: an in-memory ARM simulator served over loopback HTTP, with ARM's validations,
 //!   LROs, throttling and faults, plus a deterministic fleet generator. Rehearsals, demos and
 //!   tests run against it through the real HTTP client.
+//! - `pipeline`: the versioned step message (MessageId / SessionId), outcomes, the queue and
+//!   ledger contracts, and the embedded SQLite store (queue + ledger in one durable file).
 //! - `cli`: one file per subcommand; `main.rs` only parses arguments and dispatches.
 
 pub mod azure;
+pub mod pipeline;
 pub mod sim;

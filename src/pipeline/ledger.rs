@@ -1,0 +1,114 @@
+//! The ledger: what happened to every target of every run. SQLite on one machine, Table
+//! Storage in Azure. Each step appends to the step log and updates the target's row.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::message::{GatewaySnapshot, RunId, Step};
+use super::outcome::Outcome;
+use crate::azure::ResourceId;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    pub run: RunId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    pub dry_run: bool,
+    /// Free text: the command line or trigger that started it.
+    pub origin: String,
+}
+
+/// The current row of one target in one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRecord {
+    pub run: RunId,
+    pub target: ResourceId,
+    pub outcome: Option<Outcome>,
+    pub current_step: Option<Step>,
+    /// Steps executed (including retries and duplicates that executed).
+    pub steps: u32,
+    /// Highest attempt number seen.
+    pub attempts: u32,
+    pub reason: Option<String>,
+    pub subnet: Option<ResourceId>,
+    pub prefix: Option<String>,
+    pub gateway: Option<GatewaySnapshot>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// What one executed step reports to the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    pub run: RunId,
+    pub target: ResourceId,
+    pub step: Step,
+    pub attempt: u32,
+    pub message_id: String,
+    /// Short human text: what the step saw and did.
+    pub detail: String,
+    pub at: OffsetDateTime,
+    pub duration_ms: u64,
+    /// The step the target moves to next (None when terminal).
+    pub next: Option<Step>,
+    pub outcome: Option<Outcome>,
+    pub subnet: Option<ResourceId>,
+    pub prefix: Option<String>,
+    pub gateway: Option<GatewaySnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepLogEntry {
+    pub run: RunId,
+    pub target: ResourceId,
+    pub step: Step,
+    pub attempt: u32,
+    pub message_id: String,
+    pub detail: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger storage error: {0}")]
+    Storage(String),
+    #[error("ledger setting {0}")]
+    Config(String),
+}
+
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    async fn start_run(&self, run: &RunRecord) -> Result<(), LedgerError>;
+    async fn runs(&self) -> Result<Vec<RunRecord>, LedgerError>;
+    /// Registers a target in a run (no-op when it is already there).
+    async fn add_target(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+        at: OffsetDateTime,
+    ) -> Result<(), LedgerError>;
+    async fn record(&self, step: &StepRecord) -> Result<(), LedgerError>;
+    async fn target(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+    ) -> Result<Option<TargetRecord>, LedgerError>;
+    async fn targets(&self, run: &RunId) -> Result<Vec<TargetRecord>, LedgerError>;
+    async fn step_log(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+    ) -> Result<Vec<StepLogEntry>, LedgerError>;
+    /// A run in which this target has no terminal outcome yet.
+    async fn active_run_for(&self, target: &ResourceId) -> Result<Option<RunId>, LedgerError>;
+}

@@ -1,0 +1,389 @@
+//! The step message: the versioned wire format carried by the queue (DESIGN §3.1), and the
+//! MessageId / SessionId derivations that make re-sends and replays harmless.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::azure::ResourceId;
+
+pub const MESSAGE_VERSION: u32 = 1;
+
+/// One step of a target's migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Discover,
+    Plan,
+    PrepareSubnet,
+    Disconnect,
+    Connect,
+    Configure,
+    Verify,
+    Rollback,
+}
+
+impl Step {
+    pub const ALL: [Step; 8] = [
+        Step::Discover,
+        Step::Plan,
+        Step::PrepareSubnet,
+        Step::Disconnect,
+        Step::Connect,
+        Step::Configure,
+        Step::Verify,
+        Step::Rollback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Discover => "discover",
+            Step::Plan => "plan",
+            Step::PrepareSubnet => "prepare-subnet",
+            Step::Disconnect => "disconnect",
+            Step::Connect => "connect",
+            Step::Configure => "configure",
+            Step::Verify => "verify",
+            Step::Rollback => "rollback",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Step {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Step::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown step {s:?} (expected one of discover, plan, prepare-subnet, disconnect, connect, configure, verify, rollback)"))
+    }
+}
+
+/// What started the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    Rollout,
+    Event,
+    Replay,
+    #[default]
+    Cli,
+}
+
+/// The subnet a target is moving into (decided by `plan`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedSubnet {
+    pub vnet: ResourceId,
+    pub subnet: ResourceId,
+    pub prefix: String,
+    pub create: bool,
+}
+
+/// The gateway-based connection as it was before `disconnect`, so `rollback` can re-create it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySnapshot {
+    pub name: String,
+    pub vnet_resource_id: ResourceId,
+    #[serde(default)]
+    pub dns_servers: Option<String>,
+    #[serde(default)]
+    pub cert_thumbprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_blob: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<serde_json::Value>,
+}
+
+/// Health observed before any change, compared by `verify`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Baseline {
+    #[serde(default)]
+    pub key_vault_references: BTreeMap<String, String>,
+}
+
+/// A run id such as `r-20261123-ab12`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub String);
+
+impl RunId {
+    /// A new id from the date and 4 random hex characters.
+    pub fn new(now: OffsetDateTime) -> Self {
+        let r: u16 = rand::random();
+        RunId(format!(
+            "r-{:04}{:02}{:02}-{:04x}",
+            now.year(),
+            now.month() as u8,
+            now.day(),
+            r
+        ))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepMessage {
+    pub v: u32,
+    pub run: RunId,
+    pub target: ResourceId,
+    pub step: Step,
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub origin: Origin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlannedSubnet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewaySnapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub not_before: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+    /// Why a rollback was started (carried into the `rolled-back:<reason>` outcome).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bumped by `replay` so a resubmitted step gets a fresh MessageId.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replay: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("step message is not valid JSON for version {MESSAGE_VERSION}: {0}")]
+    Invalid(#[from] serde_json::Error),
+    #[error(
+        "step message version {0} is not supported (this build reads version {MESSAGE_VERSION})"
+    )]
+    Version(u32),
+}
+
+impl StepMessage {
+    pub fn new(run: RunId, target: ResourceId, step: Step, origin: Origin) -> Self {
+        StepMessage {
+            v: MESSAGE_VERSION,
+            run,
+            target,
+            step,
+            attempt: 0,
+            dry_run: false,
+            origin,
+            plan: None,
+            gateway: None,
+            baseline: None,
+            not_before: None,
+            trace: None,
+            reason: None,
+            replay: 0,
+        }
+    }
+
+    /// The next step of the same target: carries plan, gateway snapshot and baseline; attempt 0.
+    pub fn next(&self, step: Step) -> Self {
+        StepMessage {
+            step,
+            attempt: 0,
+            not_before: None,
+            ..self.clone()
+        }
+    }
+
+    /// The same step again, one attempt later.
+    pub fn retry(&self) -> Self {
+        StepMessage {
+            attempt: self.attempt + 1,
+            not_before: None,
+            ..self.clone()
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
+        // Read the version first so a future format gets a precise error, not a field error.
+        #[derive(Deserialize)]
+        struct V {
+            v: Option<u32>,
+        }
+        if let Ok(V { v: Some(v) }) = serde_json::from_slice::<V>(bytes) {
+            if v != MESSAGE_VERSION {
+                return Err(MessageError::Version(v));
+            }
+        }
+        let m: StepMessage = serde_json::from_slice(bytes)?;
+        Ok(m)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("step message serialises")
+    }
+
+    /// Lowercase hex SHA-256 of `run|target-lowercased|step|attempt`, first 32 characters.
+    /// A replay appends `|replay-N` so the resubmission is not dropped as a duplicate.
+    pub fn message_id(&self) -> String {
+        let mut s = format!(
+            "{}|{}|{}|{}",
+            self.run,
+            self.target.key(),
+            self.step,
+            self.attempt
+        );
+        if self.replay > 0 {
+            s.push_str(&format!("|replay-{}", self.replay));
+        }
+        let digest = Sha256::digest(s.as_bytes());
+        hex::encode(digest)[..32].to_string()
+    }
+
+    /// One message in flight per target; all subnet writes in one VNet are serialised.
+    pub fn session_id(&self) -> String {
+        match (self.step, &self.plan) {
+            (Step::PrepareSubnet, Some(p)) => p.vnet.key().to_string(),
+            _ => self.target.key().to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn target() -> ResourceId {
+        ResourceId::parse("/subscriptions/S/resourceGroups/RG/providers/Microsoft.Web/sites/App1")
+            .unwrap()
+    }
+
+    #[test]
+    fn decodes_design_example_and_ignores_unknown_fields() {
+        let raw = r#"{ "v": 1, "run": "r-20261123-ab12", "target": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/app1/slots/s",
+          "step": "connect", "attempt": 0, "dryRun": false, "origin": "rollout",
+          "plan": { "vnet": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v", "subnet": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v/subnets/snet-plan1", "prefix": "10.0.4.0/26", "create": true },
+          "gateway": { "name": "v", "vnetResourceId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v", "dnsServers": null, "certThumbprint": "AB" },
+          "baseline": { "keyVaultReferences": { "Secret1": "Resolved" } },
+          "notBefore": "2026-11-23T21:00:00Z", "trace": "t", "somethingNew": 42 }"#;
+        let m = StepMessage::decode(raw.as_bytes()).unwrap();
+        assert_eq!(m.step, Step::Connect);
+        assert_eq!(m.origin, Origin::Rollout);
+        assert_eq!(m.plan.as_ref().unwrap().prefix, "10.0.4.0/26");
+        assert_eq!(
+            m.baseline.unwrap().key_vault_references["Secret1"],
+            "Resolved"
+        );
+        assert!(m.not_before.is_some());
+    }
+
+    #[test]
+    fn missing_optionals_default() {
+        let m = StepMessage::decode(br#"{"v":1,"run":"r","target":"/subscriptions/s/resourceGroups/r/providers/Microsoft.Web/sites/a","step":"discover"}"#).unwrap();
+        assert_eq!(m.attempt, 0);
+        assert_eq!(m.origin, Origin::Cli);
+        assert!(!m.dry_run);
+    }
+
+    #[test]
+    fn rejects_other_versions_and_garbage() {
+        let e = StepMessage::decode(br#"{"v":2,"run":"r","target":"x","step":"discover"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("version 2"), "{e}");
+        assert!(StepMessage::decode(b"not json").is_err());
+        assert!(
+            StepMessage::decode(br#"{"v":1,"run":"r","target":"/bad","step":"discover"}"#).is_err()
+        );
+        assert!(StepMessage::decode(
+            br#"{"v":1,"run":"r","target":"/subscriptions/s","step":"teleport"}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn message_id_matches_the_contract() {
+        let m = StepMessage::new(RunId("r-1".into()), target(), Step::Connect, Origin::Cli);
+        let expected = hex::encode(Sha256::digest(
+            format!("r-1|{}|connect|0", target().key()).as_bytes(),
+        ));
+        assert_eq!(m.message_id(), expected[..32]);
+        assert_ne!(m.message_id(), m.retry().message_id());
+        let mut replayed = m.clone();
+        replayed.replay = 1;
+        assert_ne!(m.message_id(), replayed.message_id());
+    }
+
+    #[test]
+    fn session_ids() {
+        let mut m = StepMessage::new(
+            RunId("r".into()),
+            target(),
+            Step::PrepareSubnet,
+            Origin::Cli,
+        );
+        assert_eq!(m.session_id(), target().key());
+        let vnet = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/V",
+        )
+        .unwrap();
+        m.plan = Some(PlannedSubnet {
+            vnet: vnet.clone(),
+            subnet: vnet.child("subnets", "a").unwrap(),
+            prefix: "10.0.0.0/26".into(),
+            create: true,
+        });
+        assert_eq!(m.session_id(), vnet.key());
+        assert_eq!(m.next(Step::Disconnect).session_id(), target().key());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = StepMessage::decode(&bytes);
+        }
+
+        #[test]
+        fn round_trip(attempt in 0u32..50, step in 0usize..8, dry in any::<bool>()) {
+            let mut m = StepMessage::new(RunId("r-x".into()), target(), Step::ALL[step], Origin::Event);
+            m.attempt = attempt;
+            m.dry_run = dry;
+            let back = StepMessage::decode(&m.encode()).unwrap();
+            prop_assert_eq!(back.message_id(), m.message_id());
+            prop_assert_eq!(back, m);
+        }
+
+        #[test]
+        fn message_id_is_case_insensitive_in_target(upper in any::<bool>()) {
+            let t = if upper { target().as_str().to_uppercase() } else { target().as_str().to_lowercase() };
+            let m = StepMessage::new(RunId("r".into()), ResourceId::parse(&t).unwrap(), Step::Plan, Origin::Cli);
+            let n = StepMessage::new(RunId("r".into()), target(), Step::Plan, Origin::Cli);
+            prop_assert_eq!(m.message_id(), n.message_id());
+        }
+    }
+}
