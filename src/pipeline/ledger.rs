@@ -98,6 +98,8 @@ pub trait Ledger: Send + Sync {
         at: OffsetDateTime,
     ) -> Result<(), LedgerError>;
     async fn record(&self, step: &StepRecord) -> Result<(), LedgerError>;
+    /// Keeps the gateway connection before it is deleted, so rollback can always find it.
+    async fn save_gateway(&self, run: &RunId, target: &ResourceId, gateway: &GatewaySnapshot) -> Result<(), LedgerError>;
     async fn target(
         &self,
         run: &RunId,

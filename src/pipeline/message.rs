@@ -210,6 +210,11 @@ impl StepMessage {
         }
     }
 
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+
     /// The next step of the same target: carries plan, gateway snapshot and baseline; attempt 0.
     pub fn next(&self, step: Step) -> Self {
         StepMessage {

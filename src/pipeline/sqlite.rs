@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use super::ledger::{Ledger, LedgerError, RunRecord, StepLogEntry, StepRecord, TargetRecord};
-use super::message::{RunId, StepMessage};
+use super::message::{GatewaySnapshot, RunId, StepMessage};
 use super::queue::{Outgoing, QueueError, StepSender};
 use crate::azure::ResourceId;
 

@@ -1,0 +1,53 @@
+//! `discover`: what integration does a target have now? Sites also fan out to their slots
+//! (integration is per slot and does not swap).
+
+use crate::azure::models::Site;
+use crate::azure::{ResourceId, ResourceKind};
+use crate::migration::context::{connections, integration_of};
+use crate::migration::plan::Integration;
+use crate::pipeline::engine::{StepContext, StepError, StepResult, Transition};
+use crate::pipeline::message::{Step, StepMessage};
+use crate::pipeline::Outcome;
+
+pub async fn discover(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
+    let Some(site) = ctx.arm.get_opt::<Site>(msg.target.as_str()).await? else {
+        return Ok(StepResult::done(Outcome::Skipped("not-found".into()), "target no longer exists"));
+    };
+    let conns = connections(&ctx.arm, &msg.target).await?;
+    let mut result = match integration_of(&site, &conns) {
+        Integration::Gateway { vnet, .. } => StepResult::next(msg.next(Step::Plan), format!("gateway-based integration with {vnet}")),
+        Integration::Regional { subnet } => StepResult::done(Outcome::Skipped("already-regional".into()), format!("regional integration in {subnet}")),
+        Integration::None => StepResult::done(Outcome::Skipped("no-integration".into()), "no VNet integration"),
+    };
+    if msg.target.kind() == ResourceKind::Site {
+        let slots: Vec<Site> = ctx.arm.list(&format!("{}/slots", msg.target)).await?;
+        let now = time::OffsetDateTime::now_utc();
+        for slot in slots {
+            if ctx.policy.excludes(&slot.id) {
+                continue;
+            }
+            ctx.ledger.add_target(&msg.run, &slot.id, now).await?;
+            result.spawn.push(StepMessage::new(msg.run.clone(), slot.id, Step::Discover, msg.origin).with_dry_run(msg.dry_run));
+        }
+        if !result.spawn.is_empty() {
+            result.detail.push_str(&format!("; {} slot(s) discovered", result.spawn.len()));
+        }
+    }
+    debug_assert!(!matches!(result.transition, Transition::Continue(ref v) if v.is_empty()));
+    Ok(result)
+}
+
+/// Targets (sites) in scope, for a run to start from. Slots are found by `discover`.
+pub async fn sites_in_scope(arm: &crate::azure::arm::ArmClient, subscriptions: &[String], scope: &crate::policy::Policy, apps: &[ResourceId]) -> Result<Vec<ResourceId>, StepError> {
+    if !apps.is_empty() {
+        return Ok(apps.iter().filter(|a| !scope.excludes(a)).cloned().collect());
+    }
+    let mut out = Vec::new();
+    for sub in subscriptions {
+        let sites: Vec<Site> = arm.list(&format!("/subscriptions/{sub}/providers/Microsoft.Web/sites")).await?;
+        out.extend(sites.into_iter().filter(|s| scope.in_scope(s)).map(|s| s.id));
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}

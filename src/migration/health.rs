@@ -1,0 +1,92 @@
+//! Health checks after connect: Key Vault references against the baseline taken before any
+//! change, and an optional HTTP probe of the app's own host name.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::azure::models::KeyVaultReference;
+
+pub const RESOLVED: &str = "Resolved";
+/// Not evaluated yet: look again later rather than judge.
+pub const INITIALIZED: &str = "Initialized";
+
+/// Setting name → status, from the `configreferences/appsettings` list.
+pub fn statuses(refs: &[KeyVaultReference]) -> BTreeMap<String, String> {
+    refs.iter()
+        .filter_map(|r| Some((r.setting_name()?, r.properties.status.clone().unwrap_or_else(|| INITIALIZED.to_string()))))
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvHealth {
+    Healthy,
+    /// Some references are still being evaluated.
+    Pending(Vec<String>),
+    /// References that resolved before and do not now.
+    Broken(Vec<String>),
+}
+
+/// Every reference that was `Resolved` in the baseline must still be `Resolved`. References
+/// that were already broken before the migration are not ours to judge.
+pub fn compare(baseline: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> KvHealth {
+    let mut pending = Vec::new();
+    let mut broken = Vec::new();
+    for (name, before) in baseline {
+        if before != RESOLVED {
+            continue;
+        }
+        match now.get(name).map(String::as_str) {
+            Some(RESOLVED) => {}
+            Some(INITIALIZED) => pending.push(name.clone()),
+            Some(_) | None => broken.push(name.clone()),
+        }
+    }
+    if !broken.is_empty() {
+        KvHealth::Broken(broken)
+    } else if !pending.is_empty() {
+        KvHealth::Pending(pending)
+    } else {
+        KvHealth::Healthy
+    }
+}
+
+/// GETs `https://{host}{path}` and compares the status. Only the app's own host name is ever
+/// probed (the caller passes `defaultHostName`), so the tool never calls arbitrary URLs.
+pub async fn probe(client: &reqwest::Client, host: &str, path: &str, expected: u16) -> Result<(), String> {
+    if host.contains('/') || host.contains('@') || host.is_empty() {
+        return Err(format!("refusing to probe {host:?}: not a host name"));
+    }
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let url = format!("https://{host}{path}");
+    let resp = client.get(&url).timeout(Duration::from_secs(30)).send().await.map_err(|e| format!("probe {url} failed: {e}"))?;
+    let got = resp.status().as_u16();
+    if got == expected {
+        Ok(())
+    } else {
+        Err(format!("probe {url} answered {got}, expected {expected}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn healthy_pending_broken() {
+        let base = map(&[("A", "Resolved"), ("B", "Resolved"), ("C", "VaultNotFound")]);
+        assert_eq!(compare(&base, &map(&[("A", "Resolved"), ("B", "Resolved")])), KvHealth::Healthy);
+        assert_eq!(compare(&base, &map(&[("A", "Resolved"), ("B", "Initialized")])), KvHealth::Pending(vec!["B".into()]));
+        assert_eq!(compare(&base, &map(&[("A", "AccessToKeyVaultDenied"), ("B", "Initialized")])), KvHealth::Broken(vec!["A".into()]));
+        assert_eq!(compare(&base, &map(&[("B", "Resolved")])), KvHealth::Broken(vec!["A".into()]));
+    }
+
+    #[tokio::test]
+    async fn probe_refuses_non_hosts() {
+        let c = reqwest::Client::new();
+        assert!(probe(&c, "evil.example/x", "/", 200).await.unwrap_err().contains("refusing"));
+    }
+}
