@@ -99,7 +99,12 @@ pub trait Ledger: Send + Sync {
     ) -> Result<(), LedgerError>;
     async fn record(&self, step: &StepRecord) -> Result<(), LedgerError>;
     /// Keeps the gateway connection before it is deleted, so rollback can always find it.
-    async fn save_gateway(&self, run: &RunId, target: &ResourceId, gateway: &GatewaySnapshot) -> Result<(), LedgerError>;
+    async fn save_gateway(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+        gateway: &GatewaySnapshot,
+    ) -> Result<(), LedgerError>;
     async fn target(
         &self,
         run: &RunId,

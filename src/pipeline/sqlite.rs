@@ -559,6 +559,24 @@ impl Ledger for SqliteStore {
         tx.commit().map_err(lstorage)
     }
 
+    async fn save_gateway(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+        gateway: &GatewaySnapshot,
+    ) -> Result<(), LedgerError> {
+        let now = rfc(OffsetDateTime::now_utc());
+        let g = serde_json::to_string(gateway).expect("serialises");
+        self.conn()
+            .execute(
+                "INSERT INTO targets (run, target_key, target, gateway, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                 ON CONFLICT(run, target_key) DO UPDATE SET gateway=excluded.gateway, updated_at=excluded.updated_at",
+                params![run.as_str(), target.key(), target.as_str(), g, now],
+            )
+            .map_err(lstorage)?;
+        Ok(())
+    }
+
     async fn target(
         &self,
         run: &RunId,
