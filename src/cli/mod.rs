@@ -1,0 +1,79 @@
+//! The command line (DESIGN §8): one file per subcommand; `main.rs` only calls [`main`].
+
+mod common;
+mod plan;
+mod rehearse;
+mod run;
+mod simulate_arm;
+mod snapshot;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use common::{Global, OutputFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "vnet-migrate", version, about = "Migrate Azure App Service apps from gateway-based to regional VNet integration")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole pipeline against the built-in ARM simulator (the default demo).
+    Rehearse(rehearse::Args),
+    /// Discover and plan, no writes: the per-target forecast.
+    Plan(plan::Args),
+    /// Migrate from this machine with the embedded durable queue (resumable).
+    Run(run::Args),
+    /// Counts per outcome and failures with reasons, from a state file.
+    Status(status::Args),
+    /// Export the fleet in scope as a fleet file (to rehearse on a copy of your estate).
+    Snapshot(snapshot::Args),
+    /// Run the ARM simulator alone.
+    SimulateArm(simulate_arm::Args),
+}
+
+/// Parses arguments, runs the command, maps the result to DESIGN §8's exit codes.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    common::init_tracing(cli.global.output);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Rehearse(a) => rehearse::run(&cli.global, a).await,
+            Command::Plan(a) => plan::run(&cli.global, a).await,
+            Command::Run(a) => run::run(&cli.global, a).await,
+            Command::Status(a) => status::run(&cli.global, a).await,
+            Command::Snapshot(a) => snapshot::run(&cli.global, a).await,
+            Command::SimulateArm(a) => simulate_arm::run(&cli.global, a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line, with the cause chain: what went wrong and what to do.
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::from(e.downcast_ref::<common::Failed>().map(|f| f.0).unwrap_or(2))
+        }
+    }
+}

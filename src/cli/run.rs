@@ -1,0 +1,87 @@
+//! `run`: migrate the fleet in scope from this machine, resumable through `--state`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::Args as ClapArgs;
+
+use super::common::{self, Global, Scope};
+use crate::azure::ResourceId;
+use crate::pipeline::local::LocalRun;
+use crate::pipeline::runner::RunnerConfig;
+use crate::report::{self, Performance, Report};
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    #[command(flatten)]
+    pub scope: Scope,
+    /// State file (SQLite): queue and ledger. Run again with the same file to resume.
+    #[arg(long, default_value = "vnet-migrate.db")]
+    pub state: PathBuf,
+    /// Discover and plan only; nothing is written to Azure.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
+    let policy = common::load_policy(global, &args.scope)?;
+    let apps = common::parse_apps(&args.scope.apps)?;
+    let subs = common::subscriptions(&policy, &apps)?;
+    let write_scope: Vec<ResourceId> = subs.iter().map(|s| ResourceId::subscription_id(s)).collect();
+    let arm = common::arm_client(global, write_scope)?;
+    let report = migrate(global, arm, policy, subs, apps, args.state, args.dry_run, 1.0).await?;
+    common::finish(global, &report, Report::table)
+}
+
+/// Shared by `run`, `plan` and `rehearse`: drive a local run and build its report.
+#[allow(clippy::too_many_arguments)]
+pub async fn migrate(
+    global: &Global,
+    arm: crate::azure::arm::ArmClient,
+    policy: crate::policy::Policy,
+    subscriptions: Vec<String>,
+    apps: Vec<ResourceId>,
+    state: PathBuf,
+    dry_run: bool,
+    time_scale: f64,
+) -> Result<Report> {
+    let runner = RunnerConfig { per_subscription: policy.concurrency.per_subscription as usize, ..RunnerConfig::default() };
+    let finished = LocalRun {
+        arm: arm.clone(),
+        policy: Arc::new(policy),
+        state,
+        subscriptions,
+        apps,
+        dry_run,
+        time_scale,
+        runner,
+        origin: std::env::args().collect::<Vec<_>>().join(" "),
+        progress: global.output == common::OutputFormat::Table,
+    }
+    .execute()
+    .await?;
+    use crate::pipeline::ledger::Ledger;
+    let records = finished.store.targets(&finished.run).await?;
+    let m = arm.metrics();
+    let limits = crate::azure::arm::PacerConfig::default();
+    // Without per-subscription counts from real ARM, assume the writes shared one subscription:
+    // a bound that is never lower than the true one.
+    let bound = report::write_bound_seconds([m.writes + m.deletes], limits.writes_burst, limits.writes_per_sec);
+    let steps = finished.stats.steps as f64;
+    let perf = Performance {
+        makespan_seconds: round3(finished.makespan_seconds),
+        arm_write_bound_seconds: round3(bound),
+        bound_ratio: if bound > 0.0 { round3(finished.makespan_seconds / bound) } else { 0.0 },
+        arm_requests: m.requests,
+        arm_writes: m.writes + m.deletes,
+        throttled429: m.throttled_429,
+        steps_per_second: round3(steps / finished.makespan_seconds.max(1e-9)),
+    };
+    Ok(Report::new(finished.run.as_str(), dry_run, &records, perf))
+}
+
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

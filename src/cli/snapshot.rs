@@ -1,0 +1,31 @@
+//! `snapshot`: export the fleet in scope as a fleet file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+
+use super::common::{self, Global, Scope};
+use crate::azure::ResourceId;
+use crate::migration::snapshot;
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    #[command(flatten)]
+    pub scope: Scope,
+    /// Where to write the fleet file.
+    #[arg(short = 'o', long = "out")]
+    pub out: PathBuf,
+}
+
+pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
+    let policy = common::load_policy(global, &args.scope)?;
+    let apps = common::parse_apps(&args.scope.apps)?;
+    let subs = common::subscriptions(&policy, &apps)?;
+    let arm = common::arm_client(global, Vec::<ResourceId>::new())?;
+    let fleet = snapshot::collect(&arm, &subs).await?;
+    fleet.save(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!("wrote {} resources to {}", fleet.resources.len(), args.out.display());
+    Ok(ExitCode::SUCCESS)
+}

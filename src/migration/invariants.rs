@@ -1,0 +1,154 @@
+//! The safety invariants of a migration, checked on the simulator's final state: used by
+//! `rehearse` at the end of every rehearsal and by the tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
+use crate::azure::models::{normalize_location, Site, VirtualNetwork};
+use crate::azure::{ResourceId, ResourceKind};
+use crate::report::Report;
+use crate::sim::Fleet;
+
+/// Subscriptions that own sites in the fleet.
+pub fn subscriptions(fleet: &Fleet) -> Vec<String> {
+    let mut subs: BTreeSet<String> = BTreeSet::new();
+    for r in &fleet.resources {
+        if let Some(id) = r.get("id").and_then(Value::as_str).and_then(|s| ResourceId::parse(s).ok()) {
+            if id.kind() == ResourceKind::Site {
+                subs.insert(id.subscription().to_ascii_lowercase());
+            }
+        }
+    }
+    subs.into_iter().collect()
+}
+
+struct View {
+    sites: BTreeMap<ResourceId, Site>,
+    vnets: BTreeMap<ResourceId, VirtualNetwork>,
+    /// target → gateway connection resources
+    gateways: BTreeMap<ResourceId, Vec<Value>>,
+}
+
+fn view(fleet: &Fleet) -> View {
+    let mut v = View { sites: BTreeMap::new(), vnets: BTreeMap::new(), gateways: BTreeMap::new() };
+    for r in &fleet.resources {
+        let Some(id) = r.get("id").and_then(Value::as_str).and_then(|s| ResourceId::parse(s).ok()) else { continue };
+        match id.kind() {
+            ResourceKind::Site | ResourceKind::Slot => {
+                if let Ok(s) = serde_json::from_value::<Site>(r.clone()) {
+                    v.sites.insert(id, s);
+                }
+            }
+            ResourceKind::VirtualNetwork => {
+                if let Ok(n) = serde_json::from_value::<VirtualNetwork>(r.clone()) {
+                    v.vnets.insert(id, n);
+                }
+            }
+            ResourceKind::SiteVnetConnection => {
+                let swift = r.pointer("/properties/isSwift").and_then(Value::as_bool) == Some(true);
+                if let (false, Some(parent)) = (swift, id.parent()) {
+                    v.gateways.entry(parent).or_default().push(r.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    v
+}
+
+/// Every broken invariant, as one line each (empty = all hold).
+pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<String> {
+    let mut bad = Vec::new();
+    let before = view(initial);
+    let after = view(final_state);
+    let outcomes: BTreeMap<ResourceId, (&str, Option<&str>)> = report
+        .targets
+        .iter()
+        .filter_map(|t| Some((ResourceId::parse(&t.id).ok()?, (t.outcome.as_str(), t.reason.as_deref()))))
+        .collect();
+
+    for id in before.sites.keys() {
+        if !outcomes.contains_key(id) {
+            bad.push(format!("{id}: no outcome recorded"));
+        }
+    }
+    for (id, (outcome, _)) in &outcomes {
+        if *outcome == "unfinished" {
+            bad.push(format!("{id}: no terminal outcome"));
+        }
+        let (Some(site_before), Some(site_after)) = (before.sites.get(id), after.sites.get(id)) else { continue };
+        let gw_before = before.gateways.get(id).map(Vec::len).unwrap_or(0);
+        let gw_after = after.gateways.get(id).map(Vec::len).unwrap_or(0);
+        let regional_after = site_after.properties.virtual_network_subnet_id.clone();
+        match *outcome {
+            "migrated" => {
+                if gw_after > 0 {
+                    bad.push(format!("{id}: migrated but still has a gateway connection"));
+                }
+                match &regional_after {
+                    None => bad.push(format!("{id}: migrated but has no regional integration")),
+                    Some(subnet) => {
+                        let vnet = subnet.vnet().and_then(|v| after.vnets.get(&v));
+                        let sn = vnet.and_then(|v| v.properties.subnets.iter().find(|s| s.name.eq_ignore_ascii_case(subnet.name())));
+                        match (vnet, sn) {
+                            (Some(v), Some(s)) => {
+                                if !s.is_delegated_to_web() {
+                                    bad.push(format!("{id}: subnet {subnet} is not delegated to Microsoft.Web/serverFarms"));
+                                }
+                                if normalize_location(&v.location) != normalize_location(&site_after.location) {
+                                    bad.push(format!("{id}: subnet {subnet} is in {} but the app is in {}", v.location, site_after.location));
+                                }
+                            }
+                            _ => bad.push(format!("{id}: subnet {subnet} does not exist")),
+                        }
+                    }
+                }
+            }
+            "blocked" | "skipped" => {
+                if site_before.properties.virtual_network_subnet_id != regional_after || gw_before != gw_after {
+                    bad.push(format!("{id}: {outcome} but its integration was changed"));
+                }
+            }
+            "parked" => {}
+            _ => {
+                if gw_before > 0 && gw_after == 0 && regional_after.is_none() {
+                    bad.push(format!("{id}: {outcome} and left without any integration"));
+                }
+            }
+        }
+    }
+
+    for (vid, v) in &after.vnets {
+        let mut nets: Vec<(String, Ipv4Net)> = Vec::new();
+        for s in &v.properties.subnets {
+            for p in s.prefixes() {
+                if let Ok(n) = p.parse::<Ipv4Net>() {
+                    nets.push((s.name.clone(), n));
+                }
+            }
+        }
+        for i in 0..nets.len() {
+            for j in i + 1..nets.len() {
+                let (a, b) = (&nets[i], &nets[j]);
+                if a.1.contains(&b.1.network()) || b.1.contains(&a.1.network()) {
+                    bad.push(format!("{vid}: subnets {} ({}) and {} ({}) overlap", a.0, a.1, b.0, b.1));
+                }
+            }
+        }
+    }
+
+    let mut per_plan: BTreeMap<ResourceId, BTreeSet<ResourceId>> = BTreeMap::new();
+    for s in after.sites.values() {
+        if let (Some(plan), Some(subnet)) = (&s.properties.server_farm_id, &s.properties.virtual_network_subnet_id) {
+            per_plan.entry(plan.clone()).or_default().insert(subnet.clone());
+        }
+    }
+    for (plan, subnets) in per_plan {
+        if subnets.len() > 2 {
+            bad.push(format!("{plan}: {} regional subnets (at most 2)", subnets.len()));
+        }
+    }
+    bad
+}
