@@ -1,6 +1,7 @@
 //! The command line (DESIGN §8): one file per subcommand; `main.rs` only calls [`main`].
 
 mod common;
+mod package;
 mod plan;
 mod rehearse;
 mod run;
@@ -37,6 +38,8 @@ pub enum Command {
     Snapshot(snapshot::Args),
     /// Run the ARM simulator alone.
     SimulateArm(simulate_arm::Args),
+    /// Assemble the deployable function app (folder and zip).
+    Package(package::Args),
 }
 
 /// Parses arguments, runs the command, maps the result to DESIGN §8's exit codes.
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
             Command::Status(a) => status::run(&cli.global, a).await,
             Command::Snapshot(a) => snapshot::run(&cli.global, a).await,
             Command::SimulateArm(a) => simulate_arm::run(&cli.global, a).await,
+            Command::Package(a) => package::run(&cli.global, a).await,
         }
     });
     match result {
