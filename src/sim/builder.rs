@@ -160,7 +160,9 @@ impl FleetBuilder {
             let v = self.resource(vnet);
             (str_field(v, "location"), str_field(v, "name"))
         };
-        let rg = vnet.resource_group().expect("VNet ids have a resource group");
+        let rg = vnet
+            .resource_group()
+            .expect("VNet ids have a resource group");
         let gw_name = format!("vgw-{vnet_name}");
         let gw = ResourceId::parse(&format!(
             "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Network/virtualNetworkGateways/{gw_name}",
@@ -230,7 +232,11 @@ impl FleetBuilder {
     fn peer_one(&mut self, from: &ResourceId, to: &ResourceId, state: &str) -> ResourceId {
         let remote_space = self.resource(to)["properties"]["addressSpace"].clone();
         let remote_has_gateway = self.gateways.contains_key(to.key());
-        let id = child(from, "virtualNetworkPeerings", &format!("peer-{}", to.name()));
+        let id = child(
+            from,
+            "virtualNetworkPeerings",
+            &format!("peer-{}", to.name()),
+        );
         let sync = if state.eq_ignore_ascii_case("Connected") {
             "FullyInSync"
         } else {
@@ -407,7 +413,10 @@ impl FleetBuilder {
         let location = str_field(self.resource(target), "location");
         let ty = connection_type(target);
         let id = child(target, "virtualNetworkConnections", vnet.name());
-        let cert_seed = [target.subscription().to_ascii_lowercase(), vnet.key().into()];
+        let cert_seed = [
+            target.subscription().to_ascii_lowercase(),
+            vnet.key().into(),
+        ];
         let cert_seed: Vec<&str> = cert_seed.iter().map(String::as_str).collect();
         let thumbprint = hex::encode_upper(&digest(&cert_seed)[..20]);
         let blob = cert_blob(&cert_seed);
@@ -482,7 +491,10 @@ impl FleetBuilder {
         } else {
             "Microsoft.Web/sites/slots/config/configreferences"
         };
-        let site_name = target.site().map(|s| s.name().to_string()).unwrap_or_default();
+        let site_name = target
+            .site()
+            .map(|s| s.name().to_string())
+            .unwrap_or_default();
         let mut vault: String = format!("kv-{site_name}").chars().take(24).collect();
         vault = vault.trim_end_matches('-').to_string();
         let secret: String = setting
@@ -547,7 +559,10 @@ impl FleetBuilder {
 
     /// Inserts or replaces (ARM PUT semantics) a resource keyed by its `id`.
     fn put(&mut self, v: Value) {
-        let key = v["id"].as_str().expect("resource has an id").to_ascii_lowercase();
+        let key = v["id"]
+            .as_str()
+            .expect("resource has an id")
+            .to_ascii_lowercase();
         match self.index.get(&key) {
             Some(&i) => self.resources[i] = v,
             None => {
@@ -598,12 +613,17 @@ pub fn delegate_to_web(subnet: &mut Value) {
 
 /// Adds the `AppServiceLink` service association link for `plan` (idempotent).
 fn link_plan(subnet: &mut Value, plan: &str) {
-    let id = format!("{}/serviceAssociationLinks/AppServiceLink", str_field(subnet, "id"));
+    let id = format!(
+        "{}/serviceAssociationLinks/AppServiceLink",
+        str_field(subnet, "id")
+    );
     let props = &mut subnet["properties"];
     if !props["serviceAssociationLinks"].is_array() {
         props["serviceAssociationLinks"] = json!([]);
     }
-    let list = props["serviceAssociationLinks"].as_array_mut().expect("array");
+    let list = props["serviceAssociationLinks"]
+        .as_array_mut()
+        .expect("array");
     let linked = list.iter().any(|l| {
         l["properties"]["link"]
             .as_str()
@@ -714,7 +734,9 @@ fn child(parent: &ResourceId, ty: &str, name: &str) -> ResourceId {
 }
 
 fn same_name(v: &Value, name: &str) -> bool {
-    v["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name))
+    v["name"]
+        .as_str()
+        .is_some_and(|n| n.eq_ignore_ascii_case(name))
 }
 
 fn str_field(v: &Value, key: &str) -> String {
