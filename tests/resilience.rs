@@ -17,7 +17,7 @@ use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
 use vnet_migrate::pipeline::runner::RunnerConfig;
 use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
-use vnet_migrate::sim::generate::FleetBuilder;
+use vnet_migrate::sim::builder::FleetBuilder;
 use vnet_migrate::sim::Fleet;
 
 /// Five targets covering every write path: migrate (two apps sharing a new subnet, a slot),

@@ -6,7 +6,7 @@ mod support;
 use support::Rig;
 use vnet_migrate::azure::ResourceId;
 use vnet_migrate::policy::Policy;
-use vnet_migrate::sim::generate::FleetBuilder;
+use vnet_migrate::sim::builder::FleetBuilder;
 
 const WE: &str = "westeurope";
 const NE: &str = "northeurope";
