@@ -262,7 +262,7 @@ fn key_fields(v: &Value) -> Vec<(String, Value)> {
             }
         }
         if let Some(d) = p.get("delegations").and_then(Value::as_array) {
-            out.push(("delegations".into(), sorted_lower(d.iter().map(|x| x["properties"]["serviceName"].clone()).collect())));
+            out.push(("delegations".into(), json!(sorted_lower(d.iter().map(|x| x["properties"]["serviceName"].clone()).collect()))));
         }
         let sal = p.get("serviceAssociationLinks").and_then(Value::as_array).cloned().unwrap_or_default();
         if v.get("type").and_then(Value::as_str).is_some_and(|t| t.ends_with("/subnets")) || !sal.is_empty() {
