@@ -15,7 +15,9 @@ mod throttle;
 mod web;
 
 pub use fleet::Fleet;
-pub use options::{FaultProfile, InjectedFault, SimOptions, SimStats, SubscriptionStats, UnknownFaultProfile};
+pub use options::{
+    FaultProfile, InjectedFault, SimOptions, SimStats, SubscriptionStats, UnknownFaultProfile,
+};
 
 use std::io::Write;
 use std::net::SocketAddr;

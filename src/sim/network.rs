@@ -154,7 +154,11 @@ pub fn remove_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
         .and_then(|p| p.get_mut("serviceAssociationLinks"))
         .and_then(Value::as_array_mut)
     {
-        links.retain(|l| !l["properties"]["link"].as_str().is_some_and(|x| id_eq(x, plan)));
+        links.retain(|l| {
+            !l["properties"]["link"]
+                .as_str()
+                .is_some_and(|x| id_eq(x, plan))
+        });
     }
 }
 
@@ -188,7 +192,10 @@ fn validate_ranges(
     if prefixes.is_empty() {
         return Err(bad(
             "NetcfgInvalidSubnet",
-            format!("Subnet '{name}' is not valid in virtual network '{}': it has no address prefix.", vnet_id.name()),
+            format!(
+                "Subnet '{name}' is not valid in virtual network '{}': it has no address prefix.",
+                vnet_id.name()
+            ),
         ));
     }
     for p in prefixes {
@@ -214,7 +221,10 @@ fn validate_ranges(
             if other.eq_ignore_ascii_case(name) {
                 continue;
             }
-            if let Some(o) = ops.iter().find(|o| parse_net(o).is_some_and(|on| overlaps(&net, &on))) {
+            if let Some(o) = ops
+                .iter()
+                .find(|o| parse_net(o).is_some_and(|on| overlaps(&net, &on)))
+            {
                 return Err(bad(
                     "NetcfgSubnetRangesOverlap",
                     format!("Subnet '{name}' is not valid because its IP address range {p} overlaps with that of an existing subnet '{other}' ({o}) in virtual network '{}'.", vnet_id.name()),
@@ -258,7 +268,12 @@ fn validate_subnet_change(subnet_id: &str, old: &Value, new: &Value) -> Result<(
 
 /// Fills server-owned fields of a subnet being written: ids, etags, delegation metadata,
 /// and the SALs / ipConfigurations of the stored subnet (clients cannot drop them).
-fn normalize_subnet(st: &mut State, vnet_id: &ResourceId, mut body: Value, old: Option<&Value>) -> Value {
+fn normalize_subnet(
+    st: &mut State,
+    vnet_id: &ResourceId,
+    mut body: Value,
+    old: Option<&Value>,
+) -> Value {
     let name = body["name"].as_str().unwrap_or_default().to_string();
     let sid = format!("{}/subnets/{name}", vnet_id.as_str());
     let etag = st.etag();
@@ -268,7 +283,10 @@ fn normalize_subnet(st: &mut State, vnet_id: &ResourceId, mut body: Value, old: 
     let obj = body.as_object_mut().expect("object");
     obj.insert("id".into(), json!(sid));
     obj.insert("etag".into(), json!(etag));
-    obj.insert("type".into(), json!("Microsoft.Network/virtualNetworks/subnets"));
+    obj.insert(
+        "type".into(),
+        json!("Microsoft.Network/virtualNetworks/subnets"),
+    );
     let props = obj.entry("properties").or_insert_with(|| json!({}));
     if !props.is_object() {
         *props = json!({});
@@ -282,16 +300,22 @@ fn normalize_subnet(st: &mut State, vnet_id: &ResourceId, mut body: Value, old: 
             let o = d.as_object_mut().expect("object");
             o.insert("id".into(), json!(format!("{sid}/delegations/{dn}")));
             o.insert("etag".into(), json!(etag));
-            o.insert("type".into(), json!("Microsoft.Network/virtualNetworks/subnets/delegations"));
+            o.insert(
+                "type".into(),
+                json!("Microsoft.Network/virtualNetworks/subnets/delegations"),
+            );
             let dp = o.entry("properties").or_insert_with(|| json!({}));
             if let Some(dp) = dp.as_object_mut() {
                 dp.insert("provisioningState".into(), json!("Succeeded"));
-                dp.entry("actions").or_insert_with(|| json!(["Microsoft.Network/virtualNetworks/subnets/action"]));
+                dp.entry("actions")
+                    .or_insert_with(|| json!(["Microsoft.Network/virtualNetworks/subnets/action"]));
             }
         }
     }
-    p.entry("privateEndpointNetworkPolicies").or_insert_with(|| json!("Disabled"));
-    p.entry("privateLinkServiceNetworkPolicies").or_insert_with(|| json!("Enabled"));
+    p.entry("privateEndpointNetworkPolicies")
+        .or_insert_with(|| json!("Disabled"));
+    p.entry("privateLinkServiceNetworkPolicies")
+        .or_insert_with(|| json!("Enabled"));
     for owned in ["serviceAssociationLinks", "ipConfigurations"] {
         match old.and_then(|o| o["properties"].get(owned)) {
             Some(v) if v.as_array().is_some_and(|a| !a.is_empty()) => {
@@ -316,7 +340,13 @@ fn set_provisioning(v: &Value, state: &str) -> Value {
 fn vnet_locked(st: &State, vnet: &ResourceId) -> Option<u64> {
     let until = st.vnet_busy.get(vnet.key())?;
     let now = Instant::now();
-    (now < *until).then(|| until.saturating_duration_since(now).as_secs_f64().ceil().max(1.0) as u64)
+    (now < *until).then(|| {
+        until
+            .saturating_duration_since(now)
+            .as_secs_f64()
+            .ceil()
+            .max(1.0) as u64
+    })
 }
 
 fn locked_reply(vnet: &ResourceId, secs: u64) -> Reply {
@@ -329,10 +359,17 @@ fn locked_reply(vnet: &ResourceId, secs: u64) -> Reply {
 }
 
 /// Starts the Network LRO of a VNet or subnet write and locks the VNet until it finishes.
-fn network_lro(st: &mut State, ctx: &Ctx, vnet: &ResourceId, location: &str, reply: Reply) -> Reply {
+fn network_lro(
+    st: &mut State,
+    ctx: &Ctx,
+    vnet: &ResourceId,
+    location: &str,
+    reply: Reply,
+) -> Reply {
     let d = st.latency(1.0, 4.0);
     if !d.is_zero() {
-        st.vnet_busy.insert(vnet.key().to_string(), Instant::now() + d);
+        st.vnet_busy
+            .insert(vnet.key().to_string(), Instant::now() + d);
     }
     let op = st.start_operation(d);
     let loc = crate::azure::models::normalize_location(location);
@@ -377,14 +414,29 @@ pub fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> R
     if let Some(secs) = vnet_locked(st, &vnet_id) {
         return locked_reply(&vnet_id, secs);
     }
-    let mut body = if body.is_object() { body.clone() } else { json!({}) };
+    let mut body = if body.is_object() {
+        body.clone()
+    } else {
+        json!({})
+    };
     body["name"] = json!(id.name());
     let old = find_subnet(&st.store, id).map(|(_, s)| s);
     let siblings: Vec<(String, Vec<String>)> = arr(&vnet, &["properties", "subnets"])
         .iter()
-        .map(|s| (s["name"].as_str().unwrap_or_default().to_string(), prefixes(s)))
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                prefixes(s),
+            )
+        })
         .collect();
-    if let Err(r) = validate_ranges(&vnet_id, &address_space(&vnet), id.name(), &prefixes(&body), &siblings) {
+    if let Err(r) = validate_ranges(
+        &vnet_id,
+        &address_space(&vnet),
+        id.name(),
+        &prefixes(&body),
+        &siblings,
+    ) {
         return r;
     }
     if let Some(o) = &old {
@@ -395,10 +447,11 @@ pub fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> R
     let subnet = normalize_subnet(st, &vnet_id, body, old.as_ref());
     let vetag = st.etag();
     let subnets = subnets_mut(&mut st.store, &vnet_id).expect("vnet exists");
-    match subnets
-        .iter_mut()
-        .find(|s| s["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(id.name())))
-    {
+    match subnets.iter_mut().find(|s| {
+        s["name"]
+            .as_str()
+            .is_some_and(|n| n.eq_ignore_ascii_case(id.name()))
+    }) {
         Some(slot) => *slot = subnet.clone(),
         None => subnets.push(subnet.clone()),
     }
@@ -406,7 +459,10 @@ pub fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> R
         v["etag"] = json!(vetag);
     }
     let status = if old.is_some() { 200 } else { 201 };
-    let location = vnet["location"].as_str().unwrap_or("westeurope").to_string();
+    let location = vnet["location"]
+        .as_str()
+        .unwrap_or("westeurope")
+        .to_string();
     let reply = Reply::new(status, set_provisioning(&subnet, "Updating"));
     network_lro(st, ctx, &vnet_id, &location, reply)
 }
@@ -434,7 +490,11 @@ pub fn delete_subnet(st: &mut State, id: &ResourceId) -> Reply {
     }
     let etag = st.etag();
     if let Some(subnets) = subnets_mut(&mut st.store, &vnet_id) {
-        subnets.retain(|x| !x["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(id.name())));
+        subnets.retain(|x| {
+            !x["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(id.name()))
+        });
     }
     if let Some(v) = st.store.get_mut(&vnet_id) {
         v["etag"] = json!(etag);
@@ -447,20 +507,39 @@ pub fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Rep
         return locked_reply(id, secs);
     }
     let old = st.store.get(id).cloned();
-    let mut vnet = if body.is_object() { body.clone() } else { json!({}) };
+    let mut vnet = if body.is_object() {
+        body.clone()
+    } else {
+        json!({})
+    };
     let Some(location) = vnet["location"].as_str().map(String::from) else {
-        return bad("LocationRequired", "The location property is required for this definition.".into());
+        return bad(
+            "LocationRequired",
+            "The location property is required for this definition.".into(),
+        );
     };
     let space = address_space(&vnet);
     if space.is_empty() {
-        return bad("InvalidAddressPrefixFormat", "The virtual network needs at least one valid IPv4 address prefix in addressSpace.".into());
+        return bad(
+            "InvalidAddressPrefixFormat",
+            "The virtual network needs at least one valid IPv4 address prefix in addressSpace."
+                .into(),
+        );
     }
     let new_subnets: Vec<Value> = arr(&vnet, &["properties", "subnets"]).to_vec();
     let siblings: Vec<(String, Vec<String>)> = new_subnets
         .iter()
-        .map(|s| (s["name"].as_str().unwrap_or_default().to_string(), prefixes(s)))
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                prefixes(s),
+            )
+        })
         .collect();
-    let old_subnets: Vec<Value> = old.as_ref().map(|o| arr(o, &["properties", "subnets"]).to_vec()).unwrap_or_default();
+    let old_subnets: Vec<Value> = old
+        .as_ref()
+        .map(|o| arr(o, &["properties", "subnets"]).to_vec())
+        .unwrap_or_default();
     for s in &new_subnets {
         let name = s["name"].as_str().unwrap_or_default();
         if name.is_empty() {
@@ -469,25 +548,44 @@ pub fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Rep
         if let Err(r) = validate_ranges(id, &space, name, &prefixes(s), &siblings) {
             return r;
         }
-        let previous = old_subnets.iter().find(|o| o["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)));
+        let previous = old_subnets.iter().find(|o| {
+            o["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        });
         if let Some(p) = previous {
-            if let Err(r) = validate_subnet_change(&format!("{}/subnets/{name}", id.as_str()), p, s) {
+            if let Err(r) = validate_subnet_change(&format!("{}/subnets/{name}", id.as_str()), p, s)
+            {
                 return r;
             }
         }
     }
     for o in &old_subnets {
         let name = o["name"].as_str().unwrap_or_default();
-        let kept = new_subnets.iter().any(|s| s["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)));
+        let kept = new_subnets.iter().any(|s| {
+            s["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        });
         if !kept && (!sal_links(o).is_empty() || !ip_configurations(o).is_empty()) {
-            return bad("InUseSubnetCannotBeDeleted", format!("Subnet {name} is in use and cannot be deleted."));
+            return bad(
+                "InUseSubnetCannotBeDeleted",
+                format!("Subnet {name} is in use and cannot be deleted."),
+            );
         }
     }
     let subnets: Vec<Value> = new_subnets
         .into_iter()
         .map(|s| {
             let name = s["name"].as_str().unwrap_or_default().to_string();
-            let prev = old_subnets.iter().find(|o| o["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&name))).cloned();
+            let prev = old_subnets
+                .iter()
+                .find(|o| {
+                    o["name"]
+                        .as_str()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(&name))
+                })
+                .cloned();
             normalize_subnet(st, id, s, prev.as_ref())
         })
         .collect();
@@ -507,7 +605,11 @@ pub fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Rep
     p.insert("resourceGuid".into(), json!(guid));
     p.insert("subnets".into(), Value::Array(subnets));
     if !p.contains_key("virtualNetworkPeerings") {
-        let peerings = old.as_ref().map(|o| o["properties"]["virtualNetworkPeerings"].clone()).filter(|v| v.is_array()).unwrap_or_else(|| json!([]));
+        let peerings = old
+            .as_ref()
+            .map(|o| o["properties"]["virtualNetworkPeerings"].clone())
+            .filter(|v| v.is_array())
+            .unwrap_or_else(|| json!([]));
         p.insert("virtualNetworkPeerings".into(), peerings);
     }
     st.store.put(id, vnet.clone());
@@ -520,10 +622,16 @@ pub fn delete_vnet(st: &mut State, id: &ResourceId) -> Reply {
     let Some(v) = st.store.get(id) else {
         return Reply::empty(204);
     };
-    if let Some(s) = arr(v, &["properties", "subnets"]).iter().find(|s| !sal_links(s).is_empty()) {
+    if let Some(s) = arr(v, &["properties", "subnets"])
+        .iter()
+        .find(|s| !sal_links(s).is_empty())
+    {
         return bad(
             "InUseSubnetCannotBeDeleted",
-            format!("Subnet {} is in use by its service association link and cannot be deleted.", s["name"].as_str().unwrap_or_default()),
+            format!(
+                "Subnet {} is in use by its service association link and cannot be deleted.",
+                s["name"].as_str().unwrap_or_default()
+            ),
         );
     }
     st.store.remove_tree(id);
@@ -542,7 +650,11 @@ pub fn get_peering(st: &State, id: &ResourceId) -> Reply {
     let found = id.vnet().and_then(|v| st.store.get(&v)).and_then(|v| {
         arr(v, &["properties", "virtualNetworkPeerings"])
             .iter()
-            .find(|p| p["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(id.name())))
+            .find(|p| {
+                p["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(id.name()))
+            })
             .cloned()
     });
     match found {
@@ -582,20 +694,40 @@ mod tests {
 
     #[test]
     fn range_validation_codes() {
-        let vnet = ResourceId::parse("/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/virtualNetworks/v").unwrap();
+        let vnet = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/virtualNetworks/v",
+        )
+        .unwrap();
         let space = vec!["10.0.0.0/16".parse().unwrap()];
         let sib = vec![("a".to_string(), vec!["10.0.1.0/24".to_string()])];
         let code = |p: &str| {
             validate_ranges(&vnet, &space, "b", &[p.to_string()], &sib)
                 .err()
-                .map(|r| r.body.unwrap()["error"]["code"].as_str().unwrap().to_string())
+                .map(|r| {
+                    r.body.unwrap()["error"]["code"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
         };
         assert_eq!(code("10.0.2.0/24"), None);
-        assert_eq!(code("10.1.0.0/24").as_deref(), Some("NetcfgSubnetRangeOutsideVnet"));
-        assert_eq!(code("10.0.1.128/25").as_deref(), Some("NetcfgSubnetRangesOverlap"));
-        assert_eq!(code("10.0.0.0/15").as_deref(), Some("NetcfgSubnetRangeOutsideVnet"));
+        assert_eq!(
+            code("10.1.0.0/24").as_deref(),
+            Some("NetcfgSubnetRangeOutsideVnet")
+        );
+        assert_eq!(
+            code("10.0.1.128/25").as_deref(),
+            Some("NetcfgSubnetRangesOverlap")
+        );
+        assert_eq!(
+            code("10.0.0.0/15").as_deref(),
+            Some("NetcfgSubnetRangeOutsideVnet")
+        );
         assert_eq!(code("10.0.3.0/30").as_deref(), Some("NetcfgInvalidSubnet"));
-        assert_eq!(code("banana").as_deref(), Some("InvalidAddressPrefixFormat"));
+        assert_eq!(
+            code("banana").as_deref(),
+            Some("InvalidAddressPrefixFormat")
+        );
     }
 
     #[test]
@@ -603,12 +735,18 @@ mod tests {
         let used = json!({"properties": {"delegations": [], "ipConfigurations": [{"id": "/nic"}]}});
         let web = json!({"properties": {"delegations": [{"name": "d", "properties": {"serviceName": "Microsoft.Web/serverfarms"}}]}});
         let err = validate_subnet_change("/s", &used, &web).unwrap_err();
-        assert_eq!(err.body.unwrap()["error"]["code"], "SubnetDelegationsCannotChangeWhenSubnetUsedByResource");
+        assert_eq!(
+            err.body.unwrap()["error"]["code"],
+            "SubnetDelegationsCannotChangeWhenSubnetUsedByResource"
+        );
         let linked = json!({"properties": {"delegations": [{"properties": {"serviceName": "Microsoft.Web/serverFarms"}}],
             "serviceAssociationLinks": [{"properties": {"link": "/p"}}]}});
         let none = json!({"properties": {"delegations": []}});
         let err = validate_subnet_change("/s", &linked, &none).unwrap_err();
-        assert_eq!(err.body.unwrap()["error"]["code"], "InUseSubnetCannotBeUpdated");
+        assert_eq!(
+            err.body.unwrap()["error"]["code"],
+            "InUseSubnetCannotBeUpdated"
+        );
         assert!(validate_subnet_change("/s", &linked, &web).is_ok());
         assert!(web_delegated(&web));
     }

@@ -143,8 +143,14 @@ mod tests {
     #[test]
     fn fault_profile_parses() {
         assert_eq!("none".parse::<FaultProfile>().unwrap(), FaultProfile::None);
-        assert_eq!("Flaky".parse::<FaultProfile>().unwrap(), FaultProfile::Flaky);
-        assert_eq!("chaos".parse::<FaultProfile>().unwrap(), FaultProfile::Chaos);
+        assert_eq!(
+            "Flaky".parse::<FaultProfile>().unwrap(),
+            FaultProfile::Flaky
+        );
+        assert_eq!(
+            "chaos".parse::<FaultProfile>().unwrap(),
+            FaultProfile::Chaos
+        );
         assert!("wild".parse::<FaultProfile>().is_err());
     }
 
@@ -155,7 +161,10 @@ mod tests {
                 .unwrap();
         assert_eq!(f.times, 1);
         assert!(!f.after_apply);
-        assert!(f.matches("PUT", "/subscriptions/s/resourceGroups/r/providers/Microsoft.Web/sites/App1"));
+        assert!(f.matches(
+            "PUT",
+            "/subscriptions/s/resourceGroups/r/providers/Microsoft.Web/sites/App1"
+        ));
         assert!(!f.matches("GET", "/x/sites/app"));
         assert!(!f.matches("PUT", "/x/serverfarms/p"));
     }

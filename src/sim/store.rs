@@ -171,6 +171,9 @@ mod tests {
     fn merge_is_recursive_for_objects_only() {
         let mut a = json!({"p": {"x": 1, "y": {"z": 2}}, "l": [1, 2]});
         merge(&mut a, &json!({"p": {"y": {"w": 3}, "x": null}, "l": [3]}));
-        assert_eq!(a, json!({"p": {"x": null, "y": {"z": 2, "w": 3}}, "l": [3]}));
+        assert_eq!(
+            a,
+            json!({"p": {"x": null, "y": {"z": 2, "w": 3}}, "l": [3]})
+        );
     }
 }

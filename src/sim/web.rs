@@ -19,9 +19,10 @@ const SITE_CONNECTIONS: &str = "microsoft.web/sites/virtualnetworkconnections";
 const SLOT_CONNECTIONS: &str = "microsoft.web/sites/slots/virtualnetworkconnections";
 
 pub fn has_knob(resource: &Value, knob: &str) -> bool {
-    resource["tags"][KNOB_TAG]
-        .as_str()
-        .is_some_and(|t| t.split([',', ' ', ';']).any(|k| k.trim().eq_ignore_ascii_case(knob)))
+    resource["tags"][KNOB_TAG].as_str().is_some_and(|t| {
+        t.split([',', ' ', ';'])
+            .any(|k| k.trim().eq_ignore_ascii_case(knob))
+    })
 }
 
 fn is_target(id: &ResourceId) -> bool {
@@ -29,13 +30,17 @@ fn is_target(id: &ResourceId) -> bool {
 }
 
 fn parse_id(v: &Value) -> Option<ResourceId> {
-    v.as_str().filter(|s| !s.trim().is_empty()).and_then(|s| ResourceId::parse(s).ok())
+    v.as_str()
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| ResourceId::parse(s).ok())
 }
 
 /// The plan of a site or slot: its `serverFarmId` (a bare name resolves in the site's
 /// resource group, as App Service accepts), for slots falling back to the site's plan.
 pub fn plan_of(st: &State, target: &ResourceId, site: &Value) -> Option<ResourceId> {
-    let raw = site["properties"]["serverFarmId"].as_str().unwrap_or_default();
+    let raw = site["properties"]["serverFarmId"]
+        .as_str()
+        .unwrap_or_default();
     if raw.starts_with('/') {
         return ResourceId::parse(raw).ok();
     }
@@ -60,16 +65,26 @@ fn current_subnet(site: &Value) -> Option<ResourceId> {
 }
 
 fn gateway_connections(st: &State, target: &ResourceId) -> Vec<Value> {
-    let ty = if target.kind() == ResourceKind::Slot { SLOT_CONNECTIONS } else { SITE_CONNECTIONS };
+    let ty = if target.kind() == ResourceKind::Slot {
+        SLOT_CONNECTIONS
+    } else {
+        SITE_CONNECTIONS
+    };
     st.store.of_type_within(ty, target)
 }
 
 /// Every site and slot on `plan` except `except`, with the subnet it uses.
-fn plan_members(st: &State, plan: &ResourceId, except: &ResourceId) -> Vec<(ResourceId, Option<ResourceId>)> {
+fn plan_members(
+    st: &State,
+    plan: &ResourceId,
+    except: &ResourceId,
+) -> Vec<(ResourceId, Option<ResourceId>)> {
     let mut out = Vec::new();
     for ty in ["microsoft.web/sites", "microsoft.web/sites/slots"] {
         for (_, v) in st.store.of_type(ty) {
-            let Some(id) = parse_id(&v["id"]) else { continue };
+            let Some(id) = parse_id(&v["id"]) else {
+                continue;
+            };
             if &id == except {
                 continue;
             }
@@ -86,23 +101,44 @@ fn bad_request(msg: String) -> Reply {
 }
 
 /// App Service's checks before `target` may join `subnet`.
-fn check_connect(st: &State, target: &ResourceId, site: &Value, subnet: &ResourceId) -> Result<(), Reply> {
+fn check_connect(
+    st: &State,
+    target: &ResourceId,
+    site: &Value,
+    subnet: &ResourceId,
+) -> Result<(), Reply> {
     if has_knob(site, "reject-connect") {
         return Err(bad_request("Failed to add the virtual network integration: the app's stamp rejected the subnet (simulated).".into()));
     }
     if subnet.kind() != ResourceKind::Subnet {
-        return Err(bad_request(format!("The value {} of virtualNetworkSubnetId is not a subnet resource id.", subnet.as_str())));
+        return Err(bad_request(format!(
+            "The value {} of virtualNetworkSubnetId is not a subnet resource id.",
+            subnet.as_str()
+        )));
     }
     let Some((vnet, sn)) = network::find_subnet(&st.store, subnet) else {
-        return Err(Reply::error(404, "NotFound", format!("The subnet {} was not found.", subnet.as_str())));
+        return Err(Reply::error(
+            404,
+            "NotFound",
+            format!("The subnet {} was not found.", subnet.as_str()),
+        ));
     };
-    let vnet_name = subnet.vnet().map(|v| v.name().to_string()).unwrap_or_default();
+    let vnet_name = subnet
+        .vnet()
+        .map(|v| v.name().to_string())
+        .unwrap_or_default();
     let plan_id = plan_of(st, target, site);
     let plan = plan_id.as_ref().and_then(|p| st.store.get(p));
     let Some((plan_id, plan)) = plan_id.clone().zip(plan) else {
-        return Err(bad_request(format!("The App Service plan of {} was not found.", target.as_str())));
+        return Err(bad_request(format!(
+            "The App Service plan of {} was not found.",
+            target.as_str()
+        )));
     };
-    let tier = plan["sku"]["tier"].as_str().unwrap_or_default().to_ascii_lowercase();
+    let tier = plan["sku"]["tier"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if ["free", "shared", "dynamic", "isolated", "isolatedv2"].contains(&tier.as_str()) {
         return Err(bad_request(format!("Regional virtual network integration is not supported for App Service plans in the {} tier.", plan["sku"]["tier"].as_str().unwrap_or_default())));
     }
@@ -121,21 +157,43 @@ fn check_connect(st: &State, target: &ResourceId, site: &Value, subnet: &Resourc
         return Err(bad_request(format!("The virtual network {vnet_name} is in region '{vnet_loc}' but the app is in region '{site_loc}'. Regional virtual network integration requires both in the same region.")));
     }
     let links = network::sal_links(&sn);
-    let others: Vec<ResourceId> = links.iter().filter_map(|l| ResourceId::parse(l).ok()).filter(|l| l != &plan_id).collect();
-    if let Some(foreign) = others.iter().find(|l| !l.subscription().eq_ignore_ascii_case(plan_id.subscription())) {
-        return Err(bad_request(format!("Subnet {} in VNET {vnet_name} is already occupied by service {}.", subnet.name(), foreign.as_str())));
+    let others: Vec<ResourceId> = links
+        .iter()
+        .filter_map(|l| ResourceId::parse(l).ok())
+        .filter(|l| l != &plan_id)
+        .collect();
+    if let Some(foreign) = others.iter().find(|l| {
+        !l.subscription()
+            .eq_ignore_ascii_case(plan_id.subscription())
+    }) {
+        return Err(bad_request(format!(
+            "Subnet {} in VNET {vnet_name} is already occupied by service {}.",
+            subnet.name(),
+            foreign.as_str()
+        )));
     }
-    let len = network::prefixes(&sn).first().and_then(|p| p.parse::<ipnet::Ipv4Net>().ok()).map(|n| n.prefix_len()).unwrap_or(32);
+    let len = network::prefixes(&sn)
+        .first()
+        .and_then(|p| p.parse::<ipnet::Ipv4Net>().ok())
+        .map(|n| n.prefix_len())
+        .unwrap_or(32);
     let min = if others.is_empty() { 28 } else { 26 };
     if len > min {
         return Err(bad_request(format!("Subnet {} in VNET {vnet_name} is too small: regional virtual network integration needs at least a /{min} subnet (it is a /{len}).", subnet.name())));
     }
-    let mut used: Vec<String> = plan_members(st, &plan_id, target).into_iter().filter_map(|(_, s)| s.map(|s| s.key().to_string())).collect();
+    let mut used: Vec<String> = plan_members(st, &plan_id, target)
+        .into_iter()
+        .filter_map(|(_, s)| s.map(|s| s.key().to_string()))
+        .collect();
     used.push(subnet.key().to_string());
     used.sort();
     used.dedup();
     if used.len() > 2 {
-        return Err(Reply::error(409, "Conflict", "Adding this VNET would exceed the App Service Plan VNET limit of 2."));
+        return Err(Reply::error(
+            409,
+            "Conflict",
+            "Adding this VNET would exceed the App Service Plan VNET limit of 2.",
+        ));
     }
     Ok(())
 }
@@ -143,7 +201,10 @@ fn check_connect(st: &State, target: &ResourceId, site: &Value, subnet: &Resourc
 /// Name of the regional entry: `{vnet resourceGuid}_{subnet}`.
 fn regional_name(st: &State, subnet: &ResourceId) -> String {
     let vnet = subnet.vnet();
-    let guid = vnet.as_ref().and_then(|v| network::vnet_guid(&st.store, v)).unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into());
+    let guid = vnet
+        .as_ref()
+        .and_then(|v| network::vnet_guid(&st.store, v))
+        .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into());
     format!("{guid}_{}", subnet.name())
 }
 
@@ -159,12 +220,24 @@ fn set_vnet_name(site: &mut Value, name: &str) {
 
 /// Moves `target` from subnet `old` to `new` (either may be none): updates the site value,
 /// `siteConfig.vnetName` and the service association links.
-fn apply_integration(st: &mut State, target: &ResourceId, site: &mut Value, old: Option<ResourceId>, new: Option<ResourceId>) {
+fn apply_integration(
+    st: &mut State,
+    target: &ResourceId,
+    site: &mut Value,
+    old: Option<ResourceId>,
+    new: Option<ResourceId>,
+) {
     let plan = plan_of(st, target, site);
-    site["properties"]["virtualNetworkSubnetId"] = new.as_ref().map(|s| json!(s.as_str())).unwrap_or(Value::Null);
+    site["properties"]["virtualNetworkSubnetId"] = new
+        .as_ref()
+        .map(|s| json!(s.as_str()))
+        .unwrap_or(Value::Null);
     let vnet_name = match &new {
         Some(s) => regional_name(st, s),
-        None => gateway_connections(st, target).first().and_then(|c| c["name"].as_str().map(String::from)).unwrap_or_default(),
+        None => gateway_connections(st, target)
+            .first()
+            .and_then(|c| c["name"].as_str().map(String::from))
+            .unwrap_or_default(),
     };
     set_vnet_name(site, &vnet_name);
     let Some(plan) = plan else { return };
@@ -172,7 +245,9 @@ fn apply_integration(st: &mut State, target: &ResourceId, site: &mut Value, old:
         network::add_sal(&mut st.store, s, plan.as_str());
     }
     if let Some(o) = old.filter(|o| Some(o) != new.as_ref()) {
-        let still_used = plan_members(st, &plan, target).iter().any(|(_, s)| s.as_ref() == Some(&o));
+        let still_used = plan_members(st, &plan, target)
+            .iter()
+            .any(|(_, s)| s.as_ref() == Some(&o));
         if !still_used {
             network::remove_sal(&mut st.store, &o, plan.as_str());
         }
@@ -182,7 +257,13 @@ fn apply_integration(st: &mut State, target: &ResourceId, site: &mut Value, old:
 /// A quoted strong ETag derived from the site's content (changes with every write).
 fn site_etag(v: &Value) -> String {
     let h = Sha256::digest(v.to_string().as_bytes());
-    format!("\"{}\"", hex::encode_upper(&h[..8]).chars().take(15).collect::<String>())
+    format!(
+        "\"{}\"",
+        hex::encode_upper(&h[..8])
+            .chars()
+            .take(15)
+            .collect::<String>()
+    )
 }
 
 fn site_reply(status: u16, v: Value) -> Reply {
@@ -200,9 +281,17 @@ pub fn get_site(st: &State, id: &ResourceId) -> Reply {
 fn site_defaults(id: &ResourceId, v: &mut Value) {
     let site_name = id.site().map(|s| s.name().to_string()).unwrap_or_default();
     let (name, ty, host) = if id.kind() == ResourceKind::Slot {
-        (format!("{site_name}/{}", id.name()), "Microsoft.Web/sites/slots", format!("{site_name}-{}.azurewebsites.net", id.name()))
+        (
+            format!("{site_name}/{}", id.name()),
+            "Microsoft.Web/sites/slots",
+            format!("{site_name}-{}.azurewebsites.net", id.name()),
+        )
     } else {
-        (site_name.clone(), "Microsoft.Web/sites", format!("{site_name}.azurewebsites.net"))
+        (
+            site_name.clone(),
+            "Microsoft.Web/sites",
+            format!("{site_name}.azurewebsites.net"),
+        )
     };
     let o = v.as_object_mut().expect("object");
     o.insert("id".into(), json!(id.as_str()));
@@ -231,22 +320,35 @@ fn site_defaults(id: &ResourceId, v: &mut Value) {
 
 /// Writes `body` onto the site or slot (`merge_existing`: PATCH, and PUT on an existing
 /// site, which App Service treats as an update of the fields sent).
-fn write_site(st: &mut State, id: &ResourceId, body: &Value, create_ok: bool) -> Result<(Value, bool, bool), Reply> {
+fn write_site(
+    st: &mut State,
+    id: &ResourceId,
+    body: &Value,
+    create_ok: bool,
+) -> Result<(Value, bool, bool), Reply> {
     if !body.is_object() {
-        return Err(bad_request("The request body must be a JSON object.".into()));
+        return Err(bad_request(
+            "The request body must be a JSON object.".into(),
+        ));
     }
     let old = st.store.get(id).cloned();
     let created = old.is_none();
     if created && !create_ok {
         return Err(Reply::not_found(id.as_str()));
     }
-    if created && id.kind() == ResourceKind::Slot && id.site().is_some_and(|s| !st.store.contains(&s)) {
+    if created
+        && id.kind() == ResourceKind::Slot
+        && id.site().is_some_and(|s| !st.store.contains(&s))
+    {
         return Err(Reply::not_found(id.site().expect("slot").as_str()));
     }
     let mut site = old.clone().unwrap_or_else(|| json!({}));
     let mut patch = body.clone();
     // vnetName is read-only; integration fields are applied below after validation.
-    if let Some(sc) = patch.pointer_mut("/properties/siteConfig").and_then(Value::as_object_mut) {
+    if let Some(sc) = patch
+        .pointer_mut("/properties/siteConfig")
+        .and_then(Value::as_object_mut)
+    {
         sc.remove("vnetName");
     }
     let subnet_field = patch.pointer("/properties/virtualNetworkSubnetId").cloned();
@@ -259,9 +361,20 @@ fn write_site(st: &mut State, id: &ResourceId, body: &Value, create_ok: bool) ->
     }
     merge(&mut site, &patch);
     if site["location"].as_str().is_none() {
-        match id.site().filter(|_| id.kind() == ResourceKind::Slot).and_then(|s| st.store.get(&s)).and_then(|s| s["location"].as_str().map(String::from)) {
+        match id
+            .site()
+            .filter(|_| id.kind() == ResourceKind::Slot)
+            .and_then(|s| st.store.get(&s))
+            .and_then(|s| s["location"].as_str().map(String::from))
+        {
             Some(l) => site["location"] = json!(l),
-            None => return Err(Reply::error(400, "LocationRequired", "The location property is required for this definition.")),
+            None => {
+                return Err(Reply::error(
+                    400,
+                    "LocationRequired",
+                    "The location property is required for this definition.",
+                ))
+            }
         }
     }
     site_defaults(id, &mut site);
@@ -274,7 +387,11 @@ fn write_site(st: &mut State, id: &ResourceId, body: &Value, create_ok: bool) ->
         Some(v) if v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty()) => None,
         Some(v) => match parse_id(v) {
             Some(s) => Some(s),
-            None => return Err(bad_request(format!("The value {v} of virtualNetworkSubnetId is not a valid resource id."))),
+            None => {
+                return Err(bad_request(format!(
+                    "The value {v} of virtualNetworkSubnetId is not a valid resource id."
+                )))
+            }
         },
     };
     let changed = new_subnet != old_subnet;
@@ -320,18 +437,22 @@ pub fn patch_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> R
 }
 
 pub fn delete_site(st: &mut State, id: &ResourceId) -> Reply {
-    let Some(mut site) = st.store.get(id).cloned() else {
+    let Some(site) = st.store.get(id).cloned() else {
         return Reply::empty(204);
     };
-    let targets: Vec<(ResourceId, Value)> = std::iter::once((id.clone(), site.clone()))
-        .chain(st.store.of_type_within("microsoft.web/sites/slots", id).into_iter().filter_map(|v| parse_id(&v["id"]).map(|i| (i, v))))
+    let targets: Vec<(ResourceId, Value)> = std::iter::once((id.clone(), site))
+        .chain(
+            st.store
+                .of_type_within("microsoft.web/sites/slots", id)
+                .into_iter()
+                .filter_map(|v| parse_id(&v["id"]).map(|i| (i, v))),
+        )
         .collect();
     for (t, mut v) in targets {
         if let Some(old) = current_subnet(&v) {
             apply_integration(st, &t, &mut v, Some(old), None);
         }
     }
-    site["properties"]["virtualNetworkSubnetId"] = Value::Null;
     st.store.remove_tree(id);
     Reply::empty(200)
 }
@@ -368,8 +489,18 @@ pub fn get_connection(st: &State, id: &ResourceId) -> Reply {
         return Reply::ok(v.clone());
     }
     let target = id.parent().expect("connection has a parent");
-    match st.store.get(&target).and_then(|s| regional_entry(st, &target, s)) {
-        Some(e) if e["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(id.name())) => Reply::ok(e),
+    match st
+        .store
+        .get(&target)
+        .and_then(|s| regional_entry(st, &target, s))
+    {
+        Some(e)
+            if e["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(id.name())) =>
+        {
+            Reply::ok(e)
+        }
         _ => Reply::not_found(id.as_str()),
     }
 }
@@ -381,20 +512,40 @@ pub fn put_connection(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
         return Reply::not_found(target.as_str());
     };
     let Some(vnet) = parse_id(&body["properties"]["vnetResourceId"]) else {
-        return bad_request("properties.vnetResourceId must be the resource id of a virtual network.".into());
+        return bad_request(
+            "properties.vnetResourceId must be the resource id of a virtual network.".into(),
+        );
     };
-    if !matches!(vnet.kind(), ResourceKind::VirtualNetwork | ResourceKind::ClassicVirtualNetwork) {
+    if !matches!(
+        vnet.kind(),
+        ResourceKind::VirtualNetwork | ResourceKind::ClassicVirtualNetwork
+    ) {
         return bad_request(format!("{} is not a virtual network id.", vnet.as_str()));
     }
     if !st.store.contains(&vnet) {
-        return Reply::error(404, "NotFound", format!("The virtual network {} was not found.", vnet.as_str()));
+        return Reply::error(
+            404,
+            "NotFound",
+            format!("The virtual network {} was not found.", vnet.as_str()),
+        );
     }
     if current_subnet(&site).is_some() {
         return Reply::error(409, "Conflict", "The app already has regional virtual network integration. Remove it before adding a gateway-required integration.");
     }
-    let digest = Sha256::digest(format!("{}|{}", target.subscription().to_ascii_lowercase(), vnet.key()).as_bytes());
+    let digest = Sha256::digest(
+        format!(
+            "{}|{}",
+            target.subscription().to_ascii_lowercase(),
+            vnet.key()
+        )
+        .as_bytes(),
+    );
     let thumb = hex::encode_upper(&digest[..20]);
-    let ty = if target.kind() == ResourceKind::Slot { "Microsoft.Web/sites/slots/virtualNetworkConnections" } else { "Microsoft.Web/sites/virtualNetworkConnections" };
+    let ty = if target.kind() == ResourceKind::Slot {
+        "Microsoft.Web/sites/slots/virtualNetworkConnections"
+    } else {
+        "Microsoft.Web/sites/virtualNetworkConnections"
+    };
     let entry = json!({
         "id": format!("{}/virtualNetworkConnections/{}", target.as_str(), id.name()),
         "name": id.name(),
@@ -421,7 +572,10 @@ pub fn delete_connection(st: &mut State, id: &ResourceId) -> Reply {
     if st.store.remove_tree(id) {
         if let Some(mut site) = st.store.get(&target).cloned() {
             if current_subnet(&site).is_none() {
-                let rest = gateway_connections(st, &target).first().and_then(|c| c["name"].as_str().map(String::from)).unwrap_or_default();
+                let rest = gateway_connections(st, &target)
+                    .first()
+                    .and_then(|c| c["name"].as_str().map(String::from))
+                    .unwrap_or_default();
                 set_vnet_name(&mut site, &rest);
                 st.store.put(&target, site);
             }
@@ -430,7 +584,11 @@ pub fn delete_connection(st: &mut State, id: &ResourceId) -> Reply {
     }
     // The derived regional entry can be deleted too: it removes regional integration.
     if let Some(mut site) = st.store.get(&target).cloned() {
-        if regional_entry(st, &target, &site).is_some_and(|e| e["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(id.name()))) {
+        if regional_entry(st, &target, &site).is_some_and(|e| {
+            e["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(id.name()))
+        }) {
             let old = current_subnet(&site);
             apply_integration(st, &target, &mut site, old, None);
             st.store.put(&target, site);
@@ -449,10 +607,17 @@ pub fn plan_connections(st: &State, plan: &ResourceId) -> Reply {
     let mut out = Vec::new();
     for (member, _) in plan_members(st, plan, plan) {
         for c in gateway_connections(st, &member) {
-            let vnet = c["properties"]["vnetResourceId"].as_str().unwrap_or_default().to_ascii_lowercase();
+            let vnet = c["properties"]["vnetResourceId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             if seen.insert(vnet) {
                 let mut e = c.clone();
-                e["id"] = json!(format!("{}/virtualNetworkConnections/{}", plan.as_str(), c["name"].as_str().unwrap_or_default()));
+                e["id"] = json!(format!(
+                    "{}/virtualNetworkConnections/{}",
+                    plan.as_str(),
+                    c["name"].as_str().unwrap_or_default()
+                ));
                 e["type"] = json!("Microsoft.Web/serverfarms/virtualNetworkConnections");
                 out.push(e);
             }
@@ -462,7 +627,9 @@ pub fn plan_connections(st: &State, plan: &ResourceId) -> Reply {
 }
 
 fn swift_body(st: &State, target: &ResourceId, site: &Value) -> Value {
-    let supported = plan_of(st, target, site).and_then(|p| st.store.get(&p)).is_none_or(|p| !has_knob(p, "old-scale-unit"));
+    let supported = plan_of(st, target, site)
+        .and_then(|p| st.store.get(&p))
+        .is_none_or(|p| !has_knob(p, "old-scale-unit"));
     json!({
         "id": format!("{}/networkConfig/virtualNetwork", target.as_str()),
         "name": "virtualNetwork",
@@ -486,8 +653,16 @@ pub fn put_swift(st: &mut State, target: &ResourceId, body: &Value) -> Reply {
     if !st.store.contains(target) {
         return Reply::not_found(target.as_str());
     }
-    let subnet = body["properties"].get("subnetResourceId").cloned().unwrap_or(Value::Null);
-    match write_site(st, target, &json!({"properties": {"virtualNetworkSubnetId": subnet}}), false) {
+    let subnet = body["properties"]
+        .get("subnetResourceId")
+        .cloned()
+        .unwrap_or(Value::Null);
+    match write_site(
+        st,
+        target,
+        &json!({"properties": {"virtualNetworkSubnetId": subnet}}),
+        false,
+    ) {
         Ok((site, _, _)) => Reply::ok(swift_body(st, target, &site)),
         Err(r) => r,
     }
@@ -543,7 +718,9 @@ pub fn write_config_web(st: &mut State, target: &ResourceId, body: &Value) -> Re
 /// Applies `kv-breaks-after-connect` to a Key Vault reference on the way out.
 pub fn render_kv_reference(st: &State, mut v: Value) -> Value {
     // {target}/config/configreferences/appsettings/{name}: two levels up is the target.
-    let target = parse_id(&v["id"]).and_then(|i| i.parent()).and_then(|p| p.parent());
+    let target = parse_id(&v["id"])
+        .and_then(|i| i.parent())
+        .and_then(|p| p.parent());
     let broken = target
         .filter(is_target)
         .and_then(|t| st.store.get(&t))
