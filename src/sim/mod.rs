@@ -1,7 +1,125 @@
 //! The ARM simulator: an in-memory Azure Resource Manager served over loopback.
+//!
+//! A generic resource store (`store`) plus type-specific behaviour for sites (`web`) and
+//! networks (`network`), wrapped by ARM's platform behaviour (`server`: auth, throttling,
+//! faults, latency, LROs).
 
 pub mod builder;
 pub mod fleet;
 pub mod generate;
+mod network;
+mod options;
+mod reply;
+mod server;
+mod state;
+mod store;
+mod throttle;
+mod web;
 
 pub use fleet::Fleet;
+pub use options::{
+    FaultProfile, InjectedFault, SimOptions, SimStats, SubscriptionStats, UnknownFaultProfile,
+};
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use state::State;
+use store::Store;
+
+/// A running simulator instance; clones share the same state.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: server::Shared,
+}
+
+impl Simulator {
+    pub fn new(fleet: Fleet, options: SimOptions) -> Self {
+        let store = Store::from_resources(fleet.resources);
+        Self {
+            inner: Arc::new(Mutex::new(State::new(store, options))),
+        }
+    }
+
+    /// Binds `addr` (port 0 picks one), serves in a background task and returns at once.
+    pub async fn serve(&self, addr: SocketAddr) -> std::io::Result<SimServer> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = self.inner.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let shared = shared.clone();
+            async move { server::handle(shared, req).await }
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(SimServer {
+            addr,
+            stop: tx,
+            task,
+        })
+    }
+
+    /// Current resources in fleet format (same as `GET /_sim/state`).
+    pub fn state(&self) -> Fleet {
+        let st = self.inner.lock().expect("simulator lock");
+        Fleet {
+            resources: st.store.all().cloned().collect(),
+        }
+    }
+
+    /// Counters (same as `GET /_sim/stats`).
+    pub fn stats(&self) -> SimStats {
+        self.inner.lock().expect("simulator lock").stats.clone()
+    }
+
+    /// Queues a deterministic fault (same as `POST /_sim/faults`).
+    pub fn inject(&self, fault: InjectedFault) {
+        self.inner
+            .lock()
+            .expect("simulator lock")
+            .injected
+            .push(fault);
+    }
+}
+
+/// Handle of a serving simulator.
+pub struct SimServer {
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimServer {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections and waits for in-flight requests to finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// `vnet-migrate simulate-arm`: serves on 127.0.0.1:`port`, prints
+/// `listening on http://127.0.0.1:PORT` as the first stdout line, runs until Ctrl-C.
+pub async fn run_simulate_arm(fleet: Fleet, options: SimOptions, port: u16) -> anyhow::Result<()> {
+    let sim = Simulator::new(fleet, options);
+    let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", server.url())?;
+        out.flush()?;
+    }
+    tokio::signal::ctrl_c().await?;
+    server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Simulator knobs, statistics and injected faults: the types callers configure the
+//! simulator with and read back from it.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Random fault mix applied to ARM requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FaultProfile {
+    #[default]
+    None,
+    /// ≈ 2 % transient 500/503 and 1 % 429.
+    Flaky,
+    /// ≈ 5 % 5xx, 1 % connection resets, 1 % lost responses after a write, 429 storms.
+    Chaos,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown fault profile {0:?} (expected none, flaky or chaos)")]
+pub struct UnknownFaultProfile(pub String);
+
+impl FromStr for FaultProfile {
+    type Err = UnknownFaultProfile;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Self::None),
+            "flaky" => Ok(Self::Flaky),
+            "chaos" => Ok(Self::Chaos),
+            _ => Err(UnknownFaultProfile(s.to_string())),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Divides latencies, multiplies rate limits.
+    pub speed: f64,
+    /// `false` answers at once and completes every LRO on its first poll.
+    pub latency: bool,
+    pub throttle: bool,
+    pub faults: FaultProfile,
+    pub seed: u64,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            speed: 1.0,
+            latency: true,
+            throttle: true,
+            faults: FaultProfile::None,
+            seed: 0,
+        }
+    }
+}
+
+impl SimOptions {
+    /// Latency off, throttling off, no faults: for tests.
+    pub fn instant() -> Self {
+        Self {
+            latency: false,
+            throttle: false,
+            ..Self::default()
+        }
+    }
+
+    /// `speed` clamped to something usable (0 or negative would divide by zero).
+    pub(crate) fn speed(&self) -> f64 {
+        if self.speed.is_finite() && self.speed > 0.0 {
+            self.speed
+        } else {
+            1.0
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionStats {
+    pub requests: u64,
+    pub writes: u64,
+    pub throttled429: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SimStats {
+    pub requests: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub deletes: u64,
+    pub throttled429: u64,
+    pub faults_injected: u64,
+    pub by_subscription: BTreeMap<String, SubscriptionStats>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A deterministic fault: the next `times` requests matching `method` and `path_contains`
+/// answer `status` (after applying the write first when `after_apply`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectedFault {
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Matched case-insensitively against the request path.
+    #[serde(default)]
+    pub path_contains: Option<String>,
+    pub status: u16,
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "one")]
+    pub times: u32,
+    /// Apply the write, then answer this: a lost response.
+    #[serde(default)]
+    pub after_apply: bool,
+}
+
+impl InjectedFault {
+    pub(crate) fn matches(&self, method: &str, path: &str) -> bool {
+        self.times > 0
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self
+                .path_contains
+                .as_deref()
+                .is_none_or(|p| path.to_ascii_lowercase().contains(&p.to_ascii_lowercase()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_profile_parses() {
+        assert_eq!("none".parse::<FaultProfile>().unwrap(), FaultProfile::None);
+        assert_eq!(
+            "Flaky".parse::<FaultProfile>().unwrap(),
+            FaultProfile::Flaky
+        );
+        assert_eq!(
+            "chaos".parse::<FaultProfile>().unwrap(),
+            FaultProfile::Chaos
+        );
+        assert!("wild".parse::<FaultProfile>().is_err());
+    }
+
+    #[test]
+    fn injected_fault_matching_and_defaults() {
+        let f: InjectedFault =
+            serde_json::from_str(r#"{"method":"put","pathContains":"/SITES/app","status":504}"#)
+                .unwrap();
+        assert_eq!(f.times, 1);
+        assert!(!f.after_apply);
+        assert!(f.matches(
+            "PUT",
+            "/subscriptions/s/resourceGroups/r/providers/Microsoft.Web/sites/App1"
+        ));
+        assert!(!f.matches("GET", "/x/sites/app"));
+        assert!(!f.matches("PUT", "/x/serverfarms/p"));
+    }
+
+    #[test]
+    fn stats_serialise_camel_case() {
+        let v = serde_json::to_value(SimStats::default()).unwrap();
+        assert!(v.get("throttled429").is_some());
+        assert!(v.get("faultsInjected").is_some());
+        assert!(v.get("bySubscription").is_some());
+    }
+}

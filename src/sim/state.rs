@@ -1,0 +1,103 @@
+//! The simulator's mutable state: the store plus everything that makes it behave like ARM
+//! over time (LROs, locks, throttling, deterministic randomness, counters).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+
+use super::options::{InjectedFault, SimOptions, SimStats};
+use super::store::Store;
+use super::throttle::Throttle;
+
+/// A long-running operation as its status URL reports it.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub done_at: Instant,
+    pub error: Option<Value>,
+}
+
+#[derive(Debug)]
+pub struct State {
+    pub store: Store,
+    pub options: SimOptions,
+    pub throttle: Throttle,
+    pub rng: ChaCha8Rng,
+    pub stats: SimStats,
+    pub injected: Vec<InjectedFault>,
+    pub operations: HashMap<String, Operation>,
+    /// VNet key → instant its last subnet/VNet write finishes (ARM locks the VNet meanwhile).
+    pub vnet_busy: HashMap<String, Instant>,
+    /// Subscription key → requests left in a chaos 429 storm.
+    pub storms: HashMap<String, u32>,
+}
+
+impl State {
+    pub fn new(store: Store, options: SimOptions) -> Self {
+        Self {
+            store,
+            throttle: Throttle::new(options.throttle, options.speed()),
+            rng: ChaCha8Rng::seed_from_u64(options.seed),
+            options,
+            stats: SimStats::default(),
+            injected: Vec::new(),
+            operations: HashMap::new(),
+            vnet_busy: HashMap::new(),
+            storms: HashMap::new(),
+        }
+    }
+
+    /// A uuid drawn from the seeded generator, so runs with one seed are reproducible.
+    pub fn uuid(&mut self) -> String {
+        uuid::Builder::from_random_bytes(self.rng.random())
+            .into_uuid()
+            .to_string()
+    }
+
+    /// A Network-style weak etag `W/"{uuid}"`.
+    pub fn etag(&mut self) -> String {
+        format!("W/\"{}\"", self.uuid())
+    }
+
+    /// A duration drawn uniformly from `[lo, hi]` seconds, divided by speed; zero when the
+    /// latency model is off.
+    pub fn latency(&mut self, lo: f64, hi: f64) -> Duration {
+        if !self.options.latency {
+            return Duration::ZERO;
+        }
+        let secs = self.rng.random_range(lo..=hi) / self.options.speed();
+        Duration::from_secs_f64(secs)
+    }
+
+    /// Registers an LRO finishing after `duration`; returns its id.
+    pub fn start_operation(&mut self, duration: Duration) -> String {
+        let id = self.uuid();
+        self.operations.insert(
+            id.clone(),
+            Operation {
+                done_at: Instant::now() + duration,
+                error: None,
+            },
+        );
+        id
+    }
+
+    /// `{"status": …}` for an operation status URL; `None` when unknown.
+    pub fn operation_status(&self, id: &str) -> Option<Value> {
+        let op = self.operations.get(&id.to_ascii_lowercase())?;
+        Some(if Instant::now() < op.done_at {
+            json!({"status": "InProgress"})
+        } else if let Some(e) = &op.error {
+            json!({"status": "Failed", "error": e})
+        } else {
+            json!({"status": "Succeeded"})
+        })
+    }
+
+    /// Seconds until an LRO poll is worth repeating (ARM sends `Retry-After` on LROs).
+    pub fn retry_after_secs(duration: Duration) -> u64 {
+        duration.as_secs().clamp(1, 10)
+    }
+}
