@@ -599,6 +599,13 @@ fn collection(
         ("GET", "virtualnetworkconnections", ResourceKind::ServerFarm) => {
             web::plan_connections(st, parent)
         }
+        ("GET", "sites", ResourceKind::ServerFarm) => {
+            if !st.store.contains(parent) {
+                return Reply::not_found(parent.as_str());
+            }
+            let items = web::plan_sites(st, parent).into_iter().map(|v| render(st, v)).collect();
+            page(items, ctx, path, query)
+        }
         ("GET", "subnets", ResourceKind::VirtualNetwork) => {
             network::list_inline(st, parent, "subnets")
         }

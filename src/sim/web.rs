@@ -96,6 +96,16 @@ fn plan_members(
     out
 }
 
+/// The sites (not slots) on `plan`, as `GET {plan}/sites` lists them.
+pub fn plan_sites(st: &State, plan: &ResourceId) -> Vec<Value> {
+    st.store
+        .of_type("microsoft.web/sites")
+        .into_iter()
+        .filter(|(_, v)| parse_id(&v["id"]).is_some_and(|id| plan_of(st, &id, v).as_ref() == Some(plan)))
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
 fn bad_request(msg: String) -> Reply {
     Reply::error(400, "BadRequest", msg)
 }
