@@ -577,3 +577,61 @@ async fn token_never_appears_in_errors() {
     }
     assert!(!format!("{arm:?}").contains(TOKEN));
 }
+
+#[tokio::test]
+async fn lro_that_never_finishes_times_out() {
+    let server = serve(|req, _, base| {
+        if req.method == "PATCH" {
+            let op = format!(
+                "{base}/subscriptions/sub1/providers/Microsoft.Web/sites/app1/operationResults/op9"
+            );
+            return reply(202, &[("Azure-AsyncOperation", op)], None);
+        }
+        reply(200, &[], Some(json!({"status": "InProgress"})))
+    })
+    .await;
+    let mut cfg = config(&server.base);
+    cfg.lro_timeout = ms(40);
+    let arm = client_with(cfg);
+    let err = arm
+        .patch::<Value>(SITE, &json!({"properties": {}}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ArmError::LroTimeout { .. }), "{err}");
+    assert!(err.is_transient());
+    // The poll URL had no api-version; the client added the provider's.
+    let polls: Vec<Seen> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    assert!(!polls.is_empty());
+    assert!(polls.iter().all(|r| r.query == "api-version=2024-11-01"));
+}
+
+#[tokio::test]
+async fn last_ambiguous_failure_is_still_checked_by_a_reread() {
+    let server = serve(|req, _, _| match req.method.as_str() {
+        "DELETE" | "POST" => reply(504, &[], None),
+        _ => reply(404, &[], None),
+    })
+    .await;
+    let mut cfg = config(&server.base);
+    cfg.max_retries = 0;
+    let arm = client_with(cfg);
+    let conn = format!("{SITE}/virtualNetworkConnections/v1");
+    assert_eq!(arm.delete(&conn).await.unwrap(), Deleted::NotFound);
+    // Actions cannot be re-read: a 504 is reported as it is.
+    let err = arm
+        .post_json(&format!("{SITE}/restart"), &json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(504));
+    let reqs = server.requests();
+    let methods: Vec<&str> = reqs.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["DELETE", "GET", "POST"]);
+    for r in reqs.iter().filter(|r| r.method != "GET") {
+        let rid = r.headers["x-ms-client-request-id"].to_str().unwrap();
+        assert!(uuid::Uuid::parse_str(rid).is_ok());
+    }
+}

@@ -143,6 +143,21 @@ impl ArmError {
     }
 }
 
+/// Writes whose effect can be checked by reading the resource back (not actions).
+fn rereadable(method: &Method) -> bool {
+    *method == Method::PUT || *method == Method::PATCH || *method == Method::DELETE
+}
+
+/// A write failure that does not tell whether the write happened.
+fn is_ambiguous(e: &ArmError) -> bool {
+    matches!(
+        e,
+        ArmError::Timeout { .. }
+            | ArmError::Transport { .. }
+            | ArmError::Status { status: 504, .. }
+    )
+}
+
 fn is_transient_status(status: u16) -> bool {
     matches!(status, 408 | 429) || ((500..600).contains(&status) && status != 501)
 }
@@ -396,10 +411,7 @@ impl ArmClient {
                 "ARM path {path:?} must start with '/'"
             )));
         };
-        if !url
-            .query_pairs()
-            .any(|(k, _)| k.eq_ignore_ascii_case("api-version"))
-        {
+        if !has_api_version(&url) {
             let version = api_version_for(url.path())?;
             url.query_pairs_mut().append_pair("api-version", version);
         }
@@ -409,7 +421,7 @@ impl ArmClient {
     /// An absolute URL from the server (nextLink, LRO header). It must point at our endpoint:
     /// the bearer token is never sent anywhere else.
     fn follow(&self, link: &str) -> Result<Url, ArmError> {
-        let url = match Url::parse(link) {
+        let mut url = match Url::parse(link) {
             Ok(u) => u,
             Err(_) if link.starts_with('/') => self
                 .inner
@@ -431,6 +443,12 @@ impl ArmClient {
                 url.origin().ascii_serialization(),
                 self.inner.endpoint
             )));
+        }
+        // Links normally carry their api-version; add ours when one is missing and known.
+        if !has_api_version(&url) {
+            if let Ok(version) = api_version_for(url.path()) {
+                url.query_pairs_mut().append_pair("api-version", version);
+            }
         }
         Ok(url)
     }
@@ -492,14 +510,22 @@ impl ArmClient {
         };
         let mut used = 0;
         loop {
-            match self.send(method, url, body, kind, &mut used).await? {
-                Sent::Answer(resp) => return Ok(Written::Answer(resp)),
-                Sent::Ambiguous => {
+            match self.send(method, url, body, kind, &mut used).await {
+                Ok(Sent::Answer(resp)) => return Ok(Written::Answer(resp)),
+                Ok(Sent::Ambiguous) => {
                     if let Some(done) = self.already_applied(method, url, body).await? {
                         debug!(method = %method, path = url.path(), "write found applied on re-read");
                         return Ok(Written::AlreadyDone(done));
                     }
                 }
+                // Out of retries on an ambiguous failure: one last look before reporting it.
+                Err(e) if rereadable(method) && is_ambiguous(&e) => {
+                    return match self.already_applied(method, url, body).await? {
+                        Some(done) => Ok(Written::AlreadyDone(done)),
+                        None => Err(e),
+                    };
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -698,22 +724,14 @@ impl ArmClient {
         kind: OpKind,
         used: &mut u32,
     ) -> Result<Sent, ArmError> {
-        let rereadable =
-            *method == Method::PUT || *method == Method::PATCH || *method == Method::DELETE;
         loop {
-            let (err, retry_after, ambiguous) =
-                match self.attempt(method, url, body, kind, *used).await {
-                    Ok(resp) if !is_transient_status(resp.status) => return Ok(Sent::Answer(resp)),
-                    Ok(resp) => (
-                        status_error(method, url, &resp),
-                        resp.retry_after,
-                        rereadable && resp.status == 504,
-                    ),
-                    Err(e @ (ArmError::Timeout { .. } | ArmError::Transport { .. })) => {
-                        (e, None, rereadable)
-                    }
-                    Err(e) => return Err(e),
-                };
+            let (err, retry_after) = match self.attempt(method, url, body, kind, *used).await {
+                Ok(resp) if !is_transient_status(resp.status) => return Ok(Sent::Answer(resp)),
+                Ok(resp) => (status_error(method, url, &resp), resp.retry_after),
+                Err(e @ (ArmError::Timeout { .. } | ArmError::Transport { .. })) => (e, None),
+                Err(e) => return Err(e),
+            };
+            let ambiguous = rereadable(method) && is_ambiguous(&err);
             if *used >= self.inner.config.max_retries {
                 return Err(err);
             }
@@ -860,6 +878,11 @@ fn subscription_of(path: &str) -> String {
         }
     }
     String::new()
+}
+
+fn has_api_version(url: &Url) -> bool {
+    url.query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("api-version"))
 }
 
 /// api-version by the provider namespace of the path (the last `providers/{ns}`).
