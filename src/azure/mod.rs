@@ -1,6 +1,9 @@
 //! Everything that talks to (or describes) Azure: resource ids, ARM models, the ARM client.
 
+pub mod arm;
+pub mod credential;
 pub mod models;
+pub mod pacer;
 pub mod resource_id;
 
 pub use resource_id::{ResourceId, ResourceIdError, ResourceKind};
