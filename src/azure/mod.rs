@@ -2,5 +2,6 @@
 
 pub mod models;
 pub mod resource_id;
+pub mod servicebus;
 
 pub use resource_id::{ResourceId, ResourceIdError, ResourceKind};
