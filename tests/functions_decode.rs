@@ -166,9 +166,15 @@ fn storage_queue_and_blob_triggers_are_not_service_bus() {
     )
     .unwrap();
     assert_eq!(d.body, br#"{"message":"hello","number":2}"#);
-    // The docs' idealised sample has a non-JSON, non-base64 body: rejected with the reason.
-    let e =
-        decode_service_bus(&host("docs-queue-trigger.request.json"), "myQueueItem").unwrap_err();
+    // The docs' idealised sample: an unquoted, not-quite-JSON body passes through as text
+    // (the step-message decoder is what rejects it).
+    let d = decode_service_bus(&host("docs-queue-trigger.request.json"), "myQueueItem").unwrap();
+    assert_eq!(d.body, br#"{ message: "Message sent" }"#);
+    let e = decode_service_bus(
+        br#"{"Data":{"myQueueItem":"Message sent"},"Metadata":{}}"#,
+        "myQueueItem",
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("body is not base64"), "{e}");
     // A blob trigger's base64 content decodes as binary.
     let d = decode_service_bus(

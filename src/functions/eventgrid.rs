@@ -121,8 +121,8 @@ pub fn writer(event: &EventGridEvent) -> Writer {
     let mut principal_ids = Vec::new();
     for path in [
         &["authorization", "evidence", "principalId"][..],
-        &["claims", OID_CLAIM],
-        &["claims", "oid"],
+        &["claims", OID_CLAIM][..],
+        &["claims", "oid"][..],
     ] {
         if let Some(id) = event.data_str(path) {
             if !principal_ids.iter().any(|p: &String| same_principal(p, id)) {

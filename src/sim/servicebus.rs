@@ -426,23 +426,19 @@ impl ServiceBusFake {
                 && (m.seq.to_string() == id || m.message_id == id)
         })?;
         let seq = m.seq;
-        let result = match *method {
-            Method::DELETE => {
-                q.messages.remove(&seq);
-                q.completed += 1;
-                now
+        let result = if *method == Method::DELETE {
+            q.messages.remove(&seq);
+            q.completed += 1;
+            now
+        } else if *method == Method::PUT {
+            self.release(&mut queues, entity, seq);
+            now
+        } else {
+            let until = now + self.lock_duration();
+            if let Some(l) = m.lock.as_mut() {
+                l.until = until;
             }
-            Method::PUT => {
-                self.release(&mut queues, entity, seq);
-                now
-            }
-            _ => {
-                let until = now + self.lock_duration();
-                if let Some(l) = m.lock.as_mut() {
-                    l.until = until;
-                }
-                until
-            }
+            until
         };
         drop(queues);
         self.inner.changed.notify_waiters();
@@ -598,20 +594,17 @@ async fn dispatch(
         queue: q.to_string(),
         dead_letter,
     };
-    match (method.clone(), segs.as_slice()) {
-        (Method::POST, [q, "messages"]) => send(&fake, q, &headers, body),
-        (Method::POST, [q, "messages", "head"]) => {
-            receive(&fake, entity(q, false), &uri, &headers).await
-        }
-        (Method::POST, [q, d, "messages", "head"]) if is_dlq(d) => {
+    let settling = matches!(method.as_str(), "DELETE" | "PUT" | "POST");
+    match (method.as_str(), segs.as_slice()) {
+        ("POST", [q, "messages"]) => send(&fake, q, &headers, body),
+        ("POST", [q, "messages", "head"]) => receive(&fake, entity(q, false), &uri, &headers).await,
+        ("POST", [q, d, "messages", "head"]) if is_dlq(d) => {
             receive(&fake, entity(q, true), &uri, &headers).await
         }
-        (Method::DELETE | Method::PUT | Method::POST, [q, "messages", id, token]) => {
+        (_, [q, "messages", id, token]) if settling => {
             settle(&fake, entity(q, false), id, token, &method)
         }
-        (Method::DELETE | Method::PUT | Method::POST, [q, d, "messages", id, token])
-            if is_dlq(d) =>
-        {
+        (_, [q, d, "messages", id, token]) if settling && is_dlq(d) => {
             settle(&fake, entity(q, true), id, token, &method)
         }
         _ => error(StatusCode::NOT_FOUND, "No such entity or operation."),
