@@ -278,3 +278,31 @@ async fn the_token_never_appears_in_errors() {
     assert!(matches!(err, ServiceBusError::Transport { .. }), "{text}");
     assert!(!text.contains(TOKEN), "{text}");
 }
+
+/// A lock URI pointing elsewhere would receive our bearer token on settle: refused.
+#[tokio::test]
+async fn a_lock_uri_outside_the_endpoint_is_refused() {
+    use axum::http::{HeaderMap, StatusCode};
+    let app = axum::Router::new().fallback(|| async {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "BrokerProperties",
+            r#"{"LockToken":"t","DeliveryCount":1}"#.parse().unwrap(),
+        );
+        h.insert(
+            "Location",
+            "http://evil.example/steps/messages/1/t".parse().unwrap(),
+        );
+        (StatusCode::CREATED, h, "x")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = ServiceBusClient::new(url, "steps", Arc::new(StaticBearer(TOKEN.into())));
+    let err = client.receive(NOW).await.unwrap_err();
+    assert!(
+        matches!(err, ServiceBusError::Protocol { ref detail, .. } if detail.contains("outside the endpoint")),
+        "{err}"
+    );
+    server.abort();
+}

@@ -285,6 +285,7 @@ fn is_sites(provider: &str, ty: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
 
     const SITE: &str = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Web/sites/app1";
@@ -405,5 +406,21 @@ mod tests {
             classify(&ev, None),
             EventAction::Migrate(site().child("slots", "green").unwrap())
         );
+    }
+
+    proptest! {
+        #[test]
+        fn classify_never_panics_on_odd_subjects_and_topics(
+            subject in "(/[A-Za-z.$-]{0,12}){0,10}",
+            topic in "(/[A-Za-z.$-]{0,12}){0,6}",
+            ty in prop::sample::select(vec![ARM_WRITE, APP_UPDATED, VALIDATION, "x"]),
+        ) {
+            let ev = EventGridEvent::from_value(&json!({
+                "id": "p", "eventType": ty, "subject": subject, "topic": topic,
+                "data": {"resourceUri": subject, "claims": {"oid": subject}}
+            }))
+            .unwrap();
+            let _ = classify(&ev, Some(&subject));
+        }
     }
 }
