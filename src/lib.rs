@@ -9,8 +9,12 @@
 //!   tests run against it through the real HTTP client.
 //! - `pipeline`: the versioned step message (MessageId / SessionId), outcomes, the queue and
 //!   ledger contracts, and the embedded SQLite store (queue + ledger in one durable file).
+//! - `functions`: the Azure Functions custom-handler protocol: decoding the host's invocation
+//!   payloads (Service Bus, Event Grid, Timer, HTTP), classifying Event Grid events, encoding
+//!   responses.
 //! - `cli`: one file per subcommand; `main.rs` only parses arguments and dispatches.
 
 pub mod azure;
+pub mod functions;
 pub mod pipeline;
 pub mod sim;

@@ -5,5 +5,6 @@ pub mod credential;
 pub mod models;
 pub mod pacer;
 pub mod resource_id;
+pub mod servicebus;
 
 pub use resource_id::{ResourceId, ResourceIdError, ResourceKind};

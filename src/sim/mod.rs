@@ -11,6 +11,7 @@ mod network;
 mod options;
 mod reply;
 mod server;
+pub mod servicebus;
 mod state;
 mod store;
 mod throttle;
