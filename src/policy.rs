@@ -1,0 +1,886 @@
+//! The rollout policy (`rollout.json`, DESIGN §9; schema in `docs/policy.schema.json`).
+//!
+//! Every field has a default, so an empty object (or no file at all, see
+//! [`Policy::load_or_default`]) is a valid policy. Unknown fields are rejected: a typo in a
+//! safety setting must not silently fall back to a default. Every error is one line naming
+//! the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+use time::{OffsetDateTime, Weekday};
+
+use crate::azure::resource_id::{ResourceId, ResourceKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("policy is not valid JSON: {0}")]
+    Syntax(String),
+    #[error("policy field {field}: {message}")]
+    Field { field: String, message: String },
+}
+
+fn field_err(field: &str, message: impl Into<String>) -> PolicyError {
+    PolicyError::Field {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Policy {
+    pub scope: Scope,
+    /// Wave sizes, canary first; targets left over after the last wave form one more wave.
+    pub waves: Vec<WaveSize>,
+    pub concurrency: Concurrency,
+    /// Wait after a wave before its gates are judged and the next wave starts.
+    pub bake_minutes: u32,
+    pub gates: Gates,
+    /// Maintenance windows; a target matching no window's tags may run at any time.
+    pub windows: Vec<Window>,
+    pub subnet: SubnetPolicy,
+    pub routing: Routing,
+    pub rollback: RollbackMode,
+    /// Step attempts (each with in-step retries) before a target is parked.
+    pub max_attempts: u32,
+    pub on_deploy: OnDeploy,
+    /// Delay between configure and verify, so the app has restarted on the new network.
+    pub settle_seconds: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            scope: Scope::default(),
+            waves: Vec::new(),
+            concurrency: Concurrency::default(),
+            bake_minutes: 0,
+            gates: Gates::default(),
+            windows: Vec::new(),
+            subnet: SubnetPolicy::default(),
+            routing: Routing::default(),
+            rollback: RollbackMode::Auto,
+            max_attempts: 5,
+            on_deploy: OnDeploy::PlanOnly,
+            settle_seconds: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Scope {
+    /// Subscription ids; empty = every subscription the run was given.
+    pub subscriptions: Vec<String>,
+    /// Resource group names, or resource group ids when a name is ambiguous across subscriptions.
+    pub resource_groups: Vec<String>,
+    /// Every tag listed must be present with this value (tag names compare case-insensitively).
+    pub tags: BTreeMap<String, String>,
+    /// Ids left out, with everything below them (a site excludes its slots).
+    pub exclude: Vec<ResourceId>,
+}
+
+impl Scope {
+    /// Whether a target (site or slot) with these tags is in scope.
+    pub fn includes(&self, id: &ResourceId, tags: Option<&Map<String, Value>>) -> bool {
+        let sub_ok = self.subscriptions.is_empty()
+            || self
+                .subscriptions
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(id.subscription()));
+        let rg_ok = self.resource_groups.is_empty()
+            || self.resource_groups.iter().any(|rg| {
+                if rg.starts_with('/') {
+                    ResourceId::parse(rg).is_ok_and(|scope| id.is_within(&scope))
+                } else {
+                    id.resource_group()
+                        .is_some_and(|own| own.eq_ignore_ascii_case(rg))
+                }
+            });
+        sub_ok
+            && rg_ok
+            && tags_match(&self.tags, tags)
+            && !self.exclude.iter().any(|ex| id.is_within(ex))
+    }
+}
+
+/// Every required tag is present with the same value; tag names are case-insensitive in ARM.
+pub fn tags_match(required: &BTreeMap<String, String>, tags: Option<&Map<String, Value>>) -> bool {
+    required.iter().all(|(k, v)| {
+        tags.into_iter()
+            .flatten()
+            .any(|(tk, tv)| tk.eq_ignore_ascii_case(k) && tv.as_str() == Some(v.as_str()))
+    })
+}
+
+/// A wave size: a number of targets (`5`) or a share of the targets in scope (`"10%"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaveSize {
+    Count(u32),
+    Percent(u32),
+}
+
+impl WaveSize {
+    /// Targets in this wave out of `total` in scope; a percentage rounds up so it is never 0.
+    pub fn targets(&self, total: u32) -> u32 {
+        match *self {
+            WaveSize::Count(n) => n.min(total),
+            WaveSize::Percent(p) => (u64::from(total) * u64::from(p)).div_ceil(100) as u32,
+        }
+    }
+}
+
+impl Serialize for WaveSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WaveSize::Count(n) => s.serialize_u32(*n),
+            WaveSize::Percent(p) => s.serialize_str(&format!("{p}%")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WaveSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = WaveSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number of targets or a percentage like \"10%\"")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<WaveSize, E> {
+                u32::try_from(v)
+                    .map(WaveSize::Count)
+                    .map_err(|_| E::custom(format!("wave size {v} is too large")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<WaveSize, E> {
+                Err(E::custom(format!("must be at least 1, got {v}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WaveSize, E> {
+                let bad = || E::custom(format!("expected a percentage like \"10%\", got {v:?}"));
+                let n = v.trim().strip_suffix('%').ok_or_else(bad)?;
+                n.trim()
+                    .parse::<u32>()
+                    .map(WaveSize::Percent)
+                    .map_err(|_| bad())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Concurrency {
+    pub per_subscription: u32,
+    /// Targets migrating at once per destination VNet (subnet writes are serialised anyway).
+    pub per_vnet: u32,
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Self {
+            per_subscription: 16,
+            per_vnet: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Gates {
+    /// Share of a wave's targets (0–1) that may fail before the rollout pauses.
+    pub max_failure_rate: f64,
+    pub key_vault_references_must_resolve: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Self {
+            max_failure_rate: 0.1,
+            key_vault_references_must_resolve: true,
+            probe: None,
+        }
+    }
+}
+
+/// An HTTP GET of the app's own host name after migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Probe {
+    pub path: String,
+    pub expected_status: u16,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Self {
+            path: "/".to_string(),
+            expected_status: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Day {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+impl Day {
+    fn of(w: Weekday) -> Day {
+        match w {
+            Weekday::Monday => Day::Mon,
+            Weekday::Tuesday => Day::Tue,
+            Weekday::Wednesday => Day::Wed,
+            Weekday::Thursday => Day::Thu,
+            Weekday::Friday => Day::Fri,
+            Weekday::Saturday => Day::Sat,
+            Weekday::Sunday => Day::Sun,
+        }
+    }
+}
+
+/// Allowed UTC hours `[startHour, endHour)` on `days` (empty = every day) for targets carrying
+/// `tags` (empty = every target). `endHour <= startHour` spans midnight into the next day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Window {
+    pub days: Vec<Day>,
+    pub start_hour: u8,
+    pub end_hour: u8,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self {
+            days: Vec::new(),
+            start_hour: 0,
+            end_hour: 24,
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
+impl Window {
+    fn day_listed(&self, d: Day) -> bool {
+        self.days.is_empty() || self.days.contains(&d)
+    }
+
+    /// Whether the UTC instant lies inside this window.
+    pub fn contains(&self, at: OffsetDateTime) -> bool {
+        let at = at.to_offset(time::UtcOffset::UTC);
+        let hour = at.hour();
+        let today = Day::of(at.weekday());
+        if self.start_hour < self.end_hour {
+            return self.day_listed(today) && hour >= self.start_hour && hour < self.end_hour;
+        }
+        let yesterday = Day::of(at.weekday().previous());
+        (self.day_listed(today) && hour >= self.start_hour)
+            || (self.day_listed(yesterday) && hour < self.end_hour)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SubnetPolicy {
+    /// Name of a plan's new subnet; `{plan}` is replaced by the plan name.
+    pub name_pattern: String,
+    /// Prefix length used for a new subnet when space allows and it is larger than required.
+    pub preferred_prefix: u8,
+    /// Reuse empty subnets of other names (otherwise only the pattern's name or a linked one).
+    pub reuse_empty_subnets: bool,
+    /// Multi-plan subnet join: plans of one subscription and region share one subnet.
+    pub shared_across_plans: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_security_group_id: Option<ResourceId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_table_id: Option<ResourceId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat_gateway_id: Option<ResourceId>,
+}
+
+impl Default for SubnetPolicy {
+    fn default() -> Self {
+        Self {
+            name_pattern: "snet-{plan}-integration".to_string(),
+            preferred_prefix: 26,
+            reuse_empty_subnets: false,
+            shared_across_plans: false,
+            network_security_group_id: None,
+            route_table_id: None,
+            nat_gateway_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Routing {
+    pub all_traffic: bool,
+    pub image_pull: bool,
+    pub content_share: bool,
+    pub backup_restore: bool,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self {
+            all_traffic: true,
+            image_pull: false,
+            content_share: false,
+            backup_restore: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RollbackMode {
+    /// Restore the gateway connection automatically.
+    Auto,
+    /// Leave the target for an operator.
+    Park,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDeploy {
+    Migrate,
+    PlanOnly,
+    Ignore,
+}
+
+/// Azure subnet names: 1–80 of letters, digits, `_`, `.`, `-`; start with a letter or digit,
+/// end with a letter, digit or `_`.
+fn valid_subnet_name_chars(s: &str) -> bool {
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Plan names are up to 60 characters and subnet names up to 80.
+const MAX_PATTERN_FIXED_CHARS: usize = 20;
+
+impl Policy {
+    /// Parses and validates a policy document.
+    pub fn from_json(s: &str) -> Result<Policy, PolicyError> {
+        let mut de = serde_json::Deserializer::from_str(s);
+        let policy: Policy = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_data() && path != "." {
+                field_err(&path, inner.to_string())
+            } else {
+                PolicyError::Syntax(inner.to_string())
+            }
+        })?;
+        de.end().map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Reads and validates a policy file; a missing file is an error.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_json(&text)
+    }
+
+    /// Like [`Policy::load`], but a file that does not exist means the defaults (the
+    /// `VNET_MIGRATE_POLICY` default path need not exist).
+    pub fn load_or_default(path: &Path) -> Result<Policy, PolicyError> {
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Policy::default()),
+            _ => Self::load(path),
+        }
+    }
+
+    /// The name of the plan's own integration subnet.
+    pub fn subnet_name(&self, plan_name: &str) -> String {
+        self.subnet.name_pattern.replace("{plan}", plan_name)
+    }
+
+    /// Whether a target with these tags may run at `at` (UTC maintenance windows).
+    pub fn window_allows(&self, tags: Option<&Map<String, Value>>, at: OffsetDateTime) -> bool {
+        let applicable: Vec<&Window> = self
+            .windows
+            .iter()
+            .filter(|w| tags_match(&w.tags, tags))
+            .collect();
+        applicable.is_empty() || applicable.iter().any(|w| w.contains(at))
+    }
+
+    /// Range and format checks serde cannot express; the first failure is returned.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        for (i, s) in self.scope.subscriptions.iter().enumerate() {
+            if s.trim().is_empty() || s.contains('/') {
+                return Err(field_err(
+                    &format!("scope.subscriptions[{i}]"),
+                    format!("must be a subscription id, got {s:?}"),
+                ));
+            }
+        }
+        for (i, rg) in self.scope.resource_groups.iter().enumerate() {
+            let ok = if rg.starts_with('/') {
+                ResourceId::parse(rg).is_ok_and(|id| id.kind() == ResourceKind::ResourceGroup)
+            } else {
+                !rg.trim().is_empty() && !rg.contains('/')
+            };
+            if !ok {
+                return Err(field_err(
+                    &format!("scope.resourceGroups[{i}]"),
+                    format!("must be a resource group name or id, got {rg:?}"),
+                ));
+            }
+        }
+        if self.scope.tags.keys().any(|k| k.trim().is_empty()) {
+            return Err(field_err("scope.tags", "tag names must not be empty"));
+        }
+        for (i, w) in self.waves.iter().enumerate() {
+            match *w {
+                WaveSize::Count(0) => {
+                    return Err(field_err(
+                        &format!("waves[{i}]"),
+                        "must be at least 1, got 0",
+                    ))
+                }
+                WaveSize::Percent(p) if !(1..=100).contains(&p) => {
+                    return Err(field_err(
+                        &format!("waves[{i}]"),
+                        format!("percentage must be between 1 and 100, got {p}"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if self.concurrency.per_subscription < 1 {
+            return Err(field_err(
+                "concurrency.perSubscription",
+                "must be at least 1, got 0",
+            ));
+        }
+        if self.concurrency.per_vnet < 1 {
+            return Err(field_err(
+                "concurrency.perVnet",
+                "must be at least 1, got 0",
+            ));
+        }
+        let rate = self.gates.max_failure_rate;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(field_err(
+                "gates.maxFailureRate",
+                format!("must be between 0 and 1, got {rate}"),
+            ));
+        }
+        if let Some(p) = &self.gates.probe {
+            if !p.path.starts_with('/') {
+                return Err(field_err(
+                    "gates.probe.path",
+                    format!("must start with '/', got {:?}", p.path),
+                ));
+            }
+            if !(100..=599).contains(&p.expected_status) {
+                return Err(field_err(
+                    "gates.probe.expectedStatus",
+                    format!("must be between 100 and 599, got {}", p.expected_status),
+                ));
+            }
+        }
+        for (i, w) in self.windows.iter().enumerate() {
+            if w.start_hour > 23 {
+                return Err(field_err(
+                    &format!("windows[{i}].startHour"),
+                    format!("must be between 0 and 23, got {}", w.start_hour),
+                ));
+            }
+            if w.end_hour > 24 {
+                return Err(field_err(
+                    &format!("windows[{i}].endHour"),
+                    format!("must be between 0 and 24, got {}", w.end_hour),
+                ));
+            }
+        }
+        self.validate_subnet()?;
+        if self.max_attempts < 1 {
+            return Err(field_err("maxAttempts", "must be at least 1, got 0"));
+        }
+        Ok(())
+    }
+
+    fn validate_subnet(&self) -> Result<(), PolicyError> {
+        let pattern = &self.subnet.name_pattern;
+        let fixed = pattern.replace("{plan}", "");
+        let sample = self.subnet_name("p");
+        let first_ok = sample
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+        let last_ok = sample
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !pattern.contains("{plan}") || !valid_subnet_name_chars(&fixed) || !first_ok || !last_ok
+        {
+            return Err(field_err(
+                "subnet.namePattern",
+                format!(
+                    "must contain {{plan}} and otherwise only letters, digits, '_', '.', '-' \
+                     (starting with a letter or digit, ending with a letter, digit or '_'), got {pattern:?}"
+                ),
+            ));
+        }
+        if fixed.len() > MAX_PATTERN_FIXED_CHARS {
+            return Err(field_err(
+                "subnet.namePattern",
+                format!(
+                    "at most {MAX_PATTERN_FIXED_CHARS} characters besides {{plan}} (subnet names \
+                     are limited to 80), got {}",
+                    fixed.len()
+                ),
+            ));
+        }
+        let p = self.subnet.preferred_prefix;
+        if !(16..=28).contains(&p) {
+            return Err(field_err(
+                "subnet.preferredPrefix",
+                format!("must be between 16 and 28, got {p}"),
+            ));
+        }
+        let ids = [
+            (
+                "subnet.networkSecurityGroupId",
+                &self.subnet.network_security_group_id,
+                "Microsoft.Network/networkSecurityGroups",
+            ),
+            (
+                "subnet.routeTableId",
+                &self.subnet.route_table_id,
+                "Microsoft.Network/routeTables",
+            ),
+            (
+                "subnet.natGatewayId",
+                &self.subnet.nat_gateway_id,
+                "Microsoft.Network/natGateways",
+            ),
+        ];
+        for (field, id, ty) in ids {
+            if let Some(id) = id {
+                if !id
+                    .resource_type()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(ty))
+                {
+                    return Err(field_err(field, format!("must be a {ty} id, got {id}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::BTreeSet;
+
+    const SCHEMA: &str = include_str!("../docs/policy.schema.json");
+
+    fn err(doc: Value) -> String {
+        Policy::from_json(&doc.to_string()).unwrap_err().to_string()
+    }
+
+    /// A policy with every optional field present, so its JSON shows every property.
+    fn full() -> Policy {
+        Policy::from_json(
+            &json!({
+                "scope": {"subscriptions": ["00000000-0000-0000-0000-000000000001"],
+                          "resourceGroups": ["rg-apps", "/subscriptions/s/resourceGroups/rg2"],
+                          "tags": {"env": "prod"},
+                          "exclude": ["/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/keep"]},
+                "waves": [1, "10%", 50],
+                "concurrency": {"perSubscription": 8, "perVnet": 2},
+                "bakeMinutes": 30,
+                "gates": {"maxFailureRate": 0.2, "keyVaultReferencesMustResolve": false,
+                          "probe": {"path": "/health", "expectedStatus": 204}},
+                "windows": [{"days": ["sat", "sun"], "startHour": 22, "endHour": 6, "tags": {"env": "prod"}}],
+                "subnet": {"namePattern": "snet-{plan}", "preferredPrefix": 27, "reuseEmptySubnets": true,
+                           "sharedAcrossPlans": true,
+                           "networkSecurityGroupId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/networkSecurityGroups/nsg",
+                           "routeTableId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/routeTables/rt",
+                           "natGatewayId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/natGateways/nat"},
+                "routing": {"allTraffic": false, "imagePull": true, "contentShare": true, "backupRestore": true},
+                "rollback": "park",
+                "maxAttempts": 3,
+                "onDeploy": "migrate",
+                "settleSeconds": 10
+            })
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn empty_document_is_the_defaults() {
+        let p = Policy::from_json("{}").unwrap();
+        assert_eq!(p, Policy::default());
+        assert_eq!(p.concurrency.per_subscription, 16);
+        assert_eq!(p.concurrency.per_vnet, 1);
+        assert!(p.gates.key_vault_references_must_resolve);
+        assert_eq!(p.subnet.preferred_prefix, 26);
+        assert!(p.routing.all_traffic && !p.routing.backup_restore);
+        assert_eq!(p.rollback, RollbackMode::Auto);
+        assert_eq!(p.max_attempts, 5);
+        assert_eq!(p.on_deploy, OnDeploy::PlanOnly);
+        assert_eq!(p.settle_seconds, 60);
+        assert_eq!(p.subnet_name("plan1"), "snet-plan1-integration");
+    }
+
+    #[test]
+    fn full_document_round_trips() {
+        let p = full();
+        assert_eq!(
+            p.waves,
+            vec![
+                WaveSize::Count(1),
+                WaveSize::Percent(10),
+                WaveSize::Count(50)
+            ]
+        );
+        assert_eq!(p.on_deploy, OnDeploy::Migrate);
+        let again = Policy::from_json(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(again, p);
+    }
+
+    #[test]
+    fn errors_name_the_field_on_one_line() {
+        let cases = [
+            (
+                json!({"subnet": {"preferredPrefix": 30}}),
+                "policy field subnet.preferredPrefix: must be between 16 and 28, got 30",
+            ),
+            (
+                json!({"subnet": {"preferredPrefix": 8}}),
+                "policy field subnet.preferredPrefix: must be between 16 and 28, got 8",
+            ),
+            (
+                json!({"maxAttempts": 0}),
+                "policy field maxAttempts: must be at least 1, got 0",
+            ),
+            (
+                json!({"concurrency": {"perSubscription": 0}}),
+                "policy field concurrency.perSubscription: must be at least 1, got 0",
+            ),
+            (
+                json!({"waves": [1, "150%"]}),
+                "policy field waves[1]: percentage must be between 1 and 100, got 150",
+            ),
+            (
+                json!({"waves": [0]}),
+                "policy field waves[0]: must be at least 1, got 0",
+            ),
+            (
+                json!({"gates": {"maxFailureRate": 1.5}}),
+                "policy field gates.maxFailureRate: must be between 0 and 1, got 1.5",
+            ),
+        ];
+        for (doc, want) in cases {
+            assert_eq!(err(doc), want);
+        }
+        let cases = [
+            (
+                json!({"subnet": {"namePattern": "snet-integration"}}),
+                "policy field subnet.namePattern:",
+            ),
+            (
+                json!({"subnet": {"namePattern": "snet {plan}"}}),
+                "policy field subnet.namePattern:",
+            ),
+            (
+                json!({"subnet": {"namePattern": "{plan}-"}}),
+                "policy field subnet.namePattern:",
+            ),
+            (
+                json!({"subnet": {"prefferedPrefix": 26}}),
+                "policy field subnet.prefferedPrefix: unknown field",
+            ),
+            (json!({"wave": [1]}), "policy field wave: unknown field"),
+            (
+                json!({"scope": {"exclude": ["not-an-id"]}}),
+                "policy field scope.exclude[0]: invalid ARM resource id",
+            ),
+            (
+                json!({"subnet": {"routeTableId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/networkSecurityGroups/x"}}),
+                "policy field subnet.routeTableId: must be a Microsoft.Network/routeTables id",
+            ),
+            (
+                json!({"waves": ["ten"]}),
+                "policy field waves[0]: expected a percentage",
+            ),
+            (
+                json!({"rollback": "maybe"}),
+                "policy field rollback: unknown variant",
+            ),
+            (
+                json!({"onDeploy": "always"}),
+                "policy field onDeploy: unknown variant",
+            ),
+            (
+                json!({"gates": {"probe": {"path": "health"}}}),
+                "policy field gates.probe.path:",
+            ),
+            (
+                json!({"windows": [{"startHour": 24}]}),
+                "policy field windows[0].startHour:",
+            ),
+            (
+                json!({"scope": {"resourceGroups": ["a/b"]}}),
+                "policy field scope.resourceGroups[0]:",
+            ),
+        ];
+        for (doc, want) in cases {
+            let got = err(doc.clone());
+            assert!(got.starts_with(want), "{doc}: {got}");
+            assert!(!got.contains('\n'), "{got}");
+        }
+        assert!(Policy::from_json("{")
+            .unwrap_err()
+            .to_string()
+            .starts_with("policy is not valid JSON"));
+        assert!(Policy::from_json("{} x").is_err());
+    }
+
+    #[test]
+    fn load_and_load_or_default() {
+        let dir =
+            std::env::temp_dir().join(format!("vnet-migrate-policy-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("rollout.json");
+        assert!(matches!(
+            Policy::load(&missing),
+            Err(PolicyError::Io { .. })
+        ));
+        assert_eq!(
+            Policy::load_or_default(&missing).unwrap(),
+            Policy::default()
+        );
+        std::fs::write(&missing, r#"{"maxAttempts": 2}"#).unwrap();
+        assert_eq!(Policy::load_or_default(&missing).unwrap().max_attempts, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn scope_matching() {
+        let p = full();
+        let id = |s: &str| ResourceId::parse(s).unwrap();
+        let tags = json!({"Env": "prod"});
+        let tags = tags.as_object();
+        let app = id("/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/RG-APPS/providers/Microsoft.Web/sites/a");
+        assert!(p.scope.includes(&app, tags));
+        assert!(!p.scope.includes(&app, None));
+        let other_sub =
+            id("/subscriptions/x/resourceGroups/rg-apps/providers/Microsoft.Web/sites/a");
+        assert!(!p.scope.includes(&other_sub, tags));
+        let mut s = p.scope.clone();
+        s.subscriptions.clear();
+        let kept =
+            id("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/KEEP/slots/x");
+        assert!(!s.includes(&kept, tags));
+        let by_rg_id = id("/subscriptions/s/resourceGroups/rg2/providers/Microsoft.Web/sites/b");
+        assert!(s.includes(&by_rg_id, tags));
+        assert!(Scope::default().includes(&kept, None));
+    }
+
+    #[test]
+    fn windows_and_waves() {
+        let p = full();
+        let tags = json!({"env": "prod"});
+        let sat_23 = time::macros::datetime!(2026-11-21 23:00 UTC);
+        let sun_05 = time::macros::datetime!(2026-11-22 05:59 UTC);
+        let mon_05 = time::macros::datetime!(2026-11-23 05:00 UTC);
+        let sat_12 = time::macros::datetime!(2026-11-21 12:00 UTC);
+        assert!(p.window_allows(tags.as_object(), sat_23));
+        assert!(p.window_allows(tags.as_object(), sun_05));
+        assert!(
+            p.window_allows(tags.as_object(), mon_05),
+            "Sunday night spans into Monday"
+        );
+        assert!(!p.window_allows(tags.as_object(), sat_12));
+        assert!(
+            p.window_allows(None, sat_12),
+            "no window applies to untagged targets"
+        );
+        assert_eq!(WaveSize::Percent(10).targets(95), 10);
+        assert_eq!(WaveSize::Percent(1).targets(5), 1);
+        assert_eq!(WaveSize::Count(50).targets(7), 7);
+    }
+
+    fn resolve<'a>(schema: &'a Value, node: &'a Value) -> &'a Value {
+        match node.get("$ref").and_then(Value::as_str) {
+            Some(r) => {
+                let name = r.strip_prefix("#/$defs/").expect("local $ref");
+                &schema["$defs"][name]
+            }
+            None => node,
+        }
+    }
+
+    /// Walks the schema alongside a value: object properties must match exactly, both ways;
+    /// declared defaults must equal the value in `Policy::default()`'s JSON.
+    fn compare(schema: &Value, node: &Value, full: &Value, defaults: Option<&Value>, path: &str) {
+        let node = resolve(schema, node);
+        if let (Some(d), Some(want)) = (node.get("default"), defaults) {
+            assert_eq!(d, want, "schema default of {path}");
+        }
+        if let Some(props) = node.get("properties").and_then(Value::as_object) {
+            assert_eq!(
+                node["additionalProperties"],
+                json!(false),
+                "{path} must reject unknown fields"
+            );
+            let in_schema: BTreeSet<&String> = props.keys().collect();
+            let in_policy: BTreeSet<&String> = full.as_object().expect(path).keys().collect();
+            assert_eq!(in_schema, in_policy, "properties of {path}");
+            for (k, sub) in props {
+                let d = defaults.and_then(|d| d.get(k));
+                compare(schema, sub, &full[k], d, &format!("{path}.{k}"));
+            }
+        } else if let (Some(items), Some(arr)) = (node.get("items"), full.as_array()) {
+            for (i, v) in arr.iter().enumerate() {
+                compare(schema, items, v, None, &format!("{path}[{i}]"));
+            }
+        }
+    }
+
+    #[test]
+    fn schema_matches_policy_both_ways() {
+        let schema: Value = serde_json::from_str(SCHEMA).unwrap();
+        assert_eq!(
+            schema["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+        let full = serde_json::to_value(full()).unwrap();
+        let defaults = serde_json::to_value(Policy::default()).unwrap();
+        compare(&schema, &schema, &full, Some(&defaults), "policy");
+    }
+}
