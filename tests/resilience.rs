@@ -82,18 +82,44 @@ async fn every_step_twice_changes_nothing_the_second_time() {
     let policy = Policy::default();
     let engine = rig.engine(store, &policy);
     let run = RunId("r-idem".into());
-    let sites = sites_in_scope(&rig.arm, &rig.subscriptions(), &policy, &[]).await.unwrap();
-    let mut queue: VecDeque<StepMessage> = sites.into_iter().map(|s| StepMessage::new(run.clone(), s, Step::Discover, Origin::Cli)).collect();
+    let sites = sites_in_scope(&rig.arm, &rig.subscriptions(), &policy, &[])
+        .await
+        .unwrap();
+    let mut queue: VecDeque<StepMessage> = sites
+        .into_iter()
+        .map(|s| StepMessage::new(run.clone(), s, Step::Discover, Origin::Cli))
+        .collect();
     let mut executed = 0;
     let mut outcomes: BTreeMap<ResourceId, String> = BTreeMap::new();
     while let Some(msg) = queue.pop_front() {
         let first = rig_exec(&engine, &msg).await;
         let after_first = (writes(&rig), normalized(&rig.sim.state()));
         let second = rig_exec(&engine, &msg).await;
-        assert_eq!(writes(&rig), after_first.0, "{} of {} wrote again on its second run", msg.step, msg.target);
-        assert_eq!(normalized(&rig.sim.state()), after_first.1, "{} of {} changed ARM on its second run", msg.step, msg.target);
-        assert_eq!(first.outcome, second.outcome, "{} decided differently the second time", msg.step);
-        let steps = |e: &vnet_migrate::pipeline::engine::Executed| e.next.iter().map(|o| (o.message.target.clone(), o.message.step)).collect::<Vec<_>>();
+        assert_eq!(
+            writes(&rig),
+            after_first.0,
+            "{} of {} wrote again on its second run",
+            msg.step,
+            msg.target
+        );
+        assert_eq!(
+            normalized(&rig.sim.state()),
+            after_first.1,
+            "{} of {} changed ARM on its second run",
+            msg.step,
+            msg.target
+        );
+        assert_eq!(
+            first.outcome, second.outcome,
+            "{} decided differently the second time",
+            msg.step
+        );
+        let steps = |e: &vnet_migrate::pipeline::engine::Executed| {
+            e.next
+                .iter()
+                .map(|o| (o.message.target.clone(), o.message.step))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(steps(&first), steps(&second));
         if let Some(o) = &first.outcome {
             outcomes.insert(msg.target.clone(), o.to_string());
@@ -102,7 +128,13 @@ async fn every_step_twice_changes_nothing_the_second_time() {
         executed += 1;
     }
     assert!(executed >= 25, "only {executed} steps ran");
-    let o = |name: &str| outcomes.iter().find(|(k, _)| k.as_str().ends_with(name)).map(|(_, v)| v.clone()).unwrap();
+    let o = |name: &str| {
+        outcomes
+            .iter()
+            .find(|(k, _)| k.as_str().ends_with(name))
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
     assert_eq!(o("/sites/a"), "migrated");
     assert_eq!(o("/sites/a/slots/staging"), "migrated");
     assert_eq!(o("/sites/b"), "migrated");
@@ -110,7 +142,10 @@ async fn every_step_twice_changes_nothing_the_second_time() {
     assert_eq!(o("/sites/kv"), "rolled-back:kv-references-unresolved");
 }
 
-async fn rig_exec(engine: &vnet_migrate::pipeline::engine::Engine, msg: &StepMessage) -> vnet_migrate::pipeline::engine::Executed {
+async fn rig_exec(
+    engine: &vnet_migrate::pipeline::engine::Engine,
+    msg: &StepMessage,
+) -> vnet_migrate::pipeline::engine::Executed {
     engine.execute(msg).await
 }
 
@@ -123,7 +158,11 @@ fn local_run(rig: &Rig, state: std::path::PathBuf) -> LocalRun {
         apps: Vec::new(),
         dry_run: false,
         time_scale: 1_000_000.0,
-        runner: RunnerConfig { max_in_flight: 4, per_subscription: 4, lease: Duration::from_secs(60) },
+        runner: RunnerConfig {
+            max_in_flight: 4,
+            per_subscription: 4,
+            lease: Duration::from_secs(60),
+        },
         origin: "test".into(),
         progress: false,
     }
@@ -137,7 +176,10 @@ async fn crash_after_every_arm_write_then_resume_ends_in_the_same_state() {
     reference.assert_invariants(&report);
     let expected = normalized(&reference.sim.state());
     let total = writes(&reference);
-    assert!(total >= 10, "fleet too small to be interesting: {total} writes");
+    assert!(
+        total >= 10,
+        "fleet too small to be interesting: {total} writes"
+    );
 
     for k in 1..=total {
         let rig = Rig::start(fleet()).await;
@@ -146,14 +188,23 @@ async fn crash_after_every_arm_write_then_resume_ends_in_the_same_state() {
         // Stop the runner as soon as the k-th write has reached ARM.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while writes(&rig) < k && !task.is_finished() {
-            assert!(tokio::time::Instant::now() < deadline, "write {k} never happened");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "write {k} never happened"
+            );
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         task.abort();
         let _ = task.await;
         let resumed = local_run(&rig, state).execute().await.unwrap();
-        assert!(resumed.resumed || writes(&rig) == total, "crash at write {k}: the second run did not resume the first");
+        assert!(
+            resumed.resumed || writes(&rig) == total,
+            "crash at write {k}: the second run did not resume the first"
+        );
         let got = normalized(&rig.sim.state());
-        assert_eq!(got, expected, "crash after write {k}: final ARM state differs from the uninterrupted run");
+        assert_eq!(
+            got, expected,
+            "crash after write {k}: final ARM state differs from the uninterrupted run"
+        );
     }
 }

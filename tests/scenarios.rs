@@ -154,7 +154,12 @@ async fn mixed_case_resource_ids() {
     let plan = b.plan("apps", "Plan1", WE, "P1v2", 1);
     let a = b.site("apps", "App1", &plan);
     // The connection names the VNet in another casing, as ARM sometimes returns it.
-    let shouty = ResourceId::parse(&v.as_str().to_uppercase().replace("/SUBSCRIPTIONS/", "/subscriptions/")).unwrap();
+    let shouty = ResourceId::parse(
+        &v.as_str()
+            .to_uppercase()
+            .replace("/SUBSCRIPTIONS/", "/subscriptions/"),
+    )
+    .unwrap();
     b.gateway_connection(&a, &shouty);
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
@@ -186,7 +191,11 @@ async fn connect_rejected_by_arm_rolls_back_to_the_gateway() {
     let report = rig.run(&Policy::default(), "s.db").await;
     let o = Rig::outcome(&report, &a);
     assert!(o.starts_with("rolled-back:connect-rejected"), "{o}");
-    assert_eq!(rig.gateway_connections(&a), 1, "gateway connection restored");
+    assert_eq!(
+        rig.gateway_connections(&a),
+        1,
+        "gateway connection restored"
+    );
     assert!(rig.subnet_of(&a).is_none());
     rig.assert_invariants(&report);
 }
@@ -218,5 +227,8 @@ async fn key_vault_references_breaking_after_connect_park_when_policy_says_so() 
     let policy = Policy::from_json(r#"{"rollback": "park"}"#).unwrap();
     let (rig, a, o) = kv_breaks(policy).await;
     assert_eq!(o, "parked:verify-failed:kv-references-unresolved");
-    assert!(rig.subnet_of(&a).is_some(), "parked as it stands, for an operator");
+    assert!(
+        rig.subnet_of(&a).is_some(),
+        "parked as it stands, for an operator"
+    );
 }

@@ -26,10 +26,20 @@ pub struct Global {
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
     /// ARM base URL (sovereign clouds, the simulator).
-    #[arg(long, global = true, env = "VNET_MIGRATE_ARM_ENDPOINT", default_value = "https://management.azure.com")]
+    #[arg(
+        long,
+        global = true,
+        env = "VNET_MIGRATE_ARM_ENDPOINT",
+        default_value = "https://management.azure.com"
+    )]
     pub arm_endpoint: String,
     /// managed-identity, workload-identity, azure-cli, developer-tools or static.
-    #[arg(long, global = true, env = "VNET_MIGRATE_CREDENTIAL", default_value = "developer-tools")]
+    #[arg(
+        long,
+        global = true,
+        env = "VNET_MIGRATE_CREDENTIAL",
+        default_value = "developer-tools"
+    )]
     pub credential: String,
     /// Subscription in scope (repeatable).
     #[arg(long = "subscription", global = true)]
@@ -66,8 +76,12 @@ impl std::error::Error for Failed {}
 
 pub fn init_tracing(_output: OutputFormat) {
     // Logs go to stderr so that `--output json` keeps stdout clean.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VNET_MIGRATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VNET_MIGRATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// The policy from `--policy`, else defaults; scope flags are merged into it.
@@ -76,17 +90,27 @@ pub fn load_policy(global: &Global, scope: &Scope) -> Result<Policy> {
         Some(p) => Policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => Policy::default(),
     };
-    policy.scope.subscriptions.extend(global.subscriptions.iter().cloned());
-    policy.scope.resource_groups.extend(scope.resource_groups.iter().cloned());
+    policy
+        .scope
+        .subscriptions
+        .extend(global.subscriptions.iter().cloned());
+    policy
+        .scope
+        .resource_groups
+        .extend(scope.resource_groups.iter().cloned());
     for t in &scope.tags {
-        let (k, v) = t.split_once('=').with_context(|| format!("--tag {t:?}: expected key=value"))?;
+        let (k, v) = t
+            .split_once('=')
+            .with_context(|| format!("--tag {t:?}: expected key=value"))?;
         policy.scope.tags.insert(k.to_string(), v.to_string());
     }
     Ok(policy)
 }
 
 pub fn parse_apps(apps: &[String]) -> Result<Vec<ResourceId>> {
-    apps.iter().map(|a| ResourceId::parse(a).map_err(|e| anyhow::anyhow!("--app: {e}"))).collect()
+    apps.iter()
+        .map(|a| ResourceId::parse(a).map_err(|e| anyhow::anyhow!("--app: {e}")))
+        .collect()
 }
 
 /// Subscriptions in scope: flags, policy, or those of the `--app` ids.
@@ -95,16 +119,30 @@ pub fn subscriptions(policy: &Policy, apps: &[ResourceId]) -> Result<Vec<String>
     subs.extend(apps.iter().map(|a| a.subscription().to_string()));
     subs.sort_by_key(|s| s.to_ascii_lowercase());
     subs.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
-    anyhow::ensure!(!subs.is_empty(), "no scope: pass --subscription (or --app, or scope.subscriptions in the policy)");
+    anyhow::ensure!(
+        !subs.is_empty(),
+        "no scope: pass --subscription (or --app, or scope.subscriptions in the policy)"
+    );
     Ok(subs)
 }
 
 /// The ARM client for real Azure (or any endpoint), allowed to write only inside `scope`.
 pub fn arm_client(global: &Global, write_scope: Vec<ResourceId>) -> Result<ArmClient> {
-    let kind: CredentialKind = global.credential.parse().map_err(|e| anyhow::anyhow!("--credential: {e}"))?;
-    let cred = credential_from_settings(kind, &format!("{}/.default", arm_audience(&global.arm_endpoint)), &[&global.arm_endpoint])
-        .map_err(|e| anyhow::anyhow!("credential: {e}"))?;
-    ArmClient::new(ArmConfig::new(global.arm_endpoint.clone(), write_scope), cred).map_err(|e| anyhow::anyhow!("{e}"))
+    let kind: CredentialKind = global
+        .credential
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--credential: {e}"))?;
+    let cred = credential_from_settings(
+        kind,
+        &format!("{}/.default", arm_audience(&global.arm_endpoint)),
+        &[&global.arm_endpoint],
+    )
+    .map_err(|e| anyhow::anyhow!("credential: {e}"))?;
+    ArmClient::new(
+        ArmConfig::new(global.arm_endpoint.clone(), write_scope),
+        cred,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Token audience: public ARM unless the endpoint says otherwise (sovereign clouds use their host).
@@ -118,10 +156,18 @@ fn arm_audience(endpoint: &str) -> String {
 }
 
 /// Prints the report and returns the exit code: 0, or 1 when a target needs an operator.
-pub fn finish(global: &Global, report: &Report, table: impl FnOnce(&Report) -> String) -> Result<ExitCode> {
+pub fn finish(
+    global: &Global,
+    report: &Report,
+    table: impl FnOnce(&Report) -> String,
+) -> Result<ExitCode> {
     match global.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report)?),
         OutputFormat::Table => print!("{}", table(report)),
     }
-    Ok(if report.needs_operator() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if report.needs_operator() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

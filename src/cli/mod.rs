@@ -16,7 +16,11 @@ use clap::{Parser, Subcommand};
 pub use common::{Global, OutputFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "vnet-migrate", version, about = "Migrate Azure App Service apps from gateway-based to regional VNet integration")]
+#[command(
+    name = "vnet-migrate",
+    version,
+    about = "Migrate Azure App Service apps from gateway-based to regional VNet integration"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -53,7 +57,10 @@ pub fn main() -> ExitCode {
         }
     };
     common::init_tracing(cli.global.output);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -14,10 +14,22 @@ use super::common::Global;
 /// The app definition, compiled in from the repository so the binary packages itself.
 const HOST_JSON: &str = include_str!("../../host.json");
 const FUNCTIONS: [(&str, &str); 4] = [
-    ("step", include_str!("../../function-definitions/step/function.json")),
-    ("on-deploy", include_str!("../../function-definitions/on-deploy/function.json")),
-    ("rollout-tick", include_str!("../../function-definitions/rollout-tick/function.json")),
-    ("status", include_str!("../../function-definitions/status/function.json")),
+    (
+        "step",
+        include_str!("../../function-definitions/step/function.json"),
+    ),
+    (
+        "on-deploy",
+        include_str!("../../function-definitions/on-deploy/function.json"),
+    ),
+    (
+        "rollout-tick",
+        include_str!("../../function-definitions/rollout-tick/function.json"),
+    ),
+    (
+        "status",
+        include_str!("../../function-definitions/status/function.json"),
+    ),
 ];
 const EXECUTABLE: &str = "vnet-migrate";
 
@@ -43,9 +55,17 @@ pub async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
 
 /// (path inside the app, contents, executable?)
 fn app_files(binary: Vec<u8>) -> Vec<(String, Vec<u8>, bool)> {
-    let mut files = vec![("host.json".to_string(), HOST_JSON.as_bytes().to_vec(), false)];
+    let mut files = vec![(
+        "host.json".to_string(),
+        HOST_JSON.as_bytes().to_vec(),
+        false,
+    )];
     for (name, json) in FUNCTIONS {
-        files.push((format!("{name}/function.json"), json.as_bytes().to_vec(), false));
+        files.push((
+            format!("{name}/function.json"),
+            json.as_bytes().to_vec(),
+            false,
+        ));
     }
     files.push((EXECUTABLE.to_string(), binary, true));
     files
@@ -63,7 +83,8 @@ fn write_folder(dir: &Path, files: &[(String, Vec<u8>, bool)]) -> Result<()> {
     for (path, data, exec) in files {
         let p = dir.join(path);
         if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         std::fs::write(&p, data).with_context(|| format!("cannot write {}", p.display()))?;
         #[cfg(unix)]
@@ -79,7 +100,8 @@ fn write_zip(path: &Path, files: &[(String, Vec<u8>, bool)]) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut zip = zip::ZipWriter::new(f);
     for (name, data, exec) in files {
         let opts = zip::write::SimpleFileOptions::default()
@@ -99,11 +121,21 @@ mod tests {
     #[test]
     fn app_definition_is_valid_json_and_names_the_binary() {
         let host: serde_json::Value = serde_json::from_str(HOST_JSON).unwrap();
-        assert_eq!(host["customHandler"]["description"]["defaultExecutablePath"], EXECUTABLE);
-        assert_eq!(host["customHandler"]["description"]["arguments"][0], "serve");
+        assert_eq!(
+            host["customHandler"]["description"]["defaultExecutablePath"],
+            EXECUTABLE
+        );
+        assert_eq!(
+            host["customHandler"]["description"]["arguments"][0],
+            "serve"
+        );
         for (name, json) in FUNCTIONS {
-            let f: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(f["bindings"].as_array().is_some_and(|b| !b.is_empty()), "{name}");
+            let f: serde_json::Value =
+                serde_json::from_str(json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                f["bindings"].as_array().is_some_and(|b| !b.is_empty()),
+                "{name}"
+            );
         }
         let step: serde_json::Value = serde_json::from_str(FUNCTIONS[0].1).unwrap();
         assert_eq!(step["bindings"][0]["isSessionsEnabled"], true);
@@ -116,7 +148,9 @@ mod tests {
         let zip_path = dir.join("app.zip");
         write_zip(&zip_path, &app_files(b"\x7fELF-fake".to_vec())).unwrap();
         let mut z = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
-        let names: Vec<String> = (0..z.len()).map(|i| z.by_index(i).unwrap().name().to_string()).collect();
+        let names: Vec<String> = (0..z.len())
+            .map(|i| z.by_index(i).unwrap().name().to_string())
+            .collect();
         assert!(names.contains(&"host.json".to_string()));
         assert!(names.contains(&"step/function.json".to_string()));
         let bin = z.by_name(EXECUTABLE).unwrap();

@@ -14,7 +14,7 @@ use crate::azure::credential::StaticToken;
 use crate::azure::ResourceId;
 use crate::migration::invariants;
 use crate::policy::Policy;
-use crate::report::{self, Report};
+use crate::report;
 use crate::sim::{generate, FaultProfile, Fleet, SimOptions, Simulator};
 
 #[derive(Debug, ClapArgs)]
@@ -41,7 +41,11 @@ pub struct Args {
 }
 
 pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
-    anyhow::ensure!(args.speed > 0.0 && args.speed.is_finite(), "--speed must be a positive number, got {}", args.speed);
+    anyhow::ensure!(
+        args.speed > 0.0 && args.speed.is_finite(),
+        "--speed must be a positive number, got {}",
+        args.speed
+    );
     let policy = match &args.policy {
         Some(p) => Policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => Policy::default(),
@@ -51,10 +55,24 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         (None, Some(n)) => generate::generate(n, args.seed),
         (None, None) => anyhow::bail!("rehearse needs --fleet FILE or --generate N"),
     };
-    let sim = Simulator::new(fleet.clone(), SimOptions { speed: args.speed, faults: args.faults, seed: args.seed, ..SimOptions::default() });
-    let server = sim.serve(([127, 0, 0, 1], 0).into()).await.context("cannot start the ARM simulator")?;
+    let sim = Simulator::new(
+        fleet.clone(),
+        SimOptions {
+            speed: args.speed,
+            faults: args.faults,
+            seed: args.seed,
+            ..SimOptions::default()
+        },
+    );
+    let server = sim
+        .serve(([127, 0, 0, 1], 0).into())
+        .await
+        .context("cannot start the ARM simulator")?;
     let subs = invariants::subscriptions(&fleet);
-    let write_scope: Vec<ResourceId> = subs.iter().map(|s| ResourceId::subscription_id(s)).collect();
+    let write_scope: Vec<ResourceId> = subs
+        .iter()
+        .map(|s| ResourceId::subscription_id(s))
+        .collect();
     let mut config = ArmConfig::new(server.url(), write_scope);
     config.pacer = PacerConfig::default().scaled(args.speed);
     config.backoff_base = config.backoff_base.div_f64(args.speed);
@@ -62,17 +80,37 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let arm = ArmClient::new(config, std::sync::Arc::new(StaticToken::new("rehearsal")))?;
     let state = match args.state {
         Some(p) => p,
-        None => std::env::temp_dir().join(format!("vnet-migrate-rehearse-{}.db", uuid::Uuid::new_v4())),
+        None => {
+            std::env::temp_dir().join(format!("vnet-migrate-rehearse-{}.db", uuid::Uuid::new_v4()))
+        }
     };
-    let mut report = migrate(global, arm, policy, subs, Vec::new(), state.clone(), false, args.speed).await?;
+    let mut report = migrate(
+        global,
+        arm,
+        policy,
+        subs,
+        Vec::new(),
+        state.clone(),
+        false,
+        args.speed,
+    )
+    .await?;
 
     // Exact per-subscription figures from the simulator.
     let stats = sim.stats();
     let limits = PacerConfig::default().scaled(args.speed);
-    let bound = report::write_bound_seconds(stats.by_subscription.values().map(|s| s.writes), limits.writes_burst, limits.writes_per_sec);
+    let bound = report::write_bound_seconds(
+        stats.by_subscription.values().map(|s| s.writes),
+        limits.writes_burst,
+        limits.writes_per_sec,
+    );
     let p = &mut report.performance;
     p.arm_write_bound_seconds = round3(bound);
-    p.bound_ratio = if bound > 0.0 { round3(p.makespan_seconds / bound) } else { 0.0 };
+    p.bound_ratio = if bound > 0.0 {
+        round3(p.makespan_seconds / bound)
+    } else {
+        0.0
+    };
     p.arm_requests = stats.requests;
     p.arm_writes = stats.writes + stats.deletes;
     p.throttled429 = stats.throttled429;
@@ -86,7 +124,11 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         }
         s
     })?;
-    anyhow::ensure!(violations.is_empty(), "rehearsal broke invariants:\n  {}", violations.join("\n  "));
+    anyhow::ensure!(
+        violations.is_empty(),
+        "rehearsal broke invariants:\n  {}",
+        violations.join("\n  ")
+    );
     if state.starts_with(std::env::temp_dir()) {
         let _ = std::fs::remove_file(&state);
     }

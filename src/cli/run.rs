@@ -29,9 +29,22 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let policy = common::load_policy(global, &args.scope)?;
     let apps = common::parse_apps(&args.scope.apps)?;
     let subs = common::subscriptions(&policy, &apps)?;
-    let write_scope: Vec<ResourceId> = subs.iter().map(|s| ResourceId::subscription_id(s)).collect();
+    let write_scope: Vec<ResourceId> = subs
+        .iter()
+        .map(|s| ResourceId::subscription_id(s))
+        .collect();
     let arm = common::arm_client(global, write_scope)?;
-    let report = migrate(global, arm, policy, subs, apps, args.state, args.dry_run, 1.0).await?;
+    let report = migrate(
+        global,
+        arm,
+        policy,
+        subs,
+        apps,
+        args.state,
+        args.dry_run,
+        1.0,
+    )
+    .await?;
     common::finish(global, &report, Report::table)
 }
 
@@ -47,7 +60,10 @@ pub async fn migrate(
     dry_run: bool,
     time_scale: f64,
 ) -> Result<Report> {
-    let runner = RunnerConfig { per_subscription: policy.concurrency.per_subscription as usize, ..RunnerConfig::default() };
+    let runner = RunnerConfig {
+        per_subscription: policy.concurrency.per_subscription as usize,
+        ..RunnerConfig::default()
+    };
     let finished = LocalRun {
         arm: arm.clone(),
         policy: Arc::new(policy),
@@ -68,12 +84,20 @@ pub async fn migrate(
     let limits = crate::azure::arm::PacerConfig::default();
     // Without per-subscription counts from real ARM, assume the writes shared one subscription:
     // a bound that is never lower than the true one.
-    let bound = report::write_bound_seconds([m.writes + m.deletes], limits.writes_burst, limits.writes_per_sec);
+    let bound = report::write_bound_seconds(
+        [m.writes + m.deletes],
+        limits.writes_burst,
+        limits.writes_per_sec,
+    );
     let steps = finished.stats.steps as f64;
     let perf = Performance {
         makespan_seconds: round3(finished.makespan_seconds),
         arm_write_bound_seconds: round3(bound),
-        bound_ratio: if bound > 0.0 { round3(finished.makespan_seconds / bound) } else { 0.0 },
+        bound_ratio: if bound > 0.0 {
+            round3(finished.makespan_seconds / bound)
+        } else {
+            0.0
+        },
         arm_requests: m.requests,
         arm_writes: m.writes + m.deletes,
         throttled429: m.throttled_429,

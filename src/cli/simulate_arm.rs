@@ -27,13 +27,22 @@ pub struct Args {
 }
 
 pub async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
-    anyhow::ensure!(args.speed > 0.0 && args.speed.is_finite(), "--speed must be a positive number, got {}", args.speed);
+    anyhow::ensure!(
+        args.speed > 0.0 && args.speed.is_finite(),
+        "--speed must be a positive number, got {}",
+        args.speed
+    );
     let fleet = match (&args.fleet, args.generate) {
         (Some(path), _) => Fleet::load(path)?,
         (None, Some(n)) => generate::generate(n, args.seed),
         (None, None) => Fleet::default(),
     };
-    let options = SimOptions { speed: args.speed, faults: args.faults, seed: args.seed, ..SimOptions::default() };
+    let options = SimOptions {
+        speed: args.speed,
+        faults: args.faults,
+        seed: args.seed,
+        ..SimOptions::default()
+    };
     crate::sim::run_simulate_arm(fleet, options, args.port).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -25,7 +25,13 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let subs = common::subscriptions(&policy, &apps)?;
     let arm = common::arm_client(global, Vec::<ResourceId>::new())?;
     let fleet = snapshot::collect(&arm, &subs).await?;
-    fleet.save(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
-    eprintln!("wrote {} resources to {}", fleet.resources.len(), args.out.display());
+    fleet
+        .save(&args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    eprintln!(
+        "wrote {} resources to {}",
+        fleet.resources.len(),
+        args.out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

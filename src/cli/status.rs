@@ -22,19 +22,44 @@ pub struct Args {
 }
 
 pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
-    anyhow::ensure!(args.state.exists(), "state file {} does not exist", args.state.display());
+    anyhow::ensure!(
+        args.state.exists(),
+        "state file {} does not exist",
+        args.state.display()
+    );
     let store = SqliteStore::open(&args.state)?;
     let runs = store.runs().await?;
     let run = match args.run {
-        Some(r) => runs.iter().find(|x| x.run.as_str() == r).with_context(|| format!("no run {r} in {}", args.state.display()))?.clone(),
-        None => runs.last().with_context(|| format!("no run in {}", args.state.display()))?.clone(),
+        Some(r) => runs
+            .iter()
+            .find(|x| x.run.as_str() == r)
+            .with_context(|| format!("no run {r} in {}", args.state.display()))?
+            .clone(),
+        None => runs
+            .last()
+            .with_context(|| format!("no run in {}", args.state.display()))?
+            .clone(),
     };
     let records = store.targets(&RunId(run.run.0.clone())).await?;
-    let report = Report::new(run.run.as_str(), run.dry_run, &records, Performance::default());
+    let report = Report::new(
+        run.run.as_str(),
+        run.dry_run,
+        &records,
+        Performance::default(),
+    );
     common::finish(global, &report, |r| {
         let mut s = r.table();
-        for t in r.targets.iter().filter(|t| matches!(t.outcome.as_str(), "parked" | "rolled-back" | "unfinished")) {
-            s.push_str(&format!("  {} {}: {}\n", t.outcome, t.id, t.reason.as_deref().unwrap_or("-")));
+        for t in r
+            .targets
+            .iter()
+            .filter(|t| matches!(t.outcome.as_str(), "parked" | "rolled-back" | "unfinished"))
+        {
+            s.push_str(&format!(
+                "  {} {}: {}\n",
+                t.outcome,
+                t.id,
+                t.reason.as_deref().unwrap_or("-")
+            ));
         }
         s
     })

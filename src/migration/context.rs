@@ -29,11 +29,18 @@ pub struct PlanCache {
 impl PlanCache {
     fn lookup(&self, plan: &ResourceId) -> Option<Arc<PlanDecision>> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(plan).filter(|(at, _)| at.elapsed() < TTL).map(|(_, d)| d.clone())
+        map.get(plan)
+            .filter(|(at, _)| at.elapsed() < TTL)
+            .map(|(_, d)| d.clone())
     }
 
     /// The cached decision for `plan`, or a fresh one read from ARM.
-    pub async fn decision(&self, arm: &ArmClient, policy: &Policy, plan: &ResourceId) -> Result<Arc<PlanDecision>, StepError> {
+    pub async fn decision(
+        &self,
+        arm: &ArmClient,
+        policy: &Policy,
+        plan: &ResourceId,
+    ) -> Result<Arc<PlanDecision>, StepError> {
         if let Some(d) = self.lookup(plan) {
             return Ok(d);
         }
@@ -42,38 +49,48 @@ impl PlanCache {
             return Ok(d);
         }
         let d = Arc::new(compute(arm, policy, plan).await?);
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).insert(plan.clone(), (Instant::now(), d.clone()));
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(plan.clone(), (Instant::now(), d.clone()));
         Ok(d)
     }
 
     /// Drops every decision that involves `target` (its VNet changed under the plan).
     pub fn invalidate_target(&self, target: &ResourceId) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, (_, d)| !d.targets.contains_key(target));
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (_, d)| !d.targets.contains_key(target));
     }
 
     pub fn invalidate(&self, plan: &ResourceId) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(plan);
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(plan);
     }
 }
 
 /// The connections of a site or slot (a bare JSON array in ARM).
-pub async fn connections(arm: &ArmClient, target: &ResourceId) -> Result<Vec<VnetConnection>, StepError> {
-    Ok(arm.list(&format!("{target}/virtualNetworkConnections")).await?)
+pub async fn connections(
+    arm: &ArmClient,
+    target: &ResourceId,
+) -> Result<Vec<VnetConnection>, StepError> {
+    Ok(arm
+        .list(&format!("{target}/virtualNetworkConnections"))
+        .await?)
 }
 
 pub fn integration_of(site: &Site, conns: &[VnetConnection]) -> Integration {
-    if let Some(gw) = conns.iter().find(|c| c.is_gateway()) {
-        if let Some(vnet) = &gw.properties.vnet_resource_id {
-            return Integration::Gateway { vnet: vnet.clone(), connection: gw.name.clone() };
-        }
-    }
-    match &site.properties.virtual_network_subnet_id {
-        Some(s) => Integration::Regional { subnet: s.clone() },
-        None => Integration::None,
-    }
+    Integration::from_site(site.properties.virtual_network_subnet_id.as_ref(), conns)
 }
 
-async fn compute(arm: &ArmClient, policy: &Policy, plan_id: &ResourceId) -> Result<PlanDecision, StepError> {
+async fn compute(
+    arm: &ArmClient,
+    policy: &Policy,
+    plan_id: &ResourceId,
+) -> Result<PlanDecision, StepError> {
     let plan: Plan = arm.get(plan_id.as_str()).await?;
     let sites: Vec<Site> = arm.list(&format!("{plan_id}/sites")).await?;
     let mut members: Vec<Site> = Vec::new();
@@ -85,7 +102,11 @@ async fn compute(arm: &ArmClient, policy: &Policy, plan_id: &ResourceId) -> Resu
     let mut targets = Vec::with_capacity(members.len());
     for m in &members {
         let conns = connections(arm, &m.id).await?;
-        targets.push(TargetState { id: m.id.clone(), location: m.location.clone(), integration: integration_of(m, &conns) });
+        targets.push(TargetState {
+            id: m.id.clone(),
+            location: m.location.clone(),
+            integration: integration_of(m, &conns),
+        });
     }
 
     // VNets: gateway VNets, the VNets peered with them, and VNets already holding our subnets.
@@ -110,7 +131,9 @@ async fn compute(arm: &ArmClient, policy: &Policy, plan_id: &ResourceId) -> Resu
         if !seen.insert(id.clone()) {
             continue;
         }
-        let Some(v) = arm.get_opt::<VirtualNetwork>(id.as_str()).await? else { continue };
+        let Some(v) = arm.get_opt::<VirtualNetwork>(id.as_str()).await? else {
+            continue;
+        };
         if follow_peerings {
             for p in &v.properties.virtual_network_peerings {
                 if let Some(remote) = &p.properties.remote_virtual_network {
@@ -132,10 +155,20 @@ async fn compute(arm: &ArmClient, policy: &Policy, plan_id: &ResourceId) -> Resu
         Some(m) => arm
             .get_opt::<serde_json::Value>(&format!("{}/networkConfig/virtualNetwork", m.id))
             .await?
-            .and_then(|v| v.pointer("/properties/swiftSupported").and_then(serde_json::Value::as_bool))
+            .and_then(|v| {
+                v.pointer("/properties/swiftSupported")
+                    .and_then(serde_json::Value::as_bool)
+            })
             .unwrap_or(true),
         None => true,
     };
 
-    Ok(plan::decide(&PlanContext { plan: &plan, autoscale: &autoscale, targets: &targets, vnets: &vnets, swift_supported, policy }))
+    Ok(plan::decide(&PlanContext {
+        plan: &plan,
+        autoscale: &autoscale,
+        targets: &targets,
+        vnets: &vnets,
+        swift_supported,
+        policy,
+    }))
 }

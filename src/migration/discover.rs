@@ -11,26 +11,43 @@ use crate::pipeline::Outcome;
 
 pub async fn discover(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     let Some(site) = ctx.arm.get_opt::<Site>(msg.target.as_str()).await? else {
-        return Ok(StepResult::done(Outcome::Skipped("not-found".into()), "target no longer exists"));
+        return Ok(StepResult::done(
+            Outcome::Skipped("not-found".into()),
+            "target no longer exists",
+        ));
     };
     let conns = connections(&ctx.arm, &msg.target).await?;
     let mut result = match integration_of(&site, &conns) {
-        Integration::Gateway { vnet, .. } => StepResult::next(msg.next(Step::Plan), format!("gateway-based integration with {vnet}")),
-        Integration::Regional { subnet } => StepResult::done(Outcome::Skipped("already-regional".into()), format!("regional integration in {subnet}")),
-        Integration::None => StepResult::done(Outcome::Skipped("no-integration".into()), "no VNet integration"),
+        Integration::Gateway { vnet, .. } => StepResult::next(
+            msg.next(Step::Plan),
+            format!("gateway-based integration with {vnet}"),
+        ),
+        Integration::Regional { subnet } => StepResult::done(
+            Outcome::Skipped("already-regional".into()),
+            format!("regional integration in {subnet}"),
+        ),
+        Integration::None => StepResult::done(
+            Outcome::Skipped("no-integration".into()),
+            "no VNet integration",
+        ),
     };
     if msg.target.kind() == ResourceKind::Site {
         let slots: Vec<Site> = ctx.arm.list(&format!("{}/slots", msg.target)).await?;
         let now = time::OffsetDateTime::now_utc();
         for slot in slots {
-            if ctx.policy.excludes(&slot.id) {
+            if !ctx.policy.scope.includes(&slot.id, slot.tags.as_ref()) {
                 continue;
             }
             ctx.ledger.add_target(&msg.run, &slot.id, now).await?;
-            result.spawn.push(StepMessage::new(msg.run.clone(), slot.id, Step::Discover, msg.origin).with_dry_run(msg.dry_run));
+            result.spawn.push(
+                StepMessage::new(msg.run.clone(), slot.id, Step::Discover, msg.origin)
+                    .with_dry_run(msg.dry_run),
+            );
         }
         if !result.spawn.is_empty() {
-            result.detail.push_str(&format!("; {} slot(s) discovered", result.spawn.len()));
+            result
+                .detail
+                .push_str(&format!("; {} slot(s) discovered", result.spawn.len()));
         }
     }
     debug_assert!(!matches!(result.transition, Transition::Continue(ref v) if v.is_empty()));
@@ -38,14 +55,32 @@ pub async fn discover(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult
 }
 
 /// Targets (sites) in scope, for a run to start from. Slots are found by `discover`.
-pub async fn sites_in_scope(arm: &crate::azure::arm::ArmClient, subscriptions: &[String], scope: &crate::policy::Policy, apps: &[ResourceId]) -> Result<Vec<ResourceId>, StepError> {
+pub async fn sites_in_scope(
+    arm: &crate::azure::arm::ArmClient,
+    subscriptions: &[String],
+    policy: &crate::policy::Policy,
+    apps: &[ResourceId],
+) -> Result<Vec<ResourceId>, StepError> {
     if !apps.is_empty() {
-        return Ok(apps.iter().filter(|a| !scope.excludes(a)).cloned().collect());
+        return Ok(apps
+            .iter()
+            .filter(|a| !policy.scope.exclude.iter().any(|ex| a.is_within(ex)))
+            .cloned()
+            .collect());
     }
     let mut out = Vec::new();
     for sub in subscriptions {
-        let sites: Vec<Site> = arm.list(&format!("/subscriptions/{sub}/providers/Microsoft.Web/sites")).await?;
-        out.extend(sites.into_iter().filter(|s| scope.in_scope(s)).map(|s| s.id));
+        let sites: Vec<Site> = arm
+            .list(&format!(
+                "/subscriptions/{sub}/providers/Microsoft.Web/sites"
+            ))
+            .await?;
+        out.extend(
+            sites
+                .into_iter()
+                .filter(|s| policy.scope.includes(&s.id, s.tags.as_ref()))
+                .map(|s| s.id),
+        );
     }
     out.sort();
     out.dedup();

@@ -13,7 +13,15 @@ pub const INITIALIZED: &str = "Initialized";
 /// Setting name → status, from the `configreferences/appsettings` list.
 pub fn statuses(refs: &[KeyVaultReference]) -> BTreeMap<String, String> {
     refs.iter()
-        .filter_map(|r| Some((r.setting_name()?, r.properties.status.clone().unwrap_or_else(|| INITIALIZED.to_string()))))
+        .filter_map(|r| {
+            Some((
+                r.setting_name()?,
+                r.properties
+                    .status
+                    .clone()
+                    .unwrap_or_else(|| INITIALIZED.to_string()),
+            ))
+        })
         .collect()
 }
 
@@ -52,13 +60,27 @@ pub fn compare(baseline: &BTreeMap<String, String>, now: &BTreeMap<String, Strin
 
 /// GETs `https://{host}{path}` and compares the status. Only the app's own host name is ever
 /// probed (the caller passes `defaultHostName`), so the tool never calls arbitrary URLs.
-pub async fn probe(client: &reqwest::Client, host: &str, path: &str, expected: u16) -> Result<(), String> {
+pub async fn probe(
+    client: &reqwest::Client,
+    host: &str,
+    path: &str,
+    expected: u16,
+) -> Result<(), String> {
     if host.contains('/') || host.contains('@') || host.is_empty() {
         return Err(format!("refusing to probe {host:?}: not a host name"));
     }
-    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
     let url = format!("https://{host}{path}");
-    let resp = client.get(&url).timeout(Duration::from_secs(30)).send().await.map_err(|e| format!("probe {url} failed: {e}"))?;
+    let resp = client
+        .get(&url)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| format!("probe {url} failed: {e}"))?;
     let got = resp.status().as_u16();
     if got == expected {
         Ok(())
@@ -72,21 +94,42 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
     fn healthy_pending_broken() {
         let base = map(&[("A", "Resolved"), ("B", "Resolved"), ("C", "VaultNotFound")]);
-        assert_eq!(compare(&base, &map(&[("A", "Resolved"), ("B", "Resolved")])), KvHealth::Healthy);
-        assert_eq!(compare(&base, &map(&[("A", "Resolved"), ("B", "Initialized")])), KvHealth::Pending(vec!["B".into()]));
-        assert_eq!(compare(&base, &map(&[("A", "AccessToKeyVaultDenied"), ("B", "Initialized")])), KvHealth::Broken(vec!["A".into()]));
-        assert_eq!(compare(&base, &map(&[("B", "Resolved")])), KvHealth::Broken(vec!["A".into()]));
+        assert_eq!(
+            compare(&base, &map(&[("A", "Resolved"), ("B", "Resolved")])),
+            KvHealth::Healthy
+        );
+        assert_eq!(
+            compare(&base, &map(&[("A", "Resolved"), ("B", "Initialized")])),
+            KvHealth::Pending(vec!["B".into()])
+        );
+        assert_eq!(
+            compare(
+                &base,
+                &map(&[("A", "AccessToKeyVaultDenied"), ("B", "Initialized")])
+            ),
+            KvHealth::Broken(vec!["A".into()])
+        );
+        assert_eq!(
+            compare(&base, &map(&[("B", "Resolved")])),
+            KvHealth::Broken(vec!["A".into()])
+        );
     }
 
     #[tokio::test]
     async fn probe_refuses_non_hosts() {
         let c = reqwest::Client::new();
-        assert!(probe(&c, "evil.example/x", "/", 200).await.unwrap_err().contains("refusing"));
+        assert!(probe(&c, "evil.example/x", "/", 200)
+            .await
+            .unwrap_err()
+            .contains("refusing"));
     }
 }

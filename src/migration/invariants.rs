@@ -15,7 +15,11 @@ use crate::sim::Fleet;
 pub fn subscriptions(fleet: &Fleet) -> Vec<String> {
     let mut subs: BTreeSet<String> = BTreeSet::new();
     for r in &fleet.resources {
-        if let Some(id) = r.get("id").and_then(Value::as_str).and_then(|s| ResourceId::parse(s).ok()) {
+        if let Some(id) = r
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| ResourceId::parse(s).ok())
+        {
             if id.kind() == ResourceKind::Site {
                 subs.insert(id.subscription().to_ascii_lowercase());
             }
@@ -32,9 +36,19 @@ struct View {
 }
 
 fn view(fleet: &Fleet) -> View {
-    let mut v = View { sites: BTreeMap::new(), vnets: BTreeMap::new(), gateways: BTreeMap::new() };
+    let mut v = View {
+        sites: BTreeMap::new(),
+        vnets: BTreeMap::new(),
+        gateways: BTreeMap::new(),
+    };
     for r in &fleet.resources {
-        let Some(id) = r.get("id").and_then(Value::as_str).and_then(|s| ResourceId::parse(s).ok()) else { continue };
+        let Some(id) = r
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| ResourceId::parse(s).ok())
+        else {
+            continue;
+        };
         match id.kind() {
             ResourceKind::Site | ResourceKind::Slot => {
                 if let Ok(s) = serde_json::from_value::<Site>(r.clone()) {
@@ -66,7 +80,12 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
     let outcomes: BTreeMap<ResourceId, (&str, Option<&str>)> = report
         .targets
         .iter()
-        .filter_map(|t| Some((ResourceId::parse(&t.id).ok()?, (t.outcome.as_str(), t.reason.as_deref()))))
+        .filter_map(|t| {
+            Some((
+                ResourceId::parse(&t.id).ok()?,
+                (t.outcome.as_str(), t.reason.as_deref()),
+            ))
+        })
         .collect();
 
     for id in before.sites.keys() {
@@ -78,7 +97,10 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
         if *outcome == "unfinished" {
             bad.push(format!("{id}: no terminal outcome"));
         }
-        let (Some(site_before), Some(site_after)) = (before.sites.get(id), after.sites.get(id)) else { continue };
+        let (Some(site_before), Some(site_after)) = (before.sites.get(id), after.sites.get(id))
+        else {
+            continue;
+        };
         let gw_before = before.gateways.get(id).map(Vec::len).unwrap_or(0);
         let gw_after = after.gateways.get(id).map(Vec::len).unwrap_or(0);
         let regional_after = site_after.properties.virtual_network_subnet_id.clone();
@@ -91,14 +113,24 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
                     None => bad.push(format!("{id}: migrated but has no regional integration")),
                     Some(subnet) => {
                         let vnet = subnet.vnet().and_then(|v| after.vnets.get(&v));
-                        let sn = vnet.and_then(|v| v.properties.subnets.iter().find(|s| s.name.eq_ignore_ascii_case(subnet.name())));
+                        let sn = vnet.and_then(|v| {
+                            v.properties
+                                .subnets
+                                .iter()
+                                .find(|s| s.name.eq_ignore_ascii_case(subnet.name()))
+                        });
                         match (vnet, sn) {
                             (Some(v), Some(s)) => {
                                 if !s.is_delegated_to_web() {
                                     bad.push(format!("{id}: subnet {subnet} is not delegated to Microsoft.Web/serverFarms"));
                                 }
-                                if normalize_location(&v.location) != normalize_location(&site_after.location) {
-                                    bad.push(format!("{id}: subnet {subnet} is in {} but the app is in {}", v.location, site_after.location));
+                                if normalize_location(&v.location)
+                                    != normalize_location(&site_after.location)
+                                {
+                                    bad.push(format!(
+                                        "{id}: subnet {subnet} is in {} but the app is in {}",
+                                        v.location, site_after.location
+                                    ));
                                 }
                             }
                             _ => bad.push(format!("{id}: subnet {subnet} does not exist")),
@@ -107,7 +139,9 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
                 }
             }
             "blocked" | "skipped" => {
-                if site_before.properties.virtual_network_subnet_id != regional_after || gw_before != gw_after {
+                if site_before.properties.virtual_network_subnet_id != regional_after
+                    || gw_before != gw_after
+                {
                     bad.push(format!("{id}: {outcome} but its integration was changed"));
                 }
             }
@@ -133,7 +167,10 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
             for j in i + 1..nets.len() {
                 let (a, b) = (&nets[i], &nets[j]);
                 if a.1.contains(&b.1.network()) || b.1.contains(&a.1.network()) {
-                    bad.push(format!("{vid}: subnets {} ({}) and {} ({}) overlap", a.0, a.1, b.0, b.1));
+                    bad.push(format!(
+                        "{vid}: subnets {} ({}) and {} ({}) overlap",
+                        a.0, a.1, b.0, b.1
+                    ));
                 }
             }
         }
@@ -141,13 +178,22 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
 
     let mut per_plan: BTreeMap<ResourceId, BTreeSet<ResourceId>> = BTreeMap::new();
     for s in after.sites.values() {
-        if let (Some(plan), Some(subnet)) = (&s.properties.server_farm_id, &s.properties.virtual_network_subnet_id) {
-            per_plan.entry(plan.clone()).or_default().insert(subnet.clone());
+        if let (Some(plan), Some(subnet)) = (
+            &s.properties.server_farm_id,
+            &s.properties.virtual_network_subnet_id,
+        ) {
+            per_plan
+                .entry(plan.clone())
+                .or_default()
+                .insert(subnet.clone());
         }
     }
     for (plan, subnets) in per_plan {
         if subnets.len() > 2 {
-            bad.push(format!("{plan}: {} regional subnets (at most 2)", subnets.len()));
+            bad.push(format!(
+                "{plan}: {} regional subnets (at most 2)",
+                subnets.len()
+            ));
         }
     }
     bad

@@ -15,25 +15,42 @@ pub async fn rollback(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult
     let site: Site = ctx.arm.get(msg.target.as_str()).await?;
     let mut did = Vec::new();
     if site.properties.virtual_network_subnet_id.is_some() {
-        ctx.arm.delete(&format!("{}/networkConfig/virtualNetwork", msg.target)).await?;
+        ctx.arm
+            .delete(&format!("{}/networkConfig/virtualNetwork", msg.target))
+            .await?;
         did.push("removed regional integration".to_string());
     }
     let snapshot = match &msg.gateway {
         Some(g) => Some(g.clone()),
-        None => ctx.ledger.target(&msg.run, &msg.target).await?.and_then(|t| t.gateway),
+        None => ctx
+            .ledger
+            .target(&msg.run, &msg.target)
+            .await?
+            .and_then(|t| t.gateway),
     };
     if let Some(g) = snapshot {
         let conns = connections(&ctx.arm, &msg.target).await?;
-        let present = conns.iter().any(|c| c.is_gateway() && c.name.eq_ignore_ascii_case(&g.name));
+        let present = conns
+            .iter()
+            .any(|c| c.is_gateway() && c.name.eq_ignore_ascii_case(&g.name));
         if !present {
             let mut props = json!({"vnetResourceId": g.vnet_resource_id.as_str()});
             if let Some(dns) = &g.dns_servers {
                 props["dnsServers"] = Value::String(dns.clone());
             }
-            ctx.arm.put::<Value>(&format!("{}/virtualNetworkConnections/{}", msg.target, g.name), &json!({"location": site.location, "properties": props})).await?;
+            ctx.arm
+                .put::<Value>(
+                    &format!("{}/virtualNetworkConnections/{}", msg.target, g.name),
+                    &json!({"location": site.location, "properties": props}),
+                )
+                .await?;
             did.push(format!("re-created gateway-based connection {}", g.name));
         }
     }
-    let detail = if did.is_empty() { "nothing to undo".to_string() } else { did.join("; ") };
+    let detail = if did.is_empty() {
+        "nothing to undo".to_string()
+    } else {
+        did.join("; ")
+    };
     Ok(StepResult::done(Outcome::RolledBack(reason), detail))
 }

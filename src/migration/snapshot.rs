@@ -10,7 +10,9 @@ use crate::azure::{ResourceId, ResourceKind};
 use crate::sim::Fleet;
 
 fn id_of(v: &Value) -> Option<ResourceId> {
-    v.get("id").and_then(Value::as_str).and_then(|s| ResourceId::parse(s).ok())
+    v.get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| ResourceId::parse(s).ok())
 }
 
 pub async fn collect(arm: &ArmClient, subscriptions: &[String]) -> Result<Fleet, ArmError> {
@@ -34,9 +36,15 @@ pub async fn collect(arm: &ArmClient, subscriptions: &[String]) -> Result<Fleet,
                 push(v, &mut out);
             }
         }
-        let sites: Vec<Value> = arm.list(&format!("/subscriptions/{sub}/providers/Microsoft.Web/sites")).await?;
+        let sites: Vec<Value> = arm
+            .list(&format!(
+                "/subscriptions/{sub}/providers/Microsoft.Web/sites"
+            ))
+            .await?;
         for site in sites {
-            let Some(site_id) = id_of(&site) else { continue };
+            let Some(site_id) = id_of(&site) else {
+                continue;
+            };
             push(site, &mut out);
             let slots: Vec<Value> = arm.list(&format!("{site_id}/slots")).await?;
             let mut targets = vec![site_id];
@@ -47,14 +55,23 @@ pub async fn collect(arm: &ArmClient, subscriptions: &[String]) -> Result<Fleet,
                 push(slot, &mut out);
             }
             for t in targets {
-                for c in arm.list::<Value>(&format!("{t}/virtualNetworkConnections")).await? {
+                for c in arm
+                    .list::<Value>(&format!("{t}/virtualNetworkConnections"))
+                    .await?
+                {
                     // Regional entries are derived from the site by ARM; only gateway-based
                     // connections are resources of their own.
                     if c.pointer("/properties/isSwift").and_then(Value::as_bool) == Some(true) {
                         continue;
                     }
-                    if let Some(vnet) = c.pointer("/properties/vnetResourceId").and_then(Value::as_str).and_then(|s| ResourceId::parse(s).ok()) {
-                        if vnet.kind() == ResourceKind::ClassicVirtualNetwork && !have_id(&out, &vnet) {
+                    if let Some(vnet) = c
+                        .pointer("/properties/vnetResourceId")
+                        .and_then(Value::as_str)
+                        .and_then(|s| ResourceId::parse(s).ok())
+                    {
+                        if vnet.kind() == ResourceKind::ClassicVirtualNetwork
+                            && !have_id(&out, &vnet)
+                        {
                             if let Some(v) = arm.get_opt::<Value>(vnet.as_str()).await? {
                                 push(v, &mut out);
                             }
@@ -62,7 +79,10 @@ pub async fn collect(arm: &ArmClient, subscriptions: &[String]) -> Result<Fleet,
                     }
                     push(c, &mut out);
                 }
-                for r in arm.list::<Value>(&format!("{t}/config/configreferences/appsettings")).await? {
+                for r in arm
+                    .list::<Value>(&format!("{t}/config/configreferences/appsettings"))
+                    .await?
+                {
                     push(r, &mut out);
                 }
             }
@@ -72,8 +92,17 @@ pub async fn collect(arm: &ArmClient, subscriptions: &[String]) -> Result<Fleet,
     let remotes: Vec<ResourceId> = out
         .iter()
         .filter(|v| id_of(v).map(|i| i.kind()) == Some(ResourceKind::VirtualNetwork))
-        .flat_map(|v| v.pointer("/properties/virtualNetworkPeerings").and_then(Value::as_array).cloned().unwrap_or_default())
-        .filter_map(|p| p.pointer("/properties/remoteVirtualNetwork/id").and_then(Value::as_str).and_then(|s| ResourceId::parse(s).ok()))
+        .flat_map(|v| {
+            v.pointer("/properties/virtualNetworkPeerings")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|p| {
+            p.pointer("/properties/remoteVirtualNetwork/id")
+                .and_then(Value::as_str)
+                .and_then(|s| ResourceId::parse(s).ok())
+        })
         .collect();
     for r in remotes {
         if !have_id(&out, &r) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::azure::arm::ArmError;
-use crate::azure::models::{KeyVaultReference, Site, Subnet, SubResource, WEB_DELEGATION};
+use crate::azure::models::{KeyVaultReference, Site, SubResource, Subnet, WEB_DELEGATION};
 use crate::azure::ResourceId;
 use crate::migration::context::connections;
 use crate::migration::discover::discover;
@@ -17,7 +17,7 @@ use crate::migration::rollback::rollback;
 use crate::pipeline::engine::{StepContext, StepError, StepResult};
 use crate::pipeline::message::{Baseline, GatewaySnapshot, PlannedSubnet, Step, StepMessage};
 use crate::pipeline::Outcome;
-use crate::policy::Policy;
+use crate::policy::{Policy, RollbackMode};
 
 /// Dispatches a message to its step's reconciler.
 pub async fn run(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
@@ -34,33 +34,71 @@ pub async fn run(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Ste
 }
 
 fn planned(msg: &StepMessage) -> Result<&PlannedSubnet, StepError> {
-    msg.plan.as_ref().ok_or_else(|| StepError::Unexpected(format!("{} message without a plan (was it edited by hand?)", msg.step)))
+    msg.plan.as_ref().ok_or_else(|| {
+        StepError::Unexpected(format!(
+            "{} message without a plan (was it edited by hand?)",
+            msg.step
+        ))
+    })
 }
 
-pub(crate) async fn key_vault_statuses(ctx: &StepContext, target: &ResourceId) -> Result<std::collections::BTreeMap<String, String>, StepError> {
-    let refs: Vec<KeyVaultReference> = ctx.arm.list(&format!("{target}/config/configreferences/appsettings")).await?;
+pub(crate) async fn key_vault_statuses(
+    ctx: &StepContext,
+    target: &ResourceId,
+) -> Result<std::collections::BTreeMap<String, String>, StepError> {
+    let refs: Vec<KeyVaultReference> = ctx
+        .arm
+        .list(&format!("{target}/config/configreferences/appsettings"))
+        .await?;
     Ok(health::statuses(&refs))
 }
 
 async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     let Some(site) = ctx.arm.get_opt::<Site>(msg.target.as_str()).await? else {
-        return Ok(StepResult::done(Outcome::Skipped("not-found".into()), "target no longer exists"));
+        return Ok(StepResult::done(
+            Outcome::Skipped("not-found".into()),
+            "target no longer exists",
+        ));
     };
-    let plan_id = site.properties.server_farm_id.clone().ok_or_else(|| StepError::Unexpected("the app has no serverFarmId".into()))?;
+    let plan_id = site
+        .properties
+        .server_farm_id
+        .clone()
+        .ok_or_else(|| StepError::Unexpected("the app has no serverFarmId".into()))?;
     let mut decision = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
     if !decision.targets.contains_key(&msg.target) {
         // Created after the decision was cached: decide again with it included.
         ctx.plans.invalidate(&plan_id);
         decision = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
     }
-    let warn = if decision.warnings.is_empty() { String::new() } else { format!(" (warnings: {})", decision.warnings.join("; ")) };
+    let warn = if decision.warnings.is_empty() {
+        String::new()
+    } else {
+        format!(" (warnings: {})", decision.warnings.join("; "))
+    };
     match decision.targets.get(&msg.target) {
-        None => Err(StepError::Unexpected(format!("the target is not listed under its plan {plan_id}"))),
-        Some(TargetDecision::Blocked(reason)) => Ok(StepResult::done(Outcome::Blocked(reason.to_string()), format!("blocked by plan {plan_id}{warn}"))),
-        Some(TargetDecision::AlreadyRegional) => Ok(StepResult::done(Outcome::Skipped("already-regional".into()), "already regional")),
-        Some(TargetDecision::NoIntegration) => Ok(StepResult::done(Outcome::Skipped("no-integration".into()), "no VNet integration")),
+        None => Err(StepError::Unexpected(format!(
+            "the target is not listed under its plan {plan_id}"
+        ))),
+        Some(TargetDecision::Blocked(reason)) => Ok(StepResult::done(
+            Outcome::Blocked(reason.to_string()),
+            format!("blocked by plan {plan_id}{warn}"),
+        )),
+        Some(TargetDecision::AlreadyRegional) => Ok(StepResult::done(
+            Outcome::Skipped("already-regional".into()),
+            "already regional",
+        )),
+        Some(TargetDecision::NoIntegration) => Ok(StepResult::done(
+            Outcome::Skipped("no-integration".into()),
+            "no VNet integration",
+        )),
         Some(TargetDecision::Migrate(choice)) => {
-            let p = PlannedSubnet { vnet: choice.vnet.clone(), subnet: choice.subnet.clone(), prefix: choice.prefix.to_string(), create: choice.create };
+            let p = PlannedSubnet {
+                vnet: choice.vnet.clone(),
+                subnet: choice.subnet.clone(),
+                prefix: choice.prefix.to_string(),
+                create: choice.create,
+            };
             let detail = format!(
                 "{} subnet {} ({}) for {} instance(s){warn}",
                 if choice.create { "new" } else { "existing" },
@@ -73,7 +111,9 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
                 r.planned = Some(p);
                 return Ok(r);
             }
-            let baseline = Baseline { key_vault_references: key_vault_statuses(ctx, &msg.target).await? };
+            let baseline = Baseline {
+                key_vault_references: key_vault_statuses(ctx, &msg.target).await?,
+            };
             let mut next = msg.next(Step::PrepareSubnet);
             next.plan = Some(p);
             next.baseline = Some(baseline);
@@ -88,13 +128,31 @@ fn desired_subnet(policy: &Policy, mut subnet: Subnet, prefix: &str) -> Subnet {
         subnet.properties.address_prefix = Some(prefix.to_string());
     }
     if !subnet.is_delegated_to_web() {
-        let mut d: crate::azure::models::Delegation = serde_json::from_value(json!({"name": "delegation", "properties": {"serviceName": WEB_DELEGATION}})).expect("static delegation");
-        if subnet.properties.delegations.iter().flatten().any(|x| x.name == d.name) {
+        let mut d: crate::azure::models::Delegation = serde_json::from_value(
+            json!({"name": "delegation", "properties": {"serviceName": WEB_DELEGATION}}),
+        )
+        .expect("static delegation");
+        if subnet
+            .properties
+            .delegations
+            .iter()
+            .flatten()
+            .any(|x| x.name == d.name)
+        {
             d.name = "webapp-delegation".into();
         }
-        subnet.properties.delegations.get_or_insert_with(Vec::new).push(d);
+        subnet
+            .properties
+            .delegations
+            .get_or_insert_with(Vec::new)
+            .push(d);
     }
-    let attach = |id: &Option<ResourceId>| id.as_ref().map(|id| SubResource { id: id.clone(), extra: Default::default() });
+    let attach = |id: &Option<ResourceId>| {
+        id.as_ref().map(|id| SubResource {
+            id: id.clone(),
+            extra: Default::default(),
+        })
+    };
     if let Some(nsg) = attach(&policy.subnet.network_security_group_id) {
         subnet.properties.network_security_group = Some(nsg);
     }
@@ -108,20 +166,37 @@ fn desired_subnet(policy: &Policy, mut subnet: Subnet, prefix: &str) -> Subnet {
 }
 
 fn is_conflict(e: &ArmError) -> bool {
-    matches!(e.code(), Some("NetcfgSubnetRangesOverlap" | "NetcfgSubnetRangeOutsideVnet" | "InUseSubnetCannotBeUpdated"))
+    matches!(
+        e.code(),
+        Some(
+            "NetcfgSubnetRangesOverlap"
+                | "NetcfgSubnetRangeOutsideVnet"
+                | "InUseSubnetCannotBeUpdated"
+        )
+    )
 }
 
 async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     let p = planned(msg)?;
     let current: Option<Subnet> = ctx.arm.get_opt(p.subnet.as_str()).await?;
-    let base = current.clone().unwrap_or_else(|| Subnet { name: p.subnet.name().to_string(), ..Default::default() });
+    let base = current.clone().unwrap_or_else(|| Subnet {
+        name: p.subnet.name().to_string(),
+        ..Default::default()
+    });
     let desired = desired_subnet(&ctx.policy, base, &p.prefix);
     let mut next_plan = p.clone();
     if current.as_ref() == Some(&desired) {
-        next_plan.prefix = desired.prefixes().first().cloned().unwrap_or(next_plan.prefix);
+        next_plan.prefix = desired
+            .prefixes()
+            .first()
+            .cloned()
+            .unwrap_or(next_plan.prefix);
         let mut next = msg.next(Step::Disconnect);
         next.plan = Some(next_plan);
-        return Ok(StepResult::next(next, format!("subnet {} already prepared", p.subnet)));
+        return Ok(StepResult::next(
+            next,
+            format!("subnet {} already prepared", p.subnet),
+        ));
     }
     let body = serde_json::to_value(&desired).expect("subnet serialises");
     match ctx.arm.put::<Subnet>(p.subnet.as_str(), &body).await {
@@ -129,8 +204,15 @@ async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResu
             next_plan.prefix = s.prefixes().first().cloned().unwrap_or(next_plan.prefix);
             let mut next = msg.next(Step::Disconnect);
             next.plan = Some(next_plan);
-            let verb = if current.is_some() { "updated" } else { "created" };
-            Ok(StepResult::next(next, format!("{verb} subnet {} ({})", p.subnet, p.prefix)))
+            let verb = if current.is_some() {
+                "updated"
+            } else {
+                "created"
+            };
+            Ok(StepResult::next(
+                next,
+                format!("{verb} subnet {} ({})", p.subnet, p.prefix),
+            ))
         }
         Err(e) if is_conflict(&e) => {
             // The VNet changed since planning (another plan took the range): plan again.
@@ -139,11 +221,20 @@ async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResu
             again.attempt = msg.attempt + 1;
             again.plan = None;
             if again.attempt >= ctx.policy.max_attempts {
-                return Ok(StepResult::done(Outcome::Parked("subnet-conflict".into()), e.to_string()));
+                return Ok(StepResult::done(
+                    Outcome::Parked("subnet-conflict".into()),
+                    e.to_string(),
+                ));
             }
-            Ok(StepResult::next(again, format!("subnet write refused, re-planning: {e}")))
+            Ok(StepResult::next(
+                again,
+                format!("subnet write refused, re-planning: {e}"),
+            ))
         }
-        Err(e) if matches!(e.status(), Some(400 | 409)) => Ok(StepResult::done(Outcome::Blocked("subnet-in-use".into()), e.to_string())),
+        Err(e) if matches!(e.status(), Some(400 | 409)) => Ok(StepResult::done(
+            Outcome::Blocked("subnet-in-use".into()),
+            e.to_string(),
+        )),
         Err(e) => Err(e.into()),
     }
 }
@@ -154,27 +245,53 @@ async fn disconnect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, 
     let mut next = msg.next(Step::Connect);
     match conns.iter().find(|c| c.is_gateway()) {
         Some(c) => {
-            let vnet = c.properties.vnet_resource_id.clone().ok_or_else(|| StepError::Unexpected(format!("gateway connection {} has no vnetResourceId", c.name)))?;
+            let vnet = c.properties.vnet_resource_id.clone().ok_or_else(|| {
+                StepError::Unexpected(format!(
+                    "gateway connection {} has no vnetResourceId",
+                    c.name
+                ))
+            })?;
             let snapshot = GatewaySnapshot {
                 name: c.name.clone(),
                 vnet_resource_id: vnet,
                 dns_servers: c.properties.dns_servers.clone(),
                 cert_thumbprint: c.properties.cert_thumbprint.clone(),
                 cert_blob: c.properties.cert_blob.clone(),
-                routes: c.properties.routes.as_ref().map(|r| serde_json::to_value(r).expect("routes serialise")),
+                routes: c
+                    .properties
+                    .routes
+                    .as_ref()
+                    .map(|r| serde_json::to_value(r).expect("routes serialise")),
             };
             // Saved before the delete: a crash right after it must not lose the only copy.
-            ctx.ledger.save_gateway(&msg.run, &msg.target, &snapshot).await?;
-            ctx.arm.delete(&format!("{}/virtualNetworkConnections/{}", msg.target, c.name)).await?;
+            ctx.ledger
+                .save_gateway(&msg.run, &msg.target, &snapshot)
+                .await?;
+            ctx.arm
+                .delete(&format!(
+                    "{}/virtualNetworkConnections/{}",
+                    msg.target, c.name
+                ))
+                .await?;
             next.gateway = Some(snapshot);
-            Ok(StepResult::next(next, format!("removed gateway-based connection {}", c.name)))
+            Ok(StepResult::next(
+                next,
+                format!("removed gateway-based connection {}", c.name),
+            ))
         }
         None => {
             next.gateway = match &msg.gateway {
                 Some(g) => Some(g.clone()),
-                None => ctx.ledger.target(&msg.run, &msg.target).await?.and_then(|t| t.gateway),
+                None => ctx
+                    .ledger
+                    .target(&msg.run, &msg.target)
+                    .await?
+                    .and_then(|t| t.gateway),
             };
-            Ok(StepResult::next(next, "no gateway-based connection left (already removed)"))
+            Ok(StepResult::next(
+                next,
+                "no gateway-based connection left (already removed)",
+            ))
         }
     }
 }
@@ -183,15 +300,30 @@ async fn connect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Ste
     let p = planned(msg)?;
     let site: Site = ctx.arm.get(msg.target.as_str()).await?;
     if site.properties.virtual_network_subnet_id.as_ref() == Some(&p.subnet) {
-        return Ok(StepResult::next(msg.next(Step::Configure), "already connected"));
+        return Ok(StepResult::next(
+            msg.next(Step::Configure),
+            "already connected",
+        ));
     }
     let body = json!({"properties": {"virtualNetworkSubnetId": p.subnet.as_str()}});
     match ctx.arm.patch::<Value>(msg.target.as_str(), &body).await {
-        Ok(_) => Ok(StepResult::next(msg.next(Step::Configure), format!("connected to {}", p.subnet))),
-        Err(e) if matches!(e.status(), Some(400 | 404 | 409)) || matches!(e, ArmError::LroFailed { .. }) => {
+        Ok(_) => Ok(StepResult::next(
+            msg.next(Step::Configure),
+            format!("connected to {}", p.subnet),
+        )),
+        Err(e)
+            if matches!(e.status(), Some(400 | 404 | 409))
+                || matches!(e, ArmError::LroFailed { .. }) =>
+        {
             let mut rb = msg.next(Step::Rollback);
-            rb.reason = Some(format!("connect-rejected:{}", e.code().unwrap_or("validation")));
-            Ok(StepResult::next(rb, format!("ARM refused the connection: {e}")))
+            rb.reason = Some(format!(
+                "connect-rejected:{}",
+                e.code().unwrap_or("validation")
+            ));
+            Ok(StepResult::next(
+                rb,
+                format!("ARM refused the connection: {e}"),
+            ))
         }
         Err(e) => Err(e.into()),
     }
@@ -214,21 +346,45 @@ async fn configure(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, S
     let site: Site = ctx.arm.get(msg.target.as_str()).await?;
     let desired = desired_routing(&ctx.policy);
     let settle = ctx.scaled(Duration::from_secs(ctx.policy.settle_seconds));
-    let current = site.properties.outbound_vnet_routing.as_ref().map(|r| serde_json::to_value(r).expect("serialises")).unwrap_or(Value::Null);
-    let matches = desired.as_object().expect("object").iter().all(|(k, v)| current.get(k).unwrap_or(&Value::Bool(false)) == v);
+    let current = site
+        .properties
+        .outbound_vnet_routing
+        .as_ref()
+        .map(|r| serde_json::to_value(r).expect("serialises"))
+        .unwrap_or(Value::Null);
+    let matches = desired
+        .as_object()
+        .expect("object")
+        .iter()
+        .all(|(k, v)| current.get(k).unwrap_or(&Value::Bool(false)) == v);
     if matches {
-        return Ok(StepResult::next_after(msg.next(Step::Verify), settle, "routing already as configured"));
+        return Ok(StepResult::next_after(
+            msg.next(Step::Verify),
+            settle,
+            "routing already as configured",
+        ));
     }
-    ctx.arm.patch::<Value>(msg.target.as_str(), &json!({"properties": {"outboundVnetRouting": desired}})).await?;
-    Ok(StepResult::next_after(msg.next(Step::Verify), settle, "outbound routing configured"))
+    ctx.arm
+        .patch::<Value>(
+            msg.target.as_str(),
+            &json!({"properties": {"outboundVnetRouting": desired}}),
+        )
+        .await?;
+    Ok(StepResult::next_after(
+        msg.next(Step::Verify),
+        settle,
+        "outbound routing configured",
+    ))
 }
 
 async fn verify(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     let p = planned(msg)?;
     let conns = connections(&ctx.arm, &msg.target).await?;
-    let regional = conns.iter().any(|c| !c.is_gateway() && c.properties.vnet_resource_id.as_ref() == Some(&p.subnet));
+    let regional = conns
+        .iter()
+        .any(|c| !c.is_gateway() && c.properties.vnet_resource_id.as_ref() == Some(&p.subnet));
     let failed = |reason: String, detail: String| -> StepResult {
-        if ctx.policy.rollback_is_auto() {
+        if ctx.policy.rollback == RollbackMode::Auto {
             let mut rb = msg.next(Step::Rollback);
             rb.reason = Some(reason);
             StepResult::next(rb, detail)
@@ -237,10 +393,16 @@ async fn verify(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Step
         }
     };
     if !regional {
-        return Ok(failed("not-connected".into(), format!("no regional connection to {} after connect", p.subnet)));
+        return Ok(failed(
+            "not-connected".into(),
+            format!("no regional connection to {} after connect", p.subnet),
+        ));
     }
     if conns.iter().any(|c| c.is_gateway()) {
-        return Ok(failed("gateway-still-present".into(), "a gateway-based connection is present again".into()));
+        return Ok(failed(
+            "gateway-still-present".into(),
+            "a gateway-based connection is present again".into(),
+        ));
     }
     if ctx.policy.gates.key_vault_references_must_resolve {
         let baseline = msg.baseline.clone().unwrap_or_default();
@@ -249,20 +411,40 @@ async fn verify(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Step
             KvHealth::Healthy => {}
             KvHealth::Pending(names) if msg.attempt + 1 < ctx.policy.max_attempts => {
                 let delay = ctx.scaled(Duration::from_secs(ctx.policy.settle_seconds));
-                return Ok(StepResult::next_after(msg.retry(), delay, format!("Key Vault references still being evaluated: {}", names.join(", "))));
+                return Ok(StepResult::next_after(
+                    msg.retry(),
+                    delay,
+                    format!(
+                        "Key Vault references still being evaluated: {}",
+                        names.join(", ")
+                    ),
+                ));
             }
             KvHealth::Pending(names) | KvHealth::Broken(names) => {
-                return Ok(failed("kv-references-unresolved".into(), format!("Key Vault references no longer resolve: {}", names.join(", "))));
+                return Ok(failed(
+                    "kv-references-unresolved".into(),
+                    format!(
+                        "Key Vault references no longer resolve: {}",
+                        names.join(", ")
+                    ),
+                ));
             }
         }
     }
     if let Some(probe) = &ctx.policy.gates.probe {
         let site: Site = ctx.arm.get(msg.target.as_str()).await?;
-        let host = site.properties.default_host_name.clone().unwrap_or_default();
+        let host = site
+            .properties
+            .default_host_name
+            .clone()
+            .unwrap_or_default();
         let client = reqwest::Client::new();
         if let Err(why) = health::probe(&client, &host, &probe.path, probe.expected_status).await {
             return Ok(failed("probe-failed".into(), why));
         }
     }
-    Ok(StepResult::done(Outcome::Migrated, format!("regional integration in {} verified", p.subnet)))
+    Ok(StepResult::done(
+        Outcome::Migrated,
+        format!("regional integration in {} verified", p.subnet),
+    ))
 }

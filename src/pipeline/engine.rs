@@ -44,10 +44,20 @@ impl StepResult {
         Self::next_after(msg, Duration::ZERO, detail)
     }
     pub fn next_after(msg: StepMessage, delay: Duration, detail: impl Into<String>) -> Self {
-        StepResult { transition: Transition::Continue(vec![(msg, delay)]), detail: detail.into(), spawn: Vec::new(), planned: None }
+        StepResult {
+            transition: Transition::Continue(vec![(msg, delay)]),
+            detail: detail.into(),
+            spawn: Vec::new(),
+            planned: None,
+        }
     }
     pub fn done(outcome: Outcome, detail: impl Into<String>) -> Self {
-        StepResult { transition: Transition::Done(outcome), detail: detail.into(), spawn: Vec::new(), planned: None }
+        StepResult {
+            transition: Transition::Done(outcome),
+            detail: detail.into(),
+            spawn: Vec::new(),
+            planned: None,
+        }
     }
 }
 
@@ -120,7 +130,7 @@ impl Engine {
         };
         let now = OffsetDateTime::now_utc();
         let spawned = result.spawn.iter().map(|m| (m.clone(), Duration::ZERO));
-        let (next, outcome) = match &result.transition {
+        let (next, outcome): (Vec<Outgoing>, _) = match &result.transition {
             Transition::Continue(msgs) => (
                 msgs.iter()
                     .cloned()
@@ -129,17 +139,37 @@ impl Engine {
                         let visible_at = now + d;
                         let mut m = m;
                         m.not_before = (!d.is_zero()).then_some(visible_at);
-                        Outgoing { message: m, visible_at }
+                        Outgoing {
+                            message: m,
+                            visible_at,
+                        }
                     })
                     .collect(),
                 None,
             ),
-            Transition::Done(o) => (spawned.map(|(m, _)| Outgoing { message: m, visible_at: now }).collect(), Some(o.clone())),
+            Transition::Done(o) => (
+                spawned
+                    .map(|(m, _)| Outgoing {
+                        message: m,
+                        visible_at: now,
+                    })
+                    .collect(),
+                Some(o.clone()),
+            ),
         };
         // The step this target moves to (fan-out messages for other targets do not count).
-        let next_step = next.iter().find(|o| o.message.target == msg.target).map(|o| o.message.step);
-        let own = next.iter().find(|o| o.message.target == msg.target).map(|o| &o.message);
-        let planned = own.and_then(|m| m.plan.as_ref()).or(result.planned.as_ref()).or(msg.plan.as_ref());
+        let next_step = next
+            .iter()
+            .find(|o| o.message.target == msg.target)
+            .map(|o| o.message.step);
+        let own = next
+            .iter()
+            .find(|o| o.message.target == msg.target)
+            .map(|o| &o.message);
+        let planned = own
+            .and_then(|m| m.plan.as_ref())
+            .or(result.planned.as_ref())
+            .or(msg.plan.as_ref());
         let record = StepRecord {
             run: msg.run.clone(),
             target: msg.target.clone(),
@@ -153,9 +183,15 @@ impl Engine {
             outcome: outcome.clone(),
             subnet: planned.map(|p| p.subnet.clone()),
             prefix: planned.map(|p| p.prefix.clone()),
-            gateway: own.and_then(|m| m.gateway.clone()).or_else(|| msg.gateway.clone()),
+            gateway: own
+                .and_then(|m| m.gateway.clone())
+                .or_else(|| msg.gateway.clone()),
         };
-        Executed { next, record, outcome }
+        Executed {
+            next,
+            record,
+            outcome,
+        }
     }
 
     /// The one retry policy for all steps.
@@ -164,19 +200,31 @@ impl Engine {
         let why = err.to_string();
         if err.is_transient() && msg.attempt + 1 < max {
             let delay = self.ctx.scaled(backoff(msg.attempt));
-            return StepResult::next_after(msg.retry(), delay, format!("attempt {} failed, retrying in {:?}: {why}", msg.attempt, delay));
+            return StepResult::next_after(
+                msg.retry(),
+                delay,
+                format!(
+                    "attempt {} failed, retrying in {:?}: {why}",
+                    msg.attempt, delay
+                ),
+            );
         }
         let reason = short_reason(err);
         match msg.step {
             // Nothing has been changed before disconnect: stop and ask an operator.
-            Step::Discover | Step::Plan | Step::PrepareSubnet => StepResult::done(Outcome::Parked(format!("{}-failed:{reason}", msg.step)), why),
+            Step::Discover | Step::Plan | Step::PrepareSubnet => StepResult::done(
+                Outcome::Parked(format!("{}-failed:{reason}", msg.step)),
+                why,
+            ),
             // The gateway may be gone: put it back before giving up.
             Step::Disconnect | Step::Connect | Step::Configure | Step::Verify => {
                 let mut rb = msg.next(Step::Rollback);
                 rb.reason = Some(format!("{}-failed:{reason}", msg.step));
                 StepResult::next(rb, why)
             }
-            Step::Rollback => StepResult::done(Outcome::Parked(format!("rollback-failed:{reason}")), why),
+            Step::Rollback => {
+                StepResult::done(Outcome::Parked(format!("rollback-failed:{reason}")), why)
+            }
         }
     }
 }
@@ -189,7 +237,11 @@ pub fn backoff(attempt: u32) -> Duration {
 /// A reason token for outcomes: the ARM error code, or the HTTP status.
 fn short_reason(err: &StepError) -> String {
     match err {
-        StepError::Arm(a) => a.code().map(str::to_string).or_else(|| a.status().map(|s| format!("http-{s}"))).unwrap_or_else(|| "arm-unreachable".into()),
+        StepError::Arm(a) => a
+            .code()
+            .map(str::to_string)
+            .or_else(|| a.status().map(|s| format!("http-{s}")))
+            .unwrap_or_else(|| "arm-unreachable".into()),
         StepError::Ledger(_) => "ledger-unavailable".into(),
         StepError::Unexpected(_) => "unexpected-state".into(),
     }

@@ -60,8 +60,14 @@ struct StateLock(#[allow(dead_code)] File);
 
 fn lock_state(state: &Path) -> Result<StateLock, LocalRunError> {
     let path = PathBuf::from(format!("{}.lock", state.display()));
-    let f = File::create(&path).map_err(|e| LocalRunError::State(format!("cannot create {}: {e}", path.display())))?;
-    f.try_lock().map_err(|_| LocalRunError::State(format!("{} is in use by another vnet-migrate process", state.display())))?;
+    let f = File::create(&path)
+        .map_err(|e| LocalRunError::State(format!("cannot create {}: {e}", path.display())))?;
+    f.try_lock().map_err(|_| {
+        LocalRunError::State(format!(
+            "{} is in use by another vnet-migrate process",
+            state.display()
+        ))
+    })?;
     Ok(StateLock(f))
 }
 
@@ -74,7 +80,11 @@ impl LocalRun {
         // Resume the newest run that still has work; otherwise start a new one.
         let mut resumed = None;
         for r in store.runs().await?.into_iter().rev() {
-            let unfinished = store.targets(&r.run).await?.iter().any(|t| t.outcome.is_none());
+            let unfinished = store
+                .targets(&r.run)
+                .await?
+                .iter()
+                .any(|t| t.outcome.is_none());
             if unfinished || store.counts()?.active > 0 {
                 resumed = Some(r.run);
                 break;
@@ -85,12 +95,24 @@ impl LocalRun {
             None => {
                 let run = RunId::new(OffsetDateTime::now_utc());
                 let now = OffsetDateTime::now_utc();
-                store.start_run(&RunRecord { run: run.clone(), started_at: now, dry_run: self.dry_run, origin: self.origin.clone() }).await?;
-                let sites = sites_in_scope(&self.arm, &self.subscriptions, &self.policy, &self.apps).await?;
+                store
+                    .start_run(&RunRecord {
+                        run: run.clone(),
+                        started_at: now,
+                        dry_run: self.dry_run,
+                        origin: self.origin.clone(),
+                    })
+                    .await?;
+                let sites =
+                    sites_in_scope(&self.arm, &self.subscriptions, &self.policy, &self.apps)
+                        .await?;
                 let mut first = Vec::with_capacity(sites.len());
                 for s in sites {
                     store.add_target(&run, &s, now).await?;
-                    first.push(Outgoing::now(StepMessage::new(run.clone(), s, Step::Discover, Origin::Cli).with_dry_run(self.dry_run)));
+                    first.push(Outgoing::now(
+                        StepMessage::new(run.clone(), s, Step::Discover, Origin::Cli)
+                            .with_dry_run(self.dry_run),
+                    ));
                 }
                 store.send(first).await?;
                 run
@@ -106,14 +128,23 @@ impl LocalRun {
         let mut runner = Runner::new(store.clone(), engine, self.runner.clone());
         if self.progress {
             let bar = ProgressBar::new(store.targets(&run).await?.len() as u64);
-            bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} targets done {msg}").expect("template"));
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} targets done {msg}",
+                )
+                .expect("template"),
+            );
             let b = bar.clone();
             runner = runner.on_step(Arc::new(move |e| {
                 if let Some(o) = &e.outcome {
                     b.inc(1);
                     b.set_message(o.to_string());
                 }
-                let spawned = e.next.iter().filter(|n| n.message.target != e.record.target).count();
+                let spawned = e
+                    .next
+                    .iter()
+                    .filter(|n| n.message.target != e.record.target)
+                    .count();
                 if spawned > 0 {
                     b.inc_length(spawned as u64);
                 }
@@ -121,9 +152,21 @@ impl LocalRun {
             let stats = runner.run_until_idle().await;
             bar.finish_and_clear();
             let stats = stats?;
-            return Ok(Finished { run, store, makespan_seconds: started.elapsed().as_secs_f64(), stats, resumed: resumed.is_some() });
+            return Ok(Finished {
+                run,
+                store,
+                makespan_seconds: started.elapsed().as_secs_f64(),
+                stats,
+                resumed: resumed.is_some(),
+            });
         }
         let stats = runner.run_until_idle().await?;
-        Ok(Finished { run, store, makespan_seconds: started.elapsed().as_secs_f64(), stats, resumed: resumed.is_some() })
+        Ok(Finished {
+            run,
+            store,
+            makespan_seconds: started.elapsed().as_secs_f64(),
+            stats,
+            resumed: resumed.is_some(),
+        })
     }
 }

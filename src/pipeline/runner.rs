@@ -28,7 +28,11 @@ pub struct RunnerConfig {
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        RunnerConfig { max_in_flight: 64, per_subscription: 16, lease: Duration::from_secs(600) }
+        RunnerConfig {
+            max_in_flight: 64,
+            per_subscription: 16,
+            lease: Duration::from_secs(600),
+        }
     }
 }
 
@@ -50,7 +54,12 @@ pub struct RunStats {
 
 impl Runner {
     pub fn new(store: Arc<SqliteStore>, engine: Arc<Engine>, config: RunnerConfig) -> Self {
-        Runner { store, engine, config, on_step: None }
+        Runner {
+            store,
+            engine,
+            config,
+            on_step: None,
+        }
     }
 
     pub fn on_step(mut self, f: OnStep) -> Self {
@@ -71,19 +80,33 @@ impl Runner {
                 let mut admitted_sub = None;
                 let delivery = {
                     let busy_now = busy.lock().unwrap_or_else(|p| p.into_inner());
-                    self.store.receive(OffsetDateTime::now_utc(), self.config.lease, |_, body| {
-                        let sub = subscription_of(body);
-                        let ok = busy_now.get(&sub).copied().unwrap_or(0) < per_sub;
-                        if ok {
-                            admitted_sub = Some(sub);
-                        }
-                        ok
-                    })?
+                    self.store.receive(
+                        OffsetDateTime::now_utc(),
+                        self.config.lease,
+                        |_, body| {
+                            let sub = subscription_of(body);
+                            let ok = busy_now.get(&sub).copied().unwrap_or(0) < per_sub;
+                            if ok {
+                                admitted_sub = Some(sub);
+                            }
+                            ok
+                        },
+                    )?
                 };
                 let Some(delivery) = delivery else { break };
                 let sub = admitted_sub.unwrap_or_default();
-                *busy.lock().unwrap_or_else(|p| p.into_inner()).entry(sub.clone()).or_default() += 1;
-                let (store, engine, busy, wake, on_step) = (self.store.clone(), self.engine.clone(), busy.clone(), wake.clone(), self.on_step.clone());
+                *busy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(sub.clone())
+                    .or_default() += 1;
+                let (store, engine, busy, wake, on_step) = (
+                    self.store.clone(),
+                    self.engine.clone(),
+                    busy.clone(),
+                    wake.clone(),
+                    self.on_step.clone(),
+                );
                 tasks.spawn(async move {
                     let r = work(&store, &engine, delivery, on_step.as_ref()).await;
                     if let Some(n) = busy.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&sub) {
@@ -123,11 +146,18 @@ impl Runner {
 }
 
 fn subscription_of(body: &[u8]) -> String {
-    StepMessage::decode(body).map(|m| m.target.subscription().to_ascii_lowercase()).unwrap_or_default()
+    StepMessage::decode(body)
+        .map(|m| m.target.subscription().to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 /// Executes one delivery. Ok(true) = settled, Ok(false) = dead-lettered (undecodable).
-async fn work(store: &SqliteStore, engine: &Engine, d: Delivery, on_step: Option<&OnStep>) -> Result<bool, QueueError> {
+async fn work(
+    store: &SqliteStore,
+    engine: &Engine,
+    d: Delivery,
+    on_step: Option<&OnStep>,
+) -> Result<bool, QueueError> {
     let msg = match StepMessage::decode(&d.body) {
         Ok(m) => m,
         Err(e) => {
@@ -140,7 +170,9 @@ async fn work(store: &SqliteStore, engine: &Engine, d: Delivery, on_step: Option
     match store.commit(&d, &executed.next, Some(&executed.record)) {
         Ok(()) => {}
         // Another worker got it after our lease expired; its result stands.
-        Err(QueueError::LockLost(id)) => tracing::warn!(message_id = %id, "lease lost before settling; the step will be judged by its redelivery"),
+        Err(QueueError::LockLost(id)) => {
+            tracing::warn!(message_id = %id, "lease lost before settling; the step will be judged by its redelivery")
+        }
         Err(e) => return Err(e),
     }
     if let Some(f) = on_step {

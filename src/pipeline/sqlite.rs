@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use super::ledger::{Ledger, LedgerError, RunRecord, StepLogEntry, StepRecord, TargetRecord};
-use super::message::{GatewaySnapshot, RunId, StepMessage};
+use super::message::{GatewaySnapshot, RunId};
 use super::queue::{Outgoing, QueueError, StepSender};
 use crate::azure::ResourceId;
 
@@ -647,7 +647,7 @@ impl Ledger for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::message::{Origin, Step};
+    use crate::pipeline::message::{Origin, Step, StepMessage};
 
     fn store() -> (tempdir::Dir, SqliteStore) {
         let dir = tempdir::Dir::new();

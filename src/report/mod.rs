@@ -49,7 +49,12 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(run: &str, dry_run: bool, records: &[TargetRecord], performance: Performance) -> Self {
+    pub fn new(
+        run: &str,
+        dry_run: bool,
+        records: &[TargetRecord],
+        performance: Performance,
+    ) -> Self {
         let mut summary = BTreeMap::new();
         let mut by_reason = BTreeMap::new();
         let targets = records
@@ -57,10 +62,20 @@ impl Report {
             .map(|r| {
                 let (kind, reason) = match &r.outcome {
                     Some(o) => (o.kind().to_string(), o.reason().map(str::to_string)),
-                    None => ("unfinished".to_string(), r.current_step.map(|s| format!("at {s}"))),
+                    None => (
+                        "unfinished".to_string(),
+                        r.current_step.map(|s| format!("at {s}")),
+                    ),
                 };
                 *summary.entry(kind.clone()).or_insert(0) += 1;
-                *by_reason.entry(r.outcome.as_ref().map(Outcome::to_string).unwrap_or_else(|| kind.clone())).or_insert(0) += 1;
+                *by_reason
+                    .entry(
+                        r.outcome
+                            .as_ref()
+                            .map(Outcome::to_string)
+                            .unwrap_or_else(|| kind.clone()),
+                    )
+                    .or_insert(0) += 1;
                 let end = r.finished_at.unwrap_or(r.updated_at);
                 TargetReport {
                     id: r.target.to_string(),
@@ -70,22 +85,37 @@ impl Report {
                     prefix: r.prefix.clone(),
                     steps: r.steps,
                     attempts: r.attempts,
-                    duration_seconds: ((end - r.started_at).as_seconds_f64() * 1000.0).round() / 1000.0,
+                    duration_seconds: ((end - r.started_at).as_seconds_f64() * 1000.0).round()
+                        / 1000.0,
                 }
             })
             .collect();
-        Report { run: run.to_string(), dry_run, targets, summary, by_reason, performance }
+        Report {
+            run: run.to_string(),
+            dry_run,
+            targets,
+            summary,
+            by_reason,
+            performance,
+        }
     }
 
     /// Targets without a terminal outcome, or parked: the run needs attention.
     pub fn needs_operator(&self) -> bool {
-        self.targets.iter().any(|t| t.outcome == "parked" || t.outcome == "unfinished")
+        self.targets
+            .iter()
+            .any(|t| t.outcome == "parked" || t.outcome == "unfinished")
     }
 
     /// The summary table printed at the end of a run.
     pub fn table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "run {}{}", self.run, if self.dry_run { " (dry run)" } else { "" });
+        let _ = writeln!(
+            s,
+            "run {}{}",
+            self.run,
+            if self.dry_run { " (dry run)" } else { "" }
+        );
         let _ = writeln!(s, "{:<44} {:>7}", "outcome", "targets");
         for (k, n) in &self.by_reason {
             let _ = writeln!(s, "{k:<44} {n:>7}");
@@ -103,16 +133,34 @@ impl Report {
     /// Per-target table (the `plan` command's view).
     pub fn target_table(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "{:<60} {:<28} {:<18} {}", "target", "outcome", "prefix", "subnet");
+        let _ = writeln!(
+            s,
+            "{:<60} {:<28} {:<18} {}",
+            "target", "outcome", "prefix", "subnet"
+        );
         for t in &self.targets {
             let outcome = match (&t.outcome[..], &t.reason) {
                 ("skipped", Some(r)) if r == "dry-run" => "would migrate".to_string(),
                 (k, Some(r)) => format!("{k}:{r}"),
                 (k, None) => k.to_string(),
             };
-            let short = t.id.split("/providers/Microsoft.Web/").last().unwrap_or(&t.id);
-            let subnet = t.subnet.as_deref().map(|x| x.split("/providers/Microsoft.Network/").last().unwrap_or(x)).unwrap_or("-");
-            let _ = writeln!(s, "{:<60} {:<28} {:<18} {}", short, outcome, t.prefix.as_deref().unwrap_or("-"), subnet);
+            let short =
+                t.id.split("/providers/Microsoft.Web/")
+                    .last()
+                    .unwrap_or(&t.id);
+            let subnet = t
+                .subnet
+                .as_deref()
+                .map(|x| x.split("/providers/Microsoft.Network/").last().unwrap_or(x))
+                .unwrap_or("-");
+            let _ = writeln!(
+                s,
+                "{:<60} {:<28} {:<18} {}",
+                short,
+                outcome,
+                t.prefix.as_deref().unwrap_or("-"),
+                subnet
+            );
         }
         s
     }
@@ -120,8 +168,15 @@ impl Report {
 
 /// The least time ARM's write limits allow: per subscription, writes beyond the burst drain
 /// at the refill rate; subscriptions run in parallel, so the bound is the slowest one.
-pub fn write_bound_seconds(writes_per_subscription: impl IntoIterator<Item = u64>, burst: f64, per_second: f64) -> f64 {
-    writes_per_subscription.into_iter().map(|w| ((w as f64 - burst).max(0.0)) / per_second).fold(0.0, f64::max)
+pub fn write_bound_seconds(
+    writes_per_subscription: impl IntoIterator<Item = u64>,
+    burst: f64,
+    per_second: f64,
+) -> f64 {
+    writes_per_subscription
+        .into_iter()
+        .map(|w| ((w as f64 - burst).max(0.0)) / per_second)
+        .fold(0.0, f64::max)
 }
 
 #[cfg(test)]

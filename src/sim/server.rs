@@ -194,13 +194,13 @@ pub async fn handle(shared: Shared, req: Request) -> Response {
         let reply = introspect(&shared, &method, &path, &bytes);
         return into_response(reply, None, false);
     }
-    let body: Value =
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            Value::Null
-        } else {
-            match serde_json::from_slice(&bytes) {
-                Ok(v) => v,
-                Err(e) => return into_response(
+    let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                return into_response(
                     Reply::error(
                         400,
                         "InvalidRequestContent",
@@ -210,9 +210,10 @@ pub async fn handle(shared: Shared, req: Request) -> Response {
                     ),
                     None,
                     false,
-                ),
+                )
             }
-        };
+        }
+    };
     if !auth_ok {
         return into_response(
             Reply::error(
@@ -603,7 +604,10 @@ fn collection(
             if !st.store.contains(parent) {
                 return Reply::not_found(parent.as_str());
             }
-            let items = web::plan_sites(st, parent).into_iter().map(|v| render(st, v)).collect();
+            let items = web::plan_sites(st, parent)
+                .into_iter()
+                .map(|v| render(st, v))
+                .collect();
             page(items, ctx, path, query)
         }
         ("GET", "subnets", ResourceKind::VirtualNetwork) => {

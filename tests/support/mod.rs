@@ -46,7 +46,10 @@ pub struct Rig {
 }
 
 pub fn arm_for(url: &str, subs: &[String]) -> ArmClient {
-    let scope = subs.iter().map(|s| ResourceId::subscription_id(s)).collect();
+    let scope = subs
+        .iter()
+        .map(|s| ResourceId::subscription_id(s))
+        .collect();
     let mut c = ArmConfig::new(url.to_string(), scope);
     c.backoff_base = Duration::from_millis(2);
     c.lro_poll_default = Duration::from_millis(2);
@@ -64,7 +67,13 @@ impl Rig {
         let sim = Simulator::new(fleet.clone(), options);
         let server = sim.serve(([127, 0, 0, 1], 0).into()).await.unwrap();
         let arm = arm_for(&server.url(), &invariants::subscriptions(&fleet));
-        Rig { sim, server, arm, fleet, dir: TempDir::new() }
+        Rig {
+            sim,
+            server,
+            arm,
+            fleet,
+            dir: TempDir::new(),
+        }
     }
 
     pub fn subscriptions(&self) -> Vec<String> {
@@ -92,7 +101,11 @@ impl Rig {
             apps: Vec::new(),
             dry_run: false,
             time_scale: 1_000_000.0,
-            runner: RunnerConfig { max_in_flight: 8, per_subscription: 8, lease: Duration::from_secs(60) },
+            runner: RunnerConfig {
+                max_in_flight: 8,
+                per_subscription: 8,
+                lease: Duration::from_secs(60),
+            },
             origin: "test".into(),
             progress: false,
         }
@@ -100,12 +113,21 @@ impl Rig {
         .await
         .unwrap();
         let records = finished.store.targets(&finished.run).await.unwrap();
-        Report::new(finished.run.as_str(), false, &records, Performance::default())
+        Report::new(
+            finished.run.as_str(),
+            false,
+            &records,
+            Performance::default(),
+        )
     }
 
     /// Outcome of one target, as `kind` or `kind:reason`.
     pub fn outcome(report: &Report, target: &ResourceId) -> String {
-        let t = report.targets.iter().find(|t| ResourceId::parse(&t.id).unwrap() == *target).unwrap_or_else(|| panic!("{target} not in report"));
+        let t = report
+            .targets
+            .iter()
+            .find(|t| ResourceId::parse(&t.id).unwrap() == *target)
+            .unwrap_or_else(|| panic!("{target} not in report"));
         match &t.reason {
             Some(r) => format!("{}:{}", t.outcome, r),
             None => t.outcome.clone(),
@@ -119,12 +141,20 @@ impl Rig {
 
     /// A resource from the simulator's current state.
     pub fn resource(&self, id: &ResourceId) -> Option<serde_json::Value> {
-        self.sim.state().resources.into_iter().find(|r| r.get("id").and_then(|v| v.as_str()).and_then(|s| ResourceId::parse(s).ok()).as_ref() == Some(id))
+        self.sim.state().resources.into_iter().find(|r| {
+            r.get("id")
+                .and_then(|v| v.as_str())
+                .and_then(|s| ResourceId::parse(s).ok())
+                .as_ref()
+                == Some(id)
+        })
     }
 
     pub fn subnet_of(&self, target: &ResourceId) -> Option<ResourceId> {
         let r = self.resource(target)?;
-        r.pointer("/properties/virtualNetworkSubnetId").and_then(|v| v.as_str()).and_then(|s| ResourceId::parse(s).ok())
+        r.pointer("/properties/virtualNetworkSubnetId")
+            .and_then(|v| v.as_str())
+            .and_then(|s| ResourceId::parse(s).ok())
     }
 
     pub fn gateway_connections(&self, target: &ResourceId) -> usize {
@@ -133,7 +163,12 @@ impl Rig {
             .state()
             .resources
             .iter()
-            .filter(|r| r.get("id").and_then(|v| v.as_str()).map(|s| s.to_ascii_lowercase().starts_with(&prefix)).unwrap_or(false))
+            .filter(|r| {
+                r.get("id")
+                    .and_then(|v| v.as_str())
+                    .map(|s| s.to_ascii_lowercase().starts_with(&prefix))
+                    .unwrap_or(false)
+            })
             .filter(|r| r.pointer("/properties/isSwift").and_then(|v| v.as_bool()) != Some(true))
             .count()
     }
