@@ -149,7 +149,7 @@ mod tests {
         write_zip(&zip_path, &app_files(b"\x7fELF-fake".to_vec())).unwrap();
         let mut z = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
         let names: Vec<String> = (0..z.len())
-            .map(|i| z.by_index(i).unwrap().name().to_string())
+            .map(|i| z.by_index(i).unwrap().name().unwrap().to_string())
             .collect();
         assert!(names.contains(&"host.json".to_string()));
         assert!(names.contains(&"step/function.json".to_string()));
