@@ -232,3 +232,30 @@ async fn key_vault_references_breaking_after_connect_park_when_policy_says_so() 
         "parked as it stands, for an operator"
     );
 }
+
+#[tokio::test]
+async fn two_plans_in_one_vnet_get_distinct_subnets() {
+    // Both plans compute the same lowest free block; the second subnet write is refused as
+    // overlapping and that plan is decided again.
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let p1 = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let p2 = b.plan("apps", "plan2", WE, "P1v2", 1);
+    let apps: Vec<ResourceId> = (0..3)
+        .flat_map(|i| {
+            [
+                app(&mut b, &p1, &format!("x{i}"), &v),
+                app(&mut b, &p2, &format!("y{i}"), &v),
+            ]
+        })
+        .collect();
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    for a in &apps {
+        assert_eq!(Rig::outcome(&report, a), "migrated", "{a}");
+    }
+    let s1 = rig.subnet_of(&apps[0]).unwrap();
+    let s2 = rig.subnet_of(&apps[1]).unwrap();
+    assert_ne!(s1, s2);
+    rig.assert_invariants(&report);
+}

@@ -7,11 +7,14 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::azure::arm::ArmError;
-use crate::azure::models::{KeyVaultReference, Site, SubResource, Subnet, WEB_DELEGATION};
+use crate::azure::models::{
+    KeyVaultReference, Site, SubResource, Subnet, VirtualNetwork, WEB_DELEGATION,
+};
 use crate::azure::ResourceId;
 use crate::migration::context::connections;
 use crate::migration::discover::discover;
 use crate::migration::health::{self, KvHealth};
+use crate::migration::ipam;
 use crate::migration::plan::TargetDecision;
 use crate::migration::rollback::rollback;
 use crate::pipeline::engine::{StepContext, StepError, StepResult};
@@ -98,6 +101,7 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
                 subnet: choice.subnet.clone(),
                 prefix: choice.prefix.to_string(),
                 create: choice.create,
+                required_prefix_length: Some(ipam::prefix_len_for(decision.required_addresses)),
             };
             let detail = format!(
                 "{} subnet {} ({}) for {} instance(s){warn}",
@@ -115,6 +119,9 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
                 key_vault_references: key_vault_statuses(ctx, &msg.target).await?,
             };
             let mut next = msg.next(Step::PrepareSubnet);
+            // A re-plan (attempt > 0) reaches prepare-subnet a second time in this run: it
+            // needs a MessageId of its own, or duplicate detection would drop it.
+            next.attempt = msg.attempt;
             next.plan = Some(p);
             next.baseline = Some(baseline);
             Ok(StepResult::next(next, detail))
@@ -165,6 +172,32 @@ fn desired_subnet(policy: &Policy, mut subnet: Subnet, prefix: &str) -> Subnet {
     subnet
 }
 
+/// The lowest free block for a new subnet, from the VNet as it is now. Subnet writes in one
+/// VNet run one at a time (the step's session is the VNet), so plans that forecast the same
+/// block do not collide: the second one to get here takes the next free block.
+async fn allocate(ctx: &StepContext, p: &PlannedSubnet) -> Result<Option<String>, StepError> {
+    let vnet: VirtualNetwork = ctx.arm.get(p.vnet.as_str()).await?;
+    let bad = |e: ipam::IpamError| StepError::Unexpected(format!("{}: {e}", p.vnet));
+    let space =
+        ipam::parse_prefixes(&vnet.properties.address_space.address_prefixes).map_err(bad)?;
+    let existing: Vec<String> = vnet
+        .properties
+        .subnets
+        .iter()
+        .flat_map(|s| s.prefixes())
+        .collect();
+    let used = ipam::parse_prefixes(&existing).map_err(bad)?;
+    let preferred: ipnet::Ipv4Net = p
+        .prefix
+        .parse()
+        .map_err(|e| StepError::Unexpected(format!("planned prefix {}: {e}", p.prefix)))?;
+    let required = p
+        .required_prefix_length
+        .unwrap_or(preferred.prefix_len())
+        .max(preferred.prefix_len());
+    Ok(ipam::choose_prefix(&space, &used, required, preferred.prefix_len()).map(|n| n.to_string()))
+}
+
 fn is_conflict(e: &ArmError) -> bool {
     matches!(
         e.code(),
@@ -179,11 +212,23 @@ fn is_conflict(e: &ArmError) -> bool {
 async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     let p = planned(msg)?;
     let current: Option<Subnet> = ctx.arm.get_opt(p.subnet.as_str()).await?;
+    let prefix = match &current {
+        Some(_) => p.prefix.clone(),
+        None => match allocate(ctx, p).await? {
+            Some(prefix) => prefix,
+            None => {
+                return Ok(StepResult::done(
+                    Outcome::Blocked("no-address-space".into()),
+                    format!("no free block for {} left in {}", p.prefix, p.vnet),
+                ))
+            }
+        },
+    };
     let base = current.clone().unwrap_or_else(|| Subnet {
         name: p.subnet.name().to_string(),
         ..Default::default()
     });
-    let desired = desired_subnet(&ctx.policy, base, &p.prefix);
+    let desired = desired_subnet(&ctx.policy, base, &prefix);
     let mut next_plan = p.clone();
     if current.as_ref() == Some(&desired) {
         next_plan.prefix = desired
@@ -211,7 +256,7 @@ async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResu
             };
             Ok(StepResult::next(
                 next,
-                format!("{verb} subnet {} ({})", p.subnet, p.prefix),
+                format!("{verb} subnet {} ({})", p.subnet, prefix),
             ))
         }
         Err(e) if is_conflict(&e) => {

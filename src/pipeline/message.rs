@@ -82,11 +82,17 @@ pub enum Origin {
 
 /// The subnet a target is moving into (decided by `plan`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PlannedSubnet {
     pub vnet: ResourceId,
     pub subnet: ResourceId,
+    /// The planned prefix; a new subnet's final prefix is allocated by `prepare-subnet`,
+    /// which runs one at a time per VNet.
     pub prefix: String,
     pub create: bool,
+    /// The smallest prefix (largest length) that still holds the plan's addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_prefix_length: Option<u8>,
 }
 
 /// The gateway-based connection as it was before `disconnect`, so `rollback` can re-create it.
