@@ -39,15 +39,14 @@ impl Default for PacerConfig {
 }
 
 impl PacerConfig {
-    /// Multiplies bursts and rates (the simulator's `--speed`).
+    /// Compresses time by `factor` (the simulator's `--speed`): refill rates are per second
+    /// and scale; bucket sizes are token counts and do not.
     pub fn scaled(self, factor: f64) -> Self {
         Self {
-            reads_burst: self.reads_burst * factor,
             reads_per_sec: self.reads_per_sec * factor,
-            writes_burst: self.writes_burst * factor,
             writes_per_sec: self.writes_per_sec * factor,
-            deletes_burst: self.deletes_burst * factor,
             deletes_per_sec: self.deletes_per_sec * factor,
+            ..self
         }
     }
 
@@ -255,10 +254,10 @@ mod tests {
     #[test]
     fn config_scaling_and_sanity() {
         let c = PacerConfig::default().scaled(2.0);
-        assert_eq!(c.writes_burst, 400.0);
+        assert_eq!(c.writes_burst, 200.0);
         assert_eq!(c.reads_per_sec, 50.0);
         let zero = PacerConfig::default().scaled(0.0);
-        assert_eq!(zero.limits(OpKind::Read), (1.0, 0.001));
+        assert_eq!(zero.limits(OpKind::Read), (250.0, 0.001));
     }
 
     #[test]

@@ -368,6 +368,7 @@ mod tests {
             subnet: vnet.child("subnets", "a").unwrap(),
             prefix: "10.0.0.0/26".into(),
             create: true,
+            required_prefix_length: Some(26),
         });
         assert_eq!(m.session_id(), vnet.key());
         assert_eq!(m.next(Step::Disconnect).session_id(), target().key());

@@ -122,10 +122,18 @@ impl Report {
         }
         let _ = writeln!(s, "{:<44} {:>7}", "total", self.targets.len());
         let p = &self.performance;
+        let bound = if p.arm_write_bound_seconds > 0.0 {
+            format!(
+                "ARM write bound {:.1}s (makespan/bound {:.2})",
+                p.arm_write_bound_seconds, p.bound_ratio
+            )
+        } else {
+            "ARM write bound n/a (the writes fit in ARM's burst)".to_string()
+        };
         let _ = writeln!(
             s,
-            "makespan {:.1}s, ARM write bound {:.1}s (ratio {:.2}), {} ARM requests, {} writes, {} throttled (429), {:.1} steps/s",
-            p.makespan_seconds, p.arm_write_bound_seconds, p.bound_ratio, p.arm_requests, p.arm_writes, p.throttled429, p.steps_per_second
+            "makespan {:.1}s, {bound}, {} ARM requests, {} writes, {} throttled (429), {:.1} steps/s",
+            p.makespan_seconds, p.arm_requests, p.arm_writes, p.throttled429, p.steps_per_second
         );
         s
     }

@@ -43,7 +43,8 @@ impl Bucket {
     }
 }
 
-/// All buckets of the simulator; `speed` scales burst and refill alike.
+/// All buckets of the simulator. `speed` compresses time: it scales the refill rates (per
+/// second), not the bucket sizes (token counts).
 #[derive(Debug)]
 pub struct Throttle {
     enabled: bool,
@@ -77,8 +78,8 @@ impl Throttle {
             .or_insert_with(|| {
                 let (cap, refill) = class.limits();
                 Bucket {
-                    tokens: cap * speed,
-                    capacity: cap * speed,
+                    tokens: cap,
+                    capacity: cap,
                     refill: refill * speed,
                     at: now,
                 }
@@ -140,6 +141,6 @@ mod tests {
         }
         let mut fast = Throttle::new(true, 2.0);
         let v = fast.admit("s", OpClass::Read, now);
-        assert_eq!(v.remaining[0], (OpClass::Read, 499));
+        assert_eq!(v.remaining[0], (OpClass::Read, 249));
     }
 }
