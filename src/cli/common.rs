@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 
 use crate::azure::arm::{ArmClient, ArmConfig};
-use crate::azure::credential::{credential_from_settings, CredentialKind};
+use crate::azure::credential::{credential_from_settings, is_loopback_endpoint, CredentialKind};
 use crate::azure::ResourceId;
 use crate::policy::Policy;
 use crate::report::Report;
@@ -44,6 +44,10 @@ pub struct Global {
     /// Subscription in scope (repeatable).
     #[arg(long = "subscription", global = true)]
     pub subscriptions: Vec<String>,
+    /// Pace the client for an ARM simulator started with `--speed X` (loopback endpoints only;
+    /// real ARM is paced at its documented limits).
+    #[arg(long, global = true, default_value_t = 1.0)]
+    pub arm_speed: f64,
 }
 
 /// Scope flags of `plan`, `run` and `snapshot`.
@@ -138,11 +142,23 @@ pub fn arm_client(global: &Global, write_scope: Vec<ResourceId>) -> Result<ArmCl
         &[&global.arm_endpoint],
     )
     .map_err(|e| anyhow::anyhow!("credential: {e}"))?;
-    ArmClient::new(
-        ArmConfig::new(global.arm_endpoint.clone(), write_scope),
-        cred,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))
+    let mut config = ArmConfig::new(global.arm_endpoint.clone(), write_scope);
+    if global.arm_speed != 1.0 {
+        anyhow::ensure!(
+            global.arm_speed > 0.0 && global.arm_speed.is_finite(),
+            "--arm-speed must be a positive number, got {}",
+            global.arm_speed
+        );
+        anyhow::ensure!(
+            is_loopback_endpoint(&global.arm_endpoint),
+            "--arm-speed is only for a simulator on loopback, not {}",
+            global.arm_endpoint
+        );
+        config.pacer = config.pacer.scaled(global.arm_speed);
+        config.backoff_base = config.backoff_base.div_f64(global.arm_speed);
+        config.lro_poll_default = config.lro_poll_default.div_f64(global.arm_speed);
+    }
+    ArmClient::new(config, cred).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Token audience: public ARM unless the endpoint says otherwise (sovereign clouds use their host).

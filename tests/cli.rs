@@ -1,0 +1,371 @@
+//! The binary as a user runs it: exit codes, one-line errors, JSON output, `simulate-arm` +
+//! `run` over HTTP (killed with SIGKILL and resumed), and `snapshot` → `rehearse --fleet`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::TempDir;
+use vnet_migrate::migration::invariants;
+use vnet_migrate::sim::Fleet;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vnet-migrate");
+
+fn cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("VNET_MIGRATE_POLICY")
+        .env_remove("VNET_MIGRATE_ARM_ENDPOINT")
+        .env_remove("VNET_MIGRATE_CREDENTIAL");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    cmd(args).output().expect("binary runs")
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing behind.
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `simulate-arm`, returns its URL from the first stdout line.
+fn simulate(args: &[&str]) -> (Guard, String) {
+    let mut all = vec!["simulate-arm", "--port", "0"];
+    all.extend_from_slice(args);
+    let mut child = cmd(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line was {line:?}"))
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    (Guard(child), url)
+}
+
+fn get_json(url: &str) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        reqwest::get(url)
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    })
+}
+
+fn outcomes(report: &Value) -> BTreeMap<String, String> {
+    report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let o = match t["reason"].as_str() {
+                Some(r) => format!("{}:{}", t["outcome"].as_str().unwrap(), r),
+                None => t["outcome"].as_str().unwrap().to_string(),
+            };
+            (t["id"].as_str().unwrap().to_ascii_lowercase(), o)
+        })
+        .collect()
+}
+
+fn json_stdout(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+const POLICY: &str = r#"{"settleSeconds": 0}"#;
+
+#[test]
+fn bad_input_is_one_line_and_exit_code_2() {
+    let dir = TempDir::new();
+    let bad = dir.file("bad.json");
+    std::fs::write(&bad, r#"{"subnet": {"preferredPrefix": 30}}"#).unwrap();
+    for args in [
+        vec![
+            "rehearse",
+            "--generate",
+            "5",
+            "--policy",
+            bad.to_str().unwrap(),
+        ],
+        vec!["rehearse", "--generate", "5", "--speed", "0"],
+        vec!["rehearse", "--generate", "5", "--faults", "sometimes"],
+        vec!["rehearse"],
+        vec!["plan", "--app", "/not/an/id"],
+        vec![
+            "run",
+            "--credential",
+            "static",
+            "--subscription",
+            "s",
+            "--arm-endpoint",
+            "https://management.azure.com",
+        ],
+        vec![
+            "status",
+            "--state",
+            dir.file("missing.db").to_str().unwrap(),
+        ],
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "{args:?}: no reason given");
+        assert!(
+            lines.len() == 1
+                || lines[0].starts_with("error: invalid value")
+                || lines[0].starts_with("error:"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !dir.file("missing.db").exists(),
+        "status must not create a state file"
+    );
+    let out = run(&[
+        "rehearse",
+        "--generate",
+        "5",
+        "--policy",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("subnet.preferredPrefix"));
+}
+
+#[test]
+fn rehearse_json_has_every_target_and_the_performance_block() {
+    let dir = TempDir::new();
+    let policy = dir.file("p.json");
+    std::fs::write(&policy, POLICY).unwrap();
+    let out = run(&[
+        "rehearse",
+        "--generate",
+        "80",
+        "--seed",
+        "11",
+        "--speed",
+        "50",
+        "--output",
+        "json",
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success() || out.status.code() == Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json_stdout(&out);
+    assert_eq!(report["targets"].as_array().unwrap().len(), 80);
+    for key in [
+        "makespanSeconds",
+        "armWriteBoundSeconds",
+        "boundRatio",
+        "armRequests",
+        "throttled429",
+        "stepsPerSecond",
+    ] {
+        assert!(
+            report["performance"][key].is_number(),
+            "performance.{key} missing"
+        );
+    }
+    let total: u64 = report["summary"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 80);
+    assert!(report["summary"].get("unfinished").is_none());
+}
+
+#[test]
+fn run_over_http_killed_and_resumed_matches_rehearse_and_snapshot_round_trips() {
+    let dir = TempDir::new();
+    let policy = dir.file("p.json");
+    std::fs::write(&policy, POLICY).unwrap();
+    let policy = policy.to_str().unwrap();
+
+    // The fleet, and what a rehearsal of it decides.
+    let (sim, url) = simulate(&["--generate", "120", "--seed", "5", "--speed", "50"]);
+    let fleet_file = dir.file("fleet.json");
+    let fleet: Fleet = serde_json::from_value(get_json(&format!("{url}/_sim/state"))).unwrap();
+    fleet.save(&fleet_file).unwrap();
+    let rehearsal = run(&[
+        "rehearse",
+        "--fleet",
+        fleet_file.to_str().unwrap(),
+        "--speed",
+        "100",
+        "--output",
+        "json",
+        "--policy",
+        policy,
+    ]);
+    let expected = outcomes(&json_stdout(&rehearsal));
+
+    // snapshot (over HTTP, through the real client) gives a fleet that rehearses the same.
+    let subs = invariants::subscriptions(&fleet);
+    let mut snap_args = vec![
+        "snapshot",
+        "--arm-endpoint",
+        url.as_str(),
+        "--credential",
+        "static",
+        "-o",
+        dir.file("snap.json").to_str().unwrap().to_string().leak(),
+    ];
+    for s in &subs {
+        snap_args.extend(["--subscription", s.as_str()]);
+    }
+    let out = cmd(&snap_args)
+        .env("VNET_MIGRATE_STATIC_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "snapshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = run(&[
+        "rehearse",
+        "--fleet",
+        dir.file("snap.json").to_str().unwrap(),
+        "--speed",
+        "100",
+        "--output",
+        "json",
+        "--policy",
+        policy,
+    ]);
+    assert_eq!(
+        outcomes(&json_stdout(&again)),
+        expected,
+        "snapshot rehearses differently from the original"
+    );
+
+    // `run` against the simulator over HTTP, SIGKILLed mid-way, then resumed.
+    let state = dir.file("run.db");
+    let mut run_args = vec![
+        "run",
+        "--arm-endpoint",
+        url.as_str(),
+        "--arm-speed",
+        "50",
+        "--credential",
+        "static",
+        "--state",
+        state.to_str().unwrap(),
+        "--policy",
+        policy,
+        "--output",
+        "json",
+    ];
+    for s in &subs {
+        run_args.extend(["--subscription", s.as_str()]);
+    }
+    let child = cmd(&run_args)
+        .env("VNET_MIGRATE_STATIC_TOKEN", "t")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Guard(child);
+    let start = Instant::now();
+    loop {
+        let writes = get_json(&format!("{url}/_sim/stats"))["writes"]
+            .as_u64()
+            .unwrap();
+        if writes >= 40 {
+            break;
+        }
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "run finished before it could be killed; make the fleet larger"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "run made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+    let out = cmd(&run_args)
+        .env("VNET_MIGRATE_STATIC_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "resume: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed = json_stdout(&out);
+    assert_eq!(
+        outcomes(&resumed),
+        expected,
+        "run over HTTP (killed and resumed) differs from the rehearsal"
+    );
+
+    // ARM's final state keeps the invariants.
+    let final_state: Fleet =
+        serde_json::from_value(get_json(&format!("{url}/_sim/state"))).unwrap();
+    let report: vnet_migrate::report::Report = report_from(&resumed);
+    let broken = invariants::check(&fleet, &final_state, &report);
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+    drop(sim);
+}
+
+fn report_from(v: &Value) -> vnet_migrate::report::Report {
+    let targets = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| vnet_migrate::report::TargetReport {
+            id: t["id"].as_str().unwrap().into(),
+            outcome: t["outcome"].as_str().unwrap().into(),
+            reason: t["reason"].as_str().map(Into::into),
+            subnet: t["subnet"].as_str().map(Into::into),
+            prefix: t["prefix"].as_str().map(Into::into),
+            steps: 0,
+            attempts: 0,
+            duration_seconds: 0.0,
+        })
+        .collect();
+    vnet_migrate::report::Report {
+        run: v["run"].as_str().unwrap().into(),
+        dry_run: false,
+        targets,
+        summary: Default::default(),
+        by_reason: Default::default(),
+        performance: Default::default(),
+    }
+}
