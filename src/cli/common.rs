@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
@@ -157,6 +158,10 @@ pub fn arm_client(global: &Global, write_scope: Vec<ResourceId>) -> Result<ArmCl
         config.pacer = config.pacer.scaled(global.arm_speed);
         config.backoff_base = config.backoff_base.div_f64(global.arm_speed);
         config.lro_poll_default = config.lro_poll_default.div_f64(global.arm_speed);
+        config.retry_after_cap = config
+            .retry_after_cap
+            .min(Duration::from_secs(2))
+            .div_f64(global.arm_speed);
     }
     ArmClient::new(config, cred).map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
@@ -77,6 +78,11 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     config.pacer = PacerConfig::default().scaled(args.speed);
     config.backoff_base = config.backoff_base.div_f64(args.speed);
     config.lro_poll_default = config.lro_poll_default.div_f64(args.speed);
+    // Retry-After comes in whole seconds (at least 1) even from a sped-up simulator.
+    config.retry_after_cap = config
+        .retry_after_cap
+        .min(Duration::from_secs(2))
+        .div_f64(args.speed);
     let arm = ArmClient::new(config, std::sync::Arc::new(StaticToken::new("rehearsal")))?;
     let state = match args.state {
         Some(p) => p,
