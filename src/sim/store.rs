@@ -94,10 +94,14 @@ impl Store {
 
     /// Resources of type `ty` lying within `scope` (a subscription, group or parent resource).
     pub fn of_type_within(&self, ty: &str, scope: &ResourceId) -> Vec<Value> {
+        // The type index is ordered, so the resources below `scope` are one contiguous range.
         let prefix = format!("{}/", scope.key());
-        self.of_type(ty)
-            .filter(|(k, _)| k.starts_with(&prefix))
-            .map(|(_, v)| v.clone())
+        let Some(keys) = self.by_type.get(&ty.to_ascii_lowercase()) else {
+            return Vec::new();
+        };
+        keys.range(prefix.clone()..)
+            .take_while(|k| k.starts_with(&prefix))
+            .filter_map(|k| self.resources.get(k).cloned())
             .collect()
     }
 
