@@ -519,3 +519,33 @@ async fn on_deploy_debounces_filters_and_the_event_run_completes() {
     assert_eq!(report["targets"].as_array().unwrap().len(), 1);
     assert_eq!(report["targets"][0]["outcome"], "migrated", "{report}");
 }
+
+/// Exit status and stderr of `serve` started with these settings (it must refuse to start).
+fn refused(env: &Env, ledger: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_vnet-migrate"))
+        .arg("serve")
+        .env("FUNCTIONS_CUSTOMHANDLER_PORT", "0")
+        .env("VNET_MIGRATE_ARM_ENDPOINT", &env.arm)
+        .env("VNET_MIGRATE_CREDENTIAL", "static")
+        .env("VNET_MIGRATE_STATIC_TOKEN", TOKEN)
+        .env("VNET_MIGRATE_SERVICEBUS_ENDPOINT", &env.sb)
+        .env("VNET_MIGRATE_LEDGER", ledger)
+        .env("VNET_MIGRATE_POLICY", &env.policy)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_a_usable_ledger_or_scope() {
+    let w = world(fleet(), "plan-only", 10).await;
+    let err = refused(&w.env, "https://acct.table.core.windows.net/ledger");
+    assert!(
+        err.contains("Table Storage ledger is not in this build"),
+        "{err}"
+    );
+    std::fs::write(&w.env.policy, "{}").unwrap();
+    let err = refused(&w.env, &format!("sqlite:{}", w.env.ledger));
+    assert!(err.contains("scope.subscriptions is empty"), "{err}");
+}
