@@ -5,6 +5,7 @@ mod package;
 mod plan;
 mod rehearse;
 mod run;
+mod serve;
 mod simulate_arm;
 mod snapshot;
 mod status;
@@ -44,6 +45,8 @@ pub enum Command {
     SimulateArm(simulate_arm::Args),
     /// Assemble the deployable function app (folder and zip).
     Package(package::Args),
+    /// The Azure Functions custom handler (settings from the environment).
+    Serve(serve::Args),
 }
 
 /// Parses arguments, runs the command, maps the result to DESIGN §8's exit codes.
@@ -76,6 +79,7 @@ pub fn main() -> ExitCode {
             Command::Snapshot(a) => snapshot::run(&cli.global, a).await,
             Command::SimulateArm(a) => simulate_arm::run(&cli.global, a).await,
             Command::Package(a) => package::run(&cli.global, a).await,
+            Command::Serve(a) => serve::run(&cli.global, a).await,
         }
     });
     match result {

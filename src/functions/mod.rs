@@ -2,6 +2,7 @@
 //! payloads, normalising and classifying Event Grid events, encoding responses.
 
 pub mod eventgrid;
+pub mod handler;
 pub mod invocation;
 pub mod response;
 

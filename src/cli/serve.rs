@@ -1,0 +1,152 @@
+//! `serve`: the Azure Functions custom handler (DESIGN §7). Settings come from the environment
+//! (app settings); the handler refuses to start rather than run without a working ledger.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args as ClapArgs;
+use futures::future::BoxFuture;
+
+use super::common::{self, Global};
+use crate::azure::credential::{credential_from_settings, CredentialKind, TokenSource};
+use crate::azure::servicebus::{
+    endpoint_from_env, BearerSource, ServiceBusClient, ServiceBusError, SERVICEBUS_SCOPE,
+};
+use crate::azure::ResourceId;
+use crate::functions::handler::{router, Handler};
+use crate::migration::context::PlanCache;
+use crate::pipeline::engine::{Engine, StepContext};
+use crate::pipeline::ledger::Ledger;
+use crate::pipeline::sqlite::SqliteStore;
+use crate::policy::Policy;
+
+#[derive(Debug, ClapArgs)]
+pub struct Args {}
+
+/// Service Bus tokens from the same credential kind as ARM.
+struct TokenBearer(Arc<dyn TokenSource>);
+
+impl BearerSource for TokenBearer {
+    fn bearer(&self) -> BoxFuture<'_, Result<String, ServiceBusError>> {
+        Box::pin(async move {
+            self.0
+                .token()
+                .await
+                .map(|t| t.secret().to_string())
+                .map_err(|e| ServiceBusError::Auth(e.to_string()))
+        })
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn open_ledger(setting: &str) -> Result<Arc<SqliteStore>> {
+    if let Some(path) = setting.strip_prefix("sqlite:") {
+        return SqliteStore::open(std::path::Path::new(path))
+            .map(Arc::new)
+            .with_context(|| format!("VNET_MIGRATE_LEDGER: cannot open {path}"));
+    }
+    if setting.starts_with("https://") || setting.starts_with("http://") {
+        bail!("VNET_MIGRATE_LEDGER: the Table Storage ledger is not in this build yet; use sqlite:PATH");
+    }
+    bail!("VNET_MIGRATE_LEDGER must be sqlite:PATH, got {setting:?}")
+}
+
+fn policy_path() -> PathBuf {
+    if let Some(p) = env("VNET_MIGRATE_POLICY") {
+        return PathBuf::from(p);
+    }
+    match env("FUNCTIONS_APP_ROOT_PATH") {
+        Some(root) => PathBuf::from(root).join("rollout.json"),
+        None => PathBuf::from("rollout.json"),
+    }
+}
+
+pub async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
+    let port: u16 = env("FUNCTIONS_CUSTOMHANDLER_PORT")
+        .ok_or_else(|| {
+            anyhow!("FUNCTIONS_CUSTOMHANDLER_PORT is not set (the Functions host sets it)")
+        })?
+        .parse()
+        .context("FUNCTIONS_CUSTOMHANDLER_PORT")?;
+    let path = policy_path();
+    let policy =
+        Policy::load_or_default(&path).with_context(|| format!("policy {}", path.display()))?;
+    if policy.scope.subscriptions.is_empty() {
+        bail!(
+            "policy {}: scope.subscriptions is empty; serve only writes to listed subscriptions",
+            path.display()
+        );
+    }
+    let write_scope: Vec<ResourceId> = policy
+        .scope
+        .subscriptions
+        .iter()
+        .map(|s| ResourceId::subscription_id(s))
+        .collect();
+    // Under Functions the default identity is the app's managed identity, not developer tools.
+    let kind_text = env("VNET_MIGRATE_CREDENTIAL").unwrap_or_else(|| "managed-identity".into());
+    let kind: CredentialKind = kind_text
+        .parse()
+        .map_err(|e| anyhow!("VNET_MIGRATE_CREDENTIAL: {e}"))?;
+    let arm_global = Global {
+        output: global.output,
+        arm_endpoint: global.arm_endpoint.clone(),
+        credential: kind_text.clone(),
+        subscriptions: Vec::new(),
+    };
+    let arm = common::arm_client(&arm_global, write_scope)?;
+
+    let ledger = open_ledger(
+        &env("VNET_MIGRATE_LEDGER").unwrap_or_else(|| "sqlite:vnet-migrate.db".into()),
+    )?;
+    ledger
+        .runs()
+        .await
+        .context("VNET_MIGRATE_LEDGER: cannot read the ledger")?;
+
+    let sb_endpoint = endpoint_from_env()?;
+    let sb_token = credential_from_settings(kind, SERVICEBUS_SCOPE, &[&sb_endpoint])
+        .map_err(|e| anyhow!("Service Bus credential: {e}"))?;
+    let queue = env("VNET_MIGRATE_STEPS_QUEUE").unwrap_or_else(|| "migration-steps".into());
+    let sender = Arc::new(ServiceBusClient::new(
+        sb_endpoint,
+        queue,
+        Arc::new(TokenBearer(sb_token)),
+    ));
+
+    let deadline = match env("VNET_MIGRATE_DEADLINE_SECONDS") {
+        Some(s) => s.parse().context("VNET_MIGRATE_DEADLINE_SECONDS")?,
+        None => 540,
+    };
+    let policy = Arc::new(policy);
+    let engine = Engine::new(StepContext {
+        arm,
+        policy: policy.clone(),
+        ledger: ledger.clone(),
+        plans: PlanCache::default(),
+        time_scale: 1.0,
+    });
+    let handler = Handler::new(
+        engine,
+        sender,
+        ledger,
+        policy,
+        env("VNET_MIGRATE_PRINCIPAL_ID"),
+        Duration::from_secs(deadline),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
+    let addr = listener.local_addr()?;
+    println!("vnet-migrate serve listening on {addr}");
+    axum::serve(listener, router(Arc::new(handler)))
+        .await
+        .context("serving")?;
+    Ok(ExitCode::SUCCESS)
+}

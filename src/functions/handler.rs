@@ -1,0 +1,420 @@
+//! The custom handler's HTTP surface (DESIGN §3.2, §7): one axum route per function. Every
+//! answer is JSON; a non-2xx makes the host abandon a Service Bus message (redelivery is safe
+//! because steps are idempotent and re-sends are deduplicated by MessageId).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use super::eventgrid::{classify, EventAction};
+use super::invocation::{decode_event_grid, decode_http, decode_service_bus, decode_timer};
+use super::response::{json_response, InvocationResponse};
+use crate::azure::ResourceId;
+use crate::pipeline::engine::Engine;
+use crate::pipeline::ledger::{Ledger, LedgerError, RunRecord, TargetRecord};
+use crate::pipeline::message::{Origin, PlannedSubnet, RunId, Step, StepMessage};
+use crate::pipeline::queue::{Outgoing, StepSender};
+use crate::policy::{OnDeploy, Policy};
+use crate::report::{Performance, Report};
+
+/// How long a step waits before it re-sends itself after hitting the invocation deadline.
+const DEADLINE_RETRY_DELAY: time::Duration = time::Duration::seconds(5);
+/// Event bursts within one bucket map to one run id (and so one discover MessageId).
+const EVENT_BUCKET_MINUTES: i64 = 5;
+/// A target with no progress for this long is re-sent by `rollout-tick`.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30 * 60);
+
+pub struct Handler {
+    engine: Engine,
+    sender: Arc<dyn StepSender>,
+    ledger: Arc<dyn Ledger>,
+    policy: Arc<Policy>,
+    our_principal: Option<String>,
+    deadline: Duration,
+    stall_after: Duration,
+}
+
+impl Handler {
+    pub fn new(
+        engine: Engine,
+        sender: Arc<dyn StepSender>,
+        ledger: Arc<dyn Ledger>,
+        policy: Arc<Policy>,
+        our_principal: Option<String>,
+        deadline: Duration,
+    ) -> Self {
+        Handler {
+            engine,
+            sender,
+            ledger,
+            policy,
+            our_principal: our_principal.filter(|p| !p.trim().is_empty()),
+            deadline,
+            stall_after: DEFAULT_STALL_AFTER,
+        }
+    }
+
+    /// The age after which `rollout-tick` treats an unfinished target as stalled.
+    pub fn with_stall_after(mut self, stall_after: Duration) -> Self {
+        self.stall_after = stall_after;
+        self
+    }
+}
+
+pub fn router(h: Arc<Handler>) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { json_response(StatusCode::OK, &json!({})) }),
+        )
+        .route("/step", post(step))
+        .route("/on-deploy", post(on_deploy))
+        .route("/rollout-tick", post(rollout_tick))
+        .route("/status", post(status))
+        .with_state(h)
+}
+
+async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
+    let delivery = match decode_service_bus(&body, "msg") {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("step: undecodable invocation: {e}");
+            return InvocationResponse::new()
+                .log(format!("undecodable invocation: {e}"))
+                .redeliver();
+        }
+    };
+    let msg = match StepMessage::decode(&delivery.body) {
+        Ok(m) => m,
+        Err(e) => {
+            let id = delivery.message_id.as_deref().unwrap_or("?");
+            tracing::error!(message_id = id, "step: undecodable step message: {e}");
+            return InvocationResponse::new()
+                .log(format!("message {id}: {e}"))
+                .redeliver();
+        }
+    };
+    let label = format!("{} {} attempt {}", msg.target, msg.step, msg.attempt);
+    let executed = match tokio::time::timeout(h.deadline, h.engine.execute(&msg)).await {
+        Ok(x) => x,
+        Err(_) => {
+            // The reconciler of the re-sent step re-reads ARM and continues from there.
+            let again = Outgoing {
+                message: msg.retry(),
+                visible_at: OffsetDateTime::now_utc() + DEADLINE_RETRY_DELAY,
+            };
+            return match h.sender.send(vec![again]).await {
+                Ok(()) => InvocationResponse::new()
+                    .log(format!("{label}: deadline reached; step re-sent"))
+                    .ok(),
+                Err(e) => InvocationResponse::new()
+                    .log(format!("{label}: deadline reached and re-send failed: {e}"))
+                    .redeliver(),
+            };
+        }
+    };
+    if let Err(e) = h.ledger.record(&executed.record).await {
+        tracing::error!("{label}: ledger: {e}");
+        return InvocationResponse::new()
+            .log(format!("{label}: ledger: {e}"))
+            .redeliver();
+    }
+    if let Err(e) = h.sender.send(executed.next).await {
+        tracing::error!("{label}: send next: {e}");
+        return InvocationResponse::new()
+            .log(format!("{label}: send next: {e}"))
+            .redeliver();
+    }
+    let mut line = format!("{label}: {}", executed.record.detail);
+    if let Some(o) = &executed.outcome {
+        line.push_str(&format!(" => {o}"));
+    }
+    InvocationResponse::new().log(line).ok()
+}
+
+/// `ev-YYYYMMDDHHMM-<8 hex>`: minutes floored to the bucket, hex of the lowercased target.
+pub fn event_run_id(target: &ResourceId, at: OffsetDateTime) -> RunId {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    let minute = at.minute() as i64 - at.minute() as i64 % EVENT_BUCKET_MINUTES;
+    let digest = hex::encode(Sha256::digest(target.key().as_bytes()));
+    RunId(format!(
+        "ev-{:04}{:02}{:02}{:02}{:02}-{}",
+        at.year(),
+        at.month() as u8,
+        at.day(),
+        at.hour(),
+        minute,
+        &digest[..8]
+    ))
+}
+
+async fn on_deploy(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
+    let events = match decode_event_grid(&body, "event") {
+        Ok(ev) => ev,
+        Err(e) => {
+            // Answering 200 stops Event Grid from retrying a body that will never parse.
+            tracing::warn!("on-deploy: malformed event: {e}");
+            return InvocationResponse::new()
+                .log(format!("malformed event ignored: {e}"))
+                .ok();
+        }
+    };
+    let mut resp = InvocationResponse::new();
+    for ev in &events {
+        match classify(ev, h.our_principal.as_deref()) {
+            EventAction::Validate(code) => {
+                resp = resp.log(format!("subscription validation event (code {code})"));
+            }
+            EventAction::Ignore(why) => resp = resp.log(format!("ignored: {why}")),
+            EventAction::Migrate(target) => match enqueue_discover(&h, &target).await {
+                Ok(line) => resp = resp.log(line),
+                Err(e) => {
+                    tracing::error!("on-deploy {target}: {e}");
+                    return resp.log(format!("{target}: {e}")).redeliver();
+                }
+            },
+        }
+    }
+    resp.ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+enum EnqueueError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Queue(#[from] crate::pipeline::queue::QueueError),
+    #[error("reading the tags of {0}: {1}")]
+    Tags(String, crate::azure::arm::ArmError),
+}
+
+/// Starts an event run for one target unless policy, scope or an active run says not to.
+async fn enqueue_discover(h: &Handler, target: &ResourceId) -> Result<String, EnqueueError> {
+    if h.policy.on_deploy == OnDeploy::Ignore {
+        return Ok(format!("ignored: {target}: policy onDeploy is ignore"));
+    }
+    let in_scope = if h.policy.scope.tags.is_empty() {
+        h.policy.scope.includes(target, None)
+    } else {
+        // Tags are not in the event; a site that is gone cannot be migrated anyway.
+        match h.engine.ctx.arm.get_json(target.as_str()).await {
+            Ok(site) => h
+                .policy
+                .scope
+                .includes(target, site.get("tags").and_then(Value::as_object)),
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(EnqueueError::Tags(target.to_string(), e)),
+        }
+    };
+    if !in_scope {
+        return Ok(format!("ignored: {target} is out of the policy's scope"));
+    }
+    if let Some(run) = h.ledger.active_run_for(target).await? {
+        return Ok(format!("ignored: {target} is already in run {run}"));
+    }
+    let now = OffsetDateTime::now_utc();
+    let run = event_run_id(target, now);
+    let dry_run = h.policy.on_deploy == OnDeploy::PlanOnly;
+    h.ledger
+        .start_run(&RunRecord {
+            run: run.clone(),
+            started_at: now,
+            dry_run,
+            origin: "event".into(),
+        })
+        .await?;
+    h.ledger.add_target(&run, target, now).await?;
+    let msg = StepMessage::new(run.clone(), target.clone(), Step::Discover, Origin::Event)
+        .with_dry_run(dry_run);
+    h.sender.send(vec![Outgoing::now(msg)]).await?;
+    Ok(format!(
+        "{target}: discover enqueued in run {run}{}",
+        if dry_run { " (plan only)" } else { "" }
+    ))
+}
+
+/// The message that resumes a stalled target: nothing is carried but what the ledger knows;
+/// the reconcilers re-read ARM. `replay` makes the MessageId fresh.
+pub fn resume_message(t: &TargetRecord, dry_run: bool, replay: u32) -> StepMessage {
+    let recorded = t.current_step.unwrap_or(Step::Discover);
+    // Discover is only safe before anything was written; once a subnet is planned, a target
+    // mid-migration (gateway already removed) would be misread as having no integration.
+    let (step, plan) = match (&t.subnet, recorded) {
+        (_, Step::Discover) => (Step::Discover, None),
+        (None, _) => (Step::Plan, None),
+        (Some(subnet), step) => (
+            step,
+            subnet.vnet().map(|vnet| PlannedSubnet {
+                vnet,
+                subnet: subnet.clone(),
+                prefix: t.prefix.clone().unwrap_or_default(),
+                create: step == Step::PrepareSubnet,
+                required_prefix_length: None,
+            }),
+        ),
+    };
+    let mut m = StepMessage::new(t.run.clone(), t.target.clone(), step, Origin::Replay)
+        .with_dry_run(dry_run);
+    m.plan = plan;
+    m.gateway = t.gateway.clone();
+    m.attempt = t.attempts;
+    m.replay = replay.max(1);
+    m
+}
+
+async fn rollout_tick(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
+    let mut resp = InvocationResponse::new();
+    match decode_timer(&body, "timer") {
+        Ok(t) if t.is_past_due => resp = resp.log("timer is past due"),
+        Ok(_) => {}
+        Err(e) => {
+            resp = resp.log(format!(
+                "timer payload not understood ({e}); ticking anyway"
+            ))
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let stall = time::Duration::try_from(h.stall_after).unwrap_or(time::Duration::MAX);
+    // One replay number per bucket: a tick repeated within it is deduplicated by Service Bus.
+    let replay = (now.unix_timestamp() / 60 / EVENT_BUCKET_MINUTES) as u32;
+    let result: Result<Vec<Outgoing>, LedgerError> = async {
+        let mut out = Vec::new();
+        for run in h.ledger.runs().await? {
+            for t in h.ledger.targets(&run.run).await? {
+                if t.outcome.is_none() && now - t.updated_at > stall {
+                    out.push(Outgoing::now(resume_message(&t, run.dry_run, replay)));
+                }
+            }
+        }
+        Ok(out)
+    }
+    .await;
+    let out = match result {
+        Ok(o) => o,
+        Err(e) => return resp.log(format!("ledger: {e}")).redeliver(),
+    };
+    for o in &out {
+        resp = resp.log(format!(
+            "re-sent {} {} (run {})",
+            o.message.target, o.message.step, o.message.run
+        ));
+    }
+    let n = out.len();
+    if let Err(e) = h.sender.send(out).await {
+        return resp.log(format!("send: {e}")).redeliver();
+    }
+    resp.log(format!("{n} stalled target(s) re-sent")).ok()
+}
+
+async fn status(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
+    let req = match decode_http(&body, "req") {
+        Ok(r) => r,
+        Err(e) => {
+            return InvocationResponse::new()
+                .http("res", 400, &json!({ "error": e.to_string() }))
+                .ok()
+        }
+    };
+    let report = async {
+        let runs = h.ledger.runs().await?;
+        let wanted = req.query.get("run").filter(|r| !r.is_empty());
+        let run = match wanted {
+            Some(w) => runs.into_iter().find(|r| r.run.as_str() == w),
+            None => runs.into_iter().max_by_key(|r| r.started_at),
+        };
+        let Some(run) = run else {
+            return Ok::<_, LedgerError>(None);
+        };
+        let records = h.ledger.targets(&run.run).await?;
+        Ok(Some(Report::new(
+            run.run.as_str(),
+            run.dry_run,
+            &records,
+            Performance::default(),
+        )))
+    }
+    .await;
+    match report {
+        Ok(Some(r)) => {
+            let body = serde_json::to_value(&r).unwrap_or_else(|_| json!({}));
+            InvocationResponse::new().http("res", 200, &body).ok()
+        }
+        Ok(None) => InvocationResponse::new()
+            .http("res", 404, &json!({ "error": "no such run" }))
+            .ok(),
+        Err(e) => InvocationResponse::new()
+            .log(format!("ledger: {e}"))
+            .http("res", 503, &json!({ "error": e.to_string() }))
+            .ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ResourceId {
+        ResourceId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn event_run_id_buckets_five_minutes_and_ignores_case() {
+        let a = id("/subscriptions/S/resourceGroups/RG/providers/Microsoft.Web/sites/App1");
+        let b = id("/subscriptions/s/resourcegroups/rg/providers/microsoft.web/sites/app1");
+        let t1 = time::macros::datetime!(2026-11-23 21:07:59 UTC);
+        let t2 = time::macros::datetime!(2026-11-23 21:05:00 UTC);
+        let t3 = time::macros::datetime!(2026-11-23 21:10:00 UTC);
+        let r = event_run_id(&a, t1);
+        assert_eq!(r, event_run_id(&b, t2));
+        assert_ne!(r, event_run_id(&a, t3));
+        assert!(r.as_str().starts_with("ev-202611232105-"), "{r}");
+        assert_eq!(r.as_str().len(), "ev-202611232105-".len() + 8);
+    }
+
+    fn record(step: Option<Step>, subnet: Option<&str>) -> TargetRecord {
+        let now = OffsetDateTime::now_utc();
+        TargetRecord {
+            run: RunId("r-1".into()),
+            target: id("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/a"),
+            outcome: None,
+            current_step: step,
+            steps: 3,
+            attempts: 1,
+            reason: None,
+            subnet: subnet.map(id),
+            prefix: subnet.map(|_| "10.0.4.0/26".to_string()),
+            gateway: None,
+            started_at: now,
+            updated_at: now,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn resume_replans_without_a_subnet_and_never_rediscovers_mid_migration() {
+        let m = resume_message(&record(Some(Step::Disconnect), None), false, 7);
+        assert_eq!(m.step, Step::Plan);
+        assert_eq!(m.replay, 7);
+        assert_eq!(m.origin, Origin::Replay);
+        let subnet = "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v/subnets/x";
+        let m = resume_message(&record(Some(Step::Connect), Some(subnet)), true, 7);
+        assert_eq!(m.step, Step::Connect);
+        assert!(m.dry_run);
+        let plan = m.plan.unwrap();
+        assert_eq!(plan.subnet, id(subnet));
+        assert_eq!(plan.vnet, id(subnet).vnet().unwrap());
+        assert_eq!(plan.prefix, "10.0.4.0/26");
+        let m = resume_message(&record(Some(Step::Discover), None), false, 0);
+        assert_eq!(m.step, Step::Discover);
+        assert_eq!(m.replay, 1, "a replay always gets a fresh MessageId");
+    }
+}
