@@ -99,6 +99,7 @@ pub async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
         arm_endpoint: global.arm_endpoint.clone(),
         credential: kind_text.clone(),
         subscriptions: Vec::new(),
+        arm_speed: global.arm_speed,
     };
     let arm = common::arm_client(&arm_global, write_scope)?;
 
