@@ -56,6 +56,20 @@ impl ArmConfig {
             pacer: PacerConfig::default(),
         }
     }
+
+    /// Paces the client for an ARM simulator compressing time by `speed`: rates go up, waits
+    /// go down. Retry-After arrives in whole seconds (at least 1) even from a sped-up
+    /// simulator, so its waits are capped before they are compressed.
+    pub fn time_compressed(mut self, speed: f64) -> Self {
+        self.pacer = self.pacer.scaled(speed);
+        self.backoff_base = self.backoff_base.div_f64(speed);
+        self.lro_poll_default = self.lro_poll_default.div_f64(speed);
+        self.retry_after_cap = self
+            .retry_after_cap
+            .min(Duration::from_secs(2))
+            .div_f64(speed);
+        self
+    }
 }
 
 /// Counters since the client was created. `reads + writes + deletes == requests`: every HTTP

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
@@ -155,13 +154,7 @@ pub fn arm_client(global: &Global, write_scope: Vec<ResourceId>) -> Result<ArmCl
             "--arm-speed is only for a simulator on loopback, not {}",
             global.arm_endpoint
         );
-        config.pacer = config.pacer.scaled(global.arm_speed);
-        config.backoff_base = config.backoff_base.div_f64(global.arm_speed);
-        config.lro_poll_default = config.lro_poll_default.div_f64(global.arm_speed);
-        config.retry_after_cap = config
-            .retry_after_cap
-            .min(Duration::from_secs(2))
-            .div_f64(global.arm_speed);
+        config = config.time_compressed(global.arm_speed);
     }
     ArmClient::new(config, cred).map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -191,4 +184,37 @@ pub fn finish(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Where a simulated fleet comes from: a fleet file, or the deterministic generator.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct FleetSource {
+    /// Fleet file (e.g. from `snapshot`).
+    #[arg(long, conflicts_with = "generate")]
+    pub fleet: Option<PathBuf>,
+    /// Generate a realistic fleet of N targets instead.
+    #[arg(long, value_name = "N")]
+    pub generate: Option<usize>,
+    /// Seed of the generator and of the simulator's latencies and faults.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+impl FleetSource {
+    /// The fleet; `None` when neither `--fleet` nor `--generate` was given.
+    pub fn load(&self) -> Result<Option<crate::sim::Fleet>> {
+        Ok(match (&self.fleet, self.generate) {
+            (Some(path), _) => Some(crate::sim::Fleet::load(path)?),
+            (None, Some(n)) => Some(crate::sim::generate::generate(n, self.seed)),
+            (None, None) => None,
+        })
+    }
+}
+
+pub fn check_speed(speed: f64) -> Result<()> {
+    anyhow::ensure!(
+        speed > 0.0 && speed.is_finite(),
+        "--speed must be a positive number, got {speed}"
+    );
+    Ok(())
 }

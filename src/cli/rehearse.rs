@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
@@ -16,18 +15,12 @@ use crate::azure::ResourceId;
 use crate::migration::invariants;
 use crate::policy::Policy;
 use crate::report;
-use crate::sim::{generate, FaultProfile, Fleet, SimOptions, Simulator};
+use crate::sim::{FaultProfile, SimOptions, Simulator};
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
-    /// Fleet file to rehearse on (e.g. from `snapshot`).
-    #[arg(long, conflicts_with = "generate")]
-    pub fleet: Option<PathBuf>,
-    /// Generate a realistic fleet of about N targets instead.
-    #[arg(long, value_name = "N")]
-    pub generate: Option<usize>,
-    #[arg(long, default_value_t = 7)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub source: common::FleetSource,
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// none, flaky or chaos.
@@ -42,26 +35,20 @@ pub struct Args {
 }
 
 pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
-    anyhow::ensure!(
-        args.speed > 0.0 && args.speed.is_finite(),
-        "--speed must be a positive number, got {}",
-        args.speed
-    );
+    common::check_speed(args.speed)?;
     let policy = match &args.policy {
         Some(p) => Policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => Policy::default(),
     };
-    let fleet = match (&args.fleet, args.generate) {
-        (Some(path), _) => Fleet::load(path)?,
-        (None, Some(n)) => generate::generate(n, args.seed),
-        (None, None) => anyhow::bail!("rehearse needs --fleet FILE or --generate N"),
+    let Some(fleet) = args.source.load()? else {
+        anyhow::bail!("rehearse needs --fleet FILE or --generate N");
     };
     let sim = Simulator::new(
         fleet.clone(),
         SimOptions {
             speed: args.speed,
             faults: args.faults,
-            seed: args.seed,
+            seed: args.source.seed,
             ..SimOptions::default()
         },
     );
@@ -74,15 +61,7 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         .iter()
         .map(|s| ResourceId::subscription_id(s))
         .collect();
-    let mut config = ArmConfig::new(server.url(), write_scope);
-    config.pacer = PacerConfig::default().scaled(args.speed);
-    config.backoff_base = config.backoff_base.div_f64(args.speed);
-    config.lro_poll_default = config.lro_poll_default.div_f64(args.speed);
-    // Retry-After comes in whole seconds (at least 1) even from a sped-up simulator.
-    config.retry_after_cap = config
-        .retry_after_cap
-        .min(Duration::from_secs(2))
-        .div_f64(args.speed);
+    let config = ArmConfig::new(server.url(), write_scope).time_compressed(args.speed);
     let arm = ArmClient::new(config, std::sync::Arc::new(StaticToken::new("rehearsal")))?;
     let state = match args.state {
         Some(p) => p,

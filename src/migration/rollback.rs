@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::azure::models::Site;
 use crate::migration::context::connections;
+use crate::migration::steps::saved_gateway;
 use crate::pipeline::engine::{StepContext, StepError, StepResult};
 use crate::pipeline::message::StepMessage;
 use crate::pipeline::Outcome;
@@ -20,14 +21,7 @@ pub async fn rollback(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult
             .await?;
         did.push("removed regional integration".to_string());
     }
-    let snapshot = match &msg.gateway {
-        Some(g) => Some(g.clone()),
-        None => ctx
-            .ledger
-            .target(&msg.run, &msg.target)
-            .await?
-            .and_then(|t| t.gateway),
-    };
+    let snapshot = saved_gateway(ctx, msg).await?;
     if let Some(g) = snapshot {
         let conns = connections(&ctx.arm, &msg.target).await?;
         let present = conns

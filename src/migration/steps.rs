@@ -284,6 +284,22 @@ async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResu
     }
 }
 
+/// The gateway connection saved before `disconnect`: carried by the message, or (when the
+/// message was sent before the save, e.g. a redelivery after a crash) kept in the ledger.
+pub(crate) async fn saved_gateway(
+    ctx: &StepContext,
+    msg: &StepMessage,
+) -> Result<Option<GatewaySnapshot>, StepError> {
+    Ok(match &msg.gateway {
+        Some(g) => Some(g.clone()),
+        None => ctx
+            .ledger
+            .target(&msg.run, &msg.target)
+            .await?
+            .and_then(|t| t.gateway),
+    })
+}
+
 async fn disconnect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     planned(msg)?;
     let conns = connections(&ctx.arm, &msg.target).await?;
@@ -325,14 +341,7 @@ async fn disconnect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, 
             ))
         }
         None => {
-            next.gateway = match &msg.gateway {
-                Some(g) => Some(g.clone()),
-                None => ctx
-                    .ledger
-                    .target(&msg.run, &msg.target)
-                    .await?
-                    .and_then(|t| t.gateway),
-            };
+            next.gateway = saved_gateway(ctx, msg).await?;
             Ok(StepResult::next(
                 next,
                 "no gateway-based connection left (already removed)",
