@@ -85,9 +85,11 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let stats = sim.stats();
     let limits = PacerConfig::default().scaled(args.speed);
     let bound = report::write_bound_seconds(
-        stats.by_subscription.values().map(|s| s.writes),
-        limits.writes_burst,
-        limits.writes_per_sec,
+        stats
+            .by_subscription
+            .values()
+            .map(|s| (s.writes, s.deletes)),
+        &limits,
     );
     let p = &mut report.performance;
     p.arm_write_bound_seconds = round3(bound);

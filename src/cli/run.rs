@@ -64,6 +64,7 @@ pub async fn migrate(
         per_subscription: policy.concurrency.per_subscription as usize,
         ..RunnerConfig::default()
     };
+    let subscription_count = subscriptions.len();
     let finished = LocalRun {
         arm: arm.clone(),
         policy: Arc::new(policy),
@@ -82,12 +83,13 @@ pub async fn migrate(
     let records = finished.store.targets(&finished.run).await?;
     let m = arm.metrics();
     let limits = crate::azure::arm::PacerConfig::default();
-    // Without per-subscription counts from real ARM, assume the writes shared one subscription:
-    // a bound that is never lower than the true one.
+    // The client counts writes for all subscriptions together; spreading them evenly gives a
+    // bound no higher than the true one (the busiest subscription sets it), so the ratio
+    // reported is never flattering.
+    let k = subscription_count.max(1) as u64;
     let bound = report::write_bound_seconds(
-        [m.writes + m.deletes],
-        limits.writes_burst,
-        limits.writes_per_sec,
+        std::iter::repeat_n((m.writes / k, m.deletes / k), k as usize),
+        &limits,
     );
     let steps = finished.stats.steps as f64;
     let perf = Performance {

@@ -174,16 +174,23 @@ impl Report {
     }
 }
 
-/// The least time ARM's write limits allow: per subscription, writes beyond the burst drain
-/// at the refill rate; subscriptions run in parallel, so the bound is the slowest one.
+/// The least time ARM's write limits allow: per subscription, writes (and, in their own
+/// bucket, deletes) beyond the burst drain at the refill rate; subscriptions run in parallel,
+/// so the bound is the slowest one. Items are `(writes, deletes)` per subscription.
 pub fn write_bound_seconds(
-    writes_per_subscription: impl IntoIterator<Item = u64>,
-    burst: f64,
-    per_second: f64,
+    per_subscription: impl IntoIterator<Item = (u64, u64)>,
+    limits: &crate::azure::arm::PacerConfig,
 ) -> f64 {
-    writes_per_subscription
+    let drain = |n: u64, burst: f64, rate: f64| (n as f64 - burst).max(0.0) / rate;
+    per_subscription
         .into_iter()
-        .map(|w| ((w as f64 - burst).max(0.0)) / per_second)
+        .map(|(w, d)| {
+            drain(w, limits.writes_burst, limits.writes_per_sec).max(drain(
+                d,
+                limits.deletes_burst,
+                limits.deletes_per_sec,
+            ))
+        })
         .fold(0.0, f64::max)
 }
 
@@ -193,7 +200,11 @@ mod tests {
 
     #[test]
     fn write_bound_is_the_slowest_subscription() {
-        assert_eq!(write_bound_seconds([100, 300, 250], 200.0, 10.0), 10.0);
-        assert_eq!(write_bound_seconds([], 200.0, 10.0), 0.0);
+        let l = crate::azure::arm::PacerConfig::default();
+        assert_eq!(
+            write_bound_seconds([(100, 0), (300, 0), (250, 400)], &l),
+            20.0
+        );
+        assert_eq!(write_bound_seconds([], &l), 0.0);
     }
 }

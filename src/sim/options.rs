@@ -80,7 +80,11 @@ impl SimOptions {
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionStats {
     pub requests: u64,
+    /// PUT, PATCH and POST (ARM's write bucket).
     pub writes: u64,
+    /// DELETE (ARM's delete bucket).
+    #[serde(default)]
+    pub deletes: u64,
     pub throttled429: u64,
 }
 

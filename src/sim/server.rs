@@ -248,8 +248,10 @@ pub async fn handle(shared: Shared, req: Request) -> Response {
                 .entry(s.to_ascii_lowercase())
                 .or_default();
             e.requests += 1;
-            if class != OpClass::Read {
-                e.writes += 1;
+            match class {
+                OpClass::Read => {}
+                OpClass::Write => e.writes += 1,
+                OpClass::Delete => e.deletes += 1,
             }
         }
         let verdict = sub
