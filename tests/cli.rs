@@ -369,3 +369,37 @@ fn report_from(v: &Value) -> vnet_migrate::report::Report {
         performance: Default::default(),
     }
 }
+
+#[test]
+fn package_writes_a_deployable_folder_and_zip() {
+    let dir = TempDir::new();
+    let out_dir = dir.file("app");
+    let out = run(&["package", "-o", out_dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "host.json",
+        "step/function.json",
+        "on-deploy/function.json",
+        "rollout-tick/function.json",
+        "status/function.json",
+        "vnet-migrate",
+    ] {
+        assert!(out_dir.join(f).is_file(), "{f} missing");
+    }
+    let host: Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("host.json")).unwrap()).unwrap();
+    assert_eq!(
+        host["customHandler"]["description"]["defaultExecutablePath"],
+        "vnet-migrate"
+    );
+    let zip = dir.file("app.zip");
+    assert!(std::fs::metadata(&zip).unwrap().len() > 1000);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        zip.to_str().unwrap()
+    );
+}
