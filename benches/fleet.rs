@@ -77,14 +77,44 @@ fn plan_all(fleet: &Fleet, policy: &Policy) -> (usize, usize) {
             integration,
         });
     }
+    // Like the engine (migration::context), each plan sees its gateway VNets, the VNets peered
+    // with them and the VNets of its regional subnets, not the whole estate.
+    let by_id: BTreeMap<ResourceId, &VirtualNetwork> =
+        vnets.iter().map(|v| (v.id.clone(), v)).collect();
     let mut decided = 0;
     for (pid, targets) in &by_plan {
         let Some(p) = plans.get(pid) else { continue };
+        let mut wanted: Vec<ResourceId> = Vec::new();
+        for t in targets {
+            match &t.integration {
+                Integration::Gateway { vnet, .. } => wanted.push(vnet.clone()),
+                Integration::Regional { subnet } => wanted.extend(subnet.vnet()),
+                Integration::None => {}
+            }
+        }
+        let mut mine: Vec<VirtualNetwork> = Vec::new();
+        for id in &wanted {
+            if let Some(v) = by_id.get(id) {
+                for peer in &v.properties.virtual_network_peerings {
+                    if let Some(r) = peer
+                        .properties
+                        .remote_virtual_network
+                        .as_ref()
+                        .and_then(|r| by_id.get(&r.id))
+                    {
+                        mine.push((*r).clone());
+                    }
+                }
+                mine.push((*v).clone());
+            }
+        }
+        mine.sort_by(|a, b| a.id.cmp(&b.id));
+        mine.dedup_by(|a, b| a.id == b.id);
         let d = plan::decide(&PlanContext {
             plan: p,
             autoscale: &autoscale,
             targets,
-            vnets: &vnets,
+            vnets: &mine,
             swift_supported: true,
             policy,
         });
