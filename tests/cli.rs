@@ -403,3 +403,39 @@ fn package_writes_a_deployable_folder_and_zip() {
         zip.to_str().unwrap()
     );
 }
+
+#[test]
+fn chaos_rehearsal_ends_every_target_and_keeps_the_invariants() {
+    // 5xx, connection resets, lost responses after applied writes and 429 storms: rehearse
+    // itself fails (exit 2) if an invariant breaks; parked targets (exit 1) are allowed.
+    let out = run(&[
+        "rehearse",
+        "--generate",
+        "40",
+        "--seed",
+        "9",
+        "--faults",
+        "chaos",
+        "--speed",
+        "100",
+        "--output",
+        "json",
+    ]);
+    let code = out.status.code();
+    assert!(
+        code == Some(0) || code == Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json_stdout(&out);
+    assert_eq!(report["targets"].as_array().unwrap().len(), 40);
+    assert!(report["summary"].get("unfinished").is_none());
+    for t in report["targets"].as_array().unwrap() {
+        if t["outcome"] == "parked" {
+            assert!(
+                t["reason"].as_str().is_some_and(|r| !r.is_empty()),
+                "parked without a reason"
+            );
+        }
+    }
+}
