@@ -172,7 +172,7 @@ impl Host {
             // Waits here while the handler restarts, as the host waits for its worker.
             let url = self.url.read().await.clone();
             let body = envelope(&m).to_string();
-            let times = if n % 5 == 0 { 2 } else { 1 };
+            let times = if n.is_multiple_of(5) { 2 } else { 1 };
             let mut ok = true;
             for _ in 0..times {
                 let r = self

@@ -91,7 +91,7 @@ impl ResourceId {
             if rest.is_empty() {
                 return Err(err("provider without a resource type"));
             }
-            if rest.len() % 2 != 0 {
+            if !rest.len().is_multiple_of(2) {
                 return Err(err("resource type without a name"));
             }
             segments = rest

@@ -19,9 +19,12 @@ use crate::policy::Policy;
 
 const TTL: Duration = Duration::from_secs(600);
 
+/// A decision and when it was made.
+type Cached = (Instant, Arc<PlanDecision>);
+
 #[derive(Clone, Default)]
 pub struct PlanCache {
-    inner: Arc<Mutex<HashMap<ResourceId, (Instant, Arc<PlanDecision>)>>>,
+    inner: Arc<Mutex<HashMap<ResourceId, Cached>>>,
     /// One computation per plan at a time; others wait for it.
     building: Arc<tokio::sync::Mutex<()>>,
 }

@@ -143,8 +143,8 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{:<60} {:<28} {:<18} {}",
-            "target", "outcome", "prefix", "subnet"
+            "{:<60} {:<28} {:<18} subnet",
+            "target", "outcome", "prefix"
         );
         for t in &self.targets {
             let outcome = match (&t.outcome[..], &t.reason) {

@@ -1114,8 +1114,11 @@ mod tests {
         }
     }
 
+    /// Top-level and `properties` key names of one resource.
+    type Shape = (Vec<String>, Vec<String>);
+
     /// Top-level and `properties` key sets per type.
-    fn shapes(f: &Fleet) -> BTreeMap<String, BTreeSet<(Vec<String>, Vec<String>)>> {
+    fn shapes(f: &Fleet) -> BTreeMap<String, BTreeSet<Shape>> {
         let mut out: BTreeMap<String, BTreeSet<_>> = BTreeMap::new();
         for r in &f.resources {
             let keys = |v: &Value| -> Vec<String> {

@@ -100,7 +100,6 @@ fn plan_members(
 pub fn plan_sites(st: &State, plan: &ResourceId) -> Vec<Value> {
     st.store
         .of_type("microsoft.web/sites")
-        .into_iter()
         .filter(|(_, v)| {
             parse_id(&v["id"]).is_some_and(|id| plan_of(st, &id, v).as_ref() == Some(plan))
         })
