@@ -80,18 +80,14 @@ impl Runner {
                 let mut admitted_sub = None;
                 let delivery = {
                     let busy_now = busy.lock().unwrap_or_else(|p| p.into_inner());
-                    self.store.receive(
-                        OffsetDateTime::now_utc(),
-                        self.config.lease,
-                        |_, body| {
-                            let sub = subscription_of(body);
-                            let ok = busy_now.get(&sub).copied().unwrap_or(0) < per_sub;
+                    self.store
+                        .receive(OffsetDateTime::now_utc(), self.config.lease, |_, sub| {
+                            let ok = busy_now.get(sub).copied().unwrap_or(0) < per_sub;
                             if ok {
-                                admitted_sub = Some(sub);
+                                admitted_sub = Some(sub.to_string());
                             }
                             ok
-                        },
-                    )?
+                        })?
                 };
                 let Some(delivery) = delivery else { break };
                 let sub = admitted_sub.unwrap_or_default();
@@ -143,12 +139,6 @@ impl Runner {
             }
         }
     }
-}
-
-fn subscription_of(body: &[u8]) -> String {
-    StepMessage::decode(body)
-        .map(|m| m.target.subscription().to_ascii_lowercase())
-        .unwrap_or_default()
 }
 
 /// Executes one delivery. Ok(true) = settled, Ok(false) = dead-lettered (undecodable).

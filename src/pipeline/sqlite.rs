@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS queue (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   message_id TEXT NOT NULL UNIQUE,
   session_id TEXT NOT NULL,
+  subscription TEXT NOT NULL DEFAULT '',
   body BLOB NOT NULL,
   visible_at INTEGER NOT NULL,
   delivery_count INTEGER NOT NULL DEFAULT 0,
@@ -146,12 +147,13 @@ impl SqliteStore {
 
     fn insert(tx: &rusqlite::Transaction<'_>, messages: &[Outgoing]) -> Result<(), QueueError> {
         let mut stmt = tx
-            .prepare_cached("INSERT OR IGNORE INTO queue (message_id, session_id, body, visible_at) VALUES (?1, ?2, ?3, ?4)")
+            .prepare_cached("INSERT OR IGNORE INTO queue (message_id, session_id, subscription, body, visible_at) VALUES (?1, ?2, ?3, ?4, ?5)")
             .map_err(storage)?;
         for m in messages {
             stmt.execute(params![
                 m.message.message_id(),
                 m.message.session_id(),
+                m.message.target.subscription().to_ascii_lowercase(),
                 m.message.encode(),
                 ms(m.visible_at)
             ])
@@ -161,25 +163,26 @@ impl SqliteStore {
     }
 
     /// Locks and returns the first visible message whose session has nothing in flight and
-    /// which `admit` accepts (the runner's per-subscription / per-VNet concurrency), or None.
+    /// which `admit(session, subscription)` accepts (the runner's per-subscription
+    /// concurrency), or None. Candidates are judged without reading their bodies.
     /// A message already delivered `max_delivery_count` times is dead-lettered instead.
     pub fn receive(
         &self,
         now: OffsetDateTime,
         lease: Duration,
-        mut admit: impl FnMut(&str, &[u8]) -> bool,
+        mut admit: impl FnMut(&str, &str) -> bool,
     ) -> Result<Option<Delivery>, QueueError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(storage)?;
         let now_ms = ms(now);
-        let candidates: Vec<(i64, String, String, Vec<u8>, u32)> = {
+        let candidates: Vec<(i64, String, String, String, u32)> = {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT q.seq, q.message_id, q.session_id, q.body, q.delivery_count FROM queue q
+                    "SELECT q.seq, q.message_id, q.session_id, q.subscription, q.delivery_count FROM queue q
                      WHERE q.state='active' AND q.visible_at<=?1 AND (q.locked_until IS NULL OR q.locked_until<=?1)
                        AND NOT EXISTS (SELECT 1 FROM queue l WHERE l.session_id=q.session_id AND l.state='active'
                                        AND l.locked_until IS NOT NULL AND l.locked_until>?1)
-                     ORDER BY q.visible_at, q.seq LIMIT 256",
+                     ORDER BY q.visible_at, q.seq LIMIT 64",
                 )
                 .map_err(storage)?;
             let rows = stmt
@@ -191,7 +194,7 @@ impl SqliteStore {
         };
         let mut chosen = None;
         let mut sessions_seen = std::collections::HashSet::new();
-        for (seq, message_id, session_id, body, count) in candidates {
+        for (seq, message_id, session_id, subscription, count) in candidates {
             // Sessions are FIFO: only the first ready message of a session is a candidate.
             if !sessions_seen.insert(session_id.clone()) {
                 continue;
@@ -204,7 +207,12 @@ impl SqliteStore {
                 .map_err(storage)?;
                 continue;
             }
-            if admit(&session_id, &body) {
+            if admit(&session_id, &subscription) {
+                let body: Vec<u8> = tx
+                    .query_row("SELECT body FROM queue WHERE seq=?1", params![seq], |r| {
+                        r.get(0)
+                    })
+                    .map_err(storage)?;
                 chosen = Some((seq, message_id, session_id, body, count));
                 break;
             }
