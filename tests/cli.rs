@@ -101,6 +101,22 @@ fn json_stdout(out: &Output) -> Value {
 
 const POLICY: &str = r#"{"settleSeconds": 0}"#;
 
+/// `rehearse --fleet FILE --output json` with a policy: the outcomes per target.
+fn rehearse_outcomes(fleet: &std::path::Path, policy: &str) -> BTreeMap<String, String> {
+    let out = run(&[
+        "rehearse",
+        "--fleet",
+        fleet.to_str().unwrap(),
+        "--speed",
+        "100",
+        "--output",
+        "json",
+        "--policy",
+        policy,
+    ]);
+    outcomes(&json_stdout(&out))
+}
+
 #[test]
 fn bad_input_is_one_line_and_exit_code_2() {
     let dir = TempDir::new();
@@ -219,21 +235,11 @@ fn run_over_http_killed_and_resumed_matches_rehearse_and_snapshot_round_trips() 
     let fleet_file = dir.file("fleet.json");
     let fleet: Fleet = serde_json::from_value(get_json(&format!("{url}/_sim/state"))).unwrap();
     fleet.save(&fleet_file).unwrap();
-    let rehearsal = run(&[
-        "rehearse",
-        "--fleet",
-        fleet_file.to_str().unwrap(),
-        "--speed",
-        "100",
-        "--output",
-        "json",
-        "--policy",
-        policy,
-    ]);
-    let expected = outcomes(&json_stdout(&rehearsal));
+    let expected = rehearse_outcomes(&fleet_file, policy);
 
     // snapshot (over HTTP, through the real client) gives a fleet that rehearses the same.
     let subs = invariants::subscriptions(&fleet);
+    let snap_out = dir.file("snap.json").to_str().unwrap().to_string();
     let mut snap_args = vec![
         "snapshot",
         "--arm-endpoint",
@@ -241,7 +247,7 @@ fn run_over_http_killed_and_resumed_matches_rehearse_and_snapshot_round_trips() 
         "--credential",
         "static",
         "-o",
-        dir.file("snap.json").to_str().unwrap().to_string().leak(),
+        snap_out.as_str(),
     ];
     for s in &subs {
         snap_args.extend(["--subscription", s.as_str()]);
@@ -255,20 +261,10 @@ fn run_over_http_killed_and_resumed_matches_rehearse_and_snapshot_round_trips() 
         "snapshot: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let again = run(&[
-        "rehearse",
-        "--fleet",
-        dir.file("snap.json").to_str().unwrap(),
-        "--speed",
-        "100",
-        "--output",
-        "json",
-        "--policy",
-        policy,
-    ]);
+    let snapshot_file = dir.file("snap.json");
+    let again = rehearse_outcomes(&snapshot_file, policy);
     assert_eq!(
-        outcomes(&json_stdout(&again)),
-        expected,
+        again, expected,
         "snapshot rehearses differently from the original"
     );
 

@@ -67,18 +67,7 @@ pub struct Scope {
     pub policy: Option<PathBuf>,
 }
 
-/// An error that carries its exit code (1 = parked targets) rather than the default 2.
-#[derive(Debug)]
-pub struct Failed(pub u8);
-
-impl std::fmt::Display for Failed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}", self.0)
-    }
-}
-impl std::error::Error for Failed {}
-
-pub fn init_tracing(_output: OutputFormat) {
+pub fn init_tracing() {
     // Logs go to stderr so that `--output json` keeps stdout clean.
     let filter = tracing_subscriber::EnvFilter::try_from_env("VNET_MIGRATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

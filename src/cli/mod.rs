@@ -59,7 +59,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    common::init_tracing(cli.global.output);
+    common::init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,7 +88,8 @@ pub fn main() -> ExitCode {
             // One line, with the cause chain: what went wrong and what to do.
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("error: {}", chain.join(": "));
-            ExitCode::from(e.downcast_ref::<common::Failed>().map(|f| f.0).unwrap_or(2))
+            // Parked targets return exit 1 as a report, not an error: errors are bad input.
+            ExitCode::from(2)
         }
     }
 }

@@ -3,7 +3,7 @@
 //! dead letters) and the ledger. Settling a delivery, enqueuing its next steps and recording
 //! the step happen in one transaction, so a crash leaves either all of it or none.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -46,7 +46,6 @@ pub struct QueueCounts {
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    path: PathBuf,
     pub max_delivery_count: u32,
 }
 
@@ -122,13 +121,9 @@ impl SqliteStore {
         })?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
-            path: path.to_path_buf(),
+
             max_delivery_count: 10,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
