@@ -6,24 +6,32 @@
 //!   ARM client (long-running operations, retries, throttling pacer, scope guard), credentials
 //!   and the Service Bus REST client.
 //! - `policy`: the rollout policy file (scope, subnet naming and size, routing, rollback).
-//! - `migration`: planning (pure: sizing, address allocation, plan-wide decisions), the step
-//!   reconcilers (discover … verify, rollback), health checks, snapshot and invariants.
-//! - `pipeline`: the versioned step message (MessageId / SessionId), outcomes, the queue and
+//! - `fleet`: the fleet file (ARM resources as ARM returns them), written by `snapshot` and
+//!   read by the simulator.
+//! - `pipeline`: the runtime, which knows nothing of the domain: the versioned step message
+//!   (MessageId / SessionId), outcomes and their reasons, the `Reconciler` seam, the queue and
 //!   ledger contracts, the embedded SQLite store, the engine that executes one step, the
 //!   embedded runner and a whole local run.
+//! - `migration`: the domain, as the pipeline's reconciler: planning (pure: sizing, address
+//!   allocation, plan-wide decisions), one reconcile function per step (discover … verify,
+//!   rollback), its error policy, health checks and snapshot.
 //! - `functions`: the Azure Functions custom-handler protocol: decoding the host's invocation
 //!   payloads (Service Bus, Event Grid, Timer, HTTP), classifying Event Grid events, encoding
 //!   responses.
 //! - `sim`: an in-memory ARM simulator served over loopback HTTP, with ARM's validations,
 //!   LROs, throttling and faults, a deterministic fleet generator, and a Service Bus REST fake.
+//! - `rehearsal`: what judges and measures a rehearsal: the safety invariants and the figures
+//!   taken from the simulator.
 //! - `report`: the JSON report and summary tables.
 //! - `cli`: one file per subcommand; `main.rs` only calls `cli::main`.
 
 pub mod azure;
 pub mod cli;
+pub mod fleet;
 pub mod functions;
 pub mod migration;
 pub mod pipeline;
 pub mod policy;
+pub mod rehearsal;
 pub mod report;
 pub mod sim;

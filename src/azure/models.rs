@@ -532,13 +532,87 @@ pub struct KeyVaultReferenceProperties {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
+    pub status: Option<KeyVaultStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// A Key Vault reference's `status` (the `ResolveStatus` enum of the Microsoft.Web REST spec).
+/// ARM enums grow, so a value this version does not know is kept as it came.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyVaultStatus {
+    /// Not evaluated yet: look again later rather than judge.
+    Initialized,
+    Resolved,
+    InvalidSyntax,
+    MsiNotEnabled,
+    VaultNotFound,
+    SecretNotFound,
+    SecretVersionNotFound,
+    AccessToKeyVaultDenied,
+    OtherReasons,
+    FetchTimedOut,
+    UnauthorizedClient,
+    Other(String),
+}
+
+impl KeyVaultStatus {
+    const KNOWN: [(KeyVaultStatus, &'static str); 11] = [
+        (KeyVaultStatus::Initialized, "Initialized"),
+        (KeyVaultStatus::Resolved, "Resolved"),
+        (KeyVaultStatus::InvalidSyntax, "InvalidSyntax"),
+        (KeyVaultStatus::MsiNotEnabled, "MSINotEnabled"),
+        (KeyVaultStatus::VaultNotFound, "VaultNotFound"),
+        (KeyVaultStatus::SecretNotFound, "SecretNotFound"),
+        (KeyVaultStatus::SecretVersionNotFound, "SecretVersionNotFound"),
+        (KeyVaultStatus::AccessToKeyVaultDenied, "AccessToKeyVaultDenied"),
+        (KeyVaultStatus::OtherReasons, "OtherReasons"),
+        (KeyVaultStatus::FetchTimedOut, "FetchTimedOut"),
+        (KeyVaultStatus::UnauthorizedClient, "UnauthorizedClient"),
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            KeyVaultStatus::Other(s) => s,
+            known => Self::KNOWN
+                .iter()
+                .find(|(k, _)| k == known)
+                .map(|(_, s)| *s)
+                .expect("every known status has a text"),
+        }
+    }
+}
+
+impl From<&str> for KeyVaultStatus {
+    fn from(s: &str) -> Self {
+        Self::KNOWN
+            .iter()
+            .find(|(_, text)| text.eq_ignore_ascii_case(s))
+            .map(|(k, _)| k.clone())
+            .unwrap_or_else(|| KeyVaultStatus::Other(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for KeyVaultStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for KeyVaultStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyVaultStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(KeyVaultStatus::from(String::deserialize(d)?.as_str()))
+    }
 }
 
 impl KeyVaultReference {

@@ -8,13 +8,12 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
 use super::common::{self, Global};
-use super::run::{migrate, round3};
-use crate::azure::arm::{ArmClient, ArmConfig, PacerConfig};
+use super::run::migrate;
+use crate::azure::arm::{ArmClient, ArmConfig};
 use crate::azure::credential::StaticToken;
 use crate::azure::ResourceId;
-use crate::migration::invariants;
 use crate::policy::Policy;
-use crate::report;
+use crate::rehearsal::{self, invariants};
 use crate::sim::{FaultProfile, SimOptions, Simulator};
 
 #[derive(Debug, ClapArgs)]
@@ -81,26 +80,7 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     )
     .await?;
 
-    // Exact per-subscription figures from the simulator.
-    let stats = sim.stats();
-    let limits = PacerConfig::default().scaled(args.speed);
-    let bound = report::write_bound_seconds(
-        stats
-            .by_subscription
-            .values()
-            .map(|s| (s.writes, s.deletes)),
-        &limits,
-    );
-    let p = &mut report.performance;
-    p.arm_write_bound_seconds = round3(bound);
-    p.bound_ratio = if bound > 0.0 {
-        round3(p.makespan_seconds / bound)
-    } else {
-        0.0
-    };
-    p.arm_requests = stats.requests;
-    p.arm_writes = stats.writes + stats.deletes;
-    p.throttled429 = stats.throttled429;
+    rehearsal::use_simulator_figures(&mut report, &sim.stats(), args.speed);
 
     let violations = invariants::check(&fleet, &sim.state(), &report);
     server.shutdown().await;

@@ -9,9 +9,11 @@ use clap::Args as ClapArgs;
 
 use super::common::{self, Global, Scope};
 use crate::azure::ResourceId;
+use crate::migration::discover::sites_in_scope;
+use crate::migration::{Migration, StepContext};
 use crate::pipeline::local::LocalRun;
 use crate::pipeline::runner::RunnerConfig;
-use crate::report::{self, Performance, Report};
+use crate::report::{self, round3, Performance, Report};
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
@@ -65,19 +67,23 @@ pub async fn migrate(
         ..RunnerConfig::default()
     };
     let subscription_count = subscriptions.len();
+    let policy = Arc::new(policy);
     let finished = LocalRun {
-        arm: arm.clone(),
-        policy: Arc::new(policy),
         state,
-        subscriptions,
-        apps,
         dry_run,
-        time_scale,
         runner,
         origin: std::env::args().collect::<Vec<_>>().join(" "),
         progress: global.output == common::OutputFormat::Table,
     }
-    .execute()
+    .execute(
+        sites_in_scope(&arm, &subscriptions, &policy, &apps),
+        |store| {
+            Migration::new(
+                StepContext::new(arm.clone(), policy.clone(), store)
+                    .time_compressed(time_scale),
+            )
+        },
+    )
     .await?;
     use crate::pipeline::ledger::Ledger;
     let records = finished.store.targets(&finished.run).await?;
@@ -106,8 +112,4 @@ pub async fn migrate(
         steps_per_second: round3(steps / finished.makespan_seconds.max(1e-9)),
     };
     Ok(Report::new(finished.run.as_str(), dry_run, &records, perf))
-}
-
-pub fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }

@@ -17,8 +17,8 @@ use crate::azure::servicebus::{
 };
 use crate::azure::ResourceId;
 use crate::functions::handler::{router, Handler};
-use crate::migration::context::PlanCache;
-use crate::pipeline::engine::{Engine, StepContext};
+use crate::migration::{Migration, StepContext};
+use crate::pipeline::engine::Engine;
 use crate::pipeline::ledger::Ledger;
 use crate::pipeline::sqlite::SqliteStore;
 use crate::policy::Policy;
@@ -126,13 +126,11 @@ pub async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
         None => 540,
     };
     let policy = Arc::new(policy);
-    let engine = Engine::new(StepContext {
+    let engine = Engine::new(Migration::new(StepContext::new(
         arm,
-        policy: policy.clone(),
-        ledger: ledger.clone(),
-        plans: PlanCache::default(),
-        time_scale: 1.0,
-    });
+        policy.clone(),
+        ledger.clone(),
+    )));
     let handler = Handler::new(
         engine,
         sender,

@@ -19,6 +19,7 @@ use super::eventgrid::{classify, EventAction};
 use super::invocation::{decode_event_grid, decode_http, decode_service_bus, decode_timer};
 use super::response::{json_response, InvocationResponse};
 use crate::azure::ResourceId;
+use crate::migration::Migration;
 use crate::pipeline::engine::Engine;
 use crate::pipeline::ledger::{Ledger, LedgerError, RunRecord, TargetRecord};
 use crate::pipeline::message::{Origin, PlannedSubnet, RunId, Step, StepMessage};
@@ -34,7 +35,7 @@ const EVENT_BUCKET_MINUTES: i64 = 5;
 pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30 * 60);
 
 pub struct Handler {
-    engine: Engine,
+    engine: Engine<Migration>,
     sender: Arc<dyn StepSender>,
     ledger: Arc<dyn Ledger>,
     policy: Arc<Policy>,
@@ -45,7 +46,7 @@ pub struct Handler {
 
 impl Handler {
     pub fn new(
-        engine: Engine,
+        engine: Engine<Migration>,
         sender: Arc<dyn StepSender>,
         ledger: Arc<dyn Ledger>,
         policy: Arc<Policy>,
@@ -206,7 +207,7 @@ async fn enqueue_discover(h: &Handler, target: &ResourceId) -> Result<String, En
         h.policy.scope.includes(target, None)
     } else {
         // Tags are not in the event; a site that is gone cannot be migrated anyway.
-        match h.engine.ctx.arm.get_json(target.as_str()).await {
+        match h.engine.reconciler().ctx.arm.get_json(target.as_str()).await {
             Ok(site) => h
                 .policy
                 .scope

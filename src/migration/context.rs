@@ -1,177 +1,164 @@
-//! Reads what planning needs from ARM (the plan, every site and slot on it, their
-//! connections, autoscale settings, the VNets involved) and caches the plan-wide decision.
-//!
-//! Decisions are stable whatever order targets run in (see `plan::decide`), so one decision
-//! per plan can be shared by all its targets: that keeps planning to a handful of reads per
-//! plan instead of per target. A cached decision expires, and is dropped when a write shows
-//! the VNet changed under it.
+//! What a step runs with ([`StepContext`]), how it fails ([`StepError`]), and the migration as
+//! the pipeline sees it: [`Migration`], the [`Reconciler`] that dispatches each message to its
+//! step and decides what a failure means for the target.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::azure::arm::ArmClient;
-use crate::azure::models::{AutoscaleSetting, Plan, Site, VirtualNetwork, VnetConnection};
-use crate::azure::{ResourceId, ResourceKind};
-use crate::migration::plan::{self, Integration, PlanContext, PlanDecision, TargetState};
-use crate::pipeline::engine::StepError;
+use async_trait::async_trait;
+
+use super::plan_cache::PlanCache;
+use super::steps;
+use crate::azure::arm::{ArmClient, ArmError};
+use crate::pipeline::ledger::{Ledger, LedgerError};
+use crate::pipeline::message::{Step, StepMessage};
+use crate::pipeline::outcome::Outcome;
+use crate::pipeline::reason::{Cause, ParkReason, RollbackReason};
+use crate::pipeline::reconciler::{Reconciler, StepResult};
 use crate::policy::Policy;
 
-const TTL: Duration = Duration::from_secs(600);
-
-/// A decision and when it was made.
-type Cached = (Instant, Arc<PlanDecision>);
-
-#[derive(Clone, Default)]
-pub struct PlanCache {
-    inner: Arc<Mutex<HashMap<ResourceId, Cached>>>,
-    /// One computation per plan at a time; others wait for it.
-    building: Arc<tokio::sync::Mutex<()>>,
+/// Why a step could not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Arm(#[from] ArmError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// ARM state the step cannot work with (say what, for the operator).
+    #[error("{0}")]
+    Unexpected(String),
 }
 
-impl PlanCache {
-    fn lookup(&self, plan: &ResourceId) -> Option<Arc<PlanDecision>> {
-        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(plan)
-            .filter(|(at, _)| at.elapsed() < TTL)
-            .map(|(_, d)| d.clone())
-    }
-
-    /// The cached decision for `plan`, or a fresh one read from ARM.
-    pub async fn decision(
-        &self,
-        arm: &ArmClient,
-        policy: &Policy,
-        plan: &ResourceId,
-    ) -> Result<Arc<PlanDecision>, StepError> {
-        if let Some(d) = self.lookup(plan) {
-            return Ok(d);
+impl StepError {
+    fn is_transient(&self) -> bool {
+        match self {
+            StepError::Arm(e) => e.is_transient(),
+            StepError::Ledger(_) => true,
+            StepError::Unexpected(_) => false,
         }
-        let _guard = self.building.lock().await;
-        if let Some(d) = self.lookup(plan) {
-            return Ok(d);
+    }
+
+    /// The cause an outcome names: the ARM error code, or the HTTP status.
+    fn cause(&self) -> Cause {
+        match self {
+            StepError::Arm(a) => match (a.code(), a.status()) {
+                (Some(code), _) => Cause::Arm(code.to_string()),
+                (None, Some(status)) => Cause::Http(status),
+                (None, None) => Cause::ArmUnreachable,
+            },
+            StepError::Ledger(_) => Cause::LedgerUnavailable,
+            StepError::Unexpected(_) => Cause::UnexpectedState,
         }
-        let d = Arc::new(compute(arm, policy, plan).await?);
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(plan.clone(), (Instant::now(), d.clone()));
-        Ok(d)
-    }
-
-    /// Drops every decision that involves `target` (its VNet changed under the plan).
-    pub fn invalidate_target(&self, target: &ResourceId) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, (_, d)| !d.targets.contains_key(target));
-    }
-
-    pub fn invalidate(&self, plan: &ResourceId) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(plan);
     }
 }
 
-/// The connections of a site or slot (a bare JSON array in ARM).
-pub async fn connections(
-    arm: &ArmClient,
-    target: &ResourceId,
-) -> Result<Vec<VnetConnection>, StepError> {
-    Ok(arm
-        .list(&format!("{target}/virtualNetworkConnections"))
-        .await?)
+/// Everything a step needs besides its message.
+pub struct StepContext {
+    pub arm: ArmClient,
+    pub policy: Arc<Policy>,
+    pub ledger: Arc<dyn Ledger>,
+    pub plans: PlanCache,
+    /// Divides every delay (settle time, backoff): 1.0 in Azure, the simulator's speed in rehearsals.
+    pub time_scale: f64,
 }
 
-pub fn integration_of(site: &Site, conns: &[VnetConnection]) -> Integration {
-    Integration::from_site(site.properties.virtual_network_subnet_id.as_ref(), conns)
+impl StepContext {
+    pub fn new(arm: ArmClient, policy: Arc<Policy>, ledger: Arc<dyn Ledger>) -> Self {
+        StepContext {
+            arm,
+            policy,
+            ledger,
+            plans: PlanCache::default(),
+            time_scale: 1.0,
+        }
+    }
+
+    /// Runs every delay `time_scale` times faster (rehearsals against a sped-up simulator).
+    pub fn time_compressed(mut self, time_scale: f64) -> Self {
+        self.time_scale = time_scale;
+        self
+    }
+
+    pub fn scaled(&self, d: Duration) -> Duration {
+        if self.time_scale <= 1.0 {
+            d
+        } else {
+            d.div_f64(self.time_scale)
+        }
+    }
 }
 
-async fn compute(
-    arm: &ArmClient,
-    policy: &Policy,
-    plan_id: &ResourceId,
-) -> Result<PlanDecision, StepError> {
-    let plan: Plan = arm.get(plan_id.as_str()).await?;
-    let sites: Vec<Site> = arm.list(&format!("{plan_id}/sites")).await?;
-    let mut members: Vec<Site> = Vec::new();
-    for site in sites {
-        let slots: Vec<Site> = arm.list(&format!("{}/slots", site.id)).await?;
-        members.push(site);
-        members.extend(slots);
+/// The migration's reconciler: one step per message (`steps`), one error policy for all.
+pub struct Migration {
+    pub ctx: StepContext,
+}
+
+impl Migration {
+    pub fn new(ctx: StepContext) -> Self {
+        Migration { ctx }
     }
-    let mut targets = Vec::with_capacity(members.len());
-    for m in &members {
-        let conns = connections(arm, &m.id).await?;
-        targets.push(TargetState {
-            id: m.id.clone(),
-            location: m.location.clone(),
-            integration: integration_of(m, &conns),
-        });
+}
+
+#[async_trait]
+impl Reconciler for Migration {
+    type Error = StepError;
+
+    async fn reconcile(&self, msg: &StepMessage) -> Result<StepResult, StepError> {
+        steps::run(&self.ctx, msg).await
     }
 
-    // VNets: gateway VNets, the VNets peered with them, and VNets already holding our subnets.
-    let mut wanted: BTreeSet<ResourceId> = BTreeSet::new();
-    for t in &targets {
-        match &t.integration {
-            Integration::Gateway { vnet, .. } if vnet.kind() == ResourceKind::VirtualNetwork => {
-                wanted.insert(vnet.clone());
+    /// Transient failures retry with backoff until `maxAttempts`; then a target whose gateway
+    /// may already be gone is rolled back, and any other is parked for an operator.
+    fn error_policy(&self, msg: &StepMessage, err: &StepError) -> StepResult {
+        let max = self.ctx.policy.max_attempts.max(1);
+        let why = err.to_string();
+        if err.is_transient() && msg.attempt + 1 < max {
+            let delay = self.ctx.scaled(backoff(msg.attempt));
+            return StepResult::next_after(
+                msg.retry(),
+                delay,
+                format!(
+                    "attempt {} failed, retrying in {:?}: {why}",
+                    msg.attempt, delay
+                ),
+            );
+        }
+        let cause = err.cause();
+        match msg.step {
+            // Nothing has been changed before disconnect: stop and ask an operator.
+            Step::Discover | Step::Plan | Step::PrepareSubnet | Step::Rollback => StepResult::done(
+                Outcome::Parked(ParkReason::StepFailed {
+                    step: msg.step,
+                    cause,
+                }),
+                why,
+            ),
+            // The gateway may be gone: put it back before giving up.
+            Step::Disconnect | Step::Connect | Step::Configure | Step::Verify => {
+                let mut rb = msg.next(Step::Rollback);
+                rb.reason = Some(RollbackReason::StepFailed {
+                    step: msg.step,
+                    cause,
+                });
+                StepResult::next(rb, why)
             }
-            Integration::Regional { subnet } => {
-                if let Some(v) = subnet.vnet() {
-                    wanted.insert(v);
-                }
-            }
-            _ => {}
         }
     }
-    let mut vnets: Vec<VirtualNetwork> = Vec::new();
-    let mut seen: BTreeSet<ResourceId> = BTreeSet::new();
-    let mut queue: Vec<(ResourceId, bool)> = wanted.into_iter().map(|v| (v, true)).collect();
-    while let Some((id, follow_peerings)) = queue.pop() {
-        if !seen.insert(id.clone()) {
-            continue;
-        }
-        let Some(v) = arm.get_opt::<VirtualNetwork>(id.as_str()).await? else {
-            continue;
-        };
-        if follow_peerings {
-            for p in &v.properties.virtual_network_peerings {
-                if let Some(remote) = &p.properties.remote_virtual_network {
-                    queue.push((remote.id.clone(), false));
-                }
-            }
-        }
-        vnets.push(v);
+}
+
+/// Exponential backoff between attempts: 5 s, 10 s, 20 s … capped at 5 min.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1u64 << attempt.min(6))).min(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::from_secs(5));
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(20), Duration::from_secs(300));
     }
-    vnets.sort_by(|a, b| a.id.cmp(&b.id));
-
-    let autoscale: Vec<AutoscaleSetting> = match plan_id.resource_group() {
-        Some(rg) => arm.list(&format!("/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Insights/autoscalesettings", plan_id.subscription())).await?,
-        None => Vec::new(),
-    };
-
-    // Regional integration support is per scale unit, so any app of the plan can tell.
-    let swift_supported = match members.first() {
-        Some(m) => arm
-            .get_opt::<serde_json::Value>(&format!("{}/networkConfig/virtualNetwork", m.id))
-            .await?
-            .and_then(|v| {
-                v.pointer("/properties/swiftSupported")
-                    .and_then(serde_json::Value::as_bool)
-            })
-            .unwrap_or(true),
-        None => true,
-    };
-
-    Ok(plan::decide(&PlanContext {
-        plan: &plan,
-        autoscale: &autoscale,
-        targets: &targets,
-        vnets: &vnets,
-        swift_supported,
-        policy,
-    }))
 }

@@ -3,16 +3,18 @@
 
 use crate::azure::models::Site;
 use crate::azure::{ResourceId, ResourceKind};
-use crate::migration::context::{connections, integration_of};
+use super::plan_cache::{connections, integration_of};
 use crate::migration::plan::Integration;
-use crate::pipeline::engine::{StepContext, StepError, StepResult, Transition};
+use super::context::{StepContext, StepError};
+use crate::pipeline::reconciler::{StepResult, Transition};
 use crate::pipeline::message::{Step, StepMessage};
+use crate::pipeline::reason::SkipReason;
 use crate::pipeline::Outcome;
 
 pub async fn discover(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     let Some(site) = ctx.arm.get_opt::<Site>(msg.target.as_str()).await? else {
         return Ok(StepResult::done(
-            Outcome::Skipped("not-found".into()),
+            Outcome::Skipped(SkipReason::NotFound),
             "target no longer exists",
         ));
     };
@@ -23,11 +25,11 @@ pub async fn discover(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult
             format!("gateway-based integration with {vnet}"),
         ),
         Integration::Regional { subnet } => StepResult::done(
-            Outcome::Skipped("already-regional".into()),
+            Outcome::Skipped(SkipReason::AlreadyRegional),
             format!("regional integration in {subnet}"),
         ),
         Integration::None => StepResult::done(
-            Outcome::Skipped("no-integration".into()),
+            Outcome::Skipped(SkipReason::NoIntegration),
             "no VNet integration",
         ),
     };

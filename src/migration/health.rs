@@ -4,14 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::azure::models::KeyVaultReference;
-
-pub const RESOLVED: &str = "Resolved";
-/// Not evaluated yet: look again later rather than judge.
-pub const INITIALIZED: &str = "Initialized";
+use crate::azure::models::{KeyVaultReference, KeyVaultStatus};
 
 /// Setting name → status, from the `configreferences/appsettings` list.
-pub fn statuses(refs: &[KeyVaultReference]) -> BTreeMap<String, String> {
+pub fn statuses(refs: &[KeyVaultReference]) -> BTreeMap<String, KeyVaultStatus> {
     refs.iter()
         .filter_map(|r| {
             Some((
@@ -19,7 +15,7 @@ pub fn statuses(refs: &[KeyVaultReference]) -> BTreeMap<String, String> {
                 r.properties
                     .status
                     .clone()
-                    .unwrap_or_else(|| INITIALIZED.to_string()),
+                    .unwrap_or(KeyVaultStatus::Initialized),
             ))
         })
         .collect()
@@ -36,16 +32,19 @@ pub enum KvHealth {
 
 /// Every reference that was `Resolved` in the baseline must still be `Resolved`. References
 /// that were already broken before the migration are not ours to judge.
-pub fn compare(baseline: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> KvHealth {
+pub fn compare(
+    baseline: &BTreeMap<String, KeyVaultStatus>,
+    now: &BTreeMap<String, KeyVaultStatus>,
+) -> KvHealth {
     let mut pending = Vec::new();
     let mut broken = Vec::new();
     for (name, before) in baseline {
-        if before != RESOLVED {
+        if *before != KeyVaultStatus::Resolved {
             continue;
         }
-        match now.get(name).map(String::as_str) {
-            Some(RESOLVED) => {}
-            Some(INITIALIZED) => pending.push(name.clone()),
+        match now.get(name) {
+            Some(KeyVaultStatus::Resolved) => {}
+            Some(KeyVaultStatus::Initialized) => pending.push(name.clone()),
             Some(_) | None => broken.push(name.clone()),
         }
     }
@@ -93,11 +92,24 @@ pub async fn probe(
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, KeyVaultStatus> {
         pairs
             .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .map(|(a, b)| (a.to_string(), KeyVaultStatus::from(*b)))
             .collect()
+    }
+
+    #[test]
+    fn statuses_keep_their_text() {
+        for text in ["Resolved", "MSINotEnabled", "SomethingNew"] {
+            let s = KeyVaultStatus::from(text);
+            assert_eq!(s.to_string(), text);
+            assert_eq!(serde_json::to_value(&s).unwrap(), text);
+        }
+        assert_eq!(
+            KeyVaultStatus::from("SomethingNew"),
+            KeyVaultStatus::Other("SomethingNew".into())
+        );
     }
 
     #[test]

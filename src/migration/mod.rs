@@ -1,13 +1,16 @@
-//! The migration: pure planning (`ipam`, `plan`), the step reconcilers (`discover`, `steps`,
-//! `rollback`) with what they read from ARM (`context`) and check (`health`), plus `snapshot`
-//! (export a fleet) and `invariants` (the safety properties a run must keep).
+//! The migration: pure planning (`ipam`, `plan`), the reconciler the pipeline drives
+//! (`context`: [`Migration`], its step context and error policy) with one reconcile function
+//! per step (`discover`, `steps`, `rollback`), the plan-wide decisions it shares
+//! (`plan_cache`), the checks after the cut-over (`health`) and `snapshot` (export a fleet).
 
 pub mod context;
 pub mod discover;
 pub mod health;
-pub mod invariants;
 pub mod ipam;
 pub mod plan;
+pub mod plan_cache;
 pub mod rollback;
 pub mod snapshot;
 pub mod steps;
+
+pub use context::{Migration, StepContext, StepError};

@@ -14,8 +14,6 @@
 //! race.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -25,64 +23,8 @@ use crate::azure::models::{
     normalize_location, AutoscaleSetting, Plan, Subnet, VirtualNetwork, VnetConnection, VnetRoute,
 };
 use crate::azure::resource_id::{ResourceId, ResourceKind};
+pub use crate::pipeline::reason::BlockedReason;
 use crate::policy::Policy;
-
-/// Why a target cannot be migrated (terminal outcome `blocked:<reason>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BlockedReason {
-    CrossRegionNoPeering,
-    PlanSubnetLimit,
-    NoAddressSpace,
-    ClassicVnet,
-    UnsupportedSku,
-    ScaleUnitUnsupported,
-    SubnetInUse,
-}
-
-impl BlockedReason {
-    pub const ALL: [BlockedReason; 7] = [
-        BlockedReason::CrossRegionNoPeering,
-        BlockedReason::PlanSubnetLimit,
-        BlockedReason::NoAddressSpace,
-        BlockedReason::ClassicVnet,
-        BlockedReason::UnsupportedSku,
-        BlockedReason::ScaleUnitUnsupported,
-        BlockedReason::SubnetInUse,
-    ];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            BlockedReason::CrossRegionNoPeering => "cross-region-no-peering",
-            BlockedReason::PlanSubnetLimit => "plan-subnet-limit",
-            BlockedReason::NoAddressSpace => "no-address-space",
-            BlockedReason::ClassicVnet => "classic-vnet",
-            BlockedReason::UnsupportedSku => "unsupported-sku",
-            BlockedReason::ScaleUnitUnsupported => "scale-unit-unsupported",
-            BlockedReason::SubnetInUse => "subnet-in-use",
-        }
-    }
-}
-
-impl fmt::Display for BlockedReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown blocked reason {0:?}")]
-pub struct UnknownBlockedReason(pub String);
-
-impl FromStr for BlockedReason {
-    type Err = UnknownBlockedReason;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| UnknownBlockedReason(s.to_string()))
-    }
-}
 
 /// A target's current VNet integration.
 #[derive(Debug, Clone, PartialEq)]
@@ -690,7 +632,7 @@ mod tests {
     #[test]
     fn blocked_reason_strings_round_trip() {
         for r in BlockedReason::ALL {
-            assert_eq!(r.to_string().parse::<BlockedReason>().unwrap(), r);
+            assert_eq!(r.to_string().parse::<BlockedReason>().unwrap(), *r);
             assert_eq!(serde_json::to_value(r).unwrap(), json!(r.as_str()));
         }
         assert_eq!(

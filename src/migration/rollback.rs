@@ -5,14 +5,16 @@
 use serde_json::{json, Value};
 
 use crate::azure::models::Site;
-use crate::migration::context::connections;
+use super::plan_cache::connections;
 use crate::migration::steps::saved_gateway;
-use crate::pipeline::engine::{StepContext, StepError, StepResult};
+use super::context::{StepContext, StepError};
+use crate::pipeline::reconciler::StepResult;
 use crate::pipeline::message::StepMessage;
+use crate::pipeline::reason::RollbackReason;
 use crate::pipeline::Outcome;
 
 pub async fn rollback(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
-    let reason = msg.reason.clone().unwrap_or_else(|| "requested".into());
+    let reason = msg.reason.clone().unwrap_or(RollbackReason::Requested);
     let site: Site = ctx.arm.get(msg.target.as_str()).await?;
     let mut did = Vec::new();
     if site.properties.virtual_network_subnet_id.is_some() {

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::azure::arm::{ArmClient, ArmError};
 use crate::azure::{ResourceId, ResourceKind};
-use crate::sim::Fleet;
+use crate::fleet::Fleet;
 
 fn id_of(v: &Value) -> Option<ResourceId> {
     v.get("id")

@@ -8,17 +8,19 @@ use serde_json::{json, Value};
 
 use crate::azure::arm::ArmError;
 use crate::azure::models::{
-    KeyVaultReference, Site, SubResource, Subnet, VirtualNetwork, WEB_DELEGATION,
+    KeyVaultReference, KeyVaultStatus, Site, SubResource, Subnet, VirtualNetwork, WEB_DELEGATION,
 };
 use crate::azure::ResourceId;
-use crate::migration::context::connections;
+use super::plan_cache::connections;
 use crate::migration::discover::discover;
 use crate::migration::health::{self, KvHealth};
 use crate::migration::ipam;
 use crate::migration::plan::TargetDecision;
 use crate::migration::rollback::rollback;
-use crate::pipeline::engine::{StepContext, StepError, StepResult};
+use super::context::{StepContext, StepError};
+use crate::pipeline::reconciler::StepResult;
 use crate::pipeline::message::{Baseline, GatewaySnapshot, PlannedSubnet, Step, StepMessage};
+use crate::pipeline::reason::{BlockedReason, Cause, HealthFailure, ParkReason, RollbackReason, SkipReason};
 use crate::pipeline::Outcome;
 use crate::policy::{Policy, RollbackMode};
 
@@ -48,7 +50,7 @@ fn planned(msg: &StepMessage) -> Result<&PlannedSubnet, StepError> {
 pub(crate) async fn key_vault_statuses(
     ctx: &StepContext,
     target: &ResourceId,
-) -> Result<std::collections::BTreeMap<String, String>, StepError> {
+) -> Result<std::collections::BTreeMap<String, KeyVaultStatus>, StepError> {
     let refs: Vec<KeyVaultReference> = ctx
         .arm
         .list(&format!("{target}/config/configreferences/appsettings"))
@@ -59,7 +61,7 @@ pub(crate) async fn key_vault_statuses(
 async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     let Some(site) = ctx.arm.get_opt::<Site>(msg.target.as_str()).await? else {
         return Ok(StepResult::done(
-            Outcome::Skipped("not-found".into()),
+            Outcome::Skipped(SkipReason::NotFound),
             "target no longer exists",
         ));
     };
@@ -84,15 +86,15 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
             "the target is not listed under its plan {plan_id}"
         ))),
         Some(TargetDecision::Blocked(reason)) => Ok(StepResult::done(
-            Outcome::Blocked(reason.to_string()),
+            Outcome::Blocked(*reason),
             format!("blocked by plan {plan_id}{warn}"),
         )),
         Some(TargetDecision::AlreadyRegional) => Ok(StepResult::done(
-            Outcome::Skipped("already-regional".into()),
+            Outcome::Skipped(SkipReason::AlreadyRegional),
             "already regional",
         )),
         Some(TargetDecision::NoIntegration) => Ok(StepResult::done(
-            Outcome::Skipped("no-integration".into()),
+            Outcome::Skipped(SkipReason::NoIntegration),
             "no VNet integration",
         )),
         Some(TargetDecision::Migrate(choice)) => {
@@ -111,7 +113,7 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
                 decision.expected_max_instances
             );
             if msg.dry_run {
-                let mut r = StepResult::done(Outcome::Skipped("dry-run".into()), detail);
+                let mut r = StepResult::done(Outcome::Skipped(SkipReason::DryRun), detail);
                 r.planned = Some(p);
                 return Ok(r);
             }
@@ -218,7 +220,7 @@ async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResu
             Some(prefix) => prefix,
             None => {
                 return Ok(StepResult::done(
-                    Outcome::Blocked("no-address-space".into()),
+                    Outcome::Blocked(BlockedReason::NoAddressSpace),
                     format!("no free block for {} left in {}", p.prefix, p.vnet),
                 ))
             }
@@ -267,7 +269,7 @@ async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResu
             again.plan = None;
             if again.attempt >= ctx.policy.max_attempts {
                 return Ok(StepResult::done(
-                    Outcome::Parked("subnet-conflict".into()),
+                    Outcome::Parked(ParkReason::SubnetConflict),
                     e.to_string(),
                 ));
             }
@@ -277,7 +279,7 @@ async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResu
             ))
         }
         Err(e) if matches!(e.status(), Some(400 | 409)) => Ok(StepResult::done(
-            Outcome::Blocked("subnet-in-use".into()),
+            Outcome::Blocked(BlockedReason::SubnetInUse),
             e.to_string(),
         )),
         Err(e) => Err(e.into()),
@@ -370,9 +372,8 @@ async fn connect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Ste
                 || matches!(e, ArmError::LroFailed { .. }) =>
         {
             let mut rb = msg.next(Step::Rollback);
-            rb.reason = Some(format!(
-                "connect-rejected:{}",
-                e.code().unwrap_or("validation")
+            rb.reason = Some(RollbackReason::ConnectRejected(
+                e.code().unwrap_or("validation").to_string(),
             ));
             Ok(StepResult::next(
                 rb,
@@ -437,24 +438,28 @@ async fn verify(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Step
     let regional = conns
         .iter()
         .any(|c| !c.is_gateway() && c.properties.vnet_resource_id.as_ref() == Some(&p.subnet));
-    let failed = |reason: String, detail: String| -> StepResult {
+    let failed = |health: HealthFailure, detail: String| -> StepResult {
         if ctx.policy.rollback == RollbackMode::Auto {
             let mut rb = msg.next(Step::Rollback);
-            rb.reason = Some(reason);
+            rb.reason = Some(RollbackReason::Unhealthy(health));
             StepResult::next(rb, detail)
         } else {
-            StepResult::done(Outcome::Parked(format!("verify-failed:{reason}")), detail)
+            let reason = ParkReason::StepFailed {
+                step: Step::Verify,
+                cause: Cause::Health(health),
+            };
+            StepResult::done(Outcome::Parked(reason), detail)
         }
     };
     if !regional {
         return Ok(failed(
-            "not-connected".into(),
+            HealthFailure::NotConnected,
             format!("no regional connection to {} after connect", p.subnet),
         ));
     }
     if conns.iter().any(|c| c.is_gateway()) {
         return Ok(failed(
-            "gateway-still-present".into(),
+            HealthFailure::GatewayStillPresent,
             "a gateway-based connection is present again".into(),
         ));
     }
@@ -476,7 +481,7 @@ async fn verify(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Step
             }
             KvHealth::Pending(names) | KvHealth::Broken(names) => {
                 return Ok(failed(
-                    "kv-references-unresolved".into(),
+                    HealthFailure::KvReferencesUnresolved,
                     format!(
                         "Key Vault references no longer resolve: {}",
                         names.join(", ")
@@ -494,7 +499,7 @@ async fn verify(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Step
             .unwrap_or_default();
         let client = reqwest::Client::new();
         if let Err(why) = health::probe(&client, &host, &probe.path, probe.expected_status).await {
-            return Ok(failed("probe-failed".into(), why));
+            return Ok(failed(HealthFailure::ProbeFailed, why));
         }
     }
     Ok(StepResult::done(

@@ -1,7 +1,10 @@
-//! A whole run on one machine: open (or resume) the state file, enqueue `discover` for every
-//! site in scope, drive the embedded runner until the queue is empty, and report.
+//! A whole run on one machine: open (or resume) the state file, enqueue the first step for
+//! every target in scope, drive the embedded runner until the queue is empty, and report.
+//! What the targets are and what a step does come from the caller: the targets as a future
+//! (awaited only when a new run starts) and the reconciler, built on the opened store.
 
 use std::fs::File;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,17 +12,14 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use time::OffsetDateTime;
 
-use super::engine::{Engine, StepContext};
+use super::engine::Engine;
 use super::ledger::{Ledger, RunRecord};
 use super::message::{Origin, RunId, Step, StepMessage};
 use super::queue::{Outgoing, StepSender};
+use super::reconciler::Reconciler;
 use super::runner::{RunStats, Runner, RunnerConfig};
 use super::sqlite::SqliteStore;
-use crate::azure::arm::ArmClient;
 use crate::azure::ResourceId;
-use crate::migration::context::PlanCache;
-use crate::migration::discover::sites_in_scope;
-use crate::policy::Policy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalRunError {
@@ -29,18 +29,13 @@ pub enum LocalRunError {
     Queue(#[from] super::queue::QueueError),
     #[error(transparent)]
     Ledger(#[from] super::ledger::LedgerError),
-    #[error("cannot list the sites in scope: {0}")]
-    Discovery(#[from] super::engine::StepError),
+    #[error("cannot list the targets in scope")]
+    Targets(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub struct LocalRun {
-    pub arm: ArmClient,
-    pub policy: Arc<Policy>,
     pub state: PathBuf,
-    pub subscriptions: Vec<String>,
-    pub apps: Vec<ResourceId>,
     pub dry_run: bool,
-    pub time_scale: f64,
     pub runner: RunnerConfig,
     pub origin: String,
     pub progress: bool,
@@ -72,7 +67,18 @@ fn lock_state(state: &Path) -> Result<StateLock, LocalRunError> {
 }
 
 impl LocalRun {
-    pub async fn execute(self) -> Result<Finished, LocalRunError> {
+    /// Runs (or resumes) on the state file. `targets` lists the targets of a new run;
+    /// `reconciler` builds the reconciler on the opened store (its ledger).
+    pub async fn execute<R, E, F>(
+        self,
+        targets: F,
+        reconciler: impl FnOnce(Arc<SqliteStore>) -> R,
+    ) -> Result<Finished, LocalRunError>
+    where
+        R: Reconciler,
+        E: std::error::Error + Send + Sync + 'static,
+        F: Future<Output = Result<Vec<ResourceId>, E>>,
+    {
         let _lock = lock_state(&self.state)?;
         let store = Arc::new(SqliteStore::open(&self.state)?);
         store.release_all_locks()?;
@@ -103,9 +109,9 @@ impl LocalRun {
                         origin: self.origin.clone(),
                     })
                     .await?;
-                let sites =
-                    sites_in_scope(&self.arm, &self.subscriptions, &self.policy, &self.apps)
-                        .await?;
+                let sites = targets
+                    .await
+                    .map_err(|e| LocalRunError::Targets(Box::new(e)))?;
                 let mut first = Vec::with_capacity(sites.len());
                 for s in sites {
                     store.add_target(&run, &s, now).await?;
@@ -118,13 +124,7 @@ impl LocalRun {
                 run
             }
         };
-        let engine = Arc::new(Engine::new(StepContext {
-            arm: self.arm.clone(),
-            policy: self.policy.clone(),
-            ledger: store.clone(),
-            plans: PlanCache::default(),
-            time_scale: self.time_scale,
-        }));
+        let engine = Arc::new(Engine::new(reconciler(store.clone())));
         let mut runner = Runner::new(store.clone(), engine, self.runner.clone());
         if self.progress {
             let bar = ProgressBar::new(store.targets(&run).await?.len() as u64);

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use super::reason::RollbackReason;
+use crate::azure::models::KeyVaultStatus;
 use crate::azure::ResourceId;
 
 pub const MESSAGE_VERSION: u32 = 1;
@@ -116,7 +118,7 @@ pub struct GatewaySnapshot {
 #[serde(rename_all = "camelCase")]
 pub struct Baseline {
     #[serde(default)]
-    pub key_vault_references: BTreeMap<String, String>,
+    pub key_vault_references: BTreeMap<String, KeyVaultStatus>,
 }
 
 /// A run id such as `r-20261123-ab12`.
@@ -176,7 +178,7 @@ pub struct StepMessage {
     pub trace: Option<String>,
     /// Why a rollback was started (carried into the `rolled-back:<reason>` outcome).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<RollbackReason>,
     /// Bumped by `replay` so a resubmitted step gets a fresh MessageId.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub replay: u32,
@@ -309,7 +311,7 @@ mod tests {
         assert_eq!(m.plan.as_ref().unwrap().prefix, "10.0.4.0/26");
         assert_eq!(
             m.baseline.unwrap().key_vault_references["Secret1"],
-            "Resolved"
+            KeyVaultStatus::Resolved
         );
         assert!(m.not_before.is_some());
     }

@@ -1,6 +1,7 @@
-//! The durable step pipeline: the wire message, outcomes, the queue and ledger contracts,
-//! their embedded SQLite implementation, the engine that executes one step, the embedded
-//! runner, and a whole local run.
+//! The durable step pipeline, a runtime that knows nothing of the domain: the wire vocabulary
+//! (the step message, outcomes and their reasons), the [`Reconciler`] seam the domain
+//! implements, the queue and ledger contracts with their embedded SQLite implementation, the
+//! engine that executes one step, the embedded runner, and a whole local run.
 
 pub mod engine;
 pub mod ledger;
@@ -8,8 +9,11 @@ pub mod local;
 pub mod message;
 pub mod outcome;
 pub mod queue;
+pub mod reason;
+pub mod reconciler;
 pub mod runner;
 pub mod sqlite;
 
 pub use message::{RunId, Step, StepMessage};
 pub use outcome::Outcome;
+pub use reconciler::{Reconciler, StepResult, Transition};

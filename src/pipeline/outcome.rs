@@ -5,14 +5,16 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::reason::{BlockedReason, ParkReason, RollbackReason, SkipReason, UnknownReason};
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
     Migrated,
-    Skipped(String),
-    Blocked(String),
-    RolledBack(String),
+    Skipped(SkipReason),
+    Blocked(BlockedReason),
+    RolledBack(RollbackReason),
     /// Needs an operator: the pipeline could not reach a safe end by itself.
-    Parked(String),
+    Parked(ParkReason),
     Cancelled,
 }
 
@@ -29,12 +31,13 @@ impl Outcome {
         }
     }
 
-    pub fn reason(&self) -> Option<&str> {
+    /// The text after the colon (`no-integration` of `skipped:no-integration`).
+    pub fn reason(&self) -> Option<String> {
         match self {
-            Outcome::Skipped(r)
-            | Outcome::Blocked(r)
-            | Outcome::RolledBack(r)
-            | Outcome::Parked(r) => Some(r),
+            Outcome::Skipped(r) => Some(r.to_string()),
+            Outcome::Blocked(r) => Some(r.to_string()),
+            Outcome::RolledBack(r) => Some(r.to_string()),
+            Outcome::Parked(r) => Some(r.to_string()),
             Outcome::Migrated | Outcome::Cancelled => None,
         }
     }
@@ -58,20 +61,25 @@ impl FromStr for Outcome {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (kind, reason) = match s.split_once(':') {
-            Some((k, r)) => (k, Some(r.to_string())),
+            Some((k, r)) => (k, Some(r)),
             None => (s, None),
         };
-        let need = |r: Option<String>| {
+        fn need<T: FromStr<Err = UnknownReason>>(
+            s: &str,
+            r: Option<&str>,
+        ) -> Result<T, String> {
             r.filter(|r| !r.is_empty())
-                .ok_or_else(|| format!("outcome {s:?} needs a reason"))
-        };
+                .ok_or_else(|| format!("outcome {s:?} needs a reason"))?
+                .parse()
+                .map_err(|e: UnknownReason| format!("outcome {s:?}: {e}"))
+        }
         match kind {
             "migrated" if reason.is_none() => Ok(Outcome::Migrated),
             "cancelled" if reason.is_none() => Ok(Outcome::Cancelled),
-            "skipped" => Ok(Outcome::Skipped(need(reason)?)),
-            "blocked" => Ok(Outcome::Blocked(need(reason)?)),
-            "rolled-back" => Ok(Outcome::RolledBack(need(reason)?)),
-            "parked" => Ok(Outcome::Parked(need(reason)?)),
+            "skipped" => Ok(Outcome::Skipped(need(s, reason)?)),
+            "blocked" => Ok(Outcome::Blocked(need(s, reason)?)),
+            "rolled-back" => Ok(Outcome::RolledBack(need(s, reason)?)),
+            "parked" => Ok(Outcome::Parked(need(s, reason)?)),
             _ => Err(format!("unknown outcome {s:?}")),
         }
     }
@@ -94,21 +102,40 @@ impl<'de> Deserialize<'de> for Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::reason::Cause;
+    use crate::pipeline::Step;
 
     #[test]
     fn round_trips() {
         for o in [
             Outcome::Migrated,
             Outcome::Cancelled,
-            Outcome::Skipped("no-integration".into()),
-            Outcome::Blocked("plan-subnet-limit".into()),
-            Outcome::RolledBack("connect-rejected".into()),
-            Outcome::Parked("rollback-failed".into()),
+            Outcome::Skipped(SkipReason::NoIntegration),
+            Outcome::Blocked(BlockedReason::PlanSubnetLimit),
+            Outcome::RolledBack(RollbackReason::ConnectRejected("BadRequest".into())),
+            Outcome::Parked(ParkReason::StepFailed {
+                step: Step::Rollback,
+                cause: Cause::Arm("Conflict".into()),
+            }),
         ] {
             assert_eq!(o.to_string().parse::<Outcome>().unwrap(), o);
         }
+        // Today's wire texts, as the ledger and the report JSON hold them.
+        for text in [
+            "skipped:dry-run",
+            "blocked:cross-region-no-peering",
+            "rolled-back:connect-rejected:BadRequest",
+            "rolled-back:kv-references-unresolved",
+            "rolled-back:verify-failed:http-500",
+            "parked:rollback-failed:arm-unreachable",
+            "parked:verify-failed:not-connected",
+            "parked:subnet-conflict",
+        ] {
+            assert_eq!(text.parse::<Outcome>().unwrap().to_string(), text);
+        }
         assert!("blocked".parse::<Outcome>().is_err());
+        assert!("blocked:tuesday".parse::<Outcome>().is_err());
         assert!("migrated:x".parse::<Outcome>().is_err());
-        assert!(!Outcome::Parked("x".into()).is_expected());
+        assert!(!Outcome::Parked(ParkReason::SubnetConflict).is_expected());
     }
 }

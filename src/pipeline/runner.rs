@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use super::engine::Engine;
 use super::message::StepMessage;
 use super::queue::QueueError;
+use super::reconciler::Reconciler;
 use super::sqlite::{Delivery, SqliteStore};
 
 #[derive(Debug, Clone)]
@@ -39,9 +40,9 @@ impl Default for RunnerConfig {
 /// Called after every settled step (progress bars, tests).
 pub type OnStep = Arc<dyn Fn(&super::engine::Executed) + Send + Sync>;
 
-pub struct Runner {
+pub struct Runner<R> {
     store: Arc<SqliteStore>,
-    engine: Arc<Engine>,
+    engine: Arc<Engine<R>>,
     config: RunnerConfig,
     on_step: Option<OnStep>,
 }
@@ -52,8 +53,8 @@ pub struct RunStats {
     pub dead_lettered: u64,
 }
 
-impl Runner {
-    pub fn new(store: Arc<SqliteStore>, engine: Arc<Engine>, config: RunnerConfig) -> Self {
+impl<R: Reconciler> Runner<R> {
+    pub fn new(store: Arc<SqliteStore>, engine: Arc<Engine<R>>, config: RunnerConfig) -> Self {
         Runner {
             store,
             engine,
@@ -142,9 +143,9 @@ impl Runner {
 }
 
 /// Executes one delivery. Ok(true) = settled, Ok(false) = dead-lettered (undecodable).
-async fn work(
+async fn work<R: Reconciler>(
     store: &SqliteStore,
-    engine: &Engine,
+    engine: &Engine<R>,
     d: Delivery,
     on_step: Option<&OnStep>,
 ) -> Result<bool, QueueError> {

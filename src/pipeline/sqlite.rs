@@ -388,7 +388,7 @@ fn record_tx(tx: &rusqlite::Transaction<'_>, r: &StepRecord) -> Result<(), Ledge
     let reason = r
         .outcome
         .as_ref()
-        .and_then(|o| o.reason().map(str::to_string));
+        .and_then(|o| o.reason());
     let finished = r.outcome.as_ref().map(|_| at.clone());
     tx.execute(
         "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at)
@@ -828,7 +828,7 @@ mod tests {
         let done = StepRecord {
             step: Step::Plan,
             next: None,
-            outcome: Some(crate::pipeline::Outcome::Blocked("classic-vnet".into())),
+            outcome: Some(crate::pipeline::Outcome::Blocked(crate::pipeline::reason::BlockedReason::ClassicVnet)),
             ..rec
         };
         s.commit(&d, &[], Some(&done)).unwrap();

@@ -61,7 +61,7 @@ impl Report {
             .iter()
             .map(|r| {
                 let (kind, reason) = match &r.outcome {
-                    Some(o) => (o.kind().to_string(), o.reason().map(str::to_string)),
+                    Some(o) => (o.kind().to_string(), o.reason()),
                     None => (
                         "unfinished".to_string(),
                         r.current_step.map(|s| format!("at {s}")),
@@ -207,4 +207,9 @@ mod tests {
         );
         assert_eq!(write_bound_seconds([], &l), 0.0);
     }
+}
+
+/// Figures are reported to the millisecond.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }

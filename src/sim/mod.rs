@@ -5,7 +5,6 @@
 //! faults, latency, LROs).
 
 pub mod builder;
-pub mod fleet;
 pub mod generate;
 mod network;
 mod options;
@@ -17,7 +16,9 @@ mod store;
 mod throttle;
 mod web;
 
-pub use fleet::Fleet;
+// The fleet file has its own home; the simulator loads and serves it.
+use crate::fleet;
+pub use crate::fleet::Fleet;
 pub use options::{
     FaultProfile, InjectedFault, SimOptions, SimStats, SubscriptionStats, UnknownFaultProfile,
 };

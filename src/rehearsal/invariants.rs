@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::azure::models::{normalize_location, Site, VirtualNetwork};
 use crate::azure::{ResourceId, ResourceKind};
 use crate::report::Report;
-use crate::sim::Fleet;
+use crate::fleet::Fleet;
 
 /// Subscriptions that own sites in the fleet.
 pub fn subscriptions(fleet: &Fleet) -> Vec<String> {
