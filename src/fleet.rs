@@ -13,12 +13,12 @@ pub struct Fleet {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
-    #[error("cannot read fleet file {path}: {source}")]
+    #[error("cannot read fleet file {path}")]
     Io {
         path: String,
         source: std::io::Error,
     },
-    #[error("fleet file {path} is not valid: {source}")]
+    #[error("fleet file {path} is not valid")]
     Parse {
         path: String,
         source: serde_json::Error,

@@ -18,14 +18,14 @@ use crate::azure::resource_id::{ResourceId, ResourceKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("cannot read policy file {path}: {source}")]
+    #[error("cannot read policy file {path}")]
     Io {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("policy is not valid JSON: {0}")]
-    Syntax(String),
+    #[error("policy is not valid JSON")]
+    Syntax(#[source] serde_json::Error),
     #[error("policy field {field}: {message}")]
     Field { field: String, message: String },
 }
@@ -390,10 +390,10 @@ impl Policy {
             if inner.is_data() && path != "." {
                 field_err(&path, inner.to_string())
             } else {
-                PolicyError::Syntax(inner.to_string())
+                PolicyError::Syntax(inner)
             }
         })?;
-        de.end().map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        de.end().map_err(PolicyError::Syntax)?;
         policy.validate()?;
         Ok(policy)
     }

@@ -80,7 +80,7 @@ pub fn init_tracing() {
 /// The policy from `--policy`, else defaults; scope flags are merged into it.
 pub fn load_policy(global: &Global, scope: &Scope) -> Result<Policy> {
     let mut policy = match &scope.policy {
-        Some(p) => Policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        Some(p) => Policy::load(p)?,
         None => Policy::default(),
     };
     policy
@@ -102,7 +102,7 @@ pub fn load_policy(global: &Global, scope: &Scope) -> Result<Policy> {
 
 pub fn parse_apps(apps: &[String]) -> Result<Vec<ResourceId>> {
     apps.iter()
-        .map(|a| ResourceId::parse(a).map_err(|e| anyhow::anyhow!("--app: {e}")))
+        .map(|a| ResourceId::parse(a).context("--app"))
         .collect()
 }
 
@@ -124,13 +124,13 @@ pub fn arm_client(global: &Global, write_scope: Vec<ResourceId>) -> Result<ArmCl
     let kind: CredentialKind = global
         .credential
         .parse()
-        .map_err(|e| anyhow::anyhow!("--credential: {e}"))?;
+        .context("--credential")?;
     let cred = credential_from_settings(
         kind,
         &format!("{}/.default", arm_audience(&global.arm_endpoint)),
         &[&global.arm_endpoint],
     )
-    .map_err(|e| anyhow::anyhow!("credential: {e}"))?;
+    .context("credential")?;
     let mut config = ArmConfig::new(global.arm_endpoint.clone(), write_scope);
     if global.arm_speed != 1.0 {
         anyhow::ensure!(
@@ -145,7 +145,7 @@ pub fn arm_client(global: &Global, write_scope: Vec<ResourceId>) -> Result<ArmCl
         );
         config = config.time_compressed(global.arm_speed);
     }
-    ArmClient::new(config, cred).map_err(|e| anyhow::anyhow!("{e}"))
+    Ok(ArmClient::new(config, cred)?)
 }
 
 /// Token audience: public ARM unless the endpoint says otherwise (sovereign clouds use their host).

@@ -36,7 +36,7 @@ pub struct Args {
 pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     common::check_speed(args.speed)?;
     let policy = match &args.policy {
-        Some(p) => Policy::load(p).map_err(|e| anyhow::anyhow!("{e}"))?,
+        Some(p) => Policy::load(p)?,
         None => Policy::default(),
     };
     let Some(fleet) = args.source.load()? else {

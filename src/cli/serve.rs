@@ -93,7 +93,7 @@ pub async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
     let kind_text = env("VNET_MIGRATE_CREDENTIAL").unwrap_or_else(|| "managed-identity".into());
     let kind: CredentialKind = kind_text
         .parse()
-        .map_err(|e| anyhow!("VNET_MIGRATE_CREDENTIAL: {e}"))?;
+        .context("VNET_MIGRATE_CREDENTIAL")?;
     let arm_global = Global {
         output: global.output,
         arm_endpoint: global.arm_endpoint.clone(),
@@ -113,7 +113,7 @@ pub async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
 
     let sb_endpoint = endpoint_from_env()?;
     let sb_token = credential_from_settings(kind, SERVICEBUS_SCOPE, &[&sb_endpoint])
-        .map_err(|e| anyhow!("Service Bus credential: {e}"))?;
+        .context("Service Bus credential")?;
     let queue = env("VNET_MIGRATE_STEPS_QUEUE").unwrap_or_else(|| "migration-steps".into());
     let sender = Arc::new(ServiceBusClient::new(
         sb_endpoint,

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use super::ledger::StepRecord;
 use super::message::StepMessage;
@@ -38,6 +39,17 @@ impl<R: Reconciler> Engine<R> {
 
     /// Runs one step. Never fails: every error goes through the reconciler's error policy.
     pub async fn execute(&self, msg: &StepMessage) -> Executed {
+        let span = tracing::debug_span!(
+            "step",
+            step = %msg.step,
+            target = %msg.target,
+            attempt = msg.attempt,
+            trace = msg.trace.as_deref().unwrap_or("-"),
+        );
+        self.execute_in(msg).instrument(span).await
+    }
+
+    async fn execute_in(&self, msg: &StepMessage) -> Executed {
         let started = Instant::now();
         let result = match self.reconciler.reconcile(msg).await {
             Ok(r) => r,
@@ -102,6 +114,7 @@ impl<R: Reconciler> Engine<R> {
                 .and_then(|m| m.gateway.clone())
                 .or_else(|| msg.gateway.clone()),
         };
+        tracing::debug!(next = ?record.next, outcome = ?record.outcome, "{}", record.detail);
         Executed {
             next,
             record,

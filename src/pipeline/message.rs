@@ -174,6 +174,8 @@ pub struct StepMessage {
         skip_serializing_if = "Option::is_none"
     )]
     pub not_before: Option<OffsetDateTime>,
+    /// Correlates every step of one target's journey (logs, Service Bus `CorrelationId`):
+    /// set when its first step is made, carried by every next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
     /// Why a rollback was started (carried into the `rolled-back:<reason>` outcome).
@@ -212,7 +214,7 @@ impl StepMessage {
             gateway: None,
             baseline: None,
             not_before: None,
-            trace: None,
+            trace: Some(uuid::Uuid::new_v4().simple().to_string()),
             reason: None,
             replay: 0,
         }
