@@ -121,10 +121,7 @@ pub fn subscriptions(policy: &Policy, apps: &[ResourceId]) -> Result<Vec<String>
 
 /// The ARM client for real Azure (or any endpoint), allowed to write only inside `scope`.
 pub fn arm_client(global: &Global, write_scope: Vec<ResourceId>) -> Result<ArmClient> {
-    let kind: CredentialKind = global
-        .credential
-        .parse()
-        .context("--credential")?;
+    let kind: CredentialKind = global.credential.parse().context("--credential")?;
     let cred = credential_from_settings(
         kind,
         &format!("{}/.default", arm_audience(&global.arm_endpoint)),

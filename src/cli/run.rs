@@ -79,8 +79,7 @@ pub async fn migrate(
         sites_in_scope(&arm, &subscriptions, &policy, &apps),
         |store| {
             Migration::new(
-                StepContext::new(arm.clone(), policy.clone(), store)
-                    .time_compressed(time_scale),
+                StepContext::new(arm.clone(), policy.clone(), store).time_compressed(time_scale),
             )
         },
     )

@@ -91,9 +91,7 @@ pub async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
         .collect();
     // Under Functions the default identity is the app's managed identity, not developer tools.
     let kind_text = env("VNET_MIGRATE_CREDENTIAL").unwrap_or_else(|| "managed-identity".into());
-    let kind: CredentialKind = kind_text
-        .parse()
-        .context("VNET_MIGRATE_CREDENTIAL")?;
+    let kind: CredentialKind = kind_text.parse().context("VNET_MIGRATE_CREDENTIAL")?;
     let arm_global = Global {
         output: global.output,
         arm_endpoint: global.arm_endpoint.clone(),

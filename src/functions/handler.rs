@@ -207,7 +207,14 @@ async fn enqueue_discover(h: &Handler, target: &ResourceId) -> Result<String, En
         h.policy.scope.includes(target, None)
     } else {
         // Tags are not in the event; a site that is gone cannot be migrated anyway.
-        match h.engine.reconciler().ctx.arm.get_json(target.as_str()).await {
+        match h
+            .engine
+            .reconciler()
+            .ctx
+            .arm
+            .get_json(target.as_str())
+            .await
+        {
             Ok(site) => h
                 .policy
                 .scope

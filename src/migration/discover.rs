@@ -1,14 +1,14 @@
 //! `discover`: what integration does a target have now? Sites also fan out to their slots
 //! (integration is per slot and does not swap).
 
+use super::context::{StepContext, StepError};
+use super::plan_cache::{connections, integration_of};
 use crate::azure::models::Site;
 use crate::azure::{ResourceId, ResourceKind};
-use super::plan_cache::{connections, integration_of};
 use crate::migration::plan::Integration;
-use super::context::{StepContext, StepError};
-use crate::pipeline::reconciler::{StepResult, Transition};
 use crate::pipeline::message::{Step, StepMessage};
 use crate::pipeline::reason::SkipReason;
+use crate::pipeline::reconciler::{StepResult, Transition};
 use crate::pipeline::Outcome;
 
 pub async fn discover(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {

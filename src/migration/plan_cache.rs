@@ -10,11 +10,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::context::StepError;
+use super::plan::{self, Integration, PlanContext, PlanDecision, TargetState};
 use crate::azure::arm::ArmClient;
 use crate::azure::models::{AutoscaleSetting, Plan, Site, VirtualNetwork, VnetConnection};
 use crate::azure::{ResourceId, ResourceKind};
-use super::context::StepError;
-use super::plan::{self, Integration, PlanContext, PlanDecision, TargetState};
 use crate::policy::Policy;
 
 const TTL: Duration = Duration::from_secs(600);

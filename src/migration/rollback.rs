@@ -4,13 +4,13 @@
 
 use serde_json::{json, Value};
 
-use crate::azure::models::Site;
-use super::plan_cache::connections;
-use crate::migration::steps::saved_gateway;
 use super::context::{StepContext, StepError};
-use crate::pipeline::reconciler::StepResult;
+use super::plan_cache::connections;
+use crate::azure::models::Site;
+use crate::migration::steps::saved_gateway;
 use crate::pipeline::message::StepMessage;
 use crate::pipeline::reason::RollbackReason;
+use crate::pipeline::reconciler::StepResult;
 use crate::pipeline::Outcome;
 
 pub async fn rollback(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {

@@ -6,21 +6,23 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::context::{StepContext, StepError};
+use super::plan_cache::connections;
 use crate::azure::arm::ArmError;
 use crate::azure::models::{
     KeyVaultReference, KeyVaultStatus, Site, SubResource, Subnet, VirtualNetwork, WEB_DELEGATION,
 };
 use crate::azure::ResourceId;
-use super::plan_cache::connections;
 use crate::migration::discover::discover;
 use crate::migration::health::{self, KvHealth};
 use crate::migration::ipam;
 use crate::migration::plan::TargetDecision;
 use crate::migration::rollback::rollback;
-use super::context::{StepContext, StepError};
-use crate::pipeline::reconciler::StepResult;
 use crate::pipeline::message::{Baseline, GatewaySnapshot, PlannedSubnet, Step, StepMessage};
-use crate::pipeline::reason::{BlockedReason, Cause, HealthFailure, ParkReason, RollbackReason, SkipReason};
+use crate::pipeline::reason::{
+    BlockedReason, Cause, HealthFailure, ParkReason, RollbackReason, SkipReason,
+};
+use crate::pipeline::reconciler::StepResult;
 use crate::pipeline::Outcome;
 use crate::policy::{Policy, RollbackMode};
 

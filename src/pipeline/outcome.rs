@@ -64,10 +64,7 @@ impl FromStr for Outcome {
             Some((k, r)) => (k, Some(r)),
             None => (s, None),
         };
-        fn need<T: FromStr<Err = UnknownReason>>(
-            s: &str,
-            r: Option<&str>,
-        ) -> Result<T, String> {
+        fn need<T: FromStr<Err = UnknownReason>>(s: &str, r: Option<&str>) -> Result<T, String> {
             r.filter(|r| !r.is_empty())
                 .ok_or_else(|| format!("outcome {s:?} needs a reason"))?
                 .parse()

@@ -193,7 +193,10 @@ impl FromStr for RollbackReason {
         if let Ok(h) = s.parse() {
             return Ok(RollbackReason::Unhealthy(h));
         }
-        if let Some(code) = s.strip_prefix("connect-rejected:").filter(|c| !c.is_empty()) {
+        if let Some(code) = s
+            .strip_prefix("connect-rejected:")
+            .filter(|c| !c.is_empty())
+        {
             return Ok(RollbackReason::ConnectRejected(code.to_string()));
         }
         parse_step_failed(s)

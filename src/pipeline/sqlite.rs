@@ -385,10 +385,7 @@ fn record_tx(tx: &rusqlite::Transaction<'_>, r: &StepRecord) -> Result<(), Ledge
         .as_ref()
         .map(|g| serde_json::to_string(g).expect("serialises"));
     let outcome = r.outcome.as_ref().map(|o| o.to_string());
-    let reason = r
-        .outcome
-        .as_ref()
-        .and_then(|o| o.reason());
+    let reason = r.outcome.as_ref().and_then(|o| o.reason());
     let finished = r.outcome.as_ref().map(|_| at.clone());
     tx.execute(
         "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at)
@@ -828,7 +825,9 @@ mod tests {
         let done = StepRecord {
             step: Step::Plan,
             next: None,
-            outcome: Some(crate::pipeline::Outcome::Blocked(crate::pipeline::reason::BlockedReason::ClassicVnet)),
+            outcome: Some(crate::pipeline::Outcome::Blocked(
+                crate::pipeline::reason::BlockedReason::ClassicVnet,
+            )),
             ..rec
         };
         s.commit(&d, &[], Some(&done)).unwrap();

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::azure::models::{normalize_location, Site, VirtualNetwork};
 use crate::azure::{ResourceId, ResourceKind};
-use crate::report::Report;
 use crate::fleet::Fleet;
+use crate::report::Report;
 
 /// Subscriptions that own sites in the fleet.
 pub fn subscriptions(fleet: &Fleet) -> Vec<String> {

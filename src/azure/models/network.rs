@@ -1,0 +1,214 @@
+//! Microsoft.Network: virtual networks, subnets, delegations, service association links,
+//! peerings.
+
+use serde::{Deserialize, Serialize};
+
+use serde_json::Value;
+
+use super::{opt_id, Extra, SubResource};
+use crate::azure::resource_id::ResourceId;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DelegationProperties {
+    #[serde(default)]
+    pub service_name: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Delegation {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub properties: DelegationProperties,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAssociationLinkProperties {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_resource_type: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "opt_id",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub link: Option<ResourceId>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServiceAssociationLink {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub properties: ServiceAssociationLinkProperties,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+pub const WEB_DELEGATION: &str = "Microsoft.Web/serverFarms";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SubnetProperties {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_prefixes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegations: Option<Vec<Delegation>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_association_links: Option<Vec<ServiceAssociationLink>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_configurations: Option<Vec<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_security_group: Option<SubResource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_table: Option<SubResource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_gateway: Option<SubResource>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A subnet, standalone or inline in its VNet.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Subnet {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub properties: SubnetProperties,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Subnet {
+    /// All prefixes of the subnet, from `addressPrefix` and `addressPrefixes`.
+    pub fn prefixes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.properties.address_prefix.iter().cloned().collect();
+        if let Some(ps) = &self.properties.address_prefixes {
+            for p in ps {
+                if !v.contains(p) {
+                    v.push(p.clone());
+                }
+            }
+        }
+        v
+    }
+
+    pub fn is_delegated_to_web(&self) -> bool {
+        self.properties.delegations.iter().flatten().any(|d| {
+            d.properties
+                .service_name
+                .eq_ignore_ascii_case(WEB_DELEGATION)
+        })
+    }
+
+    /// Plans (serverfarms) linked to this subnet through service association links.
+    pub fn linked_plans(&self) -> Vec<ResourceId> {
+        self.properties
+            .service_association_links
+            .iter()
+            .flatten()
+            .filter_map(|l| l.properties.link.clone())
+            .collect()
+    }
+
+    /// Whether anything other than App Service plans uses the subnet (NICs, other delegations).
+    pub fn has_other_users(&self) -> bool {
+        let nics = self
+            .properties
+            .ip_configurations
+            .as_ref()
+            .is_some_and(|v| !v.is_empty());
+        let other_delegation = self.properties.delegations.iter().flatten().any(|d| {
+            !d.properties
+                .service_name
+                .eq_ignore_ascii_case(WEB_DELEGATION)
+        });
+        nics || other_delegation
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressSpace {
+    #[serde(default)]
+    pub address_prefixes: Vec<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeeringProperties {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_virtual_network: Option<SubResource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peering_state: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Peering {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub properties: PeeringProperties,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl Peering {
+    pub fn is_connected_to(&self, remote: &ResourceId) -> bool {
+        self.properties
+            .peering_state
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case("Connected"))
+            && self
+                .properties
+                .remote_virtual_network
+                .as_ref()
+                .is_some_and(|r| &r.id == remote)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VnetProperties {
+    #[serde(default)]
+    pub address_space: AddressSpace,
+    #[serde(default)]
+    pub subnets: Vec<Subnet>,
+    #[serde(default)]
+    pub virtual_network_peerings: Vec<Peering>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_guid: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `Microsoft.Network/virtualNetworks`, with subnets and peerings inline.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VirtualNetwork {
+    pub id: ResourceId,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub properties: VnetProperties,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
