@@ -1,0 +1,271 @@
+//! Typed column conversions: how each value is stored in the state file. The on-disk forms
+//! are the ones the store has always written, so existing state files keep working: ledger
+//! times are RFC 3339 text, queue times are integer milliseconds since the Unix epoch, ids,
+//! steps and outcomes are their text forms, and a gateway snapshot is JSON text.
+
+use std::time::Duration;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::Row;
+use time::format_description::well_known::Rfc3339 as Rfc3339Format;
+use time::OffsetDateTime;
+
+use crate::azure::ResourceId;
+use crate::pipeline::ledger::LedgerError;
+use crate::pipeline::message::{GatewaySnapshot, RunId, Step};
+use crate::pipeline::outcome::Outcome;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn invalid(e: impl Into<BoxError>) -> FromSqlError {
+    FromSqlError::Other(e.into())
+}
+
+fn unwritable(e: impl Into<BoxError>) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(e.into())
+}
+
+/// A ledger time (`runs`, `targets`, `step_log`): RFC 3339 text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Rfc3339(pub OffsetDateTime);
+
+impl ToSql for Rfc3339 {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let text = self.0.format(&Rfc3339Format).map_err(unwritable)?;
+        Ok(ToSqlOutput::from(text))
+    }
+}
+
+impl FromSql for Rfc3339 {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        OffsetDateTime::parse(text, &Rfc3339Format)
+            .map(Rfc3339)
+            .map_err(|e| invalid(format!("bad timestamp {text:?}: {e}")))
+    }
+}
+
+/// A queue time (`visible_at`, `locked_until`): whole milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct UnixMs(i64);
+
+impl UnixMs {
+    pub(super) fn at(t: OffsetDateTime) -> Self {
+        UnixMs((t.unix_timestamp_nanos() / 1_000_000) as i64)
+    }
+
+    /// `self` plus `d`, in whole milliseconds.
+    pub(super) fn after(self, d: Duration) -> Self {
+        UnixMs(self.0 + d.as_millis() as i64)
+    }
+
+    /// The time itself. Only for values read from the file, whose range `FromSql` checked.
+    pub(super) fn datetime(self) -> OffsetDateTime {
+        to_datetime(self.0).expect("checked when read")
+    }
+}
+
+fn to_datetime(ms: i64) -> Result<OffsetDateTime, time::error::ComponentRange> {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+}
+
+impl ToSql for UnixMs {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.0))
+    }
+}
+
+impl FromSql for UnixMs {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let ms = value.as_i64()?;
+        to_datetime(ms).map_err(invalid)?;
+        Ok(UnixMs(ms))
+    }
+}
+
+impl ToSql for RunId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for RunId {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        String::column_result(value).map(RunId)
+    }
+}
+
+/// Stored as given (`ResourceId::as_str`); the lower-cased `key()` has its own columns.
+impl ToSql for ResourceId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for ResourceId {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        ResourceId::parse(value.as_str()?).map_err(invalid)
+    }
+}
+
+impl ToSql for Step {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Step {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str()?.parse().map_err(invalid)
+    }
+}
+
+/// `kind` or `kind:reason`, as `Outcome`'s `Display` writes it.
+impl ToSql for Outcome {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.to_string()))
+    }
+}
+
+impl FromSql for Outcome {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str()?.parse().map_err(invalid)
+    }
+}
+
+/// JSON text.
+impl ToSql for GatewaySnapshot {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let json = serde_json::to_string(self).map_err(unwritable)?;
+        Ok(ToSqlOutput::from(json))
+    }
+}
+
+impl FromSql for GatewaySnapshot {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        serde_json::from_str(value.as_str()?).map_err(invalid)
+    }
+}
+
+/// Typed reads of one ledger row by column name. A column that does not convert becomes a
+/// `LedgerError` naming the table, the row (by its key columns) and the column.
+pub(super) struct LedgerRow<'a, 'r> {
+    row: &'a Row<'r>,
+    table: &'static str,
+    key: &'static [&'static str],
+}
+
+impl<'a, 'r> LedgerRow<'a, 'r> {
+    /// `key`: the selected columns that identify the row in error messages.
+    pub(super) fn new(row: &'a Row<'r>, table: &'static str, key: &'static [&'static str]) -> Self {
+        LedgerRow { row, table, key }
+    }
+
+    pub(super) fn get<T: FromSql>(&self, column: &str) -> Result<T, LedgerError> {
+        self.row.get(column).map_err(|e| {
+            LedgerError::Storage(format!(
+                "corrupt ledger: {} row ({}) column {column}: {}",
+                self.table,
+                self.label(),
+                cause(&e)
+            ))
+        })
+    }
+
+    fn label(&self) -> String {
+        let raw = |c: &str| match self.row.get_ref(c) {
+            Ok(ValueRef::Text(t)) => format!("{:?}", String::from_utf8_lossy(t)),
+            Ok(ValueRef::Integer(i)) => i.to_string(),
+            Ok(ValueRef::Real(f)) => f.to_string(),
+            Ok(ValueRef::Null) => "NULL".to_string(),
+            Ok(ValueRef::Blob(b)) => format!("<{} byte blob>", b.len()),
+            Err(_) => "?".to_string(),
+        };
+        self.key
+            .iter()
+            .map(|c| format!("{c}={}", raw(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What is wrong with the stored value, without rusqlite's column-index preamble.
+fn cause(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(_, ty, source) => {
+            format!("{source} (stored as {ty})")
+        }
+        rusqlite::Error::InvalidColumnType(_, _, ty) => format!("unexpected {ty} value"),
+        rusqlite::Error::IntegralValueOutOfRange(_, v) => format!("integer {v} out of range"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{params, Connection};
+    use time::macros::datetime;
+
+    use super::*;
+
+    fn round_trip<T: ToSql + FromSql>(v: &T) -> (rusqlite::types::Value, T) {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.query_row("SELECT ?1, ?1", params![v], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+    }
+
+    #[test]
+    fn on_disk_forms_are_unchanged() {
+        use rusqlite::types::Value;
+        let t = datetime!(2026-11-23 10:20:30.456789 UTC);
+        assert_eq!(
+            round_trip(&Rfc3339(t)),
+            (
+                Value::Text("2026-11-23T10:20:30.456789Z".into()),
+                Rfc3339(t)
+            )
+        );
+        let ms = UnixMs::at(t);
+        assert_eq!(round_trip(&ms), (Value::Integer(1_795_429_230_456), ms));
+        assert_eq!(ms.datetime(), datetime!(2026-11-23 10:20:30.456 UTC));
+        assert_eq!(
+            ms.after(Duration::from_micros(60_000_999)),
+            UnixMs(1_795_429_290_456)
+        );
+        let run = RunId("r-20261123-ab12".into());
+        assert_eq!(round_trip(&run), (Value::Text(run.0.clone()), run));
+        assert_eq!(
+            round_trip(&Step::PrepareSubnet),
+            (Value::Text("prepare-subnet".into()), Step::PrepareSubnet)
+        );
+        let o = Outcome::Blocked(crate::pipeline::reason::BlockedReason::ClassicVnet);
+        assert_eq!(
+            round_trip(&o),
+            (Value::Text("blocked:classic-vnet".into()), o)
+        );
+        let id = "/subscriptions/S/resourceGroups/rg/providers/Microsoft.Web/sites/App";
+        let (stored, back) = round_trip(&ResourceId::parse(id).unwrap());
+        assert_eq!(stored, Value::Text(id.into()));
+        assert_eq!(back.as_str(), id);
+        let g: GatewaySnapshot = serde_json::from_value(serde_json::json!({
+            "name": "gw", "vnetResourceId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v"
+        }))
+        .unwrap();
+        let (stored, back) = round_trip(&g);
+        assert_eq!(stored, Value::Text(serde_json::to_string(&g).unwrap()));
+        assert_eq!(back, g);
+    }
+
+    #[test]
+    fn malformed_values_do_not_convert() {
+        let nonsense = ValueRef::Text(b"nonsense");
+        assert!(Rfc3339::column_result(nonsense).is_err());
+        assert!(Step::column_result(nonsense).is_err());
+        assert!(Outcome::column_result(nonsense).is_err());
+        assert!(ResourceId::column_result(nonsense).is_err());
+        assert!(GatewaySnapshot::column_result(nonsense).is_err());
+        assert!(UnixMs::column_result(nonsense).is_err());
+        assert!(UnixMs::column_result(ValueRef::Integer(i64::MAX)).is_err());
+        assert!(Step::column_result(ValueRef::Integer(1)).is_err());
+    }
+}

@@ -1,0 +1,352 @@
+//! The ledger half of the store: runs, one row per target per run, and the step log.
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, Row, ToSql, Transaction};
+use time::OffsetDateTime;
+
+use super::columns::{LedgerRow, Rfc3339};
+use super::{lstorage, SqliteStore};
+use crate::azure::ResourceId;
+use crate::pipeline::ledger::{
+    Ledger, LedgerError, RunRecord, StepLogEntry, StepRecord, TargetRecord,
+};
+use crate::pipeline::message::{GatewaySnapshot, RunId};
+
+/// Appends a step to the step log and updates its target's row, inside the caller's
+/// transaction (the queue settles a delivery and records its step in one).
+pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), LedgerError> {
+    let at = Rfc3339(r.at);
+    tx.execute(
+        "INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+        params![r.run, r.target.key(), r.target, r.step, r.attempt, r.message_id, r.detail, at, r.duration_ms as i64],
+    )
+    .map_err(lstorage)?;
+    let reason = r.outcome.as_ref().and_then(|o| o.reason());
+    let finished = r.outcome.as_ref().map(|_| at);
+    tx.execute(
+        "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at)
+         VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?11,?11,?12)
+         ON CONFLICT(run, target_key) DO UPDATE SET
+           outcome=excluded.outcome, current_step=excluded.current_step, steps=targets.steps+1,
+           attempts=MAX(targets.attempts, excluded.attempts), reason=COALESCE(excluded.reason, targets.reason),
+           subnet=COALESCE(excluded.subnet, targets.subnet), prefix=COALESCE(excluded.prefix, targets.prefix),
+           gateway=COALESCE(excluded.gateway, targets.gateway), updated_at=excluded.updated_at, finished_at=excluded.finished_at",
+        params![
+            r.run,
+            r.target.key(),
+            r.target,
+            r.outcome,
+            r.next,
+            r.attempt,
+            reason,
+            r.subnet,
+            r.prefix,
+            r.gateway,
+            at,
+            finished
+        ],
+    )
+    .map_err(lstorage)?;
+    Ok(())
+}
+
+const TARGET_COLS: &str = "run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at";
+
+fn target_from_row(row: &Row<'_>) -> Result<TargetRecord, LedgerError> {
+    let col = LedgerRow::new(row, "targets", &["run", "target_key"]);
+    Ok(TargetRecord {
+        run: col.get("run")?,
+        target: col.get("target")?,
+        outcome: col.get("outcome")?,
+        current_step: col.get("current_step")?,
+        steps: col.get("steps")?,
+        attempts: col.get("attempts")?,
+        reason: col.get("reason")?,
+        subnet: col.get("subnet")?,
+        prefix: col.get("prefix")?,
+        gateway: col.get("gateway")?,
+        started_at: col.get::<Rfc3339>("started_at")?.0,
+        updated_at: col.get::<Rfc3339>("updated_at")?.0,
+        finished_at: col.get::<Option<Rfc3339>>("finished_at")?.map(|t| t.0),
+    })
+}
+
+impl SqliteStore {
+    fn query_targets(
+        &self,
+        where_: &str,
+        args: &[&dyn ToSql],
+    ) -> Result<Vec<TargetRecord>, LedgerError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {TARGET_COLS} FROM targets WHERE {where_} ORDER BY target_key"
+            ))
+            .map_err(lstorage)?;
+        let mut rows = stmt.query(args).map_err(lstorage)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(lstorage)? {
+            out.push(target_from_row(row)?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Ledger for SqliteStore {
+    async fn start_run(&self, run: &RunRecord) -> Result<(), LedgerError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO runs (run, started_at, dry_run, origin) VALUES (?1, ?2, ?3, ?4)",
+                params![run.run, Rfc3339(run.started_at), run.dry_run, run.origin],
+            )
+            .map_err(lstorage)?;
+        Ok(())
+    }
+
+    async fn runs(&self) -> Result<Vec<RunRecord>, LedgerError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT run, started_at, dry_run, origin FROM runs ORDER BY started_at")
+            .map_err(lstorage)?;
+        let mut rows = stmt.query([]).map_err(lstorage)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(lstorage)? {
+            let col = LedgerRow::new(row, "runs", &["run"]);
+            out.push(RunRecord {
+                run: col.get("run")?,
+                started_at: col.get::<Rfc3339>("started_at")?.0,
+                dry_run: col.get("dry_run")?,
+                origin: col.get("origin")?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn add_target(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+        at: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO targets (run, target_key, target, current_step, started_at, updated_at) VALUES (?1, ?2, ?3, 'discover', ?4, ?4)",
+                params![run, target.key(), target, Rfc3339(at)],
+            )
+            .map_err(lstorage)?;
+        Ok(())
+    }
+
+    async fn record(&self, step: &StepRecord) -> Result<(), LedgerError> {
+        self.transaction(lstorage, |tx| record_tx(tx, step))
+    }
+
+    async fn save_gateway(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+        gateway: &GatewaySnapshot,
+    ) -> Result<(), LedgerError> {
+        self.conn()
+            .execute(
+                "INSERT INTO targets (run, target_key, target, gateway, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                 ON CONFLICT(run, target_key) DO UPDATE SET gateway=excluded.gateway, updated_at=excluded.updated_at",
+                params![run, target.key(), target, gateway, Rfc3339(OffsetDateTime::now_utc())],
+            )
+            .map_err(lstorage)?;
+        Ok(())
+    }
+
+    async fn target(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+    ) -> Result<Option<TargetRecord>, LedgerError> {
+        Ok(self
+            .query_targets("run=?1 AND target_key=?2", &[run, &target.key()])?
+            .pop())
+    }
+
+    async fn targets(&self, run: &RunId) -> Result<Vec<TargetRecord>, LedgerError> {
+        self.query_targets("run=?1", &[run])
+    }
+
+    async fn step_log(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+    ) -> Result<Vec<StepLogEntry>, LedgerError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, target, step, attempt, message_id, detail, at, duration_ms FROM step_log WHERE run=?1 AND target_key=?2 ORDER BY id")
+            .map_err(lstorage)?;
+        let mut rows = stmt.query(params![run, target.key()]).map_err(lstorage)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(lstorage)? {
+            let col = LedgerRow::new(row, "step_log", &["id"]);
+            out.push(StepLogEntry {
+                run: run.clone(),
+                target: col.get("target")?,
+                step: col.get("step")?,
+                attempt: col.get("attempt")?,
+                message_id: col.get("message_id")?,
+                detail: col.get("detail")?,
+                at: col.get::<Rfc3339>("at")?.0,
+                duration_ms: col.get::<i64>("duration_ms")? as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn active_run_for(&self, target: &ResourceId) -> Result<Option<RunId>, LedgerError> {
+        self.conn()
+            .query_row(
+                "SELECT run FROM targets WHERE target_key=?1 AND outcome IS NULL ORDER BY started_at DESC LIMIT 1",
+                params![target.key()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(lstorage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{msg, now, store};
+    use super::*;
+    use crate::pipeline::message::Step;
+    use crate::pipeline::reason::{HealthFailure, ParkReason, RollbackReason};
+    use crate::pipeline::Outcome;
+
+    fn gateway() -> GatewaySnapshot {
+        serde_json::from_value(serde_json::json!({
+            "name": "gw",
+            "vnetResourceId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v",
+            "dnsServers": "10.0.0.4"
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn runs_round_trip_and_start_run_is_idempotent() {
+        let (_d, s) = store();
+        let run = RunRecord {
+            run: RunId("r-1".into()),
+            started_at: time::macros::datetime!(2026-11-23 10:20:30.5 UTC),
+            dry_run: true,
+            origin: "vnet-migrate rehearse".into(),
+        };
+        s.start_run(&run).await.unwrap();
+        s.start_run(&RunRecord {
+            dry_run: false,
+            ..run.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.runs().await.unwrap(), vec![run]);
+    }
+
+    #[tokio::test]
+    async fn a_target_row_keeps_every_field() {
+        let (_d, s) = store();
+        let m = msg("a", Step::PrepareSubnet);
+        let started = now();
+        s.add_target(&m.run, &m.target, started).await.unwrap();
+        s.save_gateway(&m.run, &m.target, &gateway()).await.unwrap();
+        let subnet = ResourceId::parse("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/apps").unwrap();
+        let rec = StepRecord {
+            run: m.run.clone(),
+            target: m.target.clone(),
+            step: Step::PrepareSubnet,
+            attempt: 2,
+            message_id: m.message_id(),
+            detail: "subnet ready".into(),
+            at: now(),
+            duration_ms: 7,
+            next: None,
+            outcome: Some(Outcome::Parked(ParkReason::SubnetConflict)),
+            subnet: Some(subnet.clone()),
+            prefix: Some("10.0.1.0/26".into()),
+            gateway: None,
+        };
+        s.record(&rec).await.unwrap();
+        let t = s.target(&m.run, &m.target).await.unwrap().unwrap();
+        assert_eq!(t.run, m.run);
+        assert_eq!(t.target, m.target);
+        assert_eq!(t.outcome, rec.outcome);
+        assert_eq!(t.current_step, None);
+        assert_eq!((t.steps, t.attempts), (1, 2));
+        assert_eq!(t.reason.as_deref(), Some("subnet-conflict"));
+        assert_eq!(t.subnet, Some(subnet));
+        assert_eq!(t.prefix.as_deref(), Some("10.0.1.0/26"));
+        assert_eq!(t.gateway, Some(gateway()), "kept when a step records none");
+        assert_eq!(t.started_at, started);
+        assert_eq!((t.updated_at, t.finished_at), (rec.at, Some(rec.at)));
+        assert_eq!(s.targets(&m.run).await.unwrap(), vec![t]);
+        let log = s.step_log(&m.run, &m.target).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(
+            (log[0].step, log[0].attempt, log[0].at, log[0].duration_ms),
+            (Step::PrepareSubnet, 2, rec.at, 7)
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_rows_as_earlier_versions_wrote_them() {
+        let (_d, s) = store();
+        let site = "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Web/sites/App";
+        let key = site.to_ascii_lowercase();
+        let vnet =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v";
+        s.conn()
+            .execute_batch(&format!(
+                "INSERT INTO runs VALUES ('r-7', '2026-11-23T10:20:30.123456789Z', 0, 'run');
+                 INSERT INTO targets VALUES ('r-7', '{key}', '{site}', 'rolled-back:not-connected', NULL, 5, 1,
+                   'not-connected', '{vnet}/subnets/apps', '10.0.1.0/26', '{{\"name\":\"gw\",\"vnetResourceId\":\"{vnet}\"}}',
+                   '2026-11-23T10:20:30Z', '2026-11-23T10:21:00.5Z', '2026-11-23T10:21:00.5Z');
+                 INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms)
+                   VALUES ('r-7', '{key}', '{site}', 'prepare-subnet', 1, 'm', 'd', '2026-11-23T10:20:31Z', 12);"
+            ))
+            .unwrap();
+        let runs = s.runs().await.unwrap();
+        assert_eq!(runs[0].started_at.nanosecond(), 123_456_789);
+        let run = RunId("r-7".into());
+        let t = &s.targets(&run).await.unwrap()[0];
+        assert_eq!(t.target.as_str(), site);
+        assert_eq!(t.outcome, Some(Outcome::RolledBack(RollbackReason::Unhealthy(HealthFailure::NotConnected))));
+        assert_eq!((t.steps, t.attempts), (5, 1));
+        assert_eq!(t.gateway.as_ref().unwrap().name, "gw");
+        assert_eq!(
+            t.finished_at,
+            Some(time::macros::datetime!(2026-11-23 10:21:00.5 UTC))
+        );
+        let log = s.step_log(&run, &t.target).await.unwrap();
+        assert_eq!((log[0].step, log[0].duration_ms), (Step::PrepareSubnet, 12));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_column_names_its_table_row_and_column() {
+        let (_d, s) = store();
+        let m = msg("a", Step::Discover);
+        s.add_target(&m.run, &m.target, now()).await.unwrap();
+        s.conn()
+            .execute("UPDATE targets SET outcome='exploded'", [])
+            .unwrap();
+        let err = s.targets(&m.run).await.unwrap_err().to_string();
+        assert!(
+            err.contains("targets row (run=\"r-1\", target_key="),
+            "{err}"
+        );
+        assert!(err.contains("column outcome"), "{err}");
+        s.conn()
+            .execute(
+                "UPDATE targets SET outcome=NULL, started_at='yesterday'",
+                [],
+            )
+            .unwrap();
+        let err = s.target(&m.run, &m.target).await.unwrap_err().to_string();
+        assert!(err.contains("column started_at"), "{err}");
+        assert!(err.contains("\"yesterday\""), "{err}");
+    }
+}
