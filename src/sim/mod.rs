@@ -1,15 +1,18 @@
 //! The ARM simulator: an in-memory Azure Resource Manager served over loopback.
 //!
 //! A generic resource store (`store`) plus type-specific behaviour for sites (`web`) and
-//! networks (`network`), wrapped by ARM's platform behaviour (`server`: auth, throttling,
-//! faults, latency, LROs).
+//! networks (`network`), reached through ARM's path routing (`routes`, which also answers LRO
+//! status polls) and wrapped by ARM's platform behaviour (`server`: auth, throttling,
+//! latency; `faults`: injected and random faults).
 
 pub mod builder;
+mod faults;
 pub mod fleet;
 pub mod generate;
 mod network;
 mod options;
 mod reply;
+mod routes;
 mod server;
 pub mod servicebus;
 mod state;
