@@ -19,8 +19,8 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use super::builder::{delegate_to_web, FleetBuilder, SIM_TAG};
-use super::fleet::Fleet;
 use crate::azure::ResourceId;
+use crate::fleet::Fleet;
 
 /// (ARM location, short code used in names).
 const REGIONS: [(&str, &str); 4] = [

@@ -1,14 +1,17 @@
 //! The ARM simulator: an in-memory Azure Resource Manager served over loopback.
 //!
 //! A generic resource store (`store`) plus type-specific behaviour for sites (`web`) and
-//! networks (`network`), wrapped by ARM's platform behaviour (`server`: auth, throttling,
-//! faults, latency, LROs).
+//! networks (`network`), reached through ARM's path routing (`routes`, which also answers LRO
+//! status polls) and wrapped by ARM's platform behaviour (`server`: auth, throttling,
+//! latency; `faults`: injected and random faults).
 
 pub mod builder;
+mod faults;
 pub mod generate;
 mod network;
 mod options;
 mod reply;
+mod routes;
 mod server;
 pub mod servicebus;
 mod state;
@@ -16,8 +19,6 @@ mod store;
 mod throttle;
 mod web;
 
-// The fleet file has its own home; the simulator loads and serves it.
-use crate::fleet;
 pub use crate::fleet::Fleet;
 pub use options::{
     FaultProfile, InjectedFault, SimOptions, SimStats, SubscriptionStats, UnknownFaultProfile,

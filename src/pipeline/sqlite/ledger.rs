@@ -314,7 +314,12 @@ mod tests {
         let run = RunId("r-7".into());
         let t = &s.targets(&run).await.unwrap()[0];
         assert_eq!(t.target.as_str(), site);
-        assert_eq!(t.outcome, Some(Outcome::RolledBack(RollbackReason::Unhealthy(HealthFailure::NotConnected))));
+        assert_eq!(
+            t.outcome,
+            Some(Outcome::RolledBack(RollbackReason::Unhealthy(
+                HealthFailure::NotConnected
+            )))
+        );
         assert_eq!((t.steps, t.attempts), (5, 1));
         assert_eq!(t.gateway.as_ref().unwrap().name, "gw");
         assert_eq!(

@@ -386,7 +386,9 @@ mod tests {
         let done = StepRecord {
             step: Step::Plan,
             next: None,
-            outcome: Some(crate::pipeline::Outcome::Blocked(crate::pipeline::reason::BlockedReason::ClassicVnet)),
+            outcome: Some(crate::pipeline::Outcome::Blocked(
+                crate::pipeline::reason::BlockedReason::ClassicVnet,
+            )),
             ..rec
         };
         s.commit(&d, &[], Some(&done)).unwrap();

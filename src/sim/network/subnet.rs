@@ -1,0 +1,167 @@
+//! Stored subnet objects (inline in their VNet): prefixes, delegations, ipConfigurations and
+//! the service association links App Service adds and removes.
+
+use serde_json::{json, Value};
+
+use crate::azure::ResourceId;
+use crate::sim::store::Store;
+
+const WEB_DELEGATION: &str = "microsoft.web/serverfarms";
+
+pub(super) fn arr<'a>(v: &'a Value, path: &[&str]) -> &'a [Value] {
+    let mut cur = v;
+    for p in path {
+        match cur.get(p) {
+            Some(x) => cur = x,
+            None => return &[],
+        }
+    }
+    cur.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn id_eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+/// The subnet's address prefixes (`addressPrefix` or `addressPrefixes`).
+pub fn prefixes(subnet: &Value) -> Vec<String> {
+    let p = &subnet["properties"];
+    let mut out: Vec<String> = arr(p, &["addressPrefixes"])
+        .iter()
+        .filter_map(|x| x.as_str().map(String::from))
+        .collect();
+    if let Some(one) = p.get("addressPrefix").and_then(Value::as_str) {
+        if !out.iter().any(|x| x == one) {
+            out.push(one.to_string());
+        }
+    }
+    out
+}
+
+pub(super) fn delegation_names(subnet: &Value) -> Vec<String> {
+    let mut v: Vec<String> = arr(subnet, &["properties", "delegations"])
+        .iter()
+        .filter_map(|d| d["properties"]["serviceName"].as_str())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+pub fn web_delegated(subnet: &Value) -> bool {
+    delegation_names(subnet).iter().any(|n| n == WEB_DELEGATION)
+}
+
+/// Plan ids linked to the subnet by service association links.
+pub fn sal_links(subnet: &Value) -> Vec<String> {
+    arr(subnet, &["properties", "serviceAssociationLinks"])
+        .iter()
+        .filter_map(|l| l["properties"]["link"].as_str().map(String::from))
+        .collect()
+}
+
+pub(super) fn ip_configurations(subnet: &Value) -> &[Value] {
+    arr(subnet, &["properties", "ipConfigurations"])
+}
+
+/// (VNet, subnet) for a subnet id.
+pub fn find_subnet(store: &Store, subnet: &ResourceId) -> Option<(Value, Value)> {
+    let vnet = store.get(&subnet.vnet()?)?;
+    let s = arr(vnet, &["properties", "subnets"])
+        .iter()
+        .find(|s| {
+            s["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(subnet.name()))
+        })?
+        .clone();
+    Some((vnet.clone(), s))
+}
+
+pub(super) fn subnets_mut<'a>(
+    store: &'a mut Store,
+    vnet: &ResourceId,
+) -> Option<&'a mut Vec<Value>> {
+    let v = store.get_mut(vnet)?;
+    let props = v
+        .as_object_mut()?
+        .entry("properties")
+        .or_insert_with(|| json!({}));
+    let subnets = props
+        .as_object_mut()?
+        .entry("subnets")
+        .or_insert_with(|| json!([]));
+    subnets.as_array_mut()
+}
+
+fn subnet_mut<'a>(store: &'a mut Store, subnet: &ResourceId) -> Option<&'a mut Value> {
+    subnets_mut(store, &subnet.vnet()?)?.iter_mut().find(|s| {
+        s["name"]
+            .as_str()
+            .is_some_and(|n| n.eq_ignore_ascii_case(subnet.name()))
+    })
+}
+
+/// Adds the `AppServiceLink` SAL for `plan` unless the subnet already links it.
+pub fn add_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
+    let Some(s) = subnet_mut(store, subnet) else {
+        return;
+    };
+    if sal_links(s).iter().any(|l| id_eq(l, plan)) {
+        return;
+    }
+    let sid = s["id"].as_str().unwrap_or(subnet.as_str()).to_string();
+    // The first link keeps ARM's fixed name; further plans (MPSJ) need distinct names.
+    let n = sal_links(s).len();
+    let name = if n == 0 {
+        "AppServiceLink".to_string()
+    } else {
+        format!("AppServiceLink{n}")
+    };
+    let link = json!({
+        "name": name,
+        "id": format!("{sid}/serviceAssociationLinks/{name}"),
+        "type": "Microsoft.Network/virtualNetworks/subnets/serviceAssociationLinks",
+        "properties": {
+            "linkedResourceType": "Microsoft.Web/serverfarms",
+            "link": plan,
+            "allowDelete": false,
+            "provisioningState": "Succeeded"
+        }
+    });
+    let props = s
+        .as_object_mut()
+        .expect("subnet is an object")
+        .entry("properties")
+        .or_insert_with(|| json!({}));
+    let links = props
+        .as_object_mut()
+        .expect("properties is an object")
+        .entry("serviceAssociationLinks")
+        .or_insert_with(|| json!([]));
+    if let Some(a) = links.as_array_mut() {
+        a.push(link);
+    }
+}
+
+pub fn remove_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
+    if let Some(links) = subnet_mut(store, subnet)
+        .and_then(|s| s.get_mut("properties"))
+        .and_then(|p| p.get_mut("serviceAssociationLinks"))
+        .and_then(Value::as_array_mut)
+    {
+        links.retain(|l| {
+            !l["properties"]["link"]
+                .as_str()
+                .is_some_and(|x| id_eq(x, plan))
+        });
+    }
+}
+
+/// The VNet's `resourceGuid` (names regional connection entries).
+pub fn vnet_guid(store: &Store, vnet: &ResourceId) -> Option<String> {
+    store.get(vnet)?["properties"]["resourceGuid"]
+        .as_str()
+        .map(String::from)
+}

@@ -1,0 +1,456 @@
+//! Routing of ARM paths: subscriptions, resource groups, collections (with paging) and
+//! single resources, dispatched to the store or the type-specific behaviour (`web`,
+//! `network`).
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::network;
+use super::reply::{Ctx, Reply};
+use super::state::State;
+use super::store::{merge, type_key};
+use super::web;
+use crate::azure::{ResourceId, ResourceKind};
+
+const PAGE_SIZE: usize = 50;
+
+pub(super) fn route(
+    st: &mut State,
+    ctx: &Ctx,
+    method: &str,
+    path: &str,
+    segs: &[&str],
+    query: &HashMap<String, String>,
+    body: &Value,
+) -> Reply {
+    let l: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
+    if l.first().map(String::as_str) != Some("subscriptions") || l.len() < 2 {
+        return Reply::not_simulated(&format!("{method} {path}"));
+    }
+    let sub = segs[1];
+    match (method, l.len(), l.get(2).map(String::as_str)) {
+        ("GET", 2, _) => {
+            return Reply::ok(
+                json!({"id": format!("/subscriptions/{sub}"), "subscriptionId": sub, "displayName": "Simulated subscription", "state": "Enabled"}),
+            )
+        }
+        ("GET", 3, Some("locations")) => return Reply::ok(locations(sub)),
+        ("GET", 3, Some("resourcegroups")) => {
+            let groups: Vec<Value> = st.store.of_type_within(
+                "microsoft.resources/resourcegroups",
+                &ResourceId::subscription_id(sub),
+            );
+            return page(groups, ctx, path, query);
+        }
+        (_, _, Some("providers")) => {
+            return subscription_provider(st, ctx, method, path, segs, &l, query)
+        }
+        (_, n, Some("resourcegroups")) if n >= 4 => {}
+        _ => return Reply::not_simulated(&format!("{method} {path}")),
+    }
+    let rg = ResourceId::resource_group_id(sub, segs[3]);
+    if l.len() == 4 {
+        return resource_group(st, method, &rg, body);
+    }
+    if !st.store.group_exists(&rg) {
+        return Reply::error(
+            404,
+            "ResourceGroupNotFound",
+            format!("Resource group '{}' could not be found.", segs[3]),
+        );
+    }
+    if l[4] != "providers" || l.len() < 7 {
+        return Reply::not_simulated(&format!("{method} {path}"));
+    }
+    let after = l.len() - 6;
+    if after % 2 == 1 {
+        // A collection (list) or an action (POST …/list, …/publishxml).
+        let last = segs[segs.len() - 1];
+        if l.len() == 7 {
+            let ty = format!("{}/{}", l[5], l[6]);
+            return match method {
+                "GET" => page(
+                    st.store
+                        .of_type_within(&ty, &rg)
+                        .into_iter()
+                        .map(|v| render(st, v))
+                        .collect(),
+                    ctx,
+                    path,
+                    query,
+                ),
+                _ => Reply::not_simulated(&format!("{method} {path}")),
+            };
+        }
+        let parent = match ResourceId::parse(&format!("/{}", segs[..segs.len() - 1].join("/"))) {
+            Ok(p) => p,
+            Err(_) => return Reply::not_simulated(&format!("{method} {path}")),
+        };
+        return collection(st, ctx, method, path, &parent, last, query);
+    }
+    let id = match ResourceId::parse(path) {
+        Ok(id) => id,
+        Err(e) => return Reply::error(400, "InvalidResourceId", e.to_string()),
+    };
+    resource(st, ctx, method, &id, body)
+}
+
+fn subscription_provider(
+    st: &mut State,
+    ctx: &Ctx,
+    method: &str,
+    path: &str,
+    segs: &[&str],
+    l: &[String],
+    query: &HashMap<String, String>,
+) -> Reply {
+    let sub = segs[1];
+    match (method, l.len()) {
+        ("GET", 5) => {
+            let ty = format!("{}/{}", l[3], l[4]);
+            let items = st
+                .store
+                .of_type_within(&ty, &ResourceId::subscription_id(sub))
+                .into_iter()
+                .map(|v| render(st, v))
+                .collect();
+            page(items, ctx, path, query)
+        }
+        ("POST", 5) if l[4] == "checknameavailability" => {
+            Reply::ok(json!({"nameAvailable": true, "reason": "", "message": ""}))
+        }
+        ("GET", 8)
+            if (l[3] == "microsoft.network" && l[4] == "locations" && l[6] == "operations")
+                || (l[3] == "microsoft.web" && l[4] == "sites" && l[6] == "operationresults") =>
+        {
+            match st.operation_status(segs[7]) {
+                Some(s) => Reply::ok(s),
+                None => Reply::error(
+                    404,
+                    "OperationNotFound",
+                    format!("Operation {} was not found.", segs[7]),
+                ),
+            }
+        }
+        _ => Reply::not_simulated(&format!("{method} {path}")),
+    }
+}
+
+fn resource_group(st: &mut State, method: &str, rg: &ResourceId, body: &Value) -> Reply {
+    match method {
+        "GET" => match st.store.get(rg) {
+            Some(v) => Reply::ok(v.clone()),
+            None if st.store.any_within(rg) => {
+                let loc = st
+                    .store
+                    .first_location_within(rg)
+                    .unwrap_or_else(|| "westeurope".into());
+                Reply::ok(
+                    json!({"id": rg.as_str(), "name": rg.name(), "type": "Microsoft.Resources/resourceGroups", "location": loc, "properties": {"provisioningState": "Succeeded"}}),
+                )
+            }
+            None => Reply::error(
+                404,
+                "ResourceGroupNotFound",
+                format!("Resource group '{}' could not be found.", rg.name()),
+            ),
+        },
+        "PUT" => {
+            let Some(loc) = body["location"].as_str() else {
+                return Reply::error(
+                    400,
+                    "LocationRequired",
+                    "The location property is required for this definition.",
+                );
+            };
+            let mut v = json!({"id": rg.as_str(), "name": rg.name(), "type": "Microsoft.Resources/resourceGroups", "location": loc, "properties": {"provisioningState": "Succeeded"}});
+            if let Some(t) = body.get("tags") {
+                v["tags"] = t.clone();
+            }
+            let created = st.store.put(rg, v.clone());
+            Reply::new(if created { 201 } else { 200 }, v)
+        }
+        "DELETE" => {
+            if !st.store.group_exists(rg) {
+                return Reply::error(
+                    404,
+                    "ResourceGroupNotFound",
+                    format!("Resource group '{}' could not be found.", rg.name()),
+                );
+            }
+            st.store.remove_tree(rg);
+            Reply::empty(200)
+        }
+        _ => Reply::not_simulated(&format!("{method} on a resource group")),
+    }
+}
+
+fn collection(
+    st: &mut State,
+    ctx: &Ctx,
+    method: &str,
+    path: &str,
+    parent: &ResourceId,
+    last: &str,
+    query: &HashMap<String, String>,
+) -> Reply {
+    let last_l = last.to_ascii_lowercase();
+    let pk = parent.kind();
+    match (method, last_l.as_str(), pk) {
+        ("GET", "virtualnetworkconnections", ResourceKind::Site | ResourceKind::Slot) => {
+            web::list_connections(st, parent)
+        }
+        ("GET", "virtualnetworkconnections", ResourceKind::ServerFarm) => {
+            web::plan_connections(st, parent)
+        }
+        ("GET", "sites", ResourceKind::ServerFarm) => {
+            if !st.store.contains(parent) {
+                return Reply::not_found(parent.as_str());
+            }
+            let items = web::plan_sites(st, parent)
+                .into_iter()
+                .map(|v| render(st, v))
+                .collect();
+            page(items, ctx, path, query)
+        }
+        ("GET", "subnets", ResourceKind::VirtualNetwork) => {
+            network::list_inline(st, parent, "subnets")
+        }
+        ("GET", "virtualnetworkpeerings", ResourceKind::VirtualNetwork) => {
+            network::list_inline(st, parent, "virtualNetworkPeerings")
+        }
+        ("GET", "usages", ResourceKind::VirtualNetwork) => network::usages(st, parent),
+        ("POST", "list", _) if type_key(parent).ends_with("/config") => {
+            // POST {site}/config/appsettings/list: the stored settings resource, or an empty one.
+            let site = parent.parent().expect("config below a site");
+            if !st.store.contains(&site) {
+                return Reply::not_found(site.as_str());
+            }
+            Reply::ok(st.store.get(parent).cloned().unwrap_or_else(|| json!({"id": parent.as_str(), "name": parent.name(), "type": "Microsoft.Web/sites/config", "properties": {}})))
+        }
+        ("GET", _, _) => {
+            let top = ResourceId::parse(&format!(
+                "/subscriptions/{}/resourceGroups/{}/providers/{}/{}",
+                parent.subscription(),
+                parent.resource_group().unwrap_or_default(),
+                parent.provider().unwrap_or_default(),
+                path.split('/')
+                    .skip(7)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ));
+            if top.as_ref().is_ok_and(|t| !st.store.contains(t)) {
+                return Reply::not_found(top.expect("checked").as_str());
+            }
+            let ty = format!("{}/{last_l}", type_key(parent));
+            let items = st
+                .store
+                .of_type_within(&ty, parent)
+                .into_iter()
+                .map(|v| render(st, v))
+                .collect();
+            page(items, ctx, path, query)
+        }
+        _ => Reply::not_simulated(&format!("{method} {path}")),
+    }
+}
+
+fn generic(st: &mut State, method: &str, id: &ResourceId, body: &Value) -> Reply {
+    match method {
+        "GET" => match st.store.get(id) {
+            Some(v) => Reply::ok(render(st, v.clone())),
+            None => Reply::not_found(id.as_str()),
+        },
+        "PUT" => {
+            if !body.is_object() {
+                return Reply::error(
+                    400,
+                    "InvalidRequestContent",
+                    "The request body must be a JSON object.",
+                );
+            }
+            let mut v = body.clone();
+            v["id"] = json!(id.as_str());
+            v["name"] = json!(id.name());
+            v["type"] = json!(id.resource_type().unwrap_or_default());
+            if id.kind() == ResourceKind::ServerFarm {
+                normalize_plan(&mut v);
+            }
+            let created = st.store.put(id, v.clone());
+            // Microsoft.Web and Insights answer 200 even on create (as recorded).
+            let web_like = matches!(
+                id.provider().map(str::to_ascii_lowercase).as_deref(),
+                Some("microsoft.web" | "microsoft.insights")
+            );
+            Reply::new(if created && !web_like { 201 } else { 200 }, v)
+        }
+        "PATCH" => match st.store.get_mut(id) {
+            Some(v) => {
+                merge(v, body);
+                Reply::ok(v.clone())
+            }
+            None => Reply::not_found(id.as_str()),
+        },
+        "DELETE" => Reply::empty(if st.store.remove_tree(id) { 200 } else { 204 }),
+        _ => Reply::not_simulated(&format!("{method} {}", id.as_str())),
+    }
+}
+
+/// Server-owned plan fields as App Service fills them on create.
+fn normalize_plan(v: &mut Value) {
+    v.as_object_mut()
+        .expect("object")
+        .entry("kind")
+        .or_insert(json!("app"));
+    if !v["properties"].is_object() {
+        v["properties"] = json!({});
+    }
+    let cap = v["sku"]["capacity"].as_u64().unwrap_or(1);
+    let p = v["properties"].as_object_mut().expect("object");
+    p.entry("status").or_insert(json!("Ready"));
+    p.entry("provisioningState").or_insert(json!("Succeeded"));
+    p.entry("numberOfWorkers").or_insert(json!(cap));
+    p.entry("maximumNumberOfWorkers").or_insert(json!(30));
+    p.entry("reserved").or_insert(json!(false));
+}
+
+fn resource(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Value) -> Reply {
+    let ty = type_key(id);
+    let name = id.name().to_ascii_lowercase();
+    let parent = || id.parent().expect("nested resource has a parent");
+    match (ty.as_str(), method) {
+        ("microsoft.web/sites" | "microsoft.web/sites/slots", "GET") => web::get_site(st, id),
+        ("microsoft.web/sites" | "microsoft.web/sites/slots", "PUT") => web::put_site(st, id, body),
+        ("microsoft.web/sites" | "microsoft.web/sites/slots", "PATCH") => {
+            web::patch_site(st, ctx, id, body)
+        }
+        ("microsoft.web/sites" | "microsoft.web/sites/slots", "DELETE") => web::delete_site(st, id),
+        (
+            "microsoft.web/sites/virtualnetworkconnections"
+            | "microsoft.web/sites/slots/virtualnetworkconnections",
+            m,
+        ) => match m {
+            "GET" => web::get_connection(st, id),
+            "PUT" => web::put_connection(st, id, body),
+            "DELETE" => web::delete_connection(st, id),
+            _ => Reply::not_simulated(&format!("{m} on a virtual network connection")),
+        },
+        ("microsoft.web/sites/networkconfig" | "microsoft.web/sites/slots/networkconfig", m)
+            if name == "virtualnetwork" =>
+        {
+            match m {
+                "GET" => web::get_swift(st, &parent()),
+                "PUT" | "PATCH" => web::put_swift(st, &parent(), body),
+                "DELETE" => web::delete_swift(st, &parent()),
+                _ => Reply::not_simulated(&format!("{m} on networkConfig")),
+            }
+        }
+        ("microsoft.web/sites/config" | "microsoft.web/sites/slots/config", m) if name == "web" => {
+            match m {
+                "GET" => web::get_config_web(st, &parent()),
+                "PUT" | "PATCH" => web::write_config_web(st, &parent(), body),
+                _ => Reply::not_simulated(&format!("{m} on config/web")),
+            }
+        }
+        ("microsoft.network/virtualnetworks", "GET") => match st.store.get(id) {
+            Some(v) => network::etagged(v.clone()),
+            None => Reply::not_found(id.as_str()),
+        },
+        ("microsoft.network/virtualnetworks", "PUT") => network::put_vnet(st, ctx, id, body),
+        ("microsoft.network/virtualnetworks", "DELETE") => network::delete_vnet(st, id),
+        ("microsoft.network/virtualnetworks/subnets", "GET") => network::get_subnet(st, id),
+        ("microsoft.network/virtualnetworks/subnets", "PUT") => {
+            network::put_subnet(st, ctx, id, body)
+        }
+        ("microsoft.network/virtualnetworks/subnets", "DELETE") => network::delete_subnet(st, id),
+        ("microsoft.network/virtualnetworks/subnets", m) => {
+            Reply::not_simulated(&format!("{m} on a subnet"))
+        }
+        ("microsoft.network/virtualnetworks/virtualnetworkpeerings", "GET") => {
+            network::get_peering(st, id)
+        }
+        ("microsoft.network/virtualnetworks/virtualnetworkpeerings", m) => {
+            Reply::not_simulated(&format!("{m} on a peering"))
+        }
+        _ => generic(st, method, id, body),
+    }
+}
+
+/// `{value, nextLink}` pages; `$skiptoken` is the offset, `$top` the page size.
+fn page(items: Vec<Value>, ctx: &Ctx, path: &str, query: &HashMap<String, String>) -> Reply {
+    let top = query
+        .get("$top")
+        .and_then(|t| t.parse::<usize>().ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(PAGE_SIZE)
+        .min(1000);
+    let skip = query
+        .get("$skiptoken")
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or(0);
+    let value: Vec<Value> = items.iter().skip(skip).take(top).cloned().collect();
+    let mut body = json!({"value": value});
+    if skip + top < items.len() {
+        body["nextLink"] = json!(format!(
+            "{}{path}?api-version={}&$skiptoken={}&$top={top}",
+            ctx.base,
+            ctx.api_version,
+            skip + top
+        ));
+    }
+    Reply::ok(body)
+}
+
+fn render(st: &State, v: Value) -> Value {
+    let kv = v["type"]
+        .as_str()
+        .is_some_and(|t| t.to_ascii_lowercase().ends_with("config/configreferences"));
+    if kv {
+        web::render_kv_reference(st, v)
+    } else {
+        v
+    }
+}
+
+fn locations(sub: &str) -> Value {
+    let list: Vec<Value> = [
+        ("westeurope", "West Europe"),
+        ("northeurope", "North Europe"),
+        ("francecentral", "France Central"),
+        ("eastus", "East US"),
+        ("westus", "West US"),
+        ("westus2", "West US 2"),
+    ]
+    .iter()
+    .map(|(n, d)| json!({"id": format!("/subscriptions/{sub}/locations/{n}"), "name": n, "displayName": d, "regionalDisplayName": format!("(Europe) {d}"), "metadata": {"regionType": "Physical"}}))
+    .collect();
+    json!({"value": list})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paging_links() {
+        let ctx = Ctx {
+            base: "http://h".into(),
+            api_version: "v".into(),
+        };
+        let items: Vec<Value> = (0..5).map(|i| json!(i)).collect();
+        let mut q = HashMap::new();
+        q.insert("$top".to_string(), "2".to_string());
+        let r = page(items.clone(), &ctx, "/p", &q).body.unwrap();
+        assert_eq!(r["value"], json!([0, 1]));
+        assert_eq!(
+            r["nextLink"],
+            "http://h/p?api-version=v&$skiptoken=2&$top=2"
+        );
+        q.insert("$skiptoken".to_string(), "4".to_string());
+        let r = page(items, &ctx, "/p", &q).body.unwrap();
+        assert_eq!(r["value"], json!([4]));
+        assert!(r.get("nextLink").is_none());
+    }
+}

@@ -1,0 +1,266 @@
+//! Sites and slots (GET/PUT/PATCH/DELETE with App Service's server-filled defaults and
+//! ETags), `config/web`, and Key Vault reference status.
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::regional::{apply_integration, check_connect};
+use super::{bad_request, current_subnet, has_knob, is_target, parse_id, plan_of};
+use crate::azure::{ResourceId, ResourceKind};
+use crate::sim::reply::{Ctx, Reply};
+use crate::sim::state::State;
+use crate::sim::store::merge;
+
+/// A quoted strong ETag derived from the site's content (changes with every write).
+fn site_etag(v: &Value) -> String {
+    let h = Sha256::digest(v.to_string().as_bytes());
+    format!(
+        "\"{}\"",
+        hex::encode_upper(&h[..8])
+            .chars()
+            .take(15)
+            .collect::<String>()
+    )
+}
+
+fn site_reply(status: u16, v: Value) -> Reply {
+    let e = site_etag(&v);
+    Reply::new(status, v).header("ETag", e)
+}
+
+pub fn get_site(st: &State, id: &ResourceId) -> Reply {
+    match st.store.get(id) {
+        Some(v) => site_reply(200, v.clone()),
+        None => Reply::not_found(id.as_str()),
+    }
+}
+
+fn site_defaults(id: &ResourceId, v: &mut Value) {
+    let site_name = id.site().map(|s| s.name().to_string()).unwrap_or_default();
+    let (name, ty, host) = if id.kind() == ResourceKind::Slot {
+        (
+            format!("{site_name}/{}", id.name()),
+            "Microsoft.Web/sites/slots",
+            format!("{site_name}-{}.azurewebsites.net", id.name()),
+        )
+    } else {
+        (
+            site_name.clone(),
+            "Microsoft.Web/sites",
+            format!("{site_name}.azurewebsites.net"),
+        )
+    };
+    let o = v.as_object_mut().expect("object");
+    o.insert("id".into(), json!(id.as_str()));
+    o.insert("name".into(), json!(name));
+    o.insert("type".into(), json!(ty));
+    o.entry("kind").or_insert_with(|| json!("app"));
+    let p = o.entry("properties").or_insert_with(|| json!({}));
+    if !p.is_object() {
+        *p = json!({});
+    }
+    let p = p.as_object_mut().expect("object");
+    p.entry("defaultHostName").or_insert_with(|| json!(host));
+    p.entry("enabled").or_insert(json!(true));
+    p.entry("state").or_insert(json!("Running"));
+    p.entry("reserved").or_insert(json!(false));
+    p.entry("virtualNetworkSubnetId").or_insert(Value::Null);
+    p.entry("outboundVnetRouting").or_insert_with(|| {
+        json!({"allTraffic": false, "applicationTraffic": false, "contentShareTraffic": false, "imagePullTraffic": false, "backupRestoreTraffic": false})
+    });
+    let sc = p.entry("siteConfig").or_insert_with(|| json!({}));
+    if let Some(sc) = sc.as_object_mut() {
+        sc.entry("vnetName").or_insert(json!(""));
+        sc.entry("vnetRouteAllEnabled").or_insert(json!(false));
+    }
+}
+
+/// Writes `body` onto the site or slot (`merge_existing`: PATCH, and PUT on an existing
+/// site, which App Service treats as an update of the fields sent).
+pub(super) fn write_site(
+    st: &mut State,
+    id: &ResourceId,
+    body: &Value,
+    create_ok: bool,
+) -> Result<(Value, bool, bool), Reply> {
+    if !body.is_object() {
+        return Err(bad_request(
+            "The request body must be a JSON object.".into(),
+        ));
+    }
+    let old = st.store.get(id).cloned();
+    let created = old.is_none();
+    if created && !create_ok {
+        return Err(Reply::not_found(id.as_str()));
+    }
+    if created
+        && id.kind() == ResourceKind::Slot
+        && id.site().is_some_and(|s| !st.store.contains(&s))
+    {
+        return Err(Reply::not_found(id.site().expect("slot").as_str()));
+    }
+    let mut site = old.clone().unwrap_or_else(|| json!({}));
+    let mut patch = body.clone();
+    // vnetName is read-only; integration fields are applied below after validation.
+    if let Some(sc) = patch
+        .pointer_mut("/properties/siteConfig")
+        .and_then(Value::as_object_mut)
+    {
+        sc.remove("vnetName");
+    }
+    let subnet_field = patch.pointer("/properties/virtualNetworkSubnetId").cloned();
+    if let Some(p) = patch.get_mut("properties").and_then(Value::as_object_mut) {
+        p.remove("virtualNetworkSubnetId");
+        // Function apps' appSettings live in config/appsettings, not in the site.
+        if let Some(sc) = p.get_mut("siteConfig").and_then(Value::as_object_mut) {
+            sc.remove("appSettings");
+        }
+    }
+    merge(&mut site, &patch);
+    if site["location"].as_str().is_none() {
+        match id
+            .site()
+            .filter(|_| id.kind() == ResourceKind::Slot)
+            .and_then(|s| st.store.get(&s))
+            .and_then(|s| s["location"].as_str().map(String::from))
+        {
+            Some(l) => site["location"] = json!(l),
+            None => {
+                return Err(Reply::error(
+                    400,
+                    "LocationRequired",
+                    "The location property is required for this definition.",
+                ))
+            }
+        }
+    }
+    site_defaults(id, &mut site);
+    if let Some(plan) = plan_of(st, id, &site) {
+        site["properties"]["serverFarmId"] = json!(plan.as_str());
+    }
+    let old_subnet = old.as_ref().and_then(current_subnet);
+    let new_subnet = match &subnet_field {
+        None => old_subnet.clone(),
+        Some(v) if v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty()) => None,
+        Some(v) => match parse_id(v) {
+            Some(s) => Some(s),
+            None => {
+                return Err(bad_request(format!(
+                    "The value {v} of virtualNetworkSubnetId is not a valid resource id."
+                )))
+            }
+        },
+    };
+    let changed = new_subnet != old_subnet;
+    if changed {
+        if let Some(s) = &new_subnet {
+            check_connect(st, id, &site, s)?;
+        }
+        apply_integration(st, id, &mut site, old_subnet, new_subnet);
+    }
+    st.store.put(id, site.clone());
+    Ok((site, created, changed))
+}
+
+pub fn put_site(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
+    match write_site(st, id, body, true) {
+        Ok((site, _, _)) => site_reply(200, site),
+        Err(r) => r,
+    }
+}
+
+/// PATCH: 200 with the site, or 202 + `Azure-AsyncOperation` when an integration change
+/// "takes a while" (half of them with the latency model on).
+pub fn patch_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
+    let (site, _, changed) = match write_site(st, id, body, false) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if changed && st.options.latency && rand::Rng::random_bool(&mut st.rng, 0.5) {
+        let d = st.latency(2.0, 8.0);
+        let op = st.start_operation(d);
+        let site_name = id.site().map(|s| s.name().to_string()).unwrap_or_default();
+        let url = format!(
+            "{}/subscriptions/{}/providers/Microsoft.Web/sites/{site_name}/operationResults/{op}?api-version={}",
+            ctx.base,
+            id.subscription(),
+            ctx.api_version
+        );
+        return site_reply(202, site)
+            .header("Azure-AsyncOperation", url)
+            .header("Retry-After", State::retry_after_secs(d).to_string());
+    }
+    site_reply(200, site)
+}
+
+pub fn delete_site(st: &mut State, id: &ResourceId) -> Reply {
+    let Some(site) = st.store.get(id).cloned() else {
+        return Reply::empty(204);
+    };
+    let targets: Vec<(ResourceId, Value)> = std::iter::once((id.clone(), site))
+        .chain(
+            st.store
+                .of_type_within("microsoft.web/sites/slots", id)
+                .into_iter()
+                .filter_map(|v| parse_id(&v["id"]).map(|i| (i, v))),
+        )
+        .collect();
+    for (t, mut v) in targets {
+        if let Some(old) = current_subnet(&v) {
+            apply_integration(st, &t, &mut v, Some(old), None);
+        }
+    }
+    st.store.remove_tree(id);
+    Reply::empty(200)
+}
+
+fn config_web_body(target: &ResourceId, site: &Value) -> Value {
+    let name = site["name"].clone();
+    json!({
+        "id": format!("{}/config/web", target.as_str()),
+        "name": name,
+        "type": if target.kind() == ResourceKind::Slot { "Microsoft.Web/sites/slots/config" } else { "Microsoft.Web/sites/config" },
+        "location": site["location"],
+        "properties": site["properties"]["siteConfig"]
+    })
+}
+
+pub fn get_config_web(st: &State, target: &ResourceId) -> Reply {
+    match st.store.get(target) {
+        Some(site) => Reply::ok(config_web_body(target, site)),
+        None => Reply::not_found(target.as_str()),
+    }
+}
+
+/// PUT/PATCH `config/web`: merges into the stored siteConfig (vnetName stays server-owned).
+pub fn write_config_web(st: &mut State, target: &ResourceId, body: &Value) -> Reply {
+    let Some(mut site) = st.store.get(target).cloned() else {
+        return Reply::not_found(target.as_str());
+    };
+    let mut props = body.get("properties").cloned().unwrap_or_else(|| json!({}));
+    if let Some(p) = props.as_object_mut() {
+        p.remove("vnetName");
+    }
+    if !site["properties"]["siteConfig"].is_object() {
+        site["properties"]["siteConfig"] = json!({});
+    }
+    merge(&mut site["properties"]["siteConfig"], &props);
+    st.store.put(target, site.clone());
+    Reply::ok(config_web_body(target, &site))
+}
+
+/// Applies `kv-breaks-after-connect` to a Key Vault reference on the way out.
+pub fn render_kv_reference(st: &State, mut v: Value) -> Value {
+    // {target}/config/configreferences/appsettings/{name}: two levels up is the target.
+    let target = parse_id(&v["id"])
+        .and_then(|i| i.parent())
+        .and_then(|p| p.parent());
+    let broken = target
+        .filter(is_target)
+        .and_then(|t| st.store.get(&t))
+        .is_some_and(|s| has_knob(s, "kv-breaks-after-connect") && current_subnet(s).is_some());
+    if broken {
+        v["properties"]["status"] = json!("AccessToKeyVaultDenied");
+    }
+    v
+}
