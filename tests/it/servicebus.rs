@@ -10,18 +10,15 @@ use vnet_migrate::azure::servicebus::{
 use vnet_migrate::azure::ResourceId;
 use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
 use vnet_migrate::pipeline::queue::{Outgoing, StepSender};
-use vnet_migrate::sim::servicebus::{FakeOptions, QueueCounts, ServiceBusFake, ServiceBusServer};
+use vnet_migrate::sim::servicebus::{FakeOptions, QueueCounts, ServiceBusServer};
+
+use crate::support::{bind_loopback, spawn_router, start_service_bus};
 
 const TOKEN: &str = "test-token-5ecr3t";
 const NOW: Duration = Duration::ZERO;
 
 async fn start(opts: FakeOptions) -> (ServiceBusServer, ServiceBusClient) {
-    let server = ServiceBusFake::new(opts)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let client = ServiceBusClient::new(server.url(), "steps", Arc::new(StaticBearer(TOKEN.into())));
-    (server, client)
+    start_service_bus(opts, "steps", TOKEN).await
 }
 
 fn msg(id: &str, session: Option<&str>, body: &str) -> SendMessage {
@@ -295,9 +292,8 @@ async fn a_lock_uri_outside_the_endpoint_is_refused() {
         );
         (StatusCode::CREATED, h, "x")
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (listener, url) = bind_loopback().await;
+    let server = spawn_router(listener, app);
     let client = ServiceBusClient::new(url, "steps", Arc::new(StaticBearer(TOKEN.into())));
     let err = client.receive(NOW).await.unwrap_err();
     assert!(

@@ -1,12 +1,11 @@
 //! The migration scenarios of issue 3, each with its expected outcome, run through the real
 //! HTTP client against the simulator on loopback and the embedded SQLite pipeline.
 
-mod support;
-
-use support::Rig;
 use vnet_migrate::azure::ResourceId;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::sim::builder::FleetBuilder;
+
+use crate::support::{outcome, Rig};
 
 const WE: &str = "westeurope";
 const NE: &str = "northeurope";
@@ -40,7 +39,7 @@ async fn same_region_migration() {
     b.key_vault_reference(&a, "Secret1", "Resolved");
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
-    assert_eq!(Rig::outcome(&report, &a), "migrated");
+    assert_eq!(outcome(&report, &a), "migrated");
     let subnet = rig.subnet_of(&a).expect("regional");
     assert_eq!(subnet.vnet().unwrap(), v);
     assert_eq!(subnet.name(), "snet-plan1-integration");
@@ -58,7 +57,7 @@ async fn cross_region_with_connected_peering_uses_the_local_vnet() {
     let a = app(&mut b, &plan, "app1", &gw);
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
-    assert_eq!(Rig::outcome(&report, &a), "migrated");
+    assert_eq!(outcome(&report, &a), "migrated");
     assert_eq!(rig.subnet_of(&a).unwrap().vnet().unwrap(), local);
     rig.assert_invariants(&report);
 }
@@ -73,7 +72,7 @@ async fn cross_region_without_peering_is_blocked_and_untouched() {
     let a = app(&mut b, &plan, "app1", &gw);
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
-    assert_eq!(Rig::outcome(&report, &a), "blocked:cross-region-no-peering");
+    assert_eq!(outcome(&report, &a), "blocked:cross-region-no-peering");
     assert_eq!(rig.gateway_connections(&a), 1);
     rig.assert_invariants(&report);
 }
@@ -93,9 +92,9 @@ async fn three_gateway_vnets_on_one_plan_two_migrate() {
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
     for t in [&a1, &a2, &b1, &b2] {
-        assert_eq!(Rig::outcome(&report, t), "migrated", "{t}");
+        assert_eq!(outcome(&report, t), "migrated", "{t}");
     }
-    assert_eq!(Rig::outcome(&report, &c1), "blocked:plan-subnet-limit");
+    assert_eq!(outcome(&report, &c1), "blocked:plan-subnet-limit");
     assert_eq!(rig.gateway_connections(&c1), 1);
     rig.assert_invariants(&report);
 }
@@ -110,7 +109,7 @@ async fn full_vnet_is_blocked() {
     let a = app(&mut b, &plan, "app1", &v);
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
-    assert_eq!(Rig::outcome(&report, &a), "blocked:no-address-space");
+    assert_eq!(outcome(&report, &a), "blocked:no-address-space");
     rig.assert_invariants(&report);
 }
 
@@ -125,8 +124,8 @@ async fn reuses_the_subnet_already_linked_to_the_plan() {
     let a = app(&mut b, &plan, "app1", &v);
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
-    assert_eq!(Rig::outcome(&report, &done), "skipped:already-regional");
-    assert_eq!(Rig::outcome(&report, &a), "migrated");
+    assert_eq!(outcome(&report, &done), "skipped:already-regional");
+    assert_eq!(outcome(&report, &a), "migrated");
     assert_eq!(rig.subnet_of(&a).unwrap(), existing);
     rig.assert_invariants(&report);
 }
@@ -141,8 +140,8 @@ async fn slot_migrates_while_production_has_no_integration() {
     b.gateway_connection(&slot, &v);
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
-    assert_eq!(Rig::outcome(&report, &site), "skipped:no-integration");
-    assert_eq!(Rig::outcome(&report, &slot), "migrated");
+    assert_eq!(outcome(&report, &site), "skipped:no-integration");
+    assert_eq!(outcome(&report, &slot), "migrated");
     assert!(rig.subnet_of(&site).is_none());
     rig.assert_invariants(&report);
 }
@@ -163,7 +162,7 @@ async fn mixed_case_resource_ids() {
     b.gateway_connection(&a, &shouty);
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
-    assert_eq!(Rig::outcome(&report, &a), "migrated");
+    assert_eq!(outcome(&report, &a), "migrated");
     assert_eq!(rig.subnet_of(&a).unwrap().vnet().unwrap(), v);
     rig.assert_invariants(&report);
 }
@@ -176,7 +175,7 @@ async fn classic_vnet_is_blocked() {
     let a = app(&mut b, &plan, "app1", &c);
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
-    assert_eq!(Rig::outcome(&report, &a), "blocked:classic-vnet");
+    assert_eq!(outcome(&report, &a), "blocked:classic-vnet");
     rig.assert_invariants(&report);
 }
 
@@ -189,7 +188,7 @@ async fn connect_rejected_by_arm_rolls_back_to_the_gateway() {
     b.tag(&a, "vnet-migrate-sim", "reject-connect");
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
-    let o = Rig::outcome(&report, &a);
+    let o = outcome(&report, &a);
     assert!(o.starts_with("rolled-back:connect-rejected"), "{o}");
     assert_eq!(
         rig.gateway_connections(&a),
@@ -210,7 +209,7 @@ async fn kv_breaks(policy: Policy) -> (Rig, ResourceId, String) {
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&policy, "s.db").await;
     rig.assert_invariants(&report);
-    let o = Rig::outcome(&report, &a);
+    let o = outcome(&report, &a);
     (rig, a, o)
 }
 
@@ -252,7 +251,7 @@ async fn two_plans_in_one_vnet_get_distinct_subnets() {
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
     for a in &apps {
-        assert_eq!(Rig::outcome(&report, a), "migrated", "{a}");
+        assert_eq!(outcome(&report, a), "migrated", "{a}");
     }
     let s1 = rig.subnet_of(&apps[0]).unwrap();
     let s2 = rig.subnet_of(&apps[1]).unwrap();

@@ -2,24 +2,17 @@
 //! the ARM simulator and the Service Bus fake on loopback, and a harness that plays the
 //! Functions host (peek-lock, binary envelope, complete on 2xx, abandon otherwise).
 
-mod support;
-
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use support::{Rig, TempDir};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
-use vnet_migrate::azure::servicebus::{
-    ReceivedMessage, SendMessage, ServiceBusClient, StaticBearer,
-};
-use vnet_migrate::azure::ResourceId;
+use vnet_migrate::azure::servicebus::{ReceivedMessage, SendMessage, ServiceBusClient};
 use vnet_migrate::migration::discover::sites_in_scope;
 use vnet_migrate::migration::invariants;
 use vnet_migrate::pipeline::ledger::{Ledger, RunRecord};
@@ -27,13 +20,16 @@ use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
 use vnet_migrate::pipeline::queue::{Outgoing, StepSender};
 use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
-use vnet_migrate::report::{Performance, Report};
 use vnet_migrate::sim::builder::FleetBuilder;
-use vnet_migrate::sim::servicebus::{FakeOptions, ServiceBusFake, ServiceBusServer};
+use vnet_migrate::sim::servicebus::{FakeOptions, ServiceBusServer};
 use vnet_migrate::sim::{Fleet, SimOptions, Simulator};
 
+use crate::support::{
+    arm_for, bin, free_port, outcomes, report_of, start_service_bus, start_sim, ChildGuard, Rig,
+    TempDir, TEST_TOKEN as TOKEN,
+};
+
 const QUEUE: &str = "migration-steps";
-const TOKEN: &str = "test-token";
 const OUR_PRINCIPAL: &str = "11111111-2222-3333-4444-555555555555";
 
 fn fleet() -> Fleet {
@@ -77,15 +73,8 @@ fn policy_json(subs: &[String], on_deploy: &str) -> String {
 
 /// The spawned handler; killed on drop so a failing test leaves no process behind.
 struct Serve {
-    child: Child,
+    child: ChildGuard,
     url: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Env {
@@ -95,29 +84,31 @@ struct Env {
     policy: String,
 }
 
-async fn spawn_serve(env: &Env) -> Serve {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_vnet-migrate"))
-        .arg("serve")
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+/// `vnet-migrate serve` as the host starts it, with the settings of `env`; every setting is
+/// passed to the child explicitly (none comes from this process's environment).
+fn serve_cmd(env: &Env, port: u16, ledger: &str) -> Command {
+    let mut c = bin(&["serve"]);
+    c.env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
         .env("VNET_MIGRATE_ARM_ENDPOINT", &env.arm)
         .env("VNET_MIGRATE_CREDENTIAL", "static")
         .env("VNET_MIGRATE_STATIC_TOKEN", TOKEN)
         .env("VNET_MIGRATE_SERVICEBUS_ENDPOINT", &env.sb)
+        .env("VNET_MIGRATE_LEDGER", ledger)
+        .env("VNET_MIGRATE_POLICY", &env.policy);
+    c
+}
+
+async fn spawn_serve(env: &Env) -> Serve {
+    let port = free_port();
+    let child = serve_cmd(env, port, &format!("sqlite:{}", env.ledger))
         .env("VNET_MIGRATE_STEPS_QUEUE", QUEUE)
-        .env("VNET_MIGRATE_LEDGER", format!("sqlite:{}", env.ledger))
-        .env("VNET_MIGRATE_POLICY", &env.policy)
         .env("VNET_MIGRATE_PRINCIPAL_ID", OUR_PRINCIPAL)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn vnet-migrate serve");
     let serve = Serve {
-        child,
+        child: ChildGuard(child),
         url: format!("http://127.0.0.1:{port}"),
     };
     // Like the host: poll GET / every 25 ms until the handler answers.
@@ -221,16 +212,12 @@ struct World {
 
 async fn world(fleet: Fleet, on_deploy: &str, max_delivery: u32) -> World {
     let dir = TempDir::new();
-    let sim = Simulator::new(fleet.clone(), SimOptions::instant());
-    let arm = sim.serve(([127, 0, 0, 1], 0).into()).await.unwrap();
-    let sb = ServiceBusFake::new(FakeOptions {
+    let (sim, arm) = start_sim(fleet.clone(), SimOptions::instant()).await;
+    let options = FakeOptions {
         max_delivery_count: max_delivery,
         ..FakeOptions::default()
-    })
-    .listen("127.0.0.1:0".parse().unwrap())
-    .await
-    .unwrap();
-    let client = ServiceBusClient::new(sb.url(), QUEUE, Arc::new(StaticBearer(TOKEN.into())));
+    };
+    let (sb, client) = start_service_bus(options, QUEUE, TOKEN).await;
     let subs = invariants::subscriptions(&fleet);
     let policy = dir.file("rollout.json");
     std::fs::write(&policy, policy_json(&subs, on_deploy)).unwrap();
@@ -278,8 +265,7 @@ async fn play_host(w: &World, serve: &mut Serve, restart_after: Option<usize>) -
         );
         if !restarted && host.posted.load(Ordering::SeqCst) >= restart_after.unwrap_or(0) {
             let mut url = host.url.write().await;
-            serve.child.kill().unwrap();
-            serve.child.wait().unwrap();
+            serve.child.kill();
             let fresh = spawn_serve(&w.env).await;
             *url = fresh.url.clone();
             *serve = fresh;
@@ -304,26 +290,6 @@ async fn play_host(w: &World, serve: &mut Serve, restart_after: Option<usize>) -
     host.posted.load(Ordering::SeqCst)
 }
 
-fn outcomes(report: &Report) -> BTreeMap<String, String> {
-    report
-        .targets
-        .iter()
-        .map(|t| {
-            let o = match &t.reason {
-                Some(r) => format!("{}:{}", t.outcome, r),
-                None => t.outcome.clone(),
-            };
-            (ResourceId::parse(&t.id).unwrap().key().to_string(), o)
-        })
-        .collect()
-}
-
-async fn ledger_report(path: &str, run: &RunId) -> Report {
-    let store = SqliteStore::open(Path::new(path)).unwrap();
-    let records = store.targets(run).await.unwrap();
-    Report::new(run.as_str(), false, &records, Performance::default())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn host_faithful_run_with_duplicates_and_a_restart_matches_the_embedded_runner() {
     let w = world(fleet(), "plan-only", 10).await;
@@ -332,7 +298,7 @@ async fn host_faithful_run_with_duplicates_and_a_restart_matches_the_embedded_ru
     // Seed the run like `rollout start`: ledger rows, then one discover per site.
     let run = RunId("r-20261123-e2e0".into());
     let targets = {
-        let arm = support::arm_for(&w.env.arm, &w.subs);
+        let arm = arm_for(&w.env.arm, &w.subs);
         let sites = sites_in_scope(&arm, &w.subs, &policy, &[]).await.unwrap();
         let store = SqliteStore::open(Path::new(&w.env.ledger)).unwrap();
         let now = OffsetDateTime::now_utc();
@@ -375,7 +341,7 @@ async fn host_faithful_run_with_duplicates_and_a_restart_matches_the_embedded_ru
         w.sb.fake().dead_letters(QUEUE)
     );
 
-    let got = ledger_report(&w.env.ledger, &run).await;
+    let got = report_of(&SqliteStore::open(Path::new(&w.env.ledger)).unwrap(), &run).await;
     let rig = Rig::start(w.fleet.clone()).await;
     let expected = rig.run(&policy, "local.db").await;
     assert_eq!(outcomes(&got), outcomes(&expected));
@@ -522,17 +488,7 @@ async fn on_deploy_debounces_filters_and_the_event_run_completes() {
 
 /// Exit status and stderr of `serve` started with these settings (it must refuse to start).
 fn refused(env: &Env, ledger: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_vnet-migrate"))
-        .arg("serve")
-        .env("FUNCTIONS_CUSTOMHANDLER_PORT", "0")
-        .env("VNET_MIGRATE_ARM_ENDPOINT", &env.arm)
-        .env("VNET_MIGRATE_CREDENTIAL", "static")
-        .env("VNET_MIGRATE_STATIC_TOKEN", TOKEN)
-        .env("VNET_MIGRATE_SERVICEBUS_ENDPOINT", &env.sb)
-        .env("VNET_MIGRATE_LEDGER", ledger)
-        .env("VNET_MIGRATE_POLICY", &env.policy)
-        .output()
-        .unwrap();
+    let out = serve_cmd(env, 0, ledger).output().unwrap();
     assert!(!out.status.success());
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

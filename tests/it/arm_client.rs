@@ -10,9 +10,10 @@ use axum::response::Response;
 use axum::Router;
 use serde_json::{json, Value};
 use vnet_migrate::azure::arm::{ArmClient, ArmConfig, ArmError, Deleted, PacerConfig};
-use vnet_migrate::azure::credential::StaticToken;
 use vnet_migrate::azure::pacer::OpKind;
 use vnet_migrate::azure::ResourceId;
+
+use crate::support::{arm_client, bind_loopback, free_port, loopback_arm_config, spawn_router};
 
 const TOKEN: &str = "tok-SECRET-7f3a9c";
 const SUB: &str = "/subscriptions/sub1";
@@ -52,8 +53,7 @@ impl Server {
 async fn serve(
     script: impl Fn(&Seen, &[Seen], &str) -> Response + Send + Sync + 'static,
 ) -> Server {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (listener, base) = bind_loopback().await;
     let log: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let script: Arc<Script> = Arc::new(script);
     let (log2, base2) = (log.clone(), base.clone());
@@ -78,7 +78,7 @@ async fn serve(
             resp
         }
     });
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    spawn_router(listener, app);
     Server { base, log }
 }
 
@@ -101,9 +101,7 @@ fn ms(n: u64) -> Duration {
 }
 
 fn config(base: &str) -> ArmConfig {
-    let mut c = ArmConfig::new(base, vec![ResourceId::parse(SUB).unwrap()]);
-    c.backoff_base = ms(2);
-    c.lro_poll_default = ms(2);
+    let mut c = loopback_arm_config(base, vec![ResourceId::parse(SUB).unwrap()]);
     c.retry_after_cap = ms(10);
     c.request_timeout = Duration::from_secs(5);
     c.lro_timeout = Duration::from_secs(5);
@@ -116,7 +114,7 @@ fn client(server: &Server) -> ArmClient {
 }
 
 fn client_with(config: ArmConfig) -> ArmClient {
-    ArmClient::new(config, Arc::new(StaticToken::new(TOKEN))).unwrap()
+    arm_client(config, TOKEN)
 }
 
 fn site(subnet: Option<&str>) -> Value {
@@ -542,11 +540,7 @@ async fn token_never_appears_in_errors() {
             .unwrap_err(),
     );
     // A closed port: transport error.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let mut dead = config(&format!("http://{closed}"));
+    let mut dead = config(&format!("http://127.0.0.1:{}", free_port()));
     dead.max_retries = 1;
     errs.push(client_with(dead).get_json(SITE).await.unwrap_err());
     let kinds: Vec<&str> = errs

@@ -1,62 +1,18 @@
 //! The binary as a user runs it: exit codes, one-line errors, JSON output, `simulate-arm` +
 //! `run` over HTTP (killed with SIGKILL and resumed), and `snapshot` → `rehearse --fleet`.
 
-mod support;
-
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::TempDir;
 use vnet_migrate::migration::invariants;
 use vnet_migrate::sim::Fleet;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vnet-migrate");
-
-fn cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .env_remove("VNET_MIGRATE_POLICY")
-        .env_remove("VNET_MIGRATE_ARM_ENDPOINT")
-        .env_remove("VNET_MIGRATE_CREDENTIAL");
-    c
-}
+use crate::support::{bin, report_from_json, spawn_simulator, ChildGuard, TempDir};
 
 fn run(args: &[&str]) -> Output {
-    cmd(args).output().expect("binary runs")
-}
-
-/// A child process killed when dropped, so a failing test leaves nothing behind.
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `simulate-arm`, returns its URL from the first stdout line.
-fn simulate(args: &[&str]) -> (Guard, String) {
-    let mut all = vec!["simulate-arm", "--port", "0"];
-    all.extend_from_slice(args);
-    let mut child = cmd(&all)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line was {line:?}"))
-        .to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    (Guard(child), url)
+    bin(args).output().expect("binary runs")
 }
 
 fn get_json(url: &str) -> Value {
@@ -75,18 +31,7 @@ fn get_json(url: &str) -> Value {
 }
 
 fn outcomes(report: &Value) -> BTreeMap<String, String> {
-    report["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            let o = match t["reason"].as_str() {
-                Some(r) => format!("{}:{}", t["outcome"].as_str().unwrap(), r),
-                None => t["outcome"].as_str().unwrap().to_string(),
-            };
-            (t["id"].as_str().unwrap().to_ascii_lowercase(), o)
-        })
-        .collect()
+    crate::support::outcomes(&report_from_json(report))
 }
 
 fn json_stdout(out: &Output) -> Value {
@@ -231,7 +176,7 @@ fn run_over_http_killed_and_resumed_matches_rehearse_and_snapshot_round_trips() 
     let policy = policy.to_str().unwrap();
 
     // The fleet, and what a rehearsal of it decides.
-    let (sim, url) = simulate(&["--generate", "120", "--seed", "5", "--speed", "50"]);
+    let (sim, url) = spawn_simulator(&["--generate", "120", "--seed", "5", "--speed", "50"]);
     let fleet_file = dir.file("fleet.json");
     let fleet: Fleet = serde_json::from_value(get_json(&format!("{url}/_sim/state"))).unwrap();
     fleet.save(&fleet_file).unwrap();
@@ -252,7 +197,7 @@ fn run_over_http_killed_and_resumed_matches_rehearse_and_snapshot_round_trips() 
     for s in &subs {
         snap_args.extend(["--subscription", s.as_str()]);
     }
-    let out = cmd(&snap_args)
+    let out = bin(&snap_args)
         .env("VNET_MIGRATE_STATIC_TOKEN", "t")
         .output()
         .unwrap();
@@ -288,13 +233,13 @@ fn run_over_http_killed_and_resumed_matches_rehearse_and_snapshot_round_trips() 
     for s in &subs {
         run_args.extend(["--subscription", s.as_str()]);
     }
-    let child = cmd(&run_args)
+    let child = bin(&run_args)
         .env("VNET_MIGRATE_STATIC_TOKEN", "t")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut child = Guard(child);
+    let mut child = ChildGuard(child);
     let start = Instant::now();
     loop {
         let writes = get_json(&format!("{url}/_sim/stats"))["writes"]
@@ -313,9 +258,8 @@ fn run_over_http_killed_and_resumed_matches_rehearse_and_snapshot_round_trips() 
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    child.0.kill().unwrap(); // SIGKILL
-    child.0.wait().unwrap();
-    let out = cmd(&run_args)
+    child.kill(); // SIGKILL
+    let out = bin(&run_args)
         .env("VNET_MIGRATE_STATIC_TOKEN", "t")
         .output()
         .unwrap();
@@ -334,36 +278,10 @@ fn run_over_http_killed_and_resumed_matches_rehearse_and_snapshot_round_trips() 
     // ARM's final state keeps the invariants.
     let final_state: Fleet =
         serde_json::from_value(get_json(&format!("{url}/_sim/state"))).unwrap();
-    let report: vnet_migrate::report::Report = report_from(&resumed);
+    let report: vnet_migrate::report::Report = report_from_json(&resumed);
     let broken = invariants::check(&fleet, &final_state, &report);
     assert!(broken.is_empty(), "{}", broken.join("\n"));
     drop(sim);
-}
-
-fn report_from(v: &Value) -> vnet_migrate::report::Report {
-    let targets = v["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| vnet_migrate::report::TargetReport {
-            id: t["id"].as_str().unwrap().into(),
-            outcome: t["outcome"].as_str().unwrap().into(),
-            reason: t["reason"].as_str().map(Into::into),
-            subnet: t["subnet"].as_str().map(Into::into),
-            prefix: t["prefix"].as_str().map(Into::into),
-            steps: 0,
-            attempts: 0,
-            duration_seconds: 0.0,
-        })
-        .collect();
-    vnet_migrate::report::Report {
-        run: v["run"].as_str().unwrap().into(),
-        dry_run: false,
-        targets,
-        summary: Default::default(),
-        by_reason: Default::default(),
-        performance: Default::default(),
-    }
 }
 
 #[test]

@@ -2,23 +2,20 @@
 //! run stopped after any single ARM write and resumed from its state file ends in the same
 //! ARM state as an uninterrupted run.
 
-mod support;
-
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Rig, TempDir};
 use vnet_migrate::azure::ResourceId;
 use vnet_migrate::migration::discover::sites_in_scope;
-use vnet_migrate::pipeline::local::LocalRun;
 use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
-use vnet_migrate::pipeline::runner::RunnerConfig;
 use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::sim::builder::FleetBuilder;
 use vnet_migrate::sim::Fleet;
+
+use crate::support::{Rig, TempDir};
 
 /// Five targets covering every write path: migrate (two apps sharing a new subnet, a slot),
 /// connect rejected (rollback), Key Vault break (rollback after verify).
@@ -158,25 +155,6 @@ async fn rig_exec(
     engine.execute(msg).await
 }
 
-fn local_run(rig: &Rig, state: std::path::PathBuf) -> LocalRun {
-    LocalRun {
-        arm: rig.arm.clone(),
-        policy: Arc::new(Policy::default()),
-        state,
-        subscriptions: rig.subscriptions(),
-        apps: Vec::new(),
-        dry_run: false,
-        time_scale: 1_000_000.0,
-        runner: RunnerConfig {
-            max_in_flight: 4,
-            per_subscription: 4,
-            lease: Duration::from_secs(60),
-        },
-        origin: "test".into(),
-        progress: false,
-    }
-}
-
 #[tokio::test]
 async fn crash_after_every_arm_write_then_resume_ends_in_the_same_state() {
     // Reference: an uninterrupted run.
@@ -193,7 +171,10 @@ async fn crash_after_every_arm_write_then_resume_ends_in_the_same_state() {
     for k in 1..=total {
         let rig = Rig::start(fleet()).await;
         let state = rig.dir.file("crash.db");
-        let task = tokio::spawn(local_run(&rig, state.clone()).execute());
+        let task = tokio::spawn(
+            rig.local_run(&Policy::default(), state.clone(), 4)
+                .execute(),
+        );
         // Stop the runner as soon as the k-th write has reached ARM.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while writes(&rig) < k && !task.is_finished() {
@@ -209,7 +190,11 @@ async fn crash_after_every_arm_write_then_resume_ends_in_the_same_state() {
             Ok(done) => assert!(!done.unwrap().resumed),
             Err(e) => {
                 assert!(e.is_cancelled());
-                let resumed = local_run(&rig, state).execute().await.unwrap();
+                let resumed = rig
+                    .local_run(&Policy::default(), state, 4)
+                    .execute()
+                    .await
+                    .unwrap();
                 assert!(
                     resumed.resumed,
                     "crash after write {k}: the second run did not resume the first"

@@ -1,8 +1,7 @@
-//! Every recorded host payload in fixtures/functions-host and every event in fixtures/eventgrid
-//! decodes, or is rejected with a clear reason where it is not a trigger we serve. Each file is
-//! named explicitly so a new fixture fails `every_fixture_is_covered` until it is asserted on.
-
-use std::path::PathBuf;
+//! Every recorded host payload in tests/fixtures/functions-host and every event in
+//! tests/fixtures/eventgrid decodes, or is rejected with a clear reason where it is not a
+//! trigger we serve. Each file is named explicitly so a new fixture fails
+//! `every_fixture_is_covered` until it is asserted on.
 
 use base64::Engine as _;
 use vnet_migrate::functions::eventgrid::{classify, EventAction, EventGridEvent, EventSchema};
@@ -10,23 +9,18 @@ use vnet_migrate::functions::{
     decode_event_grid, decode_http, decode_service_bus, decode_timer, InvocationResponse,
 };
 
-const HOST: &str = "/work/shared/fixtures/functions-host";
-const EVENTS: &str = "/work/shared/fixtures/eventgrid";
+use crate::support::fixture;
 
-fn fixture_dir(dir: &str) -> PathBuf {
-    // Fixtures live outside the crate; allow a relocation for other checkouts.
-    std::env::var("VNET_MIGRATE_FIXTURES")
-        .map(|root| PathBuf::from(root).join(PathBuf::from(dir).file_name().unwrap()))
-        .unwrap_or_else(|_| PathBuf::from(dir))
-}
+/// Folders under tests/fixtures.
+const HOST: &str = "functions-host";
+const EVENTS: &str = "eventgrid";
 
 fn host(name: &str) -> Vec<u8> {
-    std::fs::read(fixture_dir(HOST).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    std::fs::read(fixture(HOST).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 fn events(name: &str) -> Vec<EventGridEvent> {
-    let bytes =
-        std::fs::read(fixture_dir(EVENTS).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let bytes = std::fs::read(fixture(EVENTS).join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
     EventGridEvent::parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -72,7 +66,7 @@ const EVENT_FILES: &[&str] = &[
 #[test]
 fn every_fixture_is_covered() {
     for (dir, known) in [(HOST, HOST_FILES), (EVENTS, EVENT_FILES)] {
-        let mut found: Vec<String> = std::fs::read_dir(fixture_dir(dir))
+        let mut found: Vec<String> = std::fs::read_dir(fixture(dir))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .filter(|n| n.ends_with(".json"))
@@ -348,8 +342,7 @@ fn arm_events_decode_in_both_schemas_and_are_not_sites() {
 #[test]
 fn synthetic_site_write_by_our_identity_is_ignored() {
     let bytes =
-        std::fs::read(fixture_dir(EVENTS).join("arm-resource-write-success.eventgrid.json"))
-            .unwrap();
+        std::fs::read(fixture(EVENTS).join("arm-resource-write-success.eventgrid.json")).unwrap();
     let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     let site = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Web/sites/app1";
     let ev = &mut v[0];

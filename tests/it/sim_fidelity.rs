@@ -2,8 +2,7 @@
 //! recorded az CLI cassettes (replayed request by request), and the server validations.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{json, Value};
 use vnet_migrate::azure::models::{
@@ -13,17 +12,12 @@ use vnet_migrate::azure::models::{
 use vnet_migrate::sim::{Fleet, InjectedFault, SimOptions, SimServer, Simulator};
 use yaml_rust2::{Yaml, YamlLoader};
 
-const FIXTURES: &str = "/work/shared/fixtures";
+use crate::support::{fixture, start_sim, TEST_TOKEN};
+
 const SUB: &str = "00000000-0000-0000-0000-000000000000";
 
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 async fn start(resources: Vec<Value>, options: SimOptions) -> (Simulator, SimServer) {
-    let sim = Simulator::new(Fleet { resources }, options);
-    let server = sim.serve(loopback()).await.expect("bind loopback");
-    (sim, server)
+    start_sim(Fleet { resources }, options).await
 }
 
 struct Resp {
@@ -42,7 +36,7 @@ async fn call(c: &reqwest::Client, method: &str, url: &str, body: Option<&str>) 
     let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut rb = c
         .request(m, url)
-        .header("Authorization", "Bearer test-token");
+        .header("Authorization", format!("Bearer {TEST_TOKEN}"));
     if let Some(b) = body {
         rb = rb
             .header("Content-Type", "application/json")
@@ -82,7 +76,7 @@ fn assert_same_shape(what: &str, fixture: &Value, sim: &Value) {
 }
 
 fn example(rel: &str) -> Value {
-    let text = std::fs::read_to_string(Path::new(FIXTURES).join("arm-examples").join(rel)).unwrap();
+    let text = std::fs::read_to_string(fixture("arm-examples").join(rel)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -105,7 +99,7 @@ async fn every_arm_example_parses_and_keeps_its_shape() {
     let c = reqwest::Client::new();
     let mut checked = Vec::new();
     let mut unmodelled = Vec::new();
-    let dir = Path::new(FIXTURES).join("arm-examples");
+    let dir = fixture("arm-examples");
     let mut files: Vec<PathBuf> = Vec::new();
     for sub in ["web", "network", "monitor"] {
         for e in std::fs::read_dir(dir.join(sub)).unwrap() {
@@ -287,8 +281,7 @@ struct Interaction {
 }
 
 fn load_cassette(name: &str) -> Vec<Interaction> {
-    let text =
-        std::fs::read_to_string(Path::new(FIXTURES).join("az-cli-recordings").join(name)).unwrap();
+    let text = std::fs::read_to_string(fixture("az-cli-recordings").join(name)).unwrap();
     let docs = YamlLoader::load_from_str(&text).unwrap();
     docs[0]["interactions"]
         .as_vec()
