@@ -1,0 +1,507 @@
+//! Host-faithful end-to-end test of `vnet-migrate serve`: the real binary as a child process,
+//! the ARM simulator and the Service Bus fake on loopback, and a harness that plays the
+//! Functions host (peek-lock, binary envelope, complete on 2xx, abandon otherwise).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+use tokio::sync::RwLock;
+use vnet_migrate::azure::servicebus::{ReceivedMessage, SendMessage, ServiceBusClient};
+use vnet_migrate::migration::discover::sites_in_scope;
+use vnet_migrate::migration::invariants;
+use vnet_migrate::pipeline::ledger::{Ledger, RunRecord};
+use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
+use vnet_migrate::pipeline::queue::{Outgoing, StepSender};
+use vnet_migrate::pipeline::sqlite::SqliteStore;
+use vnet_migrate::policy::Policy;
+use vnet_migrate::sim::builder::FleetBuilder;
+use vnet_migrate::sim::servicebus::{FakeOptions, ServiceBusServer};
+use vnet_migrate::sim::{Fleet, SimOptions, Simulator};
+
+use crate::support::{
+    arm_for, bin, free_port, outcomes, report_of, start_service_bus, start_sim, ChildGuard, Rig,
+    TempDir, TEST_TOKEN as TOKEN,
+};
+
+const QUEUE: &str = "migration-steps";
+const OUR_PRINCIPAL: &str = "11111111-2222-3333-4444-555555555555";
+
+fn fleet() -> Fleet {
+    let mut b = FleetBuilder::new();
+    b.resource_group("net", "westeurope");
+    b.resource_group("apps", "westeurope");
+    let v = b.vnet("net", "hub", "westeurope", &["10.1.0.0/16"]);
+    b.gateway(&v);
+    let p1 = b.plan("apps", "plan1", "westeurope", "P1v2", 2);
+    let p2 = b.plan("apps", "plan2", "westeurope", "P1v2", 2);
+    for (name, plan) in [("a", &p1), ("b", &p1), ("c", &p2), ("d", &p2)] {
+        let s = b.site("apps", name, plan);
+        b.gateway_connection(&s, &v);
+        b.key_vault_reference(&s, "Secret", "Resolved");
+        if name == "a" {
+            let slot = b.slot(&s, "staging");
+            b.gateway_connection(&slot, &v);
+        }
+    }
+    for (name, knob) in [("rej", "reject-connect"), ("kv", "kv-breaks-after-connect")] {
+        let s = b.site("apps", name, &p2);
+        b.gateway_connection(&s, &v);
+        b.key_vault_reference(&s, "Secret", "Resolved");
+        b.tag(&s, "vnet-migrate-sim", knob);
+    }
+    // Cross-region without a connected peering: blocked, never written.
+    let ne = b.vnet("net", "hub-ne", "northeurope", &["10.2.0.0/16"]);
+    b.gateway(&ne);
+    let spoke = b.vnet("net", "spoke-we", "westeurope", &["10.3.0.0/16"]);
+    b.peering(&spoke, &ne, "Initiated");
+    let p3 = b.plan("apps", "plan3", "westeurope", "P1v2", 1);
+    let x = b.site("apps", "x", &p3);
+    b.gateway_connection(&x, &ne);
+    b.build()
+}
+
+fn policy_json(subs: &[String], on_deploy: &str) -> String {
+    json!({ "settleSeconds": 0, "onDeploy": on_deploy, "scope": { "subscriptions": subs } })
+        .to_string()
+}
+
+/// The spawned handler; killed on drop so a failing test leaves no process behind.
+struct Serve {
+    child: ChildGuard,
+    url: String,
+}
+
+struct Env {
+    arm: String,
+    sb: String,
+    ledger: String,
+    policy: String,
+}
+
+/// `vnet-migrate serve` as the host starts it, with the settings of `env`; every setting is
+/// passed to the child explicitly (none comes from this process's environment).
+fn serve_cmd(env: &Env, port: u16, ledger: &str) -> Command {
+    let mut c = bin(&["serve"]);
+    c.env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+        .env("VNET_MIGRATE_ARM_ENDPOINT", &env.arm)
+        .env("VNET_MIGRATE_CREDENTIAL", "static")
+        .env("VNET_MIGRATE_STATIC_TOKEN", TOKEN)
+        .env("VNET_MIGRATE_SERVICEBUS_ENDPOINT", &env.sb)
+        .env("VNET_MIGRATE_LEDGER", ledger)
+        .env("VNET_MIGRATE_POLICY", &env.policy);
+    c
+}
+
+async fn spawn_serve(env: &Env) -> Serve {
+    let port = free_port();
+    let child = serve_cmd(env, port, &format!("sqlite:{}", env.ledger))
+        .env("VNET_MIGRATE_STEPS_QUEUE", QUEUE)
+        .env("VNET_MIGRATE_PRINCIPAL_ID", OUR_PRINCIPAL)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn vnet-migrate serve");
+    let serve = Serve {
+        child: ChildGuard(child),
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    // Like the host: poll GET / every 25 ms until the handler answers.
+    let http = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http.get(format!("{}/", serve.url)).send().await {
+            assert!(r.status().is_success());
+            assert_eq!(r.text().await.unwrap(), "{}");
+            return serve;
+        }
+        assert!(Instant::now() < until, "serve did not start");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The host's invocation body for a `dataType: binary` session-queue trigger.
+fn envelope(m: &ReceivedMessage) -> Value {
+    let q = |s: &Option<String>| json!(serde_json::to_string(s.as_deref().unwrap_or("")).unwrap());
+    let b = &m.broker;
+    json!({
+        "Data": { "msg": base64::engine::general_purpose::STANDARD.encode(&m.body) },
+        "Metadata": {
+            "DeliveryCount": b.delivery_count.unwrap_or(1).to_string(),
+            "LockToken": q(&b.lock_token),
+            "EnqueuedTimeUtc": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap().trim_end_matches('Z'),
+            "MessageId": q(&b.message_id),
+            "ContentType": q(&m.content_type),
+            "SequenceNumber": b.sequence_number.unwrap_or(0).to_string(),
+            "SessionId": q(&b.session_id),
+            "sys": { "MethodName": "step", "UtcNow": "2026-11-23T21:00:00Z", "RandGuid": "5f0b7c1e-9a43-4b55-8a57-1f0e2f3c4d5e" }
+        }
+    })
+}
+
+struct Host {
+    client: ServiceBusClient,
+    url: RwLock<String>,
+    posted: AtomicUsize,
+    http: reqwest::Client,
+}
+
+impl Host {
+    /// One receiver loop of the host; returns when `stop` says so.
+    async fn receiver(self: Arc<Self>, stop: Arc<AtomicUsize>) {
+        while stop.load(Ordering::SeqCst) == 0 {
+            let Some(m) = self.client.receive(Duration::ZERO).await.unwrap() else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let n = self.posted.fetch_add(1, Ordering::SeqCst) + 1;
+            // Waits here while the handler restarts, as the host waits for its worker.
+            let url = self.url.read().await.clone();
+            let body = envelope(&m).to_string();
+            let times = if n.is_multiple_of(5) { 2 } else { 1 };
+            let mut ok = true;
+            for _ in 0..times {
+                let r = self
+                    .http
+                    .post(format!("{url}/step"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                ok &= match r {
+                    Ok(r) => {
+                        let good = r.status().is_success();
+                        let ctype = r.headers()["content-type"].to_str().unwrap().to_string();
+                        assert!(ctype.starts_with("application/json"), "{ctype}");
+                        let v: Value = r.json().await.unwrap();
+                        assert!(v.is_object());
+                        good
+                    }
+                    Err(_) => false,
+                };
+            }
+            if ok {
+                let _ = self.client.complete(&m).await;
+            } else {
+                let _ = self.client.abandon(&m).await;
+            }
+        }
+    }
+}
+
+fn busy(sb: &ServiceBusServer) -> u64 {
+    let c = sb.fake().counts(QUEUE);
+    c.active + c.scheduled + c.locked
+}
+
+struct World {
+    _dir: TempDir,
+    sim: Simulator,
+    _arm: vnet_migrate::sim::SimServer,
+    sb: ServiceBusServer,
+    client: ServiceBusClient,
+    env: Env,
+    subs: Vec<String>,
+    fleet: Fleet,
+}
+
+async fn world(fleet: Fleet, on_deploy: &str, max_delivery: u32) -> World {
+    let dir = TempDir::new();
+    let (sim, arm) = start_sim(fleet.clone(), SimOptions::instant()).await;
+    let options = FakeOptions {
+        max_delivery_count: max_delivery,
+        ..FakeOptions::default()
+    };
+    let (sb, client) = start_service_bus(options, QUEUE, TOKEN).await;
+    let subs = invariants::subscriptions(&fleet);
+    let policy = dir.file("rollout.json");
+    std::fs::write(&policy, policy_json(&subs, on_deploy)).unwrap();
+    let env = Env {
+        arm: arm.url(),
+        sb: sb.url(),
+        ledger: dir.file("ledger.db").display().to_string(),
+        policy: policy.display().to_string(),
+    };
+    World {
+        _dir: dir,
+        sim,
+        _arm: arm,
+        sb,
+        client,
+        env,
+        subs,
+        fleet,
+    }
+}
+
+/// Plays the host until the queue is idle; `restart_after` kills and restarts the handler once.
+async fn play_host(w: &World, serve: &mut Serve, restart_after: Option<usize>) -> usize {
+    let host = Arc::new(Host {
+        client: w.client.clone(),
+        url: RwLock::new(serve.url.clone()),
+        posted: AtomicUsize::new(0),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap(),
+    });
+    let stop = Arc::new(AtomicUsize::new(0));
+    let receivers: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(host.clone().receiver(stop.clone())))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut restarted = restart_after.is_none();
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "queue not drained in 60 s: {:?}",
+            w.sb.fake().counts(QUEUE)
+        );
+        if !restarted && host.posted.load(Ordering::SeqCst) >= restart_after.unwrap_or(0) {
+            let mut url = host.url.write().await;
+            serve.child.kill();
+            let fresh = spawn_serve(&w.env).await;
+            *url = fresh.url.clone();
+            *serve = fresh;
+            restarted = true;
+        }
+        if busy(&w.sb) == 0 {
+            // Idle twice in a row, 100 ms apart, so a message between receive and send counts.
+            match idle_since {
+                Some(t) if t.elapsed() > Duration::from_millis(100) => break,
+                Some(_) => {}
+                None => idle_since = Some(Instant::now()),
+            }
+        } else {
+            idle_since = None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(1, Ordering::SeqCst);
+    for r in receivers {
+        r.await.unwrap();
+    }
+    host.posted.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_faithful_run_with_duplicates_and_a_restart_matches_the_embedded_runner() {
+    let w = world(fleet(), "plan-only", 10).await;
+    let policy = Policy::from_json(&policy_json(&w.subs, "plan-only")).unwrap();
+
+    // Seed the run like `rollout start`: ledger rows, then one discover per site.
+    let run = RunId("r-20261123-e2e0".into());
+    let targets = {
+        let arm = arm_for(&w.env.arm, &w.subs);
+        let sites = sites_in_scope(&arm, &w.subs, &policy, &[]).await.unwrap();
+        let store = SqliteStore::open(Path::new(&w.env.ledger)).unwrap();
+        let now = OffsetDateTime::now_utc();
+        store
+            .start_run(&RunRecord {
+                run: run.clone(),
+                started_at: now,
+                dry_run: false,
+                origin: "test".into(),
+            })
+            .await
+            .unwrap();
+        for s in &sites {
+            store.add_target(&run, s, now).await.unwrap();
+        }
+        sites
+    };
+    let mut serve = spawn_serve(&w.env).await;
+    let first: Vec<Outgoing> = targets
+        .iter()
+        .map(|s| {
+            Outgoing::now(StepMessage::new(
+                run.clone(),
+                s.clone(),
+                Step::Discover,
+                Origin::Rollout,
+            ))
+        })
+        .collect();
+    StepSender::send(&w.client, first).await.unwrap();
+
+    let posted = play_host(&w, &mut serve, Some(15)).await;
+    assert!(
+        posted > 30,
+        "too few messages to restart at a third: {posted}"
+    );
+    assert!(
+        w.sb.fake().dead_letters(QUEUE).is_empty(),
+        "{:?}",
+        w.sb.fake().dead_letters(QUEUE)
+    );
+
+    let got = report_of(&SqliteStore::open(Path::new(&w.env.ledger)).unwrap(), &run).await;
+    let rig = Rig::start(w.fleet.clone()).await;
+    let expected = rig.run(&policy, "local.db").await;
+    assert_eq!(outcomes(&got), outcomes(&expected));
+    assert!(outcomes(&got).values().any(|o| o == "migrated"));
+    assert!(outcomes(&got)
+        .values()
+        .any(|o| o.starts_with("rolled-back")));
+    assert!(outcomes(&got)
+        .values()
+        .any(|o| o == "blocked:cross-region-no-peering"));
+    let v = invariants::check(&w.fleet, &w.sim.state(), &got);
+    assert!(v.is_empty(), "invariants broken:\n{}", v.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_message_ends_in_the_dead_letter_queue_with_its_reason() {
+    let w = world(fleet(), "plan-only", 3).await;
+    let mut serve = spawn_serve(&w.env).await;
+    let direct = reqwest::Client::new()
+        .post(format!("{}/step", serve.url))
+        .body(json!({"Data": {"msg": base64::engine::general_purpose::STANDARD.encode("not a step")}, "Metadata": {}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 500);
+    w.client
+        .send(&SendMessage {
+            body: b"{\"v\":1,\"run\":\"r\"}".to_vec(),
+            message_id: Some("poison".into()),
+            session_id: Some("poison".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    play_host(&w, &mut serve, None).await;
+    let dead = w.sb.fake().dead_letters(QUEUE);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].message_id, "poison");
+    assert_eq!(dead[0].reason, "MaxDeliveryCountExceeded");
+    assert_eq!(dead[0].delivery_count, 3);
+}
+
+fn arm_event(target: &str, principal: &str) -> Value {
+    json!({
+        "Data": { "event": {
+            "id": uuid::Uuid::new_v4().to_string(),
+            "topic": "/subscriptions/x",
+            "subject": target,
+            "eventType": "Microsoft.Resources.ResourceWriteSuccess",
+            "eventTime": "2026-11-23T21:00:00Z",
+            "dataVersion": "",
+            "metadataVersion": "1",
+            "data": {
+                "resourceUri": target,
+                "operationName": "Microsoft.Web/sites/write",
+                "authorization": { "evidence": { "principalId": principal } },
+                "claims": {}
+            }
+        }},
+        "Metadata": {}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_deploy_debounces_filters_and_the_event_run_completes() {
+    let mut b = FleetBuilder::new();
+    b.resource_group("net", "westeurope");
+    b.resource_group("apps", "westeurope");
+    let v = b.vnet("net", "hub", "westeurope", &["10.1.0.0/16"]);
+    b.gateway(&v);
+    let plan = b.plan("apps", "plan1", "westeurope", "P1v2", 1);
+    let app = b.site("apps", "app1", &plan);
+    b.gateway_connection(&app, &v);
+    let w = world(b.build(), "migrate", 10).await;
+    let mut serve = spawn_serve(&w.env).await; // GET / answered before any ledger traffic.
+    let http = reqwest::Client::new();
+    let base = serve.url.clone();
+    let post = |path: &str, body: String| {
+        http.post(format!("{base}/{path}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let r = post(
+        "on-deploy",
+        "{\"Data\": {\"event\": 42}, \"Metadata\": {}}".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "malformed events are not retried");
+    let ours = post(
+        "on-deploy",
+        arm_event(app.as_str(), OUR_PRINCIPAL).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ours.status(), 200);
+    let out = app.as_str().replace(
+        &format!("/subscriptions/{}", app.subscription()),
+        "/subscriptions/other",
+    );
+    let r = post("on-deploy", arm_event(&out, "someone-else").to_string())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        busy(&w.sb),
+        0,
+        "own writes and out-of-scope sites enqueue nothing"
+    );
+
+    for _ in 0..3 {
+        let r = post(
+            "on-deploy",
+            arm_event(app.as_str(), "someone-else").to_string(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        w.sb.fake().counts(QUEUE).active,
+        1,
+        "one discover for a burst"
+    );
+    play_host(&w, &mut serve, None).await;
+    assert_eq!(w.sb.fake().counts(QUEUE).dead, 0);
+
+    let req = json!({"Data": {"req": {"Method": "POST", "Url": "http://localhost/api/status", "Query": {}, "Headers": {}}}, "Metadata": {}});
+    let r = post("status", req.to_string()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["Outputs"]["res"]["statusCode"], 200);
+    let report: Value =
+        serde_json::from_str(v["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert!(
+        report["run"].as_str().unwrap().starts_with("ev-"),
+        "{report}"
+    );
+    assert_eq!(report["targets"].as_array().unwrap().len(), 1);
+    assert_eq!(report["targets"][0]["outcome"], "migrated", "{report}");
+}
+
+/// Exit status and stderr of `serve` started with these settings (it must refuse to start).
+fn refused(env: &Env, ledger: &str) -> String {
+    let out = serve_cmd(env, 0, ledger).output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_without_a_usable_ledger_or_scope() {
+    let w = world(fleet(), "plan-only", 10).await;
+    let err = refused(&w.env, "https://acct.table.core.windows.net/ledger");
+    assert!(
+        err.contains("Table Storage ledger is not in this build"),
+        "{err}"
+    );
+    std::fs::write(&w.env.policy, "{}").unwrap();
+    let err = refused(&w.env, &format!("sqlite:{}", w.env.ledger));
+    assert!(err.contains("scope.subscriptions is empty"), "{err}");
+}

@@ -1,0 +1,14 @@
+//! The integration tests, as one test binary (one link, one process; `cargo test` runs it).
+//! Each module is one area; the plumbing they share is in `support`. Fixtures are read from
+//! `tests/fixtures/` in this repository.
+
+mod support;
+
+mod arm_client;
+mod cli;
+mod functions_decode;
+mod functions_host;
+mod resilience;
+mod scenarios;
+mod servicebus;
+mod sim_fidelity;

@@ -1,0 +1,260 @@
+//! The migration scenarios of issue 3, each with its expected outcome, run through the real
+//! HTTP client against the simulator on loopback and the embedded SQLite pipeline.
+
+use vnet_migrate::azure::ResourceId;
+use vnet_migrate::policy::Policy;
+use vnet_migrate::sim::builder::FleetBuilder;
+
+use crate::support::{outcome, Rig};
+
+const WE: &str = "westeurope";
+const NE: &str = "northeurope";
+
+/// A hub VNet with a gateway in `loc`.
+fn hub(b: &mut FleetBuilder, name: &str, loc: &str, space: &str) -> ResourceId {
+    let v = b.vnet("net", name, loc, &[space]);
+    b.gateway(&v);
+    v
+}
+
+fn app(b: &mut FleetBuilder, plan: &ResourceId, name: &str, vnet: &ResourceId) -> ResourceId {
+    let s = b.site("apps", name, plan);
+    b.gateway_connection(&s, vnet);
+    s
+}
+
+fn base() -> FleetBuilder {
+    let mut b = FleetBuilder::new();
+    b.resource_group("net", WE);
+    b.resource_group("apps", WE);
+    b
+}
+
+#[tokio::test]
+async fn same_region_migration() {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 2);
+    let a = app(&mut b, &plan, "app1", &v);
+    b.key_vault_reference(&a, "Secret1", "Resolved");
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(outcome(&report, &a), "migrated");
+    let subnet = rig.subnet_of(&a).expect("regional");
+    assert_eq!(subnet.vnet().unwrap(), v);
+    assert_eq!(subnet.name(), "snet-plan1-integration");
+    assert_eq!(rig.gateway_connections(&a), 0);
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn cross_region_with_connected_peering_uses_the_local_vnet() {
+    let mut b = base();
+    let gw = hub(&mut b, "hub-ne", NE, "10.2.0.0/16");
+    let local = b.vnet("net", "spoke-we", WE, &["10.3.0.0/16"]);
+    b.peering(&local, &gw, "Connected");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &gw);
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(outcome(&report, &a), "migrated");
+    assert_eq!(rig.subnet_of(&a).unwrap().vnet().unwrap(), local);
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn cross_region_without_peering_is_blocked_and_untouched() {
+    let mut b = base();
+    let gw = hub(&mut b, "hub-ne", NE, "10.2.0.0/16");
+    let local = b.vnet("net", "spoke-we", WE, &["10.3.0.0/16"]);
+    b.peering(&local, &gw, "Initiated");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &gw);
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(outcome(&report, &a), "blocked:cross-region-no-peering");
+    assert_eq!(rig.gateway_connections(&a), 1);
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn three_gateway_vnets_on_one_plan_two_migrate() {
+    let mut b = base();
+    let v1 = hub(&mut b, "hub-a", WE, "10.1.0.0/16");
+    let v2 = hub(&mut b, "hub-b", WE, "10.2.0.0/16");
+    let v3 = hub(&mut b, "hub-c", WE, "10.3.0.0/16");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 3);
+    let a1 = app(&mut b, &plan, "a1", &v1);
+    let a2 = app(&mut b, &plan, "a2", &v1);
+    let b1 = app(&mut b, &plan, "b1", &v2);
+    let b2 = app(&mut b, &plan, "b2", &v2);
+    let c1 = app(&mut b, &plan, "c1", &v3);
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    for t in [&a1, &a2, &b1, &b2] {
+        assert_eq!(outcome(&report, t), "migrated", "{t}");
+    }
+    assert_eq!(outcome(&report, &c1), "blocked:plan-subnet-limit");
+    assert_eq!(rig.gateway_connections(&c1), 1);
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn full_vnet_is_blocked() {
+    let mut b = base();
+    let v = b.vnet("net", "full", WE, &["10.9.0.0/24"]);
+    b.subnet(&v, "GatewaySubnet", "10.9.0.0/25");
+    b.subnet(&v, "workloads", "10.9.0.128/25");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &v);
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(outcome(&report, &a), "blocked:no-address-space");
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn reuses_the_subnet_already_linked_to_the_plan() {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let existing = b.subnet(&v, "legacy-integration", "10.1.200.0/26");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 2);
+    let done = b.site("apps", "already", &plan);
+    b.regional(&done, &existing);
+    let a = app(&mut b, &plan, "app1", &v);
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(outcome(&report, &done), "skipped:already-regional");
+    assert_eq!(outcome(&report, &a), "migrated");
+    assert_eq!(rig.subnet_of(&a).unwrap(), existing);
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn slot_migrates_while_production_has_no_integration() {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", WE, "S1", 1);
+    let site = b.site("apps", "app1", &plan);
+    let slot = b.slot(&site, "staging");
+    b.gateway_connection(&slot, &v);
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(outcome(&report, &site), "skipped:no-integration");
+    assert_eq!(outcome(&report, &slot), "migrated");
+    assert!(rig.subnet_of(&site).is_none());
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn mixed_case_resource_ids() {
+    let mut b = base();
+    let v = hub(&mut b, "Hub-WE", WE, "10.1.0.0/16");
+    let plan = b.plan("apps", "Plan1", WE, "P1v2", 1);
+    let a = b.site("apps", "App1", &plan);
+    // The connection names the VNet in another casing, as ARM sometimes returns it.
+    let shouty = ResourceId::parse(
+        &v.as_str()
+            .to_uppercase()
+            .replace("/SUBSCRIPTIONS/", "/subscriptions/"),
+    )
+    .unwrap();
+    b.gateway_connection(&a, &shouty);
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(outcome(&report, &a), "migrated");
+    assert_eq!(rig.subnet_of(&a).unwrap().vnet().unwrap(), v);
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn classic_vnet_is_blocked() {
+    let mut b = base();
+    let c = b.classic_vnet("net", "classic1", WE);
+    let plan = b.plan("apps", "plan1", WE, "S1", 1);
+    let a = app(&mut b, &plan, "app1", &c);
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(outcome(&report, &a), "blocked:classic-vnet");
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn connect_rejected_by_arm_rolls_back_to_the_gateway() {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &v);
+    b.tag(&a, "vnet-migrate-sim", "reject-connect");
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    let o = outcome(&report, &a);
+    assert!(o.starts_with("rolled-back:connect-rejected"), "{o}");
+    assert_eq!(
+        rig.gateway_connections(&a),
+        1,
+        "gateway connection restored"
+    );
+    assert!(rig.subnet_of(&a).is_none());
+    rig.assert_invariants(&report);
+}
+
+async fn kv_breaks(policy: Policy) -> (Rig, ResourceId, String) {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &v);
+    b.key_vault_reference(&a, "DbPassword", "Resolved");
+    b.tag(&a, "vnet-migrate-sim", "kv-breaks-after-connect");
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&policy, "s.db").await;
+    rig.assert_invariants(&report);
+    let o = outcome(&report, &a);
+    (rig, a, o)
+}
+
+#[tokio::test]
+async fn key_vault_references_breaking_after_connect_roll_back() {
+    let (rig, a, o) = kv_breaks(Policy::default()).await;
+    assert_eq!(o, "rolled-back:kv-references-unresolved");
+    assert_eq!(rig.gateway_connections(&a), 1);
+    assert!(rig.subnet_of(&a).is_none());
+}
+
+#[tokio::test]
+async fn key_vault_references_breaking_after_connect_park_when_policy_says_so() {
+    let policy = Policy::from_json(r#"{"rollback": "park"}"#).unwrap();
+    let (rig, a, o) = kv_breaks(policy).await;
+    assert_eq!(o, "parked:verify-failed:kv-references-unresolved");
+    assert!(
+        rig.subnet_of(&a).is_some(),
+        "parked as it stands, for an operator"
+    );
+}
+
+#[tokio::test]
+async fn two_plans_in_one_vnet_get_distinct_subnets() {
+    // Both plans compute the same lowest free block; the second subnet write is refused as
+    // overlapping and that plan is decided again.
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let p1 = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let p2 = b.plan("apps", "plan2", WE, "P1v2", 1);
+    let apps: Vec<ResourceId> = (0..3)
+        .flat_map(|i| {
+            [
+                app(&mut b, &p1, &format!("x{i}"), &v),
+                app(&mut b, &p2, &format!("y{i}"), &v),
+            ]
+        })
+        .collect();
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    for a in &apps {
+        assert_eq!(outcome(&report, a), "migrated", "{a}");
+    }
+    let s1 = rig.subnet_of(&apps[0]).unwrap();
+    let s2 = rig.subnet_of(&apps[1]).unwrap();
+    assert_ne!(s1, s2);
+    rig.assert_invariants(&report);
+}

@@ -1,0 +1,385 @@
+//! Shared test plumbing, once for every module of the integration-test binary: temporary
+//! directories, the binary as a child process (killed on drop, with no settings inherited from
+//! the environment), the simulator and the Service Bus fake on loopback, ARM clients for them,
+//! the embedded pipeline over a temporary state file, outcome labels, and the fixtures folder.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use vnet_migrate::azure::arm::{ArmClient, ArmConfig, PacerConfig};
+use vnet_migrate::azure::credential::StaticToken;
+use vnet_migrate::azure::servicebus::{ServiceBusClient, StaticBearer};
+use vnet_migrate::azure::ResourceId;
+use vnet_migrate::migration::context::PlanCache;
+use vnet_migrate::migration::invariants;
+use vnet_migrate::pipeline::engine::{Engine, StepContext};
+use vnet_migrate::pipeline::ledger::Ledger;
+use vnet_migrate::pipeline::local::LocalRun;
+use vnet_migrate::pipeline::message::RunId;
+use vnet_migrate::pipeline::runner::RunnerConfig;
+use vnet_migrate::pipeline::sqlite::SqliteStore;
+use vnet_migrate::policy::Policy;
+use vnet_migrate::report::{Performance, Report, TargetReport};
+use vnet_migrate::sim::servicebus::{FakeOptions, ServiceBusFake, ServiceBusServer};
+use vnet_migrate::sim::{Fleet, SimOptions, SimServer, Simulator};
+
+// ---------------------------------------------------------------------------------------
+// Files
+
+/// The recorded payloads the tests read (see `tests/fixtures/README.md`).
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// A path under `tests/fixtures/`.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(FIXTURES).join(rel)
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("vnet-migrate-it-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The binary as a child process
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vnet-migrate");
+
+/// The binary with these arguments. Settings the binary reads from the environment
+/// (`VNET_MIGRATE_*`, `FUNCTIONS_*`, the Service Bus namespace) are not inherited from the
+/// process running the tests: every test passes the ones it means explicitly, so nothing set
+/// elsewhere can leak into a child.
+pub fn bin(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    for (name, _) in std::env::vars_os() {
+        let inherited = name.to_str().is_some_and(|n| {
+            n.starts_with("VNET_MIGRATE_")
+                || n.starts_with("FUNCTIONS_")
+                || n.starts_with("ServiceBusConnection__")
+        });
+        if inherited {
+            c.env_remove(&name);
+        }
+    }
+    c
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves nothing behind.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `vnet-migrate simulate-arm --port 0 ARGS`; returns it and its URL (first stdout line).
+pub fn spawn_simulator(args: &[&str]) -> (ChildGuard, String) {
+    let mut all = vec!["simulate-arm", "--port", "0"];
+    all.extend_from_slice(args);
+    let mut child = bin(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = ChildGuard(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line was {line:?}"))
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    (child, url)
+}
+
+// ---------------------------------------------------------------------------------------
+// Loopback servers
+
+/// 127.0.0.1, any free port.
+pub fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A port on 127.0.0.1 that nobody listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(loopback())
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A listener on 127.0.0.1 and its base URL.
+pub async fn bind_loopback() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    (listener, base)
+}
+
+/// Serves `app` on `listener` until the task is aborted or the runtime ends.
+pub fn spawn_router(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() })
+}
+
+/// The ARM simulator over `fleet`, serving on loopback.
+pub async fn start_sim(fleet: Fleet, options: SimOptions) -> (Simulator, SimServer) {
+    let sim = Simulator::new(fleet, options);
+    let server = sim.serve(loopback()).await.expect("bind loopback");
+    (sim, server)
+}
+
+/// The Service Bus fake on loopback, and a client for `queue` that sends `token`.
+pub async fn start_service_bus(
+    options: FakeOptions,
+    queue: &str,
+    token: &str,
+) -> (ServiceBusServer, ServiceBusClient) {
+    let server = ServiceBusFake::new(options)
+        .listen(loopback())
+        .await
+        .unwrap();
+    let client = ServiceBusClient::new(server.url(), queue, Arc::new(StaticBearer(token.into())));
+    (server, client)
+}
+
+// ---------------------------------------------------------------------------------------
+// ARM clients for loopback
+
+/// The bearer token the tests hand to the simulator, the fake and the binary.
+pub const TEST_TOKEN: &str = "test-token";
+
+/// An ARM client configuration for a server on loopback: backoff and LRO polls in milliseconds.
+pub fn loopback_arm_config(url: &str, scope: Vec<ResourceId>) -> ArmConfig {
+    let mut c = ArmConfig::new(url.to_string(), scope);
+    c.backoff_base = Duration::from_millis(2);
+    c.lro_poll_default = Duration::from_millis(2);
+    c
+}
+
+pub fn arm_client(config: ArmConfig, token: &str) -> ArmClient {
+    ArmClient::new(config, Arc::new(StaticToken::new(token))).unwrap()
+}
+
+/// A client for the simulator at `url`, scoped to `subs`, paced as the simulator's speed-up.
+pub fn arm_for(url: &str, subs: &[String]) -> ArmClient {
+    let scope = subs
+        .iter()
+        .map(|s| ResourceId::subscription_id(s))
+        .collect();
+    let mut c = loopback_arm_config(url, scope);
+    c.request_timeout = Duration::from_secs(10);
+    c.pacer = PacerConfig::default().scaled(1000.0);
+    arm_client(c, TEST_TOKEN)
+}
+
+// ---------------------------------------------------------------------------------------
+// Outcomes and reports
+
+/// An outcome as the report and the README show it: `kind` or `kind:reason`.
+pub fn label(outcome: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(r) => format!("{outcome}:{r}"),
+        None => outcome.to_string(),
+    }
+}
+
+/// The outcome label of one target.
+pub fn outcome(report: &Report, target: &ResourceId) -> String {
+    let t = report
+        .targets
+        .iter()
+        .find(|t| ResourceId::parse(&t.id).unwrap() == *target)
+        .unwrap_or_else(|| panic!("{target} not in report"));
+    label(&t.outcome, t.reason.as_deref())
+}
+
+/// Every target's outcome label, by lowercased resource id.
+pub fn outcomes(report: &Report) -> BTreeMap<String, String> {
+    report
+        .targets
+        .iter()
+        .map(|t| {
+            let id = ResourceId::parse(&t.id).unwrap();
+            (id.key().to_string(), label(&t.outcome, t.reason.as_deref()))
+        })
+        .collect()
+}
+
+/// The report of `run` from a ledger.
+pub async fn report_of(store: &SqliteStore, run: &RunId) -> Report {
+    let records = store.targets(run).await.unwrap();
+    Report::new(run.as_str(), false, &records, Performance::default())
+}
+
+/// A report printed with `--output json`, read back (the fields outcomes and invariants use).
+pub fn report_from_json(v: &Value) -> Report {
+    let targets = v["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| TargetReport {
+            id: t["id"].as_str().unwrap().into(),
+            outcome: t["outcome"].as_str().unwrap().into(),
+            reason: t["reason"].as_str().map(Into::into),
+            subnet: t["subnet"].as_str().map(Into::into),
+            prefix: t["prefix"].as_str().map(Into::into),
+            steps: 0,
+            attempts: 0,
+            duration_seconds: 0.0,
+        })
+        .collect();
+    Report {
+        run: v["run"].as_str().unwrap().into(),
+        dry_run: false,
+        targets,
+        summary: Default::default(),
+        by_reason: Default::default(),
+        performance: Default::default(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The simulator, a client for it and the embedded pipeline
+
+pub struct Rig {
+    pub sim: Simulator,
+    /// Keeps the simulator serving for as long as the rig lives.
+    _server: SimServer,
+    pub arm: ArmClient,
+    pub fleet: Fleet,
+    pub dir: TempDir,
+}
+
+impl Rig {
+    pub async fn start(fleet: Fleet) -> Rig {
+        let (sim, server) = start_sim(fleet.clone(), SimOptions::instant()).await;
+        let arm = arm_for(&server.url(), &invariants::subscriptions(&fleet));
+        Rig {
+            sim,
+            _server: server,
+            arm,
+            fleet,
+            dir: TempDir::new(),
+        }
+    }
+
+    pub fn subscriptions(&self) -> Vec<String> {
+        invariants::subscriptions(&self.fleet)
+    }
+
+    pub fn engine(&self, store: Arc<SqliteStore>, policy: &Policy) -> Engine {
+        Engine::new(StepContext {
+            arm: self.arm.clone(),
+            policy: Arc::new(policy.clone()),
+            ledger: store,
+            plans: PlanCache::default(),
+            time_scale: 1_000_000.0,
+        })
+    }
+
+    /// A run of the whole fleet on the embedded queue at `state`, `in_flight` steps at a time.
+    pub fn local_run(&self, policy: &Policy, state: PathBuf, in_flight: usize) -> LocalRun {
+        LocalRun {
+            arm: self.arm.clone(),
+            policy: Arc::new(policy.clone()),
+            state,
+            subscriptions: self.subscriptions(),
+            apps: Vec::new(),
+            dry_run: false,
+            time_scale: 1_000_000.0,
+            runner: RunnerConfig {
+                max_in_flight: in_flight,
+                per_subscription: in_flight,
+                lease: Duration::from_secs(60),
+            },
+            origin: "test".into(),
+            progress: false,
+        }
+    }
+
+    /// A whole run on the embedded queue; returns the report.
+    pub async fn run(&self, policy: &Policy, state: &str) -> Report {
+        let finished = self
+            .local_run(policy, self.dir.file(state), 8)
+            .execute()
+            .await
+            .unwrap();
+        report_of(&finished.store, &finished.run).await
+    }
+
+    pub fn assert_invariants(&self, report: &Report) {
+        let v = invariants::check(&self.fleet, &self.sim.state(), report);
+        assert!(v.is_empty(), "invariants broken:\n{}", v.join("\n"));
+    }
+
+    /// A resource from the simulator's current state.
+    pub fn resource(&self, id: &ResourceId) -> Option<Value> {
+        self.sim.state().resources.into_iter().find(|r| {
+            r.get("id")
+                .and_then(|v| v.as_str())
+                .and_then(|s| ResourceId::parse(s).ok())
+                .as_ref()
+                == Some(id)
+        })
+    }
+
+    pub fn subnet_of(&self, target: &ResourceId) -> Option<ResourceId> {
+        let r = self.resource(target)?;
+        r.pointer("/properties/virtualNetworkSubnetId")
+            .and_then(|v| v.as_str())
+            .and_then(|s| ResourceId::parse(s).ok())
+    }
+
+    pub fn gateway_connections(&self, target: &ResourceId) -> usize {
+        let prefix = format!("{}/virtualnetworkconnections/", target.key());
+        self.sim
+            .state()
+            .resources
+            .iter()
+            .filter(|r| {
+                r.get("id")
+                    .and_then(|v| v.as_str())
+                    .map(|s| s.to_ascii_lowercase().starts_with(&prefix))
+                    .unwrap_or(false)
+            })
+            .filter(|r| r.pointer("/properties/isSwift").and_then(|v| v.as_bool()) != Some(true))
+            .count()
+    }
+}
