@@ -11,13 +11,14 @@ use vnet_migrate::azure::arm::{ArmClient, ArmConfig, PacerConfig};
 use vnet_migrate::azure::credential::StaticToken;
 use vnet_migrate::azure::models::{AutoscaleSetting, Plan, Site, VirtualNetwork, VnetConnection};
 use vnet_migrate::azure::{ResourceId, ResourceKind};
-use vnet_migrate::migration::invariants;
+use vnet_migrate::migration::local::{migrate_locally, Scope as LocalScope};
 use vnet_migrate::migration::plan::{self, Integration, PlanContext, TargetState};
 use vnet_migrate::pipeline::ledger::Ledger;
 use vnet_migrate::pipeline::local::LocalRun;
 use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
 use vnet_migrate::pipeline::runner::RunnerConfig;
 use vnet_migrate::policy::Policy;
+use vnet_migrate::rehearsal::invariants;
 use vnet_migrate::report::{self, Performance, Report};
 use vnet_migrate::sim::{generate, Fleet, SimOptions, Simulator};
 
@@ -198,21 +199,15 @@ fn main() {
         let arm = ArmClient::new(ArmConfig::new(server.url(), scope).time_compressed(speed), Arc::new(StaticToken::new("bench"))).unwrap();
         let state = std::env::temp_dir().join(format!("vnet-migrate-bench-{}.db", uuid::Uuid::new_v4()));
         let t = Instant::now();
-        let finished = LocalRun {
-            arm,
-            policy: Arc::new(Policy::default()),
+        let local = LocalRun {
             state: state.clone(),
-            subscriptions: subs,
-            apps: Vec::new(),
             dry_run: false,
-            time_scale: speed,
             runner: RunnerConfig { max_in_flight: 256, per_subscription: 64, lease: Duration::from_secs(600) },
             origin: "bench".into(),
             progress: false,
-        }
-        .execute()
-        .await
-        .unwrap();
+        };
+        let scope = LocalScope { arm, policy: Arc::new(Policy::default()), subscriptions: subs, apps: Vec::new(), time_scale: speed };
+        let finished = migrate_locally(local, scope).await.unwrap();
         let makespan = t.elapsed().as_secs_f64();
         let stats = sim.stats();
         let limits = PacerConfig::default().scaled(speed);

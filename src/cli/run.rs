@@ -9,8 +9,7 @@ use clap::Args as ClapArgs;
 
 use super::common::{self, Global, Scope};
 use crate::azure::ResourceId;
-use crate::migration::discover::sites_in_scope;
-use crate::migration::{Migration, StepContext};
+use crate::migration::local::{migrate_locally, Scope as LocalScope};
 use crate::pipeline::local::LocalRun;
 use crate::pipeline::runner::RunnerConfig;
 use crate::report::{self, round3, Performance, Report};
@@ -67,20 +66,21 @@ pub async fn migrate(
         ..RunnerConfig::default()
     };
     let subscription_count = subscriptions.len();
-    let policy = Arc::new(policy);
-    let finished = LocalRun {
+    let local = LocalRun {
         state,
         dry_run,
         runner,
         origin: std::env::args().collect::<Vec<_>>().join(" "),
         progress: global.output == common::OutputFormat::Table,
-    }
-    .execute(
-        sites_in_scope(&arm, &subscriptions, &policy, &apps),
-        |store| {
-            Migration::new(
-                StepContext::new(arm.clone(), policy.clone(), store).time_compressed(time_scale),
-            )
+    };
+    let finished = migrate_locally(
+        local,
+        LocalScope {
+            arm: arm.clone(),
+            policy: Arc::new(policy),
+            subscriptions,
+            apps,
+            time_scale,
         },
     )
     .await?;

@@ -1,12 +1,14 @@
 //! The migration: pure planning (`ipam`, `plan`), the reconciler the pipeline drives
 //! (`context`: [`Migration`], its step context and error policy) with one reconcile function
 //! per step (`discover`, `steps`, `rollback`), the plan-wide decisions it shares
-//! (`plan_cache`), the checks after the cut-over (`health`) and `snapshot` (export a fleet).
+//! (`plan_cache`), the checks after the cut-over (`health`), `snapshot` (export a fleet) and
+//! `local` (a whole migration on one machine).
 
 pub mod context;
 pub mod discover;
 pub mod health;
 pub mod ipam;
+pub mod local;
 pub mod plan;
 pub mod plan_cache;
 pub mod rollback;

@@ -6,7 +6,7 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vnet_migrate::migration::invariants;
+use vnet_migrate::rehearsal::invariants;
 use vnet_migrate::sim::Fleet;
 
 use crate::support::{bin, report_from_json, spawn_simulator, ChildGuard, TempDir};

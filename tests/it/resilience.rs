@@ -10,6 +10,7 @@ use serde_json::Value;
 use vnet_migrate::azure::ResourceId;
 use vnet_migrate::migration::discover::sites_in_scope;
 use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
+use vnet_migrate::pipeline::reason::RollbackReason;
 use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::sim::builder::FleetBuilder;
@@ -93,12 +94,10 @@ async fn every_step_twice_changes_nothing_the_second_time() {
         let after_first = (writes(&rig), normalized(&rig.sim.state()));
         let second = rig_exec(&engine, &msg).await;
         // A write ARM refuses changes nothing, so only a rejected connect may be sent again.
-        let rejected = first.next.iter().any(|o| {
-            o.message
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with("connect-rejected"))
-        });
+        let rejected = first
+            .next
+            .iter()
+            .any(|o| matches!(o.message.reason, Some(RollbackReason::ConnectRejected(_))));
         if !rejected {
             assert_eq!(
                 writes(&rig),
@@ -149,7 +148,7 @@ async fn every_step_twice_changes_nothing_the_second_time() {
 }
 
 async fn rig_exec(
-    engine: &vnet_migrate::pipeline::engine::Engine,
+    engine: &vnet_migrate::pipeline::engine::Engine<vnet_migrate::migration::Migration>,
     msg: &StepMessage,
 ) -> vnet_migrate::pipeline::engine::Executed {
     engine.execute(msg).await
@@ -171,10 +170,7 @@ async fn crash_after_every_arm_write_then_resume_ends_in_the_same_state() {
     for k in 1..=total {
         let rig = Rig::start(fleet()).await;
         let state = rig.dir.file("crash.db");
-        let task = tokio::spawn(
-            rig.local_run(&Policy::default(), state.clone(), 4)
-                .execute(),
-        );
+        let task = tokio::spawn(rig.local_run(&Policy::default(), state.clone(), 4));
         // Stop the runner as soon as the k-th write has reached ARM.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while writes(&rig) < k && !task.is_finished() {
@@ -190,11 +186,7 @@ async fn crash_after_every_arm_write_then_resume_ends_in_the_same_state() {
             Ok(done) => assert!(!done.unwrap().resumed),
             Err(e) => {
                 assert!(e.is_cancelled());
-                let resumed = rig
-                    .local_run(&Policy::default(), state, 4)
-                    .execute()
-                    .await
-                    .unwrap();
+                let resumed = rig.local_run(&Policy::default(), state, 4).await.unwrap();
                 assert!(
                     resumed.resumed,
                     "crash after write {k}: the second run did not resume the first"

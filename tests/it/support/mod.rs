@@ -4,6 +4,7 @@
 //! the embedded pipeline over a temporary state file, outcome labels, and the fixtures folder.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,18 +17,22 @@ use vnet_migrate::azure::arm::{ArmClient, ArmConfig, PacerConfig};
 use vnet_migrate::azure::credential::StaticToken;
 use vnet_migrate::azure::servicebus::{ServiceBusClient, StaticBearer};
 use vnet_migrate::azure::ResourceId;
-use vnet_migrate::migration::context::PlanCache;
-use vnet_migrate::migration::invariants;
-use vnet_migrate::pipeline::engine::{Engine, StepContext};
+use vnet_migrate::migration::local::{migrate_locally, Scope as LocalScope};
+use vnet_migrate::migration::{Migration, StepContext};
+use vnet_migrate::pipeline::engine::Engine;
 use vnet_migrate::pipeline::ledger::Ledger;
-use vnet_migrate::pipeline::local::LocalRun;
+use vnet_migrate::pipeline::local::{Finished, LocalRun, LocalRunError};
 use vnet_migrate::pipeline::message::RunId;
 use vnet_migrate::pipeline::runner::RunnerConfig;
 use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
+use vnet_migrate::rehearsal::invariants;
 use vnet_migrate::report::{Performance, Report, TargetReport};
 use vnet_migrate::sim::servicebus::{FakeOptions, ServiceBusFake, ServiceBusServer};
 use vnet_migrate::sim::{Fleet, SimOptions, SimServer, Simulator};
+
+/// Delays in the embedded runs: the simulator is instant, so nothing waits.
+const TIME_SCALE: f64 = 1_000_000.0;
 
 // ---------------------------------------------------------------------------------------
 // Files
@@ -304,26 +309,23 @@ impl Rig {
         invariants::subscriptions(&self.fleet)
     }
 
-    pub fn engine(&self, store: Arc<SqliteStore>, policy: &Policy) -> Engine {
-        Engine::new(StepContext {
-            arm: self.arm.clone(),
-            policy: Arc::new(policy.clone()),
-            ledger: store,
-            plans: PlanCache::default(),
-            time_scale: 1_000_000.0,
-        })
+    pub fn engine(&self, store: Arc<SqliteStore>, policy: &Policy) -> Engine<Migration> {
+        Engine::new(Migration::new(
+            StepContext::new(self.arm.clone(), Arc::new(policy.clone()), store)
+                .time_compressed(TIME_SCALE),
+        ))
     }
 
     /// A run of the whole fleet on the embedded queue at `state`, `in_flight` steps at a time.
-    pub fn local_run(&self, policy: &Policy, state: PathBuf, in_flight: usize) -> LocalRun {
-        LocalRun {
-            arm: self.arm.clone(),
-            policy: Arc::new(policy.clone()),
+    pub fn local_run(
+        &self,
+        policy: &Policy,
+        state: PathBuf,
+        in_flight: usize,
+    ) -> impl Future<Output = Result<Finished, LocalRunError>> + Send + 'static {
+        let local = LocalRun {
             state,
-            subscriptions: self.subscriptions(),
-            apps: Vec::new(),
             dry_run: false,
-            time_scale: 1_000_000.0,
             runner: RunnerConfig {
                 max_in_flight: in_flight,
                 per_subscription: in_flight,
@@ -331,14 +333,23 @@ impl Rig {
             },
             origin: "test".into(),
             progress: false,
-        }
+        };
+        migrate_locally(
+            local,
+            LocalScope {
+                arm: self.arm.clone(),
+                policy: Arc::new(policy.clone()),
+                subscriptions: self.subscriptions(),
+                apps: Vec::new(),
+                time_scale: TIME_SCALE,
+            },
+        )
     }
 
     /// A whole run on the embedded queue; returns the report.
     pub async fn run(&self, policy: &Policy, state: &str) -> Report {
         let finished = self
             .local_run(policy, self.dir.file(state), 8)
-            .execute()
             .await
             .unwrap();
         report_of(&finished.store, &finished.run).await
