@@ -555,7 +555,7 @@ async fn token_never_appears_in_errors() {
             ArmError::Status { .. } => "status",
             ArmError::Decode { .. } => "decode",
             ArmError::OutOfScope { .. } => "scope",
-            ArmError::Config(_) => "config",
+            ArmError::Config { .. } => "config",
             ArmError::Timeout { .. } => "timeout",
             ArmError::Transport { .. } => "transport",
             _ => "other",
