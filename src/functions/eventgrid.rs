@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::invocation::DecodeError;
+use crate::azure::arm::CLIENT_REQUEST_ID_PREFIX;
 use crate::azure::resource_id::{ResourceId, ResourceKind};
 
 /// Which envelope an event arrived in.
@@ -29,10 +30,6 @@ pub struct EventGridEvent {
     pub event_time: Option<String>,
     pub data: Value,
 }
-
-/// Prefix of the `x-ms-client-request-id` the ARM client stamps on its writes; ARM echoes it in
-/// `data.httpRequest.clientRequestId` (and App Service in `data.clientRequestId`).
-pub const CLIENT_REQUEST_ID_PREFIX: &str = "vnet-migrate-";
 
 const VALIDATION: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
 const ARM_WRITE: &str = "Microsoft.Resources.ResourceWriteSuccess";

@@ -12,7 +12,7 @@ use super::config::bump;
 use super::error::ArmError;
 use super::retry::parse_retry_after;
 use super::url::subscription_of;
-use super::ArmClient;
+use super::{ArmClient, CLIENT_REQUEST_ID_PREFIX};
 use crate::azure::pacer::OpKind;
 
 /// What one HTTP attempt brought back (only the headers we act on).
@@ -30,9 +30,10 @@ impl Resp {
     }
 }
 
-/// `x-ms-client-request-id` of a write: a fresh uuid.
+/// `x-ms-client-request-id` of a write: our prefix and a fresh uuid, so that the Event Grid
+/// events our own writes raise can be told apart (ARM echoes the id in them).
 pub(super) fn client_request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    format!("{CLIENT_REQUEST_ID_PREFIX}{}", uuid::Uuid::new_v4())
 }
 
 impl ArmClient {
@@ -145,10 +146,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn client_request_ids_are_fresh_uuids() {
+    fn client_request_ids_carry_the_prefix_and_a_fresh_uuid() {
         let (a, b) = (client_request_id(), client_request_id());
         assert_ne!(a, b);
-        let uuid = a.as_str();
+        let uuid = a.strip_prefix(CLIENT_REQUEST_ID_PREFIX).unwrap();
         assert_eq!(uuid::Uuid::parse_str(uuid).unwrap().get_version_num(), 4);
         // A header value as it is.
         assert!(HeaderValue::from_str(&a).is_ok());

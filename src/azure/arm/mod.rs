@@ -32,6 +32,12 @@ pub use super::pacer::PacerConfig;
 pub use config::{ArmConfig, ArmMetrics};
 pub use error::ArmError;
 
+/// Prefix of the `x-ms-client-request-id` the client stamps on every write (the prefix and a
+/// fresh uuid). ARM echoes the id in the Event Grid events the write raises
+/// (`data.httpRequest.clientRequestId`; App Service: `data.clientRequestId`), which is how
+/// `on-deploy` recognises, and ignores, the events of our own writes.
+pub const CLIENT_REQUEST_ID_PREFIX: &str = "vnet-migrate-";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deleted {
     Removed,
