@@ -159,9 +159,11 @@ pub fn has_our_request_marker(w: &Writer) -> bool {
         .into_iter()
         .flatten()
         .any(|id| {
-            id.len() >= CLIENT_REQUEST_ID_PREFIX.len()
-                && id[..CLIENT_REQUEST_ID_PREFIX.len()]
-                    .eq_ignore_ascii_case(CLIENT_REQUEST_ID_PREFIX)
+            // Bytes, not a str slice: an id from the event may have a multi-byte character
+            // where the prefix ends.
+            id.as_bytes()
+                .get(..CLIENT_REQUEST_ID_PREFIX.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(CLIENT_REQUEST_ID_PREFIX.as_bytes()))
         })
 }
 
@@ -358,6 +360,21 @@ mod tests {
         let mut ev = arm_write(SITE, "x");
         ev.data["httpRequest"] = json!({"clientRequestId": "vnet-migrate-1234", "method": "PUT"});
         assert!(matches!(classify(&ev, None), EventAction::Ignore(w) if w.contains("marker")));
+    }
+
+    #[test]
+    fn odd_client_request_ids_are_not_ours_and_do_not_panic() {
+        for id in [
+            "vnet-migrat\u{e9}-1",
+            "vnet-migrate\u{e9}1",
+            "vnet-migrate",
+            "",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+        ] {
+            let mut ev = arm_write(SITE, "x");
+            ev.data["httpRequest"] = json!({"clientRequestId": id});
+            assert_eq!(classify(&ev, None), EventAction::Migrate(site()), "{id:?}");
+        }
     }
 
     #[test]
