@@ -9,6 +9,7 @@ pub mod message;
 pub mod outcome;
 pub mod queue;
 pub mod runner;
+pub mod servicebus;
 pub mod sqlite;
 
 pub use message::{RunId, Step, StepMessage};
