@@ -7,14 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use futures::future::BoxFuture;
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, LOCATION};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-
-use crate::pipeline::queue::{Outgoing, QueueError, StepSender};
 
 /// Content type of a batch send.
 pub const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
@@ -118,7 +115,8 @@ pub struct SendMessage {
 }
 
 impl SendMessage {
-    fn broker_properties(&self) -> BrokerProperties {
+    /// The `BrokerProperties` this message is sent with.
+    pub fn broker_properties(&self) -> BrokerProperties {
         BrokerProperties {
             message_id: self.message_id.clone(),
             session_id: self.session_id.clone(),
@@ -126,21 +124,6 @@ impl SendMessage {
             content_type: self.content_type.clone(),
             scheduled_enqueue_time_utc: self.scheduled_enqueue_time.map(rfc1123),
             ..Default::default()
-        }
-    }
-}
-
-impl From<&Outgoing> for SendMessage {
-    fn from(o: &Outgoing) -> Self {
-        let scheduled = (o.visible_at > OffsetDateTime::now_utc()).then_some(o.visible_at);
-        SendMessage {
-            body: o.message.encode(),
-            message_id: Some(o.message.message_id()),
-            session_id: Some(o.message.session_id()),
-            scheduled_enqueue_time: scheduled,
-            content_type: Some("application/json".into()),
-            correlation_id: o.message.trace.clone(),
-            properties: BTreeMap::new(),
         }
     }
 }
@@ -263,6 +246,16 @@ impl ServiceBusClient {
         }
         let resp = self.execute(OP, req, Duration::from_secs(60)).await?;
         expect_status(OP, resp, &[StatusCode::CREATED, StatusCode::OK]).await
+    }
+
+    /// Sends any number of messages the cheapest way: nothing for none, a single send for one,
+    /// batches for more.
+    pub async fn send_messages(&self, msgs: &[SendMessage]) -> Result<(), ServiceBusError> {
+        match msgs {
+            [] => Ok(()),
+            [one] => self.send(one).await,
+            many => self.send_batch(many).await,
+        }
     }
 
     /// Sends several messages, split into batches that fit the entity's size limit. Bodies
@@ -497,22 +490,6 @@ fn application_properties(headers: &HeaderMap) -> BTreeMap<String, String> {
         .collect()
 }
 
-#[async_trait]
-impl StepSender for ServiceBusClient {
-    async fn send(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
-        let msgs: Vec<SendMessage> = messages.iter().map(SendMessage::from).collect();
-        let result = match msgs.as_slice() {
-            [] => Ok(()),
-            [one] => ServiceBusClient::send(self, one).await,
-            many => self.send_batch(many).await,
-        };
-        result.map_err(|e| match e {
-            ServiceBusError::LockLost { .. } => QueueError::LockLost(e.to_string()),
-            e => QueueError::Service(e.to_string()),
-        })
-    }
-}
-
 /// The Service Bus base URL: `VNET_MIGRATE_SERVICEBUS_ENDPOINT` (full override) or
 /// `https://{ServiceBusConnection__fullyQualifiedNamespace}`.
 pub fn endpoint_from_env() -> Result<String, ServiceBusError> {
@@ -561,8 +538,6 @@ pub fn endpoint_from(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::azure::ResourceId;
-    use crate::pipeline::message::{Origin, RunId, Step, StepMessage};
 
     #[test]
     fn rfc1123_round_trips_in_gmt() {
@@ -591,27 +566,5 @@ mod tests {
         );
         assert!(endpoint_from(None, None).is_err());
         assert!(endpoint_from(Some("ftp://x"), None).is_err());
-    }
-
-    #[test]
-    fn step_message_maps_to_broker_properties() {
-        let target = ResourceId::parse(
-            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/App1",
-        )
-        .unwrap();
-        let m = StepMessage::new(RunId("r-1".into()), target, Step::Discover, Origin::Cli);
-        let later = OffsetDateTime::now_utc() + time::Duration::hours(1);
-        let out = Outgoing {
-            message: m.clone(),
-            visible_at: later,
-        };
-        let bp = SendMessage::from(&out).broker_properties();
-        assert_eq!(bp.message_id, Some(m.message_id()));
-        assert_eq!(bp.session_id, Some(m.session_id()));
-        assert_eq!(bp.content_type.as_deref(), Some("application/json"));
-        let sched = parse_rfc1123(bp.scheduled_enqueue_time_utc.as_deref().unwrap()).unwrap();
-        assert_eq!(sched.unix_timestamp(), later.unix_timestamp());
-        let now = SendMessage::from(&Outgoing::now(m)).broker_properties();
-        assert_eq!(now.scheduled_enqueue_time_utc, None);
     }
 }

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::invocation::DecodeError;
+use crate::azure::arm::CLIENT_REQUEST_ID_PREFIX;
 use crate::azure::resource_id::{ResourceId, ResourceKind};
 
 /// Which envelope an event arrived in.
@@ -29,10 +30,6 @@ pub struct EventGridEvent {
     pub event_time: Option<String>,
     pub data: Value,
 }
-
-/// Prefix of the `x-ms-client-request-id` the ARM client stamps on its writes; ARM echoes it in
-/// `data.httpRequest.clientRequestId` (and App Service in `data.clientRequestId`).
-pub const CLIENT_REQUEST_ID_PREFIX: &str = "vnet-migrate-";
 
 const VALIDATION: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
 const ARM_WRITE: &str = "Microsoft.Resources.ResourceWriteSuccess";
@@ -162,9 +159,11 @@ pub fn has_our_request_marker(w: &Writer) -> bool {
         .into_iter()
         .flatten()
         .any(|id| {
-            id.len() >= CLIENT_REQUEST_ID_PREFIX.len()
-                && id[..CLIENT_REQUEST_ID_PREFIX.len()]
-                    .eq_ignore_ascii_case(CLIENT_REQUEST_ID_PREFIX)
+            // Bytes, not a str slice: an id from the event may have a multi-byte character
+            // where the prefix ends.
+            id.as_bytes()
+                .get(..CLIENT_REQUEST_ID_PREFIX.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(CLIENT_REQUEST_ID_PREFIX.as_bytes()))
         })
 }
 
@@ -361,6 +360,21 @@ mod tests {
         let mut ev = arm_write(SITE, "x");
         ev.data["httpRequest"] = json!({"clientRequestId": "vnet-migrate-1234", "method": "PUT"});
         assert!(matches!(classify(&ev, None), EventAction::Ignore(w) if w.contains("marker")));
+    }
+
+    #[test]
+    fn odd_client_request_ids_are_not_ours_and_do_not_panic() {
+        for id in [
+            "vnet-migrat\u{e9}-1",
+            "vnet-migrate\u{e9}1",
+            "vnet-migrate",
+            "",
+            "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}",
+        ] {
+            let mut ev = arm_write(SITE, "x");
+            ev.data["httpRequest"] = json!({"clientRequestId": id});
+            assert_eq!(classify(&ev, None), EventAction::Migrate(site()), "{id:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod queue;
 pub mod reason;
 pub mod reconciler;
 pub mod runner;
+pub mod servicebus;
 pub mod sqlite;
 
 pub use message::{RunId, Step, StepMessage};

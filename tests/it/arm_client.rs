@@ -9,7 +9,9 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::Router;
 use serde_json::{json, Value};
-use vnet_migrate::azure::arm::{ArmClient, ArmConfig, ArmError, Deleted, PacerConfig};
+use vnet_migrate::azure::arm::{
+    ArmClient, ArmConfig, ArmError, Deleted, PacerConfig, CLIENT_REQUEST_ID_PREFIX,
+};
 use vnet_migrate::azure::pacer::OpKind;
 use vnet_migrate::azure::ResourceId;
 
@@ -190,6 +192,7 @@ async fn patch_202_azure_async_operation_then_get() {
     assert_eq!(methods, ["PATCH", "GET", "GET", "GET"]);
     let patch = &reqs[0];
     let rid = patch.headers["x-ms-client-request-id"].to_str().unwrap();
+    let rid = rid.strip_prefix(CLIENT_REQUEST_ID_PREFIX).unwrap();
     assert_eq!(uuid::Uuid::parse_str(rid).unwrap().get_version_num(), 4);
     assert_eq!(serde_json::from_str::<Value>(&patch.body).unwrap(), body);
     assert_eq!(arm.metrics().lro_polls, 2);
@@ -549,7 +552,7 @@ async fn token_never_appears_in_errors() {
             ArmError::Status { .. } => "status",
             ArmError::Decode { .. } => "decode",
             ArmError::OutOfScope { .. } => "scope",
-            ArmError::Config(_) => "config",
+            ArmError::Config { .. } => "config",
             ArmError::Timeout { .. } => "timeout",
             ArmError::Transport { .. } => "transport",
             _ => "other",
@@ -626,6 +629,7 @@ async fn last_ambiguous_failure_is_still_checked_by_a_reread() {
     assert_eq!(methods, ["DELETE", "GET", "POST"]);
     for r in reqs.iter().filter(|r| r.method != "GET") {
         let rid = r.headers["x-ms-client-request-id"].to_str().unwrap();
+        let rid = rid.strip_prefix(CLIENT_REQUEST_ID_PREFIX).unwrap();
         assert!(uuid::Uuid::parse_str(rid).is_ok());
     }
 }

@@ -8,6 +8,7 @@ mod arm_client;
 mod cli;
 mod functions_decode;
 mod functions_host;
+mod loop_prevention;
 mod resilience;
 mod scenarios;
 mod servicebus;
