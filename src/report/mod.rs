@@ -194,6 +194,11 @@ pub fn write_bound_seconds(
         .fold(0.0, f64::max)
 }
 
+/// Figures are reported to the millisecond.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,9 +212,4 @@ mod tests {
         );
         assert_eq!(write_bound_seconds([], &l), 0.0);
     }
-}
-
-/// Figures are reported to the millisecond.
-pub fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
