@@ -6,6 +6,7 @@
 //!   ARM client (long-running operations, retries, throttling pacer, scope guard), credentials
 //!   and the Service Bus REST client.
 //! - `policy`: the rollout policy file (scope, subnet naming and size, routing, rollback).
+//! - `error`: showing an error and its causes on one line.
 //! - `fleet`: the fleet file (ARM resources as ARM returns them), written by `snapshot` and
 //!   read by the simulator.
 //! - `pipeline`: the runtime, which knows nothing of the domain: the versioned step message
@@ -27,6 +28,7 @@
 
 pub mod azure;
 pub mod cli;
+pub mod error;
 pub mod fleet;
 pub mod functions;
 pub mod migration;

@@ -86,8 +86,8 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line, with the cause chain: what went wrong and what to do.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", crate::error::Chain(e));
             // Parked targets return exit 1 as a report, not an error: errors are bad input.
             ExitCode::from(2)
         }

@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use super::message::{GatewaySnapshot, RunId, Step};
 use super::outcome::Outcome;
 use crate::azure::ResourceId;
+use crate::error::{BoxError, Suffix};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -80,10 +81,22 @@ pub struct StepLogEntry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("ledger storage error: {0}")]
-    Storage(String),
-    #[error("ledger setting {0}")]
-    Config(String),
+    #[error("ledger storage error: {message}{}", Suffix(.source))]
+    Storage {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl LedgerError {
+    /// A storage failure: what we were doing, and the error underneath (if any).
+    pub fn storage(message: impl Into<String>, source: Option<BoxError>) -> Self {
+        LedgerError::Storage {
+            message: message.into(),
+            source,
+        }
+    }
 }
 
 #[async_trait]

@@ -23,8 +23,14 @@ use crate::azure::ResourceId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalRunError {
-    #[error("{0}")]
-    State(String),
+    #[error("cannot create the lock file {path}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is in use by another vnet-migrate process")]
+    InUse { path: String },
     #[error(transparent)]
     Queue(#[from] super::queue::QueueError),
     #[error(transparent)]
@@ -51,19 +57,20 @@ pub struct Finished {
 
 /// Holds `{state}.lock` for the life of the run: one runner per state file, so leases left by
 /// a crashed runner can be released at start.
-struct StateLock(#[allow(dead_code)] File);
+struct StateLock {
+    _held: File,
+}
 
 fn lock_state(state: &Path) -> Result<StateLock, LocalRunError> {
     let path = PathBuf::from(format!("{}.lock", state.display()));
-    let f = File::create(&path)
-        .map_err(|e| LocalRunError::State(format!("cannot create {}: {e}", path.display())))?;
-    f.try_lock().map_err(|_| {
-        LocalRunError::State(format!(
-            "{} is in use by another vnet-migrate process",
-            state.display()
-        ))
+    let f = File::create(&path).map_err(|source| LocalRunError::Lock {
+        path: path.display().to_string(),
+        source,
     })?;
-    Ok(StateLock(f))
+    f.try_lock().map_err(|_| LocalRunError::InUse {
+        path: state.display().to_string(),
+    })?;
+    Ok(StateLock { _held: f })
 }
 
 impl LocalRun {

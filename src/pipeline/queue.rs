@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::message::StepMessage;
+use crate::error::{BoxError, Suffix};
 
 /// A message to enqueue, visible from `visible_at` (Service Bus `ScheduledEnqueueTimeUtc`).
 #[derive(Debug, Clone, PartialEq)]
@@ -24,12 +25,26 @@ impl Outgoing {
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("queue storage error: {0}")]
-    Storage(String),
+    #[error("queue storage error: {message}{}", Suffix(.source))]
+    Storage {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     #[error("queue service error: {0}")]
-    Service(String),
+    Service(#[source] BoxError),
     #[error("message lock lost or already settled: {0}")]
     LockLost(String),
+}
+
+impl QueueError {
+    /// A storage failure: what we were doing, and the error underneath (if any).
+    pub fn storage(message: impl Into<String>, source: Option<BoxError>) -> Self {
+        QueueError::Storage {
+            message: message.into(),
+            source,
+        }
+    }
 }
 
 /// Sends next steps. Duplicate MessageIds are dropped by the queue (duplicate detection), so

@@ -132,7 +132,7 @@ impl<R: Reconciler> Runner<R> {
                         Ok(Ok(true)) => stats.steps += 1,
                         Ok(Ok(false)) => stats.dead_lettered += 1,
                         Ok(Err(e)) => return Err(e),
-                        Err(join) => return Err(QueueError::Storage(format!("worker panicked: {join}"))),
+                        Err(join) => return Err(QueueError::storage("a worker panicked", Some(Box::new(join)))),
                     }
                 }
                 _ = wake.notified() => {}

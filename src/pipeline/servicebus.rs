@@ -29,7 +29,7 @@ pub fn send_message(o: &Outgoing) -> SendMessage {
 fn queue_error(e: ServiceBusError) -> QueueError {
     match e {
         ServiceBusError::LockLost { .. } => QueueError::LockLost(e.to_string()),
-        e => QueueError::Service(e.to_string()),
+        e => QueueError::Service(Box::new(e)),
     }
 }
 

@@ -2,11 +2,11 @@
 //! ambiguous (the write may have happened: re-read), or final.
 
 use std::error::Error;
-use std::fmt;
 
 use reqwest::Method;
 
 use crate::azure::credential::CredentialError;
+use crate::error::{Chain, Suffix};
 
 /// No variant's text ever contains the bearer token: it is sent in a header, and neither the
 /// URLs nor the underlying errors kept here carry headers.
@@ -124,33 +124,6 @@ pub(super) fn is_ambiguous(e: &ArmError) -> bool {
 
 pub(super) fn is_transient_status(status: u16) -> bool {
     matches!(status, 408 | 429) || ((500..600).contains(&status) && status != 501)
-}
-
-/// An error followed by its sources, `: `-separated.
-struct Chain<'a>(&'a (dyn Error + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
-}
-
-/// `: {source}` when there is one.
-struct Suffix<'a>(&'a Option<Box<dyn Error + Send + Sync>>);
-
-impl fmt::Display for Suffix<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(e) => write!(f, ": {e}"),
-            None => Ok(()),
-        }
-    }
 }
 
 #[cfg(test)]

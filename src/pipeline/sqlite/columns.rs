@@ -163,12 +163,16 @@ impl<'a, 'r> LedgerRow<'a, 'r> {
 
     pub(super) fn get<T: FromSql>(&self, column: &str) -> Result<T, LedgerError> {
         self.row.get(column).map_err(|e| {
-            LedgerError::Storage(format!(
-                "corrupt ledger: {} row ({}) column {column}: {}",
-                self.table,
-                self.label(),
-                cause(&e)
-            ))
+            // The readable part of rusqlite's error is the message; nothing else is kept.
+            LedgerError::storage(
+                format!(
+                    "corrupt ledger: {} row ({}) column {column}: {}",
+                    self.table,
+                    self.label(),
+                    cause(&e)
+                ),
+                None,
+            )
         })
     }
 

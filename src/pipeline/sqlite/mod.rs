@@ -35,12 +35,12 @@ pub struct SqliteStore {
     pub max_delivery_count: u32,
 }
 
-fn storage<E: std::fmt::Display>(e: E) -> QueueError {
-    QueueError::Storage(e.to_string())
+fn storage(e: rusqlite::Error) -> QueueError {
+    QueueError::storage("SQLite", Some(Box::new(e)))
 }
 
-fn lstorage<E: std::fmt::Display>(e: E) -> LedgerError {
-    LedgerError::Storage(e.to_string())
+fn lstorage(e: rusqlite::Error) -> LedgerError {
+    LedgerError::storage("SQLite", Some(Box::new(e)))
 }
 
 const SCHEMA: &str = "
@@ -82,14 +82,20 @@ CREATE INDEX IF NOT EXISTS step_log_target ON step_log(run, target_key);
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, QueueError> {
         let conn = Connection::open(path).map_err(|e| {
-            QueueError::Storage(format!("cannot open state file {}: {e}", path.display()))
+            QueueError::storage(
+                format!("cannot open state file {}", path.display()),
+                Some(Box::new(e)),
+            )
         })?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(storage)?;
         conn.execute_batch(SCHEMA).map_err(|e| {
-            QueueError::Storage(format!(
-                "state file {} is not a vnet-migrate state file: {e}",
-                path.display()
-            ))
+            QueueError::storage(
+                format!(
+                    "state file {} is not a vnet-migrate state file",
+                    path.display()
+                ),
+                Some(Box::new(e)),
+            )
         })?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),

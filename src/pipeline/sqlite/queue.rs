@@ -175,7 +175,8 @@ impl SqliteStore {
             .map_err(storage)?;
             Self::insert(tx, next)?;
             if let Some(r) = record {
-                record_tx(tx, r).map_err(storage)?;
+                record_tx(tx, r)
+                    .map_err(|e| QueueError::storage("recording the step", Some(Box::new(e))))?;
             }
             Ok(())
         })
