@@ -4,11 +4,11 @@ use std::error::Error;
 use std::fmt;
 
 /// A cause kept as the source of one of our errors.
-pub type BoxError = Box<dyn Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn Error + Send + Sync>;
 
 /// Displays an error followed by each of its sources (`: cause`), skipping a source whose text
 /// the line already holds (errors whose own text includes their source's).
-pub struct Chain<'a>(pub &'a (dyn Error + 'static));
+pub(crate) struct Chain<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -27,7 +27,7 @@ impl fmt::Display for Chain<'_> {
 }
 
 /// `: {source}` when there is one.
-pub struct Suffix<'a>(pub &'a Option<BoxError>);
+pub(crate) struct Suffix<'a>(pub &'a Option<BoxError>);
 
 impl fmt::Display for Suffix<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

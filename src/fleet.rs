@@ -12,7 +12,7 @@ pub struct Fleet {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum FleetError {
+pub(crate) enum FleetError {
     #[error("cannot read fleet file {path}")]
     Io {
         path: String,
@@ -32,7 +32,7 @@ pub enum FleetError {
 }
 
 impl Fleet {
-    pub fn load(path: &Path) -> Result<Self, FleetError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, FleetError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| FleetError::Io {
             path: p.clone(),

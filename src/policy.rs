@@ -12,7 +12,6 @@ use std::path::Path;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
-use time::{OffsetDateTime, Weekday};
 
 use crate::azure::resource_id::{ResourceId, ResourceKind};
 
@@ -40,23 +39,23 @@ fn field_err(field: &str, message: impl Into<String>) -> PolicyError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Policy {
-    pub scope: Scope,
+    pub(crate) scope: Scope,
     /// Wave sizes, canary first; targets left over after the last wave form one more wave.
-    pub waves: Vec<WaveSize>,
-    pub concurrency: Concurrency,
+    pub(crate) waves: Vec<WaveSize>,
+    pub(crate) concurrency: Concurrency,
     /// Wait after a wave before its gates are judged and the next wave starts.
-    pub bake_minutes: u32,
-    pub gates: Gates,
+    pub(crate) bake_minutes: u32,
+    pub(crate) gates: Gates,
     /// Maintenance windows; a target matching no window's tags may run at any time.
-    pub windows: Vec<Window>,
-    pub subnet: SubnetPolicy,
-    pub routing: Routing,
-    pub rollback: RollbackMode,
+    pub(crate) windows: Vec<Window>,
+    pub(crate) subnet: SubnetPolicy,
+    pub(crate) routing: Routing,
+    pub(crate) rollback: RollbackMode,
     /// Step attempts (each with in-step retries) before a target is parked.
-    pub max_attempts: u32,
-    pub on_deploy: OnDeploy,
+    pub(crate) max_attempts: u32,
+    pub(crate) on_deploy: OnDeploy,
     /// Delay between configure and verify, so the app has restarted on the new network.
-    pub settle_seconds: u64,
+    pub(crate) settle_seconds: u64,
 }
 
 impl Default for Policy {
@@ -80,20 +79,20 @@ impl Default for Policy {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Scope {
+pub(crate) struct Scope {
     /// Subscription ids; empty = every subscription the run was given.
     pub subscriptions: Vec<String>,
     /// Resource group names, or resource group ids when a name is ambiguous across subscriptions.
-    pub resource_groups: Vec<String>,
+    pub(crate) resource_groups: Vec<String>,
     /// Every tag listed must be present with this value (tag names compare case-insensitively).
-    pub tags: BTreeMap<String, String>,
+    pub(crate) tags: BTreeMap<String, String>,
     /// Ids left out, with everything below them (a site excludes its slots).
-    pub exclude: Vec<ResourceId>,
+    pub(crate) exclude: Vec<ResourceId>,
 }
 
 impl Scope {
     /// Whether a target (site or slot) with these tags is in scope.
-    pub fn includes(&self, id: &ResourceId, tags: Option<&Map<String, Value>>) -> bool {
+    pub(crate) fn includes(&self, id: &ResourceId, tags: Option<&Map<String, Value>>) -> bool {
         let sub_ok = self.subscriptions.is_empty()
             || self
                 .subscriptions
@@ -116,7 +115,10 @@ impl Scope {
 }
 
 /// Every required tag is present with the same value; tag names are case-insensitive in ARM.
-pub fn tags_match(required: &BTreeMap<String, String>, tags: Option<&Map<String, Value>>) -> bool {
+pub(crate) fn tags_match(
+    required: &BTreeMap<String, String>,
+    tags: Option<&Map<String, Value>>,
+) -> bool {
     required.iter().all(|(k, v)| {
         tags.into_iter()
             .flatten()
@@ -126,19 +128,9 @@ pub fn tags_match(required: &BTreeMap<String, String>, tags: Option<&Map<String,
 
 /// A wave size: a number of targets (`5`) or a share of the targets in scope (`"10%"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WaveSize {
+pub(crate) enum WaveSize {
     Count(u32),
     Percent(u32),
-}
-
-impl WaveSize {
-    /// Targets in this wave out of `total` in scope; a percentage rounds up so it is never 0.
-    pub fn targets(&self, total: u32) -> u32 {
-        match *self {
-            WaveSize::Count(n) => n.min(total),
-            WaveSize::Percent(p) => (u64::from(total) * u64::from(p)).div_ceil(100) as u32,
-        }
-    }
 }
 
 impl Serialize for WaveSize {
@@ -181,10 +173,10 @@ impl<'de> Deserialize<'de> for WaveSize {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Concurrency {
-    pub per_subscription: u32,
+pub(crate) struct Concurrency {
+    pub(crate) per_subscription: u32,
     /// Targets migrating at once per destination VNet (subnet writes are serialised anyway).
-    pub per_vnet: u32,
+    pub(crate) per_vnet: u32,
 }
 
 impl Default for Concurrency {
@@ -198,12 +190,12 @@ impl Default for Concurrency {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Gates {
+pub(crate) struct Gates {
     /// Share of a wave's targets (0–1) that may fail before the rollout pauses.
-    pub max_failure_rate: f64,
-    pub key_vault_references_must_resolve: bool,
+    pub(crate) max_failure_rate: f64,
+    pub(crate) key_vault_references_must_resolve: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub probe: Option<Probe>,
+    pub(crate) probe: Option<Probe>,
 }
 
 impl Default for Gates {
@@ -219,9 +211,9 @@ impl Default for Gates {
 /// An HTTP GET of the app's own host name after migration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Probe {
-    pub path: String,
-    pub expected_status: u16,
+pub(crate) struct Probe {
+    pub(crate) path: String,
+    pub(crate) expected_status: u16,
 }
 
 impl Default for Probe {
@@ -235,7 +227,7 @@ impl Default for Probe {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Day {
+pub(crate) enum Day {
     Mon,
     Tue,
     Wed,
@@ -245,29 +237,15 @@ pub enum Day {
     Sun,
 }
 
-impl Day {
-    fn of(w: Weekday) -> Day {
-        match w {
-            Weekday::Monday => Day::Mon,
-            Weekday::Tuesday => Day::Tue,
-            Weekday::Wednesday => Day::Wed,
-            Weekday::Thursday => Day::Thu,
-            Weekday::Friday => Day::Fri,
-            Weekday::Saturday => Day::Sat,
-            Weekday::Sunday => Day::Sun,
-        }
-    }
-}
-
 /// Allowed UTC hours `[startHour, endHour)` on `days` (empty = every day) for targets carrying
 /// `tags` (empty = every target). `endHour <= startHour` spans midnight into the next day.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Window {
-    pub days: Vec<Day>,
-    pub start_hour: u8,
-    pub end_hour: u8,
-    pub tags: BTreeMap<String, String>,
+pub(crate) struct Window {
+    pub(crate) days: Vec<Day>,
+    pub(crate) start_hour: u8,
+    pub(crate) end_hour: u8,
+    pub(crate) tags: BTreeMap<String, String>,
 }
 
 impl Default for Window {
@@ -281,42 +259,23 @@ impl Default for Window {
     }
 }
 
-impl Window {
-    fn day_listed(&self, d: Day) -> bool {
-        self.days.is_empty() || self.days.contains(&d)
-    }
-
-    /// Whether the UTC instant lies inside this window.
-    pub fn contains(&self, at: OffsetDateTime) -> bool {
-        let at = at.to_offset(time::UtcOffset::UTC);
-        let hour = at.hour();
-        let today = Day::of(at.weekday());
-        if self.start_hour < self.end_hour {
-            return self.day_listed(today) && hour >= self.start_hour && hour < self.end_hour;
-        }
-        let yesterday = Day::of(at.weekday().previous());
-        (self.day_listed(today) && hour >= self.start_hour)
-            || (self.day_listed(yesterday) && hour < self.end_hour)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct SubnetPolicy {
+pub(crate) struct SubnetPolicy {
     /// Name of a plan's new subnet; `{plan}` is replaced by the plan name.
-    pub name_pattern: String,
+    pub(crate) name_pattern: String,
     /// Prefix length used for a new subnet when space allows and it is larger than required.
-    pub preferred_prefix: u8,
+    pub(crate) preferred_prefix: u8,
     /// Reuse empty subnets of other names (otherwise only the pattern's name or a linked one).
-    pub reuse_empty_subnets: bool,
+    pub(crate) reuse_empty_subnets: bool,
     /// Multi-plan subnet join: plans of one subscription and region share one subnet.
-    pub shared_across_plans: bool,
+    pub(crate) shared_across_plans: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub network_security_group_id: Option<ResourceId>,
+    pub(crate) network_security_group_id: Option<ResourceId>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub route_table_id: Option<ResourceId>,
+    pub(crate) route_table_id: Option<ResourceId>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub nat_gateway_id: Option<ResourceId>,
+    pub(crate) nat_gateway_id: Option<ResourceId>,
 }
 
 impl Default for SubnetPolicy {
@@ -335,11 +294,11 @@ impl Default for SubnetPolicy {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct Routing {
-    pub all_traffic: bool,
-    pub image_pull: bool,
-    pub content_share: bool,
-    pub backup_restore: bool,
+pub(crate) struct Routing {
+    pub(crate) all_traffic: bool,
+    pub(crate) image_pull: bool,
+    pub(crate) content_share: bool,
+    pub(crate) backup_restore: bool,
 }
 
 impl Default for Routing {
@@ -355,7 +314,7 @@ impl Default for Routing {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RollbackMode {
+pub(crate) enum RollbackMode {
     /// Restore the gateway connection automatically.
     Auto,
     /// Leave the target for an operator.
@@ -364,7 +323,7 @@ pub enum RollbackMode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum OnDeploy {
+pub(crate) enum OnDeploy {
     Migrate,
     PlanOnly,
     Ignore,
@@ -399,7 +358,7 @@ impl Policy {
     }
 
     /// Reads and validates a policy file; a missing file is an error.
-    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    pub(crate) fn load(path: &Path) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
             path: path.display().to_string(),
             source,
@@ -409,7 +368,7 @@ impl Policy {
 
     /// Like [`Policy::load`], but a file that does not exist means the defaults (the
     /// `VNET_MIGRATE_POLICY` default path need not exist).
-    pub fn load_or_default(path: &Path) -> Result<Policy, PolicyError> {
+    pub(crate) fn load_or_default(path: &Path) -> Result<Policy, PolicyError> {
         match std::fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Policy::default()),
             _ => Self::load(path),
@@ -417,22 +376,12 @@ impl Policy {
     }
 
     /// The name of the plan's own integration subnet.
-    pub fn subnet_name(&self, plan_name: &str) -> String {
+    pub(crate) fn subnet_name(&self, plan_name: &str) -> String {
         self.subnet.name_pattern.replace("{plan}", plan_name)
     }
 
-    /// Whether a target with these tags may run at `at` (UTC maintenance windows).
-    pub fn window_allows(&self, tags: Option<&Map<String, Value>>, at: OffsetDateTime) -> bool {
-        let applicable: Vec<&Window> = self
-            .windows
-            .iter()
-            .filter(|w| tags_match(&w.tags, tags))
-            .collect();
-        applicable.is_empty() || applicable.iter().any(|w| w.contains(at))
-    }
-
     /// Range and format checks serde cannot express; the first failure is returned.
-    pub fn validate(&self) -> Result<(), PolicyError> {
+    pub(crate) fn validate(&self) -> Result<(), PolicyError> {
         for (i, s) in self.scope.subscriptions.iter().enumerate() {
             if s.trim().is_empty() || s.contains('/') {
                 return Err(field_err(
@@ -809,30 +758,6 @@ mod tests {
         let by_rg_id = id("/subscriptions/s/resourceGroups/rg2/providers/Microsoft.Web/sites/b");
         assert!(s.includes(&by_rg_id, tags));
         assert!(Scope::default().includes(&kept, None));
-    }
-
-    #[test]
-    fn windows_and_waves() {
-        let p = full();
-        let tags = json!({"env": "prod"});
-        let sat_23 = time::macros::datetime!(2026-11-21 23:00 UTC);
-        let sun_05 = time::macros::datetime!(2026-11-22 05:59 UTC);
-        let mon_05 = time::macros::datetime!(2026-11-23 05:00 UTC);
-        let sat_12 = time::macros::datetime!(2026-11-21 12:00 UTC);
-        assert!(p.window_allows(tags.as_object(), sat_23));
-        assert!(p.window_allows(tags.as_object(), sun_05));
-        assert!(
-            p.window_allows(tags.as_object(), mon_05),
-            "Sunday night spans into Monday"
-        );
-        assert!(!p.window_allows(tags.as_object(), sat_12));
-        assert!(
-            p.window_allows(None, sat_12),
-            "no window applies to untagged targets"
-        );
-        assert_eq!(WaveSize::Percent(10).targets(95), 10);
-        assert_eq!(WaveSize::Percent(1).targets(5), 1);
-        assert_eq!(WaveSize::Count(50).targets(7), 7);
     }
 
     fn resolve<'a>(schema: &'a Value, node: &'a Value) -> &'a Value {

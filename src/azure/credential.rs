@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 /// Environment variable holding the token for [`CredentialKind::Static`].
-pub const STATIC_TOKEN_ENV: &str = "VNET_MIGRATE_STATIC_TOKEN";
+pub(crate) const STATIC_TOKEN_ENV: &str = "VNET_MIGRATE_STATIC_TOKEN";
 
 /// Refresh cached tokens this long before they expire, so a token never lapses mid-request.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -36,11 +36,11 @@ pub enum CredentialError {
 pub struct AccessToken(String);
 
 impl AccessToken {
-    pub fn new(secret: impl Into<String>) -> Self {
+    pub(crate) fn new(secret: impl Into<String>) -> Self {
         Self(secret.into())
     }
 
-    pub fn secret(&self) -> &str {
+    pub(crate) fn secret(&self) -> &str {
         &self.0
     }
 }
@@ -63,7 +63,7 @@ pub trait TokenSource: Send + Sync {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialKind {
+pub(crate) enum CredentialKind {
     ManagedIdentity,
     WorkloadIdentity,
     AzureCli,
@@ -72,7 +72,7 @@ pub enum CredentialKind {
 }
 
 impl CredentialKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::ManagedIdentity => "managed-identity",
             Self::WorkloadIdentity => "workload-identity",
@@ -121,7 +121,7 @@ impl TokenSource for StaticToken {
 
 /// Builds the token source named by the settings. `endpoints` are every base URL the token will
 /// be sent to; the static token is refused unless all of them are loopback.
-pub fn credential_from_settings(
+pub(crate) fn credential_from_settings(
     kind: CredentialKind,
     scope: &str,
     endpoints: &[&str],
@@ -183,7 +183,7 @@ fn static_for_endpoints(
 }
 
 /// True for URLs whose host is 127.0.0.0/8, ::1 or `localhost`.
-pub fn is_loopback_endpoint(endpoint: &str) -> bool {
+pub(crate) fn is_loopback_endpoint(endpoint: &str) -> bool {
     let Ok(url) = reqwest::Url::parse(endpoint) else {
         return false;
     };

@@ -4,7 +4,7 @@ pub mod arm;
 pub mod credential;
 pub mod models;
 pub mod pacer;
-pub mod resource_id;
+pub(crate) mod resource_id;
 pub mod servicebus;
 
 pub use resource_id::{ResourceId, ResourceIdError, ResourceKind};

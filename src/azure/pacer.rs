@@ -71,7 +71,7 @@ fn sane(v: f64, min: f64) -> f64 {
 
 /// One token bucket. Time is passed in, so the maths is testable with a fake clock.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     capacity: f64,
     rate: f64,
     tokens: f64,
@@ -80,7 +80,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(capacity: f64, rate: f64, now: Instant) -> Self {
+    pub(crate) fn new(capacity: f64, rate: f64, now: Instant) -> Self {
         Self {
             capacity,
             rate,
@@ -99,7 +99,7 @@ impl TokenBucket {
     }
 
     /// Takes one token, or says how long to wait before trying again.
-    pub fn try_acquire(&mut self, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn try_acquire(&mut self, now: Instant) -> Result<(), Duration> {
         if now < self.updated {
             return Err(self.updated - now + self.time_for_one_token());
         }
@@ -117,7 +117,7 @@ impl TokenBucket {
     }
 
     /// The server says only `remaining` requests are left: lower our estimate (never raise it).
-    pub fn observe_remaining(&mut self, remaining: f64, now: Instant) {
+    pub(crate) fn observe_remaining(&mut self, remaining: f64, now: Instant) {
         self.refill(now);
         if remaining < self.tokens {
             self.tokens = remaining.max(0.0);
@@ -125,7 +125,7 @@ impl TokenBucket {
     }
 
     /// Empty the bucket and start refilling only after `period` (a 429's `Retry-After`).
-    pub fn drain(&mut self, period: Duration, now: Instant) {
+    pub(crate) fn drain(&mut self, period: Duration, now: Instant) {
         self.refill(now);
         self.tokens = 0.0;
         let until = now + period;
@@ -135,7 +135,7 @@ impl TokenBucket {
     }
 
     /// Tokens available at `now` (0 while drained).
-    pub fn available(&self, now: Instant) -> f64 {
+    pub(crate) fn available(&self, now: Instant) -> f64 {
         let dt = now.saturating_duration_since(self.updated).as_secs_f64();
         (self.tokens + dt * self.rate).min(self.capacity)
     }
@@ -149,7 +149,7 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    pub fn new(config: PacerConfig) -> Self {
+    pub(crate) fn new(config: PacerConfig) -> Self {
         Self {
             config,
             buckets: Mutex::new(HashMap::new()),
@@ -174,7 +174,7 @@ impl Pacer {
     }
 
     /// Waits (asynchronously) until a token is available, then takes it.
-    pub async fn acquire(&self, subscription: &str, kind: OpKind) {
+    pub(crate) async fn acquire(&self, subscription: &str, kind: OpKind) {
         loop {
             let now = Instant::now();
             match self.with_bucket(subscription, kind, now, |b| b.try_acquire(now)) {
@@ -184,14 +184,14 @@ impl Pacer {
         }
     }
 
-    pub fn observe_remaining(&self, subscription: &str, kind: OpKind, remaining: f64) {
+    pub(crate) fn observe_remaining(&self, subscription: &str, kind: OpKind, remaining: f64) {
         let now = Instant::now();
         self.with_bucket(subscription, kind, now, |b| {
             b.observe_remaining(remaining, now)
         });
     }
 
-    pub fn throttled(&self, subscription: &str, kind: OpKind, retry_after: Duration) {
+    pub(crate) fn throttled(&self, subscription: &str, kind: OpKind, retry_after: Duration) {
         let now = Instant::now();
         self.with_bucket(subscription, kind, now, |b| b.drain(retry_after, now));
     }

@@ -11,8 +11,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid ARM resource id {id:?}: {why}")]
 pub struct ResourceIdError {
-    pub id: String,
-    pub why: &'static str,
+    pub(crate) id: String,
+    pub(crate) why: &'static str,
 }
 
 /// A parsed ARM resource id such as
@@ -124,16 +124,16 @@ impl ResourceId {
         &self.subscription
     }
 
-    pub fn resource_group(&self) -> Option<&str> {
+    pub(crate) fn resource_group(&self) -> Option<&str> {
         self.resource_group.as_deref()
     }
 
-    pub fn provider(&self) -> Option<&str> {
+    pub(crate) fn provider(&self) -> Option<&str> {
         self.provider.as_deref()
     }
 
     /// Full type, e.g. `Microsoft.Web/sites/slots`; `None` for scope ids.
-    pub fn resource_type(&self) -> Option<String> {
+    pub(crate) fn resource_type(&self) -> Option<String> {
         let p = self.provider.as_ref()?;
         let mut t = p.clone();
         for (ty, _) in &self.segments {
@@ -213,7 +213,7 @@ impl ResourceId {
     }
 
     /// A child resource: `self/{type}/{name}`. Only valid below a resource, not a scope.
-    pub fn child(&self, ty: &str, name: &str) -> Result<ResourceId, ResourceIdError> {
+    pub(crate) fn child(&self, ty: &str, name: &str) -> Result<ResourceId, ResourceIdError> {
         if self.provider.is_none() {
             return Err(ResourceIdError {
                 id: self.raw.clone(),
@@ -227,12 +227,12 @@ impl ResourceId {
         Self::parse(&format!("/subscriptions/{sub}")).expect("valid subscription id")
     }
 
-    pub fn resource_group_id(sub: &str, rg: &str) -> ResourceId {
+    pub(crate) fn resource_group_id(sub: &str, rg: &str) -> ResourceId {
         Self::parse(&format!("/subscriptions/{sub}/resourceGroups/{rg}")).expect("valid rg id")
     }
 
     /// For a slot, its site; for a site, itself; otherwise `None`.
-    pub fn site(&self) -> Option<ResourceId> {
+    pub(crate) fn site(&self) -> Option<ResourceId> {
         match self.kind() {
             ResourceKind::Site => Some(self.clone()),
             ResourceKind::Slot => self.parent(),
@@ -250,7 +250,7 @@ impl ResourceId {
     }
 
     /// True when `self` is `scope` or lies below it (case-insensitive, segment-wise).
-    pub fn is_within(&self, scope: &ResourceId) -> bool {
+    pub(crate) fn is_within(&self, scope: &ResourceId) -> bool {
         self.lower == scope.lower || self.lower.starts_with(&format!("{}/", scope.lower))
     }
 }

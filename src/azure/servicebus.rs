@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// Content type of a batch send.
-pub const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
+pub(crate) const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
 /// Token scope for Entra ID (public cloud); the caller obtains the token.
-pub const SERVICEBUS_SCOPE: &str = "https://servicebus.azure.net/.default";
+pub(crate) const SERVICEBUS_SCOPE: &str = "https://servicebus.azure.net/.default";
 /// Dead-letter sub-queue path segment.
-pub const DEAD_LETTER_QUEUE: &str = "$DeadLetterQueue";
+pub(crate) const DEAD_LETTER_QUEUE: &str = "$DeadLetterQueue";
 /// Stay well below the 256 KB Standard-tier message limit per batch.
 const MAX_BATCH_BYTES: usize = 192 * 1024;
 
@@ -67,34 +67,34 @@ pub struct BrokerProperties {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_type: Option<String>,
+    pub(crate) content_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
+    pub(crate) label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheduled_enqueue_time_utc: Option<String>,
+    pub(crate) scheduled_enqueue_time_utc: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_to_live: Option<f64>,
+    pub(crate) time_to_live: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enqueued_time_utc: Option<String>,
+    pub(crate) enqueued_time_utc: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locked_until_utc: Option<String>,
+    pub(crate) locked_until_utc: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence_number: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
+    pub(crate) state: Option<String>,
 }
 
 /// RFC 1123 / HTTP-date in GMT, the format Service Bus REST uses for dates.
-pub fn rfc1123(t: OffsetDateTime) -> String {
+pub(crate) fn rfc1123(t: OffsetDateTime) -> String {
     httpdate::fmt_http_date(SystemTime::from(t))
 }
 
 /// Parses an RFC 1123 date (leading spaces tolerated, as in the docs' own example).
-pub fn parse_rfc1123(s: &str) -> Option<OffsetDateTime> {
+pub(crate) fn parse_rfc1123(s: &str) -> Option<OffsetDateTime> {
     httpdate::parse_http_date(s.trim())
         .ok()
         .map(OffsetDateTime::from)
@@ -116,7 +116,7 @@ pub struct SendMessage {
 
 impl SendMessage {
     /// The `BrokerProperties` this message is sent with.
-    pub fn broker_properties(&self) -> BrokerProperties {
+    pub(crate) fn broker_properties(&self) -> BrokerProperties {
         BrokerProperties {
             message_id: self.message_id.clone(),
             session_id: self.session_id.clone(),
@@ -137,7 +137,7 @@ pub struct ReceivedMessage {
     /// The `Location` header: the URI to complete (DELETE), abandon (PUT) or renew (POST).
     pub lock_uri: String,
     /// Application properties (custom headers, JSON quoting removed).
-    pub properties: BTreeMap<String, String>,
+    pub(crate) properties: BTreeMap<String, String>,
 }
 
 impl ReceivedMessage {
@@ -149,7 +149,7 @@ impl ReceivedMessage {
         self.property("DeadLetterErrorDescription")
     }
 
-    pub fn property(&self, name: &str) -> Option<&str> {
+    pub(crate) fn property(&self, name: &str) -> Option<&str> {
         self.properties
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -202,7 +202,7 @@ impl ServiceBusClient {
         Self::with_http(http, endpoint, queue, bearer)
     }
 
-    pub fn with_http(
+    pub(crate) fn with_http(
         http: reqwest::Client,
         endpoint: impl Into<String>,
         queue: impl Into<String>,
@@ -214,14 +214,6 @@ impl ServiceBusClient {
             queue: queue.into(),
             bearer,
         }
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    pub fn queue(&self) -> &str {
-        &self.queue
     }
 
     /// Sends one message (201 expected; a duplicate MessageId is accepted and dropped by
@@ -250,7 +242,7 @@ impl ServiceBusClient {
 
     /// Sends any number of messages the cheapest way: nothing for none, a single send for one,
     /// batches for more.
-    pub async fn send_messages(&self, msgs: &[SendMessage]) -> Result<(), ServiceBusError> {
+    pub(crate) async fn send_messages(&self, msgs: &[SendMessage]) -> Result<(), ServiceBusError> {
         match msgs {
             [] => Ok(()),
             [one] => self.send(one).await,
@@ -492,7 +484,7 @@ fn application_properties(headers: &HeaderMap) -> BTreeMap<String, String> {
 
 /// The Service Bus base URL: `VNET_MIGRATE_SERVICEBUS_ENDPOINT` (full override) or
 /// `https://{ServiceBusConnection__fullyQualifiedNamespace}`.
-pub fn endpoint_from_env() -> Result<String, ServiceBusError> {
+pub(crate) fn endpoint_from_env() -> Result<String, ServiceBusError> {
     endpoint_from(
         std::env::var("VNET_MIGRATE_SERVICEBUS_ENDPOINT")
             .ok()
@@ -504,7 +496,7 @@ pub fn endpoint_from_env() -> Result<String, ServiceBusError> {
 }
 
 /// [`endpoint_from_env`] without the environment.
-pub fn endpoint_from(
+pub(crate) fn endpoint_from(
     override_url: Option<&str>,
     namespace: Option<&str>,
 ) -> Result<String, ServiceBusError> {

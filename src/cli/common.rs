@@ -24,7 +24,7 @@ pub enum OutputFormat {
 pub struct Global {
     /// `table` for people, `json` for machines (stdout then carries only the JSON document).
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    pub(crate) output: OutputFormat,
     /// ARM base URL (sovereign clouds, the simulator).
     #[arg(
         long,
@@ -32,7 +32,7 @@ pub struct Global {
         env = "VNET_MIGRATE_ARM_ENDPOINT",
         default_value = "https://management.azure.com"
     )]
-    pub arm_endpoint: String,
+    pub(crate) arm_endpoint: String,
     /// managed-identity, workload-identity, azure-cli, developer-tools or static.
     #[arg(
         long,
@@ -40,34 +40,34 @@ pub struct Global {
         env = "VNET_MIGRATE_CREDENTIAL",
         default_value = "developer-tools"
     )]
-    pub credential: String,
+    pub(crate) credential: String,
     /// Subscription in scope (repeatable).
     #[arg(long = "subscription", global = true)]
-    pub subscriptions: Vec<String>,
+    pub(crate) subscriptions: Vec<String>,
     /// Pace the client for an ARM simulator started with `--speed X` (loopback endpoints only;
     /// real ARM is paced at its documented limits).
     #[arg(long, global = true, default_value_t = 1.0)]
-    pub arm_speed: f64,
+    pub(crate) arm_speed: f64,
 }
 
 /// Scope flags of `plan`, `run` and `snapshot`.
 #[derive(Debug, Clone, ClapArgs)]
-pub struct Scope {
+pub(crate) struct Scope {
     /// Only this resource group (repeatable).
     #[arg(long = "resource-group")]
-    pub resource_groups: Vec<String>,
+    pub(crate) resource_groups: Vec<String>,
     /// Only this app (ARM id of a site; repeatable).
     #[arg(long = "app")]
     pub apps: Vec<String>,
     /// Only apps with this tag (`key=value`, repeatable).
     #[arg(long = "tag")]
-    pub tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     /// Rollout policy file (JSON).
     #[arg(long, env = "VNET_MIGRATE_POLICY")]
     pub policy: Option<PathBuf>,
 }
 
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     // Logs go to stderr so that `--output json` keeps stdout clean.
     let filter = tracing_subscriber::EnvFilter::try_from_env("VNET_MIGRATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -78,7 +78,7 @@ pub fn init_tracing() {
 }
 
 /// The policy from `--policy`, else defaults; scope flags are merged into it.
-pub fn load_policy(global: &Global, scope: &Scope) -> Result<Policy> {
+pub(crate) fn load_policy(global: &Global, scope: &Scope) -> Result<Policy> {
     let mut policy = match &scope.policy {
         Some(p) => Policy::load(p)?,
         None => Policy::default(),
@@ -100,14 +100,14 @@ pub fn load_policy(global: &Global, scope: &Scope) -> Result<Policy> {
     Ok(policy)
 }
 
-pub fn parse_apps(apps: &[String]) -> Result<Vec<ResourceId>> {
+pub(crate) fn parse_apps(apps: &[String]) -> Result<Vec<ResourceId>> {
     apps.iter()
         .map(|a| ResourceId::parse(a).context("--app"))
         .collect()
 }
 
 /// Subscriptions in scope: flags, policy, or those of the `--app` ids.
-pub fn subscriptions(policy: &Policy, apps: &[ResourceId]) -> Result<Vec<String>> {
+pub(crate) fn subscriptions(policy: &Policy, apps: &[ResourceId]) -> Result<Vec<String>> {
     let mut subs: Vec<String> = policy.scope.subscriptions.clone();
     subs.extend(apps.iter().map(|a| a.subscription().to_string()));
     subs.sort_by_key(|s| s.to_ascii_lowercase());
@@ -120,7 +120,7 @@ pub fn subscriptions(policy: &Policy, apps: &[ResourceId]) -> Result<Vec<String>
 }
 
 /// The ARM client for real Azure (or any endpoint), allowed to write only inside `scope`.
-pub fn arm_client(global: &Global, write_scope: Vec<ResourceId>) -> Result<ArmClient> {
+pub(crate) fn arm_client(global: &Global, write_scope: Vec<ResourceId>) -> Result<ArmClient> {
     let kind: CredentialKind = global.credential.parse().context("--credential")?;
     let cred = credential_from_settings(
         kind,
@@ -156,7 +156,7 @@ fn arm_audience(endpoint: &str) -> String {
 }
 
 /// Prints the report and returns the exit code: 0, or 1 when a target needs an operator.
-pub fn finish(
+pub(crate) fn finish(
     global: &Global,
     report: &Report,
     table: impl FnOnce(&Report) -> String,
@@ -174,21 +174,21 @@ pub fn finish(
 
 /// Where a simulated fleet comes from: a fleet file, or the deterministic generator.
 #[derive(Debug, Clone, ClapArgs)]
-pub struct FleetSource {
+pub(crate) struct FleetSource {
     /// Fleet file (e.g. from `snapshot`).
     #[arg(long, conflicts_with = "generate")]
-    pub fleet: Option<PathBuf>,
+    pub(crate) fleet: Option<PathBuf>,
     /// Generate a realistic fleet of N targets instead.
     #[arg(long, value_name = "N")]
-    pub generate: Option<usize>,
+    pub(crate) generate: Option<usize>,
     /// Seed of the generator and of the simulator's latencies and faults.
     #[arg(long, default_value_t = 7)]
-    pub seed: u64,
+    pub(crate) seed: u64,
 }
 
 impl FleetSource {
     /// The fleet; `None` when neither `--fleet` nor `--generate` was given.
-    pub fn load(&self) -> Result<Option<crate::sim::Fleet>> {
+    pub(crate) fn load(&self) -> Result<Option<crate::sim::Fleet>> {
         Ok(match (&self.fleet, self.generate) {
             (Some(path), _) => Some(crate::sim::Fleet::load(path)?),
             (None, Some(n)) => Some(crate::sim::generate::generate(n, self.seed)),
@@ -197,7 +197,7 @@ impl FleetSource {
     }
 }
 
-pub fn check_speed(speed: f64) -> Result<()> {
+pub(crate) fn check_speed(speed: f64) -> Result<()> {
     anyhow::ensure!(
         speed > 0.0 && speed.is_finite(),
         "--speed must be a positive number, got {speed}"

@@ -22,15 +22,15 @@ pub use common::{Global, OutputFormat};
     version,
     about = "Migrate Azure App Service apps from gateway-based to regional VNet integration"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
-    pub global: Global,
+    pub(crate) global: Global,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the whole pipeline against the built-in ARM simulator (the default demo).
     Rehearse(rehearse::Args),
     /// Discover and plan, no writes: the per-target forecast.

@@ -34,13 +34,13 @@ const FUNCTIONS: [(&str, &str); 4] = [
 const EXECUTABLE: &str = "vnet-migrate";
 
 #[derive(Debug, ClapArgs)]
-pub struct Args {
+pub(crate) struct Args {
     /// Output folder; the zip is written beside it as FOLDER.zip.
     #[arg(short = 'o', long = "out", default_value = "dist/functionapp")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
-pub async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
+pub(crate) async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot locate this executable")?;
     let binary = std::fs::read(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
     check_linux_x86_64(&binary)?;

@@ -17,23 +17,23 @@ use crate::rehearsal::{self, invariants};
 use crate::sim::{FaultProfile, SimOptions, Simulator};
 
 #[derive(Debug, ClapArgs)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
-    pub source: common::FleetSource,
+    pub(crate) source: common::FleetSource,
     #[arg(long)]
-    pub policy: Option<PathBuf>,
+    pub(crate) policy: Option<PathBuf>,
     /// none, flaky or chaos.
     #[arg(long, default_value = "none")]
-    pub faults: FaultProfile,
+    pub(crate) faults: FaultProfile,
     /// Time compression: divides latencies and delays, multiplies ARM's rate limits.
     #[arg(long, default_value_t = 20.0)]
-    pub speed: f64,
+    pub(crate) speed: f64,
     /// State file (default: a fresh temporary file).
     #[arg(long)]
-    pub state: Option<PathBuf>,
+    pub(crate) state: Option<PathBuf>,
 }
 
-pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
+pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     common::check_speed(args.speed)?;
     let policy = match &args.policy {
         Some(p) => Policy::load(p)?,

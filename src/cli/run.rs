@@ -15,18 +15,18 @@ use crate::pipeline::runner::RunnerConfig;
 use crate::report::{self, round3, Performance, Report};
 
 #[derive(Debug, ClapArgs)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
-    pub scope: Scope,
+    pub(crate) scope: Scope,
     /// State file (SQLite): queue and ledger. Run again with the same file to resume.
     #[arg(long, default_value = "vnet-migrate.db")]
-    pub state: PathBuf,
+    pub(crate) state: PathBuf,
     /// Discover and plan only; nothing is written to Azure.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
-pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
+pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let policy = common::load_policy(global, &args.scope)?;
     let apps = common::parse_apps(&args.scope.apps)?;
     let subs = common::subscriptions(&policy, &apps)?;
@@ -51,7 +51,7 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
 
 /// Shared by `run`, `plan` and `rehearse`: drive a local run and build its report.
 #[allow(clippy::too_many_arguments)]
-pub async fn migrate(
+pub(crate) async fn migrate(
     global: &Global,
     arm: crate::azure::arm::ArmClient,
     policy: crate::policy::Policy,

@@ -24,7 +24,7 @@ use crate::pipeline::sqlite::SqliteStore;
 use crate::policy::Policy;
 
 #[derive(Debug, ClapArgs)]
-pub struct Args {}
+pub(crate) struct Args {}
 
 /// Service Bus tokens from the same credential kind as ARM.
 struct TokenBearer(Arc<dyn TokenSource>);
@@ -67,7 +67,7 @@ fn policy_path() -> PathBuf {
     }
 }
 
-pub async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
+pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
     let port: u16 = env("FUNCTIONS_CUSTOMHANDLER_PORT")
         .ok_or_else(|| {
             anyhow!("FUNCTIONS_CUSTOMHANDLER_PORT is not set (the Functions host sets it)")

@@ -9,19 +9,19 @@ use super::common::Global;
 use crate::sim::{FaultProfile, SimOptions};
 
 #[derive(Debug, ClapArgs)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
-    pub source: super::common::FleetSource,
+    pub(crate) source: super::common::FleetSource,
     /// 0 picks a free port.
     #[arg(long, default_value_t = 0)]
-    pub port: u16,
+    pub(crate) port: u16,
     #[arg(long, default_value_t = 1.0)]
-    pub speed: f64,
+    pub(crate) speed: f64,
     #[arg(long, default_value = "none")]
-    pub faults: FaultProfile,
+    pub(crate) faults: FaultProfile,
 }
 
-pub async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
+pub(crate) async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
     super::common::check_speed(args.speed)?;
     // With neither, an empty ARM: clients create what they need (as the az CLI recordings do).
     let fleet = args.source.load()?.unwrap_or_default();

@@ -11,15 +11,15 @@ use crate::azure::ResourceId;
 use crate::migration::snapshot;
 
 #[derive(Debug, ClapArgs)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
-    pub scope: Scope,
+    pub(crate) scope: Scope,
     /// Where to write the fleet file.
     #[arg(short = 'o', long = "out")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
 }
 
-pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
+pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let policy = common::load_policy(global, &args.scope)?;
     let apps = common::parse_apps(&args.scope.apps)?;
     let subs = common::subscriptions(&policy, &apps)?;

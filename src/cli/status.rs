@@ -13,15 +13,15 @@ use crate::pipeline::RunId;
 use crate::report::{Performance, Report};
 
 #[derive(Debug, ClapArgs)]
-pub struct Args {
+pub(crate) struct Args {
     #[arg(long, default_value = "vnet-migrate.db")]
-    pub state: PathBuf,
+    pub(crate) state: PathBuf,
     /// Run id (default: the newest run).
     #[arg(long)]
-    pub run: Option<String>,
+    pub(crate) run: Option<String>,
 }
 
-pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
+pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     anyhow::ensure!(
         args.state.exists(),
         "state file {} does not exist",
@@ -41,6 +41,8 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             .clone(),
     };
     let records = store.targets(&RunId(run.run.0.clone())).await?;
+    // Dead letters are kept in the state file; `replay` resends them.
+    let dead = store.dead_letters()?;
     let report = Report::new(
         run.run.as_str(),
         run.dry_run,
@@ -59,6 +61,12 @@ pub async fn run(global: &Global, args: Args) -> Result<ExitCode> {
                 t.outcome,
                 t.id,
                 t.reason.as_deref().unwrap_or("-")
+            ));
+        }
+        for d in &dead {
+            s.push_str(&format!(
+                "  dead-lettered message {} after {} deliveries: {}\n",
+                d.message_id, d.delivery_count, d.reason
             ));
         }
         s

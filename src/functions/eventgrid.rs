@@ -19,11 +19,11 @@ pub enum EventSchema {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventGridEvent {
     pub schema: EventSchema,
-    pub id: String,
+    pub(crate) id: String,
     /// `eventType` / `type`.
     pub event_type: String,
     /// ARM events: the resource id; App Service events: `/Microsoft.Web/sites/{name}`.
-    pub subject: Option<String>,
+    pub(crate) subject: Option<String>,
     /// `topic` / `source`.
     pub topic: Option<String>,
     /// `eventTime` / `time`, as sent.
@@ -103,18 +103,18 @@ impl EventGridEvent {
 
 /// Who performed an ARM write, as far as the event tells.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Writer {
+pub(crate) struct Writer {
     /// Object (principal) ids from `authorization.evidence.principalId` and the `oid` claims.
-    pub principal_ids: Vec<String>,
+    pub(crate) principal_ids: Vec<String>,
     /// `claims.appid` (the client id).
-    pub app_id: Option<String>,
+    pub(crate) app_id: Option<String>,
     /// `httpRequest.clientRequestId` or App Service's `clientRequestId`.
-    pub client_request_id: Option<String>,
-    pub correlation_id: Option<String>,
+    pub(crate) client_request_id: Option<String>,
+    pub(crate) correlation_id: Option<String>,
 }
 
 /// The writer's identity from an event's data.
-pub fn writer(event: &EventGridEvent) -> Writer {
+pub(crate) fn writer(event: &EventGridEvent) -> Writer {
     let mut principal_ids = Vec::new();
     for path in [
         &["authorization", "evidence", "principalId"][..],
@@ -142,7 +142,7 @@ pub fn writer(event: &EventGridEvent) -> Writer {
 }
 
 /// Principal ids compared without dashes, case-insensitively (the activity log drops dashes).
-pub fn same_principal(a: &str, b: &str) -> bool {
+pub(crate) fn same_principal(a: &str, b: &str) -> bool {
     let norm = |s: &str| -> String {
         s.chars()
             .filter(|c| *c != '-')
@@ -154,7 +154,7 @@ pub fn same_principal(a: &str, b: &str) -> bool {
 }
 
 /// True when the event carries our client-request-id marker (see [`CLIENT_REQUEST_ID_PREFIX`]).
-pub fn has_our_request_marker(w: &Writer) -> bool {
+pub(crate) fn has_our_request_marker(w: &Writer) -> bool {
     [&w.client_request_id, &w.correlation_id]
         .into_iter()
         .flatten()

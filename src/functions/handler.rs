@@ -32,20 +32,19 @@ const DEADLINE_RETRY_DELAY: time::Duration = time::Duration::seconds(5);
 /// Event bursts within one bucket map to one run id (and so one discover MessageId).
 const EVENT_BUCKET_MINUTES: i64 = 5;
 /// A target with no progress for this long is re-sent by `rollout-tick`.
-pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(30 * 60);
+const STALL_AFTER: Duration = Duration::from_secs(30 * 60);
 
-pub struct Handler {
+pub(crate) struct Handler {
     engine: Engine<Migration>,
     sender: Arc<dyn StepSender>,
     ledger: Arc<dyn Ledger>,
     policy: Arc<Policy>,
     our_principal: Option<String>,
     deadline: Duration,
-    stall_after: Duration,
 }
 
 impl Handler {
-    pub fn new(
+    pub(crate) fn new(
         engine: Engine<Migration>,
         sender: Arc<dyn StepSender>,
         ledger: Arc<dyn Ledger>,
@@ -60,18 +59,11 @@ impl Handler {
             policy,
             our_principal: our_principal.filter(|p| !p.trim().is_empty()),
             deadline,
-            stall_after: DEFAULT_STALL_AFTER,
         }
-    }
-
-    /// The age after which `rollout-tick` treats an unfinished target as stalled.
-    pub fn with_stall_after(mut self, stall_after: Duration) -> Self {
-        self.stall_after = stall_after;
-        self
     }
 }
 
-pub fn router(h: Arc<Handler>) -> Router {
+pub(crate) fn router(h: Arc<Handler>) -> Router {
     Router::new()
         .route(
             "/",
@@ -143,7 +135,7 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
 }
 
 /// `ev-YYYYMMDDHHMM-<8 hex>`: minutes floored to the bucket, hex of the lowercased target.
-pub fn event_run_id(target: &ResourceId, at: OffsetDateTime) -> RunId {
+pub(crate) fn event_run_id(target: &ResourceId, at: OffsetDateTime) -> RunId {
     let at = at.to_offset(time::UtcOffset::UTC);
     let minute = at.minute() as i64 - at.minute() as i64 % EVENT_BUCKET_MINUTES;
     let digest = hex::encode(Sha256::digest(target.key().as_bytes()));
@@ -252,7 +244,7 @@ async fn enqueue_discover(h: &Handler, target: &ResourceId) -> Result<String, En
 
 /// The message that resumes a stalled target: nothing is carried but what the ledger knows;
 /// the reconcilers re-read ARM. `replay` makes the MessageId fresh.
-pub fn resume_message(t: &TargetRecord, dry_run: bool, replay: u32) -> StepMessage {
+pub(crate) fn resume_message(t: &TargetRecord, dry_run: bool, replay: u32) -> StepMessage {
     let recorded = t.current_step.unwrap_or(Step::Discover);
     // Discover is only safe before anything was written; once a subnet is planned, a target
     // mid-migration (gateway already removed) would be misread as having no integration.
@@ -291,7 +283,7 @@ async fn rollout_tick(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
         }
     }
     let now = OffsetDateTime::now_utc();
-    let stall = time::Duration::try_from(h.stall_after).unwrap_or(time::Duration::MAX);
+    let stall = time::Duration::try_from(STALL_AFTER).unwrap_or(time::Duration::MAX);
     // One replay number per bucket: a tick repeated within it is deduplicated by Service Bus.
     let replay = (now.unix_timestamp() / 60 / EVENT_BUCKET_MINUTES) as u32;
     let result: Result<Vec<Outgoing>, LedgerError> = async {

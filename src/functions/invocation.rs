@@ -29,9 +29,9 @@ impl DecodeError {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Invocation {
     #[serde(rename = "Data", default, deserialize_with = "null_as_empty")]
-    pub data: Map<String, Value>,
+    pub(crate) data: Map<String, Value>,
     #[serde(rename = "Metadata", default, deserialize_with = "null_as_empty")]
-    pub metadata: Map<String, Value>,
+    pub(crate) metadata: Map<String, Value>,
 }
 
 fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
@@ -39,7 +39,7 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Map<String, V
 }
 
 impl Invocation {
-    pub fn parse(req: &[u8]) -> Result<Self, DecodeError> {
+    pub(crate) fn parse(req: &[u8]) -> Result<Self, DecodeError> {
         serde_json::from_slice(req).map_err(|e| {
             DecodeError::new(format!(
                 "invocation is not a JSON {{Data, Metadata}} object: {e}"
@@ -48,7 +48,7 @@ impl Invocation {
     }
 
     /// `Data.<binding>`; the host drops null values, so null counts as missing.
-    pub fn binding(&self, binding: &str) -> Result<&Value, DecodeError> {
+    pub(crate) fn binding(&self, binding: &str) -> Result<&Value, DecodeError> {
         match self.data.get(binding) {
             None | Some(Value::Null) => Err(DecodeError::new(format!("Data.{binding} is missing"))),
             Some(v) => Ok(v),
@@ -56,12 +56,12 @@ impl Invocation {
     }
 
     /// A Metadata string with the host's extra JSON quoting removed.
-    pub fn meta_string(&self, key: &str) -> Option<String> {
+    pub(crate) fn meta_string(&self, key: &str) -> Option<String> {
         self.metadata.get(key).and_then(host_string)
     }
 
     /// A Metadata number, sent by the host as a string (`"1"`) or, by older hosts, a number.
-    pub fn meta_u64(&self, key: &str) -> Option<u64> {
+    pub(crate) fn meta_u64(&self, key: &str) -> Option<u64> {
         match self.metadata.get(key)? {
             Value::Number(n) => n.as_u64(),
             v => host_string(v)?.trim().parse().ok(),
@@ -70,7 +70,7 @@ impl Invocation {
 }
 
 /// The host's string encoding undone: `"\"abc\""` → `abc`; a plain string stays as it is.
-pub fn host_string(v: &Value) -> Option<String> {
+pub(crate) fn host_string(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(serde_json::from_str::<String>(s).unwrap_or_else(|_| s.clone())),
         Value::Number(n) => Some(n.to_string()),
@@ -81,7 +81,7 @@ pub fn host_string(v: &Value) -> Option<String> {
 
 /// Parses host timestamps: RFC 3339 with or without offset and fraction; no offset means UTC
 /// (the host drops the offset of `…Utc` values).
-pub fn parse_host_time(s: &str) -> Option<OffsetDateTime> {
+pub(crate) fn parse_host_time(s: &str) -> Option<OffsetDateTime> {
     let s = s.trim();
     if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
         return Some(t);
@@ -247,7 +247,7 @@ pub struct HttpRequestData {
     pub url: String,
     pub query: BTreeMap<String, String>,
     /// Header name as sent → values (the host sends arrays).
-    pub headers: BTreeMap<String, Vec<String>>,
+    pub(crate) headers: BTreeMap<String, Vec<String>>,
     pub body: Option<String>,
     pub params: BTreeMap<String, String>,
 }

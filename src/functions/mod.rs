@@ -2,9 +2,9 @@
 //! payloads, normalising and classifying Event Grid events, encoding responses.
 
 pub mod eventgrid;
-pub mod handler;
+pub(crate) mod handler;
 pub mod invocation;
-pub mod response;
+pub(crate) mod response;
 
 pub use eventgrid::{classify, EventAction, EventGridEvent, EventSchema};
 pub use invocation::{

@@ -29,24 +29,24 @@ where
 }
 
 impl InvocationResponse {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// A line logged by the host against this invocation.
-    pub fn log(mut self, line: impl Into<String>) -> Self {
+    pub(crate) fn log(mut self, line: impl Into<String>) -> Self {
         self.logs.push(line.into());
         self
     }
 
-    pub fn output(mut self, binding: impl Into<String>, value: Value) -> Self {
+    pub(crate) fn output(mut self, binding: impl Into<String>, value: Value) -> Self {
         self.outputs.insert(binding.into(), value);
         self
     }
 
     /// An HTTP-trigger output: `Outputs.<binding> = {statusCode, body, headers}`; a JSON body
     /// is sent as its text with `Content-Type: application/json`.
-    pub fn http(self, binding: &str, status: u16, body: &Value) -> Self {
+    pub(crate) fn http(self, binding: &str, status: u16, body: &Value) -> Self {
         let (text, ctype) = match body {
             Value::String(s) => (s.clone(), "text/plain; charset=utf-8"),
             v => (v.to_string(), "application/json"),
@@ -59,16 +59,16 @@ impl InvocationResponse {
     }
 
     /// 200: the invocation succeeded (Service Bus completes the message).
-    pub fn ok(self) -> Response {
+    pub(crate) fn ok(self) -> Response {
         self.with_status(StatusCode::OK)
     }
 
     /// 500: the host fails the invocation, so Service Bus abandons and redelivers the message.
-    pub fn redeliver(self) -> Response {
+    pub(crate) fn redeliver(self) -> Response {
         self.with_status(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
-    pub fn with_status(self, status: StatusCode) -> Response {
+    pub(crate) fn with_status(self, status: StatusCode) -> Response {
         let body = serde_json::to_value(&self).unwrap_or_else(|_| Value::Object(Map::new()));
         json_response(status, &body)
     }

@@ -54,12 +54,12 @@ impl StepError {
 
 /// Everything a step needs besides its message.
 pub struct StepContext {
-    pub arm: ArmClient,
-    pub policy: Arc<Policy>,
-    pub ledger: Arc<dyn Ledger>,
-    pub plans: PlanCache,
+    pub(crate) arm: ArmClient,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) ledger: Arc<dyn Ledger>,
+    pub(crate) plans: PlanCache,
     /// Divides every delay (settle time, backoff): 1.0 in Azure, the simulator's speed in rehearsals.
-    pub time_scale: f64,
+    pub(crate) time_scale: f64,
 }
 
 impl StepContext {
@@ -79,7 +79,7 @@ impl StepContext {
         self
     }
 
-    pub fn scaled(&self, d: Duration) -> Duration {
+    pub(crate) fn scaled(&self, d: Duration) -> Duration {
         if self.time_scale <= 1.0 {
             d
         } else {
@@ -90,7 +90,7 @@ impl StepContext {
 
 /// The migration's reconciler: one step per message (`steps`), one error policy for all.
 pub struct Migration {
-    pub ctx: StepContext,
+    pub(crate) ctx: StepContext,
 }
 
 impl Migration {
@@ -147,7 +147,7 @@ impl Reconciler for Migration {
 }
 
 /// Exponential backoff between attempts: 5 s, 10 s, 20 s … capped at 5 min.
-pub fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(5u64.saturating_mul(1u64 << attempt.min(6))).min(Duration::from_secs(300))
 }
 

@@ -11,7 +11,10 @@ use crate::pipeline::reason::SkipReason;
 use crate::pipeline::reconciler::{StepResult, Transition};
 use crate::pipeline::Outcome;
 
-pub async fn discover(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
+pub(crate) async fn discover(
+    ctx: &StepContext,
+    msg: &StepMessage,
+) -> Result<StepResult, StepError> {
     let Some(site) = ctx.arm.get_opt::<Site>(msg.target.as_str()).await? else {
         return Ok(StepResult::done(
             Outcome::Skipped(SkipReason::NotFound),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::azure::models::{KeyVaultReference, KeyVaultStatus};
 
 /// Setting name → status, from the `configreferences/appsettings` list.
-pub fn statuses(refs: &[KeyVaultReference]) -> BTreeMap<String, KeyVaultStatus> {
+pub(crate) fn statuses(refs: &[KeyVaultReference]) -> BTreeMap<String, KeyVaultStatus> {
     refs.iter()
         .filter_map(|r| {
             Some((
@@ -22,7 +22,7 @@ pub fn statuses(refs: &[KeyVaultReference]) -> BTreeMap<String, KeyVaultStatus> 
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KvHealth {
+pub(crate) enum KvHealth {
     Healthy,
     /// Some references are still being evaluated.
     Pending(Vec<String>),
@@ -32,7 +32,7 @@ pub enum KvHealth {
 
 /// Every reference that was `Resolved` in the baseline must still be `Resolved`. References
 /// that were already broken before the migration are not ours to judge.
-pub fn compare(
+pub(crate) fn compare(
     baseline: &BTreeMap<String, KeyVaultStatus>,
     now: &BTreeMap<String, KeyVaultStatus>,
 ) -> KvHealth {
@@ -59,7 +59,7 @@ pub fn compare(
 
 /// GETs `https://{host}{path}` and compares the status. Only the app's own host name is ever
 /// probed (the caller passes `defaultHostName`), so the tool never calls arbitrary URLs.
-pub async fn probe(
+pub(crate) async fn probe(
     client: &reqwest::Client,
     host: &str,
     path: &str,

@@ -4,26 +4,26 @@
 use ipnet::{IpNet, Ipv4Net};
 
 /// Azure keeps the first four addresses and the last one of every subnet.
-pub const RESERVED_PER_SUBNET: u32 = 5;
+pub(crate) const RESERVED_PER_SUBNET: u32 = 5;
 
 /// The smallest subnet App Service accepts for regional integration.
 const SMALLEST_PREFIX_LEN: u8 = 28;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IpamError {
+pub(crate) enum IpamError {
     #[error("invalid address prefix {0:?}")]
     InvalidPrefix(String),
 }
 
 /// Addresses a plan needs: scaling temporarily doubles the instances' IPs, plus the reserved ones.
-pub fn required_addresses(max_instances: u32) -> u32 {
+pub(crate) fn required_addresses(max_instances: u32) -> u32 {
     max_instances
         .saturating_mul(2)
         .saturating_add(RESERVED_PER_SUBNET)
 }
 
 /// Prefix length of the smallest block holding `addresses`, never smaller than /28.
-pub fn prefix_len_for(addresses: u32) -> u8 {
+pub(crate) fn prefix_len_for(addresses: u32) -> u8 {
     let mut len = SMALLEST_PREFIX_LEN;
     while len > 0 && block_size(len) < u64::from(addresses) {
         len -= 1;
@@ -50,7 +50,7 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 
 /// The lowest free block of `prefix_len` that is aligned to its size, lies inside one of the
 /// `space` prefixes (taken in address order) and overlaps nothing in `used`.
-pub fn allocate(space: &[Ipv4Net], used: &[Ipv4Net], prefix_len: u8) -> Option<Ipv4Net> {
+pub(crate) fn allocate(space: &[Ipv4Net], used: &[Ipv4Net], prefix_len: u8) -> Option<Ipv4Net> {
     if prefix_len > 32 {
         return None;
     }
@@ -80,7 +80,7 @@ pub fn allocate(space: &[Ipv4Net], used: &[Ipv4Net], prefix_len: u8) -> Option<I
 }
 
 /// The preferred block when it is larger than the required one and fits, else the required one.
-pub fn choose_prefix(
+pub(crate) fn choose_prefix(
     space: &[Ipv4Net],
     used: &[Ipv4Net],
     required_len: u8,
@@ -95,7 +95,7 @@ pub fn choose_prefix(
 }
 
 /// Parses ARM address prefixes; IPv6 ones are skipped (regional integration is IPv4 only).
-pub fn parse_prefixes(strs: &[String]) -> Result<Vec<Ipv4Net>, IpamError> {
+pub(crate) fn parse_prefixes(strs: &[String]) -> Result<Vec<Ipv4Net>, IpamError> {
     let mut out = Vec::with_capacity(strs.len());
     for s in strs {
         match s.trim().parse::<IpNet>() {

@@ -4,15 +4,15 @@
 //! (`plan_cache`), the checks after the cut-over (`health`), `snapshot` (export a fleet) and
 //! `local` (a whole migration on one machine).
 
-pub mod context;
+pub(crate) mod context;
 pub mod discover;
-pub mod health;
-pub mod ipam;
+pub(crate) mod health;
+pub(crate) mod ipam;
 pub mod local;
 pub mod plan;
-pub mod plan_cache;
-pub mod rollback;
-pub mod snapshot;
-pub mod steps;
+pub(crate) mod plan_cache;
+pub(crate) mod rollback;
+pub(crate) mod snapshot;
+pub(crate) mod steps;
 
 pub use context::{Migration, StepContext, StepError};

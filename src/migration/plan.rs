@@ -23,7 +23,7 @@ use crate::azure::models::{
     normalize_location, AutoscaleSetting, Plan, Subnet, VirtualNetwork, VnetConnection, VnetRoute,
 };
 use crate::azure::resource_id::{ResourceId, ResourceKind};
-pub use crate::pipeline::reason::BlockedReason;
+pub(crate) use crate::pipeline::reason::BlockedReason;
 use crate::policy::Policy;
 
 /// A target's current VNet integration.
@@ -93,14 +93,14 @@ pub struct PlanContext<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubnetChoice {
-    pub vnet: ResourceId,
-    pub subnet: ResourceId,
-    pub name: String,
-    pub prefix: Ipv4Net,
+    pub(crate) vnet: ResourceId,
+    pub(crate) subnet: ResourceId,
+    pub(crate) name: String,
+    pub(crate) prefix: Ipv4Net,
     /// The subnet must be created.
-    pub create: bool,
+    pub(crate) create: bool,
     /// It exists but lacks the delegation or the policy's NSG / route table / NAT gateway.
-    pub needs_update: bool,
+    pub(crate) needs_update: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,13 +117,13 @@ pub enum TargetDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanDecision {
-    pub plan: ResourceId,
-    pub expected_max_instances: u32,
-    pub required_addresses: u32,
+    pub(crate) plan: ResourceId,
+    pub(crate) expected_max_instances: u32,
+    pub(crate) required_addresses: u32,
     /// At most two (the plan limit), ordered by VNet id.
-    pub subnets: Vec<SubnetChoice>,
+    pub(crate) subnets: Vec<SubnetChoice>,
     pub targets: BTreeMap<ResourceId, TargetDecision>,
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
 }
 
 /// Tiers without regional integration: free/shared, consumption, and ASE (already in a VNet).
@@ -152,7 +152,7 @@ fn is_elastic(plan: &Plan) -> bool {
 
 /// Instances the plan may reach: sku capacity, enabled autoscale maxima targeting the plan,
 /// the elastic maximum for elastic plans; capped at `maximumNumberOfWorkers`, at least 1.
-pub fn expected_max_instances(plan: &Plan, autoscale: &[AutoscaleSetting]) -> u32 {
+pub(crate) fn expected_max_instances(plan: &Plan, autoscale: &[AutoscaleSetting]) -> u32 {
     let mut max = plan.sku.capacity.unwrap_or(1);
     let autoscale_max = autoscale
         .iter()

@@ -23,7 +23,7 @@ const TTL: Duration = Duration::from_secs(600);
 type Cached = (Instant, Arc<PlanDecision>);
 
 #[derive(Clone, Default)]
-pub struct PlanCache {
+pub(crate) struct PlanCache {
     inner: Arc<Mutex<HashMap<ResourceId, Cached>>>,
     /// One computation per plan at a time; others wait for it.
     building: Arc<tokio::sync::Mutex<()>>,
@@ -38,7 +38,7 @@ impl PlanCache {
     }
 
     /// The cached decision for `plan`, or a fresh one read from ARM.
-    pub async fn decision(
+    pub(crate) async fn decision(
         &self,
         arm: &ArmClient,
         policy: &Policy,
@@ -60,14 +60,14 @@ impl PlanCache {
     }
 
     /// Drops every decision that involves `target` (its VNet changed under the plan).
-    pub fn invalidate_target(&self, target: &ResourceId) {
+    pub(crate) fn invalidate_target(&self, target: &ResourceId) {
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, (_, d)| !d.targets.contains_key(target));
     }
 
-    pub fn invalidate(&self, plan: &ResourceId) {
+    pub(crate) fn invalidate(&self, plan: &ResourceId) {
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -76,7 +76,7 @@ impl PlanCache {
 }
 
 /// The connections of a site or slot (a bare JSON array in ARM).
-pub async fn connections(
+pub(crate) async fn connections(
     arm: &ArmClient,
     target: &ResourceId,
 ) -> Result<Vec<VnetConnection>, StepError> {
@@ -85,7 +85,7 @@ pub async fn connections(
         .await?)
 }
 
-pub fn integration_of(site: &Site, conns: &[VnetConnection]) -> Integration {
+pub(crate) fn integration_of(site: &Site, conns: &[VnetConnection]) -> Integration {
     Integration::from_site(site.properties.virtual_network_subnet_id.as_ref(), conns)
 }
 

@@ -13,7 +13,10 @@ use crate::pipeline::reason::RollbackReason;
 use crate::pipeline::reconciler::StepResult;
 use crate::pipeline::Outcome;
 
-pub async fn rollback(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
+pub(crate) async fn rollback(
+    ctx: &StepContext,
+    msg: &StepMessage,
+) -> Result<StepResult, StepError> {
     let reason = msg.reason.clone().unwrap_or(RollbackReason::Requested);
     let site: Site = ctx.arm.get(msg.target.as_str()).await?;
     let mut did = Vec::new();

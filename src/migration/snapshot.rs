@@ -15,7 +15,7 @@ fn id_of(v: &Value) -> Option<ResourceId> {
         .and_then(|s| ResourceId::parse(s).ok())
 }
 
-pub async fn collect(arm: &ArmClient, subscriptions: &[String]) -> Result<Fleet, ArmError> {
+pub(crate) async fn collect(arm: &ArmClient, subscriptions: &[String]) -> Result<Fleet, ArmError> {
     let mut out: Vec<Value> = Vec::new();
     let mut have: BTreeSet<ResourceId> = BTreeSet::new();
     let mut push = |v: Value, out: &mut Vec<Value>| {

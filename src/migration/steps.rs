@@ -27,7 +27,7 @@ use crate::pipeline::Outcome;
 use crate::policy::{Policy, RollbackMode};
 
 /// Dispatches a message to its step's reconciler.
-pub async fn run(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
+pub(crate) async fn run(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     match msg.step {
         Step::Discover => discover(ctx, msg).await,
         Step::Plan => plan(ctx, msg).await,

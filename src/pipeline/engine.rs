@@ -20,7 +20,7 @@ use super::reconciler::{Reconciler, Transition};
 #[derive(Debug, Clone)]
 pub struct Executed {
     pub next: Vec<Outgoing>,
-    pub record: StepRecord,
+    pub(crate) record: StepRecord,
     pub outcome: Option<Outcome>,
 }
 
@@ -33,7 +33,7 @@ impl<R: Reconciler> Engine<R> {
         Engine { reconciler }
     }
 
-    pub fn reconciler(&self) -> &R {
+    pub(crate) fn reconciler(&self) -> &R {
         &self.reconciler
     }
 

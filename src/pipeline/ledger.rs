@@ -25,58 +25,58 @@ pub struct RunRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetRecord {
-    pub run: RunId,
-    pub target: ResourceId,
-    pub outcome: Option<Outcome>,
-    pub current_step: Option<Step>,
+    pub(crate) run: RunId,
+    pub(crate) target: ResourceId,
+    pub(crate) outcome: Option<Outcome>,
+    pub(crate) current_step: Option<Step>,
     /// Steps executed (including retries and duplicates that executed).
-    pub steps: u32,
+    pub(crate) steps: u32,
     /// Highest attempt number seen.
-    pub attempts: u32,
-    pub reason: Option<String>,
-    pub subnet: Option<ResourceId>,
-    pub prefix: Option<String>,
-    pub gateway: Option<GatewaySnapshot>,
+    pub(crate) attempts: u32,
+    pub(crate) reason: Option<String>,
+    pub(crate) subnet: Option<ResourceId>,
+    pub(crate) prefix: Option<String>,
+    pub(crate) gateway: Option<GatewaySnapshot>,
     #[serde(with = "time::serde::rfc3339")]
-    pub started_at: OffsetDateTime,
+    pub(crate) started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
+    pub(crate) updated_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
-    pub finished_at: Option<OffsetDateTime>,
+    pub(crate) finished_at: Option<OffsetDateTime>,
 }
 
 /// What one executed step reports to the ledger.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepRecord {
-    pub run: RunId,
-    pub target: ResourceId,
-    pub step: Step,
-    pub attempt: u32,
-    pub message_id: String,
+    pub(crate) run: RunId,
+    pub(crate) target: ResourceId,
+    pub(crate) step: Step,
+    pub(crate) attempt: u32,
+    pub(crate) message_id: String,
     /// Short human text: what the step saw and did.
-    pub detail: String,
-    pub at: OffsetDateTime,
-    pub duration_ms: u64,
+    pub(crate) detail: String,
+    pub(crate) at: OffsetDateTime,
+    pub(crate) duration_ms: u64,
     /// The step the target moves to next (None when terminal).
-    pub next: Option<Step>,
-    pub outcome: Option<Outcome>,
-    pub subnet: Option<ResourceId>,
-    pub prefix: Option<String>,
-    pub gateway: Option<GatewaySnapshot>,
+    pub(crate) next: Option<Step>,
+    pub(crate) outcome: Option<Outcome>,
+    pub(crate) subnet: Option<ResourceId>,
+    pub(crate) prefix: Option<String>,
+    pub(crate) gateway: Option<GatewaySnapshot>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepLogEntry {
-    pub run: RunId,
-    pub target: ResourceId,
-    pub step: Step,
-    pub attempt: u32,
-    pub message_id: String,
-    pub detail: String,
+    pub(crate) run: RunId,
+    pub(crate) target: ResourceId,
+    pub(crate) step: Step,
+    pub(crate) attempt: u32,
+    pub(crate) message_id: String,
+    pub(crate) detail: String,
     #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-    pub duration_ms: u64,
+    pub(crate) at: OffsetDateTime,
+    pub(crate) duration_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +91,7 @@ pub enum LedgerError {
 
 impl LedgerError {
     /// A storage failure: what we were doing, and the error underneath (if any).
-    pub fn storage(message: impl Into<String>, source: Option<BoxError>) -> Self {
+    pub(crate) fn storage(message: impl Into<String>, source: Option<BoxError>) -> Self {
         LedgerError::Storage {
             message: message.into(),
             source,

@@ -50,7 +50,7 @@ pub struct LocalRun {
 pub struct Finished {
     pub run: RunId,
     pub store: Arc<SqliteStore>,
-    pub makespan_seconds: f64,
+    pub(crate) makespan_seconds: f64,
     pub stats: RunStats,
     pub resumed: bool,
 }
@@ -76,7 +76,7 @@ fn lock_state(state: &Path) -> Result<StateLock, LocalRunError> {
 impl LocalRun {
     /// Runs (or resumes) on the state file. `targets` lists the targets of a new run;
     /// `reconciler` builds the reconciler on the opened store (its ledger).
-    pub async fn execute<R, E, F>(
+    pub(crate) async fn execute<R, E, F>(
         self,
         targets: F,
         reconciler: impl FnOnce(Arc<SqliteStore>) -> R,

@@ -13,7 +13,7 @@ use super::reason::RollbackReason;
 use crate::azure::models::KeyVaultStatus;
 use crate::azure::ResourceId;
 
-pub const MESSAGE_VERSION: u32 = 1;
+pub(crate) const MESSAGE_VERSION: u32 = 1;
 
 /// One step of a target's migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -30,7 +30,7 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 8] = [
+    pub(crate) const ALL: [Step; 8] = [
         Step::Discover,
         Step::Plan,
         Step::PrepareSubnet,
@@ -41,7 +41,7 @@ impl Step {
         Step::Rollback,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Step::Discover => "discover",
             Step::Plan => "plan",
@@ -85,40 +85,40 @@ pub enum Origin {
 /// The subnet a target is moving into (decided by `plan`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PlannedSubnet {
-    pub vnet: ResourceId,
-    pub subnet: ResourceId,
+pub(crate) struct PlannedSubnet {
+    pub(crate) vnet: ResourceId,
+    pub(crate) subnet: ResourceId,
     /// The planned prefix; a new subnet's final prefix is allocated by `prepare-subnet`,
     /// which runs one at a time per VNet.
-    pub prefix: String,
-    pub create: bool,
+    pub(crate) prefix: String,
+    pub(crate) create: bool,
     /// The smallest prefix (largest length) that still holds the plan's addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub required_prefix_length: Option<u8>,
+    pub(crate) required_prefix_length: Option<u8>,
 }
 
 /// The gateway-based connection as it was before `disconnect`, so `rollback` can re-create it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySnapshot {
-    pub name: String,
-    pub vnet_resource_id: ResourceId,
+    pub(crate) name: String,
+    pub(crate) vnet_resource_id: ResourceId,
     #[serde(default)]
-    pub dns_servers: Option<String>,
+    pub(crate) dns_servers: Option<String>,
     #[serde(default)]
-    pub cert_thumbprint: Option<String>,
+    pub(crate) cert_thumbprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_blob: Option<String>,
+    pub(crate) cert_blob: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub routes: Option<serde_json::Value>,
+    pub(crate) routes: Option<serde_json::Value>,
 }
 
 /// Health observed before any change, compared by `verify`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Baseline {
+pub(crate) struct Baseline {
     #[serde(default)]
-    pub key_vault_references: BTreeMap<String, KeyVaultStatus>,
+    pub(crate) key_vault_references: BTreeMap<String, KeyVaultStatus>,
 }
 
 /// A run id such as `r-20261123-ab12`.
@@ -128,7 +128,7 @@ pub struct RunId(pub String);
 
 impl RunId {
     /// A new id from the date and 4 random hex characters.
-    pub fn new(now: OffsetDateTime) -> Self {
+    pub(crate) fn new(now: OffsetDateTime) -> Self {
         let r: u16 = rand::random();
         RunId(format!(
             "r-{:04}{:02}{:02}-{:04x}",
@@ -152,38 +152,38 @@ impl fmt::Display for RunId {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StepMessage {
-    pub v: u32,
-    pub run: RunId,
+    pub(crate) v: u32,
+    pub(crate) run: RunId,
     pub target: ResourceId,
     pub step: Step,
     #[serde(default)]
-    pub attempt: u32,
+    pub(crate) attempt: u32,
     #[serde(default)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
     #[serde(default)]
-    pub origin: Origin,
+    pub(crate) origin: Origin,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<PlannedSubnet>,
+    pub(crate) plan: Option<PlannedSubnet>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<GatewaySnapshot>,
+    pub(crate) gateway: Option<GatewaySnapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline: Option<Baseline>,
+    pub(crate) baseline: Option<Baseline>,
     #[serde(
         default,
         with = "time::serde::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
-    pub not_before: Option<OffsetDateTime>,
+    pub(crate) not_before: Option<OffsetDateTime>,
     /// Correlates every step of one target's journey (logs, Service Bus `CorrelationId`):
     /// set when its first step is made, carried by every next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<String>,
+    pub(crate) trace: Option<String>,
     /// Why a rollback was started (carried into the `rolled-back:<reason>` outcome).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<RollbackReason>,
     /// Bumped by `replay` so a resubmitted step gets a fresh MessageId.
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub replay: u32,
+    pub(crate) replay: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -220,7 +220,7 @@ impl StepMessage {
         }
     }
 
-    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+    pub(crate) fn with_dry_run(mut self, dry_run: bool) -> Self {
         self.dry_run = dry_run;
         self
     }
@@ -236,7 +236,7 @@ impl StepMessage {
     }
 
     /// The same step again, one attempt later.
-    pub fn retry(&self) -> Self {
+    pub(crate) fn retry(&self) -> Self {
         StepMessage {
             attempt: self.attempt + 1,
             not_before: None,

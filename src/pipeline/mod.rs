@@ -7,12 +7,12 @@ pub mod engine;
 pub mod ledger;
 pub mod local;
 pub mod message;
-pub mod outcome;
+pub(crate) mod outcome;
 pub mod queue;
 pub mod reason;
-pub mod reconciler;
+pub(crate) mod reconciler;
 pub mod runner;
-pub mod servicebus;
+pub(crate) mod servicebus;
 pub mod sqlite;
 
 pub use message::{RunId, Step, StepMessage};

@@ -20,7 +20,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// `migrated`, `skipped`, `blocked`, `rolled-back`, `parked`, `cancelled`.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Outcome::Migrated => "migrated",
             Outcome::Skipped(_) => "skipped",
@@ -32,7 +32,7 @@ impl Outcome {
     }
 
     /// The text after the colon (`no-integration` of `skipped:no-integration`).
-    pub fn reason(&self) -> Option<String> {
+    pub(crate) fn reason(&self) -> Option<String> {
         match self {
             Outcome::Skipped(r) => Some(r.to_string()),
             Outcome::Blocked(r) => Some(r.to_string()),
@@ -40,11 +40,6 @@ impl Outcome {
             Outcome::Parked(r) => Some(r.to_string()),
             Outcome::Migrated | Outcome::Cancelled => None,
         }
-    }
-
-    /// Everything but `parked` is an outcome the pipeline reached by itself (exit code 0).
-    pub fn is_expected(&self) -> bool {
-        !matches!(self, Outcome::Parked(_))
     }
 }
 
@@ -133,6 +128,5 @@ mod tests {
         assert!("blocked".parse::<Outcome>().is_err());
         assert!("blocked:tuesday".parse::<Outcome>().is_err());
         assert!("migrated:x".parse::<Outcome>().is_err());
-        assert!(!Outcome::Parked(ParkReason::SubnetConflict).is_expected());
     }
 }

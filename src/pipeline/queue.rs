@@ -39,7 +39,7 @@ pub enum QueueError {
 
 impl QueueError {
     /// A storage failure: what we were doing, and the error underneath (if any).
-    pub fn storage(message: impl Into<String>, source: Option<BoxError>) -> Self {
+    pub(crate) fn storage(message: impl Into<String>, source: Option<BoxError>) -> Self {
         QueueError::Storage {
             message: message.into(),
             source,

@@ -11,8 +11,8 @@ use super::message::Step;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} reason {text:?}")]
 pub struct UnknownReason {
-    pub kind: &'static str,
-    pub text: String,
+    pub(crate) kind: &'static str,
+    pub(crate) text: String,
 }
 
 /// Declares a reason enum whose every variant has one fixed kebab-case text.
@@ -23,9 +23,9 @@ macro_rules! token_enum {
         pub enum $name { $($(#[$vmeta])* $variant,)+ }
 
         impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            pub(crate) const ALL: &'static [$name] = &[$($name::$variant,)+];
 
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text,)+ }
             }
         }

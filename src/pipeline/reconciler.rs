@@ -33,19 +33,19 @@ pub enum Transition {
 /// A reconciler's answer: the transition plus a short human detail for the step log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepResult {
-    pub transition: Transition,
-    pub detail: String,
+    pub(crate) transition: Transition,
+    pub(crate) detail: String,
     /// First steps of other targets found on the way (a site's slots).
-    pub spawn: Vec<StepMessage>,
+    pub(crate) spawn: Vec<StepMessage>,
     /// The subnet decided for this target, recorded even when the step ends it (dry run).
-    pub planned: Option<PlannedSubnet>,
+    pub(crate) planned: Option<PlannedSubnet>,
 }
 
 impl StepResult {
-    pub fn next(msg: StepMessage, detail: impl Into<String>) -> Self {
+    pub(crate) fn next(msg: StepMessage, detail: impl Into<String>) -> Self {
         Self::next_after(msg, Duration::ZERO, detail)
     }
-    pub fn next_after(msg: StepMessage, delay: Duration, detail: impl Into<String>) -> Self {
+    pub(crate) fn next_after(msg: StepMessage, delay: Duration, detail: impl Into<String>) -> Self {
         StepResult {
             transition: Transition::Continue(vec![(msg, delay)]),
             detail: detail.into(),
@@ -53,7 +53,7 @@ impl StepResult {
             planned: None,
         }
     }
-    pub fn done(outcome: Outcome, detail: impl Into<String>) -> Self {
+    pub(crate) fn done(outcome: Outcome, detail: impl Into<String>) -> Self {
         StepResult {
             transition: Transition::Done(outcome),
             detail: detail.into(),

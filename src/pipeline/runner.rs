@@ -38,9 +38,9 @@ impl Default for RunnerConfig {
 }
 
 /// Called after every settled step (progress bars, tests).
-pub type OnStep = Arc<dyn Fn(&super::engine::Executed) + Send + Sync>;
+pub(crate) type OnStep = Arc<dyn Fn(&super::engine::Executed) + Send + Sync>;
 
-pub struct Runner<R> {
+pub(crate) struct Runner<R> {
     store: Arc<SqliteStore>,
     engine: Arc<Engine<R>>,
     config: RunnerConfig,
@@ -50,11 +50,15 @@ pub struct Runner<R> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunStats {
     pub steps: u64,
-    pub dead_lettered: u64,
+    pub(crate) dead_lettered: u64,
 }
 
 impl<R: Reconciler> Runner<R> {
-    pub fn new(store: Arc<SqliteStore>, engine: Arc<Engine<R>>, config: RunnerConfig) -> Self {
+    pub(crate) fn new(
+        store: Arc<SqliteStore>,
+        engine: Arc<Engine<R>>,
+        config: RunnerConfig,
+    ) -> Self {
         Runner {
             store,
             engine,
@@ -63,13 +67,13 @@ impl<R: Reconciler> Runner<R> {
         }
     }
 
-    pub fn on_step(mut self, f: OnStep) -> Self {
+    pub(crate) fn on_step(mut self, f: OnStep) -> Self {
         self.on_step = Some(f);
         self
     }
 
     /// Works until the queue is empty (no active, scheduled or leased message).
-    pub async fn run_until_idle(&self) -> Result<RunStats, QueueError> {
+    pub(crate) async fn run_until_idle(&self) -> Result<RunStats, QueueError> {
         let busy: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let wake = Arc::new(Notify::new());
         let mut tasks: JoinSet<Result<bool, QueueError>> = JoinSet::new();
@@ -152,7 +156,11 @@ async fn work<R: Reconciler>(
     let msg = match StepMessage::decode(&d.body) {
         Ok(m) => m,
         Err(e) => {
-            tracing::error!(message_id = %d.message_id, "undecodable step message: {e}");
+            tracing::error!(
+                message_id = %d.message_id,
+                delivery_count = d.delivery_count,
+                "undecodable step message: {e}"
+            );
             store.dead_letter(&d, &e.to_string())?;
             return Ok(false);
         }

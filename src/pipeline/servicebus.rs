@@ -13,7 +13,7 @@ use crate::azure::servicebus::{SendMessage, ServiceBusClient, ServiceBusError};
 
 /// The Service Bus message for one outgoing step. A `visible_at` in the past or now is sent
 /// without a scheduled enqueue time (available at once).
-pub fn send_message(o: &Outgoing) -> SendMessage {
+pub(crate) fn send_message(o: &Outgoing) -> SendMessage {
     let scheduled = (o.visible_at > OffsetDateTime::now_utc()).then_some(o.visible_at);
     SendMessage {
         body: o.message.encode(),

@@ -9,7 +9,7 @@ use crate::sim::SimStats;
 
 /// Replaces the client's estimates in the report's performance block with the simulator's
 /// exact per-subscription counts (the write bound is set by the busiest subscription).
-pub fn use_simulator_figures(report: &mut Report, stats: &SimStats, speed: f64) {
+pub(crate) fn use_simulator_figures(report: &mut Report, stats: &SimStats, speed: f64) {
     let limits = PacerConfig::default().scaled(speed);
     let bound = report::write_bound_seconds(
         stats

@@ -24,15 +24,15 @@ pub struct TargetReport {
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Performance {
-    pub makespan_seconds: f64,
+    pub(crate) makespan_seconds: f64,
     /// The least time ARM's write limits allow for the writes this run made.
-    pub arm_write_bound_seconds: f64,
+    pub(crate) arm_write_bound_seconds: f64,
     /// makespan / write bound (1.0 = as fast as ARM allows).
-    pub bound_ratio: f64,
-    pub arm_requests: u64,
-    pub arm_writes: u64,
-    pub throttled429: u64,
-    pub steps_per_second: f64,
+    pub(crate) bound_ratio: f64,
+    pub(crate) arm_requests: u64,
+    pub(crate) arm_writes: u64,
+    pub(crate) throttled429: u64,
+    pub(crate) steps_per_second: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,14 +101,14 @@ impl Report {
     }
 
     /// Targets without a terminal outcome, or parked: the run needs attention.
-    pub fn needs_operator(&self) -> bool {
+    pub(crate) fn needs_operator(&self) -> bool {
         self.targets
             .iter()
             .any(|t| t.outcome == "parked" || t.outcome == "unfinished")
     }
 
     /// The summary table printed at the end of a run.
-    pub fn table(&self) -> String {
+    pub(crate) fn table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -139,7 +139,7 @@ impl Report {
     }
 
     /// Per-target table (the `plan` command's view).
-    pub fn target_table(&self) -> String {
+    pub(crate) fn target_table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -195,7 +195,7 @@ pub fn write_bound_seconds(
 }
 
 /// Figures are reported to the millisecond.
-pub fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 

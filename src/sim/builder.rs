@@ -15,7 +15,7 @@ mod derived;
 mod network;
 mod web;
 
-pub use network::delegate_to_web;
+pub(crate) use network::delegate_to_web;
 // Used by `generate`'s tests to check the generated address plans.
 #[cfg(test)]
 pub(crate) use network::{free_block, subnet_prefixes};
@@ -27,10 +27,10 @@ use serde_json::{json, Value};
 use crate::azure::ResourceId;
 use crate::fleet::Fleet;
 
-pub const DEFAULT_SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000001";
+pub(crate) const DEFAULT_SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000001";
 /// Tag key carrying simulator behaviour knobs (`reject-connect`, `kv-breaks-after-connect`,
 /// `old-scale-unit`).
-pub const SIM_TAG: &str = "vnet-migrate-sim";
+pub(crate) const SIM_TAG: &str = "vnet-migrate-sim";
 
 #[derive(Debug, Clone)]
 pub struct FleetBuilder {
@@ -61,7 +61,7 @@ impl FleetBuilder {
     }
 
     /// Current subscription for the calls that follow.
-    pub fn subscription(&mut self, sub: &str) -> &mut Self {
+    pub(crate) fn subscription(&mut self, sub: &str) -> &mut Self {
         self.subscription = sub.to_string();
         self
     }
@@ -93,7 +93,7 @@ impl FleetBuilder {
     }
 
     /// A stored resource, for reading what the builder derived.
-    pub fn resource(&self, id: &ResourceId) -> &Value {
+    pub(crate) fn resource(&self, id: &ResourceId) -> &Value {
         match self.index.get(id.key()) {
             Some(&i) => &self.resources[i],
             None => panic!("FleetBuilder: {id} was not added to this builder"),
@@ -101,7 +101,7 @@ impl FleetBuilder {
     }
 
     /// A stored resource, for scenario tweaks the typed methods do not cover.
-    pub fn resource_mut(&mut self, id: &ResourceId) -> &mut Value {
+    pub(crate) fn resource_mut(&mut self, id: &ResourceId) -> &mut Value {
         match self.index.get(id.key()) {
             Some(&i) => &mut self.resources[i],
             None => panic!("FleetBuilder: {id} was not added to this builder"),
@@ -115,7 +115,7 @@ impl FleetBuilder {
     }
 
     /// Consumes the builder without copying the resources.
-    pub fn into_fleet(self) -> Fleet {
+    pub(crate) fn into_fleet(self) -> Fleet {
         Fleet {
             resources: self.resources,
         }

@@ -94,7 +94,7 @@ impl Simulator {
 
 /// Handle of a serving simulator.
 pub struct SimServer {
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -114,7 +114,11 @@ impl SimServer {
 
 /// `vnet-migrate simulate-arm`: serves on 127.0.0.1:`port`, prints
 /// `listening on http://127.0.0.1:PORT` as the first stdout line, runs until Ctrl-C.
-pub async fn run_simulate_arm(fleet: Fleet, options: SimOptions, port: u16) -> anyhow::Result<()> {
+pub(crate) async fn run_simulate_arm(
+    fleet: Fleet,
+    options: SimOptions,
+    port: u16,
+) -> anyhow::Result<()> {
     let sim = Simulator::new(fleet, options);
     let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     {

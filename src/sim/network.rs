@@ -10,7 +10,9 @@
 mod subnet;
 mod validate;
 
-pub use subnet::{add_sal, find_subnet, prefixes, remove_sal, sal_links, vnet_guid, web_delegated};
+pub(crate) use subnet::{
+    add_sal, find_subnet, prefixes, remove_sal, sal_links, vnet_guid, web_delegated,
+};
 
 use std::time::Instant;
 
@@ -82,7 +84,7 @@ fn network_lro(
     }
 }
 
-pub fn get_subnet(st: &State, id: &ResourceId) -> Reply {
+pub(crate) fn get_subnet(st: &State, id: &ResourceId) -> Reply {
     match find_subnet(&st.store, id) {
         Some((_, s)) => etagged(s),
         None => Reply::not_found(id.as_str()),
@@ -90,7 +92,7 @@ pub fn get_subnet(st: &State, id: &ResourceId) -> Reply {
 }
 
 /// Network GETs carry the body's etag as the `ETag` header too.
-pub fn etagged(v: Value) -> Reply {
+pub(crate) fn etagged(v: Value) -> Reply {
     let etag = v["etag"].as_str().map(String::from);
     let r = Reply::ok(v);
     match etag {
@@ -99,7 +101,7 @@ pub fn etagged(v: Value) -> Reply {
     }
 }
 
-pub fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
+pub(crate) fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
     let Some(vnet_id) = id.vnet() else {
         return Reply::not_found(id.as_str());
     };
@@ -162,7 +164,7 @@ pub fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> R
     network_lro(st, ctx, &vnet_id, &location, reply)
 }
 
-pub fn delete_subnet(st: &mut State, id: &ResourceId) -> Reply {
+pub(crate) fn delete_subnet(st: &mut State, id: &ResourceId) -> Reply {
     let Some((_, s)) = find_subnet(&st.store, id) else {
         return Reply::empty(204);
     };
@@ -197,7 +199,7 @@ pub fn delete_subnet(st: &mut State, id: &ResourceId) -> Reply {
     Reply::empty(200)
 }
 
-pub fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
+pub(crate) fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
     if let Some(secs) = vnet_locked(st, id) {
         return locked_reply(id, secs);
     }
@@ -313,7 +315,7 @@ pub fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Rep
     network_lro(st, ctx, id, &location, reply)
 }
 
-pub fn delete_vnet(st: &mut State, id: &ResourceId) -> Reply {
+pub(crate) fn delete_vnet(st: &mut State, id: &ResourceId) -> Reply {
     let Some(v) = st.store.get(id) else {
         return Reply::empty(204);
     };
@@ -334,14 +336,14 @@ pub fn delete_vnet(st: &mut State, id: &ResourceId) -> Reply {
 }
 
 /// `GET {vnet}/{subnets|virtualNetworkPeerings}` → `{value}` of the inline children.
-pub fn list_inline(st: &State, vnet: &ResourceId, field: &str) -> Reply {
+pub(crate) fn list_inline(st: &State, vnet: &ResourceId, field: &str) -> Reply {
     match st.store.get(vnet) {
         Some(v) => Reply::ok(json!({"value": arr(v, &["properties", field])})),
         None => Reply::not_found(vnet.as_str()),
     }
 }
 
-pub fn get_peering(st: &State, id: &ResourceId) -> Reply {
+pub(crate) fn get_peering(st: &State, id: &ResourceId) -> Reply {
     let found = id.vnet().and_then(|v| st.store.get(&v)).and_then(|v| {
         arr(v, &["properties", "virtualNetworkPeerings"])
             .iter()
@@ -359,7 +361,7 @@ pub fn get_peering(st: &State, id: &ResourceId) -> Reply {
 }
 
 /// `GET {vnet}/usages`: per-subnet address usage like VirtualNetworkListUsage.
-pub fn usages(st: &State, vnet: &ResourceId) -> Reply {
+pub(crate) fn usages(st: &State, vnet: &ResourceId) -> Reply {
     let Some(v) = st.store.get(vnet) else {
         return Reply::not_found(vnet.as_str());
     };

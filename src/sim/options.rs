@@ -92,7 +92,7 @@ pub struct SubscriptionStats {
 #[serde(rename_all = "camelCase")]
 pub struct SimStats {
     pub requests: u64,
-    pub reads: u64,
+    pub(crate) reads: u64,
     pub writes: u64,
     pub deletes: u64,
     pub throttled429: u64,

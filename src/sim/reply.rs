@@ -3,15 +3,15 @@
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    pub status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     /// `None` = empty body (e.g. swift DELETE).
-    pub body: Option<Value>,
-    pub headers: Vec<(String, String)>,
+    pub(crate) body: Option<Value>,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Reply {
-    pub fn new(status: u16, body: Value) -> Self {
+    pub(crate) fn new(status: u16, body: Value) -> Self {
         Self {
             status,
             body: Some(body),
@@ -19,11 +19,11 @@ impl Reply {
         }
     }
 
-    pub fn ok(body: Value) -> Self {
+    pub(crate) fn ok(body: Value) -> Self {
         Self::new(200, body)
     }
 
-    pub fn empty(status: u16) -> Self {
+    pub(crate) fn empty(status: u16) -> Self {
         Self {
             status,
             body: None,
@@ -32,14 +32,14 @@ impl Reply {
     }
 
     /// ARM's error envelope `{"error":{"code","message"}}`.
-    pub fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
         Self::new(
             status,
             json!({"error": {"code": code, "message": message.into()}}),
         )
     }
 
-    pub fn not_found(id: &str) -> Self {
+    pub(crate) fn not_found(id: &str) -> Self {
         Self::error(
             404,
             "ResourceNotFound",
@@ -47,7 +47,7 @@ impl Reply {
         )
     }
 
-    pub fn not_simulated(what: &str) -> Self {
+    pub(crate) fn not_simulated(what: &str) -> Self {
         Self::error(
             404,
             "NotSimulated",
@@ -55,20 +55,20 @@ impl Reply {
         )
     }
 
-    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+    pub(crate) fn header(mut self, name: &str, value: impl Into<String>) -> Self {
         self.headers.push((name.to_string(), value.into()));
         self
     }
 
-    pub fn is_success(&self) -> bool {
+    pub(crate) fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
 }
 
 /// Per-request facts behaviours need to build URLs (LRO status links, nextLinks).
 #[derive(Debug, Clone)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     /// `http://host:port` as the client addressed us.
-    pub base: String,
-    pub api_version: String,
+    pub(crate) base: String,
+    pub(crate) api_version: String,
 }

@@ -14,28 +14,28 @@ use super::throttle::Throttle;
 
 /// A long-running operation as its status URL reports it.
 #[derive(Debug, Clone)]
-pub struct Operation {
-    pub done_at: Instant,
-    pub error: Option<Value>,
+pub(crate) struct Operation {
+    pub(crate) done_at: Instant,
+    pub(crate) error: Option<Value>,
 }
 
 #[derive(Debug)]
-pub struct State {
-    pub store: Store,
-    pub options: SimOptions,
-    pub throttle: Throttle,
-    pub rng: ChaCha8Rng,
-    pub stats: SimStats,
-    pub injected: Vec<InjectedFault>,
-    pub operations: HashMap<String, Operation>,
+pub(crate) struct State {
+    pub(crate) store: Store,
+    pub(crate) options: SimOptions,
+    pub(crate) throttle: Throttle,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) stats: SimStats,
+    pub(crate) injected: Vec<InjectedFault>,
+    pub(crate) operations: HashMap<String, Operation>,
     /// VNet key → instant its last subnet/VNet write finishes (ARM locks the VNet meanwhile).
-    pub vnet_busy: HashMap<String, Instant>,
+    pub(crate) vnet_busy: HashMap<String, Instant>,
     /// Subscription key → requests left in a chaos 429 storm.
-    pub storms: HashMap<String, u32>,
+    pub(crate) storms: HashMap<String, u32>,
 }
 
 impl State {
-    pub fn new(store: Store, options: SimOptions) -> Self {
+    pub(crate) fn new(store: Store, options: SimOptions) -> Self {
         Self {
             store,
             throttle: Throttle::new(options.throttle, options.speed()),
@@ -50,20 +50,20 @@ impl State {
     }
 
     /// A uuid drawn from the seeded generator, so runs with one seed are reproducible.
-    pub fn uuid(&mut self) -> String {
+    pub(crate) fn uuid(&mut self) -> String {
         uuid::Builder::from_random_bytes(self.rng.random())
             .into_uuid()
             .to_string()
     }
 
     /// A Network-style weak etag `W/"{uuid}"`.
-    pub fn etag(&mut self) -> String {
+    pub(crate) fn etag(&mut self) -> String {
         format!("W/\"{}\"", self.uuid())
     }
 
     /// A duration drawn uniformly from `[lo, hi]` seconds, divided by speed; zero when the
     /// latency model is off.
-    pub fn latency(&mut self, lo: f64, hi: f64) -> Duration {
+    pub(crate) fn latency(&mut self, lo: f64, hi: f64) -> Duration {
         if !self.options.latency {
             return Duration::ZERO;
         }
@@ -72,7 +72,7 @@ impl State {
     }
 
     /// Registers an LRO finishing after `duration`; returns its id.
-    pub fn start_operation(&mut self, duration: Duration) -> String {
+    pub(crate) fn start_operation(&mut self, duration: Duration) -> String {
         let id = self.uuid();
         self.operations.insert(
             id.clone(),
@@ -85,7 +85,7 @@ impl State {
     }
 
     /// `{"status": …}` for an operation status URL; `None` when unknown.
-    pub fn operation_status(&self, id: &str) -> Option<Value> {
+    pub(crate) fn operation_status(&self, id: &str) -> Option<Value> {
         let op = self.operations.get(&id.to_ascii_lowercase())?;
         Some(if Instant::now() < op.done_at {
             json!({"status": "InProgress"})
@@ -97,7 +97,7 @@ impl State {
     }
 
     /// Seconds until an LRO poll is worth repeating (ARM sends `Retry-After` on LROs).
-    pub fn retry_after_secs(duration: Duration) -> u64 {
+    pub(crate) fn retry_after_secs(duration: Duration) -> u64 {
         duration.as_secs().clamp(1, 10)
     }
 }

@@ -8,14 +8,14 @@ use serde_json::Value;
 use crate::azure::ResourceId;
 
 #[derive(Debug, Default, Clone)]
-pub struct Store {
+pub(crate) struct Store {
     resources: BTreeMap<String, Value>,
     by_type: HashMap<String, BTreeSet<String>>,
 }
 
 /// Lowercased full type of a resource id (`microsoft.web/sites/slots`), or the ARM names of
 /// scope types.
-pub fn type_key(id: &ResourceId) -> String {
+pub(crate) fn type_key(id: &ResourceId) -> String {
     match id.resource_type() {
         Some(t) => t.to_ascii_lowercase(),
         None if id.resource_group().is_some() => "microsoft.resources/resourcegroups".into(),
@@ -25,7 +25,7 @@ pub fn type_key(id: &ResourceId) -> String {
 
 impl Store {
     /// Loads fleet resources; entries without a valid id are skipped (Fleet::load rejects them).
-    pub fn from_resources(resources: Vec<Value>) -> Self {
+    pub(crate) fn from_resources(resources: Vec<Value>) -> Self {
         let mut s = Self::default();
         for r in resources {
             if let Some(id) = r
@@ -39,20 +39,20 @@ impl Store {
         s
     }
 
-    pub fn get(&self, id: &ResourceId) -> Option<&Value> {
+    pub(crate) fn get(&self, id: &ResourceId) -> Option<&Value> {
         self.resources.get(id.key())
     }
 
-    pub fn get_mut(&mut self, id: &ResourceId) -> Option<&mut Value> {
+    pub(crate) fn get_mut(&mut self, id: &ResourceId) -> Option<&mut Value> {
         self.resources.get_mut(id.key())
     }
 
-    pub fn contains(&self, id: &ResourceId) -> bool {
+    pub(crate) fn contains(&self, id: &ResourceId) -> bool {
         self.resources.contains_key(id.key())
     }
 
     /// Inserts or replaces; returns true when the resource is new.
-    pub fn put(&mut self, id: &ResourceId, value: Value) -> bool {
+    pub(crate) fn put(&mut self, id: &ResourceId, value: Value) -> bool {
         self.by_type
             .entry(type_key(id))
             .or_default()
@@ -61,7 +61,7 @@ impl Store {
     }
 
     /// Removes the resource and everything below it; returns whether it existed.
-    pub fn remove_tree(&mut self, id: &ResourceId) -> bool {
+    pub(crate) fn remove_tree(&mut self, id: &ResourceId) -> bool {
         let prefix = format!("{}/", id.key());
         let doomed: Vec<String> = self
             .resources
@@ -79,12 +79,15 @@ impl Store {
         existed
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &Value> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Value> {
         self.resources.values()
     }
 
     /// Resources whose lowercased type is `ty`, in id order.
-    pub fn of_type<'a>(&'a self, ty: &str) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+    pub(crate) fn of_type<'a>(
+        &'a self,
+        ty: &str,
+    ) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
         self.by_type
             .get(&ty.to_ascii_lowercase())
             .into_iter()
@@ -93,7 +96,7 @@ impl Store {
     }
 
     /// Resources of type `ty` lying within `scope` (a subscription, group or parent resource).
-    pub fn of_type_within(&self, ty: &str, scope: &ResourceId) -> Vec<Value> {
+    pub(crate) fn of_type_within(&self, ty: &str, scope: &ResourceId) -> Vec<Value> {
         // The type index is ordered, so the resources below `scope` are one contiguous range.
         let prefix = format!("{}/", scope.key());
         let Some(keys) = self.by_type.get(&ty.to_ascii_lowercase()) else {
@@ -107,11 +110,11 @@ impl Store {
 
     /// A resource group exists when stored explicitly or when anything lives inside it
     /// (fleet files usually list no resource groups).
-    pub fn group_exists(&self, rg: &ResourceId) -> bool {
+    pub(crate) fn group_exists(&self, rg: &ResourceId) -> bool {
         self.contains(rg) || self.any_within(rg)
     }
 
-    pub fn any_within(&self, scope: &ResourceId) -> bool {
+    pub(crate) fn any_within(&self, scope: &ResourceId) -> bool {
         let prefix = format!("{}/", scope.key());
         self.resources
             .range(prefix.clone()..)
@@ -120,7 +123,7 @@ impl Store {
     }
 
     /// Location of the first resource inside `scope` (for implicit resource groups).
-    pub fn first_location_within(&self, scope: &ResourceId) -> Option<String> {
+    pub(crate) fn first_location_within(&self, scope: &ResourceId) -> Option<String> {
         let prefix = format!("{}/", scope.key());
         self.resources
             .range(prefix.clone()..)
@@ -130,7 +133,7 @@ impl Store {
 }
 
 /// JSON merge for PATCH: objects merge recursively, everything else replaces.
-pub fn merge(target: &mut Value, patch: &Value) {
+pub(crate) fn merge(target: &mut Value, patch: &Value) {
     match (target, patch) {
         (Value::Object(t), Value::Object(p)) => {
             for (k, v) in p {

@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OpClass {
+pub(crate) enum OpClass {
     Read,
     Write,
     Delete,
 }
 
 impl OpClass {
-    pub fn of(method: &str) -> Self {
+    pub(crate) fn of(method: &str) -> Self {
         match method {
             "GET" | "HEAD" | "OPTIONS" => Self::Read,
             "DELETE" => Self::Delete,
@@ -46,7 +46,7 @@ impl Bucket {
 /// All buckets of the simulator. `speed` compresses time: it scales the refill rates (per
 /// second), not the bucket sizes (token counts).
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     enabled: bool,
     speed: f64,
     buckets: HashMap<(String, OpClass), Bucket>,
@@ -54,15 +54,15 @@ pub struct Throttle {
 
 /// What the buckets say about one request.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// `None` = admitted; `Some(seconds)` = throttled, retry after that many seconds.
-    pub retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
     /// Remaining tokens per class, for the `x-ms-ratelimit-remaining-subscription-*` headers.
-    pub remaining: [(OpClass, u64); 3],
+    pub(crate) remaining: [(OpClass, u64); 3],
 }
 
 impl Throttle {
-    pub fn new(enabled: bool, speed: f64) -> Self {
+    pub(crate) fn new(enabled: bool, speed: f64) -> Self {
         Self {
             enabled,
             speed,
@@ -90,7 +90,7 @@ impl Throttle {
 
     /// Takes one token of `class` from the subscription's bucket (always admits when
     /// throttling is off, but still reports the remaining counts).
-    pub fn admit(&mut self, sub: &str, class: OpClass, now: Instant) -> Verdict {
+    pub(crate) fn admit(&mut self, sub: &str, class: OpClass, now: Instant) -> Verdict {
         let enabled = self.enabled;
         let b = self.bucket(sub, class, now);
         let retry_after = if b.tokens >= 1.0 {

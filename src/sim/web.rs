@@ -10,11 +10,11 @@ mod connections;
 mod regional;
 mod sites;
 
-pub use connections::{
+pub(crate) use connections::{
     delete_connection, get_connection, list_connections, plan_connections, put_connection,
 };
-pub use regional::{delete_swift, get_swift, put_swift};
-pub use sites::{
+pub(crate) use regional::{delete_swift, get_swift, put_swift};
+pub(crate) use sites::{
     delete_site, get_config_web, get_site, patch_site, put_site, render_kv_reference,
     write_config_web,
 };
@@ -26,12 +26,12 @@ use super::state::State;
 use crate::azure::{ResourceId, ResourceKind};
 
 /// Tag carrying the simulator's behaviour knobs.
-pub const KNOB_TAG: &str = "vnet-migrate-sim";
+pub(crate) const KNOB_TAG: &str = "vnet-migrate-sim";
 
 const SITE_CONNECTIONS: &str = "microsoft.web/sites/virtualnetworkconnections";
 const SLOT_CONNECTIONS: &str = "microsoft.web/sites/slots/virtualnetworkconnections";
 
-pub fn has_knob(resource: &Value, knob: &str) -> bool {
+pub(crate) fn has_knob(resource: &Value, knob: &str) -> bool {
     resource["tags"][KNOB_TAG].as_str().is_some_and(|t| {
         t.split([',', ' ', ';'])
             .any(|k| k.trim().eq_ignore_ascii_case(knob))
@@ -50,7 +50,7 @@ fn parse_id(v: &Value) -> Option<ResourceId> {
 
 /// The plan of a site or slot: its `serverFarmId` (a bare name resolves in the site's
 /// resource group, as App Service accepts), for slots falling back to the site's plan.
-pub fn plan_of(st: &State, target: &ResourceId, site: &Value) -> Option<ResourceId> {
+pub(crate) fn plan_of(st: &State, target: &ResourceId, site: &Value) -> Option<ResourceId> {
     let raw = site["properties"]["serverFarmId"]
         .as_str()
         .unwrap_or_default();
@@ -110,7 +110,7 @@ fn plan_members(
 }
 
 /// The sites (not slots) on `plan`, as `GET {plan}/sites` lists them.
-pub fn plan_sites(st: &State, plan: &ResourceId) -> Vec<Value> {
+pub(crate) fn plan_sites(st: &State, plan: &ResourceId) -> Vec<Value> {
     st.store
         .of_type("microsoft.web/sites")
         .filter(|(_, v)| {

@@ -66,7 +66,7 @@ pub struct ArmMetrics {
     pub requests: u64,
     pub reads: u64,
     pub writes: u64,
-    pub deletes: u64,
+    pub(crate) deletes: u64,
     pub throttled_429: u64,
     pub retries: u64,
     pub lro_polls: u64,

@@ -101,10 +101,6 @@ impl ArmClient {
         })
     }
 
-    pub fn endpoint(&self) -> &str {
-        &self.inner.endpoint
-    }
-
     /// The per-subscription pacer (for inspection and reporting).
     pub fn pacer(&self) -> &Pacer {
         &self.inner.pacer

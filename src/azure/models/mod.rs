@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::resource_id::ResourceId;
 
-pub type Extra = Map<String, Value>;
+pub(crate) type Extra = Map<String, Value>;
 
 /// An id field that ARM may send as `null`, `""` or an id.
 pub(crate) fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ResourceId>, D::Error> {
@@ -50,7 +50,7 @@ pub(crate) fn num_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u3
 }
 
 /// Normalises an ARM location for comparison: `"West Europe"` == `"westeurope"`.
-pub fn normalize_location(loc: &str) -> String {
+pub(crate) fn normalize_location(loc: &str) -> String {
     loc.chars()
         .filter(|c| !c.is_whitespace())
         .collect::<String>()
@@ -61,17 +61,7 @@ pub fn normalize_location(loc: &str) -> String {
 pub struct SubResource {
     pub id: ResourceId,
     #[serde(flatten)]
-    pub extra: Extra,
-}
-
-/// An ARM list page: `{value, nextLink}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Page<T> {
-    #[serde(default = "Vec::new")]
-    pub value: Vec<T>,
-    #[serde(default)]
-    pub next_link: Option<String>,
+    pub(crate) extra: Extra,
 }
 
 #[cfg(test)]

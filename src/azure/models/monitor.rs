@@ -6,25 +6,25 @@ use super::{num_or_string, opt_id, Extra};
 use crate::azure::resource_id::ResourceId;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ScaleCapacity {
+pub(crate) struct ScaleCapacity {
     #[serde(
         default,
         deserialize_with = "num_or_string",
         serialize_with = "as_string"
     )]
-    pub minimum: Option<u32>,
+    pub(crate) minimum: Option<u32>,
     #[serde(
         default,
         deserialize_with = "num_or_string",
         serialize_with = "as_string"
     )]
-    pub maximum: Option<u32>,
+    pub(crate) maximum: Option<u32>,
     #[serde(
         default,
         deserialize_with = "num_or_string",
         serialize_with = "as_string"
     )]
-    pub default: Option<u32>,
+    pub(crate) default: Option<u32>,
 }
 
 /// Autoscale writes capacities as strings; keep that on the wire.
@@ -36,40 +36,40 @@ fn as_string<S: serde::Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Er
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct AutoscaleProfile {
+pub(crate) struct AutoscaleProfile {
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub capacity: ScaleCapacity,
+    pub(crate) capacity: ScaleCapacity,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct AutoscaleProperties {
+pub(crate) struct AutoscaleProperties {
     #[serde(default)]
-    pub profiles: Vec<AutoscaleProfile>,
+    pub(crate) profiles: Vec<AutoscaleProfile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
     #[serde(
         default,
         deserialize_with = "opt_id",
         skip_serializing_if = "Option::is_none"
     )]
-    pub target_resource_uri: Option<ResourceId>,
+    pub(crate) target_resource_uri: Option<ResourceId>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// `Microsoft.Insights/autoscalesettings`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AutoscaleSetting {
-    pub id: ResourceId,
+    pub(crate) id: ResourceId,
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub properties: AutoscaleProperties,
+    pub(crate) properties: AutoscaleProperties,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }

@@ -10,89 +10,89 @@ use crate::azure::resource_id::ResourceId;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct DelegationProperties {
+pub(crate) struct DelegationProperties {
     #[serde(default)]
-    pub service_name: String,
+    pub(crate) service_name: String,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Delegation {
+pub(crate) struct Delegation {
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub properties: DelegationProperties,
+    pub(crate) properties: DelegationProperties,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct ServiceAssociationLinkProperties {
+pub(crate) struct ServiceAssociationLinkProperties {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub linked_resource_type: Option<String>,
+    pub(crate) linked_resource_type: Option<String>,
     #[serde(
         default,
         deserialize_with = "opt_id",
         skip_serializing_if = "Option::is_none"
     )]
-    pub link: Option<ResourceId>,
+    pub(crate) link: Option<ResourceId>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct ServiceAssociationLink {
+pub(crate) struct ServiceAssociationLink {
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub properties: ServiceAssociationLinkProperties,
+    pub(crate) properties: ServiceAssociationLinkProperties,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
-pub const WEB_DELEGATION: &str = "Microsoft.Web/serverFarms";
+pub(crate) const WEB_DELEGATION: &str = "Microsoft.Web/serverFarms";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct SubnetProperties {
+pub(crate) struct SubnetProperties {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address_prefix: Option<String>,
+    pub(crate) address_prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address_prefixes: Option<Vec<String>>,
+    pub(crate) address_prefixes: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delegations: Option<Vec<Delegation>>,
+    pub(crate) delegations: Option<Vec<Delegation>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_association_links: Option<Vec<ServiceAssociationLink>>,
+    pub(crate) service_association_links: Option<Vec<ServiceAssociationLink>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_configurations: Option<Vec<Value>>,
+    pub(crate) ip_configurations: Option<Vec<Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_security_group: Option<SubResource>,
+    pub(crate) network_security_group: Option<SubResource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub route_table: Option<SubResource>,
+    pub(crate) route_table: Option<SubResource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nat_gateway: Option<SubResource>,
+    pub(crate) nat_gateway: Option<SubResource>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// A subnet, standalone or inline in its VNet.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Subnet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub properties: SubnetProperties,
+    pub(crate) properties: SubnetProperties,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 impl Subnet {
     /// All prefixes of the subnet, from `addressPrefix` and `addressPrefixes`.
-    pub fn prefixes(&self) -> Vec<String> {
+    pub(crate) fn prefixes(&self) -> Vec<String> {
         let mut v: Vec<String> = self.properties.address_prefix.iter().cloned().collect();
         if let Some(ps) = &self.properties.address_prefixes {
             for p in ps {
@@ -104,7 +104,7 @@ impl Subnet {
         v
     }
 
-    pub fn is_delegated_to_web(&self) -> bool {
+    pub(crate) fn is_delegated_to_web(&self) -> bool {
         self.properties.delegations.iter().flatten().any(|d| {
             d.properties
                 .service_name
@@ -113,7 +113,7 @@ impl Subnet {
     }
 
     /// Plans (serverfarms) linked to this subnet through service association links.
-    pub fn linked_plans(&self) -> Vec<ResourceId> {
+    pub(crate) fn linked_plans(&self) -> Vec<ResourceId> {
         self.properties
             .service_association_links
             .iter()
@@ -123,7 +123,7 @@ impl Subnet {
     }
 
     /// Whether anything other than App Service plans uses the subnet (NICs, other delegations).
-    pub fn has_other_users(&self) -> bool {
+    pub(crate) fn has_other_users(&self) -> bool {
         let nics = self
             .properties
             .ip_configurations
@@ -140,11 +140,11 @@ impl Subnet {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct AddressSpace {
+pub(crate) struct AddressSpace {
     #[serde(default)]
-    pub address_prefixes: Vec<String>,
+    pub(crate) address_prefixes: Vec<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -153,25 +153,25 @@ pub struct PeeringProperties {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_virtual_network: Option<SubResource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peering_state: Option<String>,
+    pub(crate) peering_state: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Peering {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
     pub properties: PeeringProperties,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 impl Peering {
-    pub fn is_connected_to(&self, remote: &ResourceId) -> bool {
+    pub(crate) fn is_connected_to(&self, remote: &ResourceId) -> bool {
         self.properties
             .peering_state
             .as_deref()
@@ -188,15 +188,15 @@ impl Peering {
 #[serde(rename_all = "camelCase")]
 pub struct VnetProperties {
     #[serde(default)]
-    pub address_space: AddressSpace,
+    pub(crate) address_space: AddressSpace,
     #[serde(default)]
-    pub subnets: Vec<Subnet>,
+    pub(crate) subnets: Vec<Subnet>,
     #[serde(default)]
     pub virtual_network_peerings: Vec<Peering>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource_guid: Option<String>,
+    pub(crate) resource_guid: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// `Microsoft.Network/virtualNetworks`, with subnets and peerings inline.
@@ -204,11 +204,11 @@ pub struct VnetProperties {
 pub struct VirtualNetwork {
     pub id: ResourceId,
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub location: String,
+    pub(crate) location: String,
     #[serde(default)]
     pub properties: VnetProperties,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }

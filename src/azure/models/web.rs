@@ -8,33 +8,33 @@ use super::{opt_id, Extra};
 use crate::azure::resource_id::ResourceId;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Sku {
+pub(crate) struct Sku {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<String>,
+    pub(crate) tier: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<u32>,
+    pub(crate) capacity: Option<u32>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// `outboundVnetRouting` (live at 2024-11-01 and in the spec from 2025-03-01).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct OutboundVnetRouting {
+pub(crate) struct OutboundVnetRouting {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub all_traffic: Option<bool>,
+    pub(crate) all_traffic: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub application_traffic: Option<bool>,
+    pub(crate) application_traffic: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_share_traffic: Option<bool>,
+    pub(crate) content_share_traffic: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_pull_traffic: Option<bool>,
+    pub(crate) image_pull_traffic: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup_restore_traffic: Option<bool>,
+    pub(crate) backup_restore_traffic: Option<bool>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -49,31 +49,20 @@ pub struct SiteProperties {
     #[serde(default, deserialize_with = "opt_id")]
     pub virtual_network_subnet_id: Option<ResourceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_host_name: Option<String>,
+    pub(crate) default_host_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outbound_vnet_routing: Option<OutboundVnetRouting>,
+    pub(crate) outbound_vnet_routing: Option<OutboundVnetRouting>,
     // Legacy routing flags (api-version <= 2024-04-01 shape).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vnet_route_all_enabled: Option<bool>,
+    pub(crate) vnet_route_all_enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vnet_image_pull_enabled: Option<bool>,
+    pub(crate) vnet_image_pull_enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vnet_content_share_enabled: Option<bool>,
+    pub(crate) vnet_content_share_enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vnet_backup_restore_enabled: Option<bool>,
+    pub(crate) vnet_backup_restore_enabled: Option<bool>,
     #[serde(flatten)]
-    pub extra: Extra,
-}
-
-impl SiteProperties {
-    /// Whether application traffic is routed into the VNet, from either shape.
-    pub fn routes_all_traffic(&self) -> bool {
-        self.outbound_vnet_routing
-            .as_ref()
-            .and_then(|r| r.application_traffic.or(r.all_traffic))
-            .or(self.vnet_route_all_enabled)
-            .unwrap_or(false)
-    }
+    pub(crate) extra: Extra,
 }
 
 /// A site (`Microsoft.Web/sites`) or slot (`Microsoft.Web/sites/slots`).
@@ -81,147 +70,147 @@ impl SiteProperties {
 pub struct Site {
     pub id: ResourceId,
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(rename = "type", default)]
-    pub resource_type: String,
+    pub(crate) resource_type: String,
     #[serde(default)]
     pub location: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub(crate) kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tags: Option<Map<String, Value>>,
+    pub(crate) tags: Option<Map<String, Value>>,
     #[serde(default)]
     pub properties: SiteProperties,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct VnetRoute {
     #[serde(default)]
-    pub properties: Extra,
+    pub(crate) properties: Extra,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct VnetInfo {
+pub(crate) struct VnetInfo {
     /// Gateway-based: the VNet id; regional: the subnet id.
     #[serde(
         default,
         deserialize_with = "opt_id",
         skip_serializing_if = "Option::is_none"
     )]
-    pub vnet_resource_id: Option<ResourceId>,
+    pub(crate) vnet_resource_id: Option<ResourceId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_thumbprint: Option<String>,
+    pub(crate) cert_thumbprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_blob: Option<String>,
+    pub(crate) cert_blob: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub routes: Option<Vec<VnetRoute>>,
+    pub(crate) routes: Option<Vec<VnetRoute>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resync_required: Option<bool>,
+    pub(crate) resync_required: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dns_servers: Option<String>,
+    pub(crate) dns_servers: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub is_swift: Option<bool>,
+    pub(crate) is_swift: Option<bool>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// One entry of `…/virtualNetworkConnections` (the list is a bare JSON array).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct VnetConnection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
-    pub resource_type: Option<String>,
+    pub(crate) resource_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
+    pub(crate) location: Option<String>,
     #[serde(default)]
-    pub properties: VnetInfo,
+    pub(crate) properties: VnetInfo,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 impl VnetConnection {
     /// Gateway-based iff `isSwift` is not true (false or absent).
-    pub fn is_gateway(&self) -> bool {
+    pub(crate) fn is_gateway(&self) -> bool {
         self.properties.is_swift != Some(true)
     }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct PlanProperties {
+pub(crate) struct PlanProperties {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maximum_number_of_workers: Option<u32>,
+    pub(crate) maximum_number_of_workers: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maximum_elastic_worker_count: Option<u32>,
+    pub(crate) maximum_elastic_worker_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub elastic_scale_enabled: Option<bool>,
+    pub(crate) elastic_scale_enabled: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reserved: Option<bool>,
+    pub(crate) reserved: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hyper_v: Option<bool>,
+    pub(crate) hyper_v: Option<bool>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// An App Service plan (`Microsoft.Web/serverfarms`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Plan {
-    pub id: ResourceId,
+    pub(crate) id: ResourceId,
     #[serde(default)]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub location: String,
+    pub(crate) location: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub(crate) kind: Option<String>,
     #[serde(default)]
-    pub sku: Sku,
+    pub(crate) sku: Sku,
     #[serde(default)]
-    pub properties: PlanProperties,
+    pub(crate) properties: PlanProperties,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// One Key Vault reference status (`…/config/configreferences/appsettings`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct KeyVaultReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default)]
-    pub properties: KeyVaultReferenceProperties,
+    pub(crate) properties: KeyVaultReferenceProperties,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct KeyVaultReferenceProperties {
+pub(crate) struct KeyVaultReferenceProperties {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reference: Option<String>,
+    pub(crate) reference: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<KeyVaultStatus>,
+    pub(crate) status: Option<KeyVaultStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vault_name: Option<String>,
+    pub(crate) vault_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret_name: Option<String>,
+    pub(crate) secret_name: Option<String>,
     #[serde(flatten)]
-    pub extra: Extra,
+    pub(crate) extra: Extra,
 }
 
 /// A Key Vault reference's `status` (the `ResolveStatus` enum of the Microsoft.Web REST spec).
 /// ARM enums grow, so a value this version does not know is kept as it came.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum KeyVaultStatus {
+pub(crate) enum KeyVaultStatus {
     /// Not evaluated yet: look again later rather than judge.
     Initialized,
     Resolved,
@@ -258,7 +247,7 @@ impl KeyVaultStatus {
         (KeyVaultStatus::UnauthorizedClient, "UnauthorizedClient"),
     ];
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             KeyVaultStatus::Other(s) => s,
             known => Self::KNOWN
@@ -300,7 +289,7 @@ impl<'de> Deserialize<'de> for KeyVaultStatus {
 
 impl KeyVaultReference {
     /// The app setting name: `name`, else the last segment of `id`.
-    pub fn setting_name(&self) -> Option<String> {
+    pub(crate) fn setting_name(&self) -> Option<String> {
         self.name.clone().or_else(|| {
             self.id
                 .as_deref()

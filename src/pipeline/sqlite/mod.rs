@@ -20,19 +20,20 @@ use self::columns::UnixMs;
 use super::ledger::LedgerError;
 use super::queue::QueueError;
 
-pub use self::queue::{DeadLetter, Delivery};
+pub use self::queue::DeadLetter;
+pub(crate) use self::queue::Delivery;
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct QueueCounts {
-    pub active: u64,
-    pub locked: u64,
-    pub completed: u64,
-    pub dead: u64,
+pub(crate) struct QueueCounts {
+    pub(crate) active: u64,
+    pub(crate) locked: u64,
+    pub(crate) completed: u64,
+    pub(crate) dead: u64,
 }
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    pub max_delivery_count: u32,
+    pub(crate) max_delivery_count: u32,
 }
 
 fn storage(e: rusqlite::Error) -> QueueError {
@@ -123,7 +124,7 @@ impl SqliteStore {
 
     /// Releases every lease: called by the single runner that owns the file when it starts,
     /// so work leased by a crashed process is delivered again at once.
-    pub fn release_all_locks(&self) -> Result<u64, QueueError> {
+    pub(crate) fn release_all_locks(&self) -> Result<u64, QueueError> {
         let n = self
             .conn()
             .execute("UPDATE queue SET lock_token=NULL, locked_until=NULL WHERE state='active' AND lock_token IS NOT NULL", [])
@@ -131,7 +132,7 @@ impl SqliteStore {
         Ok(n as u64)
     }
 
-    pub fn counts(&self) -> Result<QueueCounts, QueueError> {
+    pub(crate) fn counts(&self) -> Result<QueueCounts, QueueError> {
         let conn = self.conn();
         let now = UnixMs::at(OffsetDateTime::now_utc());
         let mut c = QueueCounts::default();
@@ -171,26 +172,26 @@ mod test_support {
     use crate::azure::ResourceId;
     use crate::pipeline::message::{Origin, RunId, Step, StepMessage};
 
-    pub const LEASE: Duration = Duration::from_secs(60);
+    pub(crate) const LEASE: Duration = Duration::from_secs(60);
 
-    pub fn store() -> (Dir, SqliteStore) {
+    pub(crate) fn store() -> (Dir, SqliteStore) {
         let dir = Dir::new();
         let s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
         (dir, s)
     }
 
     /// A throwaway directory removed on drop (keeps the tests free of extra crates).
-    pub struct Dir(std::path::PathBuf);
+    pub(crate) struct Dir(std::path::PathBuf);
 
     impl Dir {
-        pub fn new() -> Self {
+        pub(crate) fn new() -> Self {
             let p =
                 std::env::temp_dir().join(format!("vnet-migrate-test-{}", uuid::Uuid::new_v4()));
             std::fs::create_dir_all(&p).unwrap();
             Dir(p)
         }
 
-        pub fn path(&self) -> &std::path::Path {
+        pub(crate) fn path(&self) -> &std::path::Path {
             &self.0
         }
     }
@@ -201,7 +202,7 @@ mod test_support {
         }
     }
 
-    pub fn msg(app: &str, step: Step) -> StepMessage {
+    pub(crate) fn msg(app: &str, step: Step) -> StepMessage {
         let t = ResourceId::parse(&format!(
             "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/{app}"
         ))
@@ -209,7 +210,7 @@ mod test_support {
         StepMessage::new(RunId("r-1".into()), t, step, Origin::Cli)
     }
 
-    pub fn now() -> OffsetDateTime {
+    pub(crate) fn now() -> OffsetDateTime {
         OffsetDateTime::now_utc()
     }
 }

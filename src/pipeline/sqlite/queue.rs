@@ -16,20 +16,18 @@ use crate::pipeline::queue::{Outgoing, QueueError, StepSender};
 
 /// A message handed to a worker, locked until `locked_until`.
 #[derive(Debug, Clone)]
-pub struct Delivery {
-    pub seq: i64,
-    pub message_id: String,
-    pub session_id: String,
-    pub body: Vec<u8>,
-    pub delivery_count: u32,
-    pub lock_token: String,
+pub(crate) struct Delivery {
+    pub(crate) seq: i64,
+    pub(crate) message_id: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) delivery_count: u32,
+    pub(crate) lock_token: String,
 }
 
 /// A dead-lettered message and why.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub message_id: String,
-    pub body: Vec<u8>,
     pub reason: String,
     pub delivery_count: u32,
 }
@@ -65,7 +63,7 @@ impl SqliteStore {
     /// which `admit(session, subscription)` accepts (the runner's per-subscription
     /// concurrency), or None. Candidates are judged without reading their bodies.
     /// A message already delivered `max_delivery_count` times is dead-lettered instead.
-    pub fn receive(
+    pub(crate) fn receive(
         &self,
         now: OffsetDateTime,
         lease: Duration,
@@ -136,7 +134,6 @@ impl SqliteStore {
         Ok(Delivery {
             seq: c.seq,
             message_id: c.message_id,
-            session_id: c.session_id,
             body,
             delivery_count: c.delivery_count + 1,
             lock_token: token,
@@ -160,7 +157,7 @@ impl SqliteStore {
     }
 
     /// Completes a delivery, enqueues its next steps and records the step, atomically.
-    pub fn commit(
+    pub(crate) fn commit(
         &self,
         d: &Delivery,
         next: &[Outgoing],
@@ -182,7 +179,7 @@ impl SqliteStore {
         })
     }
 
-    pub fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
+    pub(crate) fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
         self.transaction(storage, |tx| {
             Self::check_lock(tx, d)?;
             tx.execute("UPDATE queue SET state='dead', dead_reason=?2, lock_token=NULL, locked_until=NULL WHERE seq=?1", params![d.seq, reason]).map_err(storage)?;
@@ -190,16 +187,16 @@ impl SqliteStore {
         })
     }
 
+    /// Messages the runner could not execute (undecodable, or delivered too often), oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT message_id, body, dead_reason, delivery_count FROM queue WHERE state='dead' ORDER BY seq").map_err(storage)?;
+        let mut stmt = conn.prepare("SELECT message_id, dead_reason, delivery_count FROM queue WHERE state='dead' ORDER BY seq").map_err(storage)?;
         let rows = stmt
             .query_map([], |r| {
                 Ok(DeadLetter {
                     message_id: r.get(0)?,
-                    body: r.get(1)?,
-                    reason: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                    delivery_count: r.get(3)?,
+                    reason: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    delivery_count: r.get(2)?,
                 })
             })
             .map_err(storage)?;
@@ -207,7 +204,7 @@ impl SqliteStore {
     }
 
     /// When the next active message becomes visible (None when the queue is empty).
-    pub fn next_visible_at(&self) -> Result<Option<OffsetDateTime>, QueueError> {
+    pub(crate) fn next_visible_at(&self) -> Result<Option<OffsetDateTime>, QueueError> {
         let v: Option<UnixMs> = self
             .conn()
             .query_row("SELECT MIN(MAX(visible_at, COALESCE(locked_until, 0))) FROM queue WHERE state='active'", [], |r| r.get(0))
@@ -228,7 +225,7 @@ mod tests {
     use super::super::test_support::{msg, now, store, LEASE};
     use super::*;
     use crate::pipeline::ledger::Ledger;
-    use crate::pipeline::message::Step;
+    use crate::pipeline::message::{Step, StepMessage};
 
     #[tokio::test]
     async fn duplicate_message_ids_are_dropped() {
@@ -255,21 +252,22 @@ mod tests {
         s.send(vec![Outgoing::now(a1), Outgoing::now(a2), Outgoing::now(b)])
             .await
             .unwrap();
+        let session = |d: &Delivery| StepMessage::decode(&d.body).unwrap().session_id();
         let first = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
         let second = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
-        assert_ne!(first.session_id, second.session_id);
+        assert_ne!(session(&first), session(&second));
         assert!(
             s.receive(now(), LEASE, |_, _| true).unwrap().is_none(),
             "session a is busy"
         );
-        let (a, _) = if first.session_id.ends_with("/a") {
+        let (a, _) = if session(&first).ends_with("/a") {
             (first, second)
         } else {
             (second, first)
         };
         s.commit(&a, &[], None).unwrap();
         let again = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
-        assert!(again.session_id.ends_with("/a"));
+        assert!(session(&again).ends_with("/a"));
     }
 
     #[tokio::test]

@@ -49,7 +49,7 @@ impl FleetBuilder {
     }
 
     /// A subnet that `f` may modify before it is stored (delegation, ipConfigurations, SALs…).
-    pub fn subnet_with(
+    pub(crate) fn subnet_with(
         &mut self,
         vnet: &ResourceId,
         name: &str,
@@ -82,7 +82,7 @@ impl FleetBuilder {
     }
 
     /// Lowest free aligned block of `/len` inside the VNet's address space, as a prefix string.
-    pub fn free_prefix(&self, vnet: &ResourceId, len: u8) -> Option<String> {
+    pub(crate) fn free_prefix(&self, vnet: &ResourceId, len: u8) -> Option<String> {
         let v = self.resource(vnet);
         let space = prefixes(&v["properties"]["addressSpace"]["addressPrefixes"]);
         let used: Vec<Ipv4Net> = v["properties"]["subnets"]
@@ -229,7 +229,7 @@ impl FleetBuilder {
 
 /// Adds the `Microsoft.Web/serverFarms` delegation to a subnet object (idempotent); usable as
 /// the closure of `subnet_with`.
-pub fn delegate_to_web(subnet: &mut Value) {
+pub(crate) fn delegate_to_web(subnet: &mut Value) {
     let id = str_field(subnet, "id");
     let props = &mut subnet["properties"];
     if !props["delegations"].is_array() {

@@ -54,7 +54,7 @@ impl FleetBuilder {
 
     /// An enabled autoscale setting on `plan` with one profile (capacities as strings, as
     /// Microsoft.Insights writes them).
-    pub fn autoscale(&mut self, plan: &ResourceId, max: u32) -> ResourceId {
+    pub(crate) fn autoscale(&mut self, plan: &ResourceId, max: u32) -> ResourceId {
         let (location, capacity) = {
             let p = self.resource(plan);
             (

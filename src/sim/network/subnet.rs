@@ -24,7 +24,7 @@ fn id_eq(a: &str, b: &str) -> bool {
 }
 
 /// The subnet's address prefixes (`addressPrefix` or `addressPrefixes`).
-pub fn prefixes(subnet: &Value) -> Vec<String> {
+pub(crate) fn prefixes(subnet: &Value) -> Vec<String> {
     let p = &subnet["properties"];
     let mut out: Vec<String> = arr(p, &["addressPrefixes"])
         .iter()
@@ -49,12 +49,12 @@ pub(super) fn delegation_names(subnet: &Value) -> Vec<String> {
     v
 }
 
-pub fn web_delegated(subnet: &Value) -> bool {
+pub(crate) fn web_delegated(subnet: &Value) -> bool {
     delegation_names(subnet).iter().any(|n| n == WEB_DELEGATION)
 }
 
 /// Plan ids linked to the subnet by service association links.
-pub fn sal_links(subnet: &Value) -> Vec<String> {
+pub(crate) fn sal_links(subnet: &Value) -> Vec<String> {
     arr(subnet, &["properties", "serviceAssociationLinks"])
         .iter()
         .filter_map(|l| l["properties"]["link"].as_str().map(String::from))
@@ -66,7 +66,7 @@ pub(super) fn ip_configurations(subnet: &Value) -> &[Value] {
 }
 
 /// (VNet, subnet) for a subnet id.
-pub fn find_subnet(store: &Store, subnet: &ResourceId) -> Option<(Value, Value)> {
+pub(crate) fn find_subnet(store: &Store, subnet: &ResourceId) -> Option<(Value, Value)> {
     let vnet = store.get(&subnet.vnet()?)?;
     let s = arr(vnet, &["properties", "subnets"])
         .iter()
@@ -104,7 +104,7 @@ fn subnet_mut<'a>(store: &'a mut Store, subnet: &ResourceId) -> Option<&'a mut V
 }
 
 /// Adds the `AppServiceLink` SAL for `plan` unless the subnet already links it.
-pub fn add_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
+pub(crate) fn add_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
     let Some(s) = subnet_mut(store, subnet) else {
         return;
     };
@@ -145,7 +145,7 @@ pub fn add_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
     }
 }
 
-pub fn remove_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
+pub(crate) fn remove_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
     if let Some(links) = subnet_mut(store, subnet)
         .and_then(|s| s.get_mut("properties"))
         .and_then(|p| p.get_mut("serviceAssociationLinks"))
@@ -160,7 +160,7 @@ pub fn remove_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
 }
 
 /// The VNet's `resourceGuid` (names regional connection entries).
-pub fn vnet_guid(store: &Store, vnet: &ResourceId) -> Option<String> {
+pub(crate) fn vnet_guid(store: &Store, vnet: &ResourceId) -> Option<String> {
     store.get(vnet)?["properties"]["resourceGuid"]
         .as_str()
         .map(String::from)

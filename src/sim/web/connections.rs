@@ -28,7 +28,7 @@ fn regional_entry(st: &State, target: &ResourceId, site: &Value) -> Option<Value
 }
 
 /// `GET {site|slot}/virtualNetworkConnections`: a bare JSON array.
-pub fn list_connections(st: &State, target: &ResourceId) -> Reply {
+pub(crate) fn list_connections(st: &State, target: &ResourceId) -> Reply {
     let Some(site) = st.store.get(target) else {
         return Reply::not_found(target.as_str());
     };
@@ -37,7 +37,7 @@ pub fn list_connections(st: &State, target: &ResourceId) -> Reply {
     Reply::ok(Value::Array(list))
 }
 
-pub fn get_connection(st: &State, id: &ResourceId) -> Reply {
+pub(crate) fn get_connection(st: &State, id: &ResourceId) -> Reply {
     if let Some(v) = st.store.get(id) {
         return Reply::ok(v.clone());
     }
@@ -59,7 +59,7 @@ pub fn get_connection(st: &State, id: &ResourceId) -> Reply {
 }
 
 /// Gateway-based (re)connect: `PUT {target}/virtualNetworkConnections/{vnetName}`.
-pub fn put_connection(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
+pub(crate) fn put_connection(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
     let target = id.parent().expect("connection has a parent");
     let Some(mut site) = st.store.get(&target).cloned() else {
         return Reply::not_found(target.as_str());
@@ -120,7 +120,7 @@ pub fn put_connection(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
     Reply::ok(entry)
 }
 
-pub fn delete_connection(st: &mut State, id: &ResourceId) -> Reply {
+pub(crate) fn delete_connection(st: &mut State, id: &ResourceId) -> Reply {
     let target = id.parent().expect("connection has a parent");
     if st.store.remove_tree(id) {
         if let Some(mut site) = st.store.get(&target).cloned() {
@@ -152,7 +152,7 @@ pub fn delete_connection(st: &mut State, id: &ResourceId) -> Reply {
 }
 
 /// `GET {plan}/virtualNetworkConnections`: the gateway VNets used by the plan's apps.
-pub fn plan_connections(st: &State, plan: &ResourceId) -> Reply {
+pub(crate) fn plan_connections(st: &State, plan: &ResourceId) -> Reply {
     if !st.store.contains(plan) {
         return Reply::not_found(plan.as_str());
     }

@@ -182,14 +182,14 @@ fn swift_body(st: &State, target: &ResourceId, site: &Value) -> Value {
     })
 }
 
-pub fn get_swift(st: &State, target: &ResourceId) -> Reply {
+pub(crate) fn get_swift(st: &State, target: &ResourceId) -> Reply {
     match st.store.get(target) {
         Some(site) => Reply::ok(swift_body(st, target, site)),
         None => Reply::not_found(target.as_str()),
     }
 }
 
-pub fn put_swift(st: &mut State, target: &ResourceId, body: &Value) -> Reply {
+pub(crate) fn put_swift(st: &mut State, target: &ResourceId, body: &Value) -> Reply {
     if !st.store.contains(target) {
         return Reply::not_found(target.as_str());
     }
@@ -209,7 +209,7 @@ pub fn put_swift(st: &mut State, target: &ResourceId, body: &Value) -> Reply {
 }
 
 /// Swift DELETE: 200 with an empty body, also when there is nothing to remove.
-pub fn delete_swift(st: &mut State, target: &ResourceId) -> Reply {
+pub(crate) fn delete_swift(st: &mut State, target: &ResourceId) -> Reply {
     let Some(mut site) = st.store.get(target).cloned() else {
         return Reply::not_found(target.as_str());
     };

@@ -28,7 +28,7 @@ fn site_reply(status: u16, v: Value) -> Reply {
     Reply::new(status, v).header("ETag", e)
 }
 
-pub fn get_site(st: &State, id: &ResourceId) -> Reply {
+pub(crate) fn get_site(st: &State, id: &ResourceId) -> Reply {
     match st.store.get(id) {
         Some(v) => site_reply(200, v.clone()),
         None => Reply::not_found(id.as_str()),
@@ -162,7 +162,7 @@ pub(super) fn write_site(
     Ok((site, created, changed))
 }
 
-pub fn put_site(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
+pub(crate) fn put_site(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
     match write_site(st, id, body, true) {
         Ok((site, _, _)) => site_reply(200, site),
         Err(r) => r,
@@ -171,7 +171,7 @@ pub fn put_site(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
 
 /// PATCH: 200 with the site, or 202 + `Azure-AsyncOperation` when an integration change
 /// "takes a while" (half of them with the latency model on).
-pub fn patch_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
+pub(crate) fn patch_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
     let (site, _, changed) = match write_site(st, id, body, false) {
         Ok(x) => x,
         Err(r) => return r,
@@ -193,7 +193,7 @@ pub fn patch_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> R
     site_reply(200, site)
 }
 
-pub fn delete_site(st: &mut State, id: &ResourceId) -> Reply {
+pub(crate) fn delete_site(st: &mut State, id: &ResourceId) -> Reply {
     let Some(site) = st.store.get(id).cloned() else {
         return Reply::empty(204);
     };
@@ -225,7 +225,7 @@ fn config_web_body(target: &ResourceId, site: &Value) -> Value {
     })
 }
 
-pub fn get_config_web(st: &State, target: &ResourceId) -> Reply {
+pub(crate) fn get_config_web(st: &State, target: &ResourceId) -> Reply {
     match st.store.get(target) {
         Some(site) => Reply::ok(config_web_body(target, site)),
         None => Reply::not_found(target.as_str()),
@@ -233,7 +233,7 @@ pub fn get_config_web(st: &State, target: &ResourceId) -> Reply {
 }
 
 /// PUT/PATCH `config/web`: merges into the stored siteConfig (vnetName stays server-owned).
-pub fn write_config_web(st: &mut State, target: &ResourceId, body: &Value) -> Reply {
+pub(crate) fn write_config_web(st: &mut State, target: &ResourceId, body: &Value) -> Reply {
     let Some(mut site) = st.store.get(target).cloned() else {
         return Reply::not_found(target.as_str());
     };
@@ -250,7 +250,7 @@ pub fn write_config_web(st: &mut State, target: &ResourceId, body: &Value) -> Re
 }
 
 /// Applies `kv-breaks-after-connect` to a Key Vault reference on the way out.
-pub fn render_kv_reference(st: &State, mut v: Value) -> Value {
+pub(crate) fn render_kv_reference(st: &State, mut v: Value) -> Value {
     // {target}/config/configreferences/appsettings/{name}: two levels up is the target.
     let target = parse_id(&v["id"])
         .and_then(|i| i.parent())
