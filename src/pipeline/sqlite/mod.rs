@@ -25,10 +25,10 @@ pub(crate) use self::queue::Delivery;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct QueueCounts {
-    pub(crate) active: u64,
-    pub(crate) locked: u64,
-    pub(crate) completed: u64,
-    pub(crate) dead: u64,
+    pub active: u64,
+    pub locked: u64,
+    pub completed: u64,
+    pub dead: u64,
 }
 
 pub struct SqliteStore {

@@ -50,36 +50,6 @@ impl ServiceBusFake {
             .collect()
     }
 
-    /// Explicitly dead-letters an unlocked or locked message (REST cannot; tests can).
-    /// Returns false when no such message is in the queue.
-    pub fn dead_letter(
-        &self,
-        queue: &str,
-        message_id: &str,
-        reason: &str,
-        description: Option<&str>,
-    ) -> bool {
-        let mut queues = self.inner.queues.lock().expect("queues");
-        let main = Entity {
-            queue: queue.to_string(),
-            dead_letter: false,
-        };
-        let Some(q) = queues.get_mut(&main.key()) else {
-            return false;
-        };
-        let Some(seq) = q
-            .messages
-            .values()
-            .find(|m| m.message_id == message_id)
-            .map(|m| m.seq)
-        else {
-            return false;
-        };
-        move_to_dead_letters(&mut queues, queue, seq, reason, description);
-        self.inner.changed.notify_waiters();
-        true
-    }
-
     fn lock_duration(&self) -> time::Duration {
         time::Duration::try_from(self.inner.opts.lock_duration).unwrap_or(time::Duration::MINUTE)
     }
@@ -373,18 +343,5 @@ mod tests {
             .is_some());
         let (_, a2) = fake.try_lock_next(&main("q")).unwrap();
         assert_eq!(a2.message_id, "a2");
-    }
-
-    #[test]
-    fn explicit_dead_letter_moves_the_message() {
-        let fake = ServiceBusFake::default();
-        fake.enqueue("q", vec![(bp("m1", None), b"x".to_vec(), BTreeMap::new())]);
-        assert!(fake.dead_letter("q", "m1", "Undecodable", Some("bad json")));
-        assert!(!fake.dead_letter("q", "m1", "again", None));
-        let dl = fake.dead_letters("q");
-        assert_eq!(dl.len(), 1);
-        assert_eq!(dl[0].reason, "Undecodable");
-        assert_eq!(dl[0].description.as_deref(), Some("bad json"));
-        assert_eq!(fake.counts("q").dead, 1);
     }
 }

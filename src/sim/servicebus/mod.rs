@@ -72,10 +72,10 @@ pub struct QueueCounts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     pub message_id: String,
-    pub session_id: Option<String>,
-    pub body: Vec<u8>,
+    pub(crate) session_id: Option<String>,
+    pub(crate) body: Vec<u8>,
     pub reason: String,
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     pub delivery_count: u32,
 }
 
@@ -110,11 +110,6 @@ impl ServiceBusFake {
         }
     }
 
-    /// Serves a fake with default options on `addr` (use port 0).
-    pub async fn serve(addr: SocketAddr) -> io::Result<ServiceBusServer> {
-        Self::default().listen(addr).await
-    }
-
     /// Serves this fake on `addr`.
     pub async fn listen(self, addr: SocketAddr) -> io::Result<ServiceBusServer> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -137,7 +132,7 @@ impl ServiceBusFake {
     }
 
     /// The fake's current time (wall clock plus the test offset).
-    pub fn now(&self) -> OffsetDateTime {
+    pub(crate) fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc() + *self.inner.clock_offset.lock().expect("clock")
     }
 
