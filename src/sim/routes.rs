@@ -24,6 +24,7 @@ pub(super) fn route(
     query: &HashMap<String, String>,
     body: &Value,
 ) -> Reply {
+    network::expire_lingering_links(st);
     let l: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
     if l.first().map(String::as_str) != Some("subscriptions") || l.len() < 2 {
         return Reply::not_simulated(&format!("{method} {path}"));
