@@ -309,6 +309,8 @@ pub(crate) fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value)
     p.insert("provisioningState".into(), json!("Succeeded"));
     p.insert("resourceGuid".into(), json!(guid));
     p.insert("subnets".into(), Value::Array(subnets));
+    // Server default of every recorded VNet answer (recording test_webapp_vnetE2E #1, #3).
+    p.entry("enableDdosProtection").or_insert(json!(false));
     if !p.contains_key("virtualNetworkPeerings") {
         let peerings = old
             .as_ref()

@@ -88,7 +88,12 @@ pub(super) fn check_connect(
     // §5, from the 2021/2023 regional integration docs). App Service's text is not known.
     let vnet_prefixes = vnet["properties"]["addressSpace"]["addressPrefixes"]
         .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
         .unwrap_or_else(Vec::new);
     if let Some(v6) = network::prefixes(&sn)
         .iter()
@@ -257,7 +262,9 @@ mod tests {
 
     fn subnet(name: &str, prefix: &str, linked_plan: Option<&str>) -> Value {
         let links = match linked_plan {
-            Some(p) => json!([{"name": "AppServiceLink", "properties": {"link": format!("{RG}/Microsoft.Web/serverfarms/{p}")}}]),
+            Some(p) => {
+                json!([{"name": "AppServiceLink", "properties": {"link": format!("{RG}/Microsoft.Web/serverfarms/{p}")}}])
+            }
             None => json!([]),
         };
         json!({"name": name, "properties": {"addressPrefixes": [prefix],
@@ -266,9 +273,11 @@ mod tests {
     }
 
     fn state(space: &[&str], subnets: Vec<Value>, options: SimOptions) -> State {
-        let mut resources = vec![json!({"id": format!("{RG}/Microsoft.Network/virtualNetworks/v"), "name": "v",
+        let mut resources = vec![
+            json!({"id": format!("{RG}/Microsoft.Network/virtualNetworks/v"), "name": "v",
             "type": "Microsoft.Network/virtualNetworks", "location": "westeurope",
-            "properties": {"addressSpace": {"addressPrefixes": space}, "subnets": subnets}})];
+            "properties": {"addressSpace": {"addressPrefixes": space}, "subnets": subnets}}),
+        ];
         for p in ["p1", "p2"] {
             resources.push(json!({"id": format!("{RG}/Microsoft.Web/serverfarms/{p}"), "name": p, "type": "Microsoft.Web/serverfarms",
                 "location": "westeurope", "sku": {"tier": "PremiumV2"}, "properties": {}}));
@@ -285,7 +294,9 @@ mod tests {
             st,
             &target,
             &site,
-            &id(&format!("Microsoft.Network/virtualNetworks/v/subnets/{subnet}")),
+            &id(&format!(
+                "Microsoft.Network/virtualNetworks/v/subnets/{subnet}"
+            )),
         )
     }
 
@@ -352,7 +363,8 @@ mod tests {
         );
         let target = id("Microsoft.Web/sites/app-p1");
         let sn = id("Microsoft.Network/virtualNetworks/v/subnets/small");
-        let links = |st: &State| network::sal_links(&network::find_subnet(&st.store, &sn).unwrap().1);
+        let links =
+            |st: &State| network::sal_links(&network::find_subnet(&st.store, &sn).unwrap().1);
         let mut site = st.store.get(&target).unwrap().clone();
         apply_integration(&mut st, &target, &mut site, None, Some(sn.clone()));
         assert_eq!(links(&st).len(), 1);
