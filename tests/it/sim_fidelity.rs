@@ -487,7 +487,9 @@ fn unmodelled(i: &Interaction) -> Option<&'static str> {
     }
 }
 
-async fn replay(cassette: &str) -> Vec<String> {
+/// Replays a cassette; returns the skipped requests and how many LRO polls had to be
+/// repeated because an operation was still running.
+async fn replay(cassette: &str, options: SimOptions) -> (Vec<String>, usize) {
     let interactions = load_cassette(cassette);
     // Resource groups the test framework created before recording (first seen as a GET).
     let mut fleet = Vec::new();
@@ -506,11 +508,12 @@ async fn replay(cassette: &str) -> Vec<String> {
             fleet.push(rg);
         }
     }
-    let (sim, server) = start(fleet, SimOptions::instant()).await;
+    let (sim, server) = start(fleet, options).await;
     let c = reqwest::Client::new();
     let mut op_urls: HashMap<String, String> = HashMap::new();
     let mut skipped = Vec::new();
     let mut shape_gaps = Vec::new();
+    let mut repeated_polls = 0;
     for (n, i) in interactions.iter().enumerate() {
         if let Some(why) = unmodelled(i) {
             skipped.push(format!(
@@ -537,7 +540,18 @@ async fn replay(cassette: &str) -> Vec<String> {
                 after_apply: i.status == 504,
             });
         }
-        let r = call(&c, &i.method, &url, i.body.as_deref()).await;
+        let polls_lro = op_urls.contains_key(&i.path_and_query);
+        let mut r = call(&c, &i.method, &url, i.body.as_deref()).await;
+        // With latency on, an operation may still run where the recording's first poll had
+        // finished: poll on as the client would (the VNet stays locked until it finishes).
+        for _ in 0..500 {
+            if !(polls_lro && r.body["status"] == "InProgress") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            repeated_polls += 1;
+            r = call(&c, &i.method, &url, None).await;
+        }
         let ctx = format!("{cassette} #{n} {} {}", i.method, i.path_and_query);
         assert_eq!(r.status, i.status, "{ctx}: {}", r.body);
         if let Some(rec) = i.headers.get("azure-asyncoperation") {
@@ -593,31 +607,68 @@ async fn replay(cassette: &str) -> Vec<String> {
     }
     server.shutdown().await;
     assert!(shape_gaps.is_empty(), "{}", shape_gaps.join("\n"));
-    skipped
+    (skipped, repeated_polls)
 }
 
 #[tokio::test]
 async fn replays_vnet_e2e() {
-    let skipped = replay("test_webapp_vnetE2E.yaml").await;
+    let skipped = replay("test_webapp_vnetE2E.yaml", SimOptions::instant())
+        .await
+        .0;
     assert!(skipped.len() <= 2, "{skipped:#?}");
 }
 
 #[tokio::test]
 async fn replays_vnet_delegation() {
-    let skipped = replay("test_webapp_vnetDelegation.yaml").await;
+    let skipped = replay("test_webapp_vnetDelegation.yaml", SimOptions::instant())
+        .await
+        .0;
     assert!(skipped.len() <= 2, "{skipped:#?}");
 }
 
 #[tokio::test]
 async fn replays_vnet_same_name() {
-    let skipped = replay("test_webapp_vnetSameName.yaml").await;
+    let skipped = replay("test_webapp_vnetSameName.yaml", SimOptions::instant())
+        .await
+        .0;
     assert!(skipped.len() <= 2, "{skipped:#?}");
 }
 
 #[tokio::test]
 async fn replays_functionapp_with_recorded_timeout_and_lock() {
-    let skipped = replay("test_functionapp_create_with_vnet_by_subnet_rid.yaml").await;
+    let skipped = replay(
+        "test_functionapp_create_with_vnet_by_subnet_rid.yaml",
+        SimOptions::instant(),
+    )
+    .await
+    .0;
     assert!(skipped.len() <= 3, "{skipped:#?}");
+}
+
+/// The same replays with the latency model (at a speed that keeps them fast), throttling and
+/// the VNet lock of running Network operations on: status codes and key fields still match.
+#[tokio::test]
+async fn replays_with_latency_throttling_and_locks() {
+    let options = SimOptions {
+        speed: 50.0,
+        latency: true,
+        throttle: true,
+        seed: 11,
+        ..SimOptions::default()
+    };
+    for (cassette, unmodelled) in [
+        ("test_webapp_vnetE2E.yaml", 2),
+        ("test_webapp_vnetDelegation.yaml", 2),
+        ("test_webapp_vnetSameName.yaml", 2),
+        ("test_functionapp_create_with_vnet_by_subnet_rid.yaml", 3),
+    ] {
+        let (skipped, repeated_polls) = replay(cassette, options.clone()).await;
+        assert!(skipped.len() <= unmodelled, "{cassette}: {skipped:#?}");
+        assert!(
+            repeated_polls > 0,
+            "{cassette}: no operation was still running when polled"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
