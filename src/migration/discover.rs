@@ -37,18 +37,7 @@ pub(crate) async fn discover(
         ),
     };
     if msg.target.kind() == ResourceKind::Site {
-        let slots: Vec<Site> = ctx.arm.list(&format!("{}/slots", msg.target)).await?;
-        let now = time::OffsetDateTime::now_utc();
-        for slot in slots {
-            if !ctx.policy.scope.includes(&slot.id, slot.tags.as_ref()) {
-                continue;
-            }
-            ctx.ledger.add_target(&msg.run, &slot.id, now).await?;
-            result.spawn.push(
-                StepMessage::new(msg.run.clone(), slot.id, Step::Discover, msg.origin)
-                    .with_dry_run(msg.dry_run),
-            );
-        }
+        result.spawn = slot_discoveries(ctx, msg, SlotFilter::All).await?;
         if !result.spawn.is_empty() {
             result
                 .detail
@@ -57,6 +46,41 @@ pub(crate) async fn discover(
     }
     debug_assert!(!matches!(result.transition, Transition::Continue(ref v) if v.is_empty()));
     Ok(result)
+}
+
+/// Which of a site's slots `slot_discoveries` starts `discover` for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotFilter {
+    /// Every slot in scope (a site's own `discover`: the same answer on every delivery).
+    All,
+    /// Only slots this run does not know yet: created after the site's `discover` ran.
+    Unknown,
+}
+
+/// `discover` messages for the slots of the site `msg` targets that are in scope, each
+/// recorded as a target of the run.
+pub(crate) async fn slot_discoveries(
+    ctx: &StepContext,
+    msg: &StepMessage,
+    filter: SlotFilter,
+) -> Result<Vec<StepMessage>, StepError> {
+    let slots: Vec<Site> = ctx.arm.list(&format!("{}/slots", msg.target)).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let mut out = Vec::new();
+    for slot in slots {
+        if !ctx.policy.scope.includes(&slot.id, slot.tags.as_ref()) {
+            continue;
+        }
+        if filter == SlotFilter::Unknown && ctx.ledger.target(&msg.run, &slot.id).await?.is_some() {
+            continue;
+        }
+        ctx.ledger.add_target(&msg.run, &slot.id, now).await?;
+        out.push(
+            StepMessage::new(msg.run.clone(), slot.id, Step::Discover, msg.origin)
+                .with_dry_run(msg.dry_run),
+        );
+    }
+    Ok(out)
 }
 
 /// Targets (sites) in scope, for a run to start from. Slots are found by `discover`.

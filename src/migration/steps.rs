@@ -7,16 +7,16 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::context::{StepContext, StepError};
-use super::plan_cache::connections;
+use super::plan_cache::{connections, integration_of};
 use crate::azure::arm::ArmError;
 use crate::azure::models::{
     KeyVaultReference, KeyVaultStatus, Site, SubResource, Subnet, VirtualNetwork, WEB_DELEGATION,
 };
 use crate::azure::ResourceId;
-use crate::migration::discover::discover;
+use crate::migration::discover::{discover, slot_discoveries, SlotFilter};
 use crate::migration::health::{self, KvHealth};
 use crate::migration::ipam;
-use crate::migration::plan::TargetDecision;
+use crate::migration::plan::{Integration, TargetDecision};
 use crate::migration::rollback::rollback;
 use crate::pipeline::message::{Baseline, GatewaySnapshot, PlannedSubnet, Step, StepMessage};
 use crate::pipeline::reason::{
@@ -35,7 +35,22 @@ pub(crate) async fn run(ctx: &StepContext, msg: &StepMessage) -> Result<StepResu
         Step::Disconnect => disconnect(ctx, msg).await,
         Step::Connect => connect(ctx, msg).await,
         Step::Configure => configure(ctx, msg).await,
-        Step::Verify => verify(ctx, msg).await,
+        Step::Verify => {
+            let mut result = verify(ctx, msg).await?;
+            if msg.target.kind() == crate::azure::ResourceKind::Site {
+                // Slots created while the site migrated were not there when its `discover`
+                // listed them: reconcile from what ARM shows now.
+                let late = slot_discoveries(ctx, msg, SlotFilter::Unknown).await?;
+                if !late.is_empty() {
+                    result.detail.push_str(&format!(
+                        "; {} slot(s) created during the run discovered",
+                        late.len()
+                    ));
+                }
+                result.spawn.extend(late);
+            }
+            Ok(result)
+        }
         Step::Rollback => rollback(ctx, msg).await,
     }
 }
@@ -344,13 +359,30 @@ async fn disconnect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, 
                 format!("removed gateway-based connection {}", c.name),
             ))
         }
-        None => {
-            next.gateway = saved_gateway(ctx, msg).await?;
-            Ok(StepResult::next(
-                next,
-                "no gateway-based connection left (already removed)",
-            ))
-        }
+        None => match saved_gateway(ctx, msg).await? {
+            Some(saved) => {
+                next.gateway = Some(saved);
+                Ok(StepResult::next(
+                    next,
+                    "no gateway-based connection left (already removed)",
+                ))
+            }
+            // Not removed by us: someone changed the app's integration since `plan`.
+            // Nothing of ours happened to it, so end from what ARM shows, writing nothing.
+            None => {
+                let site: Site = ctx.arm.get(msg.target.as_str()).await?;
+                Ok(match integration_of(&site, &conns) {
+                    Integration::Regional { subnet } => StepResult::done(
+                        Outcome::Skipped(SkipReason::AlreadyRegional),
+                        format!("made regional in {subnet} outside this run"),
+                    ),
+                    _ => StepResult::done(
+                        Outcome::Skipped(SkipReason::NoIntegration),
+                        "gateway-based connection removed outside this run",
+                    ),
+                })
+            }
+        },
     }
 }
 
@@ -399,16 +431,39 @@ fn desired_routing(policy: &Policy) -> Value {
     })
 }
 
+/// The site's routing in the `outboundVnetRouting` shape. We read sites at 2024-11-01, where
+/// the live service answers with `outboundVnetRouting`; an answer in the older shape (legacy
+/// `vnet*Enabled` flags, as the stored 2024-11-01 example still shows) is read as the same
+/// thing (arm-vnet reference §0, §4). `allTraffic` switches every kind on.
+fn current_routing(site: &Site) -> Value {
+    let p = &site.properties;
+    let mut r = match &p.outbound_vnet_routing {
+        Some(r) => serde_json::to_value(r).expect("serialises"),
+        None => json!({
+            "applicationTraffic": p.vnet_route_all_enabled.unwrap_or(false),
+            "imagePullTraffic": p.vnet_image_pull_enabled.unwrap_or(false),
+            "contentShareTraffic": p.vnet_content_share_enabled.unwrap_or(false),
+            "backupRestoreTraffic": p.vnet_backup_restore_enabled.unwrap_or(false),
+        }),
+    };
+    if r["allTraffic"] == true {
+        for k in [
+            "applicationTraffic",
+            "imagePullTraffic",
+            "contentShareTraffic",
+            "backupRestoreTraffic",
+        ] {
+            r[k] = json!(true);
+        }
+    }
+    r
+}
+
 async fn configure(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     let site: Site = ctx.arm.get(msg.target.as_str()).await?;
     let desired = desired_routing(&ctx.policy);
     let settle = ctx.scaled(Duration::from_secs(ctx.policy.settle_seconds));
-    let current = site
-        .properties
-        .outbound_vnet_routing
-        .as_ref()
-        .map(|r| serde_json::to_value(r).expect("serialises"))
-        .unwrap_or(Value::Null);
+    let current = current_routing(&site);
     let matches = desired
         .as_object()
         .expect("object")
@@ -508,4 +563,30 @@ async fn verify(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Step
         Outcome::Migrated,
         format!("regional integration in {} verified", p.subnet),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(props: Value) -> Site {
+        serde_json::from_value(json!({"id": "/subscriptions/s/resourceGroups/r/providers/Microsoft.Web/sites/a", "properties": props}))
+            .unwrap()
+    }
+
+    #[test]
+    fn routing_is_read_in_both_shapes() {
+        let legacy = current_routing(&site(
+            json!({"vnetRouteAllEnabled": true, "vnetImagePullEnabled": false}),
+        ));
+        assert_eq!(legacy["applicationTraffic"], true);
+        assert_eq!(legacy["imagePullTraffic"], false);
+        let new = current_routing(&site(
+            json!({"outboundVnetRouting": {"applicationTraffic": true, "contentShareTraffic": false}}),
+        ));
+        assert_eq!(new["applicationTraffic"], true);
+        assert_eq!(new["contentShareTraffic"], false);
+        let all = current_routing(&site(json!({"outboundVnetRouting": {"allTraffic": true}})));
+        assert_eq!(all["backupRestoreTraffic"], true);
+    }
 }

@@ -11,7 +11,8 @@ mod subnet;
 mod validate;
 
 pub(crate) use subnet::{
-    add_sal, find_subnet, prefixes, remove_sal, sal_links, vnet_guid, web_delegated,
+    claim_sal, expire_lingering_links, find_subnet, prefixes, release_sal, sal_links, vnet_guid,
+    web_delegated,
 };
 
 use std::time::Instant;
@@ -23,7 +24,8 @@ use super::state::State;
 use crate::azure::ResourceId;
 use subnet::{arr, ip_configurations, subnets_mut};
 use validate::{
-    address_space, bad, normalize_subnet, parse_net, validate_ranges, validate_subnet_change,
+    address_space, bad, normalize_subnet, parse_net, validate_delegation_count, validate_ranges,
+    validate_subnet_change,
 };
 
 fn set_provisioning(v: &Value, state: &str) -> Value {
@@ -136,6 +138,9 @@ pub(crate) fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
     ) {
         return r;
     }
+    if let Err(r) = validate_delegation_count(id.as_str(), &body) {
+        return r;
+    }
     if let Some(o) = &old {
         if let Err(r) = validate_subnet_change(id.as_str(), o, &body) {
             return r;
@@ -245,6 +250,9 @@ pub(crate) fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value)
         if let Err(r) = validate_ranges(id, &space, name, &prefixes(s), &siblings) {
             return r;
         }
+        if let Err(r) = validate_delegation_count(&format!("{}/subnets/{name}", id.as_str()), s) {
+            return r;
+        }
         let previous = old_subnets.iter().find(|o| {
             o["name"]
                 .as_str()
@@ -301,6 +309,8 @@ pub(crate) fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value)
     p.insert("provisioningState".into(), json!("Succeeded"));
     p.insert("resourceGuid".into(), json!(guid));
     p.insert("subnets".into(), Value::Array(subnets));
+    // Server default of every recorded VNet answer (recording test_webapp_vnetE2E #1, #3).
+    p.entry("enableDdosProtection").or_insert(json!(false));
     if !p.contains_key("virtualNetworkPeerings") {
         let peerings = old
             .as_ref()

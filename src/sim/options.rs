@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,11 @@ pub struct SimOptions {
     pub throttle: bool,
     pub faults: FaultProfile,
     pub seed: u64,
+    /// How long (simulated time, divided by `speed`) an `AppServiceLink` service association
+    /// link outlives the last app leaving its subnet: they "often linger for minutes to days"
+    /// (arm-vnet reference §13; MicrosoftDocs/azure-docs#116634, #48902;
+    /// hashicorp/terraform-provider-azurerm#30011). Zero removes it at once.
+    pub sal_linger: Duration,
 }
 
 impl Default for SimOptions {
@@ -52,18 +58,25 @@ impl Default for SimOptions {
             throttle: true,
             faults: FaultProfile::None,
             seed: 0,
+            sal_linger: Duration::from_secs(180),
         }
     }
 }
 
 impl SimOptions {
-    /// Latency off, throttling off, no faults: for tests.
+    /// Latency off, throttling off, no faults, no lingering links: for tests.
     pub fn instant() -> Self {
         Self {
             latency: false,
             throttle: false,
+            sal_linger: Duration::ZERO,
             ..Self::default()
         }
+    }
+
+    /// `sal_linger` in real time.
+    pub(crate) fn sal_linger_real(&self) -> Duration {
+        self.sal_linger.div_f64(self.speed())
     }
 
     /// `speed` clamped to something usable (0 or negative would divide by zero).

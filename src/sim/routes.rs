@@ -24,6 +24,7 @@ pub(super) fn route(
     query: &HashMap<String, String>,
     body: &Value,
 ) -> Reply {
+    network::expire_lingering_links(st);
     let l: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
     if l.first().map(String::as_str) != Some("subscriptions") || l.len() < 2 {
         return Reply::not_simulated(&format!("{method} {path}"));
@@ -74,7 +75,7 @@ pub(super) fn route(
                     st.store
                         .of_type_within(&ty, &rg)
                         .into_iter()
-                        .map(|v| render(st, v))
+                        .map(|v| render(st, ctx, v))
                         .collect(),
                     ctx,
                     path,
@@ -113,7 +114,7 @@ fn subscription_provider(
                 .store
                 .of_type_within(&ty, &ResourceId::subscription_id(sub))
                 .into_iter()
-                .map(|v| render(st, v))
+                .map(|v| render(st, ctx, v))
                 .collect();
             page(items, ctx, path, query)
         }
@@ -210,7 +211,7 @@ fn collection(
             }
             let items = web::plan_sites(st, parent)
                 .into_iter()
-                .map(|v| render(st, v))
+                .map(|v| render(st, ctx, v))
                 .collect();
             page(items, ctx, path, query)
         }
@@ -249,7 +250,7 @@ fn collection(
                 .store
                 .of_type_within(&ty, parent)
                 .into_iter()
-                .map(|v| render(st, v))
+                .map(|v| render(st, ctx, v))
                 .collect();
             page(items, ctx, path, query)
         }
@@ -257,10 +258,10 @@ fn collection(
     }
 }
 
-fn generic(st: &mut State, method: &str, id: &ResourceId, body: &Value) -> Reply {
+fn generic(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Value) -> Reply {
     match method {
         "GET" => match st.store.get(id) {
-            Some(v) => Reply::ok(render(st, v.clone())),
+            Some(v) => Reply::ok(render(st, ctx, v.clone())),
             None => Reply::not_found(id.as_str()),
         },
         "PUT" => {
@@ -321,8 +322,10 @@ fn resource(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Val
     let name = id.name().to_ascii_lowercase();
     let parent = || id.parent().expect("nested resource has a parent");
     match (ty.as_str(), method) {
-        ("microsoft.web/sites" | "microsoft.web/sites/slots", "GET") => web::get_site(st, id),
-        ("microsoft.web/sites" | "microsoft.web/sites/slots", "PUT") => web::put_site(st, id, body),
+        ("microsoft.web/sites" | "microsoft.web/sites/slots", "GET") => web::get_site(st, ctx, id),
+        ("microsoft.web/sites" | "microsoft.web/sites/slots", "PUT") => {
+            web::put_site(st, ctx, id, body)
+        }
         ("microsoft.web/sites" | "microsoft.web/sites/slots", "PATCH") => {
             web::patch_site(st, ctx, id, body)
         }
@@ -374,7 +377,7 @@ fn resource(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Val
         ("microsoft.network/virtualnetworks/virtualnetworkpeerings", m) => {
             Reply::not_simulated(&format!("{m} on a peering"))
         }
-        _ => generic(st, method, id, body),
+        _ => generic(st, ctx, method, id, body),
     }
 }
 
@@ -403,12 +406,13 @@ fn page(items: Vec<Value>, ctx: &Ctx, path: &str, query: &HashMap<String, String
     Reply::ok(body)
 }
 
-fn render(st: &State, v: Value) -> Value {
-    let kv = v["type"]
-        .as_str()
-        .is_some_and(|t| t.to_ascii_lowercase().ends_with("config/configreferences"));
-    if kv {
+/// A stored resource as listed or read at the request's api-version.
+fn render(st: &State, ctx: &Ctx, v: Value) -> Value {
+    let ty = v["type"].as_str().unwrap_or_default().to_ascii_lowercase();
+    if ty.ends_with("config/configreferences") {
         web::render_kv_reference(st, v)
+    } else if ty == "microsoft.web/sites" || ty == "microsoft.web/sites/slots" {
+        web::render_site(v, &ctx.api_version)
     } else {
         v
     }

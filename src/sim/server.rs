@@ -190,15 +190,17 @@ fn into_response(reply: Reply, verdict: Option<Verdict>, reset: bool) -> Respons
             headers.insert(n, v);
         }
     };
-    if let Some(v) = &verdict {
-        for (class, n) in v.remaining {
-            let name = match class {
-                OpClass::Read => "x-ms-ratelimit-remaining-subscription-reads",
-                OpClass::Write => "x-ms-ratelimit-remaining-subscription-writes",
-                OpClass::Delete => "x-ms-ratelimit-remaining-subscription-deletes",
-            };
-            put(name, &n.to_string());
-        }
+    if let Some(Verdict {
+        remaining: (class, n),
+        ..
+    }) = &verdict
+    {
+        let name = match class {
+            OpClass::Read => "x-ms-ratelimit-remaining-subscription-reads",
+            OpClass::Write => "x-ms-ratelimit-remaining-subscription-writes",
+            OpClass::Delete => "x-ms-ratelimit-remaining-subscription-deletes",
+        };
+        put(name, &n.to_string());
     }
     for (k, v) in &reply.headers {
         put(k, v);

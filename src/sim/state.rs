@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::options::{InjectedFault, SimOptions, SimStats};
 use super::store::Store;
 use super::throttle::Throttle;
+use crate::azure::ResourceId;
 
 /// A long-running operation as its status URL reports it.
 #[derive(Debug, Clone)]
@@ -32,6 +33,9 @@ pub(crate) struct State {
     pub(crate) vnet_busy: HashMap<String, Instant>,
     /// Subscription key → requests left in a chaos 429 storm.
     pub(crate) storms: HashMap<String, u32>,
+    /// (subnet, plan) → instant the plan's service association link, left behind when
+    /// its last app left the subnet, is finally removed.
+    pub(crate) lingering_links: HashMap<(ResourceId, ResourceId), Instant>,
 }
 
 impl State {
@@ -46,6 +50,7 @@ impl State {
             operations: HashMap::new(),
             vnet_busy: HashMap::new(),
             storms: HashMap::new(),
+            lingering_links: HashMap::new(),
         }
     }
 

@@ -57,8 +57,11 @@ pub(crate) struct Throttle {
 pub(crate) struct Verdict {
     /// `None` = admitted; `Some(seconds)` = throttled, retry after that many seconds.
     pub(crate) retry_after: Option<u64>,
-    /// Remaining tokens per class, for the `x-ms-ratelimit-remaining-subscription-*` headers.
-    pub(crate) remaining: [(OpClass, u64); 3],
+    /// The request's class and the tokens left in its bucket: ARM reports only the request's
+    /// own class (a GET carries `x-ms-ratelimit-remaining-subscription-reads` alone, a DELETE
+    /// `…-deletes` alone): recorded writes carry only `…-writes` and deletes only `…-deletes`
+    /// (recording test_webapp_vnetE2E; the recorder strips the reads header, reference §13).
+    pub(crate) remaining: (OpClass, u64),
 }
 
 impl Throttle {
@@ -101,8 +104,7 @@ impl Throttle {
         } else {
             None
         };
-        let remaining = [OpClass::Read, OpClass::Write, OpClass::Delete]
-            .map(|c| (c, self.bucket(sub, c, now).tokens.floor().max(0.0) as u64));
+        let remaining = (class, b.tokens.floor().max(0.0) as u64);
         Verdict {
             retry_after,
             remaining,
@@ -124,8 +126,11 @@ mod tests {
         }
         let v = t.admit("s", OpClass::Write, now);
         assert_eq!(v.retry_after, Some(1));
-        assert_eq!(v.remaining[1], (OpClass::Write, 0));
-        assert_eq!(v.remaining[0], (OpClass::Read, 250));
+        assert_eq!(v.remaining, (OpClass::Write, 0));
+        assert_eq!(
+            t.admit("s", OpClass::Read, now).remaining,
+            (OpClass::Read, 249)
+        );
         // other subscriptions have their own buckets
         assert_eq!(t.admit("other", OpClass::Write, now).retry_after, None);
         let later = now + Duration::from_millis(500);
@@ -141,6 +146,6 @@ mod tests {
         }
         let mut fast = Throttle::new(true, 2.0);
         let v = fast.admit("s", OpClass::Read, now);
-        assert_eq!(v.remaining[0], (OpClass::Read, 249));
+        assert_eq!(v.remaining, (OpClass::Read, 249));
     }
 }

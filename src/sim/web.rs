@@ -4,10 +4,12 @@
 //!
 //! This file holds the knobs and the site/plan lookups the others share; `sites` the site
 //! and slot resources with `config/web` and Key Vault references, `regional` regional
-//! integration and `networkConfig/virtualNetwork`, `connections` `virtualNetworkConnections`.
+//! integration and `networkConfig/virtualNetwork`, `connections` `virtualNetworkConnections`,
+//! `routing` the two api-version shapes of a site's outbound routing.
 
 mod connections;
 mod regional;
+mod routing;
 mod sites;
 
 pub(crate) use connections::{
@@ -15,7 +17,7 @@ pub(crate) use connections::{
 };
 pub(crate) use regional::{delete_swift, get_swift, put_swift};
 pub(crate) use sites::{
-    delete_site, get_config_web, get_site, patch_site, put_site, render_kv_reference,
+    delete_site, get_config_web, get_site, patch_site, put_site, render_kv_reference, render_site,
     write_config_web,
 };
 

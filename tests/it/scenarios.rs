@@ -258,3 +258,181 @@ async fn two_plans_in_one_vnet_get_distinct_subnets() {
     assert_ne!(s1, s2);
     rig.assert_invariants(&report);
 }
+
+// ---------------------------------------------------------------------------------------
+// ARM changed during the run: reconcile from what ARM shows (issue 8, item 9)
+
+mod changed_during_the_run {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::json;
+    use vnet_migrate::azure::ResourceId;
+    use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
+    use vnet_migrate::pipeline::sqlite::SqliteStore;
+    use vnet_migrate::policy::Policy;
+    use vnet_migrate::sim::SimOptions;
+
+    use super::{app, base, hub, WE};
+    use crate::support::Rig;
+
+    /// Runs `first` and every step it leads to, one at a time; `before` may change ARM before
+    /// a step runs. Returns each target's outcome.
+    async fn drive<F, Fut>(
+        rig: &Rig,
+        first: Vec<ResourceId>,
+        mut before: F,
+    ) -> BTreeMap<ResourceId, String>
+    where
+        F: FnMut(StepMessage) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let store = Arc::new(SqliteStore::open(&rig.dir.file("drive.db")).unwrap());
+        let engine = rig.engine(store, &Policy::default());
+        let run = RunId("r-changed".into());
+        let mut queue: VecDeque<StepMessage> = first
+            .into_iter()
+            .map(|t| StepMessage::new(run.clone(), t, Step::Discover, Origin::Cli))
+            .collect();
+        let mut outcomes = BTreeMap::new();
+        while let Some(msg) = queue.pop_front() {
+            before(msg.clone()).await;
+            let done = engine.execute(&msg).await;
+            if let Some(o) = &done.outcome {
+                outcomes.insert(msg.target.clone(), o.to_string());
+            }
+            queue.extend(done.next.into_iter().map(|o| o.message));
+        }
+        outcomes
+    }
+
+    #[tokio::test]
+    async fn a_slot_created_while_its_site_migrates_is_migrated_too() {
+        let mut b = base();
+        let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+        let plan = b.plan("apps", "plan1", WE, "P1v2", 2);
+        let a = app(&mut b, &plan, "app1", &v);
+        let rig = Rig::start(b.build()).await;
+        let slot = ResourceId::parse(&format!("{a}/slots/late")).unwrap();
+        let created = Arc::new(AtomicBool::new(false));
+        let outcomes = drive(&rig, vec![a.clone()], |msg| {
+            let (arm, a, slot, v) = (rig.arm.clone(), a.clone(), slot.clone(), v.clone());
+            let created = created.clone();
+            async move {
+                // The slot appears (with its own gateway connection) after the site's
+                // `discover` listed the slots, just before the site is verified.
+                if msg.step == Step::Verify && msg.target == a && !created.swap(true, SeqCst) {
+                    let _: serde_json::Value = arm
+                        .put(slot.as_str(), &json!({"location": WE, "properties": {}}))
+                        .await
+                        .unwrap();
+                    let _: serde_json::Value = arm
+                        .put(
+                            &format!("{slot}/virtualNetworkConnections/hub-we"),
+                            &json!({"location": WE, "properties": {"vnetResourceId": v.as_str()}}),
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+        .await;
+        assert_eq!(outcomes[&a], "migrated");
+        assert_eq!(outcomes.get(&slot).map(String::as_str), Some("migrated"));
+        assert_eq!(rig.gateway_connections(&slot), 0);
+        assert_eq!(rig.subnet_of(&slot), rig.subnet_of(&a));
+    }
+
+    #[tokio::test]
+    async fn integration_changed_outside_the_run_ends_without_writing() {
+        let mut b = base();
+        let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+        let plan = b.plan("apps", "plan1", WE, "P1v2", 2);
+        let gone = app(&mut b, &plan, "gone", &v);
+        let moved = app(&mut b, &plan, "moved", &v);
+        let rig = Rig::start(b.build()).await;
+        let planned = format!("{v}/subnets/snet-plan1-integration");
+        let writes_after_change = Arc::new(AtomicU64::new(0));
+        let outcomes = drive(&rig, vec![gone.clone(), moved.clone()], |msg| {
+            let (arm, sim, planned) = (rig.arm.clone(), rig.sim.clone(), planned.clone());
+            let writes_after_change = writes_after_change.clone();
+            async move {
+                if msg.step != Step::Disconnect {
+                    return;
+                }
+                // Between `plan` and `disconnect` someone removes the gateway connection of
+                // both apps and makes `moved` regional in the planned subnet.
+                arm.delete(&format!("{}/virtualNetworkConnections/hub-we", msg.target))
+                    .await
+                    .unwrap();
+                if msg.target.name() == "moved" {
+                    let _: serde_json::Value = arm
+                        .patch(
+                            msg.target.as_str(),
+                            &json!({"properties": {"virtualNetworkSubnetId": planned}}),
+                        )
+                        .await
+                        .unwrap();
+                }
+                let s = sim.stats();
+                writes_after_change.store(s.writes + s.deletes, SeqCst);
+            }
+        })
+        .await;
+        assert_eq!(outcomes[&gone], "skipped:no-integration");
+        assert_eq!(outcomes[&moved], "skipped:already-regional");
+        assert_eq!(rig.subnet_of(&gone), None);
+        assert_eq!(
+            rig.subnet_of(&moved)
+                .map(|s| s.to_string().to_ascii_lowercase()),
+            Some(planned.to_ascii_lowercase())
+        );
+        // The disconnects observed the change and wrote nothing.
+        let s = rig.sim.stats();
+        assert_eq!(s.writes + s.deletes, writes_after_change.load(SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_lingering_service_association_link_holds_the_subnet_then_goes() {
+        let mut b = base();
+        let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+        let plan = b.plan("apps", "plan1", WE, "P1v2", 2);
+        let a = app(&mut b, &plan, "app1", &v);
+        b.key_vault_reference(&a, "Secret", "Resolved");
+        b.tag(&a, "vnet-migrate-sim", "kv-breaks-after-connect");
+        let options = SimOptions {
+            sal_linger: Duration::from_millis(1500),
+            ..SimOptions::instant()
+        };
+        let rig = Rig::start_with(b.build(), options).await;
+        let report = rig.run(&Policy::default(), "s.db").await;
+        // connected, Key Vault broke, rolled back: the app left the subnet
+        assert_eq!(
+            crate::support::outcome(&report, &a),
+            "rolled-back:kv-references-unresolved"
+        );
+        assert_eq!(rig.subnet_of(&a), None);
+        let subnet = format!("{v}/subnets/snet-plan1-integration");
+        let err = rig.arm.delete(&subnet).await.unwrap_err();
+        assert_eq!(err.code(), Some("InUseSubnetCannotBeDeleted"), "{err}");
+        // a delegation change is refused too while the link lingers
+        let mut s: serde_json::Value = rig.arm.get(&subnet).await.unwrap();
+        s["properties"]["delegations"] = json!([]);
+        let err = rig
+            .arm
+            .put::<serde_json::Value>(&subnet, &s)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some("SubnetMissingRequiredDelegation"), "{err}");
+        tokio::time::sleep(Duration::from_millis(1700)).await;
+        rig.arm.delete(&subnet).await.unwrap();
+        assert!(rig
+            .arm
+            .get_opt::<serde_json::Value>(&subnet)
+            .await
+            .unwrap()
+            .is_none());
+    }
+}

@@ -1,9 +1,12 @@
 //! Stored subnet objects (inline in their VNet): prefixes, delegations, ipConfigurations and
 //! the service association links App Service adds and removes.
 
+use std::time::Instant;
+
 use serde_json::{json, Value};
 
 use crate::azure::ResourceId;
+use crate::sim::state::State;
 use crate::sim::store::Store;
 
 const WEB_DELEGATION: &str = "microsoft.web/serverfarms";
@@ -103,8 +106,45 @@ fn subnet_mut<'a>(store: &'a mut Store, subnet: &ResourceId) -> Option<&'a mut V
     })
 }
 
+/// An app of `plan` joined `subnet`: the plan's SAL is added, or, when it was lingering
+/// after the plan's last app left, kept for good (the same plan reuses its own link).
+pub(crate) fn claim_sal(st: &mut State, subnet: &ResourceId, plan: &ResourceId) {
+    st.lingering_links.remove(&(subnet.clone(), plan.clone()));
+    add_sal(&mut st.store, subnet, plan.as_str());
+}
+
+/// The last app of `plan` left `subnet`. App Service removes the plan's `AppServiceLink` only
+/// later: such links "often linger for minutes to days" (arm-vnet reference §13;
+/// MicrosoftDocs/azure-docs#116634, #48902; hashicorp/terraform-provider-azurerm#30011), and
+/// while one does, the subnet cannot be deleted or lose its delegation (§5). It lingers for
+/// `SimOptions::sal_linger` (scaled by speed) and goes in `expire_lingering_links`.
+pub(crate) fn release_sal(st: &mut State, subnet: &ResourceId, plan: &ResourceId) {
+    let linger = st.options.sal_linger_real();
+    if linger.is_zero() {
+        remove_sal(&mut st.store, subnet, plan.as_str());
+    } else {
+        st.lingering_links
+            .insert((subnet.clone(), plan.clone()), Instant::now() + linger);
+    }
+}
+
+/// Removes the lingering links whose time is up (run before every request is routed).
+pub(crate) fn expire_lingering_links(st: &mut State) {
+    let now = Instant::now();
+    let due: Vec<(ResourceId, ResourceId)> = st
+        .lingering_links
+        .iter()
+        .filter(|(_, until)| **until <= now)
+        .map(|(k, _)| k.clone())
+        .collect();
+    for (subnet, plan) in due {
+        st.lingering_links.remove(&(subnet.clone(), plan.clone()));
+        remove_sal(&mut st.store, &subnet, plan.as_str());
+    }
+}
+
 /// Adds the `AppServiceLink` SAL for `plan` unless the subnet already links it.
-pub(crate) fn add_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
+fn add_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
     let Some(s) = subnet_mut(store, subnet) else {
         return;
     };
@@ -145,7 +185,7 @@ pub(crate) fn add_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
     }
 }
 
-pub(crate) fn remove_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
+fn remove_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
     if let Some(links) = subnet_mut(store, subnet)
         .and_then(|s| s.get_mut("properties"))
         .and_then(|p| p.get_mut("serviceAssociationLinks"))

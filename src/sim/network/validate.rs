@@ -82,6 +82,22 @@ pub(super) fn address_space(vnet: &Value) -> Vec<Ipv4Net> {
         .collect()
 }
 
+/// A subnet takes one delegation at most: "only one delegation will be applied to one subnet",
+/// confirmed by Microsoft in MicrosoftDocs/azure-docs#28698 (also Azure/ALZ-Bicep#526;
+/// arm-vnet reference §13). The error ARM answers is not shown in those threads: the code
+/// below is our plausible Network-style name, and the status 400 like Network's other subnet
+/// validations.
+pub(super) fn validate_delegation_count(subnet_id: &str, subnet: &Value) -> Result<(), Reply> {
+    let n = arr(subnet, &["properties", "delegations"]).len();
+    if n > 1 {
+        return Err(bad(
+            "SubnetCannotHaveMultipleDelegations",
+            format!("Subnet {subnet_id} has {n} delegations; a subnet can be delegated to one service only."),
+        ));
+    }
+    Ok(())
+}
+
 /// Delegation and in-use rules for replacing `old` by `new`.
 pub(super) fn validate_subnet_change(
     subnet_id: &str,
@@ -102,9 +118,12 @@ pub(super) fn validate_subnet_change(
         ));
     }
     if !sal_links(old).is_empty() && !web_delegated(new) {
+        // Text as reported in MicrosoftDocs/azure-docs#48902 (arm-vnet reference §5, §13); the
+        // error code is not shown there: `SubnetMissingRequiredDelegation` is Network's code for
+        // this message as far as we know (unverified).
         return Err(bad(
-            "InUseSubnetCannotBeUpdated",
-            format!("Subnet {subnet_id} is in use by {subnet_id}/serviceAssociationLinks/AppServiceLink and its delegation to Microsoft.Web/serverFarms cannot be removed."),
+            "SubnetMissingRequiredDelegation",
+            format!("Subnet {subnet_id} requires any of the following delegation(s) [Microsoft.Web/serverFarms] to reference service association link {subnet_id}/serviceAssociationLinks/AppServiceLink."),
         ));
     }
     Ok(())
@@ -228,11 +247,29 @@ mod tests {
             "serviceAssociationLinks": [{"properties": {"link": "/p"}}]}});
         let none = json!({"properties": {"delegations": []}});
         let err = validate_subnet_change("/s", &linked, &none).unwrap_err();
-        assert_eq!(
-            err.body.unwrap()["error"]["code"],
-            "InUseSubnetCannotBeUpdated"
-        );
+        let body = err.body.unwrap();
+        assert_eq!(body["error"]["code"], "SubnetMissingRequiredDelegation");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("requires any of the following delegation(s) [Microsoft.Web/serverFarms]"));
         assert!(validate_subnet_change("/s", &linked, &web).is_ok());
         assert!(web_delegated(&web));
+    }
+
+    #[test]
+    fn one_delegation_per_subnet() {
+        let one = json!({"properties": {"delegations": [{"name": "d", "properties": {"serviceName": "Microsoft.Web/serverFarms"}}]}});
+        assert!(validate_delegation_count("/s", &one).is_ok());
+        assert!(validate_delegation_count("/s", &json!({"properties": {}})).is_ok());
+        let two = json!({"properties": {"delegations": [
+            {"name": "d", "properties": {"serviceName": "Microsoft.Web/serverFarms"}},
+            {"name": "e", "properties": {"serviceName": "Microsoft.ContainerInstance/containerGroups"}}]}});
+        let err = validate_delegation_count("/s", &two).unwrap_err();
+        assert_eq!(err.status, 400);
+        assert_eq!(
+            err.body.unwrap()["error"]["code"],
+            "SubnetCannotHaveMultipleDelegations"
+        );
     }
 }

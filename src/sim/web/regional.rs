@@ -84,14 +84,40 @@ pub(super) fn check_connect(
             foreign.as_str()
         )));
     }
+    // "The VNet must have no IPv6 address space; the subnet must be IPv4" (arm-vnet reference
+    // §5, from the 2021/2023 regional integration docs). App Service's text is not known.
+    let vnet_prefixes = vnet["properties"]["addressSpace"]["addressPrefixes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_else(Vec::new);
+    if let Some(v6) = network::prefixes(&sn)
+        .iter()
+        .chain(&vnet_prefixes)
+        .find(|p| p.parse::<ipnet::Ipv6Net>().is_ok())
+    {
+        return Err(bad_request(format!("Subnet {} in VNET {vnet_name} uses the IPv6 address range {v6}: regional virtual network integration supports IPv4 virtual networks and subnets only.", subnet.name())));
+    }
     let len = network::prefixes(&sn)
         .first()
         .and_then(|p| p.parse::<ipnet::Ipv4Net>().ok())
         .map(|n| n.prefix_len())
         .unwrap_or(32);
-    let min = if others.is_empty() { 28 } else { 26 };
-    if len > min {
-        return Err(bad_request(format!("Subnet {} in VNET {vnet_name} is too small: regional virtual network integration needs at least a /{min} subnet (it is a /{len}).", subnet.name())));
+    if others.is_empty() {
+        // A single plan needs a /28 at least (arm-vnet reference §5 sizing); the server's
+        // text is not captured (§3.2), this one is ours.
+        if len > 28 {
+            return Err(bad_request(format!("Subnet {} in VNET {vnet_name} is too small: regional virtual network integration needs at least a /28 subnet (it is a /{len}).", subnet.name())));
+        }
+    } else if len > 26 {
+        // Joining a subnet another plan links (multi-plan subnet join, also while that plan's
+        // link lingers): the text is App Service's as quoted in Azure/GPT-RAG#226 (arm-vnet
+        // reference §13); its status code is not visible there, 400 is our choice.
+        return Err(bad_request(format!("Minimum subnet size allowed for joining multiple App Service Plans to same subnet is /26, the subnet attempting to be joined is /{len}")));
     }
     let mut used: Vec<String> = plan_members(st, &plan_id, target)
         .into_iter()
@@ -154,14 +180,14 @@ pub(super) fn apply_integration(
     set_vnet_name(site, &vnet_name);
     let Some(plan) = plan else { return };
     if let Some(s) = &new {
-        network::add_sal(&mut st.store, s, plan.as_str());
+        network::claim_sal(st, s, &plan);
     }
     if let Some(o) = old.filter(|o| Some(o) != new.as_ref()) {
         let still_used = plan_members(st, &plan, target)
             .iter()
             .any(|(_, s)| s.as_ref() == Some(&o));
         if !still_used {
-            network::remove_sal(&mut st.store, &o, plan.as_str());
+            network::release_sal(st, &o, &plan);
         }
     }
 }
@@ -218,4 +244,145 @@ pub(crate) fn delete_swift(st: &mut State, target: &ResourceId) -> Reply {
         st.store.put(target, site);
     }
     Reply::empty(200)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sim::options::SimOptions;
+    use crate::sim::store::Store;
+
+    const RG: &str = "/subscriptions/s/resourceGroups/rg/providers";
+
+    fn id(s: &str) -> ResourceId {
+        ResourceId::parse(&format!("{RG}/{s}")).unwrap()
+    }
+
+    fn subnet(name: &str, prefix: &str, linked_plan: Option<&str>) -> Value {
+        let links = match linked_plan {
+            Some(p) => {
+                json!([{"name": "AppServiceLink", "properties": {"link": format!("{RG}/Microsoft.Web/serverfarms/{p}")}}])
+            }
+            None => json!([]),
+        };
+        json!({"name": name, "properties": {"addressPrefixes": [prefix],
+            "delegations": [{"name": "d", "properties": {"serviceName": "Microsoft.Web/serverFarms"}}],
+            "serviceAssociationLinks": links}})
+    }
+
+    fn state(space: &[&str], subnets: Vec<Value>, options: SimOptions) -> State {
+        let mut resources = vec![
+            json!({"id": format!("{RG}/Microsoft.Network/virtualNetworks/v"), "name": "v",
+            "type": "Microsoft.Network/virtualNetworks", "location": "westeurope",
+            "properties": {"addressSpace": {"addressPrefixes": space}, "subnets": subnets}}),
+        ];
+        for p in ["p1", "p2"] {
+            resources.push(json!({"id": format!("{RG}/Microsoft.Web/serverfarms/{p}"), "name": p, "type": "Microsoft.Web/serverfarms",
+                "location": "westeurope", "sku": {"tier": "PremiumV2"}, "properties": {}}));
+            resources.push(json!({"id": format!("{RG}/Microsoft.Web/sites/app-{p}"), "name": format!("app-{p}"), "type": "Microsoft.Web/sites",
+                "location": "West Europe", "properties": {"serverFarmId": format!("{RG}/Microsoft.Web/serverfarms/{p}")}}));
+        }
+        State::new(Store::from_resources(resources), options)
+    }
+
+    fn connect(st: &State, app: &str, subnet: &str) -> Result<(), Reply> {
+        let target = id(&format!("Microsoft.Web/sites/{app}"));
+        let site = st.store.get(&target).unwrap().clone();
+        check_connect(
+            st,
+            &target,
+            &site,
+            &id(&format!(
+                "Microsoft.Network/virtualNetworks/v/subnets/{subnet}"
+            )),
+        )
+    }
+
+    fn message(r: Reply) -> String {
+        r.body.unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn ipv6_subnets_and_vnets_cannot_be_joined() {
+        let st = state(
+            &["10.0.0.0/16", "fd00:db8::/48"],
+            vec![
+                subnet("dual", "10.0.1.0/26", None),
+                json!({"name": "v6", "properties": {"addressPrefixes": ["fd00:db8:0:1::/64"],
+                    "delegations": [{"name": "d", "properties": {"serviceName": "Microsoft.Web/serverFarms"}}]}}),
+            ],
+            SimOptions::instant(),
+        );
+        for s in ["dual", "v6"] {
+            let r = connect(&st, "app-p1", s).unwrap_err();
+            assert_eq!(r.status, 400);
+            assert!(message(r).contains("IPv6"));
+        }
+        let v4 = state(
+            &["10.0.0.0/16"],
+            vec![subnet("a", "10.0.1.0/26", None)],
+            SimOptions::instant(),
+        );
+        assert!(connect(&v4, "app-p1", "a").is_ok());
+    }
+
+    #[test]
+    fn a_second_plan_needs_a_slash_26() {
+        let st = state(
+            &["10.0.0.0/16"],
+            vec![
+                subnet("small", "10.0.1.0/28", Some("p1")),
+                subnet("big", "10.0.2.0/26", Some("p1")),
+            ],
+            SimOptions::instant(),
+        );
+        let r = connect(&st, "app-p2", "small").unwrap_err();
+        assert_eq!(r.status, 400);
+        assert_eq!(message(r), "Minimum subnet size allowed for joining multiple App Service Plans to same subnet is /26, the subnet attempting to be joined is /28");
+        // the plan that owns the link may use its /28; a /26 takes a second plan
+        assert!(connect(&st, "app-p1", "small").is_ok());
+        assert!(connect(&st, "app-p2", "big").is_ok());
+    }
+
+    #[test]
+    fn the_last_app_leaving_leaves_a_lingering_link() {
+        let options = SimOptions {
+            speed: 1.0,
+            sal_linger: Duration::from_millis(40),
+            ..SimOptions::instant()
+        };
+        let mut st = state(
+            &["10.0.0.0/16"],
+            vec![subnet("small", "10.0.1.0/28", None)],
+            options,
+        );
+        let target = id("Microsoft.Web/sites/app-p1");
+        let sn = id("Microsoft.Network/virtualNetworks/v/subnets/small");
+        let links =
+            |st: &State| network::sal_links(&network::find_subnet(&st.store, &sn).unwrap().1);
+        let mut site = st.store.get(&target).unwrap().clone();
+        apply_integration(&mut st, &target, &mut site, None, Some(sn.clone()));
+        assert_eq!(links(&st).len(), 1);
+        apply_integration(&mut st, &target, &mut site, Some(sn.clone()), None);
+        network::expire_lingering_links(&mut st);
+        assert_eq!(links(&st).len(), 1, "the link lingers");
+        // while it lingers, another plan joining counts as a multi-plan join
+        assert!(connect(&st, "app-p2", "small").is_err());
+        // the same plan coming back keeps its link for good
+        apply_integration(&mut st, &target, &mut site, None, Some(sn.clone()));
+        std::thread::sleep(Duration::from_millis(60));
+        network::expire_lingering_links(&mut st);
+        assert_eq!(links(&st).len(), 1);
+        // leaving again: gone once the linger is over
+        apply_integration(&mut st, &target, &mut site, Some(sn.clone()), None);
+        std::thread::sleep(Duration::from_millis(60));
+        network::expire_lingering_links(&mut st);
+        assert!(links(&st).is_empty());
+        assert!(connect(&st, "app-p2", "small").is_ok());
+    }
 }

@@ -1,10 +1,13 @@
 //! Sites and slots (GET/PUT/PATCH/DELETE with App Service's server-filled defaults and
 //! ETags), `config/web`, and Key Vault reference status.
 
-use serde_json::{json, Value};
+use std::sync::LazyLock;
+
+use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::regional::{apply_integration, check_connect};
+use super::routing;
 use super::{bad_request, current_subnet, has_knob, is_target, parse_id, plan_of};
 use crate::azure::{ResourceId, ResourceKind};
 use crate::sim::reply::{Ctx, Reply};
@@ -23,17 +26,45 @@ fn site_etag(v: &Value) -> String {
     )
 }
 
-fn site_reply(status: u16, v: Value) -> Reply {
+/// A stored site or slot as answered at `api_version`: routing in that version's shape, and
+/// `siteConfig.vnetName` null (a site answer does not carry it, `config/web` does: recording
+/// test_webapp_vnetE2E #24 and #25, arm-vnet reference §1.1).
+pub(crate) fn render_site(v: Value, api_version: &str) -> Value {
+    let mut v = routing::render(v, api_version);
+    if let Some(sc) = v
+        .pointer_mut("/properties/siteConfig")
+        .and_then(Value::as_object_mut)
+    {
+        sc.insert("vnetName".into(), Value::Null);
+    }
+    v
+}
+
+/// A site answer in the shape of the request's api-version.
+fn site_reply(status: u16, ctx: &Ctx, v: Value) -> Reply {
+    let v = render_site(v, &ctx.api_version);
     let e = site_etag(&v);
     Reply::new(status, v).header("ETag", e)
 }
 
-pub(crate) fn get_site(st: &State, id: &ResourceId) -> Reply {
+pub(crate) fn get_site(st: &State, ctx: &Ctx, id: &ResourceId) -> Reply {
     match st.store.get(id) {
-        Some(v) => site_reply(200, v.clone()),
+        Some(v) => site_reply(200, ctx, v.clone()),
         None => Reply::not_found(id.as_str()),
     }
 }
+
+/// Server-filled site properties as App Service answers a site it created from a short body
+/// (recording test_webapp_vnetE2E #22, api 2022-03-01; the per-site ones are set below).
+static SERVER_FIELDS: LazyLock<Map<String, Value>> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("site_server_fields.json")).expect("valid JSON")
+});
+
+/// A new site's full SiteConfig as `config/web` answers it (recording test_webapp_vnetE2E #25);
+/// what the site stores in `siteConfig` overrides it.
+static CONFIG_DEFAULTS: LazyLock<Map<String, Value>> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("site_config_defaults.json")).expect("valid JSON")
+});
 
 fn site_defaults(id: &ResourceId, v: &mut Value) {
     let site_name = id.site().map(|s| s.name().to_string()).unwrap_or_default();
@@ -54,7 +85,7 @@ fn site_defaults(id: &ResourceId, v: &mut Value) {
     o.insert("id".into(), json!(id.as_str()));
     o.insert("name".into(), json!(name));
     o.insert("type".into(), json!(ty));
-    o.entry("kind").or_insert_with(|| json!("app"));
+    let kind = o.entry("kind").or_insert_with(|| json!("app")).clone();
     let p = o.entry("properties").or_insert_with(|| json!({}));
     if !p.is_object() {
         *p = json!({});
@@ -65,6 +96,32 @@ fn site_defaults(id: &ResourceId, v: &mut Value) {
     p.entry("state").or_insert(json!("Running"));
     p.entry("reserved").or_insert(json!(false));
     p.entry("virtualNetworkSubnetId").or_insert(Value::Null);
+    let rg = id.resource_group().unwrap_or_default().to_string();
+    let scm = host.replace(".azurewebsites.net", ".scm.azurewebsites.net");
+    let ssl = |h: &str, ty: &str| {
+        json!({"name": h, "sslState": "Disabled", "ipBasedSslResult": null, "virtualIP": null,
+        "thumbprint": null, "toUpdate": null, "toUpdateIpBasedSsl": null, "ipBasedSslState": "NotConfigured", "hostType": ty})
+    };
+    let per_site = [
+        ("name", json!(site_name)),
+        ("hostNames", json!([host])),
+        ("enabledHostNames", json!([host, scm])),
+        ("hostNameSslStates", json!([ssl(&host, "Standard"), ssl(&scm, "Repository")])),
+        ("repositorySiteName", json!(site_name)),
+        ("deploymentId", json!(site_name)),
+        ("resourceGroup", json!(rg)),
+        ("webSpace", json!(format!("{rg}-webspace"))),
+        ("selfLink", json!(format!("https://waws-prod-sim.api.azurewebsites.windows.net:454/subscriptions/{}/webspaces/{rg}-webspace/sites/{site_name}", id.subscription()))),
+        ("ftpUsername", json!(format!("{site_name}\\${site_name}"))),
+        ("slotName", if id.kind() == ResourceKind::Slot { json!(id.name()) } else { Value::Null }),
+        ("kind", kind),
+    ];
+    for (k, val) in per_site {
+        p.entry(k).or_insert(val);
+    }
+    for (k, val) in SERVER_FIELDS.iter() {
+        p.entry(k.as_str()).or_insert_with(|| val.clone());
+    }
     p.entry("outboundVnetRouting").or_insert_with(|| {
         json!({"allTraffic": false, "applicationTraffic": false, "contentShareTraffic": false, "imagePullTraffic": false, "backupRestoreTraffic": false})
     });
@@ -108,6 +165,7 @@ pub(super) fn write_site(
     {
         sc.remove("vnetName");
     }
+    routing::absorb(&mut site, &mut patch);
     let subnet_field = patch.pointer("/properties/virtualNetworkSubnetId").cloned();
     if let Some(p) = patch.get_mut("properties").and_then(Value::as_object_mut) {
         p.remove("virtualNetworkSubnetId");
@@ -135,8 +193,13 @@ pub(super) fn write_site(
         }
     }
     site_defaults(id, &mut site);
+    routing::mirror_site_config(&mut site);
     if let Some(plan) = plan_of(st, id, &site) {
         site["properties"]["serverFarmId"] = json!(plan.as_str());
+        // The site's `sku` is its plan's tier (recording test_webapp_vnetE2E #22).
+        if let Some(tier) = st.store.get(&plan).and_then(|p| p["sku"]["tier"].as_str()) {
+            site["properties"]["sku"] = json!(tier);
+        }
     }
     let old_subnet = old.as_ref().and_then(current_subnet);
     let new_subnet = match &subnet_field {
@@ -162,9 +225,9 @@ pub(super) fn write_site(
     Ok((site, created, changed))
 }
 
-pub(crate) fn put_site(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
+pub(crate) fn put_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
     match write_site(st, id, body, true) {
-        Ok((site, _, _)) => site_reply(200, site),
+        Ok((site, _, _)) => site_reply(200, ctx, site),
         Err(r) => r,
     }
 }
@@ -186,11 +249,11 @@ pub(crate) fn patch_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
             id.subscription(),
             ctx.api_version
         );
-        return site_reply(202, site)
+        return site_reply(202, ctx, site)
             .header("Azure-AsyncOperation", url)
             .header("Retry-After", State::retry_after_secs(d).to_string());
     }
-    site_reply(200, site)
+    site_reply(200, ctx, site)
 }
 
 pub(crate) fn delete_site(st: &mut State, id: &ResourceId) -> Reply {
@@ -216,12 +279,20 @@ pub(crate) fn delete_site(st: &mut State, id: &ResourceId) -> Reply {
 
 fn config_web_body(target: &ResourceId, site: &Value) -> Value {
     let name = site["name"].clone();
+    let mut props = CONFIG_DEFAULTS.clone();
+    let repo = site["properties"]["repositorySiteName"]
+        .as_str()
+        .unwrap_or_default();
+    props.insert("publishingUsername".into(), json!(format!("${repo}")));
+    if let Some(sc) = site["properties"]["siteConfig"].as_object() {
+        props.extend(sc.clone());
+    }
     json!({
         "id": format!("{}/config/web", target.as_str()),
         "name": name,
         "type": if target.kind() == ResourceKind::Slot { "Microsoft.Web/sites/slots/config" } else { "Microsoft.Web/sites/config" },
         "location": site["location"],
-        "properties": site["properties"]["siteConfig"]
+        "properties": props
     })
 }
 
@@ -241,10 +312,15 @@ pub(crate) fn write_config_web(st: &mut State, target: &ResourceId, body: &Value
     if let Some(p) = props.as_object_mut() {
         p.remove("vnetName");
     }
+    if let Some(route_all) = props.get("vnetRouteAllEnabled") {
+        let mut patch = json!({"properties": {"siteConfig": {"vnetRouteAllEnabled": route_all}}});
+        routing::absorb(&mut site, &mut patch);
+    }
     if !site["properties"]["siteConfig"].is_object() {
         site["properties"]["siteConfig"] = json!({});
     }
     merge(&mut site["properties"]["siteConfig"], &props);
+    routing::mirror_site_config(&mut site);
     st.store.put(target, site.clone());
     Reply::ok(config_web_body(target, &site))
 }
