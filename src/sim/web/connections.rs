@@ -1,12 +1,14 @@
 //! `virtualNetworkConnections` of sites, slots and plans: the stored gateway-based entries
-//! plus the entry App Service derives from regional integration.
+//! (declared, then connected by handing over a VPN package) plus the entry App Service
+//! derives from regional integration.
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use super::regional::{apply_integration, regional_name, set_vnet_name};
 use super::{bad_request, current_subnet, gateway_connections, parse_id, plan_members};
 use crate::azure::{ResourceId, ResourceKind};
+use crate::sim::builder::app_certificate;
+use crate::sim::network;
 use crate::sim::reply::Reply;
 use crate::sim::state::State;
 
@@ -58,7 +60,10 @@ pub(crate) fn get_connection(st: &State, id: &ResourceId) -> Reply {
     }
 }
 
-/// Gateway-based (re)connect: `PUT {target}/virtualNetworkConnections/{vnetName}`.
+/// Gateway-based integration, step 1 of the handshake (arm-vnet reference §2.2):
+/// `PUT {target}/virtualNetworkConnections/{vnetName}` only *declares* the VNet. The answer
+/// carries the app-side certificate (one per subscription × VNet), and the connection stays
+/// `resyncRequired: true` until a VPN package is handed over (`put_connection_gateway`).
 pub(crate) fn put_connection(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
     let target = id.parent().expect("connection has a parent");
     let Some(mut site) = st.store.get(&target).cloned() else {
@@ -85,15 +90,7 @@ pub(crate) fn put_connection(st: &mut State, id: &ResourceId, body: &Value) -> R
     if current_subnet(&site).is_some() {
         return Reply::error(409, "Conflict", "The app already has regional virtual network integration. Remove it before adding a gateway-required integration.");
     }
-    let digest = Sha256::digest(
-        format!(
-            "{}|{}",
-            target.subscription().to_ascii_lowercase(),
-            vnet.key()
-        )
-        .as_bytes(),
-    );
-    let thumb = hex::encode_upper(&digest[..20]);
+    let (thumb, blob) = app_certificate(target.subscription(), &vnet);
     let ty = if target.kind() == ResourceKind::Slot {
         "Microsoft.Web/sites/slots/virtualNetworkConnections"
     } else {
@@ -107,16 +104,94 @@ pub(crate) fn put_connection(st: &mut State, id: &ResourceId, body: &Value) -> R
         "properties": {
             "vnetResourceId": vnet.as_str(),
             "certThumbprint": thumb,
-            "certBlob": format!("MIIC{}", hex::encode(digest)),
+            "certBlob": blob,
             "routes": [],
-            "resyncRequired": false,
+            "resyncRequired": true,
             "dnsServers": body["properties"].get("dnsServers").cloned().unwrap_or(Value::Null),
             "isSwift": false
         }
     });
+    // A re-declaration replaces the connection, package hand-over included (unverified in
+    // Azure; the stricter reading: the app must be handed a package again).
+    st.store.remove_tree(id);
     st.store.put(id, entry.clone());
     set_vnet_name(&mut site, id.name());
     st.store.put(&target, site);
+    Reply::ok(entry)
+}
+
+/// Step 3 of the handshake (arm-vnet reference §2.2; [TSP-VnetGateway]):
+/// `PUT {target}/virtualNetworkConnections/{vnetName}/gateways/primary` with
+/// `{"properties": {"vnetName", "vpnPackageUri"}}` → 200 `VnetGateway`; the connection is then
+/// in sync (`resyncRequired: false`). Refused (400 `BadRequest`; the codes are not documented,
+/// refusing is the stricter choice) unless the package was issued by the simulator for the
+/// gateway of the connection's VNet and that package, and the gateway now, trust the app's
+/// certificate: a package generated before the app's root certificate was added cannot
+/// authenticate the app.
+pub(crate) fn put_connection_gateway(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
+    let conn_id = id.parent().expect("gateway below a connection");
+    let Some(mut conn) = st.store.get(&conn_id).cloned() else {
+        return Reply::not_found(conn_id.as_str());
+    };
+    // [TSP-VnetGateway]: the only gateway name is `primary`.
+    if !id.name().eq_ignore_ascii_case("primary") {
+        return bad_request(format!(
+            "Gateway name {} is not supported; use 'primary'.",
+            id.name()
+        ));
+    }
+    let Some(uri) = body["properties"]["vpnPackageUri"]
+        .as_str()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        return bad_request("properties.vpnPackageUri is required.".into());
+    };
+    let Some(vnet) = parse_id(&conn["properties"]["vnetResourceId"]) else {
+        return bad_request(format!("{} has no virtual network.", conn_id.as_str()));
+    };
+    let gateway = network::gateway_of_vnet(st, &vnet);
+    let Some(package) = st.vpn_packages.get(uri).filter(|p| {
+        gateway
+            .as_ref()
+            .is_some_and(|g| g.key() == p.gateway.as_str())
+    }) else {
+        return bad_request(format!(
+            "The VPN package {uri} was not generated by the gateway of {}.",
+            vnet.as_str()
+        ));
+    };
+    let cert = conn["properties"]["certBlob"].as_str().unwrap_or_default();
+    let gateway_trusts = gateway
+        .as_ref()
+        .and_then(|g| st.store.get(g))
+        .is_some_and(|g| network::trusts(g, cert));
+    if !gateway_trusts || !package.root_certificates.iter().any(|c| c == cert) {
+        return bad_request(format!(
+            "The gateway of {} does not trust the app's certificate {}: add it as a point-to-site root certificate and generate a new VPN package.",
+            vnet.as_str(),
+            conn["properties"]["certThumbprint"].as_str().unwrap_or_default()
+        ));
+    }
+    let ty = format!(
+        "{}/gateways",
+        conn["type"]
+            .as_str()
+            .unwrap_or("Microsoft.Web/sites/virtualNetworkConnections")
+    );
+    let vnet_name = body["properties"]["vnetName"]
+        .as_str()
+        .unwrap_or(conn_id.name())
+        .to_string();
+    let entry = json!({
+        "id": id.as_str(),
+        "name": "primary",
+        "type": ty,
+        "location": conn["location"],
+        "properties": {"vnetName": vnet_name, "vpnPackageUri": uri}
+    });
+    conn["properties"]["resyncRequired"] = json!(false);
+    st.store.put(&conn_id, conn);
+    st.store.put(id, entry.clone());
     Reply::ok(entry)
 }
 
