@@ -253,3 +253,230 @@ pub(crate) fn plan_connections(st: &State, plan: &ResourceId) -> Reply {
     }
     Reply::ok(Value::Array(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use serde_json::{json, Value};
+
+    use crate::azure::ResourceId;
+    use crate::sim::builder::FleetBuilder;
+    use crate::sim::reply::{Ctx, Reply};
+    use crate::sim::routes::route;
+    use crate::sim::state::State;
+    use crate::sim::store::Store;
+    use crate::sim::SimOptions;
+
+    struct Fixture {
+        st: State,
+        /// Connected through the gateway (its certificate is the gateway's root certificate).
+        connected: ResourceId,
+        /// Same subscription and VNet, no connection yet.
+        app: ResourceId,
+        vnet: ResourceId,
+        gateway: ResourceId,
+        /// Another VNet's gateway.
+        other_gateway: ResourceId,
+    }
+
+    /// `strip_roots`: the gateway trusts no root certificate at all.
+    fn fixture(strip_roots: bool) -> Fixture {
+        let mut b = FleetBuilder::new();
+        let vnet = b.vnet("net", "hub", "westeurope", &["10.1.0.0/16"]);
+        let gateway = b.gateway(&vnet);
+        let other = b.vnet("net", "other", "westeurope", &["10.2.0.0/16"]);
+        let other_gateway = b.gateway(&other);
+        let plan = b.plan("apps", "p", "westeurope", "S1", 1);
+        let connected = b.site("apps", "connected", &plan);
+        b.gateway_connection(&connected, &vnet);
+        let app = b.site("apps", "app", &plan);
+        let elsewhere = b.site("apps", "elsewhere", &plan);
+        b.gateway_connection(&elsewhere, &other);
+        if strip_roots {
+            b.resource_mut(&gateway)["properties"]["vpnClientConfiguration"]
+                ["vpnClientRootCertificates"] = json!([]);
+        }
+        let st = State::new(
+            Store::from_resources(b.into_fleet().resources),
+            SimOptions::instant(),
+        );
+        Fixture {
+            st,
+            connected,
+            app,
+            vnet,
+            gateway,
+            other_gateway,
+        }
+    }
+
+    fn call(st: &mut State, method: &str, path: &str, body: Value) -> Reply {
+        let ctx = Ctx {
+            base: "http://127.0.0.1:1".into(),
+            api_version: "2024-11-01".into(),
+        };
+        let path = path.split('?').next().unwrap_or_default().to_string();
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        route(st, &ctx, method, &path, &segs, &HashMap::new(), &body)
+    }
+
+    fn header<'a>(r: &'a Reply, name: &str) -> &'a str {
+        r.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} header in {r:?}"))
+    }
+
+    impl Fixture {
+        fn declare(&mut self) -> Reply {
+            let path = format!("{}/virtualNetworkConnections/hub", self.app);
+            let body = json!({"location": "westeurope", "properties": {"vnetResourceId": self.vnet.as_str()}});
+            call(&mut self.st, "PUT", &path, body)
+        }
+
+        fn listed(&mut self) -> Value {
+            let path = format!("{}/virtualNetworkConnections", self.app);
+            let list = call(&mut self.st, "GET", &path, Value::Null).body.unwrap();
+            list.as_array().unwrap()[0].clone()
+        }
+
+        /// POST generatevpnclientpackage, then its `Location` URL: the package URL.
+        fn package(&mut self, gateway: &ResourceId) -> Result<String, Reply> {
+            let path = format!("{gateway}/generatevpnclientpackage");
+            let r = call(
+                &mut self.st,
+                "POST",
+                &path,
+                json!({"processorArchitecture": "Amd64"}),
+            );
+            if r.status != 202 {
+                return Err(r);
+            }
+            header(&r, "Azure-AsyncOperation");
+            let loc = header(&r, "Location").trim_start_matches("http://127.0.0.1:1");
+            let done = call(&mut self.st, "GET", loc, Value::Null);
+            assert_eq!(done.status, 200, "{done:?}");
+            Ok(done.body.unwrap().as_str().unwrap().to_string())
+        }
+
+        fn hand_over(&mut self, uri: &str) -> Reply {
+            let path = format!("{}/virtualNetworkConnections/hub/gateways/primary", self.app);
+            let body = json!({"location": "westeurope", "properties": {"vnetName": "hub", "vpnPackageUri": uri}});
+            call(&mut self.st, "PUT", &path, body)
+        }
+
+        fn put_gateway_roots(&mut self, roots: Value) -> Reply {
+            let mut gw = self.st.store.get(&self.gateway).unwrap().clone();
+            gw["properties"]["vpnClientConfiguration"]["vpnClientRootCertificates"] = roots;
+            call(&mut self.st, "PUT", self.gateway.as_str(), gw)
+        }
+    }
+
+    #[test]
+    fn declare_alone_leaves_the_connection_out_of_sync() {
+        let mut f = fixture(false);
+        let r = f.declare();
+        assert_eq!(r.status, 200, "{r:?}");
+        let declared = r.body.unwrap();
+        // One certificate per subscription × VNet: the one the gateway already trusts.
+        let existing = f
+            .st
+            .store
+            .get(&f.connected.child("virtualNetworkConnections", "hub").unwrap())
+            .unwrap()
+            .clone();
+        assert_eq!(
+            declared["properties"]["certBlob"],
+            existing["properties"]["certBlob"]
+        );
+        let listed = f.listed();
+        assert_eq!(listed["properties"]["resyncRequired"], true);
+        assert!(listed["properties"].get("vpnPackageUri").is_none());
+        let gw = format!("{}/virtualNetworkConnections/hub/gateways/primary", f.app);
+        assert_eq!(call(&mut f.st, "GET", &gw, Value::Null).status, 404);
+    }
+
+    #[test]
+    fn handing_over_an_issued_package_connects() {
+        let mut f = fixture(false);
+        f.declare();
+        let uri = f.package(&f.gateway.clone()).unwrap();
+        let r = f.hand_over(&uri);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body.unwrap()["properties"]["vpnPackageUri"], uri.as_str());
+        assert_eq!(f.listed()["properties"]["resyncRequired"], false);
+        // Declaring again starts over: the hand-over is gone.
+        f.declare();
+        assert_eq!(f.listed()["properties"]["resyncRequired"], true);
+    }
+
+    #[test]
+    fn a_package_not_issued_for_the_vnets_gateway_is_refused() {
+        let mut f = fixture(false);
+        f.declare();
+        let r = f.hand_over("https://vpnclientpackages.blob.core.windows.net/p2s/forged.zip");
+        assert_eq!(r.status, 400, "{r:?}");
+        let other = f.package(&f.other_gateway.clone()).unwrap();
+        assert_eq!(f.hand_over(&other).status, 400);
+        assert_eq!(f.listed()["properties"]["resyncRequired"], true);
+    }
+
+    #[test]
+    fn a_gateway_without_the_app_certificate_refuses() {
+        let mut f = fixture(true);
+        let cert = f.declare().body.unwrap()["properties"]["certBlob"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // No root certificate at all: no package.
+        assert_eq!(f.package(&f.gateway.clone()).unwrap_err().status, 400);
+        // Some other root certificate: a package, but the app's certificate is not in it.
+        let r = f.put_gateway_roots(
+            json!([{"name": "Other", "properties": {"publicCertData": "MIIBother"}}]),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body.unwrap()["properties"]["provisioningState"], "Updating");
+        let stale = f.package(&f.gateway.clone()).unwrap();
+        assert_eq!(f.hand_over(&stale).status, 400);
+        // With the app's certificate added, only a package generated afterwards is accepted.
+        let r = f.put_gateway_roots(json!([
+            {"name": "Other", "properties": {"publicCertData": "MIIBother"}},
+            {"name": "App", "properties": {"publicCertData": cert}}
+        ]));
+        assert_eq!(r.status, 200, "{r:?}");
+        let gw = call(&mut f.st, "GET", f.gateway.as_str(), Value::Null);
+        assert_eq!(
+            gw.body.unwrap()["properties"]["provisioningState"],
+            "Succeeded"
+        );
+        assert_eq!(f.hand_over(&stale).status, 400);
+        let fresh = f.package(&f.gateway.clone()).unwrap();
+        assert_eq!(f.hand_over(&fresh).status, 200);
+        assert_eq!(f.listed()["properties"]["resyncRequired"], false);
+    }
+
+    #[test]
+    fn gateway_writes_are_validated() {
+        let mut f = fixture(false);
+        let dup = json!([
+            {"name": "A", "properties": {"publicCertData": "x"}},
+            {"name": "a", "properties": {"publicCertData": "y"}}
+        ]);
+        assert_eq!(f.put_gateway_roots(dup).status, 400);
+        assert_eq!(
+            f.put_gateway_roots(json!([{"name": "A", "properties": {}}]))
+                .status,
+            400
+        );
+        let path = format!("{}/generatevpnclientpackage", f.gateway);
+        let r = call(
+            &mut f.st,
+            "POST",
+            &path,
+            json!({"processorArchitecture": "Arm"}),
+        );
+        assert_eq!(r.status, 400);
+    }
+}
