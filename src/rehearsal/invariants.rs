@@ -160,7 +160,9 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
                     ));
                 }
                 if regional_after.is_some() {
-                    bad.push(format!("{id}: rolled back but still has regional integration"));
+                    bad.push(format!(
+                        "{id}: rolled back but still has regional integration"
+                    ));
                 }
             }
             _ => {

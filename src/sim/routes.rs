@@ -122,9 +122,7 @@ fn subscription_provider(
         }
         // Network actions end on their `Location` URL (arm-vnet reference §8).
         ("GET", 8)
-            if l[3] == "microsoft.network"
-                && l[4] == "locations"
-                && l[6] == "operationresults" =>
+            if l[3] == "microsoft.network" && l[4] == "locations" && l[6] == "operationresults" =>
         {
             st.operation_result(segs[7]).unwrap_or_else(|| {
                 Reply::error(

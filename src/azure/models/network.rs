@@ -354,8 +354,9 @@ impl VirtualNetwork {
             .filter_map(|c| c["id"].as_str().and_then(|i| ResourceId::parse(i).ok()))
             .filter_map(|ipc| ipc.parent())
             .filter(|gw| {
-                gw.resource_type()
-                    .is_some_and(|t| t.eq_ignore_ascii_case("Microsoft.Network/virtualNetworkGateways"))
+                gw.resource_type().is_some_and(|t| {
+                    t.eq_ignore_ascii_case("Microsoft.Network/virtualNetworkGateways")
+                })
             })
             .collect();
         out.dedup();

@@ -47,14 +47,16 @@ pub(crate) fn trusts(gw: &Value, cert_blob: &str) -> bool {
 /// `GatewaySubnet` (`properties.ipConfigurations[].properties.subnet.id`, as ARM shows it).
 pub(crate) fn gateway_of_vnet(st: &State, vnet: &ResourceId) -> Option<ResourceId> {
     st.store.of_type(GATEWAY_TYPE).find_map(|(_, gw)| {
-        let attached = arr(gw, &["properties", "ipConfigurations"]).iter().any(|c| {
-            c["properties"]["subnet"]["id"]
-                .as_str()
-                .and_then(|s| ResourceId::parse(s).ok())
-                .and_then(|s| s.vnet())
-                .as_ref()
-                == Some(vnet)
-        });
+        let attached = arr(gw, &["properties", "ipConfigurations"])
+            .iter()
+            .any(|c| {
+                c["properties"]["subnet"]["id"]
+                    .as_str()
+                    .and_then(|s| ResourceId::parse(s).ok())
+                    .and_then(|s| s.vnet())
+                    .as_ref()
+                    == Some(vnet)
+            });
         attached
             .then(|| gw["id"].as_str().and_then(|i| ResourceId::parse(i).ok()))
             .flatten()
@@ -90,8 +92,8 @@ pub(crate) fn put_gateway(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Val
     let old = st.store.get(id).cloned();
     let mut gw = body.clone();
     let mut names: Vec<String> = Vec::new();
-    if let Some(certs) = gw["properties"]["vpnClientConfiguration"]["vpnClientRootCertificates"]
-        .as_array_mut()
+    if let Some(certs) =
+        gw["properties"]["vpnClientConfiguration"]["vpnClientRootCertificates"].as_array_mut()
     {
         for c in certs.iter_mut() {
             let name = c["name"].as_str().unwrap_or_default().to_string();

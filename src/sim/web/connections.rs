@@ -362,7 +362,10 @@ mod tests {
         }
 
         fn hand_over(&mut self, uri: &str) -> Reply {
-            let path = format!("{}/virtualNetworkConnections/hub/gateways/primary", self.app);
+            let path = format!(
+                "{}/virtualNetworkConnections/hub/gateways/primary",
+                self.app
+            );
             let body = json!({"location": "westeurope", "properties": {"vnetName": "hub", "vpnPackageUri": uri}});
             call(&mut self.st, "PUT", &path, body)
         }
@@ -381,12 +384,15 @@ mod tests {
         assert_eq!(r.status, 200, "{r:?}");
         let declared = r.body.unwrap();
         // One certificate per subscription × VNet: the one the gateway already trusts.
-        let existing = f
-            .st
-            .store
-            .get(&f.connected.child("virtualNetworkConnections", "hub").unwrap())
-            .unwrap()
-            .clone();
+        let existing =
+            f.st.store
+                .get(
+                    &f.connected
+                        .child("virtualNetworkConnections", "hub")
+                        .unwrap(),
+                )
+                .unwrap()
+                .clone();
         assert_eq!(
             declared["properties"]["certBlob"],
             existing["properties"]["certBlob"]
@@ -437,7 +443,10 @@ mod tests {
             json!([{"name": "Other", "properties": {"publicCertData": "MIIBother"}}]),
         );
         assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.body.unwrap()["properties"]["provisioningState"], "Updating");
+        assert_eq!(
+            r.body.unwrap()["properties"]["provisioningState"],
+            "Updating"
+        );
         let stale = f.package(&f.gateway.clone()).unwrap();
         assert_eq!(f.hand_over(&stale).status, 400);
         // With the app's certificate added, only a package generated afterwards is accepted.
