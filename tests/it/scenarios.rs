@@ -6,6 +6,7 @@ use vnet_migrate::azure::ResourceId;
 use vnet_migrate::fleet::Fleet;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::sim::builder::FleetBuilder;
+use vnet_migrate::sim::InjectedFault;
 
 use crate::support::{outcome, Rig};
 
@@ -278,6 +279,59 @@ async fn rollback_through_a_vnet_without_gateway_parks() {
     // Nothing was declared that could not be connected.
     assert_eq!(rig.gateway_connections(&a), 0);
     assert!(rig.subnet_of(&a).is_none());
+    rig.assert_invariants(&report);
+}
+
+/// A rollback whose hand-over answers 503 more often than the ARM client retries: the step
+/// fails transiently, the error policy runs it again, and the second run continues from the
+/// declared connection to the end.
+#[tokio::test]
+async fn a_transient_failure_mid_handshake_is_retried_not_parked() {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &v);
+    b.tag(&a, "vnet-migrate-sim", "reject-connect");
+    let rig = Rig::start(b.build()).await;
+    rig.sim.inject(InjectedFault {
+        method: Some("PUT".into()),
+        path_contains: Some("/gateways/primary".into()),
+        status: 503,
+        body: None,
+        // Retry at once: the point is the retries, not their pacing.
+        headers: [("Retry-After".to_string(), "0".to_string())].into(),
+        times: 8,
+        after_apply: false,
+    });
+    let report = rig.run(&Policy::default(), "s.db").await;
+    let o = outcome(&report, &a);
+    assert!(o.starts_with("rolled-back:connect-rejected"), "{o}");
+    assert_eq!(rig.sim.stats().faults_injected, 8);
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn a_gateway_refusing_the_root_certificate_parks() {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &v);
+    b.tag(&a, "vnet-migrate-sim", "reject-connect");
+    let mut fleet = b.build();
+    gateway_of(&mut fleet)["properties"]["vpnClientConfiguration"]["vpnClientRootCertificates"] =
+        json!([]);
+    let rig = Rig::start(fleet).await;
+    rig.sim.inject(InjectedFault {
+        method: Some("PUT".into()),
+        path_contains: Some("/virtualNetworkGateways/".into()),
+        status: 400,
+        body: Some(json!({"error": {"code": "InvalidRequestFormat", "message": "refused"}})),
+        headers: Default::default(),
+        times: 1,
+        after_apply: false,
+    });
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(outcome(&report, &a), "parked:root-certificate-refused");
     rig.assert_invariants(&report);
 }
 
