@@ -1,11 +1,12 @@
 //! Exports the fleet in scope from ARM in the fleet-file format, so a team can rehearse on a
-//! copy of its own estate. Only reads.
+//! copy of its own estate (VPN gateways included, which rollback needs). Only reads.
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
 use crate::azure::arm::{ArmClient, ArmError};
+use crate::azure::models::VirtualNetwork;
 use crate::azure::{ResourceId, ResourceKind};
 use crate::fleet::Fleet;
 
@@ -107,6 +108,21 @@ pub(crate) async fn collect(arm: &ArmClient, subscriptions: &[String]) -> Result
     for r in remotes {
         if !have_id(&out, &r) {
             if let Some(v) = arm.get_opt::<Value>(r.as_str()).await? {
+                push(v, &mut out);
+            }
+        }
+    }
+    // The VPN gateways of those VNets (found from their GatewaySubnet, as rollback finds
+    // them): rolling back re-adds gateway-based connections through them.
+    let gateways: Vec<ResourceId> = out
+        .iter()
+        .filter(|v| id_of(v).map(|i| i.kind()) == Some(ResourceKind::VirtualNetwork))
+        .filter_map(|v| serde_json::from_value::<VirtualNetwork>(v.clone()).ok())
+        .flat_map(|v| v.gateway_ids())
+        .collect();
+    for g in gateways {
+        if !have_id(&out, &g) {
+            if let Some(v) = arm.get_opt::<Value>(g.as_str()).await? {
                 push(v, &mut out);
             }
         }

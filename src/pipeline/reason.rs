@@ -83,6 +83,25 @@ token_enum! {
     }
 }
 
+token_enum! {
+    /// Which part of re-adding the gateway-based connection (rollback, arm-vnet reference
+    /// §2.2) was refused, so the operator knows what to do by hand.
+    HandshakeFailure, "handshake" {
+        /// The VNet has no VPN gateway any more: create a route-based point-to-site gateway
+        /// (or reconnect the app elsewhere) before rolling back again.
+        GatewayMissing => "gateway-missing",
+        /// The gateway refused the app's certificate as a point-to-site root certificate:
+        /// add it by hand (the ledger keeps the saved `certBlob`).
+        RootCertificateRefused => "root-certificate-refused",
+        /// The gateway would not generate a VPN client package, or the app refused it: check
+        /// the gateway's point-to-site configuration.
+        PackageRefused => "vpn-package-refused",
+        /// Every part was accepted but the app still reports `resyncRequired`: "Sync network"
+        /// the plan by hand.
+        NotConnected => "gateway-not-connected",
+    }
+}
+
 /// What made a step fail: an ARM error code, an HTTP status without a code, or a condition
 /// of our own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,6 +179,8 @@ pub enum ParkReason {
     StepFailed { step: Step, cause: Cause },
     /// Subnet writes kept colliding with other writers of the VNet.
     SubnetConflict,
+    /// Rollback could not re-add the gateway-based connection.
+    Handshake(HandshakeFailure),
 }
 
 fn fmt_step_failed(f: &mut fmt::Formatter<'_>, step: Step, cause: &Cause) -> fmt::Result {
@@ -213,6 +234,7 @@ impl fmt::Display for ParkReason {
         match self {
             ParkReason::StepFailed { step, cause } => fmt_step_failed(f, *step, cause),
             ParkReason::SubnetConflict => f.write_str("subnet-conflict"),
+            ParkReason::Handshake(h) => h.fmt(f),
         }
     }
 }
@@ -222,6 +244,9 @@ impl FromStr for ParkReason {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "subnet-conflict" {
             return Ok(ParkReason::SubnetConflict);
+        }
+        if let Ok(h) = s.parse() {
+            return Ok(ParkReason::Handshake(h));
         }
         parse_step_failed(s)
             .map(|(step, cause)| ParkReason::StepFailed { step, cause })
@@ -307,6 +332,13 @@ mod tests {
             round_trip(RollbackReason::Unhealthy(*h));
         }
         round_trip(ParkReason::SubnetConflict);
+        for h in HandshakeFailure::ALL {
+            round_trip(ParkReason::Handshake(*h));
+        }
+        assert_eq!(
+            ParkReason::Handshake(HandshakeFailure::GatewayMissing).to_string(),
+            "gateway-missing"
+        );
     }
 
     #[test]

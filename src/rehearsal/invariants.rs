@@ -146,6 +146,25 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
                 }
             }
             "parked" => {}
+            // Re-adding a gateway-based connection is a handshake: declared alone it does not
+            // carry traffic (`resyncRequired: true`, arm-vnet reference §2.2).
+            "rolled-back" if gw_before > 0 => {
+                let connected = after.gateways.get(id).into_iter().flatten().any(|c| {
+                    c.pointer("/properties/resyncRequired")
+                        .and_then(Value::as_bool)
+                        == Some(false)
+                });
+                if !connected {
+                    bad.push(format!(
+                        "{id}: rolled back but its gateway connection is not connected (resyncRequired)"
+                    ));
+                }
+                if regional_after.is_some() {
+                    bad.push(format!(
+                        "{id}: rolled back but still has regional integration"
+                    ));
+                }
+            }
             _ => {
                 if gw_before > 0 && gw_after == 0 && regional_after.is_none() {
                     bad.push(format!("{id}: {outcome} and left without any integration"));

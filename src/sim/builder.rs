@@ -15,6 +15,7 @@ mod derived;
 mod network;
 mod web;
 
+pub(crate) use derived::app_certificate;
 pub(crate) use network::delegate_to_web;
 // Used by `generate`'s tests to check the generated address plans.
 #[cfg(test)]

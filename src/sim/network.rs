@@ -1,15 +1,18 @@
-//! Microsoft.Network behaviour: VNets with inline subnets and peerings, subnet LROs, the
+//! Microsoft.Network behaviour: VNets with inline subnets and peerings, VPN gateways, subnet LROs, the
 //! Network validations (ranges, delegation changes, in-use subnets) and service association
 //! links.
 //!
 //! This file answers the VNet, subnet, peering and usage requests (with the Network LRO and
-//! the VNet lock it takes); `subnet` reads and edits stored subnet objects (prefixes,
+//! the VNet lock it takes); `gateway` the VPN gateways (P2S root certificates, client
+//! packages); `subnet` reads and edits stored subnet objects (prefixes,
 //! delegations, service association links), `validate` holds Network's validations and the
 //! server-owned fields of written subnets.
 
+mod gateway;
 mod subnet;
 mod validate;
 
+pub(crate) use gateway::{gateway_of_vnet, generate_package, put_gateway, trusts};
 pub(crate) use subnet::{
     claim_sal, expire_lingering_links, find_subnet, prefixes, release_sal, sal_links, vnet_guid,
     web_delegated,
@@ -48,36 +51,43 @@ fn vnet_locked(st: &State, vnet: &ResourceId) -> Option<u64> {
     })
 }
 
-fn locked_reply(vnet: &ResourceId, secs: u64) -> Reply {
+fn locked_reply(resource: &ResourceId, secs: u64) -> Reply {
     Reply::error(
         429,
         "RetryableErrorDueToAnotherOperation",
-        format!("Operation could not be completed because another operation on virtual network {} is in progress. Retry the request later.", vnet.as_str()),
+        format!("Operation could not be completed because another operation on {} is in progress. Retry the request later.", resource.as_str()),
     )
     .header("Retry-After", secs.to_string())
 }
 
-/// Starts the Network LRO of a VNet or subnet write and locks the VNet until it finishes.
+/// A Network operation's status URL: `operations` for `Azure-AsyncOperation`,
+/// `operationResults` for `Location`.
+fn operation_url(ctx: &Ctx, of: &ResourceId, location: &str, kind: &str, op: &str) -> String {
+    let loc = crate::azure::models::normalize_location(location);
+    format!(
+        "{}/subscriptions/{}/providers/Microsoft.Network/locations/{loc}/{kind}/{op}?api-version={}",
+        ctx.base,
+        of.subscription(),
+        ctx.api_version
+    )
+}
+
+/// Starts the Network LRO of a write and locks `locked` (the VNet of a VNet or subnet write,
+/// the gateway of a gateway write) until it finishes.
 fn network_lro(
     st: &mut State,
     ctx: &Ctx,
-    vnet: &ResourceId,
+    locked: &ResourceId,
     location: &str,
     reply: Reply,
 ) -> Reply {
     let d = st.latency(1.0, 4.0);
     if !d.is_zero() {
         st.vnet_busy
-            .insert(vnet.key().to_string(), Instant::now() + d);
+            .insert(locked.key().to_string(), Instant::now() + d);
     }
     let op = st.start_operation(d);
-    let loc = crate::azure::models::normalize_location(location);
-    let url = format!(
-        "{}/subscriptions/{}/providers/Microsoft.Network/locations/{loc}/operations/{op}?api-version={}",
-        ctx.base,
-        vnet.subscription(),
-        ctx.api_version
-    );
+    let url = operation_url(ctx, locked, location, "operations", &op);
     let reply = reply.header("Azure-AsyncOperation", url);
     if d.is_zero() {
         reply

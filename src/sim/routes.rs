@@ -88,7 +88,7 @@ pub(super) fn route(
             Ok(p) => p,
             Err(_) => return Reply::not_simulated(&format!("{method} {path}")),
         };
-        return collection(st, ctx, method, path, &parent, last, query);
+        return collection(st, ctx, method, path, &parent, last, query, body);
     }
     let id = match ResourceId::parse(path) {
         Ok(id) => id,
@@ -120,6 +120,18 @@ fn subscription_provider(
         }
         ("POST", 5) if l[4] == "checknameavailability" => {
             Reply::ok(json!({"nameAvailable": true, "reason": "", "message": ""}))
+        }
+        // Network actions end on their `Location` URL (arm-vnet reference §8).
+        ("GET", 8)
+            if l[3] == "microsoft.network" && l[4] == "locations" && l[6] == "operationresults" =>
+        {
+            st.operation_result(segs[7]).unwrap_or_else(|| {
+                Reply::error(
+                    404,
+                    "OperationNotFound",
+                    format!("Operation {} was not found.", segs[7]),
+                )
+            })
         }
         ("GET", 8)
             if (l[3] == "microsoft.network" && l[4] == "locations" && l[6] == "operations")
@@ -187,6 +199,7 @@ fn resource_group(st: &mut State, method: &str, rg: &ResourceId, body: &Value) -
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn collection(
     st: &mut State,
     ctx: &Ctx,
@@ -195,6 +208,7 @@ fn collection(
     parent: &ResourceId,
     last: &str,
     query: &HashMap<String, String>,
+    body: &Value,
 ) -> Reply {
     let last_l = last.to_ascii_lowercase();
     let pk = parent.kind();
@@ -222,6 +236,11 @@ fn collection(
             network::list_inline(st, parent, "virtualNetworkPeerings")
         }
         ("GET", "usages", ResourceKind::VirtualNetwork) => network::usages(st, parent),
+        ("POST", "generatevpnclientpackage", _)
+            if type_key(parent) == "microsoft.network/virtualnetworkgateways" =>
+        {
+            network::generate_package(st, ctx, parent, body)
+        }
         ("POST", "list", _) if type_key(parent).ends_with("/config") => {
             // POST {site}/config/appsettings/list: the stored settings resource, or an empty one.
             let site = parent.parent().expect("config below a site");
@@ -340,6 +359,11 @@ fn resource(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Val
             "DELETE" => web::delete_connection(st, id),
             _ => Reply::not_simulated(&format!("{m} on a virtual network connection")),
         },
+        (
+            "microsoft.web/sites/virtualnetworkconnections/gateways"
+            | "microsoft.web/sites/slots/virtualnetworkconnections/gateways",
+            "PUT",
+        ) => web::put_connection_gateway(st, id, body),
         ("microsoft.web/sites/networkconfig" | "microsoft.web/sites/slots/networkconfig", m)
             if name == "virtualnetwork" =>
         {
@@ -357,12 +381,18 @@ fn resource(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Val
                 _ => Reply::not_simulated(&format!("{m} on config/web")),
             }
         }
-        ("microsoft.network/virtualnetworks", "GET") => match st.store.get(id) {
+        (
+            "microsoft.network/virtualnetworks" | "microsoft.network/virtualnetworkgateways",
+            "GET",
+        ) => match st.store.get(id) {
             Some(v) => network::etagged(v.clone()),
             None => Reply::not_found(id.as_str()),
         },
         ("microsoft.network/virtualnetworks", "PUT") => network::put_vnet(st, ctx, id, body),
         ("microsoft.network/virtualnetworks", "DELETE") => network::delete_vnet(st, id),
+        ("microsoft.network/virtualnetworkgateways", "PUT") => {
+            network::put_gateway(st, ctx, id, body)
+        }
         ("microsoft.network/virtualnetworks/subnets", "GET") => network::get_subnet(st, id),
         ("microsoft.network/virtualnetworks/subnets", "PUT") => {
             network::put_subnet(st, ctx, id, body)

@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
 use super::options::{InjectedFault, SimOptions, SimStats};
+use super::reply::Reply;
 use super::store::Store;
 use super::throttle::Throttle;
 use crate::azure::ResourceId;
@@ -18,6 +19,18 @@ use crate::azure::ResourceId;
 pub(crate) struct Operation {
     pub(crate) done_at: Instant,
     pub(crate) error: Option<Value>,
+    /// What the operation's `Location` URL answers once done (an action's result).
+    pub(crate) result: Option<Value>,
+}
+
+/// A VPN client package the simulator issued: the gateway it was generated for and the root
+/// certificates (`publicCertData`) that gateway trusted at that moment (a package is a
+/// snapshot of the gateway's P2S configuration).
+#[derive(Debug, Clone)]
+pub(crate) struct VpnPackage {
+    /// Lowercased gateway id.
+    pub(crate) gateway: String,
+    pub(crate) root_certificates: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -29,13 +42,15 @@ pub(crate) struct State {
     pub(crate) stats: SimStats,
     pub(crate) injected: Vec<InjectedFault>,
     pub(crate) operations: HashMap<String, Operation>,
-    /// VNet key → instant its last subnet/VNet write finishes (ARM locks the VNet meanwhile).
+    /// VNet (or gateway) key → instant its last write finishes (ARM locks it meanwhile).
     pub(crate) vnet_busy: HashMap<String, Instant>,
     /// Subscription key → requests left in a chaos 429 storm.
     pub(crate) storms: HashMap<String, u32>,
     /// (subnet, plan) → instant the plan's service association link, left behind when
     /// its last app left the subnet, is finally removed.
     pub(crate) lingering_links: HashMap<(ResourceId, ResourceId), Instant>,
+    /// Package SAS URL → what it was issued for (`generatevpnclientpackage`).
+    pub(crate) vpn_packages: HashMap<String, VpnPackage>,
 }
 
 impl State {
@@ -51,6 +66,7 @@ impl State {
             vnet_busy: HashMap::new(),
             storms: HashMap::new(),
             lingering_links: HashMap::new(),
+            vpn_packages: HashMap::new(),
         }
     }
 
@@ -84,6 +100,7 @@ impl State {
             Operation {
                 done_at: Instant::now() + duration,
                 error: None,
+                result: None,
             },
         );
         id
@@ -98,6 +115,27 @@ impl State {
             json!({"status": "Failed", "error": e})
         } else {
             json!({"status": "Succeeded"})
+        })
+    }
+
+    /// What an operation's `Location` URL answers: 202 while it runs, then 200 with its result
+    /// (the `final-state-via: location` pattern of Network actions, arm-vnet reference §8);
+    /// `None` when unknown.
+    pub(crate) fn operation_result(&self, id: &str) -> Option<Reply> {
+        let op = self.operations.get(&id.to_ascii_lowercase())?;
+        let now = Instant::now();
+        Some(if now < op.done_at {
+            Reply::empty(202).header(
+                "Retry-After",
+                Self::retry_after_secs(op.done_at - now).to_string(),
+            )
+        } else if let Some(e) = &op.error {
+            Reply::new(400, json!({"error": e}))
+        } else {
+            match &op.result {
+                Some(r) => Reply::ok(r.clone()),
+                None => Reply::empty(204),
+            }
         })
     }
 

@@ -1,5 +1,5 @@
 //! Microsoft.Web behaviour: sites and slots, regional integration (with App Service's server
-//! validations), gateway-based `virtualNetworkConnections`, the swift `networkConfig`
+//! validations), gateway-based `virtualNetworkConnections` (with the gateway handshake), the swift `networkConfig`
 //! sub-resource, `config/web` and Key Vault reference status.
 //!
 //! This file holds the knobs and the site/plan lookups the others share; `sites` the site
@@ -14,6 +14,7 @@ mod sites;
 
 pub(crate) use connections::{
     delete_connection, get_connection, list_connections, plan_connections, put_connection,
+    put_connection_gateway,
 };
 pub(crate) use regional::{delete_swift, get_swift, put_swift};
 pub(crate) use sites::{

@@ -55,6 +55,9 @@ fn normalized(fleet: &Fleet) -> BTreeMap<String, Value> {
         match v {
             Value::Object(m) => {
                 m.remove("etag");
+                // A rollback resumed after a crash generates a fresh VPN package (a new SAS
+                // URL, as Azure would); any package of the right gateway is as good.
+                m.remove("vpnPackageUri");
                 m.values_mut().for_each(strip);
             }
             Value::Array(a) => a.iter_mut().for_each(strip),

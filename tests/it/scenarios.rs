@@ -1,9 +1,12 @@
 //! The migration scenarios of issue 3, each with its expected outcome, run through the real
 //! HTTP client against the simulator on loopback and the embedded SQLite pipeline.
 
+use serde_json::{json, Value};
 use vnet_migrate::azure::ResourceId;
+use vnet_migrate::fleet::Fleet;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::sim::builder::FleetBuilder;
+use vnet_migrate::sim::InjectedFault;
 
 use crate::support::{outcome, Rig};
 
@@ -196,6 +199,139 @@ async fn connect_rejected_by_arm_rolls_back_to_the_gateway() {
         "gateway connection restored"
     );
     assert!(rig.subnet_of(&a).is_none());
+    // The gateway already trusted the app's certificate: it was not rewritten.
+    let gw = rig
+        .fleet
+        .resources
+        .iter()
+        .find(|r| r["type"] == "Microsoft.Network/virtualNetworkGateways")
+        .unwrap();
+    let id = ResourceId::parse(gw["id"].as_str().unwrap()).unwrap();
+    assert_eq!(rig.resource(&id).unwrap()["etag"], gw["etag"]);
+    rig.assert_invariants(&report);
+}
+
+/// The gateway resource of the fleet (the only one in these scenarios).
+fn gateway_of(fleet: &mut Fleet) -> &mut Value {
+    fleet
+        .resources
+        .iter_mut()
+        .find(|r| r["type"] == "Microsoft.Network/virtualNetworkGateways")
+        .expect("a gateway")
+}
+
+#[tokio::test]
+async fn rollback_re_adds_the_root_certificate_the_gateway_lost() {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &v);
+    b.tag(&a, "vnet-migrate-sim", "reject-connect");
+    let conn_id = ResourceId::parse(&format!("{a}/virtualNetworkConnections/hub-we")).unwrap();
+    let mut fleet = b.build();
+    let cert = fleet
+        .resources
+        .iter()
+        .find(|r| r["id"] == conn_id.as_str())
+        .unwrap()["properties"]["certBlob"]
+        .clone();
+    let gw = gateway_of(&mut fleet);
+    gw["properties"]["vpnClientConfiguration"]["vpnClientRootCertificates"] = json!([]);
+    let gw_id = ResourceId::parse(gw["id"].as_str().unwrap()).unwrap();
+    let rig = Rig::start(fleet).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    let o = outcome(&report, &a);
+    assert!(o.starts_with("rolled-back:connect-rejected"), "{o}");
+    let roots = rig.resource(&gw_id).unwrap()["properties"]["vpnClientConfiguration"]
+        ["vpnClientRootCertificates"]
+        .clone();
+    assert!(
+        roots
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["properties"]["publicCertData"] == cert),
+        "certificate re-added: {roots}"
+    );
+    let conn = rig.resource(&conn_id).expect("connection re-declared");
+    assert_eq!(conn["properties"]["resyncRequired"], false);
+    let handed = rig
+        .resource(&ResourceId::parse(&format!("{conn_id}/gateways/primary")).unwrap())
+        .expect("a VPN package handed to the app");
+    assert!(handed["properties"]["vpnPackageUri"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://"));
+    assert!(rig.subnet_of(&a).is_none());
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn rollback_through_a_vnet_without_gateway_parks() {
+    let mut b = base();
+    let v = b.vnet("net", "no-gw", WE, &["10.1.0.0/16"]);
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &v);
+    b.tag(&a, "vnet-migrate-sim", "reject-connect");
+    let rig = Rig::start(b.build()).await;
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(outcome(&report, &a), "parked:gateway-missing");
+    // Nothing was declared that could not be connected.
+    assert_eq!(rig.gateway_connections(&a), 0);
+    assert!(rig.subnet_of(&a).is_none());
+    rig.assert_invariants(&report);
+}
+
+/// A rollback whose hand-over answers 503 more often than the ARM client retries: the step
+/// fails transiently, the error policy runs it again, and the second run continues from the
+/// declared connection to the end.
+#[tokio::test]
+async fn a_transient_failure_mid_handshake_is_retried_not_parked() {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &v);
+    b.tag(&a, "vnet-migrate-sim", "reject-connect");
+    let rig = Rig::start(b.build()).await;
+    rig.sim.inject(InjectedFault {
+        method: Some("PUT".into()),
+        path_contains: Some("/gateways/primary".into()),
+        status: 503,
+        body: None,
+        // Retry at once: the point is the retries, not their pacing.
+        headers: [("Retry-After".to_string(), "0".to_string())].into(),
+        times: 8,
+        after_apply: false,
+    });
+    let report = rig.run(&Policy::default(), "s.db").await;
+    let o = outcome(&report, &a);
+    assert!(o.starts_with("rolled-back:connect-rejected"), "{o}");
+    assert_eq!(rig.sim.stats().faults_injected, 8);
+    rig.assert_invariants(&report);
+}
+
+#[tokio::test]
+async fn a_gateway_refusing_the_root_certificate_parks() {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &v);
+    b.tag(&a, "vnet-migrate-sim", "reject-connect");
+    let mut fleet = b.build();
+    gateway_of(&mut fleet)["properties"]["vpnClientConfiguration"]["vpnClientRootCertificates"] =
+        json!([]);
+    let rig = Rig::start(fleet).await;
+    rig.sim.inject(InjectedFault {
+        method: Some("PUT".into()),
+        path_contains: Some("/virtualNetworkGateways/".into()),
+        status: 400,
+        body: Some(json!({"error": {"code": "InvalidRequestFormat", "message": "refused"}})),
+        headers: Default::default(),
+        times: 1,
+        after_apply: false,
+    });
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(outcome(&report, &a), "parked:root-certificate-refused");
     rig.assert_invariants(&report);
 }
 

@@ -1,5 +1,5 @@
 //! Microsoft.Network: virtual networks, subnets, delegations, service association links,
-//! peerings.
+//! peerings, VPN gateways.
 
 use serde::{Deserialize, Serialize};
 
@@ -211,4 +211,155 @@ pub struct VirtualNetwork {
     pub properties: VnetProperties,
     #[serde(flatten)]
     pub(crate) extra: Extra,
+}
+
+/// A point-to-site root certificate of a VPN gateway (`publicCertData` = base64 `.cer`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct VpnClientRootCertificateProperties {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) public_cert_data: Option<String>,
+    #[serde(flatten)]
+    pub(crate) extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct VpnClientRootCertificate {
+    #[serde(default)]
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) properties: VpnClientRootCertificateProperties,
+    #[serde(flatten)]
+    pub(crate) extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct VpnClientConfiguration {
+    #[serde(default)]
+    pub(crate) vpn_client_root_certificates: Vec<VpnClientRootCertificate>,
+    #[serde(flatten)]
+    pub(crate) extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct GatewayIpConfigurationProperties {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) subnet: Option<SubResource>,
+    #[serde(flatten)]
+    pub(crate) extra: Extra,
+}
+
+/// Where the gateway sits: `properties.subnet.id` is its VNet's `GatewaySubnet`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub(crate) struct GatewayIpConfiguration {
+    #[serde(default)]
+    pub(crate) properties: GatewayIpConfigurationProperties,
+    #[serde(flatten)]
+    pub(crate) extra: Extra,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct VirtualNetworkGatewayProperties {
+    #[serde(default)]
+    pub(crate) ip_configurations: Vec<GatewayIpConfiguration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) vpn_client_configuration: Option<VpnClientConfiguration>,
+    #[serde(flatten)]
+    pub(crate) extra: Extra,
+}
+
+/// `Microsoft.Network/virtualNetworkGateways`: the VPN gateway gateway-based App Service
+/// integration connects through (arm-vnet reference §2.2, step 2).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VirtualNetworkGateway {
+    pub id: ResourceId,
+    #[serde(default)]
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) location: String,
+    #[serde(default)]
+    pub(crate) properties: VirtualNetworkGatewayProperties,
+    #[serde(flatten)]
+    pub(crate) extra: Extra,
+}
+
+impl VirtualNetworkGateway {
+    /// Whether one of its ip configurations sits in a subnet of `vnet`.
+    pub(crate) fn is_attached_to(&self, vnet: &ResourceId) -> bool {
+        self.properties
+            .ip_configurations
+            .iter()
+            .filter_map(|c| c.properties.subnet.as_ref())
+            .any(|s| s.id.vnet().as_ref() == Some(vnet))
+    }
+
+    /// Whether `cert_blob` (an app's `certBlob`) is one of its P2S root certificates.
+    pub(crate) fn trusts(&self, cert_blob: &str) -> bool {
+        self.root_certificates()
+            .iter()
+            .any(|c| c.properties.public_cert_data.as_deref() == Some(cert_blob))
+    }
+
+    fn root_certificates(&self) -> &[VpnClientRootCertificate] {
+        self.properties
+            .vpn_client_configuration
+            .as_ref()
+            .map(|c| c.vpn_client_root_certificates.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// Adds `cert_blob` as a root certificate named `name` (or `name-2`, `-3` … when taken).
+    pub(crate) fn add_root_certificate(&mut self, name: &str, cert_blob: &str) {
+        let taken = |n: &str| {
+            self.root_certificates()
+                .iter()
+                .any(|c| c.name.eq_ignore_ascii_case(n))
+        };
+        let mut unique = name.to_string();
+        let mut i = 2;
+        while taken(&unique) {
+            unique = format!("{name}-{i}");
+            i += 1;
+        }
+        self.properties
+            .vpn_client_configuration
+            .get_or_insert_with(Default::default)
+            .vpn_client_root_certificates
+            .push(VpnClientRootCertificate {
+                name: unique,
+                properties: VpnClientRootCertificateProperties {
+                    public_cert_data: Some(cert_blob.to_string()),
+                    extra: Extra::new(),
+                },
+                extra: Extra::new(),
+            });
+    }
+}
+
+/// The subnet every VPN gateway must sit in (its name is fixed by Azure).
+const GATEWAY_SUBNET: &str = "GatewaySubnet";
+
+impl VirtualNetwork {
+    /// The gateways whose ip configurations the VNet's `GatewaySubnet` lists (ARM shows them
+    /// as `…/virtualNetworkGateways/{gw}/ipConfigurations/{name}` ids).
+    pub(crate) fn gateway_ids(&self) -> Vec<ResourceId> {
+        let mut out: Vec<ResourceId> = self
+            .properties
+            .subnets
+            .iter()
+            .filter(|s| s.name.eq_ignore_ascii_case(GATEWAY_SUBNET))
+            .flat_map(|s| s.properties.ip_configurations.iter().flatten())
+            .filter_map(|c| c["id"].as_str().and_then(|i| ResourceId::parse(i).ok()))
+            .filter_map(|ipc| ipc.parent())
+            .filter(|gw| {
+                gw.resource_type().is_some_and(|t| {
+                    t.eq_ignore_ascii_case("Microsoft.Network/virtualNetworkGateways")
+                })
+            })
+            .collect();
+        out.dedup();
+        out
+    }
 }

@@ -3,7 +3,9 @@
 
 use sha2::{Digest, Sha256};
 
-pub(super) fn digest(parts: &[&str]) -> [u8; 32] {
+use crate::azure::ResourceId;
+
+fn digest(parts: &[&str]) -> [u8; 32] {
     let mut h = Sha256::new();
     for p in parts {
         h.update(p.as_bytes());
@@ -25,8 +27,18 @@ pub(super) fn etag(parts: &[&str]) -> String {
     format!("W/\"{}\"", uuid_from(&[&parts.join("|"), "etag"]))
 }
 
+/// The app-side certificate App Service issues for gateway-based integration: one per
+/// subscription × VNet (arm-vnet reference §2.2, step 1), as `(certThumbprint, certBlob)`.
+/// Shared by the builder (fleets) and the simulator's declare PUT, so a re-declared connection
+/// gets the certificate the gateway already trusts.
+pub(crate) fn app_certificate(subscription: &str, vnet: &ResourceId) -> (String, String) {
+    let sub = subscription.to_ascii_lowercase();
+    let seed = [sub.as_str(), vnet.key()];
+    (hex::encode_upper(&digest(&seed)[..20]), cert_blob(&seed))
+}
+
 /// A deterministic stand-in for the app's public certificate (DER-looking bytes, base64).
-pub(super) fn cert_blob(parts: &[&str]) -> String {
+fn cert_blob(parts: &[&str]) -> String {
     let mut bytes = vec![0x30, 0x82, 0x01, 0x0a];
     for i in 0..8u8 {
         let salt = i.to_string();

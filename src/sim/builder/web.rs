@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::derived::{cert_blob, digest};
+use super::derived::app_certificate;
 use super::network::{delegate_to_web, link_plan};
 use super::{child, same_name, str_field, FleetBuilder};
 use crate::azure::ResourceId;
@@ -137,13 +137,7 @@ impl FleetBuilder {
         let location = str_field(self.resource(target), "location");
         let ty = connection_type(target);
         let id = child(target, "virtualNetworkConnections", vnet.name());
-        let cert_seed = [
-            target.subscription().to_ascii_lowercase(),
-            vnet.key().into(),
-        ];
-        let cert_seed: Vec<&str> = cert_seed.iter().map(String::as_str).collect();
-        let thumbprint = hex::encode_upper(&digest(&cert_seed)[..20]);
-        let blob = cert_blob(&cert_seed);
+        let (thumbprint, blob) = app_certificate(target.subscription(), vnet);
         self.put(json!({
             "id": id.as_str(),
             "name": vnet.name(),

@@ -395,6 +395,12 @@ impl Rig {
                     .map(|s| s.to_ascii_lowercase().starts_with(&prefix))
                     .unwrap_or(false)
             })
+            // Not the connection's `gateways/primary` (the VPN package handed to the app).
+            .filter(|r| {
+                r.get("type")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|t| t.ends_with("virtualNetworkConnections"))
+            })
             .filter(|r| r.pointer("/properties/isSwift").and_then(|v| v.as_bool()) != Some(true))
             .count()
     }
