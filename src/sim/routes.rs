@@ -354,10 +354,7 @@ fn resource(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Val
                 _ => Reply::not_simulated(&format!("{m} on config/web")),
             }
         }
-        ("microsoft.network/virtualnetworks", "GET") => match st.store.get(id) {
-            Some(v) => network::etagged(v.clone()),
-            None => Reply::not_found(id.as_str()),
-        },
+        ("microsoft.network/virtualnetworks", "GET") => network::get_vnet(st, id),
         ("microsoft.network/virtualnetworks", "PUT") => network::put_vnet(st, ctx, id, body),
         ("microsoft.network/virtualnetworks", "DELETE") => network::delete_vnet(st, id),
         ("microsoft.network/virtualnetworks/subnets", "GET") => network::get_subnet(st, id),

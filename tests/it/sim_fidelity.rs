@@ -9,7 +9,7 @@ use vnet_migrate::azure::models::{
     AutoscaleSetting, KeyVaultReference, Peering, Plan, Site, Subnet, VirtualNetwork,
     VnetConnection,
 };
-use vnet_migrate::sim::{Fleet, InjectedFault, SimOptions, SimServer, Simulator};
+use vnet_migrate::sim::{FaultMode, Fleet, InjectedFault, SimOptions, SimServer, Simulator};
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::support::{fixture, start_sim, TEST_TOKEN};
@@ -439,6 +439,7 @@ async fn replay(cassette: &str) -> Vec<String> {
                 headers: Default::default(),
                 times: 1,
                 after_apply: i.status == 504,
+                mode: FaultMode::Answer,
             });
         }
         let r = call(&c, &i.method, &url, i.body.as_deref()).await;
@@ -973,6 +974,7 @@ async fn subnet_validations_lro_and_errors() {
         headers: Default::default(),
         times: 1,
         after_apply: true,
+        mode: FaultMode::Answer,
     });
     let r = put(
         "n2",
