@@ -131,7 +131,11 @@ impl Reconciler for Migration {
         let why = err.to_string();
         match err.retry() {
             Retry::Transient(retry_after) => {
-                let delay = self.ctx.scaled(backoff(msg.transient)).max(retry_after.unwrap_or_default()).min(MAX_TRANSIENT_DELAY);
+                let delay = self
+                    .ctx
+                    .scaled(backoff(msg.transient))
+                    .max(retry_after.unwrap_or_default())
+                    .min(MAX_TRANSIENT_DELAY);
                 return StepResult::next_after(
                     msg.resend(),
                     delay,

@@ -87,20 +87,15 @@ pub(super) fn claim(st: &State, method: &str, path: &str, body: &Value) -> Claim
         // swift DELETE write the subnets' service association links: they take part in the
         // VNet lock (arm-vnet reference §13; Azure/azure-rest-api-specs#11143).
         let (work, vnets) = match (method, id == target, swift) {
-            ("PUT" | "PATCH", true, _) => match body.pointer("/properties/virtualNetworkSubnetId")
-            {
-                Some(v) => (
-                    Work::SubnetJoin,
-                    integration_vnets(subnet_in(v), current),
-                ),
-                None => (Work::Write, Vec::new()),
-            },
+            ("PUT" | "PATCH", true, _) => {
+                match body.pointer("/properties/virtualNetworkSubnetId") {
+                    Some(v) => (Work::SubnetJoin, integration_vnets(subnet_in(v), current)),
+                    None => (Work::Write, Vec::new()),
+                }
+            }
             ("PUT" | "PATCH", false, true) => (
                 Work::SubnetJoin,
-                integration_vnets(
-                    subnet_in(&body["properties"]["subnetResourceId"]),
-                    current,
-                ),
+                integration_vnets(subnet_in(&body["properties"]["subnetResourceId"]), current),
             ),
             ("DELETE", false, true) => (Work::SwiftDelete, integration_vnets(None, current)),
             _ => (Work::Write, Vec::new()),
@@ -115,7 +110,11 @@ pub(super) fn claim(st: &State, method: &str, path: &str, body: &Value) -> Claim
         (ResourceKind::Subnet, _) => Claim {
             work: Work::NetworkWrite,
             site: None,
-            vnets: id.vnet().map(|v| (v, Some(id.clone()))).into_iter().collect(),
+            vnets: id
+                .vnet()
+                .map(|v| (v, Some(id.clone())))
+                .into_iter()
+                .collect(),
         },
         (ResourceKind::VirtualNetwork, "PUT") => Claim {
             work: Work::NetworkWrite,
@@ -164,7 +163,12 @@ fn site_locked() -> Reply {
 /// 400 `NetcfgInvalidSubnet` or 429 `RetryableErrorDueToAnotherOperation` (parallel subnet
 /// writes in one VNet: one succeeds, the others get these; Azure/azure-rest-api-specs#14202,
 /// arm-vnet reference §5, §8).
-fn vnet_locked(st: &mut State, vnet: &ResourceId, subnet: Option<&ResourceId>, wait: Duration) -> Reply {
+fn vnet_locked(
+    st: &mut State,
+    vnet: &ResourceId,
+    subnet: Option<&ResourceId>,
+    wait: Duration,
+) -> Reply {
     match st.rng.random_range(0..3) {
         0 => Reply::error(
             409,
@@ -203,10 +207,11 @@ pub(super) fn refusal(st: &mut State, claim: &Claim) -> Option<Reply> {
     {
         Some(site_locked())
     } else {
-        let busy = claim
-            .vnets
-            .iter()
-            .find_map(|(v, s)| st.vnet_busy.get(v.key()).map(|h| (v.clone(), s.clone(), h.until)));
+        let busy = claim.vnets.iter().find_map(|(v, s)| {
+            st.vnet_busy
+                .get(v.key())
+                .map(|h| (v.clone(), s.clone(), h.until))
+        });
         busy.map(|(v, s, until)| vnet_locked(st, &v, s.as_ref(), until - now))
     };
     if refused.is_some() {
@@ -310,7 +315,10 @@ mod tests {
             .as_str()
             .unwrap()
             .starts_with("Cannot acquire exclusive lock"));
-        assert!(r.headers.iter().all(|(k, _)| !k.eq_ignore_ascii_case("retry-after")));
+        assert!(r
+            .headers
+            .iter()
+            .all(|(k, _)| !k.eq_ignore_ascii_case("retry-after")));
         assert_eq!(st.stats.contended, 1);
     }
 
@@ -332,7 +340,10 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..60 {
             let r = refusal(&mut st, &join).expect("refused");
-            let code = r.body.as_ref().unwrap()["error"]["code"].as_str().unwrap().to_string();
+            let code = r.body.as_ref().unwrap()["error"]["code"]
+                .as_str()
+                .unwrap()
+                .to_string();
             seen.insert((r.status, code));
         }
         let expected: std::collections::BTreeSet<(u16, String)> = [
@@ -342,10 +353,18 @@ mod tests {
         ]
         .into();
         assert_eq!(seen, expected);
-        let shown = render_network(&st, &subnet, json!({"properties": {"provisioningState": "Succeeded"}}));
+        let shown = render_network(
+            &st,
+            &subnet,
+            json!({"properties": {"provisioningState": "Succeeded"}}),
+        );
         assert_eq!(shown["properties"]["provisioningState"], "Updating");
         let b = ResourceId::parse(&other).unwrap();
-        let shown = render_network(&st, &b, json!({"properties": {"provisioningState": "Succeeded"}}));
+        let shown = render_network(
+            &st,
+            &b,
+            json!({"properties": {"provisioningState": "Succeeded"}}),
+        );
         assert_eq!(shown["properties"]["provisioningState"], "Succeeded");
     }
 
@@ -353,10 +372,21 @@ mod tests {
     fn swift_delete_and_plain_writes() {
         let st = state();
         let swift = format!("{SITE}/networkConfig/virtualNetwork");
-        assert_eq!(claim(&st, "DELETE", &swift, &Value::Null).work, Work::SwiftDelete);
-        let routing = claim(&st, "PATCH", SITE, &json!({"properties": {"outboundVnetRouting": {}}}));
+        assert_eq!(
+            claim(&st, "DELETE", &swift, &Value::Null).work,
+            Work::SwiftDelete
+        );
+        let routing = claim(
+            &st,
+            "PATCH",
+            SITE,
+            &json!({"properties": {"outboundVnetRouting": {}}}),
+        );
         assert_eq!(routing.work, Work::Write);
         assert!(routing.vnets.is_empty() && routing.site.is_some());
-        assert_eq!(claim(&st, "GET", SITE, &Value::Null), Claim::free(Work::Read));
+        assert_eq!(
+            claim(&st, "GET", SITE, &Value::Null),
+            Claim::free(Work::Read)
+        );
     }
 }

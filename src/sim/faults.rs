@@ -61,10 +61,24 @@ pub(super) fn operation_error() -> serde_json::Value {
 
 fn fault_reply(status: u16) -> Reply {
     match status {
-        429 => Reply::error(429, "TooManyRequests", "The request was throttled (simulated fault).").header("Retry-After", "1"),
+        429 => Reply::error(
+            429,
+            "TooManyRequests",
+            "The request was throttled (simulated fault).",
+        )
+        .header("Retry-After", "1"),
         504 => gateway_timeout("the resource provider"),
-        503 => Reply::error(503, "ServiceUnavailable", "The service is temporarily unavailable (simulated fault).").header("Retry-After", "1"),
-        s => Reply::error(s, "InternalServerError", "An internal error occurred (simulated fault)."),
+        503 => Reply::error(
+            503,
+            "ServiceUnavailable",
+            "The service is temporarily unavailable (simulated fault).",
+        )
+        .header("Retry-After", "1"),
+        s => Reply::error(
+            s,
+            "InternalServerError",
+            "An internal error occurred (simulated fault).",
+        ),
     }
 }
 

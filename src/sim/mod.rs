@@ -22,7 +22,8 @@ mod web;
 
 pub use crate::fleet::Fleet;
 pub use options::{
-    FaultMode, FaultProfile, InjectedFault, SimOptions, SimStats, SubscriptionStats, UnknownFaultProfile,
+    FaultMode, FaultProfile, InjectedFault, SimOptions, SimStats, SubscriptionStats,
+    UnknownFaultProfile,
 };
 
 use std::io::Write;

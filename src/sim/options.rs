@@ -270,7 +270,11 @@ mod tests {
         for (work, (lo, hi)) in table {
             assert_eq!(work.seconds(), (lo, hi), "{work:?}");
             assert_eq!(real.scaled(hi), Duration::from_secs_f64(hi), "{work:?}");
-            assert_eq!(fast.scaled(hi), Duration::from_secs_f64(hi / 50.0), "{work:?}");
+            assert_eq!(
+                fast.scaled(hi),
+                Duration::from_secs_f64(hi / 50.0),
+                "{work:?}"
+            );
         }
         // A 50 s swift delete is one second at speed 50, not clamped to whole seconds.
         assert_eq!(fast.scaled(50.0), Duration::from_secs(1));

@@ -261,7 +261,15 @@ impl LateWrite {
             .split('/')
             .filter(|s| !s.is_empty())
             .collect();
-        route(st, &self.ctx, &self.method, &self.path, &segs, &self.query, &self.body);
+        route(
+            st,
+            &self.ctx,
+            &self.method,
+            &self.path,
+            &segs,
+            &self.query,
+            &self.body,
+        );
     }
 }
 

@@ -188,7 +188,11 @@ mod tests {
             let e = status(s, c);
             assert!(e.is_contention() && e.is_transient(), "{s} {c}");
         }
-        for (s, c) in [(409, "Conflict"), (400, "NetcfgSubnetRangesOverlap"), (400, "BadRequest")] {
+        for (s, c) in [
+            (409, "Conflict"),
+            (400, "NetcfgSubnetRangesOverlap"),
+            (400, "BadRequest"),
+        ] {
             let e = status(s, c);
             assert!(!e.is_contention() && !e.is_transient(), "{s} {c}");
         }

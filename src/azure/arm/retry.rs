@@ -76,7 +76,10 @@ impl ArmClient {
                     }
                 }
                 // Out of retries on an ambiguous failure: one last look before reporting it.
-                Err(e) if rereadable(method) && (is_ambiguous(&e) || (unsettled && e.is_contention())) => {
+                Err(e)
+                    if rereadable(method)
+                        && (is_ambiguous(&e) || (unsettled && e.is_contention())) =>
+                {
                     return match self.already_applied(method, url, body).await? {
                         Some(done) => Ok(Written::AlreadyDone(done)),
                         None => Err(e),

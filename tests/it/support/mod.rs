@@ -294,7 +294,12 @@ pub struct Rig {
 
 impl Rig {
     pub async fn start(fleet: Fleet) -> Rig {
-        let (sim, server) = start_sim(fleet.clone(), SimOptions::instant()).await;
+        Rig::start_with(fleet, SimOptions::instant()).await
+    }
+
+    /// A rig whose simulator runs with `options` (latency model, locks, faults).
+    pub async fn start_with(fleet: Fleet, options: SimOptions) -> Rig {
+        let (sim, server) = start_sim(fleet.clone(), options).await;
         let arm = arm_for(&server.url(), &invariants::subscriptions(&fleet));
         Rig {
             sim,
