@@ -29,12 +29,27 @@ pub enum StepError {
     Unexpected(String),
 }
 
+/// What a failed step may do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Throttling, contention, 5xx, timeouts: re-send without limit (with the server's
+    /// `Retry-After` when it sent one); these never park a target.
+    Transient(Option<Duration>),
+    /// A failure that may not recur: retried while attempts last (`maxAttempts`).
+    Counted,
+    Never,
+}
+
 impl StepError {
-    fn is_transient(&self) -> bool {
+    fn retry(&self) -> Retry {
         match self {
-            StepError::Arm(e) => e.is_transient(),
-            StepError::Ledger(_) => true,
-            StepError::Unexpected(_) => false,
+            StepError::Arm(e) if e.is_transient() => Retry::Transient(e.retry_after()),
+            // ARM reports the operation Failed, but a PUT/PATCH is idempotent and safe to send
+            // again (arm-vnet reference §8), and a write left `Failed` is repaired by writing it
+            // again; counted, so one that keeps failing stops.
+            StepError::Arm(ArmError::LroFailed { .. }) => Retry::Counted,
+            StepError::Arm(_) | StepError::Unexpected(_) => Retry::Never,
+            StepError::Ledger(_) => Retry::Counted,
         }
     }
 
@@ -107,21 +122,42 @@ impl Reconciler for Migration {
         steps::run(&self.ctx, msg).await
     }
 
-    /// Transient failures retry with backoff until `maxAttempts`; then a target whose gateway
-    /// may already be gone is rolled back, and any other is parked for an operator.
+    /// Transient failures (throttling, contention, 5xx) re-send the step with a growing delay
+    /// for as long as they last: they never park a target. Other retryable failures retry
+    /// until `maxAttempts`; then a target whose gateway may already be gone is rolled back,
+    /// and any other is parked for an operator.
     fn error_policy(&self, msg: &StepMessage, err: &StepError) -> StepResult {
         let max = self.ctx.policy.max_attempts.max(1);
         let why = err.to_string();
-        if err.is_transient() && msg.attempt + 1 < max {
-            let delay = self.ctx.scaled(backoff(msg.attempt));
-            return StepResult::next_after(
-                msg.retry(),
-                delay,
-                format!(
-                    "attempt {} failed, retrying in {:?}: {why}",
-                    msg.attempt, delay
-                ),
-            );
+        match err.retry() {
+            Retry::Transient(retry_after) => {
+                let delay = self
+                    .ctx
+                    .scaled(backoff(msg.transient))
+                    .max(retry_after.unwrap_or_default())
+                    .min(MAX_TRANSIENT_DELAY);
+                return StepResult::next_after(
+                    msg.resend(),
+                    delay,
+                    format!(
+                        "transient failure {} of attempt {}, re-sending in {delay:?}: {why}",
+                        msg.transient + 1,
+                        msg.attempt
+                    ),
+                );
+            }
+            Retry::Counted if msg.attempt + 1 < max => {
+                let delay = self.ctx.scaled(backoff(msg.attempt));
+                return StepResult::next_after(
+                    msg.retry(),
+                    delay,
+                    format!(
+                        "attempt {} failed, retrying in {:?}: {why}",
+                        msg.attempt, delay
+                    ),
+                );
+            }
+            Retry::Counted | Retry::Never => {}
         }
         let cause = err.cause();
         match msg.step {
@@ -146,6 +182,10 @@ impl Reconciler for Migration {
     }
 }
 
+/// The longest wait before re-sending a step after a transient failure (a server's
+/// `Retry-After` included).
+const MAX_TRANSIENT_DELAY: Duration = Duration::from_secs(300);
+
 /// Exponential backoff between attempts: 5 s, 10 s, 20 s … capped at 5 min.
 pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(5u64.saturating_mul(1u64 << attempt.min(6))).min(Duration::from_secs(300))
@@ -154,6 +194,41 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn arm(status: u16, code: &str, retry_after: Option<Duration>) -> StepError {
+        StepError::Arm(ArmError::Status {
+            status,
+            code: code.into(),
+            message: String::new(),
+            method: "PATCH".into(),
+            path: "/x".into(),
+            retry_after,
+        })
+    }
+
+    #[test]
+    fn throttling_and_contention_are_transient_failed_operations_are_counted() {
+        let ra = Some(Duration::from_secs(7));
+        assert_eq!(
+            arm(429, "SubscriptionRequestsThrottled", ra).retry(),
+            Retry::Transient(ra)
+        );
+        for (s, c) in [
+            (409, "AnotherOperationInProgress"),
+            (400, "NetcfgInvalidSubnet"),
+            (429, "429"),
+            (503, "ServiceUnavailable"),
+        ] {
+            assert_eq!(arm(s, c, None).retry(), Retry::Transient(None), "{s} {c}");
+        }
+        let failed = StepError::Arm(ArmError::LroFailed {
+            path: "/x".into(),
+            code: "InternalServerError".into(),
+            message: String::new(),
+        });
+        assert_eq!(failed.retry(), Retry::Counted);
+        assert_eq!(arm(400, "BadRequest", None).retry(), Retry::Never);
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

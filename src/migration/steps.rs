@@ -249,7 +249,8 @@ async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResu
     });
     let desired = desired_subnet(&ctx.policy, base, &prefix);
     let mut next_plan = p.clone();
-    if current.as_ref() == Some(&desired) {
+    // A subnet whose last write failed is written again, even if it shows what we want.
+    if current.as_ref() == Some(&desired) && !desired.provisioning_failed() {
         next_plan.prefix = desired
             .prefixes()
             .first()
@@ -278,6 +279,8 @@ async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResu
                 format!("{verb} subnet {} ({})", p.subnet, prefix),
             ))
         }
+        // Contention (another write running in the VNet) is not about our subnet: retry.
+        Err(e) if e.is_transient() => Err(e.into()),
         Err(e) if is_conflict(&e) => {
             // The VNet changed since planning (another plan took the range): plan again.
             ctx.plans.invalidate_target(&msg.target);
@@ -401,6 +404,8 @@ async fn connect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Ste
             msg.next(Step::Configure),
             format!("connected to {}", p.subnet),
         )),
+        // The site or VNet busy with another operation is no rejection: retry.
+        Err(e) if e.is_transient() => Err(e.into()),
         Err(e)
             if matches!(e.status(), Some(400 | 404 | 409))
                 || matches!(e, ArmError::LroFailed { .. }) =>

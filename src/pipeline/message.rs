@@ -184,6 +184,11 @@ pub struct StepMessage {
     /// Bumped by `replay` so a resubmitted step gets a fresh MessageId.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) replay: u32,
+    /// Re-sends of this step after transient failures (throttling, contention, 5xx), which do
+    /// not count as attempts: part of the MessageId, so each re-send is a new message while a
+    /// duplicate of one re-send is still dropped.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) transient: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -217,6 +222,7 @@ impl StepMessage {
             trace: Some(uuid::Uuid::new_v4().simple().to_string()),
             reason: None,
             replay: 0,
+            transient: 0,
         }
     }
 
@@ -230,6 +236,7 @@ impl StepMessage {
         StepMessage {
             step,
             attempt: 0,
+            transient: 0,
             not_before: None,
             ..self.clone()
         }
@@ -239,6 +246,16 @@ impl StepMessage {
     pub(crate) fn retry(&self) -> Self {
         StepMessage {
             attempt: self.attempt + 1,
+            transient: 0,
+            not_before: None,
+            ..self.clone()
+        }
+    }
+
+    /// The same step again after a transient failure: same attempt, one re-send later.
+    pub(crate) fn resend(&self) -> Self {
+        StepMessage {
+            transient: self.transient + 1,
             not_before: None,
             ..self.clone()
         }
@@ -264,7 +281,8 @@ impl StepMessage {
     }
 
     /// Lowercase hex SHA-256 of `run|target-lowercased|step|attempt`, first 32 characters.
-    /// A replay appends `|replay-N` so the resubmission is not dropped as a duplicate.
+    /// A replay appends `|replay-N` and a transient re-send `|transient-N`, so neither is
+    /// dropped as a duplicate.
     pub fn message_id(&self) -> String {
         let mut s = format!(
             "{}|{}|{}|{}",
@@ -275,6 +293,9 @@ impl StepMessage {
         );
         if self.replay > 0 {
             s.push_str(&format!("|replay-{}", self.replay));
+        }
+        if self.transient > 0 {
+            s.push_str(&format!("|transient-{}", self.transient));
         }
         let digest = Sha256::digest(s.as_bytes());
         hex::encode(digest)[..32].to_string()
@@ -355,6 +376,30 @@ mod tests {
     }
 
     #[test]
+    fn transient_resends_get_fresh_message_ids_and_stay_deduplicated() {
+        let m = StepMessage::new(RunId("r-1".into()), target(), Step::Connect, Origin::Cli);
+        let first = m.resend();
+        let second = first.resend();
+        assert_eq!((first.transient, first.attempt), (1, 0));
+        let expected = hex::encode(Sha256::digest(
+            format!("r-1|{}|connect|0|transient-1", target().key()).as_bytes(),
+        ));
+        assert_eq!(first.message_id(), expected[..32]);
+        assert_ne!(first.message_id(), m.message_id());
+        assert_ne!(first.message_id(), second.message_id());
+        // A duplicate delivery of one re-send has the same id, so it is dropped.
+        assert_eq!(first.clone().message_id(), first.message_id());
+        // The counter travels on the wire only when set, and survives a round trip.
+        assert!(!String::from_utf8(m.encode()).unwrap().contains("transient"));
+        let back = StepMessage::decode(&second.encode()).unwrap();
+        assert_eq!(back.transient, 2);
+        assert_eq!(back.message_id(), second.message_id());
+        // A counted retry and the next step start counting re-sends afresh.
+        assert_eq!(second.retry().transient, 0);
+        assert_eq!(second.next(Step::Configure).transient, 0);
+    }
+
+    #[test]
     fn session_ids() {
         let mut m = StepMessage::new(
             RunId("r".into()),
@@ -385,9 +430,10 @@ mod tests {
         }
 
         #[test]
-        fn round_trip(attempt in 0u32..50, step in 0usize..8, dry in any::<bool>()) {
+        fn round_trip(attempt in 0u32..50, transient in 0u32..50, step in 0usize..8, dry in any::<bool>()) {
             let mut m = StepMessage::new(RunId("r-x".into()), target(), Step::ALL[step], Origin::Event);
             m.attempt = attempt;
+            m.transient = transient;
             m.dry_run = dry;
             let back = StepMessage::decode(&m.encode()).unwrap();
             prop_assert_eq!(back.message_id(), m.message_id());

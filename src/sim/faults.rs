@@ -4,7 +4,9 @@
 
 use rand::Rng;
 
-use super::options::{FaultProfile, InjectedFault};
+use serde_json::json;
+
+use super::options::{FaultMode, FaultProfile, InjectedFault};
 use super::reply::Reply;
 use super::state::State;
 use super::throttle::{OpClass, Verdict};
@@ -12,15 +14,71 @@ use super::throttle::{OpClass, Verdict};
 /// What the fault and throttling layer decided before the request is processed.
 pub(super) enum Pre {
     Answer(Reply),
-    Proceed { after: Option<Reply>, reset: bool },
+    Proceed {
+        after: Option<Reply>,
+        reset: bool,
+        how: Apply,
+    },
+}
+
+/// How a request that proceeds is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Apply {
+    /// Applied, answered when done.
+    Now,
+    /// ARM's gateway timeout: 504 after ~60 s, the write applied a little later
+    /// (`FaultMode::GatewayTimeout`).
+    LateAfterGatewayTimeout,
+    /// Applied, but the LRO it starts ends `Failed` (`FaultMode::OperationFailed`).
+    FailOperation,
+}
+
+impl Pre {
+    fn proceed(how: Apply) -> Self {
+        Pre::Proceed {
+            after: None,
+            reset: false,
+            how,
+        }
+    }
+}
+
+/// ARM's gateway timeout as recorded: the `{"error":…}` envelope naming the provider, and
+/// `x-ms-failure-cause: service` (recording test_functionapp_create_with_vnet_by_subnet_rid #19).
+pub(super) fn gateway_timeout(provider: &str) -> Reply {
+    Reply::error(
+        504,
+        "GatewayTimeout",
+        format!("The gateway did not receive a response from '{provider}' within the specified time period."),
+    )
+    .header("x-ms-failure-cause", "service")
+}
+
+/// The error body of an operation that ends `Failed` (arm-vnet reference §8).
+pub(super) fn operation_error() -> serde_json::Value {
+    json!({"code": "InternalServerError", "message": "An error occurred while applying the change (simulated failed operation)."})
 }
 
 fn fault_reply(status: u16) -> Reply {
     match status {
-        429 => Reply::error(429, "TooManyRequests", "The request was throttled (simulated fault).").header("Retry-After", "1"),
-        504 => Reply::error(504, "GatewayTimeout", "The gateway did not receive a response from the resource provider within the specified time period."),
-        503 => Reply::error(503, "ServiceUnavailable", "The service is temporarily unavailable (simulated fault).").header("Retry-After", "1"),
-        s => Reply::error(s, "InternalServerError", "An internal error occurred (simulated fault)."),
+        429 => Reply::error(
+            429,
+            "TooManyRequests",
+            "The request was throttled (simulated fault).",
+        )
+        .header("Retry-After", "1"),
+        504 => gateway_timeout("the resource provider"),
+        503 => Reply::error(
+            503,
+            "ServiceUnavailable",
+            "The service is temporarily unavailable (simulated fault).",
+        )
+        .header("Retry-After", "1"),
+        s => Reply::error(
+            s,
+            "InternalServerError",
+            "An internal error occurred (simulated fault).",
+        ),
     }
 }
 
@@ -51,14 +109,15 @@ pub(super) fn decide(
             st.injected.remove(i);
         }
         st.stats.faults_injected += 1;
-        let r = injected_reply(&f);
-        return if f.after_apply {
-            Pre::Proceed {
-                after: Some(r),
+        return match f.mode {
+            FaultMode::GatewayTimeout => Pre::proceed(Apply::LateAfterGatewayTimeout),
+            FaultMode::OperationFailed => Pre::proceed(Apply::FailOperation),
+            FaultMode::Answer if f.after_apply => Pre::Proceed {
+                after: Some(injected_reply(&f)),
                 reset: false,
-            }
-        } else {
-            Pre::Answer(r)
+                how: Apply::Now,
+            },
+            FaultMode::Answer => Pre::Answer(injected_reply(&f)),
         };
     }
     if let Some(secs) = verdict.as_ref().and_then(|v| v.retry_after) {
@@ -70,10 +129,7 @@ pub(super) fn decide(
     let is_write = OpClass::of(method) != OpClass::Read;
     let profile = st.options.faults;
     if profile == FaultProfile::None {
-        return Pre::Proceed {
-            after: None,
-            reset: false,
-        };
+        return Pre::proceed(Apply::Now);
     }
     let sub_key = sub.unwrap_or_default().to_ascii_lowercase();
     if let Some(n) = st.storms.get_mut(&sub_key).filter(|n| **n > 0) {
@@ -93,22 +149,24 @@ pub(super) fn decide(
         FaultProfile::Chaos if r < 0.06 => Pre::Proceed {
             after: None,
             reset: true,
+            how: Apply::Now,
         },
-        FaultProfile::Chaos if r < 0.07 && is_write => Pre::Proceed {
+        // Half of them a response lost after the write, half ARM's slow 504 with the write
+        // applied later (by_subnet_rid #19–21).
+        FaultProfile::Chaos if r < 0.065 && is_write => Pre::Proceed {
             after: Some(fault_reply(504)),
             reset: false,
+            how: Apply::Now,
         },
+        FaultProfile::Chaos if r < 0.07 && is_write => Pre::proceed(Apply::LateAfterGatewayTimeout),
         FaultProfile::Chaos if r < 0.072 => {
             let len = st.rng.random_range(20..60);
             st.storms.insert(sub_key, len);
             Pre::Answer(fault_reply(429))
         }
-        _ => {
-            return Pre::Proceed {
-                after: None,
-                reset: false,
-            }
-        }
+        // An LRO ending Failed (only matters when the write starts one).
+        FaultProfile::Chaos if r < 0.077 && is_write => Pre::proceed(Apply::FailOperation),
+        _ => return Pre::proceed(Apply::Now),
     };
     st.stats.faults_injected += 1;
     pre

@@ -6,6 +6,7 @@
 //! latency; `faults`: injected and random faults).
 
 pub mod builder;
+mod contention;
 mod faults;
 pub mod generate;
 mod network;
@@ -21,7 +22,8 @@ mod web;
 
 pub use crate::fleet::Fleet;
 pub use options::{
-    FaultProfile, InjectedFault, SimOptions, SimStats, SubscriptionStats, UnknownFaultProfile,
+    FaultMode, FaultProfile, InjectedFault, SimOptions, SimStats, SubscriptionStats,
+    UnknownFaultProfile,
 };
 
 use std::io::Write;

@@ -18,10 +18,9 @@ pub(crate) use subnet::{
     web_delegated,
 };
 
-use std::time::Instant;
-
 use serde_json::{json, Map, Value};
 
+use super::contention::render_network;
 use super::reply::{Ctx, Reply};
 use super::state::State;
 use crate::azure::ResourceId;
@@ -39,27 +38,6 @@ fn set_provisioning(v: &Value, state: &str) -> Value {
     v
 }
 
-fn vnet_locked(st: &State, vnet: &ResourceId) -> Option<u64> {
-    let until = st.vnet_busy.get(vnet.key())?;
-    let now = Instant::now();
-    (now < *until).then(|| {
-        until
-            .saturating_duration_since(now)
-            .as_secs_f64()
-            .ceil()
-            .max(1.0) as u64
-    })
-}
-
-fn locked_reply(resource: &ResourceId, secs: u64) -> Reply {
-    Reply::error(
-        429,
-        "RetryableErrorDueToAnotherOperation",
-        format!("Operation could not be completed because another operation on {} is in progress. Retry the request later.", resource.as_str()),
-    )
-    .header("Retry-After", secs.to_string())
-}
-
 /// A Network operation's status URL: `operations` for `Azure-AsyncOperation`,
 /// `operationResults` for `Location`.
 fn operation_url(ctx: &Ctx, of: &ResourceId, location: &str, kind: &str, op: &str) -> String {
@@ -72,39 +50,70 @@ fn operation_url(ctx: &Ctx, of: &ResourceId, location: &str, kind: &str, op: &st
     )
 }
 
-/// Starts the Network LRO of a write and locks `locked` (the VNet of a VNet or subnet write,
-/// the gateway of a gateway write) until it finishes.
+/// Starts the Network LRO of a write to `locked` (a VNet, for its own or a subnet's write; a
+/// VPN gateway) — the server holds the lock while it runs (`contention`). An operation ending
+/// `Failed` leaves the written resource `Failed`.
 fn network_lro(
     st: &mut State,
     ctx: &Ctx,
     locked: &ResourceId,
+    written: &ResourceId,
     location: &str,
     reply: Reply,
 ) -> Reply {
-    let d = st.latency(1.0, 4.0);
-    if !d.is_zero() {
-        st.vnet_busy
-            .insert(locked.key().to_string(), Instant::now() + d);
+    let d = st.work;
+    let (op, fails) = st.start_operation();
+    if fails {
+        mark_failed(st, locked, written);
     }
-    let op = st.start_operation(d);
     let url = operation_url(ctx, locked, location, "operations", &op);
     let reply = reply.header("Azure-AsyncOperation", url);
     if d.is_zero() {
         reply
     } else {
-        reply.header("Retry-After", State::retry_after_secs(d).to_string())
+        reply.header("Retry-After", State::retry_after(d))
+    }
+}
+
+/// `provisioningState: Failed` on the resource whose write failed (ARM leaves it so until it
+/// is written again; arm-vnet reference §8).
+fn mark_failed(st: &mut State, vnet: &ResourceId, written: &ResourceId) {
+    let target = if written == vnet {
+        st.store.get_mut(vnet)
+    } else {
+        subnets_mut(&mut st.store, vnet).and_then(|subnets| {
+            subnets.iter_mut().find(|s| {
+                s["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(written.name()))
+            })
+        })
+    };
+    if let Some(p) = target
+        .and_then(|t| t.get_mut("properties"))
+        .and_then(Value::as_object_mut)
+    {
+        p.insert("provisioningState".into(), json!("Failed"));
     }
 }
 
 pub(crate) fn get_subnet(st: &State, id: &ResourceId) -> Reply {
     match find_subnet(&st.store, id) {
-        Some((_, s)) => etagged(s),
+        Some((_, s)) => etagged(render_network(st, id, s)),
+        None => Reply::not_found(id.as_str()),
+    }
+}
+
+/// GET of a VNet or a VPN gateway: `Updating` while an operation runs on it.
+pub(crate) fn get_network_resource(st: &State, id: &ResourceId) -> Reply {
+    match st.store.get(id) {
+        Some(v) => etagged(render_network(st, id, v.clone())),
         None => Reply::not_found(id.as_str()),
     }
 }
 
 /// Network GETs carry the body's etag as the `ETag` header too.
-pub(crate) fn etagged(v: Value) -> Reply {
+fn etagged(v: Value) -> Reply {
     let etag = v["etag"].as_str().map(String::from);
     let r = Reply::ok(v);
     match etag {
@@ -120,9 +129,6 @@ pub(crate) fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
     let Some(vnet) = st.store.get(&vnet_id).cloned() else {
         return Reply::not_found(vnet_id.as_str());
     };
-    if let Some(secs) = vnet_locked(st, &vnet_id) {
-        return locked_reply(&vnet_id, secs);
-    }
     let mut body = if body.is_object() {
         body.clone()
     } else {
@@ -176,7 +182,7 @@ pub(crate) fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
         .unwrap_or("westeurope")
         .to_string();
     let reply = Reply::new(status, set_provisioning(&subnet, "Updating"));
-    network_lro(st, ctx, &vnet_id, &location, reply)
+    network_lro(st, ctx, &vnet_id, id, &location, reply)
 }
 
 pub(crate) fn delete_subnet(st: &mut State, id: &ResourceId) -> Reply {
@@ -184,9 +190,6 @@ pub(crate) fn delete_subnet(st: &mut State, id: &ResourceId) -> Reply {
         return Reply::empty(204);
     };
     let vnet_id = id.vnet().expect("subnet id");
-    if let Some(secs) = vnet_locked(st, &vnet_id) {
-        return locked_reply(&vnet_id, secs);
-    }
     if let Some(user) = arr(&s, &["properties", "serviceAssociationLinks"])
         .first()
         .or_else(|| ip_configurations(&s).first())
@@ -215,9 +218,6 @@ pub(crate) fn delete_subnet(st: &mut State, id: &ResourceId) -> Reply {
 }
 
 pub(crate) fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
-    if let Some(secs) = vnet_locked(st, id) {
-        return locked_reply(id, secs);
-    }
     let old = st.store.get(id).cloned();
     let mut vnet = if body.is_object() {
         body.clone()
@@ -332,7 +332,7 @@ pub(crate) fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value)
     st.store.put(id, vnet.clone());
     let status = if old.is_some() { 200 } else { 201 };
     let reply = Reply::new(status, set_provisioning(&vnet, "Updating"));
-    network_lro(st, ctx, id, &location, reply)
+    network_lro(st, ctx, id, id, &location, reply)
 }
 
 pub(crate) fn delete_vnet(st: &mut State, id: &ResourceId) -> Reply {

@@ -87,6 +87,55 @@ impl SimOptions {
             1.0
         }
     }
+
+    /// `secs` simulated seconds as wall-clock time: divided by the speed, zero with the
+    /// latency model off.
+    pub(crate) fn scaled(&self, secs: f64) -> Duration {
+        if self.latency {
+            Duration::from_secs_f64(secs.max(0.0) / self.speed())
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+/// What a request makes ARM do, as far as its duration goes: the latency model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Work {
+    Read,
+    /// Any other write: answered within a fraction of a second.
+    Write,
+    /// Subnet or VNet write: a Network LRO done within ~4 s, its first poll already
+    /// `Succeeded` (arm-vnet reference §13: 5 of 5 recordings, e.g. vnetE2E #19→20).
+    NetworkWrite,
+    /// Site write setting or clearing `virtualNetworkSubnetId` (also the swift PUT):
+    /// synchronous 200 after ~7–10 s (arm-vnet reference §13: vnetE2E #22, #34,
+    /// vnetDelegation #22, vnetSameName #27, #42).
+    SubnetJoin,
+    /// `DELETE …/networkConfig/virtualNetwork`: 51–53 s in 4 of 5 recordings (arm-vnet
+    /// reference §13: vnetE2E #38, vnetDelegation #25, vnetSameName #29, by_subnet_rid #26).
+    SwiftDelete,
+    /// ARM's gateway giving up on the resource provider: 504 after ~59 s (recording
+    /// test_functionapp_create_with_vnet_by_subnet_rid #19).
+    GatewayTimeout,
+    /// How much later the write behind such a 504 becomes visible: the retry 3 s after it
+    /// still hit the site lock (by_subnet_rid #20), so it was still being applied.
+    LateApply,
+}
+
+impl Work {
+    /// Simulated seconds, drawn uniformly from this range.
+    pub(crate) fn seconds(self) -> (f64, f64) {
+        match self {
+            Work::Read => (0.03, 0.12),
+            Work::Write => (0.15, 0.6),
+            Work::NetworkWrite => (1.0, 4.0),
+            Work::SubnetJoin => (7.0, 10.0),
+            Work::SwiftDelete => (50.0, 53.0),
+            Work::GatewayTimeout => (59.0, 61.0),
+            Work::LateApply => (3.0, 8.0),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -110,11 +159,34 @@ pub struct SimStats {
     pub deletes: u64,
     pub throttled429: u64,
     pub faults_injected: u64,
+    /// Writes refused because another operation held the site or the VNet (`contention`).
+    #[serde(default)]
+    pub contended: u64,
     pub by_subscription: BTreeMap<String, SubscriptionStats>,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn internal_error() -> u16 {
+    500
+}
+
+/// How an injected fault shows.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum FaultMode {
+    /// Answer `status` (after applying the write when `after_apply`).
+    #[default]
+    Answer,
+    /// ARM's gateway timeout: 504 `GatewayTimeout` with `x-ms-failure-cause: service` after
+    /// ~60 s, while the write is still being applied; it becomes visible a little later
+    /// (recording test_functionapp_create_with_vnet_by_subnet_rid #19–21; arm-vnet reference §8).
+    GatewayTimeout,
+    /// The write is accepted, but its long-running operation ends `Failed` with an error body
+    /// (arm-vnet reference §8: "failure carries error{code,message}").
+    OperationFailed,
 }
 
 /// A deterministic fault: the next `times` requests matching `method` and `path_contains`
@@ -127,6 +199,8 @@ pub struct InjectedFault {
     /// Matched case-insensitively against the request path.
     #[serde(default)]
     pub path_contains: Option<String>,
+    /// The answer in `answer` mode.
+    #[serde(default = "internal_error")]
     pub status: u16,
     #[serde(default)]
     pub body: Option<serde_json::Value>,
@@ -137,6 +211,8 @@ pub struct InjectedFault {
     /// Apply the write, then answer this: a lost response.
     #[serde(default)]
     pub after_apply: bool,
+    #[serde(default)]
+    pub mode: FaultMode,
 }
 
 impl InjectedFault {
@@ -184,6 +260,50 @@ mod tests {
         ));
         assert!(!f.matches("GET", "/x/sites/app"));
         assert!(!f.matches("PUT", "/x/serverfarms/p"));
+    }
+
+    #[test]
+    fn latency_model_per_operation_and_its_scaling() {
+        // Simulated seconds per kind of work (arm-vnet reference §13 for the timed ones).
+        let table = [
+            (Work::Read, (0.03, 0.12)),
+            (Work::Write, (0.15, 0.6)),
+            (Work::NetworkWrite, (1.0, 4.0)),
+            (Work::SubnetJoin, (7.0, 10.0)),
+            (Work::SwiftDelete, (50.0, 53.0)),
+            (Work::GatewayTimeout, (59.0, 61.0)),
+            (Work::LateApply, (3.0, 8.0)),
+        ];
+        let real = SimOptions::default();
+        let fast = SimOptions {
+            speed: 50.0,
+            ..SimOptions::default()
+        };
+        for (work, (lo, hi)) in table {
+            assert_eq!(work.seconds(), (lo, hi), "{work:?}");
+            assert_eq!(real.scaled(hi), Duration::from_secs_f64(hi), "{work:?}");
+            assert_eq!(
+                fast.scaled(hi),
+                Duration::from_secs_f64(hi / 50.0),
+                "{work:?}"
+            );
+        }
+        // A 50 s swift delete is one second at speed 50, not clamped to whole seconds.
+        assert_eq!(fast.scaled(50.0), Duration::from_secs(1));
+        assert_eq!(fast.scaled(4.0), Duration::from_millis(80));
+        assert_eq!(SimOptions::instant().scaled(60.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn injected_fault_modes() {
+        let f: InjectedFault =
+            serde_json::from_str(r#"{"method":"PATCH","mode":"gatewayTimeout"}"#).unwrap();
+        assert_eq!(f.mode, FaultMode::GatewayTimeout);
+        let f: InjectedFault =
+            serde_json::from_str(r#"{"method":"PUT","mode":"operationFailed"}"#).unwrap();
+        assert_eq!(f.mode, FaultMode::OperationFailed);
+        let f: InjectedFault = serde_json::from_str(r#"{"status":429}"#).unwrap();
+        assert_eq!(f.mode, FaultMode::Answer);
     }
 
     #[test]

@@ -384,10 +384,7 @@ fn resource(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Val
         (
             "microsoft.network/virtualnetworks" | "microsoft.network/virtualnetworkgateways",
             "GET",
-        ) => match st.store.get(id) {
-            Some(v) => network::etagged(v.clone()),
-            None => Reply::not_found(id.as_str()),
-        },
+        ) => network::get_network_resource(st, id),
         ("microsoft.network/virtualnetworks", "PUT") => network::put_vnet(st, ctx, id, body),
         ("microsoft.network/virtualnetworks", "DELETE") => network::delete_vnet(st, id),
         ("microsoft.network/virtualnetworkgateways", "PUT") => {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
@@ -12,8 +12,9 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use super::faults::{decide, Pre};
-use super::options::InjectedFault;
+use super::contention;
+use super::faults::{self, decide, Apply, Pre};
+use super::options::{InjectedFault, Work};
 use super::reply::{Ctx, Reply};
 use super::routes::route;
 use super::state::State;
@@ -149,27 +150,86 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
             .as_ref()
             .map(|s| st.throttle.admit(s, class, Instant::now()));
         let pre = decide(&mut st, &method, &path, sub.as_deref(), &verdict);
-        let delay = match class {
-            OpClass::Read => st.latency(0.03, 0.12),
-            _ => st.latency(0.15, 0.6),
-        };
+        let delay = st.duration(match class {
+            OpClass::Read => Work::Read,
+            _ => Work::Write,
+        });
         (pre, verdict, delay)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let (reply, reset) = match pre {
-        Pre::Answer(r) => (r, false),
-        Pre::Proceed { after, reset } => {
+    let mut contended = false;
+    let (reply, reset, wait) = match pre {
+        Pre::Answer(r) => (r, false, Duration::ZERO),
+        Pre::Proceed { after, reset, how } => {
             let mut st = shared.lock().expect("simulator lock");
-            let r = route(&mut st, &ctx, &method, &path, &segs, &query, &body);
-            match after {
-                Some(a) if r.is_success() => (a, reset),
-                _ => (r, reset),
+            let claim = contention::claim(&st, &method, &path, &body);
+            if let Some(refused) = contention::refusal(&mut st, &claim) {
+                contended = true;
+                (refused, false, Duration::ZERO)
+            } else if how == Apply::LateAfterGatewayTimeout {
+                // ARM's gateway gives up after ~60 s while the provider still works on the
+                // write, which holds its locks and shows a little later (by_subnet_rid #19–21).
+                let answer_in = st.duration(Work::GatewayTimeout);
+                let applied_in = answer_in + st.duration(Work::LateApply);
+                contention::hold(&mut st, &claim, Instant::now() + applied_in);
+                let late = LateWrite {
+                    ctx: ctx.clone(),
+                    method: method.clone(),
+                    path: path.clone(),
+                    query: query.clone(),
+                    body: body.clone(),
+                };
+                if applied_in.is_zero() {
+                    late.apply(&mut st);
+                } else {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(applied_in).await;
+                        late.apply(&mut shared.lock().expect("simulator lock"));
+                    });
+                }
+                (faults::gateway_timeout(provider(&segs)), false, answer_in)
+            } else {
+                // The request's own duration beyond the transport latency already waited.
+                let work = match claim.work {
+                    Work::Read | Work::Write => Duration::ZERO,
+                    w => st.duration(w),
+                };
+                st.work = work;
+                if how == Apply::FailOperation {
+                    st.failing_operation = Some(faults::operation_error());
+                }
+                let r = route(&mut st, &ctx, &method, &path, &segs, &query, &body);
+                st.work = Duration::ZERO;
+                st.failing_operation = None;
+                let mut wait = Duration::ZERO;
+                if r.is_success() {
+                    contention::hold(&mut st, &claim, Instant::now() + work);
+                    // An LRO answers at once and runs on; a synchronous write answers when
+                    // done (site writes with virtualNetworkSubnetId: 200 after ~7–10 s,
+                    // arm-vnet reference §13).
+                    let lro = r
+                        .headers
+                        .iter()
+                        .any(|(k, _)| k.eq_ignore_ascii_case("azure-asyncoperation"));
+                    if !lro {
+                        wait = work;
+                    }
+                }
+                match after {
+                    Some(a) if r.is_success() => (a, reset, wait),
+                    _ => (r, reset, wait),
+                }
             }
         }
     };
-    if reply.status == 429 {
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    // Contention answers are not throttling: they are counted as `contended`.
+    if reply.status == 429 && !contended {
         let mut st = shared.lock().expect("simulator lock");
         st.stats.throttled429 += 1;
         if let Some(s) = &sub {
@@ -181,6 +241,45 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
         }
     }
     into_response(reply, verdict, reset)
+}
+
+/// A write whose 504 was sent before it was applied.
+struct LateWrite {
+    ctx: Ctx,
+    method: String,
+    path: String,
+    query: HashMap<String, String>,
+    body: Value,
+}
+
+impl LateWrite {
+    /// Applies the write now (taking no further time: its locks were held until now).
+    fn apply(&self, st: &mut State) {
+        let segs: Vec<&str> = self
+            .path
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        route(
+            st,
+            &self.ctx,
+            &self.method,
+            &self.path,
+            &segs,
+            &self.query,
+            &self.body,
+        );
+    }
+}
+
+/// The resource provider a path addresses (`Microsoft.Web`), as ARM's gateway names it.
+fn provider<'a>(segs: &[&'a str]) -> &'a str {
+    segs.iter()
+        .position(|s| s.eq_ignore_ascii_case("providers"))
+        .and_then(|i| segs.get(i + 1))
+        .copied()
+        .unwrap_or("the resource provider")
 }
 
 fn into_response(reply: Reply, verdict: Option<Verdict>, reset: bool) -> Response {

@@ -8,11 +8,19 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
-use super::options::{InjectedFault, SimOptions, SimStats};
+use super::options::{InjectedFault, SimOptions, SimStats, Work};
 use super::reply::Reply;
 use super::store::Store;
 use super::throttle::Throttle;
 use crate::azure::ResourceId;
+
+/// A running operation holding a VNet: until when, and the subnet it writes (whose GET reads
+/// `Updating` meanwhile).
+#[derive(Debug, Clone)]
+pub(crate) struct Hold {
+    pub(crate) until: Instant,
+    pub(crate) subnet: Option<String>,
+}
 
 /// A long-running operation as its status URL reports it.
 #[derive(Debug, Clone)]
@@ -42,8 +50,16 @@ pub(crate) struct State {
     pub(crate) stats: SimStats,
     pub(crate) injected: Vec<InjectedFault>,
     pub(crate) operations: HashMap<String, Operation>,
-    /// VNet (or gateway) key → instant its last write finishes (ARM locks it meanwhile).
-    pub(crate) vnet_busy: HashMap<String, Instant>,
+    /// VNet (or VPN gateway) key → the operation running on it (ARM locks it meanwhile;
+    /// `contention`).
+    pub(crate) vnet_busy: HashMap<String, Hold>,
+    /// Site or slot key → instant its running write finishes (App Service's site lock).
+    pub(crate) site_busy: HashMap<String, Instant>,
+    /// How long the request being routed takes (its LRO, if it starts one): set by the server
+    /// from the latency model around each dispatch.
+    pub(crate) work: Duration,
+    /// The error the LRO the request being routed starts ends with (an injected failure).
+    pub(crate) failing_operation: Option<Value>,
     /// Subscription key → requests left in a chaos 429 storm.
     pub(crate) storms: HashMap<String, u32>,
     /// (subnet, plan) → instant the plan's service association link, left behind when
@@ -64,6 +80,9 @@ impl State {
             injected: Vec::new(),
             operations: HashMap::new(),
             vnet_busy: HashMap::new(),
+            site_busy: HashMap::new(),
+            work: Duration::ZERO,
+            failing_operation: None,
             storms: HashMap::new(),
             lingering_links: HashMap::new(),
             vpn_packages: HashMap::new(),
@@ -84,26 +103,35 @@ impl State {
 
     /// A duration drawn uniformly from `[lo, hi]` seconds, divided by speed; zero when the
     /// latency model is off.
-    pub(crate) fn latency(&mut self, lo: f64, hi: f64) -> Duration {
+    fn latency(&mut self, lo: f64, hi: f64) -> Duration {
         if !self.options.latency {
             return Duration::ZERO;
         }
-        let secs = self.rng.random_range(lo..=hi) / self.options.speed();
-        Duration::from_secs_f64(secs)
+        let secs = self.rng.random_range(lo..=hi);
+        self.options.scaled(secs)
     }
 
-    /// Registers an LRO finishing after `duration`; returns its id.
-    pub(crate) fn start_operation(&mut self, duration: Duration) -> String {
+    /// How long `work` takes this time (the latency model, `Work::seconds`).
+    pub(crate) fn duration(&mut self, work: Work) -> Duration {
+        let (lo, hi) = work.seconds();
+        self.latency(lo, hi)
+    }
+
+    /// Registers the LRO of the request being routed (lasting `self.work`, failing when a
+    /// failure was injected); returns its id and whether it fails.
+    pub(crate) fn start_operation(&mut self) -> (String, bool) {
         let id = self.uuid();
+        let error = self.failing_operation.take();
+        let fails = error.is_some();
         self.operations.insert(
             id.clone(),
             Operation {
-                done_at: Instant::now() + duration,
-                error: None,
+                done_at: Instant::now() + self.work,
+                error,
                 result: None,
             },
         );
-        id
+        (id, fails)
     }
 
     /// `{"status": …}` for an operation status URL; `None` when unknown.
@@ -125,10 +153,7 @@ impl State {
         let op = self.operations.get(&id.to_ascii_lowercase())?;
         let now = Instant::now();
         Some(if now < op.done_at {
-            Reply::empty(202).header(
-                "Retry-After",
-                Self::retry_after_secs(op.done_at - now).to_string(),
-            )
+            Reply::empty(202).header("Retry-After", Self::retry_after(op.done_at - now))
         } else if let Some(e) = &op.error {
             Reply::new(400, json!({"error": e}))
         } else {
@@ -139,8 +164,9 @@ impl State {
         })
     }
 
-    /// Seconds until an LRO poll is worth repeating (ARM sends `Retry-After` on LROs).
-    pub(crate) fn retry_after_secs(duration: Duration) -> u64 {
-        duration.as_secs().clamp(1, 10)
+    /// `Retry-After` for a wait of `wait` (already divided by the speed): seconds with
+    /// millisecond precision, so a sped-up simulator's waits are not stretched to whole seconds.
+    pub(crate) fn retry_after(wait: Duration) -> String {
+        format!("{:.3}", wait.as_secs_f64().max(0.001))
     }
 }

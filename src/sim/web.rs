@@ -76,7 +76,7 @@ pub(crate) fn plan_of(st: &State, target: &ResourceId, site: &Value) -> Option<R
     None
 }
 
-fn current_subnet(site: &Value) -> Option<ResourceId> {
+pub(crate) fn current_subnet(site: &Value) -> Option<ResourceId> {
     parse_id(&site["properties"]["virtualNetworkSubnetId"])
 }
 

@@ -6,7 +6,7 @@ use vnet_migrate::azure::ResourceId;
 use vnet_migrate::fleet::Fleet;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::sim::builder::FleetBuilder;
-use vnet_migrate::sim::InjectedFault;
+use vnet_migrate::sim::{FaultMode, InjectedFault};
 
 use crate::support::{outcome, Rig};
 
@@ -302,6 +302,7 @@ async fn a_transient_failure_mid_handshake_is_retried_not_parked() {
         headers: [("Retry-After".to_string(), "0".to_string())].into(),
         times: 8,
         after_apply: false,
+        mode: FaultMode::Answer,
     });
     let report = rig.run(&Policy::default(), "s.db").await;
     let o = outcome(&report, &a);
@@ -329,6 +330,7 @@ async fn a_gateway_refusing_the_root_certificate_parks() {
         headers: Default::default(),
         times: 1,
         after_apply: false,
+        mode: FaultMode::Answer,
     });
     let report = rig.run(&Policy::default(), "s.db").await;
     assert_eq!(outcome(&report, &a), "parked:root-certificate-refused");
@@ -570,5 +572,205 @@ mod changed_during_the_run {
             .await
             .unwrap()
             .is_none());
+    }
+}
+
+/// Contention, timing and failed operations as ARM answers them (issue 8): the simulator's
+/// site and VNet locks, its slow 504 and its failing LROs, against the whole pipeline.
+mod contention {
+    use std::collections::BTreeSet;
+
+    use serde_json::json;
+    use vnet_migrate::sim::{FaultMode, InjectedFault, SimOptions, SimStats};
+
+    use super::*;
+
+    fn one_app() -> (vnet_migrate::sim::Fleet, ResourceId) {
+        let mut b = base();
+        let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+        let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+        let a = app(&mut b, &plan, "app1", &v);
+        (b.build(), a)
+    }
+
+    fn fault(method: &str, path: &str, mode: FaultMode) -> InjectedFault {
+        InjectedFault {
+            method: Some(method.into()),
+            path_contains: Some(path.into()),
+            status: 500,
+            body: None,
+            headers: Default::default(),
+            times: 1,
+            after_apply: false,
+            mode,
+        }
+    }
+
+    fn answer(
+        method: &str,
+        path: &str,
+        status: u16,
+        body: serde_json::Value,
+        times: u32,
+    ) -> InjectedFault {
+        InjectedFault {
+            status,
+            body: Some(body),
+            times,
+            ..fault(method, path, FaultMode::Answer)
+        }
+    }
+
+    async fn run_one(
+        fleet: vnet_migrate::sim::Fleet,
+        faults: Vec<InjectedFault>,
+    ) -> (String, SimStats, Rig) {
+        let a = fleet_target(&fleet);
+        let rig = Rig::start(fleet).await;
+        for f in faults {
+            rig.sim.inject(f);
+        }
+        let report = rig.run(&Policy::default(), "c.db").await;
+        rig.assert_invariants(&report);
+        (outcome(&report, &a), rig.sim.stats(), rig)
+    }
+
+    fn fleet_target(fleet: &vnet_migrate::sim::Fleet) -> ResourceId {
+        fleet
+            .resources
+            .iter()
+            .filter_map(|r| r["id"].as_str())
+            .filter_map(|s| ResourceId::parse(s).ok())
+            .find(|id| id.kind() == vnet_migrate::azure::ResourceKind::Site)
+            .expect("a site")
+    }
+
+    #[tokio::test]
+    async fn hub_vnet_with_thirty_plans_migrating_at_once() {
+        let mut b = base();
+        let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+        let mut apps: Vec<(usize, ResourceId)> = Vec::new();
+        for p in 0..30 {
+            let plan = b.plan("apps", &format!("plan{p}"), WE, "P1v2", 1);
+            for i in 0..(1 + p % 2) {
+                apps.push((p, app(&mut b, &plan, &format!("app{p}-{i}"), &v)));
+            }
+        }
+        // The latency model and its locks on (site writes with a subnet hold the VNet for
+        // 7–10 simulated seconds), 500× faster than ARM; the runner keeps 8 steps in flight.
+        let options = SimOptions {
+            speed: 500.0,
+            seed: 8,
+            ..SimOptions::default()
+        };
+        let rig = Rig::start_with(b.build(), options).await;
+        let report = rig.run(&Policy::default(), "hub.db").await;
+        for (_, a) in &apps {
+            assert_eq!(outcome(&report, a), "migrated", "{a}");
+        }
+        // One subnet per plan, distinct (the invariants check that none overlap).
+        let mut by_plan: std::collections::BTreeMap<usize, BTreeSet<ResourceId>> =
+            Default::default();
+        for (p, a) in &apps {
+            let s = rig.subnet_of(a).expect("regional");
+            assert_eq!(s.vnet().unwrap(), v);
+            by_plan.entry(*p).or_default().insert(s);
+        }
+        assert!(by_plan.values().all(|s| s.len() == 1));
+        let distinct: BTreeSet<&ResourceId> = by_plan.values().flatten().collect();
+        assert_eq!(distinct.len(), 30);
+        assert!(rig.sim.stats().contended > 0, "the plans never met a lock");
+        rig.assert_invariants(&report);
+    }
+
+    #[tokio::test]
+    async fn a_gateway_timeout_that_was_applied_is_read_back_not_resent() {
+        let (fleet, _) = one_app();
+        let (clean, base_stats, _) = run_one(fleet.clone(), Vec::new()).await;
+        assert_eq!(clean, "migrated");
+        // ARM's 504 on the connect PATCH, the write applied behind it.
+        let (o, stats, rig) = run_one(
+            fleet,
+            vec![fault("PATCH", "/sites/app1", FaultMode::GatewayTimeout)],
+        )
+        .await;
+        assert_eq!(o, "migrated");
+        assert_eq!(stats.faults_injected, 1);
+        // Not one write more than without the 504: the client read the site back and found
+        // the write applied instead of sending it again.
+        assert_eq!(stats.writes, base_stats.writes);
+        assert!(
+            stats.requests - stats.writes - stats.deletes
+                > base_stats.requests - base_stats.writes - base_stats.deletes
+        );
+        assert!(rig.arm.metrics().retries >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_gateway_timeout_with_the_write_applied_late_ends_migrated() {
+        // With the latency model on, the write shows only after the 504 and holds the site's
+        // lock until then: the client's re-send meets App Service's lock 429 and reads again.
+        let (fleet, a) = one_app();
+        let rig = Rig::start_with(
+            fleet,
+            SimOptions {
+                speed: 1000.0,
+                throttle: false,
+                ..SimOptions::default()
+            },
+        )
+        .await;
+        rig.sim
+            .inject(fault("PATCH", "/sites/app1", FaultMode::GatewayTimeout));
+        let report = rig.run(&Policy::default(), "late.db").await;
+        assert_eq!(outcome(&report, &a), "migrated");
+        assert_eq!(rig.sim.stats().faults_injected, 1);
+        rig.assert_invariants(&report);
+    }
+
+    #[tokio::test]
+    async fn a_subnet_write_whose_operation_fails_is_written_again() {
+        // The subnet PUT's LRO ends Failed and leaves the subnet `Failed`: ARM's PUT is
+        // idempotent, so prepare-subnet retries (counted against maxAttempts) and rewrites it.
+        let (fleet, a) = one_app();
+        let (o, stats, rig) = run_one(
+            fleet,
+            vec![fault("PUT", "/subnets/", FaultMode::OperationFailed)],
+        )
+        .await;
+        assert_eq!(o, "migrated");
+        assert_eq!(stats.faults_injected, 1);
+        let subnet = rig.subnet_of(&a).expect("regional");
+        let vnet = rig.resource(&subnet.vnet().unwrap()).unwrap();
+        let s = vnet["properties"]["subnets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == subnet.name())
+            .unwrap()
+            .clone();
+        assert_eq!(s["properties"]["provisioningState"], "Succeeded");
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_throttling_and_contention_never_parks_a_target() {
+        // Far more refusals than the client's retries times maxAttempts (6 × 5): each step
+        // re-sends until ARM lets it through.
+        let (fleet, _) = one_app();
+        let lock = json!({"Code": "429", "Message": "Cannot acquire exclusive lock to create, update or delete this site. Retry the request later.",
+            "Details": [{"ErrorEntity": {"ExtendedCode": "59206"}}]});
+        let (o, stats, _) = run_one(
+            fleet,
+            vec![
+                answer("PUT", "/subnets/", 409, json!({"error": {"code": "AnotherOperationInProgress", "message": "Another operation on this or dependent resource is in progress."}}), 15),
+                answer("PUT", "/subnets/", 400, json!({"error": {"code": "NetcfgInvalidSubnet", "message": "Subnet is not valid in virtual network."}}), 15),
+                answer("PATCH", "/sites/app1", 429, json!({"error": {"code": "RetryableErrorDueToAnotherOperation", "message": "Retry later."}}), 20),
+                answer("PATCH", "/sites/app1", 429, lock, 20),
+                answer("GET", "/sites/app1", 429, json!({"error": {"code": "SubscriptionRequestsThrottled", "message": "Throttled."}}), 20),
+            ],
+        )
+        .await;
+        assert_eq!(o, "migrated");
+        assert_eq!(stats.faults_injected, 90);
     }
 }

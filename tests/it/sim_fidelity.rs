@@ -9,7 +9,7 @@ use vnet_migrate::azure::models::{
     AutoscaleSetting, KeyVaultReference, Peering, Plan, Site, Subnet, VirtualNetwork,
     VnetConnection,
 };
-use vnet_migrate::sim::{Fleet, InjectedFault, SimOptions, SimServer, Simulator};
+use vnet_migrate::sim::{FaultMode, Fleet, InjectedFault, SimOptions, SimServer, Simulator};
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::support::{fixture, start_sim, TEST_TOKEN};
@@ -538,6 +538,7 @@ async fn replay(cassette: &str, options: SimOptions) -> (Vec<String>, usize) {
                 headers: Default::default(),
                 times: 1,
                 after_apply: i.status == 504,
+                mode: FaultMode::Answer,
             });
         }
         let polls_lro = op_urls.contains_key(&i.path_and_query);
@@ -1126,6 +1127,7 @@ async fn subnet_validations_lro_and_errors() {
         headers: Default::default(),
         times: 1,
         after_apply: true,
+        mode: FaultMode::Answer,
     });
     let r = put(
         "n2",

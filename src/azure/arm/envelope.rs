@@ -92,6 +92,7 @@ pub(super) fn status_error(method: &Method, url: &Url, resp: &Resp) -> ArmError 
         message,
         method: method.to_string(),
         path: url.path().to_string(),
+        retry_after: resp.retry_after,
     }
 }
 

@@ -2,6 +2,7 @@
 //! ambiguous (the write may have happened: re-read), or final.
 
 use std::error::Error;
+use std::time::Duration;
 
 use reqwest::Method;
 
@@ -19,6 +20,8 @@ pub enum ArmError {
         message: String,
         method: String,
         path: String,
+        /// The server's `Retry-After`, when it sent one.
+        retry_after: Option<Duration>,
     },
     /// No answer: connection refused or reset, or the body cut short.
     #[error("{method} {path}: transport error: {}", Chain(.source))]
@@ -77,13 +80,40 @@ impl ArmError {
         self.status() == Some(404)
     }
 
-    /// 408, 429, 5xx (but 501), timeouts (also of an LRO, which may still finish) and
-    /// transport errors.
+    /// 408, 429, 5xx (but 501), contention, timeouts (also of an LRO, which may still finish)
+    /// and transport errors.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Status { status, .. } => is_transient_status(*status),
+            Self::Status { status, .. } => is_transient_status(*status) || self.is_contention(),
             Self::Timeout { .. } | Self::Transport { .. } | Self::LroTimeout { .. } => true,
             _ => false,
+        }
+    }
+
+    /// ARM refusing a write because another operation holds the resource or its VNet: 409
+    /// `AnotherOperationInProgress`, 400 `NetcfgInvalidSubnet` (parallel subnet writes in one
+    /// VNet, Azure/azure-rest-api-specs#14202), 429 `RetryableErrorDueToAnotherOperation`, and
+    /// App Service's 429 "Cannot acquire exclusive lock" (code `429`, ExtendedCode 59206)
+    /// (arm-vnet reference §8, §13). `NetcfgInvalidSubnet` also names a malformed subnet, but
+    /// the subnets this tool writes always carry a valid prefix of at least /28 inside the
+    /// VNet, so from it the code means contention.
+    pub fn is_contention(&self) -> bool {
+        matches!(
+            (self.status(), self.code()),
+            (Some(409), Some("AnotherOperationInProgress"))
+                | (Some(400), Some("NetcfgInvalidSubnet"))
+                | (
+                    Some(429),
+                    Some("RetryableErrorDueToAnotherOperation" | "429")
+                )
+        )
+    }
+
+    /// How long the server asked to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -122,7 +152,7 @@ pub(super) fn is_ambiguous(e: &ArmError) -> bool {
     )
 }
 
-pub(super) fn is_transient_status(status: u16) -> bool {
+fn is_transient_status(status: u16) -> bool {
     matches!(status, 408 | 429) || ((500..600).contains(&status) && status != 501)
 }
 
@@ -134,6 +164,41 @@ mod tests {
     fn transient_statuses() {
         assert!(is_transient_status(503) && is_transient_status(429) && !is_transient_status(501));
         assert!(!is_transient_status(409));
+    }
+
+    fn status(status: u16, code: &str) -> ArmError {
+        ArmError::Status {
+            status,
+            code: code.into(),
+            message: String::new(),
+            method: "PUT".into(),
+            path: "/x".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn contention_answers_are_transient() {
+        for (s, c) in [
+            (409, "AnotherOperationInProgress"),
+            (400, "NetcfgInvalidSubnet"),
+            (429, "RetryableErrorDueToAnotherOperation"),
+            (429, "429"),
+        ] {
+            let e = status(s, c);
+            assert!(e.is_contention() && e.is_transient(), "{s} {c}");
+        }
+        for (s, c) in [
+            (409, "Conflict"),
+            (400, "NetcfgSubnetRangesOverlap"),
+            (400, "BadRequest"),
+        ] {
+            let e = status(s, c);
+            assert!(!e.is_contention() && !e.is_transient(), "{s} {c}");
+        }
+        // Throttling is transient, but not contention.
+        assert!(status(429, "SubscriptionRequestsThrottled").is_transient());
+        assert!(!status(429, "SubscriptionRequestsThrottled").is_contention());
     }
 
     #[test]

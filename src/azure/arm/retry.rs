@@ -11,7 +11,7 @@ use tracing::debug;
 use super::attempt::Resp;
 use super::config::bump;
 use super::envelope::status_error;
-use super::error::{is_ambiguous, is_transient_status, rereadable, ArmError};
+use super::error::{is_ambiguous, rereadable, ArmError};
 use super::ArmClient;
 use crate::azure::pacer::OpKind;
 
@@ -32,7 +32,7 @@ impl ArmClient {
     pub(super) async fn read(&self, url: &Url) -> Result<Resp, ArmError> {
         let mut used = 0;
         match self
-            .send(&Method::GET, url, None, OpKind::Read, &mut used)
+            .send(&Method::GET, url, None, OpKind::Read, &mut used, false)
             .await?
         {
             Sent::Answer(resp) => Ok(resp),
@@ -45,7 +45,10 @@ impl ArmClient {
     }
 
     /// A write with retries. After a 504, timeout or transport error on PUT/PATCH/DELETE the
-    /// resource is re-read: the write may have happened although its answer was lost.
+    /// resource is re-read: the write may have happened although its answer was lost. From
+    /// then on a contention answer is read the same way: the lock refusing the re-send may be
+    /// held by the first write itself, still being applied (ARM's 504 and then App Service's
+    /// lock 429, recording test_functionapp_create_with_vnet_by_subnet_rid #19–21).
     pub(super) async fn write(
         &self,
         method: &Method,
@@ -58,17 +61,25 @@ impl ArmClient {
             OpKind::Write
         };
         let mut used = 0;
+        let mut unsettled = false;
         loop {
-            match self.send(method, url, body, kind, &mut used).await {
+            match self
+                .send(method, url, body, kind, &mut used, unsettled)
+                .await
+            {
                 Ok(Sent::Answer(resp)) => return Ok(Written::Answer(resp)),
                 Ok(Sent::Ambiguous) => {
+                    unsettled = true;
                     if let Some(done) = self.already_applied(method, url, body).await? {
                         debug!(method = %method, path = url.path(), "write found applied on re-read");
                         return Ok(Written::AlreadyDone(done));
                     }
                 }
                 // Out of retries on an ambiguous failure: one last look before reporting it.
-                Err(e) if rereadable(method) && is_ambiguous(&e) => {
+                Err(e)
+                    if rereadable(method)
+                        && (is_ambiguous(&e) || (unsettled && e.is_contention())) =>
+                {
                     return match self.already_applied(method, url, body).await? {
                         Some(done) => Ok(Written::AlreadyDone(done)),
                         None => Err(e),
@@ -86,9 +97,10 @@ impl ArmClient {
         full.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 
-    /// The retry loop around single attempts. Transient answers are retried with backoff
-    /// (or the server's `Retry-After`); an ambiguous write failure is handed back to `write`
-    /// for a re-read after the backoff.
+    /// The retry loop around single attempts. Transient answers (contention included) are
+    /// retried with backoff (or the server's `Retry-After`); an ambiguous write failure, or a
+    /// contention answer to an `unsettled` write, is handed back to `write` for a re-read
+    /// after the backoff.
     async fn send(
         &self,
         method: &Method,
@@ -96,15 +108,23 @@ impl ArmClient {
         body: Option<&Value>,
         kind: OpKind,
         used: &mut u32,
+        unsettled: bool,
     ) -> Result<Sent, ArmError> {
         loop {
             let (err, retry_after) = match self.attempt(method, url, body, kind, *used).await {
-                Ok(resp) if !is_transient_status(resp.status) => return Ok(Sent::Answer(resp)),
-                Ok(resp) => (status_error(method, url, &resp), resp.retry_after),
+                Ok(resp) if resp.ok() => return Ok(Sent::Answer(resp)),
+                Ok(resp) => {
+                    let err = status_error(method, url, &resp);
+                    if !err.is_transient() {
+                        return Ok(Sent::Answer(resp));
+                    }
+                    (err, resp.retry_after)
+                }
                 Err(e @ (ArmError::Timeout { .. } | ArmError::Transport { .. })) => (e, None),
                 Err(e) => return Err(e),
             };
-            let ambiguous = rereadable(method) && is_ambiguous(&err);
+            let ambiguous =
+                rereadable(method) && (is_ambiguous(&err) || (unsettled && err.is_contention()));
             if *used >= self.inner.config.max_retries {
                 return Err(err);
             }

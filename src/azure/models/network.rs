@@ -104,6 +104,15 @@ impl Subnet {
         v
     }
 
+    /// `provisioningState: Failed`: its last write failed (ARM leaves it so until rewritten).
+    pub(crate) fn provisioning_failed(&self) -> bool {
+        self.properties
+            .extra
+            .get("provisioningState")
+            .and_then(|v| v.as_str())
+            .is_some_and(|s| s.eq_ignore_ascii_case("failed"))
+    }
+
     pub(crate) fn is_delegated_to_web(&self) -> bool {
         self.properties.delegations.iter().flatten().any(|d| {
             d.properties

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::subnet::arr;
 use super::validate::bad;
-use super::{locked_reply, network_lro, operation_url, set_provisioning, vnet_locked};
+use super::{network_lro, operation_url, set_provisioning};
 use crate::azure::ResourceId;
 use crate::sim::reply::{Ctx, Reply};
 use crate::sim::state::{State, VpnPackage};
@@ -64,11 +64,9 @@ pub(crate) fn gateway_of_vnet(st: &State, vnet: &ResourceId) -> Option<ResourceI
 }
 
 /// `PUT …/virtualNetworkGateways/{gw}`: replaces the gateway (standard ARM PUT, like other
-/// Network writes, arm-vnet reference §5) as a Network LRO that locks the gateway meanwhile.
+/// Network writes, arm-vnet reference §5) as a Network LRO that locks the gateway meanwhile
+/// (`contention`).
 pub(crate) fn put_gateway(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
-    if let Some(secs) = vnet_locked(st, id) {
-        return locked_reply(id, secs);
-    }
     if !body.is_object() {
         return bad(
             "InvalidRequestFormat",
@@ -137,7 +135,7 @@ pub(crate) fn put_gateway(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Val
     st.store.put(id, gw.clone());
     let status = if old.is_some() { 200 } else { 201 };
     let reply = Reply::new(status, set_provisioning(&gw, "Updating"));
-    network_lro(st, ctx, id, &location, reply)
+    network_lro(st, ctx, id, id, &location, reply)
 }
 
 /// `POST …/virtualNetworkGateways/{gw}/generatevpnclientpackage`: 202 with `Location` and
@@ -153,9 +151,6 @@ pub(crate) fn generate_package(
     let Some(gw) = st.store.get(gw_id).cloned() else {
         return Reply::not_found(gw_id.as_str());
     };
-    if let Some(secs) = vnet_locked(st, gw_id) {
-        return locked_reply(gw_id, secs);
-    }
     let Some(arch) = body["processorArchitecture"].as_str().and_then(|a| {
         ARCHITECTURES
             .iter()
@@ -196,10 +191,12 @@ pub(crate) fn generate_package(
             root_certificates: roots,
         },
     );
-    let d = st.latency(1.0, 4.0);
-    let op = st.start_operation(d);
-    if let Some(o) = st.operations.get_mut(&op) {
-        o.result = Some(json!(url));
+    let d = st.work;
+    let (op, fails) = st.start_operation();
+    if !fails {
+        if let Some(o) = st.operations.get_mut(&op) {
+            o.result = Some(json!(url));
+        }
     }
     let location = gw["location"].as_str().unwrap_or("westeurope");
     Reply::empty(202)
@@ -211,5 +208,5 @@ pub(crate) fn generate_package(
             "Azure-AsyncOperation",
             operation_url(ctx, gw_id, location, "operations", &op),
         )
-        .header("Retry-After", State::retry_after_secs(d).to_string())
+        .header("Retry-After", State::retry_after(d))
 }

@@ -240,8 +240,8 @@ pub(crate) fn patch_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
         Err(r) => return r,
     };
     if changed && st.options.latency && rand::Rng::random_bool(&mut st.rng, 0.5) {
-        let d = st.latency(2.0, 8.0);
-        let op = st.start_operation(d);
+        let d = st.work;
+        let (op, _) = st.start_operation();
         let site_name = id.site().map(|s| s.name().to_string()).unwrap_or_default();
         let url = format!(
             "{}/subscriptions/{}/providers/Microsoft.Web/sites/{site_name}/operationResults/{op}?api-version={}",
@@ -251,7 +251,7 @@ pub(crate) fn patch_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
         );
         return site_reply(202, ctx, site)
             .header("Azure-AsyncOperation", url)
-            .header("Retry-After", State::retry_after_secs(d).to_string());
+            .header("Retry-After", State::retry_after(d));
     }
     site_reply(200, ctx, site)
 }

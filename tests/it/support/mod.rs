@@ -297,7 +297,7 @@ impl Rig {
         Rig::start_with(fleet, SimOptions::instant()).await
     }
 
-    /// A rig over a simulator with these options.
+    /// A rig whose simulator runs with `options` (latency model, locks, faults).
     pub async fn start_with(fleet: Fleet, options: SimOptions) -> Rig {
         let (sim, server) = start_sim(fleet.clone(), options).await;
         let arm = arm_for(&server.url(), &invariants::subscriptions(&fleet));
