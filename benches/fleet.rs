@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use vnet_migrate::azure::arm::{ArmClient, ArmConfig, PacerConfig};
 use vnet_migrate::azure::credential::StaticToken;
 use vnet_migrate::azure::models::{AutoscaleSetting, Plan, Site, VirtualNetwork, VnetConnection};
@@ -37,14 +36,7 @@ fn plan_all(fleet: &Fleet, policy: &Policy) -> (usize, usize, Duration) {
     let mut vnets: Vec<VirtualNetwork> = Vec::new();
     let mut autoscale: Vec<AutoscaleSetting> = Vec::new();
     let mut conns: BTreeMap<ResourceId, Vec<VnetConnection>> = BTreeMap::new();
-    for r in &fleet.resources {
-        let Some(id) = r
-            .get("id")
-            .and_then(Value::as_str)
-            .and_then(|s| ResourceId::parse(s).ok())
-        else {
-            continue;
-        };
+    for (id, r) in fleet.with_ids() {
         match id.kind() {
             ResourceKind::ServerFarm => {
                 plans.insert(id, serde_json::from_value(r.clone()).unwrap());

@@ -6,6 +6,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::azure::ResourceId;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Fleet {
     pub resources: Vec<Value>,
@@ -46,9 +48,7 @@ impl Fleet {
             let id = r.get("id").and_then(Value::as_str);
             let why = match id {
                 None => Some("has no string \"id\"".to_string()),
-                Some(id) => crate::azure::ResourceId::parse(id)
-                    .err()
-                    .map(|e| e.to_string()),
+                Some(id) => ResourceId::parse(id).err().map(|e| e.to_string()),
             };
             if let Some(why) = why {
                 return Err(FleetError::Resource {
@@ -59,6 +59,15 @@ impl Fleet {
             }
         }
         Ok(fleet)
+    }
+
+    /// Each resource with its id; entries without a valid id are passed over (`load` refuses
+    /// them, but a simulator's state or a test fleet may be built by hand).
+    pub fn with_ids(&self) -> impl Iterator<Item = (ResourceId, &Value)> {
+        self.resources.iter().filter_map(|r| {
+            let id = ResourceId::parse(r.get("id")?.as_str()?).ok()?;
+            Some((id, r))
+        })
     }
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {

@@ -13,18 +13,11 @@ use crate::report::Report;
 
 /// Subscriptions that own sites in the fleet.
 pub fn subscriptions(fleet: &Fleet) -> Vec<String> {
-    let mut subs: BTreeSet<String> = BTreeSet::new();
-    for r in &fleet.resources {
-        if let Some(id) = r
-            .get("id")
-            .and_then(Value::as_str)
-            .and_then(|s| ResourceId::parse(s).ok())
-        {
-            if id.kind() == ResourceKind::Site {
-                subs.insert(id.subscription().to_ascii_lowercase());
-            }
-        }
-    }
+    let subs: BTreeSet<String> = fleet
+        .with_ids()
+        .filter(|(id, _)| id.kind() == ResourceKind::Site)
+        .map(|(id, _)| id.subscription().to_ascii_lowercase())
+        .collect();
     subs.into_iter().collect()
 }
 
@@ -41,14 +34,7 @@ fn view(fleet: &Fleet) -> View {
         vnets: BTreeMap::new(),
         gateways: BTreeMap::new(),
     };
-    for r in &fleet.resources {
-        let Some(id) = r
-            .get("id")
-            .and_then(Value::as_str)
-            .and_then(|s| ResourceId::parse(s).ok())
-        else {
-            continue;
-        };
+    for (id, r) in fleet.with_ids() {
         match id.kind() {
             ResourceKind::Site | ResourceKind::Slot => {
                 if let Ok(s) = serde_json::from_value::<Site>(r.clone()) {

@@ -367,13 +367,12 @@ impl Rig {
 
     /// A resource from the simulator's current state.
     pub fn resource(&self, id: &ResourceId) -> Option<Value> {
-        self.sim.state().resources.into_iter().find(|r| {
-            r.get("id")
-                .and_then(|v| v.as_str())
-                .and_then(|s| ResourceId::parse(s).ok())
-                .as_ref()
-                == Some(id)
-        })
+        let state = self.sim.state();
+        let found = state
+            .with_ids()
+            .find(|(i, _)| i == id)
+            .map(|(_, r)| r.clone());
+        found
     }
 
     pub fn subnet_of(&self, target: &ResourceId) -> Option<ResourceId> {
