@@ -679,7 +679,10 @@ mod contention {
         assert!(by_plan.values().all(|s| s.len() == 1));
         let distinct: BTreeSet<&ResourceId> = by_plan.values().flatten().collect();
         assert_eq!(distinct.len(), 30);
-        assert!(rig.sim.stats().contended > 0, "the plans never met a lock");
+        // Subnet writes and cut-overs into the hub share its session, so the run's own writes
+        // never meet each other's VNet lock (a cut-over waiting for one would keep its app
+        // offline); contention from elsewhere is covered by `a_burst_of_throttling_…`.
+        assert_eq!(rig.sim.stats().contended, 0, "the run's writes met its own locks");
         rig.assert_invariants(&report);
     }
 
