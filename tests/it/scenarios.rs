@@ -682,7 +682,11 @@ mod contention {
         // Subnet writes and cut-overs into the hub share its session, so the run's own writes
         // never meet each other's VNet lock (a cut-over waiting for one would keep its app
         // offline); contention from elsewhere is covered by `a_burst_of_throttling_…`.
-        assert_eq!(rig.sim.stats().contended, 0, "the run's writes met its own locks");
+        assert_eq!(
+            rig.sim.stats().contended,
+            0,
+            "the run's writes met its own locks"
+        );
         rig.assert_invariants(&report);
     }
 
@@ -810,8 +814,7 @@ mod cutover {
         let text = value[field]
             .as_str()
             .unwrap_or_else(|| panic!("{field} missing in {value}"));
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-            .unwrap()
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
     }
 
     #[tokio::test]
@@ -849,11 +852,21 @@ mod cutover {
             // One step removed the gateway connection and joined the subnet, with no queue
             // hop between the two: no `connect` step ran.
             let log = finished.store.step_log(&finished.run, a).await.unwrap();
-            let log: Vec<Value> = log.iter().map(|e| serde_json::to_value(e).unwrap()).collect();
+            let log: Vec<Value> = log
+                .iter()
+                .map(|e| serde_json::to_value(e).unwrap())
+                .collect();
             let steps: Vec<&str> = log.iter().map(|e| e["step"].as_str().unwrap()).collect();
             assert_eq!(
                 steps,
-                ["discover", "plan", "prepare-subnet", "disconnect", "configure", "verify"],
+                [
+                    "discover",
+                    "plan",
+                    "prepare-subnet",
+                    "disconnect",
+                    "configure",
+                    "verify"
+                ],
                 "{a}"
             );
             let cut = &log[3]["detail"];
@@ -877,7 +890,10 @@ mod cutover {
             let step_start =
                 step_end - time::Duration::milliseconds(log[3]["durationMs"].as_i64().unwrap());
             let (gone, back) = (at(&row, "disconnectedAt"), at(&row, "connectedAt"));
-            assert!(step_start <= gone && gone < back && back <= step_end, "{row}");
+            assert!(
+                step_start <= gone && gone < back && back <= step_end,
+                "{row}"
+            );
         }
         let d = &serde_json::to_value(&report).unwrap()["performance"]["downtimeSeconds"];
         let q = |k: &str| d[k].as_f64().unwrap();
@@ -901,10 +917,21 @@ mod cutover {
         assert!(outcome(&report, &a).starts_with("rolled-back:connect-rejected"));
         assert_eq!(rig.gateway_connections(&a), 1);
         let log = finished.store.step_log(&finished.run, &a).await.unwrap();
-        let log: Vec<Value> = log.iter().map(|e| serde_json::to_value(e).unwrap()).collect();
+        let log: Vec<Value> = log
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect();
         let step = |name: &str| log.iter().find(|e| e["step"] == name).unwrap().clone();
         let (cut, rollback) = (step("disconnect"), step("rollback"));
-        let row = serde_json::to_value(finished.store.target(&finished.run, &a).await.unwrap().unwrap()).unwrap();
+        let row = serde_json::to_value(
+            finished
+                .store
+                .target(&finished.run, &a)
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
         let (gone, back) = (at(&row, "disconnectedAt"), at(&row, "connectedAt"));
         // Down from the DELETE inside the cut-over until the rollback saw the connection in
         // sync: after the rollback's handshake started, before it was recorded.
