@@ -109,6 +109,11 @@ pub(crate) async fn migrate(
         arm_writes: m.writes + m.deletes,
         throttled429: m.throttled_429,
         steps_per_second: round3(steps / finished.makespan_seconds.max(1e-9)),
+        // Computed by `Report::new` from the ledger's cut-over times.
+        downtime_seconds: None,
+        // A rehearsal runs `time_scale` times faster than ARM: its downtimes are reported in
+        // the simulated seconds they stand for.
+        simulated_speed: (time_scale > 1.0).then_some(time_scale),
     };
     Ok(Report::new(finished.run.as_str(), dry_run, &records, perf))
 }

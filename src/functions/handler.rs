@@ -396,6 +396,7 @@ mod tests {
             started_at: now,
             updated_at: now,
             finished_at: None,
+            cutover: Default::default(),
         }
     }
 

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use time::OffsetDateTime;
 
 use super::plan_cache::PlanCache;
 use super::steps;
 use crate::azure::arm::{ArmClient, ArmError};
 use crate::pipeline::ledger::{Ledger, LedgerError};
-use crate::pipeline::message::{Step, StepMessage};
+use crate::pipeline::message::{GatewaySnapshot, Step, StepMessage};
 use crate::pipeline::outcome::Outcome;
 use crate::pipeline::reason::{Cause, ParkReason, RollbackReason};
 use crate::pipeline::reconciler::{Reconciler, StepResult};
@@ -27,6 +28,15 @@ pub enum StepError {
     /// ARM state the step cannot work with (say what, for the operator).
     #[error("{0}")]
     Unexpected(String),
+    /// The cut-over failed after the gateway-based connection was gone: what the re-sent
+    /// step (or the rollback) carries on, and when the connection went, for the ledger.
+    #[error("{source}")]
+    Disconnected {
+        gateway: Box<GatewaySnapshot>,
+        disconnected_at: OffsetDateTime,
+        #[source]
+        source: Box<StepError>,
+    },
 }
 
 /// What a failed step may do next.
@@ -50,6 +60,7 @@ impl StepError {
             StepError::Arm(ArmError::LroFailed { .. }) => Retry::Counted,
             StepError::Arm(_) | StepError::Unexpected(_) => Retry::Never,
             StepError::Ledger(_) => Retry::Counted,
+            StepError::Disconnected { source, .. } => source.retry(),
         }
     }
 
@@ -63,6 +74,7 @@ impl StepError {
             },
             StepError::Ledger(_) => Cause::LedgerUnavailable,
             StepError::Unexpected(_) => Cause::UnexpectedState,
+            StepError::Disconnected { source, .. } => source.cause(),
         }
     }
 }
@@ -127,6 +139,20 @@ impl Reconciler for Migration {
     /// until `maxAttempts`; then a target whose gateway may already be gone is rolled back,
     /// and any other is parked for an operator.
     fn error_policy(&self, msg: &StepMessage, err: &StepError) -> StepResult {
+        if let StepError::Disconnected {
+            gateway,
+            disconnected_at,
+            source,
+        } = err
+        {
+            // Whatever comes next (the step again, or rollback) starts from a connection that
+            // is gone: it carries the snapshot, and the ledger learns when it went.
+            let mut carried = msg.clone();
+            carried.gateway = Some(gateway.as_ref().clone());
+            let mut result = self.error_policy(&carried, source);
+            result.cutover.disconnected_at = Some(*disconnected_at);
+            return result;
+        }
         let max = self.ctx.policy.max_attempts.max(1);
         let why = err.to_string();
         match err.retry() {

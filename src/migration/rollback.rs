@@ -9,6 +9,7 @@
 //! operator must do; transient failures go back to the error policy like any step's.
 
 use serde_json::{json, Value};
+use time::OffsetDateTime;
 
 use super::context::{StepContext, StepError};
 use super::plan_cache::connections;
@@ -58,6 +59,7 @@ pub(crate) async fn rollback(
             .await?;
         did.push("removed regional integration".to_string());
     }
+    let mut in_sync_at = None;
     if let Some(g) = saved_gateway(ctx, msg).await? {
         if let Err(r) = reconnect(ctx, msg, &site, &g, &mut did).await? {
             did.push(r.detail);
@@ -66,13 +68,18 @@ pub(crate) async fn rollback(
                 did.join("; "),
             ));
         }
+        // The app is back on its VNet once ARM shows the connection in sync: its downtime
+        // ends here (DESIGN §3).
+        in_sync_at = Some(OffsetDateTime::now_utc());
     }
     let detail = if did.is_empty() {
         "nothing to undo".to_string()
     } else {
         did.join("; ")
     };
-    Ok(StepResult::done(Outcome::RolledBack(reason), detail))
+    let mut result = StepResult::done(Outcome::RolledBack(reason), detail);
+    result.cutover.connected_at = in_sync_at;
+    Ok(result)
 }
 
 /// The handshake, from whatever point ARM shows it reached.

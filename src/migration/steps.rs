@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use time::OffsetDateTime;
 
 use super::context::{StepContext, StepError};
 use super::plan_cache::{connections, integration_of};
@@ -322,11 +323,17 @@ pub(crate) async fn saved_gateway(
     })
 }
 
+/// The cut-over, in one step: remove the gateway-based connection, then join the planned
+/// subnet at once, so the app is off its VNet for the two ARM calls only, never for the time a
+/// `connect` message would wait behind the backlog (issue 9). The snapshot is saved before the
+/// DELETE, so a redelivery (after a crash, or a failure after the DELETE re-sent by the error
+/// policy) finds the connection gone, takes the snapshot from the message or the ledger, and
+/// continues with the connect part; one that finds the app already in the subnet goes on to
+/// `configure`.
 async fn disconnect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
-    planned(msg)?;
+    let p = planned(msg)?;
     let conns = connections(&ctx.arm, &msg.target).await?;
-    let mut next = msg.next(Step::Connect);
-    match conns.iter().find(|c| c.is_gateway()) {
+    let (gateway, removed) = match conns.iter().find(|c| c.is_gateway()) {
         Some(c) => {
             let vnet = c.properties.vnet_resource_id.clone().ok_or_else(|| {
                 StepError::Unexpected(format!(
@@ -356,25 +363,15 @@ async fn disconnect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, 
                     msg.target, c.name
                 ))
                 .await?;
-            next.gateway = Some(snapshot);
-            Ok(StepResult::next(
-                next,
-                format!("removed gateway-based connection {}", c.name),
-            ))
+            (snapshot, true)
         }
         None => match saved_gateway(ctx, msg).await? {
-            Some(saved) => {
-                next.gateway = Some(saved);
-                Ok(StepResult::next(
-                    next,
-                    "no gateway-based connection left (already removed)",
-                ))
-            }
+            Some(saved) => (saved, false),
             // Not removed by us: someone changed the app's integration since `plan`.
             // Nothing of ours happened to it, so end from what ARM shows, writing nothing.
             None => {
                 let site: Site = ctx.arm.get(msg.target.as_str()).await?;
-                Ok(match integration_of(&site, &conns) {
+                return Ok(match integration_of(&site, &conns) {
                     Integration::Regional { subnet } => StepResult::done(
                         Outcome::Skipped(SkipReason::AlreadyRegional),
                         format!("made regional in {subnet} outside this run"),
@@ -383,27 +380,77 @@ async fn disconnect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, 
                         Outcome::Skipped(SkipReason::NoIntegration),
                         "gateway-based connection removed outside this run",
                     ),
-                })
+                });
             }
         },
+    };
+    // When the DELETE returned; on a redelivery, when the connection was seen gone (the ledger
+    // keeps the time recorded first, which is the DELETE's unless that step never recorded).
+    let disconnected_at = OffsetDateTime::now_utc();
+    let mut carried = msg.clone();
+    carried.gateway = Some(gateway.clone());
+    // Right after our DELETE the app cannot be in the subnet yet: PATCH without reading first.
+    let joined = if removed {
+        join_subnet(ctx, &carried, p).await
+    } else {
+        connect(ctx, &carried).await
+    };
+    match joined {
+        Ok(mut result) => {
+            result.detail = if removed {
+                format!(
+                    "removed gateway-based connection {}; {}",
+                    gateway.name, result.detail
+                )
+            } else {
+                format!(
+                    "no gateway-based connection left (already removed); {}",
+                    result.detail
+                )
+            };
+            result.cutover.disconnected_at = Some(disconnected_at);
+            Ok(result)
+        }
+        Err(e) => Err(StepError::Disconnected {
+            gateway: Box::new(gateway),
+            disconnected_at,
+            source: Box::new(e),
+        }),
     }
 }
 
+/// The connect part of the cut-over on its own: joins the planned subnet unless the app is in
+/// it already. Runs `connect` messages queued by earlier versions, which sent it as a step of
+/// its own, and the cut-over redelivered after the gateway connection was gone.
 async fn connect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     let p = planned(msg)?;
     let site: Site = ctx.arm.get(msg.target.as_str()).await?;
     if site.properties.virtual_network_subnet_id.as_ref() == Some(&p.subnet) {
-        return Ok(StepResult::next(
-            msg.next(Step::Configure),
-            "already connected",
-        ));
+        // The PATCH of an earlier delivery went through: the app has been back on a VNet since
+        // then at the latest, which is all this delivery can tell.
+        let mut result = StepResult::next(msg.next(Step::Configure), "already connected");
+        result.cutover.connected_at = Some(OffsetDateTime::now_utc());
+        return Ok(result);
     }
+    join_subnet(ctx, msg, p).await
+}
+
+/// `PATCH` the site into the planned subnet: `configure` next, or rollback when ARM refuses.
+async fn join_subnet(
+    ctx: &StepContext,
+    msg: &StepMessage,
+    p: &PlannedSubnet,
+) -> Result<StepResult, StepError> {
     let body = json!({"properties": {"virtualNetworkSubnetId": p.subnet.as_str()}});
     match ctx.arm.patch::<Value>(msg.target.as_str(), &body).await {
-        Ok(_) => Ok(StepResult::next(
-            msg.next(Step::Configure),
-            format!("connected to {}", p.subnet),
-        )),
+        Ok(_) => {
+            let mut result = StepResult::next(
+                msg.next(Step::Configure),
+                format!("connected to {}", p.subnet),
+            );
+            result.cutover.connected_at = Some(OffsetDateTime::now_utc());
+            Ok(result)
+        }
         // The site or VNet busy with another operation is no rejection: retry.
         Err(e) if e.is_transient() => Err(e.into()),
         Err(e)

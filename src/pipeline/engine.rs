@@ -113,6 +113,7 @@ impl<R: Reconciler> Engine<R> {
             gateway: own
                 .and_then(|m| m.gateway.clone())
                 .or_else(|| msg.gateway.clone()),
+            cutover: result.cutover,
         };
         tracing::debug!(next = ?record.next, outcome = ?record.outcome, "{}", record.detail);
         Executed {

@@ -43,6 +43,29 @@ pub struct TargetRecord {
     pub(crate) updated_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub(crate) finished_at: Option<OffsetDateTime>,
+    /// When the cut-over cut the target off its VNet and when it was back on one.
+    #[serde(flatten)]
+    pub(crate) cutover: Cutover,
+}
+
+/// A target's downtime as ARM's answers timed it (DESIGN §3): `disconnected_at` when the
+/// DELETE of its gateway-based connection returned, `connected_at` when the PATCH joining the
+/// planned subnet returned, or, when the target was rolled back, when its gateway connection
+/// was back in sync. Neither is the time a step was recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cutover {
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub(crate) disconnected_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub(crate) connected_at: Option<OffsetDateTime>,
+}
+
+impl Cutover {
+    /// How long the target was off its VNet; None unless both ends are known.
+    pub(crate) fn downtime(&self) -> Option<time::Duration> {
+        Some(self.connected_at? - self.disconnected_at?)
+    }
 }
 
 /// What one executed step reports to the ledger.
@@ -63,6 +86,10 @@ pub struct StepRecord {
     pub(crate) subnet: Option<ResourceId>,
     pub(crate) prefix: Option<String>,
     pub(crate) gateway: Option<GatewaySnapshot>,
+    /// Cut-over times this step observed: the ledger keeps the first `disconnected_at` it is
+    /// given (a redelivery observes later) and the last `connected_at` (a rollback ends the
+    /// downtime again after a connect).
+    pub(crate) cutover: Cutover,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

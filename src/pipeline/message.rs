@@ -301,10 +301,14 @@ impl StepMessage {
         hex::encode(digest)[..32].to_string()
     }
 
-    /// One message in flight per target; all subnet writes in one VNet are serialised.
+    /// One message in flight per target; all subnet writes in one VNet are serialised, and so
+    /// are the cut-overs into it: ARM holds the VNet for the 7–10 s a site joins one of its
+    /// subnets and refuses other writes meanwhile (arm-vnet reference §13), so a cut-over that
+    /// removed a gateway connection while another held the VNet would keep its app offline
+    /// until that one finished.
     pub fn session_id(&self) -> String {
         match (self.step, &self.plan) {
-            (Step::PrepareSubnet, Some(p)) => p.vnet.key().to_string(),
+            (Step::PrepareSubnet | Step::Disconnect, Some(p)) => p.vnet.key().to_string(),
             _ => self.target.key().to_string(),
         }
     }
@@ -420,7 +424,8 @@ mod tests {
             required_prefix_length: Some(26),
         });
         assert_eq!(m.session_id(), vnet.key());
-        assert_eq!(m.next(Step::Disconnect).session_id(), target().key());
+        assert_eq!(m.next(Step::Disconnect).session_id(), vnet.key());
+        assert_eq!(m.next(Step::Configure).session_id(), target().key());
     }
 
     proptest! {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::ledger::Cutover;
 use super::message::{PlannedSubnet, StepMessage};
 use super::outcome::Outcome;
 
@@ -39,6 +40,8 @@ pub struct StepResult {
     pub(crate) spawn: Vec<StepMessage>,
     /// The subnet decided for this target, recorded even when the step ends it (dry run).
     pub(crate) planned: Option<PlannedSubnet>,
+    /// When this step cut the target off its VNet or put it back, for the ledger.
+    pub(crate) cutover: Cutover,
 }
 
 impl StepResult {
@@ -51,6 +54,7 @@ impl StepResult {
             detail: detail.into(),
             spawn: Vec::new(),
             planned: None,
+            cutover: Cutover::default(),
         }
     }
     pub(crate) fn done(outcome: Outcome, detail: impl Into<String>) -> Self {
@@ -59,6 +63,7 @@ impl StepResult {
             detail: detail.into(),
             spawn: Vec::new(),
             planned: None,
+            cutover: Cutover::default(),
         }
     }
 }

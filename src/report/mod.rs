@@ -19,6 +19,10 @@ pub struct TargetReport {
     pub steps: u32,
     pub attempts: u32,
     pub duration_seconds: f64,
+    /// From the removal of the gateway-based connection until the app was on a VNet again
+    /// (DESIGN §3); None when its gateway connection was never removed (or the run has not
+    /// put it back yet).
+    pub downtime_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -33,6 +37,38 @@ pub struct Performance {
     pub(crate) arm_writes: u64,
     pub(crate) throttled429: u64,
     pub(crate) steps_per_second: f64,
+    /// Over the targets that have a downtime; None when no target was cut over.
+    pub(crate) downtime_seconds: Option<Percentiles>,
+    /// A rehearsal's time compression: the downtimes (per target and their percentiles) are
+    /// simulated seconds, the wall time they took times this speed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) simulated_speed: Option<f64>,
+}
+
+/// Nearest-rank percentiles: each is the smallest value with at least that share of the
+/// values at or below it, so every figure is one that was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// None for no values.
+    pub(crate) fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        let max = *v.last()?;
+        let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Some(Percentiles {
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +93,7 @@ impl Report {
     ) -> Self {
         let mut summary = BTreeMap::new();
         let mut by_reason = BTreeMap::new();
+        let time_scale = performance.simulated_speed.unwrap_or(1.0);
         let targets = records
             .iter()
             .map(|r| {
@@ -77,6 +114,10 @@ impl Report {
                     )
                     .or_insert(0) += 1;
                 let end = r.finished_at.unwrap_or(r.updated_at);
+                let downtime = r
+                    .cutover
+                    .downtime()
+                    .map(|d| round3(d.as_seconds_f64() * time_scale));
                 TargetReport {
                     id: r.target.to_string(),
                     outcome: kind,
@@ -87,9 +128,13 @@ impl Report {
                     attempts: r.attempts,
                     duration_seconds: ((end - r.started_at).as_seconds_f64() * 1000.0).round()
                         / 1000.0,
+                    downtime_seconds: downtime,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut performance = performance;
+        performance.downtime_seconds =
+            Percentiles::of(targets.iter().filter_map(|t| t.downtime_seconds));
         Report {
             run: run.to_string(),
             dry_run,
@@ -135,6 +180,26 @@ impl Report {
             "makespan {:.1}s, {bound}, {} ARM requests, {} writes, {} throttled (429), {:.1} steps/s",
             p.makespan_seconds, p.arm_requests, p.arm_writes, p.throttled429, p.steps_per_second
         );
+        let _ = match &p.downtime_seconds {
+            Some(d) => writeln!(
+                s,
+                "downtime p50 {:.3}s, p95 {:.3}s, p99 {:.3}s, max {:.3}s over {} target(s){}",
+                d.p50,
+                d.p95,
+                d.p99,
+                d.max,
+                self.targets
+                    .iter()
+                    .filter(|t| t.downtime_seconds.is_some())
+                    .count(),
+                if p.simulated_speed.is_some() {
+                    " (simulated seconds)"
+                } else {
+                    ""
+                }
+            ),
+            None => writeln!(s, "downtime n/a (no target was cut over)"),
+        };
         s
     }
 
@@ -202,6 +267,98 @@ pub(crate) fn round3(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        assert_eq!(Percentiles::of([]), None);
+        let one = Percentiles::of([2.5]).unwrap();
+        assert_eq!((one.p50, one.p95, one.p99, one.max), (2.5, 2.5, 2.5, 2.5));
+        // 1..=100 in any order: the q-th percentile is the value ranked ceil(q·n).
+        let hundred = Percentiles::of((1..=100).rev().map(f64::from)).unwrap();
+        assert_eq!(
+            (hundred.p50, hundred.p95, hundred.p99, hundred.max),
+            (50.0, 95.0, 99.0, 100.0)
+        );
+        // Few values: a high percentile is the largest, never an interpolation.
+        let four = Percentiles::of([0.4, 0.1, 0.3, 0.2]).unwrap();
+        assert_eq!(
+            (four.p50, four.p95, four.p99, four.max),
+            (0.2, 0.4, 0.4, 0.4)
+        );
+        let odd = Percentiles::of([3.0, 1.0, 2.0]).unwrap();
+        assert_eq!(odd.p50, 2.0);
+    }
+
+    fn record(name: &str, cutover: Option<(i64, i64)>) -> TargetRecord {
+        let t = |ms: i64| time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(ms);
+        TargetRecord {
+            run: crate::pipeline::message::RunId("r".into()),
+            target: crate::azure::ResourceId::parse(&format!(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/{name}"
+            ))
+            .unwrap(),
+            outcome: Some(Outcome::Migrated),
+            current_step: None,
+            steps: 6,
+            attempts: 0,
+            reason: None,
+            subnet: None,
+            prefix: None,
+            gateway: None,
+            started_at: t(0),
+            updated_at: t(60_000),
+            finished_at: Some(t(60_000)),
+            cutover: crate::pipeline::ledger::Cutover {
+                disconnected_at: cutover.map(|c| t(c.0)),
+                connected_at: cutover.map(|c| t(c.1)),
+            },
+        }
+    }
+
+    #[test]
+    fn downtime_per_target_and_percentiles_in_wall_or_simulated_seconds() {
+        let records = [
+            record("a", Some((1_000, 1_200))),
+            record("b", Some((2_000, 2_150))),
+            record("never-cut-over", None),
+        ];
+        let wall = Report::new("r", false, &records, Performance::default());
+        let downtimes: Vec<_> = wall.targets.iter().map(|t| t.downtime_seconds).collect();
+        assert_eq!(downtimes, vec![Some(0.2), Some(0.15), None]);
+        let d = wall.performance.downtime_seconds.unwrap();
+        assert_eq!((d.p50, d.max), (0.15, 0.2));
+        let table = wall.table();
+        assert!(
+            table.contains(
+                "downtime p50 0.150s, p95 0.200s, p99 0.200s, max 0.200s over 2 target(s)\n"
+            ),
+            "{table}"
+        );
+        let json = serde_json::to_value(&wall).unwrap();
+        assert_eq!(
+            json["targets"][2]["downtimeSeconds"],
+            serde_json::Value::Null
+        );
+        assert_eq!(json["performance"]["downtimeSeconds"]["p99"], 0.2);
+        // A rehearsal at speed 50: the same wall times are 50 times as many simulated seconds.
+        let perf = Performance {
+            simulated_speed: Some(50.0),
+            ..Performance::default()
+        };
+        let sim = Report::new("r", false, &records, perf);
+        assert_eq!(sim.targets[0].downtime_seconds, Some(10.0));
+        assert_eq!(sim.performance.downtime_seconds.unwrap().p50, 7.5);
+        assert!(sim
+            .table()
+            .contains("max 10.000s over 2 target(s) (simulated seconds)"));
+        assert_eq!(
+            serde_json::to_value(&sim).unwrap()["performance"]["simulatedSpeed"],
+            50.0
+        );
+        let none = Report::new("r", false, &records[2..], Performance::default());
+        assert_eq!(none.performance.downtime_seconds, None);
+        assert!(none.table().contains("downtime n/a"));
+    }
 
     #[test]
     fn write_bound_is_the_slowest_subscription() {

@@ -679,7 +679,14 @@ mod contention {
         assert!(by_plan.values().all(|s| s.len() == 1));
         let distinct: BTreeSet<&ResourceId> = by_plan.values().flatten().collect();
         assert_eq!(distinct.len(), 30);
-        assert!(rig.sim.stats().contended > 0, "the plans never met a lock");
+        // Subnet writes and cut-overs into the hub share its session, so the run's own writes
+        // never meet each other's VNet lock (a cut-over waiting for one would keep its app
+        // offline); contention from elsewhere is covered by `a_burst_of_throttling_…`.
+        assert_eq!(
+            rig.sim.stats().contended,
+            0,
+            "the run's writes met its own locks"
+        );
         rig.assert_invariants(&report);
     }
 
@@ -772,5 +779,169 @@ mod contention {
         .await;
         assert_eq!(o, "migrated");
         assert_eq!(stats.faults_injected, 90);
+    }
+}
+
+/// The cut-over as one step (issue 9): the regional PATCH follows the gateway connection's
+/// DELETE at once, in the same step, so a target's downtime is the latency of those two ARM
+/// calls however long the queue is.
+mod cutover {
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+    use vnet_migrate::pipeline::ledger::Ledger;
+    use vnet_migrate::sim::SimOptions;
+
+    use super::*;
+    use crate::support::report_of;
+
+    /// The simulator's latency model: the site PATCH that sets `virtualNetworkSubnetId`
+    /// answers after 7–10 simulated seconds (arm-vnet reference §13: vnetE2E #22, #34).
+    const SUBNET_JOIN_MIN_SECONDS: f64 = 7.0;
+    const SPEED: f64 = 100.0;
+
+    fn latency() -> SimOptions {
+        SimOptions {
+            speed: SPEED,
+            seed: 9,
+            throttle: false,
+            ..SimOptions::default()
+        }
+    }
+
+    /// `value[field]` as a time (the ledger's rows and step log serialise as RFC 3339).
+    fn at(value: &Value, field: &str) -> time::OffsetDateTime {
+        let text = value[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} missing in {value}"));
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+    }
+
+    #[tokio::test]
+    async fn every_migrated_app_is_cut_over_in_one_step_with_seconds_of_downtime() {
+        let mut b = base();
+        let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+        let mut apps = Vec::new();
+        for p in 0..10 {
+            let plan = b.plan("apps", &format!("plan{p}"), WE, "P1v2", 1);
+            for i in 0..3 {
+                apps.push(app(&mut b, &plan, &format!("app{p}-{i}"), &v));
+            }
+        }
+        let rig = Rig::start_with(b.build(), latency()).await;
+        // Four steps in flight for thirty targets: a queue long enough that a `connect`
+        // waiting behind it would show in the downtime.
+        let started = Instant::now();
+        let finished = rig
+            .local_run(&Policy::default(), rig.dir.file("cut.db"), 4)
+            .await
+            .unwrap();
+        let run_time = started.elapsed();
+        let report = report_of(&finished.store, &finished.run).await;
+        rig.assert_invariants(&report);
+        let join = Duration::from_secs_f64(SUBNET_JOIN_MIN_SECONDS / SPEED);
+        for a in &apps {
+            assert_eq!(outcome(&report, a), "migrated", "{a}");
+            let t = report.targets.iter().find(|t| t.id == a.as_str()).unwrap();
+            let downtime = Duration::from_secs_f64(t.downtime_seconds.expect("a downtime"));
+            assert!(downtime >= join, "{a}: {downtime:?} < the PATCH's {join:?}");
+            assert!(
+                downtime * 10 < run_time,
+                "{a}: {downtime:?} is not far below the run's {run_time:?}"
+            );
+            // One step removed the gateway connection and joined the subnet, with no queue
+            // hop between the two: no `connect` step ran.
+            let log = finished.store.step_log(&finished.run, a).await.unwrap();
+            let log: Vec<Value> = log
+                .iter()
+                .map(|e| serde_json::to_value(e).unwrap())
+                .collect();
+            let steps: Vec<&str> = log.iter().map(|e| e["step"].as_str().unwrap()).collect();
+            assert_eq!(
+                steps,
+                [
+                    "discover",
+                    "plan",
+                    "prepare-subnet",
+                    "disconnect",
+                    "configure",
+                    "verify"
+                ],
+                "{a}"
+            );
+            let cut = &log[3]["detail"];
+            let detail = cut.as_str().unwrap();
+            assert!(
+                detail.starts_with("removed gateway-based connection hub-we; connected to "),
+                "{detail}"
+            );
+            // The times are ARM's answers, inside the cut-over step, not the time it was
+            // recorded.
+            let row = serde_json::to_value(
+                finished
+                    .store
+                    .target(&finished.run, a)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            )
+            .unwrap();
+            let step_end = at(&log[3], "at");
+            let step_start =
+                step_end - time::Duration::milliseconds(log[3]["durationMs"].as_i64().unwrap());
+            let (gone, back) = (at(&row, "disconnectedAt"), at(&row, "connectedAt"));
+            assert!(
+                step_start <= gone && gone < back && back <= step_end,
+                "{row}"
+            );
+        }
+        let d = &serde_json::to_value(&report).unwrap()["performance"]["downtimeSeconds"];
+        let q = |k: &str| d[k].as_f64().unwrap();
+        assert!(q("p50") <= q("p95") && q("p95") <= q("p99") && q("p99") <= q("max"));
+        assert!(q("p50") >= join.as_secs_f64());
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_app_is_down_until_its_gateway_connection_is_back_in_sync() {
+        let mut b = base();
+        let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+        let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+        let a = app(&mut b, &plan, "app1", &v);
+        b.tag(&a, "vnet-migrate-sim", "reject-connect");
+        let rig = Rig::start_with(b.build(), latency()).await;
+        let finished = rig
+            .local_run(&Policy::default(), rig.dir.file("rb.db"), 4)
+            .await
+            .unwrap();
+        let report = report_of(&finished.store, &finished.run).await;
+        assert!(outcome(&report, &a).starts_with("rolled-back:connect-rejected"));
+        assert_eq!(rig.gateway_connections(&a), 1);
+        let log = finished.store.step_log(&finished.run, &a).await.unwrap();
+        let log: Vec<Value> = log
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect();
+        let step = |name: &str| log.iter().find(|e| e["step"] == name).unwrap().clone();
+        let (cut, rollback) = (step("disconnect"), step("rollback"));
+        let row = serde_json::to_value(
+            finished
+                .store
+                .target(&finished.run, &a)
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        let (gone, back) = (at(&row, "disconnectedAt"), at(&row, "connectedAt"));
+        // Down from the DELETE inside the cut-over until the rollback saw the connection in
+        // sync: after the rollback's handshake started, before it was recorded.
+        assert!(gone <= at(&cut, "at"));
+        let rollback_end = at(&rollback, "at");
+        let rollback_start =
+            rollback_end - time::Duration::milliseconds(rollback["durationMs"].as_i64().unwrap());
+        assert!(rollback_start <= back && back <= rollback_end, "{row}");
+        let downtime = report.targets[0].downtime_seconds.unwrap();
+        assert!((downtime - (back - gone).as_seconds_f64()).abs() < 0.002);
+        assert!(downtime > (rollback_start - gone).as_seconds_f64());
     }
 }

@@ -1,16 +1,35 @@
 //! The ledger half of the store: runs, one row per target per run, and the step log.
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension, Row, ToSql, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, Transaction};
 use time::OffsetDateTime;
 
 use super::columns::{LedgerRow, Rfc3339};
 use super::{lstorage, SqliteStore};
 use crate::azure::ResourceId;
 use crate::pipeline::ledger::{
-    Ledger, LedgerError, RunRecord, StepLogEntry, StepRecord, TargetRecord,
+    Cutover, Ledger, LedgerError, RunRecord, StepLogEntry, StepRecord, TargetRecord,
 };
 use crate::pipeline::message::{GatewaySnapshot, RunId};
+
+/// Columns of `targets` added after the first state files were written, with their types.
+const ADDED_TARGET_COLUMNS: [(&str, &str); 2] =
+    [("disconnected_at", "TEXT"), ("connected_at", "TEXT")];
+
+/// Adds the columns an older state file's `targets` table lacks (SQLite has no
+/// `ADD COLUMN IF NOT EXISTS`), so files written by earlier versions still open.
+pub(super) fn add_target_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('targets')")?;
+    let have = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (name, ty) in ADDED_TARGET_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE targets ADD COLUMN {name} {ty}"))?;
+        }
+    }
+    Ok(())
+}
 
 /// Appends a step to the step log and updates its target's row, inside the caller's
 /// transaction (the queue settles a delivery and records its step in one).
@@ -23,14 +42,18 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
     .map_err(lstorage)?;
     let reason = r.outcome.as_ref().and_then(|o| o.reason());
     let finished = r.outcome.as_ref().map(|_| at);
+    // The first disconnect time recorded is kept (a redelivery only observes the connection
+    // gone, later), the last connect time wins (a rollback after a connect ends the downtime).
     tx.execute(
-        "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at)
-         VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?11,?11,?12)
+        "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at)
+         VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?11,?11,?12,?13,?14)
          ON CONFLICT(run, target_key) DO UPDATE SET
            outcome=excluded.outcome, current_step=excluded.current_step, steps=targets.steps+1,
            attempts=MAX(targets.attempts, excluded.attempts), reason=COALESCE(excluded.reason, targets.reason),
            subnet=COALESCE(excluded.subnet, targets.subnet), prefix=COALESCE(excluded.prefix, targets.prefix),
-           gateway=COALESCE(excluded.gateway, targets.gateway), updated_at=excluded.updated_at, finished_at=excluded.finished_at",
+           gateway=COALESCE(excluded.gateway, targets.gateway), updated_at=excluded.updated_at, finished_at=excluded.finished_at,
+           disconnected_at=COALESCE(targets.disconnected_at, excluded.disconnected_at),
+           connected_at=COALESCE(excluded.connected_at, targets.connected_at)",
         params![
             r.run,
             r.target.key(),
@@ -43,14 +66,16 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
             r.prefix,
             r.gateway,
             at,
-            finished
+            finished,
+            r.cutover.disconnected_at.map(Rfc3339),
+            r.cutover.connected_at.map(Rfc3339)
         ],
     )
     .map_err(lstorage)?;
     Ok(())
 }
 
-const TARGET_COLS: &str = "run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at";
+const TARGET_COLS: &str = "run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at";
 
 fn target_from_row(row: &Row<'_>) -> Result<TargetRecord, LedgerError> {
     let col = LedgerRow::new(row, "targets", &["run", "target_key"]);
@@ -68,6 +93,10 @@ fn target_from_row(row: &Row<'_>) -> Result<TargetRecord, LedgerError> {
         started_at: col.get::<Rfc3339>("started_at")?.0,
         updated_at: col.get::<Rfc3339>("updated_at")?.0,
         finished_at: col.get::<Option<Rfc3339>>("finished_at")?.map(|t| t.0),
+        cutover: Cutover {
+            disconnected_at: col.get::<Option<Rfc3339>>("disconnected_at")?.map(|t| t.0),
+            connected_at: col.get::<Option<Rfc3339>>("connected_at")?.map(|t| t.0),
+        },
     })
 }
 
@@ -269,6 +298,10 @@ mod tests {
             subnet: Some(subnet.clone()),
             prefix: Some("10.0.1.0/26".into()),
             gateway: None,
+            cutover: Cutover {
+                disconnected_at: Some(now()),
+                connected_at: None,
+            },
         };
         s.record(&rec).await.unwrap();
         let t = s.target(&m.run, &m.target).await.unwrap().unwrap();
@@ -283,6 +316,7 @@ mod tests {
         assert_eq!(t.gateway, Some(gateway()), "kept when a step records none");
         assert_eq!(t.started_at, started);
         assert_eq!((t.updated_at, t.finished_at), (rec.at, Some(rec.at)));
+        assert_eq!(t.cutover, rec.cutover);
         assert_eq!(s.targets(&m.run).await.unwrap(), vec![t]);
         let log = s.step_log(&m.run, &m.target).await.unwrap();
         assert_eq!(log.len(), 1);
@@ -302,7 +336,8 @@ mod tests {
         s.conn()
             .execute_batch(&format!(
                 "INSERT INTO runs VALUES ('r-7', '2026-11-23T10:20:30.123456789Z', 0, 'run');
-                 INSERT INTO targets VALUES ('r-7', '{key}', '{site}', 'rolled-back:not-connected', NULL, 5, 1,
+                 INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts,
+                   reason, subnet, prefix, gateway, started_at, updated_at, finished_at) VALUES ('r-7', '{key}', '{site}', 'rolled-back:not-connected', NULL, 5, 1,
                    'not-connected', '{vnet}/subnets/apps', '10.0.1.0/26', '{{\"name\":\"gw\",\"vnetResourceId\":\"{vnet}\"}}',
                    '2026-11-23T10:20:30Z', '2026-11-23T10:21:00.5Z', '2026-11-23T10:21:00.5Z');
                  INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms)
@@ -328,6 +363,77 @@ mod tests {
         );
         let log = s.step_log(&run, &t.target).await.unwrap();
         assert_eq!((log[0].step, log[0].duration_ms), (Step::PrepareSubnet, 12));
+    }
+
+    #[tokio::test]
+    async fn cutover_times_keep_the_first_disconnect_and_the_last_connect() {
+        let (_d, s) = store();
+        let m = msg("a", Step::Disconnect);
+        let t = |secs: i64| time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(secs);
+        let step = |cutover: Cutover| StepRecord {
+            run: m.run.clone(),
+            target: m.target.clone(),
+            step: Step::Disconnect,
+            attempt: 0,
+            message_id: m.message_id(),
+            detail: String::new(),
+            at: now(),
+            duration_ms: 1,
+            next: Some(Step::Configure),
+            outcome: None,
+            subnet: None,
+            prefix: None,
+            gateway: None,
+            cutover,
+        };
+        let times = |d: Option<i64>, c: Option<i64>| Cutover {
+            disconnected_at: d.map(t),
+            connected_at: c.map(t),
+        };
+        // The cut-over fails after the DELETE; the re-sent step observes the connection gone
+        // later and connects; a rollback ends the downtime later still; a step that observed
+        // nothing leaves both as they are.
+        for (observed, expected) in [
+            (times(Some(10), None), times(Some(10), None)),
+            (times(Some(12), Some(19)), times(Some(10), Some(19))),
+            (times(None, Some(40)), times(Some(10), Some(40))),
+            (times(None, None), times(Some(10), Some(40))),
+        ] {
+            s.record(&step(observed)).await.unwrap();
+            let got = s.target(&m.run, &m.target).await.unwrap().unwrap().cutover;
+            assert_eq!(got, expected);
+        }
+        let t = s.target(&m.run, &m.target).await.unwrap().unwrap();
+        assert_eq!(t.cutover.downtime(), Some(time::Duration::seconds(30)));
+    }
+
+    #[tokio::test]
+    async fn a_state_file_from_before_the_cutover_columns_opens_and_reads() {
+        let dir = super::super::test_support::Dir::new();
+        let path = dir.path().join("old.db");
+        let site = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/a";
+        {
+            // The `targets` table as earlier versions created it.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!(
+                "CREATE TABLE targets (
+                   run TEXT NOT NULL, target_key TEXT NOT NULL, target TEXT NOT NULL,
+                   outcome TEXT, current_step TEXT, steps INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+                   reason TEXT, subnet TEXT, prefix TEXT, gateway TEXT,
+                   started_at TEXT NOT NULL, updated_at TEXT NOT NULL, finished_at TEXT,
+                   PRIMARY KEY (run, target_key));
+                 INSERT INTO targets (run, target_key, target, current_step, started_at, updated_at)
+                   VALUES ('r-1', '{site}', '{site}', 'connect', '2026-11-23T10:20:30Z', '2026-11-23T10:20:30Z');"
+            ))
+            .unwrap();
+        }
+        for _ in 0..2 {
+            // Opened twice: the columns are added once.
+            let s = SqliteStore::open(&path).unwrap();
+            let t = &s.targets(&RunId("r-1".into())).await.unwrap()[0];
+            assert_eq!(t.current_step, Some(Step::Connect));
+            assert_eq!(t.cutover, Cutover::default());
+        }
     }
 
     #[tokio::test]

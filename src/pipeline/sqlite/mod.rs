@@ -89,15 +89,17 @@ impl SqliteStore {
             )
         })?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(storage)?;
-        conn.execute_batch(SCHEMA).map_err(|e| {
-            QueueError::storage(
-                format!(
-                    "state file {} is not a vnet-migrate state file",
-                    path.display()
-                ),
-                Some(Box::new(e)),
-            )
-        })?;
+        conn.execute_batch(SCHEMA)
+            .and_then(|()| ledger::add_target_columns(&conn))
+            .map_err(|e| {
+                QueueError::storage(
+                    format!(
+                        "state file {} is not a vnet-migrate state file",
+                        path.display()
+                    ),
+                    Some(Box::new(e)),
+                )
+            })?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             max_delivery_count: 10,

@@ -371,6 +371,7 @@ mod tests {
             subnet: None,
             prefix: None,
             gateway: None,
+            cutover: Default::default(),
         };
         s.commit(&d, &[Outgoing::now(m.next(Step::Plan))], Some(&rec))
             .unwrap();

@@ -268,6 +268,7 @@ pub fn report_from_json(v: &Value) -> Report {
             steps: 0,
             attempts: 0,
             duration_seconds: 0.0,
+            downtime_seconds: t["downtimeSeconds"].as_f64(),
         })
         .collect();
     Report {
