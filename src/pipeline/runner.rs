@@ -201,3 +201,78 @@ async fn work<R: Reconciler>(
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::pipeline::message::Step;
+    use crate::pipeline::queue::{Outgoing, StepSender};
+    use crate::pipeline::reconciler::StepResult;
+    use crate::pipeline::sqlite::test_support::{msg_in, store};
+    use crate::pipeline::Outcome;
+
+    /// Finishes every step at once, except that steps in subscription `s1` wait for `gate`.
+    struct Gated {
+        gate: Arc<Semaphore>,
+    }
+
+    #[async_trait]
+    impl Reconciler for Gated {
+        type Error = std::io::Error;
+
+        async fn reconcile(&self, msg: &StepMessage) -> Result<StepResult, Self::Error> {
+            if msg.target.subscription() == "s1" {
+                let _pass = self.gate.acquire().await.expect("gate open");
+            }
+            Ok(StepResult::done(Outcome::Migrated, "done"))
+        }
+
+        fn error_policy(&self, _: &StepMessage, _: &Self::Error) -> StepResult {
+            StepResult::done(Outcome::Cancelled, "reconcile never fails here")
+        }
+    }
+
+    /// A ready backlog the runner may not admit (its subscription is at its limit while one
+    /// step hangs for an hour) costs no queue calls: the runner waits for the worker. Time is
+    /// paused and jumps ahead whenever every task waits, so a runner that polled on a timer
+    /// would call `receive` thousands of times here.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_that_cannot_be_admitted_is_awaited_not_polled() {
+        let (_dir, store) = store();
+        let store = Arc::new(store);
+        let mut backlog: Vec<Outgoing> = (0..20)
+            .map(|i| Outgoing::now(msg_in("s1", &format!("a{i}"), Step::Verify)))
+            .collect();
+        backlog.push(Outgoing::now(msg_in("s2", "b", Step::Verify)));
+        store.send(backlog).await.unwrap();
+        let gate = Arc::new(Semaphore::new(0));
+        let runner = Runner::new(
+            store.clone(),
+            Arc::new(Engine::new(Gated { gate: gate.clone() })),
+            RunnerConfig {
+                max_in_flight: 8,
+                per_subscription: 1,
+                lease: Duration::from_secs(7200),
+            },
+        );
+        let run = tokio::spawn(async move { runner.run_until_idle().await });
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!run.is_finished(), "s1's first step is still held");
+        let b_done = store.counts().unwrap();
+        assert_eq!(
+            (b_done.completed, b_done.locked),
+            (1, 1),
+            "s2 was served meanwhile"
+        );
+        // One permit serves every s1 step in turn (each returns it when done).
+        gate.add_permits(1);
+        let stats = run.await.unwrap().unwrap();
+        assert_eq!(stats.steps, 21);
+        // One receive that delivers and one that finds nothing admissible per step, plus the
+        // first fill and the wake-up of the initial send.
+        assert!(stats.polls <= 2 * stats.steps + 2, "{stats:?}");
+    }
+}

@@ -57,6 +57,34 @@ WITH RECURSIVE subs(s) AS (
   FROM subs WHERE subs.s IS NOT NULL
 )";
 
+/// The oldest deliverable head of each subscription not in ?2 (a JSON array), oldest first.
+/// Per subscription the walk skips only the leased heads (at most the subscription's
+/// in-flight limit) before it finds a deliverable one. ?1 is now.
+fn candidate_sql() -> String {
+    format!(
+        "{SUBSCRIPTIONS}
+        SELECT q.seq, q.message_id, q.session_id, q.subscription, q.delivery_count
+        FROM subs JOIN queue q ON q.seq=(
+          SELECT h.seq FROM queue h
+          WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.visible_at<=?1
+            AND (h.locked_until IS NULL OR h.locked_until<=?1)
+          ORDER BY h.visible_at, h.seq LIMIT 1)
+        WHERE subs.s NOT IN (SELECT value FROM json_each(?2))
+        ORDER BY q.visible_at, q.seq LIMIT 1"
+    )
+}
+
+/// The earliest visibility after ?1 of a head in a subscription not in ?2.
+fn next_visible_sql() -> String {
+    format!(
+        "{SUBSCRIPTIONS}
+        SELECT MIN((SELECT h.visible_at FROM queue h
+                    WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.visible_at>?1
+                    ORDER BY h.visible_at LIMIT 1))
+        FROM subs WHERE subs.s IS NOT NULL AND subs.s NOT IN (SELECT value FROM json_each(?2))"
+    )
+}
+
 impl SqliteStore {
     /// Enqueues messages, dropping those whose MessageId the queue has accepted before
     /// (active, completed or dead: Service Bus duplicate detection). A message becomes its
@@ -156,19 +184,7 @@ impl SqliteStore {
         now: UnixMs,
         full: &str,
     ) -> Result<Option<Candidate>, QueueError> {
-        // Per subscription, the walk skips only the leased heads (at most the subscription's
-        // in-flight limit) before it finds a deliverable one.
-        let sql = format!(
-            "{SUBSCRIPTIONS}
-            SELECT q.seq, q.message_id, q.session_id, q.subscription, q.delivery_count
-            FROM subs JOIN queue q ON q.seq=(
-              SELECT h.seq FROM queue h
-              WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.visible_at<=?1
-                AND (h.locked_until IS NULL OR h.locked_until<=?1)
-              ORDER BY h.visible_at, h.seq LIMIT 1)
-            WHERE subs.s NOT IN (SELECT value FROM json_each(?2))
-            ORDER BY q.visible_at, q.seq LIMIT 1"
-        );
+        let sql = candidate_sql();
         tx.prepare_cached(&sql)
             .and_then(|mut s| {
                 s.query_row(params![now, full], |r| {
@@ -212,13 +228,7 @@ impl SqliteStore {
         now: OffsetDateTime,
         full: &[&str],
     ) -> Result<Option<OffsetDateTime>, QueueError> {
-        let sql = format!(
-            "{SUBSCRIPTIONS}
-            SELECT MIN((SELECT h.visible_at FROM queue h
-                        WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.visible_at>?1
-                        ORDER BY h.visible_at LIMIT 1))
-            FROM subs WHERE subs.s IS NOT NULL AND subs.s NOT IN (SELECT value FROM json_each(?2))"
-        );
+        let sql = next_visible_sql();
         let full = serde_json::to_string(full).expect("strings serialise");
         let v: Option<UnixMs> = self
             .conn()
@@ -319,7 +329,7 @@ impl StepSender for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{msg, now, store, LEASE};
+    use super::super::test_support::{msg, msg_in, now, store, Dir, LEASE};
     use super::*;
     use crate::pipeline::ledger::Ledger;
     use crate::pipeline::message::{Step, StepMessage};
@@ -506,5 +516,250 @@ mod tests {
         assert!(s.commit(&d, &[next], None).is_err());
         let c = s.counts().unwrap();
         assert_eq!((c.active, c.completed), (1, 0), "no next step was enqueued");
+    }
+
+    fn target_of(d: &Delivery) -> String {
+        StepMessage::decode(&d.body)
+            .unwrap()
+            .target
+            .name()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_subscription_with_room_is_served_behind_a_full_ones_backlog() {
+        let (_d, s) = store();
+        let backlog: Vec<Outgoing> = (0..100)
+            .map(|i| Outgoing::now(msg_in("s1", &format!("a{i}"), Step::Discover)))
+            .collect();
+        s.send(backlog).await.unwrap();
+        s.send(vec![Outgoing::now(msg_in("s2", "b", Step::Discover))])
+            .await
+            .unwrap();
+        let first = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(
+            (first.subscription.as_str(), target_of(&first).as_str()),
+            ("s1", "a0"),
+            "oldest first"
+        );
+        // s1 is at its limit: its 99 older ready messages do not hide s2's.
+        let second = s.receive(now(), LEASE, &["s1"]).unwrap().unwrap();
+        assert_eq!(
+            (second.subscription.as_str(), target_of(&second).as_str()),
+            ("s2", "b")
+        );
+        assert!(s.receive(now(), LEASE, &["s1", "s2"]).unwrap().is_none());
+        assert!(s.receive(now(), LEASE, &["s1"]).unwrap().is_none());
+        let third = s.receive(now(), LEASE, &["s2"]).unwrap().unwrap();
+        assert_eq!(target_of(&third), "a1");
+    }
+
+    #[tokio::test]
+    async fn only_the_head_of_a_session_is_a_candidate() {
+        let (_d, s) = store();
+        let later = now() + time::Duration::seconds(30);
+        let mut retry = msg("a", Step::Verify);
+        retry.attempt = 1;
+        // Sent first but visible later: the message sent after it leads the session.
+        s.send(vec![
+            Outgoing {
+                message: retry.clone(),
+                visible_at: later,
+            },
+            Outgoing::now(msg("a", Step::Connect)),
+            Outgoing::now(msg("b", Step::Connect)),
+        ])
+        .await
+        .unwrap();
+        let heads: i64 = s
+            .conn()
+            .query_row("SELECT COUNT(*) FROM queue WHERE head=1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(heads, 2, "one head per session");
+        let a = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        let b = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(
+            (
+                StepMessage::decode(&a.body).unwrap().step,
+                target_of(&b).as_str()
+            ),
+            (Step::Connect, "b")
+        );
+        // A message sent into a session whose head is leased waits behind it, even when it
+        // is visible earlier.
+        let mut early = msg("a", Step::Configure);
+        early.attempt = 7;
+        s.send(vec![Outgoing {
+            message: early,
+            visible_at: now() - time::Duration::hours(1),
+        }])
+        .await
+        .unwrap();
+        assert!(s.receive(later, LEASE, &[]).unwrap().is_none(), "a is busy");
+        s.commit(&a, &[], None).unwrap();
+        let next = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(
+            StepMessage::decode(&next.body).unwrap().step,
+            Step::Configure
+        );
+        s.commit(&next, &[], None).unwrap();
+        assert!(s.receive(now(), LEASE, &[]).unwrap().is_none());
+        assert_eq!(
+            s.next_visible_at(now(), &[]).unwrap(),
+            Some(UnixMs::at(later).datetime())
+        );
+        let d = s.receive(later, LEASE, &[]).unwrap().unwrap();
+        assert_eq!(d.message_id, retry.message_id());
+    }
+
+    /// The hot statements are index searches: no plan step scans the queue table.
+    #[test]
+    fn hot_queries_use_the_indexes() {
+        let (_d, s) = store();
+        let plan = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> String {
+            let conn = s.conn();
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt.query_map(args, |r| r.get::<_, String>(3)).unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+        };
+        let full_scan = |p: &str| {
+            p.lines().any(|l| {
+                l.starts_with("SCAN")
+                    && !l.contains("USING")
+                    && !l.contains("subs")
+                    && !l.contains("json_each")
+                    && !l.contains("CONSTANT")
+            })
+        };
+        let next = plan(&next_visible_sql(), &[&0i64, &"[]"]);
+        assert!(
+            next.contains("INDEX queue_heads (subscription=? AND visible_at>?)"),
+            "{next}"
+        );
+        let cand = plan(&candidate_sql(), &[&0i64, &"[]"]);
+        assert!(
+            cand.contains("INDEX queue_heads (subscription=? AND visible_at<?)"),
+            "{cand}"
+        );
+        let head = plan(
+            "SELECT seq, visible_at, lock_token IS NOT NULL FROM queue WHERE session_id=?1 AND state='active' ORDER BY visible_at, seq LIMIT 1",
+            &[&"x"],
+        );
+        assert!(
+            head.contains("INDEX queue_sessions (session_id=?)"),
+            "{head}"
+        );
+        for p in [&next, &cand, &head] {
+            assert!(!full_scan(p), "{p}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resent_next_step_of_a_completed_message_is_dropped() {
+        let (_d, s) = store();
+        let m = msg("a", Step::Discover);
+        let plan = m.next(Step::Plan);
+        s.send(vec![Outgoing::now(m.clone())]).await.unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        s.commit(&d, &[Outgoing::now(plan.clone())], None).unwrap();
+        let p = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        s.commit(&p, &[], None).unwrap();
+        // A redelivered discover (its settle was lost) sends plan again: dropped.
+        s.send(vec![Outgoing::now(plan), Outgoing::now(m)])
+            .await
+            .unwrap();
+        assert!(s.receive(now(), LEASE, &[]).unwrap().is_none());
+        let body_rows: i64 = s
+            .conn()
+            .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(body_rows, 0, "completed messages keep only their ids");
+        assert_eq!(s.counts().unwrap().completed, 2);
+    }
+
+    /// The queue table of state files written before the lean queue, as it was created then.
+    const OLD_QUEUE: &str = "
+    PRAGMA journal_mode=WAL;
+    CREATE TABLE queue (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+      message_id TEXT NOT NULL UNIQUE,
+      session_id TEXT NOT NULL,
+      subscription TEXT NOT NULL DEFAULT '',
+      body BLOB NOT NULL,
+      visible_at INTEGER NOT NULL,
+      delivery_count INTEGER NOT NULL DEFAULT 0,
+      lock_token TEXT,
+      locked_until INTEGER,
+      state TEXT NOT NULL DEFAULT 'active',
+      dead_reason TEXT
+    );
+    CREATE INDEX queue_ready ON queue(state, visible_at);
+    CREATE INDEX queue_session ON queue(session_id, state);";
+
+    #[tokio::test]
+    async fn a_state_file_with_the_old_queue_opens_and_resumes() {
+        let dir = Dir::new();
+        let p = dir.path().join("old.db");
+        let done = msg("a", Step::Discover);
+        let leased = done.next(Step::Plan);
+        let mut behind = msg("a", Step::Verify);
+        behind.attempt = 2;
+        let other = msg("b", Step::Discover);
+        let dead = msg("c", Step::Discover);
+        {
+            let conn = rusqlite::Connection::open(&p).unwrap();
+            conn.execute_batch(OLD_QUEUE).unwrap();
+            let t = UnixMs::at(now() - time::Duration::minutes(1));
+            let rows: [(&StepMessage, &str, u32, Option<&str>); 5] = [
+                (&done, "completed", 1, None),
+                (&leased, "active", 1, Some("old-token")),
+                (&behind, "active", 0, None),
+                (&other, "active", 0, None),
+                (&dead, "dead", 10, None),
+            ];
+            for (m, state, count, token) in rows {
+                conn.execute(
+                    "INSERT INTO queue (message_id, session_id, subscription, body, visible_at, delivery_count, lock_token, locked_until, state) VALUES (?1,?2,'s',?3,?4,?5,?6,?7,?8)",
+                    params![m.message_id(), m.session_id(), m.encode(), t, count, token, token.map(|_| UnixMs::at(now() + time::Duration::hours(1))), state],
+                )
+                .unwrap();
+            }
+        }
+        let s = SqliteStore::open(&p).unwrap();
+        let c = s.counts().unwrap();
+        assert_eq!((c.active, c.locked, c.completed, c.dead), (2, 1, 1, 1));
+        assert_eq!(s.dead_letters().unwrap()[0].message_id, dead.message_id());
+        // The completed message and the live ones are still known: re-sending them is a no-op.
+        s.send(vec![Outgoing::now(done), Outgoing::now(other.clone())])
+            .await
+            .unwrap();
+        assert_eq!(s.counts().unwrap().completed, 1);
+        // Resume: the lease of the crashed run is released; session a delivers its leased
+        // message again before the one behind it, and b's message is served alongside.
+        assert_eq!(s.release_all_locks().unwrap(), 1);
+        let first = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(
+            (first.message_id.as_str(), first.delivery_count),
+            (leased.message_id().as_str(), 2)
+        );
+        let second = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(second.message_id, other.message_id());
+        assert!(s.receive(now(), LEASE, &[]).unwrap().is_none());
+        s.commit(&first, &[], None).unwrap();
+        let third = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(third.message_id, behind.message_id());
+        // A new message takes the next seq after the migrated rows.
+        s.send(vec![Outgoing::now(msg("d", Step::Discover))])
+            .await
+            .unwrap();
+        let max_seq: i64 = s
+            .conn()
+            .query_row("SELECT MAX(seq) FROM queue", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(max_seq, 6);
+        drop(s);
+        // Opening the migrated file again changes nothing.
+        let s = SqliteStore::open(&p).unwrap();
+        assert_eq!(s.counts().unwrap().completed, 2);
     }
 }
