@@ -4,11 +4,10 @@
 //! state file: leased work is delivered again and the reconcilers pick up where ARM is.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::engine::Engine;
@@ -51,6 +50,9 @@ pub(crate) struct Runner<R> {
 pub struct RunStats {
     pub steps: u64,
     pub(crate) dead_lettered: u64,
+    /// Times the runner asked the queue for a delivery: about one per step when it never
+    /// spins.
+    pub(crate) polls: u64,
 }
 
 impl<R: Reconciler> Runner<R> {
@@ -72,75 +74,95 @@ impl<R: Reconciler> Runner<R> {
         self
     }
 
-    /// Works until the queue is empty (no active, scheduled or leased message).
+    /// Works until the queue is empty (no active, scheduled or leased message). Never polls:
+    /// when the queue has nothing admissible it waits for a worker to finish, a `send`, or the
+    /// next future visibility of a session head the queue could deliver.
     pub(crate) async fn run_until_idle(&self) -> Result<RunStats, QueueError> {
-        let busy: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let wake = Arc::new(Notify::new());
-        let mut tasks: JoinSet<Result<bool, QueueError>> = JoinSet::new();
+        // Steps in flight per subscription; a subscription at the limit is `full`.
+        let mut in_flight: HashMap<String, usize> = HashMap::new();
+        let mut tasks: JoinSet<(String, Result<bool, QueueError>)> = JoinSet::new();
         let mut stats = RunStats::default();
         loop {
+            let now = OffsetDateTime::now_utc();
+            let full = |in_flight: &HashMap<String, usize>| -> Vec<String> {
+                in_flight
+                    .iter()
+                    .filter(|(_, n)| **n >= self.config.per_subscription)
+                    .map(|(s, _)| s.clone())
+                    .collect()
+            };
             // Fill the pool.
+            let mut exhausted = false;
             while tasks.len() < self.config.max_in_flight {
-                let per_sub = self.config.per_subscription;
-                let mut admitted_sub = None;
-                let delivery = {
-                    let busy_now = busy.lock().unwrap_or_else(|p| p.into_inner());
-                    self.store
-                        .receive(OffsetDateTime::now_utc(), self.config.lease, |_, sub| {
-                            let ok = busy_now.get(sub).copied().unwrap_or(0) < per_sub;
-                            if ok {
-                                admitted_sub = Some(sub.to_string());
-                            }
-                            ok
-                        })?
+                let full = full(&in_flight);
+                let full: Vec<&str> = full.iter().map(String::as_str).collect();
+                stats.polls += 1;
+                let Some(delivery) = self.store.receive(now, self.config.lease, &full)? else {
+                    exhausted = true;
+                    break;
                 };
-                let Some(delivery) = delivery else { break };
-                let sub = admitted_sub.unwrap_or_default();
-                *busy
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(sub.clone())
-                    .or_default() += 1;
-                let (store, engine, busy, wake, on_step) = (
+                let sub = delivery.subscription.clone();
+                *in_flight.entry(sub.clone()).or_default() += 1;
+                let (store, engine, on_step) = (
                     self.store.clone(),
                     self.engine.clone(),
-                    busy.clone(),
-                    wake.clone(),
                     self.on_step.clone(),
                 );
                 tasks.spawn(async move {
                     let r = work(&store, &engine, delivery, on_step.as_ref()).await;
-                    if let Some(n) = busy.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&sub) {
-                        *n = n.saturating_sub(1);
-                    }
-                    wake.notify_one();
-                    r
+                    (sub, r)
                 });
             }
-            if tasks.is_empty() {
-                let counts = self.store.counts()?;
-                if counts.active == 0 && counts.locked == 0 {
-                    return Ok(stats);
-                }
-            }
-            // Sleep until a worker finishes or the next scheduled message is due.
-            let until_next = self
-                .store
-                .next_visible_at()?
-                .map(|t| (t - OffsetDateTime::now_utc()).max(time::Duration::ZERO))
-                .map(|d| Duration::from_millis(d.whole_milliseconds().clamp(0, 250) as u64))
-                .unwrap_or(Duration::from_millis(250));
-            tokio::select! {
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    match done {
-                        Ok(Ok(true)) => stats.steps += 1,
-                        Ok(Ok(false)) => stats.dead_lettered += 1,
-                        Ok(Err(e)) => return Err(e),
-                        Err(join) => return Err(QueueError::storage("a worker panicked", Some(Box::new(join)))),
+            // With the pool full only a finishing worker matters; otherwise also the moment
+            // the next scheduled head becomes visible.
+            let mut wake_at = None;
+            if exhausted {
+                let full = full(&in_flight);
+                let full: Vec<&str> = full.iter().map(String::as_str).collect();
+                wake_at = self.store.next_visible_at(now, &full)?;
+                if tasks.is_empty() {
+                    let counts = self.store.counts_at(now)?;
+                    if counts.active == 0 && counts.locked == 0 {
+                        return Ok(stats);
+                    }
+                    // A lease left by a worker that is gone ends; its message is then due.
+                    wake_at = wake_at.into_iter().chain(counts.leased_until).min();
+                    if wake_at.is_none() {
+                        return Err(QueueError::storage(
+                            format!(
+                                "{} active message(s) but none deliverable or scheduled",
+                                counts.active
+                            ),
+                            None,
+                        ));
                     }
                 }
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(until_next) => {}
+            }
+            let due = async {
+                match wake_at {
+                    Some(t) => {
+                        let wait = (t - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+                        tokio::time::sleep(wait.unsigned_abs()).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    let (sub, result) = done.map_err(|join| QueueError::storage("a worker panicked", Some(Box::new(join))))?;
+                    if let Some(n) = in_flight.get_mut(&sub) {
+                        *n -= 1;
+                        if *n == 0 {
+                            in_flight.remove(&sub);
+                        }
+                    }
+                    match result? {
+                        true => stats.steps += 1,
+                        false => stats.dead_lettered += 1,
+                    }
+                }
+                _ = self.store.sent().notified() => {}
+                _ = due => {}
             }
         }
     }
@@ -178,4 +200,79 @@ async fn work<R: Reconciler>(
         f(&executed);
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::pipeline::message::Step;
+    use crate::pipeline::queue::{Outgoing, StepSender};
+    use crate::pipeline::reconciler::StepResult;
+    use crate::pipeline::sqlite::test_support::{msg_in, store};
+    use crate::pipeline::Outcome;
+
+    /// Finishes every step at once, except that steps in subscription `s1` wait for `gate`.
+    struct Gated {
+        gate: Arc<Semaphore>,
+    }
+
+    #[async_trait]
+    impl Reconciler for Gated {
+        type Error = std::io::Error;
+
+        async fn reconcile(&self, msg: &StepMessage) -> Result<StepResult, Self::Error> {
+            if msg.target.subscription() == "s1" {
+                let _pass = self.gate.acquire().await.expect("gate open");
+            }
+            Ok(StepResult::done(Outcome::Migrated, "done"))
+        }
+
+        fn error_policy(&self, _: &StepMessage, _: &Self::Error) -> StepResult {
+            StepResult::done(Outcome::Cancelled, "reconcile never fails here")
+        }
+    }
+
+    /// A ready backlog the runner may not admit (its subscription is at its limit while one
+    /// step hangs for an hour) costs no queue calls: the runner waits for the worker. Time is
+    /// paused and jumps ahead whenever every task waits, so a runner that polled on a timer
+    /// would call `receive` thousands of times here.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_that_cannot_be_admitted_is_awaited_not_polled() {
+        let (_dir, store) = store();
+        let store = Arc::new(store);
+        let mut backlog: Vec<Outgoing> = (0..20)
+            .map(|i| Outgoing::now(msg_in("s1", &format!("a{i}"), Step::Verify)))
+            .collect();
+        backlog.push(Outgoing::now(msg_in("s2", "b", Step::Verify)));
+        store.send(backlog).await.unwrap();
+        let gate = Arc::new(Semaphore::new(0));
+        let runner = Runner::new(
+            store.clone(),
+            Arc::new(Engine::new(Gated { gate: gate.clone() })),
+            RunnerConfig {
+                max_in_flight: 8,
+                per_subscription: 1,
+                lease: Duration::from_secs(7200),
+            },
+        );
+        let run = tokio::spawn(async move { runner.run_until_idle().await });
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!run.is_finished(), "s1's first step is still held");
+        let b_done = store.counts().unwrap();
+        assert_eq!(
+            (b_done.completed, b_done.locked),
+            (1, 1),
+            "s2 was served meanwhile"
+        );
+        // One permit serves every s1 step in turn (each returns it when done).
+        gate.add_permits(1);
+        let stats = run.await.unwrap().unwrap();
+        assert_eq!(stats.steps, 21);
+        // One receive that delivers and one that finds nothing admissible per step, plus the
+        // first fill and the wake-up of the initial send.
+        assert!(stats.polls <= 2 * stats.steps + 2, "{stats:?}");
+    }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, Transaction};
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 
 use self::columns::UnixMs;
 use super::ledger::LedgerError;
@@ -29,11 +30,16 @@ pub(crate) struct QueueCounts {
     pub locked: u64,
     pub completed: u64,
     pub dead: u64,
+    /// When the first lease counted in `locked` ends.
+    pub leased_until: Option<OffsetDateTime>,
 }
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     pub(crate) max_delivery_count: u32,
+    /// Signalled when messages are sent from outside a settle (a settle wakes the runner
+    /// through its finished worker).
+    sent: Notify,
 }
 
 fn storage(e: rusqlite::Error) -> QueueError {
@@ -44,24 +50,46 @@ fn lstorage(e: rusqlite::Error) -> LedgerError {
     LedgerError::storage("SQLite", Some(Box::new(e)))
 }
 
-const SCHEMA: &str = "
+/// Connection settings: 2 KiB pages for new files (a WAL commit writes every page it
+/// touched in full, and a step touches about a dozen pages for well under a kilobyte of data:
+/// halving the page halves the bytes written, while a message or a target row still fits in
+/// one page); WAL with `synchronous=NORMAL` (a commit is one WAL append without an
+/// fsync: it survives the process being killed at once; a power loss may lose the last
+/// commits but never consistency, and a lost settle is only a redelivery the reconcilers
+/// absorb), and a 16 MiB page cache so the hot pages (active queue rows, their indexes, the
+/// run's targets) stay in memory.
+const PRAGMAS: &str = "
+PRAGMA page_size=2048;
 PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
+PRAGMA cache_size=-16384;
+";
+
+/// The queue holds only live messages (active or dead-lettered): a completed message is
+/// deleted and only its MessageId stays, in `message_ids`, for duplicate detection. `seq`
+/// is the rowid (no AUTOINCREMENT: a new row takes the largest + 1, which keeps FIFO order
+/// among the rows that exist). `head` marks the first active message (by visible_at, seq) of
+/// each session: only heads are delivery candidates, so messages queued behind a busy session
+/// are never looked at. Both indexes are partial, on active rows only; neither covers the
+/// lease columns, so leasing a message rewrites its row and nothing else.
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  message_id TEXT NOT NULL UNIQUE,
+  seq INTEGER PRIMARY KEY,
+  message_id TEXT NOT NULL,
   session_id TEXT NOT NULL,
-  subscription TEXT NOT NULL DEFAULT '',
+  subscription TEXT NOT NULL,
   body BLOB NOT NULL,
   visible_at INTEGER NOT NULL,
+  head INTEGER NOT NULL DEFAULT 0,
   delivery_count INTEGER NOT NULL DEFAULT 0,
   lock_token TEXT,
   locked_until INTEGER,
   state TEXT NOT NULL DEFAULT 'active',
   dead_reason TEXT
 );
-CREATE INDEX IF NOT EXISTS queue_ready ON queue(state, visible_at);
-CREATE INDEX IF NOT EXISTS queue_session ON queue(session_id, state);
+CREATE TABLE IF NOT EXISTS message_ids (message_id TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS queue_heads ON queue(subscription, visible_at, seq) WHERE state='active' AND head=1;
+CREATE INDEX IF NOT EXISTS queue_sessions ON queue(session_id, visible_at, seq) WHERE state='active';
 CREATE TABLE IF NOT EXISTS runs (
   run TEXT PRIMARY KEY, started_at TEXT NOT NULL, dry_run INTEGER NOT NULL, origin TEXT NOT NULL
 );
@@ -73,37 +101,76 @@ CREATE TABLE IF NOT EXISTS targets (
   PRIMARY KEY (run, target_key)
 );
 CREATE TABLE IF NOT EXISTS step_log (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, run TEXT NOT NULL, target_key TEXT NOT NULL, target TEXT NOT NULL,
+  id INTEGER PRIMARY KEY, run TEXT NOT NULL, target_key TEXT NOT NULL, target TEXT NOT NULL,
   step TEXT NOT NULL, attempt INTEGER NOT NULL, message_id TEXT NOT NULL, detail TEXT NOT NULL,
   at TEXT NOT NULL, duration_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS step_log_target ON step_log(run, target_key);
 ";
 
+/// Moves a queue of the first shape (AUTOINCREMENT, completed rows kept whole, indexes led by
+/// `state`), renamed `queue_old`, into the current one: every MessageId it ever accepted goes
+/// to `message_ids`, live rows keep their seq, leases and delivery counts, and the first
+/// active message of each session becomes its head.
+const MIGRATE_QUEUE: &str = "
+INSERT OR IGNORE INTO message_ids (message_id) SELECT message_id FROM queue_old;
+INSERT INTO queue (seq, message_id, session_id, subscription, body, visible_at, delivery_count, lock_token, locked_until, state, dead_reason)
+  SELECT seq, message_id, session_id, subscription, body, visible_at, delivery_count, lock_token, locked_until, state, dead_reason
+  FROM queue_old WHERE state<>'completed';
+DROP TABLE queue_old;
+UPDATE queue SET head=1 WHERE seq IN (
+  SELECT (SELECT h.seq FROM queue h WHERE h.session_id=s.session_id AND h.state='active' ORDER BY h.visible_at, h.seq LIMIT 1)
+  FROM (SELECT DISTINCT session_id FROM queue WHERE state='active') s);
+";
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, QueueError> {
-        let conn = Connection::open(path).map_err(|e| {
+        let mut conn = Connection::open(path).map_err(|e| {
             QueueError::storage(
                 format!("cannot open state file {}", path.display()),
                 Some(Box::new(e)),
             )
         })?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(storage)?;
-        conn.execute_batch(SCHEMA)
-            .and_then(|()| ledger::add_target_columns(&conn))
-            .map_err(|e| {
-                QueueError::storage(
-                    format!(
-                        "state file {} is not a vnet-migrate state file",
-                        path.display()
-                    ),
-                    Some(Box::new(e)),
-                )
-            })?;
+        Self::initialise(&mut conn).map_err(|e| {
+            QueueError::storage(
+                format!(
+                    "state file {} is not a vnet-migrate state file",
+                    path.display()
+                ),
+                Some(Box::new(e)),
+            )
+        })?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
             max_delivery_count: 10,
+            sent: Notify::new(),
         })
+    }
+
+    /// Applies the settings and creates the tables, rebuilding a queue of the old shape in
+    /// place first (one transaction: an interrupted migration leaves the old file as it was).
+    fn initialise(conn: &mut Connection) -> rusqlite::Result<()> {
+        conn.execute_batch(PRAGMAS)?;
+        let tx = conn.transaction()?;
+        let (columns, has_head): (u32, bool) = tx.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(name='head'), 0) > 0 FROM pragma_table_info('queue')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let old_queue = columns > 0 && !has_head;
+        if old_queue {
+            tx.execute_batch(
+                "DROP INDEX IF EXISTS queue_ready; DROP INDEX IF EXISTS queue_session;
+                 ALTER TABLE queue RENAME TO queue_old;",
+            )?;
+        }
+        tx.execute_batch(SCHEMA)?;
+        ledger::add_target_columns(&tx)?;
+        if old_queue {
+            tx.execute_batch(MIGRATE_QUEUE)?;
+        }
+        tx.commit()
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -135,11 +202,16 @@ impl SqliteStore {
     }
 
     pub(crate) fn counts(&self) -> Result<QueueCounts, QueueError> {
+        self.counts_at(OffsetDateTime::now_utc())
+    }
+
+    /// The counts as of `now` (a lease that ends by `now` no longer counts as locked).
+    pub(crate) fn counts_at(&self, now: OffsetDateTime) -> Result<QueueCounts, QueueError> {
         let conn = self.conn();
-        let now = UnixMs::at(OffsetDateTime::now_utc());
+        let now = UnixMs::at(now);
         let mut c = QueueCounts::default();
         let mut stmt = conn
-            .prepare("SELECT state, (locked_until IS NOT NULL AND locked_until>?1), COUNT(*) FROM queue GROUP BY 1, 2")
+            .prepare_cached("SELECT state, (locked_until IS NOT NULL AND locked_until>?1), COUNT(*), MIN(locked_until) FROM queue GROUP BY 1, 2")
             .map_err(storage)?;
         let rows = stmt
             .query_map(params![now], |r| {
@@ -147,25 +219,36 @@ impl SqliteStore {
                     r.get::<_, String>(0)?,
                     r.get::<_, bool>(1)?,
                     r.get::<_, u64>(2)?,
+                    r.get::<_, Option<UnixMs>>(3)?,
                 ))
             })
             .map_err(storage)?;
+        let mut live = 0;
         for row in rows {
-            let (state, locked, n) = row.map_err(storage)?;
+            let (state, locked, n, until) = row.map_err(storage)?;
+            live += n;
             match (state.as_str(), locked) {
-                ("active", true) => c.locked += n,
+                ("active", true) => {
+                    c.locked += n;
+                    c.leased_until = until.map(UnixMs::datetime);
+                }
                 ("active", false) => c.active += n,
-                ("completed", _) => c.completed += n,
                 _ => c.dead += n,
             }
         }
+        // Completed messages are deleted; their ids stay for duplicate detection.
+        let accepted: u64 = conn
+            .prepare_cached("SELECT COUNT(*) FROM message_ids")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(storage)?;
+        c.completed = accepted.saturating_sub(live);
         Ok(c)
     }
 }
 
 /// What the tests of both halves share: a store in a throwaway directory and messages.
 #[cfg(test)]
-mod test_support {
+pub(crate) mod test_support {
     use std::time::Duration;
 
     use time::OffsetDateTime;
@@ -205,8 +288,13 @@ mod test_support {
     }
 
     pub(crate) fn msg(app: &str, step: Step) -> StepMessage {
+        msg_in("s", app, step)
+    }
+
+    /// A message for site `app` in subscription `sub`.
+    pub(crate) fn msg_in(sub: &str, app: &str, step: Step) -> StepMessage {
         let t = ResourceId::parse(&format!(
-            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/{app}"
+            "/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.Web/sites/{app}"
         ))
         .unwrap();
         StepMessage::new(RunId("r-1".into()), t, step, Origin::Cli)
@@ -233,16 +321,16 @@ mod tests {
             s.send(vec![Outgoing::now(msg("a", Step::Discover))])
                 .await
                 .unwrap();
-            let _leased = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+            let _leased = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         }
         let s = SqliteStore::open(&p).unwrap();
         assert!(
-            s.receive(now(), LEASE, |_, _| true).unwrap().is_none(),
+            s.receive(now(), LEASE, &[]).unwrap().is_none(),
             "still leased"
         );
         s.release_all_locks().unwrap();
         assert_eq!(
-            s.receive(now(), LEASE, |_, _| true)
+            s.receive(now(), LEASE, &[])
                 .unwrap()
                 .unwrap()
                 .delivery_count,
@@ -276,9 +364,9 @@ mod tests {
         ])
         .await
         .unwrap();
-        let done = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+        let done = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         s.commit(&done, &[], None).unwrap();
-        let _leased = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+        let _leased = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         let c = s.counts().unwrap();
         assert_eq!((c.active, c.locked, c.completed, c.dead), (1, 1, 1, 0));
         assert_eq!(s.release_all_locks().unwrap(), 1);

@@ -1,7 +1,10 @@
 //! The queue half of the store: send, receive (sessions, scheduled visibility, leases,
-//! delivery counts), settle and dead-letter.
+//! delivery counts, per-subscription admission), settle and dead-letter.
+//!
+//! Every hot path is an index lookup: `receive` walks the session heads of each subscription
+//! with room (`queue_heads`), sending and settling find a session's first message through
+//! `queue_sessions`, and duplicate detection is a primary-key probe in `message_ids`.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,11 +17,14 @@ use super::{storage, SqliteStore};
 use crate::pipeline::ledger::StepRecord;
 use crate::pipeline::queue::{Outgoing, QueueError, StepSender};
 
-/// A message handed to a worker, locked until `locked_until`.
+/// A message handed to a worker, locked until its lease ends.
 #[derive(Debug, Clone)]
 pub(crate) struct Delivery {
     pub(crate) seq: i64,
     pub(crate) message_id: String,
+    session_id: String,
+    /// The lower-cased subscription of the target: the runner's admission unit.
+    pub(crate) subscription: String,
     pub(crate) body: Vec<u8>,
     pub(crate) delivery_count: u32,
     pub(crate) lock_token: String,
@@ -32,7 +38,7 @@ pub struct DeadLetter {
     pub delivery_count: u32,
 }
 
-/// A ready message as `receive` judges it, before its body is read.
+/// A deliverable session head as `receive` picks it, before its body is read.
 struct Candidate {
     seq: i64,
     message_id: String,
@@ -41,113 +47,201 @@ struct Candidate {
     delivery_count: u32,
 }
 
+/// The subscriptions that have messages waiting, one index seek each (a skip-scan of
+/// `queue_heads`, which is led by the subscription): no scan of the queue.
+const SUBSCRIPTIONS: &str = "
+WITH RECURSIVE subs(s) AS (
+  SELECT (SELECT subscription FROM queue WHERE state='active' AND head=1 ORDER BY subscription LIMIT 1)
+  UNION ALL
+  SELECT (SELECT subscription FROM queue WHERE state='active' AND head=1 AND subscription>subs.s ORDER BY subscription LIMIT 1)
+  FROM subs WHERE subs.s IS NOT NULL
+)";
+
+/// The oldest deliverable head of each subscription not in ?2 (a JSON array), oldest first.
+/// Per subscription the walk skips only the leased heads (at most the subscription's
+/// in-flight limit) before it finds a deliverable one. ?1 is now.
+fn candidate_sql() -> String {
+    format!(
+        "{SUBSCRIPTIONS}
+        SELECT q.seq, q.message_id, q.session_id, q.subscription, q.delivery_count
+        FROM subs JOIN queue q ON q.seq=(
+          SELECT h.seq FROM queue h
+          WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.visible_at<=?1
+            AND (h.locked_until IS NULL OR h.locked_until<=?1)
+          ORDER BY h.visible_at, h.seq LIMIT 1)
+        WHERE subs.s NOT IN (SELECT value FROM json_each(?2))
+        ORDER BY q.visible_at, q.seq LIMIT 1"
+    )
+}
+
+/// The earliest visibility after ?1 of a head in a subscription not in ?2.
+fn next_visible_sql() -> String {
+    format!(
+        "{SUBSCRIPTIONS}
+        SELECT MIN((SELECT h.visible_at FROM queue h
+                    WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.visible_at>?1
+                    ORDER BY h.visible_at LIMIT 1))
+        FROM subs WHERE subs.s IS NOT NULL AND subs.s NOT IN (SELECT value FROM json_each(?2))"
+    )
+}
+
 impl SqliteStore {
+    /// Enqueues messages, dropping those whose MessageId the queue has accepted before
+    /// (active, completed or dead: Service Bus duplicate detection). A message becomes its
+    /// session's head when the session has no active message or when it orders before the
+    /// current head; a leased head keeps its place (the message is made visible no earlier
+    /// than it), so a session never has two messages in flight.
     fn insert(tx: &Transaction<'_>, messages: &[Outgoing]) -> Result<(), QueueError> {
-        let mut stmt = tx
-            .prepare_cached("INSERT OR IGNORE INTO queue (message_id, session_id, subscription, body, visible_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        let mut accept = tx
+            .prepare_cached("INSERT OR IGNORE INTO message_ids (message_id) VALUES (?1)")
+            .map_err(storage)?;
+        let mut head_of = tx
+            .prepare_cached(
+                "SELECT seq, visible_at, lock_token IS NOT NULL FROM queue
+                 WHERE session_id=?1 AND state='active' ORDER BY visible_at, seq LIMIT 1",
+            )
+            .map_err(storage)?;
+        let mut demote = tx
+            .prepare_cached("UPDATE queue SET head=0 WHERE seq=?1")
+            .map_err(storage)?;
+        let mut add = tx
+            .prepare_cached("INSERT INTO queue (message_id, session_id, subscription, body, visible_at, head) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
             .map_err(storage)?;
         for m in messages {
-            stmt.execute(params![
-                m.message.message_id(),
-                m.message.session_id(),
+            let id = m.message.message_id();
+            if accept.execute(params![id]).map_err(storage)? == 0 {
+                continue;
+            }
+            let session = m.message.session_id();
+            let mut visible_at = UnixMs::at(m.visible_at);
+            let head: Option<(i64, UnixMs, bool)> = head_of
+                .query_row(params![session], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+                .map_err(storage)?;
+            let is_head = match head {
+                None => true,
+                Some((_, at, true)) => {
+                    visible_at = visible_at.max(at);
+                    false
+                }
+                Some((seq, at, false)) if visible_at < at => {
+                    demote.execute(params![seq]).map_err(storage)?;
+                    true
+                }
+                Some(_) => false,
+            };
+            add.execute(params![
+                id,
+                session,
                 m.message.target.subscription().to_ascii_lowercase(),
                 m.message.encode(),
-                UnixMs::at(m.visible_at)
+                visible_at,
+                is_head
             ])
             .map_err(storage)?;
         }
         Ok(())
     }
 
-    /// Locks and returns the first visible message whose session has nothing in flight and
-    /// which `admit(session, subscription)` accepts (the runner's per-subscription
-    /// concurrency), or None. Candidates are judged without reading their bodies.
-    /// A message already delivered `max_delivery_count` times is dead-lettered instead.
+    /// Makes the first active message of `session` (if any) its head: called when the head
+    /// leaves (settled or dead-lettered).
+    fn promote(tx: &Transaction<'_>, session: &str) -> Result<(), QueueError> {
+        tx.prepare_cached(
+            "UPDATE queue SET head=1 WHERE seq=(SELECT seq FROM queue WHERE session_id=?1 AND state='active' ORDER BY visible_at, seq LIMIT 1)",
+        )
+        .and_then(|mut s| s.execute(params![session]))
+        .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Locks and returns the oldest visible, unleased session head among the subscriptions
+    /// not in `full` (those at the runner's per-subscription limit), or None. Each
+    /// subscription offers its own oldest head and the oldest of those wins, so a backlog in
+    /// a full subscription never hides another subscription's work. A message already
+    /// delivered `max_delivery_count` times is dead-lettered instead.
     pub(crate) fn receive(
         &self,
         now: OffsetDateTime,
         lease: Duration,
-        mut admit: impl FnMut(&str, &str) -> bool,
+        full: &[&str],
     ) -> Result<Option<Delivery>, QueueError> {
         let now = UnixMs::at(now);
+        let full = serde_json::to_string(full).expect("strings serialise");
         self.transaction(storage, |tx| {
-            let mut sessions_seen = HashSet::new();
-            for c in Self::candidates(tx, now)? {
-                // Sessions are FIFO: only the first ready message of a session is a candidate.
-                if !sessions_seen.insert(c.session_id.clone()) {
-                    continue;
-                }
-                if c.delivery_count >= self.max_delivery_count {
-                    tx.execute(
-                        "UPDATE queue SET state='dead', dead_reason='MaxDeliveryCountExceeded', lock_token=NULL, locked_until=NULL WHERE seq=?1",
-                        params![c.seq],
-                    )
-                    .map_err(storage)?;
-                    continue;
-                }
-                if admit(&c.session_id, &c.subscription) {
+            while let Some(c) = Self::candidate(tx, now, &full)? {
+                if c.delivery_count < self.max_delivery_count {
                     return Self::lock(tx, c, now.after(lease)).map(Some);
                 }
+                Self::retire_dead(tx, c.seq, &c.session_id, "MaxDeliveryCountExceeded")?;
             }
             Ok(None)
         })
     }
 
-    /// Up to 64 visible, unlocked messages of sessions with nothing in flight, oldest first.
-    fn candidates(tx: &Transaction<'_>, now: UnixMs) -> Result<Vec<Candidate>, QueueError> {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT q.seq, q.message_id, q.session_id, q.subscription, q.delivery_count FROM queue q
-                 WHERE q.state='active' AND q.visible_at<=?1 AND (q.locked_until IS NULL OR q.locked_until<=?1)
-                   AND NOT EXISTS (SELECT 1 FROM queue l WHERE l.session_id=q.session_id AND l.state='active'
-                                   AND l.locked_until IS NOT NULL AND l.locked_until>?1)
-                 ORDER BY q.visible_at, q.seq LIMIT 64",
-            )
-            .map_err(storage)?;
-        let rows = stmt
-            .query_map(params![now], |r| {
-                Ok(Candidate {
-                    seq: r.get(0)?,
-                    message_id: r.get(1)?,
-                    session_id: r.get(2)?,
-                    subscription: r.get(3)?,
-                    delivery_count: r.get(4)?,
+    /// The oldest deliverable head of the subscriptions not in `full` (a JSON array).
+    fn candidate(
+        tx: &Transaction<'_>,
+        now: UnixMs,
+        full: &str,
+    ) -> Result<Option<Candidate>, QueueError> {
+        let sql = candidate_sql();
+        tx.prepare_cached(&sql)
+            .and_then(|mut s| {
+                s.query_row(params![now, full], |r| {
+                    Ok(Candidate {
+                        seq: r.get(0)?,
+                        message_id: r.get(1)?,
+                        session_id: r.get(2)?,
+                        subscription: r.get(3)?,
+                        delivery_count: r.get(4)?,
+                    })
                 })
+                .optional()
             })
-            .map_err(storage)?;
-        rows.collect::<Result<_, _>>().map_err(storage)
+            .map_err(storage)
     }
 
-    /// Leases a candidate until `until` under a fresh lock token and reads its body.
+    /// Leases a candidate until `until` under a fresh lock token and reads its body. Only the
+    /// row changes: no index covers the lease columns.
     fn lock(tx: &Transaction<'_>, c: Candidate, until: UnixMs) -> Result<Delivery, QueueError> {
-        let body: Vec<u8> = tx
-            .query_row("SELECT body FROM queue WHERE seq=?1", params![c.seq], |r| {
-                r.get(0)
-            })
-            .map_err(storage)?;
         let token = uuid::Uuid::new_v4().to_string();
-        tx.execute(
-            "UPDATE queue SET lock_token=?1, locked_until=?2, delivery_count=delivery_count+1 WHERE seq=?3",
-            params![token, until, c.seq],
-        )
-        .map_err(storage)?;
+        let body: Vec<u8> = tx
+            .prepare_cached("UPDATE queue SET lock_token=?1, locked_until=?2, delivery_count=delivery_count+1 WHERE seq=?3 RETURNING body")
+            .and_then(|mut s| s.query_row(params![token, until, c.seq], |r| r.get(0)))
+            .map_err(storage)?;
         Ok(Delivery {
             seq: c.seq,
             message_id: c.message_id,
+            session_id: c.session_id,
+            subscription: c.subscription,
             body,
             delivery_count: c.delivery_count + 1,
             lock_token: token,
         })
     }
 
+    /// When the runner should look again: the earliest future visibility of a session head
+    /// in a subscription not in `full` (one index seek per subscription). Heads of full
+    /// subscriptions wait for a worker to finish; messages behind a head for the head.
+    pub(crate) fn next_visible_at(
+        &self,
+        now: OffsetDateTime,
+        full: &[&str],
+    ) -> Result<Option<OffsetDateTime>, QueueError> {
+        let sql = next_visible_sql();
+        let full = serde_json::to_string(full).expect("strings serialise");
+        let v: Option<UnixMs> = self
+            .conn()
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.query_row(params![UnixMs::at(now), full], |r| r.get(0)))
+            .map_err(storage)?;
+        Ok(v.map(UnixMs::datetime))
+    }
+
     fn check_lock(tx: &Transaction<'_>, d: &Delivery) -> Result<(), QueueError> {
         let token: Option<String> = tx
-            .query_row(
-                "SELECT lock_token FROM queue WHERE seq=?1 AND state='active'",
-                params![d.seq],
-                |r| r.get(0),
-            )
-            .optional()
+            .prepare_cached("SELECT lock_token FROM queue WHERE seq=?1 AND state='active'")
+            .and_then(|mut s| s.query_row(params![d.seq], |r| r.get(0)).optional())
             .map_err(storage)?
             .flatten();
         if token.as_deref() != Some(d.lock_token.as_str()) {
@@ -156,7 +250,9 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Completes a delivery, enqueues its next steps and records the step, atomically.
+    /// Completes a delivery, enqueues its next steps and records the step, atomically. The
+    /// completed row is deleted; its MessageId stays in `message_ids`, so a re-sent copy is
+    /// still dropped.
     pub(crate) fn commit(
         &self,
         d: &Delivery,
@@ -165,11 +261,10 @@ impl SqliteStore {
     ) -> Result<(), QueueError> {
         self.transaction(storage, |tx| {
             Self::check_lock(tx, d)?;
-            tx.execute(
-                "UPDATE queue SET state='completed', lock_token=NULL, locked_until=NULL WHERE seq=?1",
-                params![d.seq],
-            )
-            .map_err(storage)?;
+            tx.prepare_cached("DELETE FROM queue WHERE seq=?1")
+                .and_then(|mut s| s.execute(params![d.seq]))
+                .map_err(storage)?;
+            Self::promote(tx, &d.session_id)?;
             Self::insert(tx, next)?;
             if let Some(r) = record {
                 record_tx(tx, r)
@@ -182,9 +277,23 @@ impl SqliteStore {
     pub(crate) fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
         self.transaction(storage, |tx| {
             Self::check_lock(tx, d)?;
-            tx.execute("UPDATE queue SET state='dead', dead_reason=?2, lock_token=NULL, locked_until=NULL WHERE seq=?1", params![d.seq, reason]).map_err(storage)?;
-            Ok(())
+            Self::retire_dead(tx, d.seq, &d.session_id, reason)
         })
+    }
+
+    /// Moves a session head to the dead letters; the next message of its session leads.
+    fn retire_dead(
+        tx: &Transaction<'_>,
+        seq: i64,
+        session: &str,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        tx.execute(
+            "UPDATE queue SET state='dead', head=0, dead_reason=?2, lock_token=NULL, locked_until=NULL WHERE seq=?1",
+            params![seq, reason],
+        )
+        .map_err(storage)?;
+        Self::promote(tx, session)
     }
 
     /// Messages the runner could not execute (undecodable, or delivered too often), oldest first.
@@ -203,26 +312,24 @@ impl SqliteStore {
         rows.collect::<Result<_, _>>().map_err(storage)
     }
 
-    /// When the next active message becomes visible (None when the queue is empty).
-    pub(crate) fn next_visible_at(&self) -> Result<Option<OffsetDateTime>, QueueError> {
-        let v: Option<UnixMs> = self
-            .conn()
-            .query_row("SELECT MIN(MAX(visible_at, COALESCE(locked_until, 0))) FROM queue WHERE state='active'", [], |r| r.get(0))
-            .map_err(storage)?;
-        Ok(v.map(UnixMs::datetime))
+    /// Signalled when `send` enqueued messages.
+    pub(crate) fn sent(&self) -> &tokio::sync::Notify {
+        &self.sent
     }
 }
 
 #[async_trait]
 impl StepSender for SqliteStore {
     async fn send(&self, messages: Vec<Outgoing>) -> Result<(), QueueError> {
-        self.transaction(storage, |tx| Self::insert(tx, &messages))
+        self.transaction(storage, |tx| Self::insert(tx, &messages))?;
+        self.sent.notify_one();
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{msg, now, store, LEASE};
+    use super::super::test_support::{msg, msg_in, now, store, Dir, LEASE};
     use super::*;
     use crate::pipeline::ledger::Ledger;
     use crate::pipeline::message::{Step, StepMessage};
@@ -234,11 +341,11 @@ mod tests {
         s.send(vec![Outgoing::now(m.clone()), Outgoing::now(m.clone())])
             .await
             .unwrap();
-        let d = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         s.commit(&d, &[], None).unwrap();
         // Re-sending after completion is still a duplicate.
         s.send(vec![Outgoing::now(m)]).await.unwrap();
-        assert!(s.receive(now(), LEASE, |_, _| true).unwrap().is_none());
+        assert!(s.receive(now(), LEASE, &[]).unwrap().is_none());
         assert_eq!(s.counts().unwrap().completed, 1);
     }
 
@@ -253,11 +360,11 @@ mod tests {
             .await
             .unwrap();
         let session = |d: &Delivery| StepMessage::decode(&d.body).unwrap().session_id();
-        let first = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
-        let second = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+        let first = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        let second = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         assert_ne!(session(&first), session(&second));
         assert!(
-            s.receive(now(), LEASE, |_, _| true).unwrap().is_none(),
+            s.receive(now(), LEASE, &[]).unwrap().is_none(),
             "session a is busy"
         );
         let (a, _) = if session(&first).ends_with("/a") {
@@ -266,7 +373,7 @@ mod tests {
             (second, first)
         };
         s.commit(&a, &[], None).unwrap();
-        let again = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+        let again = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         assert!(session(&again).ends_with("/a"));
     }
 
@@ -280,14 +387,14 @@ mod tests {
         }])
         .await
         .unwrap();
-        assert!(s.receive(now(), LEASE, |_, _| true).unwrap().is_none());
-        assert!(s.next_visible_at().unwrap().unwrap() > now());
+        assert!(s.receive(now(), LEASE, &[]).unwrap().is_none());
+        assert!(s.next_visible_at(now(), &[]).unwrap().unwrap() > now());
         assert!(
-            s.receive(later, LEASE, |_, _| false).unwrap().is_none(),
+            s.receive(later, LEASE, &["s"]).unwrap().is_none(),
             "admit refused"
         );
         assert!(s
-            .receive(later + time::Duration::seconds(1), LEASE, |_, _| true)
+            .receive(later + time::Duration::seconds(1), LEASE, &[])
             .unwrap()
             .is_some());
     }
@@ -302,11 +409,11 @@ mod tests {
         let short = Duration::from_millis(0);
         let mut t = now();
         for expected in 1..=3 {
-            let d = s.receive(t, short, |_, _| true).unwrap().unwrap();
+            let d = s.receive(t, short, &[]).unwrap().unwrap();
             assert_eq!(d.delivery_count, expected);
             t += time::Duration::milliseconds(5);
         }
-        assert!(s.receive(t, short, |_, _| true).unwrap().is_none());
+        assert!(s.receive(t, short, &[]).unwrap().is_none());
         let dead = s.dead_letters().unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].reason, "MaxDeliveryCountExceeded");
@@ -318,9 +425,9 @@ mod tests {
         s.send(vec![Outgoing::now(msg("a", Step::Connect))])
             .await
             .unwrap();
-        let d = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         assert_eq!(s.release_all_locks().unwrap(), 1);
-        let d2 = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+        let d2 = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         assert!(matches!(
             s.commit(&d, &[], None),
             Err(QueueError::LockLost(_))
@@ -334,7 +441,7 @@ mod tests {
         s.send(vec![Outgoing::now(msg("a", Step::Connect))])
             .await
             .unwrap();
-        let d = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         s.dead_letter(&d, "undecodable").unwrap();
         assert!(matches!(
             s.dead_letter(&d, "again"),
@@ -347,7 +454,7 @@ mod tests {
             ("undecodable", 1)
         );
         assert_eq!(s.counts().unwrap().dead, 1);
-        assert!(s.next_visible_at().unwrap().is_none());
+        assert!(s.next_visible_at(now(), &[]).unwrap().is_none());
     }
 
     #[tokio::test]
@@ -356,7 +463,7 @@ mod tests {
         let m = msg("a", Step::Discover);
         s.send(vec![Outgoing::now(m.clone())]).await.unwrap();
         s.add_target(&m.run, &m.target, now()).await.unwrap();
-        let d = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         let rec = StepRecord {
             run: m.run.clone(),
             target: m.target.clone(),
@@ -382,7 +489,7 @@ mod tests {
             s.active_run_for(&m.target).await.unwrap(),
             Some(m.run.clone())
         );
-        let d = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         let done = StepRecord {
             step: Step::Plan,
             next: None,
@@ -404,11 +511,256 @@ mod tests {
         let (_d, s) = store();
         let m = msg("a", Step::Discover);
         s.send(vec![Outgoing::now(m.clone())]).await.unwrap();
-        let d = s.receive(now(), LEASE, |_, _| true).unwrap().unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         s.release_all_locks().unwrap();
         let next = Outgoing::now(m.next(Step::Plan));
         assert!(s.commit(&d, &[next], None).is_err());
         let c = s.counts().unwrap();
         assert_eq!((c.active, c.completed), (1, 0), "no next step was enqueued");
+    }
+
+    fn target_of(d: &Delivery) -> String {
+        StepMessage::decode(&d.body)
+            .unwrap()
+            .target
+            .name()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_subscription_with_room_is_served_behind_a_full_ones_backlog() {
+        let (_d, s) = store();
+        let backlog: Vec<Outgoing> = (0..100)
+            .map(|i| Outgoing::now(msg_in("s1", &format!("a{i}"), Step::Discover)))
+            .collect();
+        s.send(backlog).await.unwrap();
+        s.send(vec![Outgoing::now(msg_in("s2", "b", Step::Discover))])
+            .await
+            .unwrap();
+        let first = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(
+            (first.subscription.as_str(), target_of(&first).as_str()),
+            ("s1", "a0"),
+            "oldest first"
+        );
+        // s1 is at its limit: its 99 older ready messages do not hide s2's.
+        let second = s.receive(now(), LEASE, &["s1"]).unwrap().unwrap();
+        assert_eq!(
+            (second.subscription.as_str(), target_of(&second).as_str()),
+            ("s2", "b")
+        );
+        assert!(s.receive(now(), LEASE, &["s1", "s2"]).unwrap().is_none());
+        assert!(s.receive(now(), LEASE, &["s1"]).unwrap().is_none());
+        let third = s.receive(now(), LEASE, &["s2"]).unwrap().unwrap();
+        assert_eq!(target_of(&third), "a1");
+    }
+
+    #[tokio::test]
+    async fn only_the_head_of_a_session_is_a_candidate() {
+        let (_d, s) = store();
+        let later = now() + time::Duration::seconds(30);
+        let mut retry = msg("a", Step::Verify);
+        retry.attempt = 1;
+        // Sent first but visible later: the message sent after it leads the session.
+        s.send(vec![
+            Outgoing {
+                message: retry.clone(),
+                visible_at: later,
+            },
+            Outgoing::now(msg("a", Step::Connect)),
+            Outgoing::now(msg("b", Step::Connect)),
+        ])
+        .await
+        .unwrap();
+        let heads: i64 = s
+            .conn()
+            .query_row("SELECT COUNT(*) FROM queue WHERE head=1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(heads, 2, "one head per session");
+        let a = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        let b = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(
+            (
+                StepMessage::decode(&a.body).unwrap().step,
+                target_of(&b).as_str()
+            ),
+            (Step::Connect, "b")
+        );
+        // A message sent into a session whose head is leased waits behind it, even when it
+        // is visible earlier.
+        let mut early = msg("a", Step::Configure);
+        early.attempt = 7;
+        s.send(vec![Outgoing {
+            message: early,
+            visible_at: now() - time::Duration::hours(1),
+        }])
+        .await
+        .unwrap();
+        assert!(s.receive(later, LEASE, &[]).unwrap().is_none(), "a is busy");
+        s.commit(&a, &[], None).unwrap();
+        let next = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(
+            StepMessage::decode(&next.body).unwrap().step,
+            Step::Configure
+        );
+        s.commit(&next, &[], None).unwrap();
+        assert!(s.receive(now(), LEASE, &[]).unwrap().is_none());
+        assert_eq!(
+            s.next_visible_at(now(), &[]).unwrap(),
+            Some(UnixMs::at(later).datetime())
+        );
+        let d = s.receive(later, LEASE, &[]).unwrap().unwrap();
+        assert_eq!(d.message_id, retry.message_id());
+    }
+
+    /// The hot statements are index searches: no plan step scans the queue table.
+    #[test]
+    fn hot_queries_use_the_indexes() {
+        let (_d, s) = store();
+        let plan = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> String {
+            let conn = s.conn();
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt.query_map(args, |r| r.get::<_, String>(3)).unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+        };
+        let full_scan = |p: &str| {
+            p.lines().any(|l| {
+                l.starts_with("SCAN")
+                    && !l.contains("USING")
+                    && !l.contains("subs")
+                    && !l.contains("json_each")
+                    && !l.contains("CONSTANT")
+            })
+        };
+        let next = plan(&next_visible_sql(), &[&0i64, &"[]"]);
+        assert!(
+            next.contains("INDEX queue_heads (subscription=? AND visible_at>?)"),
+            "{next}"
+        );
+        let cand = plan(&candidate_sql(), &[&0i64, &"[]"]);
+        assert!(
+            cand.contains("INDEX queue_heads (subscription=? AND visible_at<?)"),
+            "{cand}"
+        );
+        let head = plan(
+            "SELECT seq, visible_at, lock_token IS NOT NULL FROM queue WHERE session_id=?1 AND state='active' ORDER BY visible_at, seq LIMIT 1",
+            &[&"x"],
+        );
+        assert!(
+            head.contains("INDEX queue_sessions (session_id=?)"),
+            "{head}"
+        );
+        for p in [&next, &cand, &head] {
+            assert!(!full_scan(p), "{p}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resent_next_step_of_a_completed_message_is_dropped() {
+        let (_d, s) = store();
+        let m = msg("a", Step::Discover);
+        let plan = m.next(Step::Plan);
+        s.send(vec![Outgoing::now(m.clone())]).await.unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        s.commit(&d, &[Outgoing::now(plan.clone())], None).unwrap();
+        let p = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        s.commit(&p, &[], None).unwrap();
+        // A redelivered discover (its settle was lost) sends plan again: dropped.
+        s.send(vec![Outgoing::now(plan), Outgoing::now(m)])
+            .await
+            .unwrap();
+        assert!(s.receive(now(), LEASE, &[]).unwrap().is_none());
+        let body_rows: i64 = s
+            .conn()
+            .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(body_rows, 0, "completed messages keep only their ids");
+        assert_eq!(s.counts().unwrap().completed, 2);
+    }
+
+    /// The queue table of state files written before the lean queue, as it was created then.
+    const OLD_QUEUE: &str = "
+    PRAGMA journal_mode=WAL;
+    CREATE TABLE queue (
+      seq INTEGER PRIMARY KEY AUTOINCREMENT,
+      message_id TEXT NOT NULL UNIQUE,
+      session_id TEXT NOT NULL,
+      subscription TEXT NOT NULL DEFAULT '',
+      body BLOB NOT NULL,
+      visible_at INTEGER NOT NULL,
+      delivery_count INTEGER NOT NULL DEFAULT 0,
+      lock_token TEXT,
+      locked_until INTEGER,
+      state TEXT NOT NULL DEFAULT 'active',
+      dead_reason TEXT
+    );
+    CREATE INDEX queue_ready ON queue(state, visible_at);
+    CREATE INDEX queue_session ON queue(session_id, state);";
+
+    #[tokio::test]
+    async fn a_state_file_with_the_old_queue_opens_and_resumes() {
+        let dir = Dir::new();
+        let p = dir.path().join("old.db");
+        let done = msg("a", Step::Discover);
+        let leased = done.next(Step::Plan);
+        let mut behind = msg("a", Step::Verify);
+        behind.attempt = 2;
+        let other = msg("b", Step::Discover);
+        let dead = msg("c", Step::Discover);
+        {
+            let conn = rusqlite::Connection::open(&p).unwrap();
+            conn.execute_batch(OLD_QUEUE).unwrap();
+            let t = UnixMs::at(now() - time::Duration::minutes(1));
+            let rows: [(&StepMessage, &str, u32, Option<&str>); 5] = [
+                (&done, "completed", 1, None),
+                (&leased, "active", 1, Some("old-token")),
+                (&behind, "active", 0, None),
+                (&other, "active", 0, None),
+                (&dead, "dead", 10, None),
+            ];
+            for (m, state, count, token) in rows {
+                conn.execute(
+                    "INSERT INTO queue (message_id, session_id, subscription, body, visible_at, delivery_count, lock_token, locked_until, state) VALUES (?1,?2,'s',?3,?4,?5,?6,?7,?8)",
+                    params![m.message_id(), m.session_id(), m.encode(), t, count, token, token.map(|_| UnixMs::at(now() + time::Duration::hours(1))), state],
+                )
+                .unwrap();
+            }
+        }
+        let s = SqliteStore::open(&p).unwrap();
+        let c = s.counts().unwrap();
+        assert_eq!((c.active, c.locked, c.completed, c.dead), (2, 1, 1, 1));
+        assert_eq!(s.dead_letters().unwrap()[0].message_id, dead.message_id());
+        // The completed message and the live ones are still known: re-sending them is a no-op.
+        s.send(vec![Outgoing::now(done), Outgoing::now(other.clone())])
+            .await
+            .unwrap();
+        assert_eq!(s.counts().unwrap().completed, 1);
+        // Resume: the lease of the crashed run is released; session a delivers its leased
+        // message again before the one behind it, and b's message is served alongside.
+        assert_eq!(s.release_all_locks().unwrap(), 1);
+        let first = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(
+            (first.message_id.as_str(), first.delivery_count),
+            (leased.message_id().as_str(), 2)
+        );
+        let second = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(second.message_id, other.message_id());
+        assert!(s.receive(now(), LEASE, &[]).unwrap().is_none());
+        s.commit(&first, &[], None).unwrap();
+        let third = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(third.message_id, behind.message_id());
+        // A new message takes the next seq after the migrated rows.
+        s.send(vec![Outgoing::now(msg("d", Step::Discover))])
+            .await
+            .unwrap();
+        let max_seq: i64 = s
+            .conn()
+            .query_row("SELECT MAX(seq) FROM queue", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(max_seq, 6);
+        drop(s);
+        // Opening the migrated file again changes nothing.
+        let s = SqliteStore::open(&p).unwrap();
+        assert_eq!(s.counts().unwrap().completed, 2);
     }
 }
