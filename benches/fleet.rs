@@ -18,7 +18,7 @@ use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
 use vnet_migrate::pipeline::runner::RunnerConfig;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::rehearsal::invariants;
-use vnet_migrate::report::{self, Performance, Report};
+use vnet_migrate::report::{self, BucketCounts, Performance, Report};
 use vnet_migrate::sim::{generate, Fleet, SimOptions, Simulator};
 
 fn env(name: &str, default: f64) -> f64 {
@@ -203,12 +203,17 @@ fn main() {
         let makespan = t.elapsed().as_secs_f64();
         let stats = sim.stats();
         let limits = PacerConfig::default().scaled(speed);
-        let bound = report::write_bound_seconds(stats.by_subscription.values().map(|s| (s.writes, s.deletes)), &limits);
-        let read_bound = stats
-            .by_subscription
-            .values()
-            .map(|s| ((s.requests - s.writes - s.deletes) as f64 - limits.reads_burst).max(0.0) / limits.reads_per_sec)
-            .fold(0.0, f64::max);
+        let bucket = |reads: bool, writes: bool| {
+            report::bucket_bound_seconds(
+                stats.by_subscription.values().map(|s| BucketCounts {
+                    reads: if reads { s.reads } else { 0 },
+                    writes: if writes { s.writes } else { 0 },
+                    deletes: if writes { s.deletes } else { 0 },
+                }),
+                &limits,
+            )
+        };
+        let (bound, read_bound) = (bucket(false, true), bucket(true, false));
         let records = finished.store.targets(&finished.run).await.unwrap();
         let report = Report::new(finished.run.as_str(), false, &records, Performance::default());
         let broken = invariants::check(&fleet, &sim.state(), &report);

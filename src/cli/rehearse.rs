@@ -68,6 +68,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             std::env::temp_dir().join(format!("vnet-migrate-rehearse-{}.db", uuid::Uuid::new_v4()))
         }
     };
+    let settle_seconds = policy.settle_seconds as f64;
     let mut report = migrate(
         global,
         arm,
@@ -80,7 +81,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     )
     .await?;
 
-    rehearsal::use_simulator_figures(&mut report, &sim.stats(), args.speed);
+    rehearsal::use_simulator_figures(&mut report, &sim.stats(), args.speed, settle_seconds);
 
     let violations = invariants::check(&fleet, &sim.state(), &report);
     server.shutdown().await;

@@ -2,7 +2,7 @@
 //! (integration is per slot and does not swap).
 
 use super::context::{StepContext, StepError};
-use super::plan_cache::{connections, integration_of};
+use super::plan_cache::integration;
 use crate::azure::models::Site;
 use crate::azure::{ResourceId, ResourceKind};
 use crate::migration::plan::Integration;
@@ -21,8 +21,7 @@ pub(crate) async fn discover(
             "target no longer exists",
         ));
     };
-    let conns = connections(&ctx.arm, &msg.target).await?;
-    let mut result = match integration_of(&site, &conns) {
+    let mut result = match integration(&ctx.arm, &site).await? {
         Integration::Gateway { vnet, .. } => StepResult::next(
             msg.next(Step::Plan),
             format!("gateway-based integration with {vnet}"),

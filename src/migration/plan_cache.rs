@@ -22,11 +22,16 @@ const TTL: Duration = Duration::from_secs(600);
 /// A decision and when it was made.
 type Cached = (Instant, Arc<PlanDecision>);
 
+/// The lock under which one plan's decision is computed.
+type Building = Arc<tokio::sync::Mutex<()>>;
+
 #[derive(Clone, Default)]
 pub(crate) struct PlanCache {
     inner: Arc<Mutex<HashMap<ResourceId, Cached>>>,
-    /// One computation per plan at a time; others wait for it.
-    building: Arc<tokio::sync::Mutex<()>>,
+    /// One computation per plan at a time (the plan's other targets wait for it and share
+    /// it), while different plans are decided concurrently. An entry lives while its plan is
+    /// being decided.
+    building: Arc<Mutex<HashMap<ResourceId, Building>>>,
 }
 
 impl PlanCache {
@@ -47,16 +52,31 @@ impl PlanCache {
         if let Some(d) = self.lookup(plan) {
             return Ok(d);
         }
-        let _guard = self.building.lock().await;
+        let building = self
+            .building
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(plan.clone())
+            .or_default()
+            .clone();
+        let _guard = building.lock().await;
         if let Some(d) = self.lookup(plan) {
             return Ok(d);
         }
-        let d = Arc::new(compute(arm, policy, plan).await?);
-        self.inner
+        let decided = compute(arm, policy, plan).await.map(Arc::new);
+        if let Ok(d) = &decided {
+            self.inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(plan.clone(), (Instant::now(), d.clone()));
+        }
+        // Waiters hold their own handle on the lock and then find the decision cached (after
+        // a failure one of them computes again).
+        self.building
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(plan.clone(), (Instant::now(), d.clone()));
-        Ok(d)
+            .remove(plan);
+        decided
     }
 
     /// Drops every decision that involves `target` (its VNet changed under the plan).
@@ -89,6 +109,16 @@ pub(crate) fn integration_of(site: &Site, conns: &[VnetConnection]) -> Integrati
     Integration::from_site(site.properties.virtual_network_subnet_id.as_ref(), conns)
 }
 
+/// The integration of a site or slot just read, listing its connections only when they can
+/// matter: an app with `virtualNetworkSubnetId` set is regional whatever the list holds
+/// (`Integration::from_site`), so that read is skipped.
+pub(crate) async fn integration(arm: &ArmClient, site: &Site) -> Result<Integration, StepError> {
+    if site.properties.virtual_network_subnet_id.is_some() {
+        return Ok(integration_of(site, &[]));
+    }
+    Ok(integration_of(site, &connections(arm, &site.id).await?))
+}
+
 async fn compute(
     arm: &ArmClient,
     policy: &Policy,
@@ -104,11 +134,10 @@ async fn compute(
     }
     let mut targets = Vec::with_capacity(members.len());
     for m in &members {
-        let conns = connections(arm, &m.id).await?;
         targets.push(TargetState {
             id: m.id.clone(),
             location: m.location.clone(),
-            integration: integration_of(m, &conns),
+            integration: integration(arm, m).await?,
         });
     }
 
@@ -174,4 +203,76 @@ async fn compute(
         swift_supported,
         policy,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::azure::arm::ArmConfig;
+    use crate::azure::credential::StaticToken;
+    use crate::sim::builder::FleetBuilder;
+    use crate::sim::{SimOptions, Simulator};
+
+    /// Two plans with a gateway-integrated app each, served by an instant simulator.
+    async fn two_plans() -> (Simulator, crate::sim::SimServer, ArmClient, [ResourceId; 2]) {
+        let mut b = FleetBuilder::new();
+        let v = b.vnet("net", "hub", "westeurope", &["10.0.0.0/16"]);
+        b.gateway(&v);
+        let plans = ["p1", "p2"].map(|name| {
+            let plan = b.plan("apps", name, "westeurope", "P1v3", 1);
+            let site = b.site("apps", &format!("{name}-app"), &plan);
+            b.gateway_connection(&site, &v);
+            plan
+        });
+        let sim = Simulator::new(b.build(), SimOptions::instant());
+        let server = sim.serve(([127, 0, 0, 1], 0).into()).await.unwrap();
+        let scope = vec![ResourceId::subscription_id(plans[0].subscription())];
+        let arm = ArmClient::new(
+            ArmConfig::new(server.url(), scope),
+            Arc::new(StaticToken::new("t")),
+        )
+        .unwrap();
+        (sim, server, arm, plans)
+    }
+
+    #[tokio::test]
+    async fn one_plan_is_decided_once_while_other_plans_go_ahead() {
+        let (sim, server, arm, [p1, p2]) = two_plans().await;
+        let policy = Policy::default();
+        let cache = PlanCache::default();
+        // Plan 1 is being decided (its lock is held): plan 2 is decided meanwhile.
+        let held = cache
+            .building
+            .lock()
+            .unwrap()
+            .entry(p1.clone())
+            .or_default()
+            .clone();
+        let guard = held.lock().await;
+        let d2 = tokio::time::timeout(Duration::from_secs(10), cache.decision(&arm, &policy, &p2))
+            .await
+            .expect("plan 2 waited for plan 1")
+            .unwrap();
+        assert_eq!(d2.targets.len(), 1);
+        let after_p2 = sim.stats().reads;
+        // Plan 1's callers wait for the one computation and share it.
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                let (cache, arm, policy, p1) =
+                    (cache.clone(), arm.clone(), policy.clone(), p1.clone());
+                tokio::spawn(async move { cache.decision(&arm, &policy, &p1).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        drop(guard);
+        let mut decisions = Vec::new();
+        for c in callers {
+            decisions.push(c.await.unwrap().unwrap());
+        }
+        assert!(decisions.iter().all(|d| Arc::ptr_eq(d, &decisions[0])));
+        // As many reads as plan 2's decision took: plan 1 was read once, not four times.
+        assert_eq!(sim.stats().reads - after_p2, after_p2);
+        assert!(cache.building.lock().unwrap().is_empty());
+        server.shutdown().await;
+    }
 }

@@ -248,7 +248,9 @@ pub(super) fn refusal(st: &mut State, claim: &Claim) -> Option<Reply> {
     refused
 }
 
-/// Takes `claim`'s locks until `until` (nothing when the write takes no time).
+/// Takes `claim`'s locks until `until` (nothing when the write takes no time), and adds the
+/// least time the latency model gives its work to each VNet's (or gateway's) lock time: such
+/// operations run one at a time, so their sum bounds a rehearsal from below.
 pub(super) fn hold(st: &mut State, claim: &Claim, until: Instant) {
     if until <= Instant::now() {
         return;
@@ -257,6 +259,10 @@ pub(super) fn hold(st: &mut State, claim: &Claim, until: Instant) {
         st.site_busy.insert(s.key().to_string(), until);
     }
     for (v, s) in &claim.vnets {
+        *st.stats
+            .vnet_lock_seconds
+            .entry(v.key().to_string())
+            .or_default() += claim.work.seconds().0;
         st.vnet_busy.insert(
             v.key().to_string(),
             Hold {

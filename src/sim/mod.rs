@@ -21,6 +21,7 @@ mod throttle;
 mod web;
 
 pub use crate::fleet::Fleet;
+pub(crate) use options::Work;
 pub use options::{
     FaultMode, FaultProfile, InjectedFault, SimOptions, SimStats, SubscriptionStats,
     UnknownFaultProfile,

@@ -12,7 +12,7 @@ mod gateway;
 mod subnet;
 mod validate;
 
-pub(crate) use gateway::{gateway_of_vnet, generate_package, put_gateway, trusts};
+pub(crate) use gateway::{gateway_of_vnet, gateway_vnets, generate_package, put_gateway, trusts};
 pub(crate) use subnet::{
     claim_sal, expire_lingering_links, find_subnet, prefixes, release_sal, sal_links, vnet_guid,
     web_delegated,

@@ -142,9 +142,12 @@ impl Work {
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionStats {
     pub requests: u64,
-    /// PUT, PATCH and POST (ARM's write bucket).
+    /// GET, HEAD and OPTIONS that took a token of ARM's read bucket.
+    #[serde(default)]
+    pub reads: u64,
+    /// PUT, PATCH and POST that took a token of ARM's write bucket.
     pub writes: u64,
-    /// DELETE (ARM's delete bucket).
+    /// DELETE that took a token of ARM's delete bucket.
     #[serde(default)]
     pub deletes: u64,
     pub throttled429: u64,
@@ -163,6 +166,11 @@ pub struct SimStats {
     #[serde(default)]
     pub contended: u64,
     pub by_subscription: BTreeMap<String, SubscriptionStats>,
+    /// Lowercased VNet (or VPN gateway) id → simulated seconds the operations ARM accepted on
+    /// it held its lock, each at the lower end of the latency model (`Work::seconds`): they
+    /// run one at a time, so the largest is a floor under the run.
+    #[serde(default)]
+    pub vnet_lock_seconds: BTreeMap<String, f64>,
 }
 
 fn one() -> u32 {

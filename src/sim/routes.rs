@@ -306,10 +306,13 @@ fn generic(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Valu
             );
             Reply::new(if created && !web_like { 201 } else { 200 }, v)
         }
-        "PATCH" => match st.store.get_mut(id) {
-            Some(v) => {
-                merge(v, body);
-                Reply::ok(v.clone())
+        // Through `put`, which keeps the store's reference index in step (a gateway PATCH
+        // may move its ip configurations).
+        "PATCH" => match st.store.get(id).cloned() {
+            Some(mut v) => {
+                merge(&mut v, body);
+                st.store.put(id, v.clone());
+                Reply::ok(v)
             }
             None => Reply::not_found(id.as_str()),
         },

@@ -133,6 +133,9 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
             OpClass::Write => st.stats.writes += 1,
             OpClass::Delete => st.stats.deletes += 1,
         }
+        let verdict = sub
+            .as_ref()
+            .map(|s| st.throttle.admit(s, class, Instant::now()));
         if let Some(s) = &sub {
             let e = st
                 .stats
@@ -140,15 +143,15 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
                 .entry(s.to_ascii_lowercase())
                 .or_default();
             e.requests += 1;
-            match class {
-                OpClass::Read => {}
-                OpClass::Write => e.writes += 1,
-                OpClass::Delete => e.deletes += 1,
+            // Per class, the requests that took a token (a throttled one took none).
+            if verdict.as_ref().is_some_and(|v| v.retry_after.is_none()) {
+                match class {
+                    OpClass::Read => e.reads += 1,
+                    OpClass::Write => e.writes += 1,
+                    OpClass::Delete => e.deletes += 1,
+                }
             }
         }
-        let verdict = sub
-            .as_ref()
-            .map(|s| st.throttle.admit(s, class, Instant::now()));
         let pre = decide(&mut st, &method, &path, sub.as_deref(), &verdict);
         let delay = st.duration(match class {
             OpClass::Read => Work::Read,

@@ -1,16 +1,47 @@
 //! The generic ARM resource store: resources keyed by lowercased id, indexed by lowercased
-//! type so type-wide scans stay cheap on large fleets.
+//! type so type-wide scans stay cheap on large fleets, and by the references requests follow
+//! backwards (`Ref`), so no request scans a type to find the few resources it is about.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
 
+use super::{network, web};
 use crate::azure::ResourceId;
+
+/// A reference from one resource to another that requests look up the other way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Ref {
+    /// A site's or slot's own App Service plan (`properties.serverFarmId`): `GET {plan}/sites`,
+    /// the plan's members on every integration change.
+    Plan,
+    /// The VNet whose `GatewaySubnet` a VPN gateway's ip configurations sit in: the gateway
+    /// of a VNet during the gateway handshake.
+    GatewayVnet,
+}
+
+/// The references `value` (stored at `id`) holds.
+fn references(id: &ResourceId, value: &Value) -> Vec<(Ref, ResourceId)> {
+    match type_key(id).as_str() {
+        "microsoft.web/sites" | "microsoft.web/sites/slots" => web::declared_plan(id, value)
+            .map(|p| (Ref::Plan, p))
+            .into_iter()
+            .collect(),
+        "microsoft.network/virtualnetworkgateways" => network::gateway_vnets(value)
+            .into_iter()
+            .map(|v| (Ref::GatewayVnet, v))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Store {
     resources: BTreeMap<String, Value>,
     by_type: HashMap<String, BTreeSet<String>>,
+    /// (reference, referenced key) → keys of the resources holding that reference, kept in
+    /// step with `resources` by `put` and `remove_tree`.
+    referrers: HashMap<(Ref, String), BTreeSet<String>>,
 }
 
 /// Lowercased full type of a resource id (`microsoft.web/sites/slots`), or the ARM names of
@@ -43,6 +74,8 @@ impl Store {
         self.resources.get(id.key())
     }
 
+    /// In-place access for changes that leave the references `Ref` indexes alone (a VNet's
+    /// subnets, a provisioning state); anything else goes through `put`, which reindexes.
     pub(crate) fn get_mut(&mut self, id: &ResourceId) -> Option<&mut Value> {
         self.resources.get_mut(id.key())
     }
@@ -53,11 +86,52 @@ impl Store {
 
     /// Inserts or replaces; returns true when the resource is new.
     pub(crate) fn put(&mut self, id: &ResourceId, value: Value) -> bool {
+        let key = id.key().to_string();
         self.by_type
             .entry(type_key(id))
             .or_default()
-            .insert(id.key().to_string());
-        self.resources.insert(id.key().to_string(), value).is_none()
+            .insert(key.clone());
+        let old = self.resources.remove(&key);
+        if let Some(o) = &old {
+            self.unlink(id, o);
+        }
+        self.link(id, &value);
+        self.resources.insert(key, value);
+        old.is_none()
+    }
+
+    fn link(&mut self, id: &ResourceId, value: &Value) {
+        for (r, target) in references(id, value) {
+            self.referrers
+                .entry((r, target.key().to_string()))
+                .or_default()
+                .insert(id.key().to_string());
+        }
+    }
+
+    fn unlink(&mut self, id: &ResourceId, value: &Value) {
+        for (r, target) in references(id, value) {
+            let k = (r, target.key().to_string());
+            if let Some(set) = self.referrers.get_mut(&k) {
+                set.remove(id.key());
+                if set.is_empty() {
+                    self.referrers.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Keys of the resources holding reference `r` to `target`, in id order.
+    pub(crate) fn referrers<'a>(
+        &'a self,
+        r: Ref,
+        target: &ResourceId,
+    ) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+        self.referrers
+            .get(&(r, target.key().to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.resources.get(k).map(|v| (k.as_str(), v)))
     }
 
     /// Removes the resource and everything below it; returns whether it existed.
@@ -71,8 +145,14 @@ impl Store {
             .collect();
         let existed = doomed.iter().any(|k| k == id.key());
         for k in doomed {
-            self.resources.remove(&k);
-            for set in self.by_type.values_mut() {
+            let Some(old) = self.resources.remove(&k) else {
+                continue;
+            };
+            let Ok(doomed_id) = ResourceId::parse(&k) else {
+                continue;
+            };
+            self.unlink(&doomed_id, &old);
+            if let Some(set) = self.by_type.get_mut(&type_key(&doomed_id)) {
                 set.remove(&k);
             }
         }
@@ -81,18 +161,6 @@ impl Store {
 
     pub(crate) fn all(&self) -> impl Iterator<Item = &Value> {
         self.resources.values()
-    }
-
-    /// Resources whose lowercased type is `ty`, in id order.
-    pub(crate) fn of_type<'a>(
-        &'a self,
-        ty: &str,
-    ) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
-        self.by_type
-            .get(&ty.to_ascii_lowercase())
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.resources.get(k).map(|v| (k.as_str(), v)))
     }
 
     /// Resources of type `ty` lying within `scope` (a subscription, group or parent resource).
@@ -167,11 +235,77 @@ mod tests {
         assert!(st.put(&id(&format!("{site}x")), json!({})));
         assert!(st.get(&id(&site.to_uppercase())).is_some());
         assert!(st.group_exists(&id("/subscriptions/s/resourcegroups/RG")));
-        assert_eq!(st.of_type("Microsoft.Web/sites").count(), 2);
+        let sub = id("/subscriptions/s");
+        assert_eq!(st.of_type_within("Microsoft.Web/sites", &sub).len(), 2);
         assert!(st.remove_tree(&id(site)));
-        assert_eq!(st.of_type("microsoft.web/sites/slots").count(), 0);
-        assert_eq!(st.of_type("microsoft.web/sites").count(), 1);
+        assert_eq!(
+            st.of_type_within("microsoft.web/sites/slots", &sub).len(),
+            0
+        );
+        assert_eq!(st.of_type_within("microsoft.web/sites", &sub).len(), 1);
         assert!(!st.remove_tree(&id(site)));
+    }
+
+    fn referrer_keys(st: &Store, r: Ref, target: &str) -> Vec<String> {
+        st.referrers(r, &id(target))
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn reference_index_follows_puts_and_removals() {
+        let rg = "/subscriptions/s/resourceGroups/rg/providers";
+        let (p1, p2) = (
+            format!("{rg}/Microsoft.Web/serverfarms/p1"),
+            format!("{rg}/Microsoft.Web/serverfarms/p2"),
+        );
+        let a = format!("{rg}/Microsoft.Web/sites/a");
+        let b = format!("{rg}/Microsoft.Web/sites/b");
+        let mut st = Store::default();
+        st.put(
+            &id(&a),
+            json!({"id": a, "properties": {"serverFarmId": p1}}),
+        );
+        // A bare plan name resolves in the site's resource group.
+        st.put(
+            &id(&b),
+            json!({"id": b, "properties": {"serverFarmId": "P1"}}),
+        );
+        assert_eq!(
+            referrer_keys(&st, Ref::Plan, &p1),
+            vec![a.to_lowercase(), b.to_lowercase()]
+        );
+        // Moving a site to another plan moves it in the index.
+        st.put(
+            &id(&a),
+            json!({"id": a, "properties": {"serverFarmId": p2}}),
+        );
+        assert_eq!(referrer_keys(&st, Ref::Plan, &p1), vec![b.to_lowercase()]);
+        assert_eq!(referrer_keys(&st, Ref::Plan, &p2), vec![a.to_lowercase()]);
+        // A slot naming its own plan is indexed under it; removing the site removes both.
+        let slot = format!("{b}/slots/stage");
+        st.put(
+            &id(&slot),
+            json!({"id": slot, "properties": {"serverFarmId": p2}}),
+        );
+        assert_eq!(referrer_keys(&st, Ref::Plan, &p2).len(), 2);
+        assert!(st.remove_tree(&id(&b)));
+        assert!(referrer_keys(&st, Ref::Plan, &p1).is_empty());
+        assert_eq!(referrer_keys(&st, Ref::Plan, &p2), vec![a.to_lowercase()]);
+
+        let vnet = format!("{rg}/Microsoft.Network/virtualNetworks/v");
+        let gw = format!("{rg}/Microsoft.Network/virtualNetworkGateways/g");
+        st.put(
+            &id(&gw),
+            json!({"id": gw, "properties": {"ipConfigurations": [
+                {"properties": {"subnet": {"id": format!("{vnet}/subnets/GatewaySubnet")}}}]}}),
+        );
+        assert_eq!(
+            referrer_keys(&st, Ref::GatewayVnet, &vnet),
+            vec![gw.to_lowercase()]
+        );
+        st.put(&id(&gw), json!({"id": gw, "properties": {}}));
+        assert!(referrer_keys(&st, Ref::GatewayVnet, &vnet).is_empty());
     }
 
     #[test]

@@ -26,11 +26,13 @@ use serde_json::Value;
 
 use super::reply::Reply;
 use super::state::State;
+use super::store::Ref;
 use crate::azure::{ResourceId, ResourceKind};
 
 /// Tag carrying the simulator's behaviour knobs.
 pub(crate) const KNOB_TAG: &str = "vnet-migrate-sim";
 
+const SLOTS: &str = "microsoft.web/sites/slots";
 const SITE_CONNECTIONS: &str = "microsoft.web/sites/virtualnetworkconnections";
 const SLOT_CONNECTIONS: &str = "microsoft.web/sites/slots/virtualnetworkconnections";
 
@@ -51,22 +53,30 @@ fn parse_id(v: &Value) -> Option<ResourceId> {
         .and_then(|s| ResourceId::parse(s).ok())
 }
 
-/// The plan of a site or slot: its `serverFarmId` (a bare name resolves in the site's
-/// resource group, as App Service accepts), for slots falling back to the site's plan.
-pub(crate) fn plan_of(st: &State, target: &ResourceId, site: &Value) -> Option<ResourceId> {
+/// The plan a site or slot names itself in `serverFarmId` (a bare name resolves in the
+/// site's resource group, as App Service accepts); none when the field is empty.
+pub(crate) fn declared_plan(target: &ResourceId, site: &Value) -> Option<ResourceId> {
     let raw = site["properties"]["serverFarmId"]
         .as_str()
         .unwrap_or_default();
     if raw.starts_with('/') {
         return ResourceId::parse(raw).ok();
     }
-    if !raw.is_empty() {
-        return ResourceId::parse(&format!(
-            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Web/serverfarms/{raw}",
-            target.subscription(),
-            target.resource_group().unwrap_or_default()
-        ))
-        .ok();
+    if raw.is_empty() {
+        return None;
+    }
+    ResourceId::parse(&format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Web/serverfarms/{raw}",
+        target.subscription(),
+        target.resource_group().unwrap_or_default()
+    ))
+    .ok()
+}
+
+/// The plan of a site or slot: the one it declares, for slots falling back to the site's plan.
+pub(crate) fn plan_of(st: &State, target: &ResourceId, site: &Value) -> Option<ResourceId> {
+    if let Some(p) = declared_plan(target, site) {
+        return Some(p);
     }
     if target.kind() == ResourceKind::Slot {
         let parent = target.site()?;
@@ -89,36 +99,47 @@ fn gateway_connections(st: &State, target: &ResourceId) -> Vec<Value> {
     st.store.of_type_within(ty, target)
 }
 
-/// Every site and slot on `plan` except `except`, with the subnet it uses.
+/// Every site and slot on `plan` except `except`, with the subnet it uses: sites first, then
+/// slots, each in id order. Found through the store's plan index (the plan's sites and slots
+/// that declare it, plus the slots of those sites that declare no plan of their own), never
+/// by scanning the fleet.
 fn plan_members(
     st: &State,
     plan: &ResourceId,
     except: &ResourceId,
 ) -> Vec<(ResourceId, Option<ResourceId>)> {
-    let mut out = Vec::new();
-    for ty in ["microsoft.web/sites", "microsoft.web/sites/slots"] {
-        for (_, v) in st.store.of_type(ty) {
-            let Some(id) = parse_id(&v["id"]) else {
-                continue;
-            };
-            if &id == except {
-                continue;
-            }
-            if plan_of(st, &id, v).as_ref() == Some(plan) {
-                out.push((id, current_subnet(v)));
+    let mut sites = Vec::new();
+    let mut slots = Vec::new();
+    for (_, v) in st.store.referrers(Ref::Plan, plan) {
+        let Some(id) = parse_id(&v["id"]) else {
+            continue;
+        };
+        if id.kind() == ResourceKind::Slot {
+            slots.push((id, current_subnet(v)));
+            continue;
+        }
+        for slot in st.store.of_type_within(SLOTS, &id) {
+            if let Some(slot_id) = parse_id(&slot["id"]) {
+                if declared_plan(&slot_id, &slot).is_none() {
+                    slots.push((slot_id, current_subnet(&slot)));
+                }
             }
         }
+        sites.push((id, current_subnet(v)));
     }
-    out
+    slots.sort_by(|a, b| a.0.cmp(&b.0));
+    sites
+        .into_iter()
+        .chain(slots)
+        .filter(|(id, _)| id != except)
+        .collect()
 }
 
 /// The sites (not slots) on `plan`, as `GET {plan}/sites` lists them.
 pub(crate) fn plan_sites(st: &State, plan: &ResourceId) -> Vec<Value> {
     st.store
-        .of_type("microsoft.web/sites")
-        .filter(|(_, v)| {
-            parse_id(&v["id"]).is_some_and(|id| plan_of(st, &id, v).as_ref() == Some(plan))
-        })
+        .referrers(Ref::Plan, plan)
+        .filter(|(_, v)| parse_id(&v["id"]).is_some_and(|id| id.kind() == ResourceKind::Site))
         .map(|(_, v)| v.clone())
         .collect()
 }

@@ -148,6 +148,7 @@ fn rehearse_json_has_every_target_and_the_performance_block() {
     for key in [
         "makespanSeconds",
         "armWriteBoundSeconds",
+        "lowerBoundSeconds",
         "boundRatio",
         "armRequests",
         "throttled429",
@@ -158,6 +159,14 @@ fn rehearse_json_has_every_target_and_the_performance_block() {
             "performance.{key} missing"
         );
     }
+    // A floor under the run: never above the makespan it bounds.
+    let p = &report["performance"];
+    let bound = p["lowerBoundSeconds"].as_f64().unwrap();
+    assert!(
+        bound > 0.0 && bound <= p["makespanSeconds"].as_f64().unwrap(),
+        "{p}"
+    );
+    assert!(p["boundRatio"].as_f64().unwrap() >= 1.0, "{p}");
     let total: u64 = report["summary"]
         .as_object()
         .unwrap()

@@ -18,8 +18,8 @@ use super::{network_lro, operation_url, set_provisioning};
 use crate::azure::ResourceId;
 use crate::sim::reply::{Ctx, Reply};
 use crate::sim::state::{State, VpnPackage};
+use crate::sim::store::Ref;
 
-const GATEWAY_TYPE: &str = "microsoft.network/virtualnetworkgateways";
 /// `ProcessorArchitecture` of the spec's `VpnClientParameters`.
 const ARCHITECTURES: [&str; 2] = ["Amd64", "X86"];
 
@@ -43,24 +43,28 @@ pub(crate) fn trusts(gw: &Value, cert_blob: &str) -> bool {
     root_certificates(gw).iter().any(|c| c == cert_blob)
 }
 
-/// The gateway attached to `vnet`: the one whose ip configuration sits in the VNet's
-/// `GatewaySubnet` (`properties.ipConfigurations[].properties.subnet.id`, as ARM shows it).
+/// The VNets a gateway is attached to: those of the subnets its ip configurations sit in
+/// (`properties.ipConfigurations[].properties.subnet.id`, as ARM shows it).
+pub(crate) fn gateway_vnets(gw: &Value) -> Vec<ResourceId> {
+    let mut out: Vec<ResourceId> = arr(gw, &["properties", "ipConfigurations"])
+        .iter()
+        .filter_map(|c| {
+            c["properties"]["subnet"]["id"]
+                .as_str()
+                .and_then(|s| ResourceId::parse(s).ok())
+                .and_then(|s| s.vnet())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The gateway attached to `vnet` (the first in id order), from the store's index.
 pub(crate) fn gateway_of_vnet(st: &State, vnet: &ResourceId) -> Option<ResourceId> {
-    st.store.of_type(GATEWAY_TYPE).find_map(|(_, gw)| {
-        let attached = arr(gw, &["properties", "ipConfigurations"])
-            .iter()
-            .any(|c| {
-                c["properties"]["subnet"]["id"]
-                    .as_str()
-                    .and_then(|s| ResourceId::parse(s).ok())
-                    .and_then(|s| s.vnet())
-                    .as_ref()
-                    == Some(vnet)
-            });
-        attached
-            .then(|| gw["id"].as_str().and_then(|i| ResourceId::parse(i).ok()))
-            .flatten()
-    })
+    st.store
+        .referrers(Ref::GatewayVnet, vnet)
+        .find_map(|(_, gw)| gw["id"].as_str().and_then(|i| ResourceId::parse(i).ok()))
 }
 
 /// `PUT …/virtualNetworkGateways/{gw}`: replaces the gateway (standard ARM PUT, like other

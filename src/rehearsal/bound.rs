@@ -1,0 +1,207 @@
+//! The least time a rehearsal could take, from the simulator's own model: ARM's token buckets
+//! for the requests the simulator admitted, the chain of calls one target's steps must make
+//! one after another (at the lower ends of the latency model, plus the policy's settle
+//! delay), and the operations one VNet must run one at a time (`SimStats::vnet_lock_seconds`).
+//! Each is a floor under the makespan, so their maximum is too.
+
+use crate::azure::arm::PacerConfig;
+use crate::pipeline::reason::RollbackReason;
+use crate::pipeline::Outcome;
+use crate::report::{self, BucketCounts};
+use crate::sim::{SimStats, Work};
+
+/// One ARM call as the simulator times it: a read, or a write whose transport latency is
+/// followed by the work the request does (`Work::seconds`; a refused write does none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Call {
+    Read,
+    Write(Work),
+}
+
+impl Call {
+    /// The least simulated seconds the call takes.
+    fn seconds(self) -> f64 {
+        match self {
+            Call::Read => Work::Read.seconds().0,
+            Call::Write(Work::Write) => Work::Write.seconds().0,
+            Call::Write(w) => Work::Write.seconds().0 + w.seconds().0,
+        }
+    }
+}
+
+/// The chains of calls a target cannot do without, by how it ends. Only calls every correct
+/// run makes, in the order they must come, are listed (reads a step could spare are not), so
+/// the sum stays a floor however the steps are arranged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chain {
+    /// Observe the app, delete its gateway connection, join the subnet (synchronous, arm-vnet
+    /// reference §13), let it settle (the policy's delay), check it.
+    Migrated,
+    /// Rolled back because ARM refused the join: observe, delete the gateway connection, the
+    /// refused join (answered before any work), then the handshake of arm-vnet reference
+    /// §2.2: declare the connection, generate a VPN package (a Network LRO, read when done),
+    /// hand it over.
+    Refused,
+    /// Rolled back because `verify` found the app unhealthy: the migrated chain, then the
+    /// removal of regional integration (51–53 s, arm-vnet reference §13) and the handshake.
+    Unhealthy,
+}
+
+/// The handshake that re-adds a gateway connection (arm-vnet reference §2.2).
+const HANDSHAKE: [Call; 4] = [
+    Call::Write(Work::Write),
+    Call::Write(Work::NetworkWrite),
+    Call::Read,
+    Call::Write(Work::Write),
+];
+
+impl Chain {
+    /// The chain of a target that ended with `outcome`; none where the calls it made are not
+    /// known (skipped, blocked, parked, or rolled back after a failing step).
+    pub(crate) fn of(outcome: &Outcome) -> Option<Chain> {
+        match outcome {
+            Outcome::Migrated => Some(Chain::Migrated),
+            Outcome::RolledBack(RollbackReason::ConnectRejected(_)) => Some(Chain::Refused),
+            Outcome::RolledBack(RollbackReason::Unhealthy(_)) => Some(Chain::Unhealthy),
+            _ => None,
+        }
+    }
+
+    fn calls(self) -> Vec<Call> {
+        let cut_over = [
+            Call::Read,
+            Call::Write(Work::Write),
+            Call::Write(Work::SubnetJoin),
+            Call::Read,
+        ];
+        match self {
+            Chain::Migrated => cut_over.to_vec(),
+            Chain::Refused => [
+                Call::Read,
+                Call::Write(Work::Write),
+                Call::Write(Work::Write),
+            ]
+            .into_iter()
+            .chain(HANDSHAKE)
+            .collect(),
+            Chain::Unhealthy => cut_over
+                .into_iter()
+                .chain([Call::Write(Work::SwiftDelete)])
+                .chain(HANDSHAKE)
+                .collect(),
+        }
+    }
+
+    /// The least simulated seconds the chain takes, with the policy's settle delay where the
+    /// chain waits for it (between the join and its check).
+    pub(crate) fn seconds(self, settle_seconds: f64) -> f64 {
+        let settle = match self {
+            Chain::Migrated | Chain::Unhealthy => settle_seconds,
+            Chain::Refused => 0.0,
+        };
+        self.calls().iter().map(|c| c.seconds()).sum::<f64>() + settle
+    }
+}
+
+/// The three floors, in wall-clock seconds at the rehearsal's speed.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct LowerBound {
+    /// The slowest of ARM's read, write and delete buckets of the busiest subscription.
+    pub(crate) buckets: f64,
+    /// The longest chain one target of the run went through.
+    pub(crate) target_chain: f64,
+    /// The longest chain of operations one VNet (or VPN gateway) ran one at a time.
+    pub(crate) vnet_chain: f64,
+}
+
+impl LowerBound {
+    /// From the simulator's counts at `speed`, for targets that ended as `chains`.
+    pub(crate) fn new(
+        stats: &SimStats,
+        speed: f64,
+        settle_seconds: f64,
+        chains: impl IntoIterator<Item = Chain>,
+    ) -> Self {
+        let buckets = report::bucket_bound_seconds(
+            stats.by_subscription.values().map(|s| BucketCounts {
+                reads: s.reads,
+                writes: s.writes,
+                deletes: s.deletes,
+            }),
+            &PacerConfig::default().scaled(speed),
+        );
+        let longest = |it: &mut dyn Iterator<Item = f64>| it.fold(0.0, f64::max) / speed;
+        LowerBound {
+            buckets,
+            target_chain: longest(&mut chains.into_iter().map(|c| c.seconds(settle_seconds))),
+            vnet_chain: longest(&mut stats.vnet_lock_seconds.values().copied()),
+        }
+    }
+
+    pub(crate) fn seconds(&self) -> f64 {
+        self.buckets.max(self.target_chain).max(self.vnet_chain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SubscriptionStats;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn chains_add_the_lower_ends_of_the_latency_model() {
+        // Read 0.03 + delete 0.15 + join (0.15 + 7) + read 0.03, and the settle delay.
+        assert!(close(Chain::Migrated.seconds(60.0), 67.36));
+        // Read 0.03, delete and refused join 0.3, then the handshake: declare 0.15, package
+        // (0.15 + 1), its read 0.03, hand-over 0.15.
+        assert!(close(Chain::Refused.seconds(60.0), 1.81));
+        // The migrated chain, regional removal (0.15 + 50), the handshake 1.48.
+        assert!(close(Chain::Unhealthy.seconds(60.0), 67.36 + 50.15 + 1.48));
+        assert_eq!(Chain::of(&Outcome::Migrated), Some(Chain::Migrated));
+        let rejected = "rolled-back:connect-rejected:BadRequest".parse().unwrap();
+        assert_eq!(Chain::of(&rejected), Some(Chain::Refused));
+        let unhealthy = "rolled-back:kv-references-unresolved".parse().unwrap();
+        assert_eq!(Chain::of(&unhealthy), Some(Chain::Unhealthy));
+        let skipped = "skipped:no-integration".parse().unwrap();
+        assert_eq!(Chain::of(&skipped), None);
+    }
+
+    #[test]
+    fn the_bound_is_the_largest_floor() {
+        let mut stats = SimStats::default();
+        stats.by_subscription.insert(
+            "a".into(),
+            SubscriptionStats {
+                reads: 2_500,
+                writes: 300,
+                ..Default::default()
+            },
+        );
+        stats.by_subscription.insert(
+            "b".into(),
+            SubscriptionStats {
+                deletes: 700,
+                ..Default::default()
+            },
+        );
+        stats.vnet_lock_seconds.insert("v1".into(), 71.0);
+        stats.vnet_lock_seconds.insert("v2".into(), 14.0);
+        // Speed 10: reads (2500 - 250) / 250 = 9 s beat deletes (700 - 200) / 100 = 5 s;
+        // the migrated chain 67.36 / 10; VNet v1 71 / 10.
+        let b = LowerBound::new(&stats, 10.0, 60.0, [Chain::Refused, Chain::Migrated]);
+        assert!(close(b.buckets, 9.0));
+        assert!(close(b.target_chain, 6.736));
+        assert!(close(b.vnet_chain, 7.1));
+        assert!(close(b.seconds(), 9.0));
+        // A small run: no bucket drains, the target's own chain is the floor.
+        let small = SimStats::default();
+        let b = LowerBound::new(&small, 50.0, 60.0, [Chain::Migrated]);
+        assert_eq!(b.buckets, 0.0);
+        assert!(close(b.seconds(), 67.36 / 50.0));
+        assert_eq!(LowerBound::new(&small, 50.0, 60.0, []).seconds(), 0.0);
+    }
+}
