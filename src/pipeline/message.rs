@@ -305,10 +305,14 @@ impl StepMessage {
     /// are the cut-overs into it: ARM holds the VNet for the 7–10 s a site joins one of its
     /// subnets and refuses other writes meanwhile (arm-vnet reference §13), so a cut-over that
     /// removed a gateway connection while another held the VNet would keep its app offline
-    /// until that one finished.
+    /// until that one finished. A cut-over re-sent after its gateway connection was removed
+    /// (it carries the saved snapshot) goes back to its target's own session: queued behind
+    /// the VNet's other cut-overs, its app would stay offline until they all finished.
     pub fn session_id(&self) -> String {
-        match (self.step, &self.plan) {
-            (Step::PrepareSubnet | Step::Disconnect, Some(p)) => p.vnet.key().to_string(),
+        match (self.step, &self.plan, &self.gateway) {
+            (Step::PrepareSubnet, Some(p), _) | (Step::Disconnect, Some(p), None) => {
+                p.vnet.key().to_string()
+            }
             _ => self.target.key().to_string(),
         }
     }
@@ -426,6 +430,17 @@ mod tests {
         assert_eq!(m.session_id(), vnet.key());
         assert_eq!(m.next(Step::Disconnect).session_id(), vnet.key());
         assert_eq!(m.next(Step::Configure).session_id(), target().key());
+        // Mid-cut-over (the gateway connection already removed): the target's own session.
+        let mut resent = m.next(Step::Disconnect);
+        resent.gateway = Some(GatewaySnapshot {
+            name: "V".into(),
+            vnet_resource_id: vnet.clone(),
+            dns_servers: None,
+            cert_thumbprint: None,
+            cert_blob: None,
+            routes: None,
+        });
+        assert_eq!(resent.session_id(), target().key());
     }
 
     proptest! {
