@@ -76,23 +76,56 @@ pub(crate) async fn key_vault_statuses(
     Ok(health::statuses(&refs))
 }
 
+/// The target's plan as its site shows it now; `None` when the target no longer exists.
+async fn plan_of_site(
+    ctx: &StepContext,
+    target: &ResourceId,
+) -> Result<Option<ResourceId>, StepError> {
+    let Some(site) = ctx.arm.get_opt::<Site>(target.as_str()).await? else {
+        return Ok(None);
+    };
+    site.properties
+        .server_farm_id
+        .map(Some)
+        .ok_or_else(|| StepError::Unexpected("the app has no serverFarmId".into()))
+}
+
 async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
-    let Some(site) = ctx.arm.get_opt::<Site>(msg.target.as_str()).await? else {
-        return Ok(StepResult::done(
+    let gone = || {
+        Ok(StepResult::done(
             Outcome::Skipped(SkipReason::NotFound),
             "target no longer exists",
-        ));
+        ))
     };
-    let plan_id = site
-        .properties
-        .server_farm_id
-        .clone()
-        .ok_or_else(|| StepError::Unexpected("the app has no serverFarmId".into()))?;
+    // The plan `discover` read on the site, when it carried it: a site moves to another plan
+    // only by a write to the site, and the plan's own member list below shows whether it
+    // still holds the target.
+    let mut plan_id = match &msg.server_farm {
+        Some(p) => p.clone(),
+        None => match plan_of_site(ctx, &msg.target).await? {
+            Some(p) => p,
+            None => return gone(),
+        },
+    };
     let mut decision = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
     if !decision.targets.contains_key(&msg.target) {
-        // Created after the decision was cached: decide again with it included.
-        ctx.plans.invalidate(&plan_id);
-        decision = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
+        if msg.server_farm.is_some() {
+            // Not a member of the carried plan: deleted or moved since `discover`, or created
+            // after the decision was cached. The site says which.
+            match plan_of_site(ctx, &msg.target).await? {
+                None => return gone(),
+                Some(p) if p != plan_id => {
+                    plan_id = p;
+                    decision = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
+                }
+                Some(_) => {}
+            }
+        }
+        if !decision.targets.contains_key(&msg.target) {
+            // Created after the decision was cached: decide again with it included.
+            ctx.plans.invalidate(&plan_id);
+            decision = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
+        }
     }
     let warn = if decision.warnings.is_empty() {
         String::new()
@@ -195,8 +228,7 @@ fn desired_subnet(policy: &Policy, mut subnet: Subnet, prefix: &str) -> Subnet {
 /// The lowest free block for a new subnet, from the VNet as it is now. Subnet writes in one
 /// VNet run one at a time (the step's session is the VNet), so plans that forecast the same
 /// block do not collide: the second one to get here takes the next free block.
-async fn allocate(ctx: &StepContext, p: &PlannedSubnet) -> Result<Option<String>, StepError> {
-    let vnet: VirtualNetwork = ctx.arm.get(p.vnet.as_str()).await?;
+fn allocate(vnet: &VirtualNetwork, p: &PlannedSubnet) -> Result<Option<String>, StepError> {
     let bad = |e: ipam::IpamError| StepError::Unexpected(format!("{}: {e}", p.vnet));
     let space =
         ipam::parse_prefixes(&vnet.properties.address_space.address_prefixes).map_err(bad)?;
@@ -231,10 +263,18 @@ fn is_conflict(e: &ArmError) -> bool {
 
 async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
     let p = planned(msg)?;
-    let current: Option<Subnet> = ctx.arm.get_opt(p.subnet.as_str()).await?;
+    // One read serves both questions: a VNet GET holds its subnets as full subnet objects
+    // (arm-vnet reference §5), and a new subnet's block is allocated from the same VNet.
+    let vnet: VirtualNetwork = ctx.arm.get(p.vnet.as_str()).await?;
+    let current: Option<Subnet> = vnet
+        .properties
+        .subnets
+        .iter()
+        .find(|s| s.name.eq_ignore_ascii_case(p.subnet.name()))
+        .cloned();
     let prefix = match &current {
         Some(_) => p.prefix.clone(),
-        None => match allocate(ctx, p).await? {
+        None => match allocate(&vnet, p)? {
             Some(prefix) => prefix,
             None => {
                 return Ok(StepResult::done(
@@ -428,11 +468,22 @@ async fn connect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Ste
     if site.properties.virtual_network_subnet_id.as_ref() == Some(&p.subnet) {
         // The PATCH of an earlier delivery went through: the app has been back on a VNet since
         // then at the latest, which is all this delivery can tell.
-        let mut result = StepResult::next(msg.next(Step::Configure), "already connected");
+        let mut result = StepResult::next(configure_next(msg, &site), "already connected");
         result.cutover.connected_at = Some(OffsetDateTime::now_utc());
         return Ok(result);
     }
     join_subnet(ctx, msg, p).await
+}
+
+/// The `configure` message after a cut-over that has just seen `site`, carrying its routing.
+/// Carried rather than configured in the cut-over itself: the cut-over holds its VNet's
+/// session, and another write there would keep the VNet's next cut-over (and its app, offline
+/// meanwhile) waiting.
+fn configure_next(msg: &StepMessage, site: &Site) -> StepMessage {
+    let mut next = msg.next(Step::Configure);
+    next.routing =
+        Some(serde_json::from_value(current_routing(site)).expect("routing in its own shape"));
+    next
 }
 
 /// `PATCH` the site into the planned subnet: `configure` next, or rollback when ARM refuses.
@@ -442,10 +493,13 @@ async fn join_subnet(
     p: &PlannedSubnet,
 ) -> Result<StepResult, StepError> {
     let body = json!({"properties": {"virtualNetworkSubnetId": p.subnet.as_str()}});
-    match ctx.arm.patch::<Value>(msg.target.as_str(), &body).await {
-        Ok(_) => {
+    // The PATCH answers with the site (200 with the full site, as the site PUT of the
+    // recordings does: recording test_webapp_vnetE2E #22; or, after a 202, the final GET of
+    // the LRO): its routing goes to `configure` in the message.
+    match ctx.arm.patch::<Site>(msg.target.as_str(), &body).await {
+        Ok(site) => {
             let mut result = StepResult::next(
-                msg.next(Step::Configure),
+                configure_next(msg, &site),
                 format!("connected to {}", p.subnet),
             );
             result.cutover.connected_at = Some(OffsetDateTime::now_utc());
@@ -511,22 +565,41 @@ fn current_routing(site: &Site) -> Value {
     r
 }
 
-async fn configure(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
-    let site: Site = ctx.arm.get(msg.target.as_str()).await?;
-    let desired = desired_routing(&ctx.policy);
-    let settle = ctx.scaled(Duration::from_secs(ctx.policy.settle_seconds));
-    let current = current_routing(&site);
-    let matches = desired
+/// Whether `current` (in the `outboundVnetRouting` shape) routes as `desired` does.
+fn routes_as(desired: &Value, current: &Value) -> bool {
+    desired
         .as_object()
         .expect("object")
         .iter()
-        .all(|(k, v)| current.get(k).unwrap_or(&Value::Bool(false)) == v);
-    if matches {
-        return Ok(StepResult::next_after(
-            msg.next(Step::Verify),
+        .all(|(k, v)| current.get(k).unwrap_or(&Value::Bool(false)) == v)
+}
+
+async fn configure(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
+    let desired = desired_routing(&ctx.policy);
+    let settle = ctx.scaled(Duration::from_secs(ctx.policy.settle_seconds));
+    let done = || {
+        Ok(StepResult::next_after(
+            verify_next(msg),
             settle,
             "routing already as configured",
-        ));
+        ))
+    };
+    // The routing the cut-over's PATCH returned moments ago, trusted only when it needs no
+    // write: one that does is read again, since an earlier delivery of this very message may
+    // have configured it (a second delivery must write nothing). Not trusted either in a
+    // message replayed by an operator, which may be days old, or in one without it (queued
+    // by an earlier version).
+    let carried = msg
+        .routing
+        .as_ref()
+        .filter(|_| msg.replay == 0)
+        .map(|r| serde_json::to_value(r).expect("routing serialises"));
+    if carried.is_some_and(|r| routes_as(&desired, &r)) {
+        return done();
+    }
+    let site: Site = ctx.arm.get(msg.target.as_str()).await?;
+    if routes_as(&desired, &current_routing(&site)) {
+        return done();
     }
     ctx.arm
         .patch::<Value>(
@@ -535,10 +608,17 @@ async fn configure(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, S
         )
         .await?;
     Ok(StepResult::next_after(
-        msg.next(Step::Verify),
+        verify_next(msg),
         settle,
         "outbound routing configured",
     ))
+}
+
+/// `verify` after `configure`: the routing seen at the cut-over is no fact of the steps after.
+fn verify_next(msg: &StepMessage) -> StepMessage {
+    let mut next = msg.next(Step::Verify);
+    next.routing = None;
+    next
 }
 
 async fn verify(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
@@ -572,8 +652,15 @@ async fn verify(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Step
             "a gateway-based connection is present again".into(),
         ));
     }
-    if ctx.policy.gates.key_vault_references_must_resolve {
-        let baseline = msg.baseline.clone().unwrap_or_default();
+    let baseline = msg.baseline.clone().unwrap_or_default();
+    // Only references resolved before the migration are judged (`health::compare`): with none,
+    // the list could not fail the gate and is not read.
+    if ctx.policy.gates.key_vault_references_must_resolve
+        && baseline
+            .key_vault_references
+            .values()
+            .any(|s| *s == KeyVaultStatus::Resolved)
+    {
         let now = key_vault_statuses(ctx, &msg.target).await?;
         match health::compare(&baseline.key_vault_references, &now) {
             KvHealth::Healthy => {}

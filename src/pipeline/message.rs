@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::reason::RollbackReason;
-use crate::azure::models::KeyVaultStatus;
+use crate::azure::models::{KeyVaultStatus, OutboundVnetRouting};
 use crate::azure::ResourceId;
 
 pub(crate) const MESSAGE_VERSION: u32 = 1;
@@ -181,6 +181,15 @@ pub struct StepMessage {
     /// Why a rollback was started (carried into the `rolled-back:<reason>` outcome).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<RollbackReason>,
+    /// The App Service plan `discover` read on the target, so `plan` need not read the site
+    /// again. Not part of the MessageId: a fact carried forward, which `plan` checks against
+    /// the plan's member list before it trusts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) server_farm: Option<ResourceId>,
+    /// The site's outbound routing as the cut-over's PATCH returned it, so `configure` need not
+    /// read the site again. Not part of the MessageId.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) routing: Option<OutboundVnetRouting>,
     /// Bumped by `replay` so a resubmitted step gets a fresh MessageId.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) replay: u32,
@@ -221,6 +230,8 @@ impl StepMessage {
             not_before: None,
             trace: Some(uuid::Uuid::new_v4().simple().to_string()),
             reason: None,
+            server_farm: None,
+            routing: None,
             replay: 0,
             transient: 0,
         }
@@ -405,6 +416,33 @@ mod tests {
         // A counted retry and the next step start counting re-sends afresh.
         assert_eq!(second.retry().transient, 0);
         assert_eq!(second.next(Step::Configure).transient, 0);
+    }
+
+    #[test]
+    fn carried_facts_travel_only_when_set_and_leave_the_message_id_alone() {
+        let m = StepMessage::new(RunId("r-1".into()), target(), Step::Plan, Origin::Cli);
+        let wire = String::from_utf8(m.encode()).unwrap();
+        assert!(
+            !wire.contains("serverFarm") && !wire.contains("routing"),
+            "{wire}"
+        );
+        let mut carried = m.clone();
+        carried.server_farm = Some(
+            ResourceId::parse(
+                "/subscriptions/s/resourceGroups/r/providers/Microsoft.Web/serverfarms/p",
+            )
+            .unwrap(),
+        );
+        carried.routing = Some(OutboundVnetRouting {
+            application_traffic: Some(true),
+            ..Default::default()
+        });
+        assert_eq!(carried.message_id(), m.message_id());
+        let back = StepMessage::decode(&carried.encode()).unwrap();
+        assert_eq!(back, carried);
+        assert!(String::from_utf8(carried.encode())
+            .unwrap()
+            .contains(r#""routing":{"applicationTraffic":true}"#));
     }
 
     #[test]
