@@ -483,6 +483,45 @@ mod changed_during_the_run {
         assert_eq!(rig.subnet_of(&slot), rig.subnet_of(&a));
     }
 
+    /// `plan` takes the plan id `discover` carried; an app moved to another plan or deleted
+    /// in between is found out from the carried plan's member list, and the site is read.
+    #[tokio::test]
+    async fn an_app_moved_or_deleted_after_discover_is_planned_from_what_arm_shows() {
+        let mut b = base();
+        let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+        let plan1 = b.plan("apps", "plan1", WE, "P1v2", 2);
+        let plan2 = b.plan("apps", "plan2", WE, "P1v2", 2);
+        let moved = app(&mut b, &plan1, "moved", &v);
+        let gone = app(&mut b, &plan1, "gone", &v);
+        let rig = Rig::start(b.build()).await;
+        let outcomes = drive(&rig, vec![moved.clone(), gone.clone()], |msg| {
+            let (arm, plan2) = (rig.arm.clone(), plan2.clone());
+            async move {
+                if msg.step != Step::Plan {
+                    return;
+                }
+                if msg.target.name() == "moved" {
+                    let _: serde_json::Value = arm
+                        .patch(
+                            msg.target.as_str(),
+                            &json!({"properties": {"serverFarmId": plan2.as_str()}}),
+                        )
+                        .await
+                        .unwrap();
+                } else {
+                    arm.delete(msg.target.as_str()).await.unwrap();
+                }
+            }
+        })
+        .await;
+        assert_eq!(outcomes[&moved], "migrated");
+        assert_eq!(
+            rig.subnet_of(&moved).map(|s| s.name().to_string()),
+            Some("snet-plan2-integration".to_string())
+        );
+        assert_eq!(outcomes[&gone], "skipped:not-found");
+    }
+
     #[tokio::test]
     async fn integration_changed_outside_the_run_ends_without_writing() {
         let mut b = base();
