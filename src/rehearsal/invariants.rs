@@ -175,9 +175,7 @@ pub fn check_views(before: &View, after: &View, report: &Report) -> Vec<String> 
                 }
             }
             "blocked" | "skipped" => {
-                if site_before.regional_subnet != regional_after
-                    || gw_before != gw_after
-                {
+                if site_before.regional_subnet != regional_after || gw_before != gw_after {
                     bad.push(format!("{id}: {outcome} but its integration was changed"));
                 }
             }
