@@ -42,8 +42,12 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let Some(fleet) = args.source.load()? else {
         anyhow::bail!("rehearse needs --fleet FILE or --generate N");
     };
+    let subs = invariants::subscriptions(&fleet);
+    // The invariants need a few facts of the fleet as it was, not the fleet: the simulator
+    // takes the fleet itself (one copy of it in memory, not two).
+    let before = invariants::View::of(&mut fleet.resources.iter());
     let sim = Simulator::new(
-        fleet.clone(),
+        fleet,
         SimOptions {
             speed: args.speed,
             faults: args.faults,
@@ -55,7 +59,6 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         .serve(([127, 0, 0, 1], 0).into())
         .await
         .context("cannot start the ARM simulator")?;
-    let subs = invariants::subscriptions(&fleet);
     let write_scope: Vec<ResourceId> = subs
         .iter()
         .map(|s| ResourceId::subscription_id(s))
@@ -83,7 +86,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
 
     rehearsal::use_simulator_figures(&mut report, &sim.stats(), args.speed, settle_seconds);
 
-    let violations = invariants::check(&fleet, &sim.state(), &report);
+    let violations =
+        invariants::check_views(&before, &sim.with_resources(invariants::View::of), &report);
     server.shutdown().await;
     let code = common::finish(global, &report, |r| {
         let mut s = r.table();

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::azure::models::{normalize_location, Site, VirtualNetwork};
@@ -21,48 +22,97 @@ pub fn subscriptions(fleet: &Fleet) -> Vec<String> {
     subs.into_iter().collect()
 }
 
-struct View {
-    sites: BTreeMap<ResourceId, Site>,
+/// What the invariants read of one app: a handful of fields rather than the whole resource,
+/// so a 10,000-target rehearsal does not keep a second copy of its fleet.
+struct SiteFacts {
+    location: String,
+    plan: Option<ResourceId>,
+    regional_subnet: Option<ResourceId>,
+}
+
+/// What the invariants read of one app's gateway-based connections.
+#[derive(Default)]
+struct GatewayFacts {
+    count: usize,
+    /// Some connection carries traffic (`resyncRequired: false`).
+    connected: bool,
+}
+
+/// The compact view of a fleet the invariants are checked on; built while the resources are
+/// at hand (before the simulator takes the fleet, and from its store at the end) so neither
+/// copy of the fleet has to be cloned.
+pub struct View {
+    sites: BTreeMap<ResourceId, SiteFacts>,
     vnets: BTreeMap<ResourceId, VirtualNetwork>,
-    /// target → gateway connection resources
-    gateways: BTreeMap<ResourceId, Vec<Value>>,
+    /// target → its gateway connections
+    gateways: BTreeMap<ResourceId, GatewayFacts>,
 }
 
-fn view(fleet: &Fleet) -> View {
-    let mut v = View {
-        sites: BTreeMap::new(),
-        vnets: BTreeMap::new(),
-        gateways: BTreeMap::new(),
-    };
-    for (id, r) in fleet.with_ids() {
-        match id.kind() {
-            ResourceKind::Site | ResourceKind::Slot => {
-                if let Ok(s) = serde_json::from_value::<Site>(r.clone()) {
-                    v.sites.insert(id, s);
+impl View {
+    /// Reads `resources`; entries without a valid id are passed over (as `Fleet::with_ids`).
+    pub fn of<'a>(resources: &mut dyn Iterator<Item = &'a Value>) -> View {
+        let mut v = View {
+            sites: BTreeMap::new(),
+            vnets: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+        };
+        for r in resources {
+            let Some(id) = r
+                .get("id")
+                .and_then(Value::as_str)
+                .and_then(|i| ResourceId::parse(i).ok())
+            else {
+                continue;
+            };
+            match id.kind() {
+                ResourceKind::Site | ResourceKind::Slot => {
+                    if let Ok(s) = Site::deserialize(r) {
+                        v.sites.insert(
+                            id,
+                            SiteFacts {
+                                location: s.location,
+                                plan: s.properties.server_farm_id,
+                                regional_subnet: s.properties.virtual_network_subnet_id,
+                            },
+                        );
+                    }
                 }
-            }
-            ResourceKind::VirtualNetwork => {
-                if let Ok(n) = serde_json::from_value::<VirtualNetwork>(r.clone()) {
-                    v.vnets.insert(id, n);
+                ResourceKind::VirtualNetwork => {
+                    if let Ok(n) = VirtualNetwork::deserialize(r) {
+                        v.vnets.insert(id, n);
+                    }
                 }
-            }
-            ResourceKind::SiteVnetConnection => {
-                let swift = r.pointer("/properties/isSwift").and_then(Value::as_bool) == Some(true);
-                if let (false, Some(parent)) = (swift, id.parent()) {
-                    v.gateways.entry(parent).or_default().push(r.clone());
+                ResourceKind::SiteVnetConnection => {
+                    let flag = |name: &str| {
+                        r.pointer(&format!("/properties/{name}"))
+                            .and_then(Value::as_bool)
+                    };
+                    if let (false, Some(parent)) = (flag("isSwift") == Some(true), id.parent()) {
+                        let g = v.gateways.entry(parent).or_default();
+                        g.count += 1;
+                        g.connected |= flag("resyncRequired") == Some(false);
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
+        v
     }
-    v
 }
 
-/// Every broken invariant, as one line each (empty = all hold).
+/// Every broken invariant between two fleets, as one line each (empty = all hold).
 pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<String> {
+    check_views(
+        &View::of(&mut initial.resources.iter()),
+        &View::of(&mut final_state.resources.iter()),
+        report,
+    )
+}
+
+/// Every broken invariant between the views of the fleet before and after, as one line each
+/// (empty = all hold).
+pub fn check_views(before: &View, after: &View, report: &Report) -> Vec<String> {
     let mut bad = Vec::new();
-    let before = view(initial);
-    let after = view(final_state);
     let outcomes: BTreeMap<ResourceId, (&str, Option<&str>)> = report
         .targets
         .iter()
@@ -87,9 +137,9 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
         else {
             continue;
         };
-        let gw_before = before.gateways.get(id).map(Vec::len).unwrap_or(0);
-        let gw_after = after.gateways.get(id).map(Vec::len).unwrap_or(0);
-        let regional_after = site_after.properties.virtual_network_subnet_id.clone();
+        let gw_before = before.gateways.get(id).map_or(0, |g| g.count);
+        let gw_after = after.gateways.get(id).map_or(0, |g| g.count);
+        let regional_after = site_after.regional_subnet.clone();
         match *outcome {
             "migrated" => {
                 if gw_after > 0 {
@@ -125,9 +175,7 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
                 }
             }
             "blocked" | "skipped" => {
-                if site_before.properties.virtual_network_subnet_id != regional_after
-                    || gw_before != gw_after
-                {
+                if site_before.regional_subnet != regional_after || gw_before != gw_after {
                     bad.push(format!("{id}: {outcome} but its integration was changed"));
                 }
             }
@@ -135,12 +183,7 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
             // Re-adding a gateway-based connection is a handshake: declared alone it does not
             // carry traffic (`resyncRequired: true`, arm-vnet reference §2.2).
             "rolled-back" if gw_before > 0 => {
-                let connected = after.gateways.get(id).into_iter().flatten().any(|c| {
-                    c.pointer("/properties/resyncRequired")
-                        .and_then(Value::as_bool)
-                        == Some(false)
-                });
-                if !connected {
+                if !after.gateways.get(id).is_some_and(|g| g.connected) {
                     bad.push(format!(
                         "{id}: rolled back but its gateway connection is not connected (resyncRequired)"
                     ));
@@ -183,10 +226,7 @@ pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<Strin
 
     let mut per_plan: BTreeMap<ResourceId, BTreeSet<ResourceId>> = BTreeMap::new();
     for s in after.sites.values() {
-        if let (Some(plan), Some(subnet)) = (
-            &s.properties.server_farm_id,
-            &s.properties.virtual_network_subnet_id,
-        ) {
+        if let (Some(plan), Some(subnet)) = (&s.plan, &s.regional_subnet) {
             per_plan
                 .entry(plan.clone())
                 .or_default()

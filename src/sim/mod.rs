@@ -31,6 +31,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use serde_json::Value;
+
 use state::State;
 use store::Store;
 
@@ -74,10 +76,17 @@ impl Simulator {
 
     /// Current resources in fleet format (same as `GET /_sim/state`).
     pub fn state(&self) -> Fleet {
+        self.with_resources(|r| Fleet {
+            resources: r.cloned().collect(),
+        })
+    }
+
+    /// Runs `f` over the current resources in place, under the simulator's lock: reading a
+    /// large fleet without copying it (requests wait meanwhile).
+    pub fn with_resources<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Value>) -> T) -> T {
         let st = self.inner.lock().expect("simulator lock");
-        Fleet {
-            resources: st.store.all().cloned().collect(),
-        }
+        let mut resources = st.store.all();
+        f(&mut resources)
     }
 
     /// Counters (same as `GET /_sim/stats`).

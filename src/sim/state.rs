@@ -1,7 +1,8 @@
 //! The simulator's mutable state: the store plus everything that makes it behave like ARM
 //! over time (LROs, locks, throttling, deterministic randomness, counters).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
@@ -13,6 +14,14 @@ use super::reply::Reply;
 use super::store::Store;
 use super::throttle::Throttle;
 use crate::azure::ResourceId;
+
+/// How long, in simulated seconds, a finished operation's status and result URLs keep
+/// answering. ARM documents no retention for them (arm-vnet reference §8 only says a client
+/// polls `Azure-AsyncOperation` until the status is terminal), so a client must not count on
+/// an old URL: forgetting after ten minutes is stricter than remembering forever, and far
+/// longer than a client here waits between an operation's end and its next poll (at most one
+/// `Retry-After`). A long run no longer keeps every operation it ever started.
+const OPERATION_RETENTION_SECONDS: f64 = 600.0;
 
 /// A running operation holding a VNet: until when, and the subnet it writes (whose GET reads
 /// `Updating` meanwhile).
@@ -50,6 +59,10 @@ pub(crate) struct State {
     pub(crate) stats: SimStats,
     pub(crate) injected: Vec<InjectedFault>,
     pub(crate) operations: HashMap<String, Operation>,
+    /// When each operation may be forgotten (`OPERATION_RETENTION_SECONDS` after it is due
+    /// to finish), soonest first: `start_operation` drops the expired ones, so a long run
+    /// keeps only the recent operations rather than every one it ever started.
+    operation_expiry: BinaryHeap<Reverse<(Instant, String)>>,
     /// VNet (or VPN gateway) key → the operation running on it (ARM locks it meanwhile;
     /// `contention`).
     pub(crate) vnet_busy: HashMap<String, Hold>,
@@ -79,6 +92,7 @@ impl State {
             stats: SimStats::default(),
             injected: Vec::new(),
             operations: HashMap::new(),
+            operation_expiry: BinaryHeap::new(),
             vnet_busy: HashMap::new(),
             site_busy: HashMap::new(),
             work: Duration::ZERO,
@@ -120,18 +134,44 @@ impl State {
     /// Registers the LRO of the request being routed (lasting `self.work`, failing when a
     /// failure was injected); returns its id and whether it fails.
     pub(crate) fn start_operation(&mut self) -> (String, bool) {
+        let now = Instant::now();
+        self.forget_operations(now);
         let id = self.uuid();
         let error = self.failing_operation.take();
         let fails = error.is_some();
+        let done_at = now + self.work;
         self.operations.insert(
             id.clone(),
             Operation {
-                done_at: Instant::now() + self.work,
+                done_at,
                 error,
                 result: None,
             },
         );
+        self.operation_expiry
+            .push(Reverse((done_at + self.operation_retention(), id.clone())));
         (id, fails)
+    }
+
+    /// How long a finished operation's status URL keeps answering, in simulated time.
+    fn operation_retention(&self) -> Duration {
+        // Unlike `SimOptions::scaled`, not zero without the latency model: an operation that
+        // finishes at once must still answer the poll that follows.
+        Duration::from_secs_f64(OPERATION_RETENTION_SECONDS / self.options.speed())
+    }
+
+    /// Drops the operations whose retention ended by `now`; their status URLs answer 404 from
+    /// then on, as an unknown operation's do.
+    fn forget_operations(&mut self, now: Instant) {
+        while let Some(Reverse((expires, _))) = self.operation_expiry.peek() {
+            if *expires > now {
+                break;
+            }
+            let Some(Reverse((_, id))) = self.operation_expiry.pop() else {
+                break;
+            };
+            self.operations.remove(&id);
+        }
     }
 
     /// `{"status": …}` for an operation status URL; `None` when unknown.
@@ -168,5 +208,39 @@ impl State {
     /// millisecond precision, so a sped-up simulator's waits are not stretched to whole seconds.
     pub(crate) fn retry_after(wait: Duration) -> String {
         format!("{:.3}", wait.as_secs_f64().max(0.001))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A finished operation keeps answering its status URL for the retention window, then is
+    /// forgotten (404 from then on), so a long run does not keep every operation it started.
+    #[test]
+    fn finished_operations_are_forgotten_after_their_retention() {
+        // At this speed the ten simulated minutes last 60 ms.
+        let options = SimOptions {
+            speed: 10_000.0,
+            latency: false,
+            ..SimOptions::default()
+        };
+        let mut st = State::new(Store::default(), options);
+        let (first, _) = st.start_operation();
+        assert_eq!(
+            st.operation_status(&first),
+            Some(json!({"status": "Succeeded"}))
+        );
+        let (second, _) = st.start_operation();
+        assert!(
+            st.operation_status(&first).is_some(),
+            "forgotten within its retention"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+        let (third, _) = st.start_operation();
+        assert_eq!(st.operation_status(&first), None);
+        assert_eq!(st.operation_status(&second), None);
+        assert!(st.operation_status(&third).is_some());
+        assert_eq!(st.operations.len(), 1);
     }
 }
