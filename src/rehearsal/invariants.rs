@@ -50,7 +50,7 @@ pub struct View {
 
 impl View {
     /// Reads `resources`; entries without a valid id are passed over (as `Fleet::with_ids`).
-    pub fn of<'a>(resources: &mut dyn Iterator<Item = &'a Value>) -> View {
+    pub fn of(resources: &mut dyn Iterator<Item = &Value>) -> View {
         let mut v = View {
             sites: BTreeMap::new(),
             vnets: BTreeMap::new(),
