@@ -22,12 +22,10 @@ pub(crate) async fn discover(
         ));
     };
     let mut result = match integration(&ctx.arm, &site).await? {
-        Integration::Gateway { vnet, .. } => {
-            let mut next = msg.next(Step::Plan);
-            // `plan` needs only the plan id from the site: carried so it is not read again.
-            next.server_farm = site.properties.server_farm_id.clone();
-            StepResult::next(next, format!("gateway-based integration with {vnet}"))
-        }
+        Integration::Gateway { vnet, .. } => StepResult::next(
+            msg.next(Step::Plan),
+            format!("gateway-based integration with {vnet}"),
+        ),
         Integration::Regional { subnet } => StepResult::done(
             Outcome::Skipped(SkipReason::AlreadyRegional),
             format!("regional integration in {subnet}"),

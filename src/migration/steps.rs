@@ -17,7 +17,7 @@ use crate::azure::ResourceId;
 use crate::migration::discover::{discover, slot_discoveries, SlotFilter};
 use crate::migration::health::{self, KvHealth};
 use crate::migration::ipam;
-use crate::migration::plan::{Integration, PlanDecision, TargetDecision};
+use crate::migration::plan::{Integration, TargetDecision};
 use crate::migration::rollback::rollback;
 use crate::pipeline::message::{Baseline, GatewaySnapshot, PlannedSubnet, Step, StepMessage};
 use crate::pipeline::reason::{
@@ -97,37 +97,13 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
             "target no longer exists",
         ))
     };
-    // The plan `discover` read on the site, when it carried it: a site moves to another plan
-    // only by a write to the site, and the plan's member list shows whether it still holds
-    // the target. Trusted only where a read that follows shows the target still exists: the
-    // Key Vault baseline of a target to migrate (a 404 there means the app is gone). A dry
-    // run, a policy without that gate and a target that ends here read the site as before.
-    let carried = msg
-        .server_farm
-        .clone()
-        .filter(|_| !msg.dry_run && ctx.policy.gates.key_vault_references_must_resolve);
-    let mut plan_id = match &carried {
-        Some(p) => p.clone(),
-        None => match plan_of_site(ctx, &msg.target).await? {
-            Some(p) => p,
-            None => return gone(),
-        },
+    // The site is read again rather than trusting the plan `discover` saw: a cached plan
+    // decision can still list a target that moved to another plan since, and planning it under
+    // the old one would be wrong (safety over one read per target).
+    let Some(plan_id) = plan_of_site(ctx, &msg.target).await? else {
+        return gone();
     };
     let mut decision = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
-    let to_migrate =
-        |d: &PlanDecision| matches!(d.targets.get(&msg.target), Some(TargetDecision::Migrate(_)));
-    if carried.is_some() && !to_migrate(&decision) {
-        // Not to migrate under the carried plan (or not a member of it: deleted or moved since
-        // `discover`, or created after the decision was cached): the site says which.
-        match plan_of_site(ctx, &msg.target).await? {
-            None => return gone(),
-            Some(p) if p != plan_id => {
-                plan_id = p;
-                decision = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
-            }
-            Some(_) => {}
-        }
-    }
     if !decision.targets.contains_key(&msg.target) {
         // Created after the decision was cached: decide again with it included.
         ctx.plans.invalidate(&plan_id);
@@ -175,7 +151,7 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
                 return Ok(r);
             }
             // The baseline serves the Key Vault gate of `verify` only: without the gate it is
-            // not read. With it, it is the read that shows the target still exists.
+            // not read. A 404 there: the app was deleted since it was read above.
             let key_vault_references = if ctx.policy.gates.key_vault_references_must_resolve {
                 match key_vault_statuses(ctx, &msg.target).await {
                     Err(StepError::Arm(e)) if e.status() == Some(404) => return gone(),

@@ -181,11 +181,6 @@ pub struct StepMessage {
     /// Why a rollback was started (carried into the `rolled-back:<reason>` outcome).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<RollbackReason>,
-    /// The App Service plan `discover` read on the target, so `plan` need not read the site
-    /// again. Not part of the MessageId: a fact carried forward, which `plan` checks against
-    /// the plan's member list before it trusts it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) server_farm: Option<ResourceId>,
     /// The site's outbound routing as the cut-over's PATCH returned it, so `configure` need not
     /// read the site again. Not part of the MessageId.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,7 +225,6 @@ impl StepMessage {
             not_before: None,
             trace: Some(uuid::Uuid::new_v4().simple().to_string()),
             reason: None,
-            server_farm: None,
             routing: None,
             replay: 0,
             transient: 0,
@@ -422,17 +416,8 @@ mod tests {
     fn carried_facts_travel_only_when_set_and_leave_the_message_id_alone() {
         let m = StepMessage::new(RunId("r-1".into()), target(), Step::Plan, Origin::Cli);
         let wire = String::from_utf8(m.encode()).unwrap();
-        assert!(
-            !wire.contains("serverFarm") && !wire.contains("routing"),
-            "{wire}"
-        );
+        assert!(!wire.contains("routing"), "{wire}");
         let mut carried = m.clone();
-        carried.server_farm = Some(
-            ResourceId::parse(
-                "/subscriptions/s/resourceGroups/r/providers/Microsoft.Web/serverfarms/p",
-            )
-            .unwrap(),
-        );
         carried.routing = Some(OutboundVnetRouting {
             application_traffic: Some(true),
             ..Default::default()
