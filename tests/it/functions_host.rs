@@ -20,24 +20,20 @@ use vnet_migrate::pipeline::queue::{Outgoing, StepSender};
 use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::rehearsal::invariants;
-use vnet_migrate::sim::builder::FleetBuilder;
 use vnet_migrate::sim::servicebus::{FakeOptions, ServiceBusServer};
 use vnet_migrate::sim::{Fleet, SimOptions, Simulator};
 
 use crate::support::{
-    arm_for, bin, free_port, outcomes, report_of, start_service_bus, start_sim, ChildGuard, Rig,
-    TempDir, TEST_TOKEN as TOKEN,
+    arm_for, base, bin, free_port, hub, outcomes, report_of, start_service_bus, start_sim,
+    ChildGuard, Rig, TempDir, TEST_TOKEN as TOKEN,
 };
 
 const QUEUE: &str = "migration-steps";
 const OUR_PRINCIPAL: &str = "11111111-2222-3333-4444-555555555555";
 
 fn fleet() -> Fleet {
-    let mut b = FleetBuilder::new();
-    b.resource_group("net", "westeurope");
-    b.resource_group("apps", "westeurope");
-    let v = b.vnet("net", "hub", "westeurope", &["10.1.0.0/16"]);
-    b.gateway(&v);
+    let mut b = base();
+    let v = hub(&mut b, "hub", "westeurope", "10.1.0.0/16");
     let p1 = b.plan("apps", "plan1", "westeurope", "P1v2", 2);
     let p2 = b.plan("apps", "plan2", "westeurope", "P1v2", 2);
     for (name, plan) in [("a", &p1), ("b", &p1), ("c", &p2), ("d", &p2)] {
@@ -407,11 +403,8 @@ fn arm_event(target: &str, principal: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_deploy_debounces_filters_and_the_event_run_completes() {
-    let mut b = FleetBuilder::new();
-    b.resource_group("net", "westeurope");
-    b.resource_group("apps", "westeurope");
-    let v = b.vnet("net", "hub", "westeurope", &["10.1.0.0/16"]);
-    b.gateway(&v);
+    let mut b = base();
+    let v = hub(&mut b, "hub", "westeurope", "10.1.0.0/16");
     let plan = b.plan("apps", "plan1", "westeurope", "P1v2", 1);
     let app = b.site("apps", "app1", &plan);
     b.gateway_connection(&app, &v);

@@ -13,19 +13,15 @@ use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
 use vnet_migrate::pipeline::reason::RollbackReason;
 use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
-use vnet_migrate::sim::builder::FleetBuilder;
 use vnet_migrate::sim::Fleet;
 
-use crate::support::{Rig, TempDir};
+use crate::support::{base, hub, Rig, TempDir};
 
 /// Five targets covering every write path: migrate (two apps sharing a new subnet, a slot),
 /// connect rejected (rollback), Key Vault break (rollback after verify).
 fn fleet() -> Fleet {
-    let mut b = FleetBuilder::new();
-    b.resource_group("net", "westeurope");
-    b.resource_group("apps", "westeurope");
-    let v = b.vnet("net", "hub", "westeurope", &["10.1.0.0/16"]);
-    b.gateway(&v);
+    let mut b = base();
+    let v = hub(&mut b, "hub", "westeurope", "10.1.0.0/16");
     let plan = b.plan("apps", "plan1", "westeurope", "P1v2", 2);
     for name in ["a", "b", "rej", "kv"] {
         let s = b.site("apps", name, &plan);

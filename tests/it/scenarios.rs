@@ -8,29 +8,16 @@ use vnet_migrate::policy::Policy;
 use vnet_migrate::sim::builder::FleetBuilder;
 use vnet_migrate::sim::{FaultMode, InjectedFault};
 
-use crate::support::{outcome, Rig};
+use crate::support::{base, hub, outcome, Rig};
 
 const WE: &str = "westeurope";
 const NE: &str = "northeurope";
 
 /// A hub VNet with a gateway in `loc`.
-fn hub(b: &mut FleetBuilder, name: &str, loc: &str, space: &str) -> ResourceId {
-    let v = b.vnet("net", name, loc, &[space]);
-    b.gateway(&v);
-    v
-}
-
 fn app(b: &mut FleetBuilder, plan: &ResourceId, name: &str, vnet: &ResourceId) -> ResourceId {
     let s = b.site("apps", name, plan);
     b.gateway_connection(&s, vnet);
     s
-}
-
-fn base() -> FleetBuilder {
-    let mut b = FleetBuilder::new();
-    b.resource_group("net", WE);
-    b.resource_group("apps", WE);
-    b
 }
 
 #[tokio::test]

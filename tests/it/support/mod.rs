@@ -28,6 +28,7 @@ use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::rehearsal::invariants;
 use vnet_migrate::report::{Performance, Report, TargetReport};
+use vnet_migrate::sim::builder::FleetBuilder;
 use vnet_migrate::sim::servicebus::{FakeOptions, ServiceBusFake, ServiceBusServer};
 use vnet_migrate::sim::{Fleet, SimOptions, SimServer, Simulator};
 
@@ -404,4 +405,19 @@ impl Rig {
             .filter(|r| r.pointer("/properties/isSwift").and_then(|v| v.as_bool()) != Some(true))
             .count()
     }
+}
+
+/// A fleet builder with the `net` and `apps` resource groups in West Europe.
+pub fn base() -> FleetBuilder {
+    let mut b = FleetBuilder::new();
+    b.resource_group("net", "westeurope");
+    b.resource_group("apps", "westeurope");
+    b
+}
+
+/// A VNet in `net` with its VPN gateway (gateway-based apps connect through it).
+pub fn hub(b: &mut FleetBuilder, name: &str, loc: &str, space: &str) -> ResourceId {
+    let v = b.vnet("net", name, loc, &[space]);
+    b.gateway(&v);
+    v
 }
