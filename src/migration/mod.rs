@@ -1,10 +1,11 @@
 //! The migration: pure planning (`ipam`, `plan`), the reconciler the pipeline drives
 //! (`context`: [`Migration`], its step context and error policy) with one reconcile function
-//! per step (`discover`, `steps`, `rollback`), the plan-wide decisions it shares
+//! per step (`discover`, `steps`, `subnet`, `cutover`, `rollback`), the plan-wide decisions it shares
 //! (`plan_cache`), the checks after the cut-over (`health`), `snapshot` (export a fleet) and
 //! `local` (a whole migration on one machine).
 
 pub(crate) mod context;
+mod cutover;
 pub mod discover;
 pub(crate) mod health;
 pub(crate) mod ipam;
@@ -14,5 +15,6 @@ pub(crate) mod plan_cache;
 pub(crate) mod rollback;
 pub(crate) mod snapshot;
 pub(crate) mod steps;
+mod subnet;
 
 pub use context::{Migration, StepContext, StepError};

@@ -16,7 +16,7 @@ use super::plan_cache::connections;
 use crate::azure::arm::ArmError;
 use crate::azure::models::{Site, VirtualNetwork, VirtualNetworkGateway, VnetConnection};
 use crate::azure::ResourceId;
-use crate::migration::steps::saved_gateway;
+use crate::migration::cutover::saved_gateway;
 use crate::pipeline::message::{GatewaySnapshot, StepMessage};
 use crate::pipeline::reason::{HandshakeFailure, ParkReason, RollbackReason};
 use crate::pipeline::reconciler::StepResult;

@@ -5,24 +5,20 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use time::OffsetDateTime;
 
 use super::context::{StepContext, StepError};
-use super::plan_cache::{connections, integration_of};
-use crate::azure::arm::ArmError;
-use crate::azure::models::{
-    KeyVaultReference, KeyVaultStatus, Site, SubResource, Subnet, VirtualNetwork, WEB_DELEGATION,
-};
+use super::cutover::{connect, disconnect};
+use super::plan_cache::connections;
+use super::subnet::prepare_subnet;
+use crate::azure::models::{KeyVaultReference, KeyVaultStatus, Site};
 use crate::azure::ResourceId;
 use crate::migration::discover::{discover, slot_discoveries, SlotFilter};
 use crate::migration::health::{self, KvHealth};
 use crate::migration::ipam;
-use crate::migration::plan::{Integration, TargetDecision};
+use crate::migration::plan::TargetDecision;
 use crate::migration::rollback::rollback;
-use crate::pipeline::message::{Baseline, GatewaySnapshot, PlannedSubnet, Step, StepMessage};
-use crate::pipeline::reason::{
-    BlockedReason, Cause, HealthFailure, ParkReason, RollbackReason, SkipReason,
-};
+use crate::pipeline::message::{Baseline, PlannedSubnet, Step, StepMessage};
+use crate::pipeline::reason::{Cause, HealthFailure, ParkReason, RollbackReason, SkipReason};
 use crate::pipeline::reconciler::StepResult;
 use crate::pipeline::Outcome;
 use crate::policy::{Policy, RollbackMode};
@@ -56,7 +52,7 @@ pub(crate) async fn run(ctx: &StepContext, msg: &StepMessage) -> Result<StepResu
     }
 }
 
-fn planned(msg: &StepMessage) -> Result<&PlannedSubnet, StepError> {
+pub(super) fn planned(msg: &StepMessage) -> Result<&PlannedSubnet, StepError> {
     msg.plan.as_ref().ok_or_else(|| {
         StepError::Unexpected(format!(
             "{} message without a plan (was it edited by hand?)",
@@ -174,348 +170,6 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
     }
 }
 
-/// The subnet as the policy wants it: Web delegation plus NSG / route table / NAT gateway.
-fn desired_subnet(policy: &Policy, mut subnet: Subnet, prefix: &str) -> Subnet {
-    if subnet.properties.address_prefix.is_none() && subnet.properties.address_prefixes.is_none() {
-        subnet.properties.address_prefix = Some(prefix.to_string());
-    }
-    if !subnet.is_delegated_to_web() {
-        let mut d: crate::azure::models::Delegation = serde_json::from_value(
-            json!({"name": "delegation", "properties": {"serviceName": WEB_DELEGATION}}),
-        )
-        .expect("static delegation");
-        if subnet
-            .properties
-            .delegations
-            .iter()
-            .flatten()
-            .any(|x| x.name == d.name)
-        {
-            d.name = "webapp-delegation".into();
-        }
-        subnet
-            .properties
-            .delegations
-            .get_or_insert_with(Vec::new)
-            .push(d);
-    }
-    let attach = |id: &Option<ResourceId>| {
-        id.as_ref().map(|id| SubResource {
-            id: id.clone(),
-            extra: Default::default(),
-        })
-    };
-    if let Some(nsg) = attach(&policy.subnet.network_security_group_id) {
-        subnet.properties.network_security_group = Some(nsg);
-    }
-    if let Some(rt) = attach(&policy.subnet.route_table_id) {
-        subnet.properties.route_table = Some(rt);
-    }
-    if let Some(nat) = attach(&policy.subnet.nat_gateway_id) {
-        subnet.properties.nat_gateway = Some(nat);
-    }
-    subnet
-}
-
-/// The lowest free block for a new subnet, from the VNet as it is now. Subnet writes in one
-/// VNet run one at a time (the step's session is the VNet), so plans that forecast the same
-/// block do not collide: the second one to get here takes the next free block.
-fn allocate(vnet: &VirtualNetwork, p: &PlannedSubnet) -> Result<Option<String>, StepError> {
-    let bad = |e: ipam::IpamError| StepError::Unexpected(format!("{}: {e}", p.vnet));
-    let space =
-        ipam::parse_prefixes(&vnet.properties.address_space.address_prefixes).map_err(bad)?;
-    let existing: Vec<String> = vnet
-        .properties
-        .subnets
-        .iter()
-        .flat_map(|s| s.prefixes())
-        .collect();
-    let used = ipam::parse_prefixes(&existing).map_err(bad)?;
-    let preferred: ipnet::Ipv4Net = p
-        .prefix
-        .parse()
-        .map_err(|e| StepError::Unexpected(format!("planned prefix {}: {e}", p.prefix)))?;
-    let required = p
-        .required_prefix_length
-        .unwrap_or(preferred.prefix_len())
-        .max(preferred.prefix_len());
-    Ok(ipam::choose_prefix(&space, &used, required, preferred.prefix_len()).map(|n| n.to_string()))
-}
-
-fn is_conflict(e: &ArmError) -> bool {
-    matches!(
-        e.code(),
-        Some(
-            "NetcfgSubnetRangesOverlap"
-                | "NetcfgSubnetRangeOutsideVnet"
-                | "InUseSubnetCannotBeUpdated"
-        )
-    )
-}
-
-async fn prepare_subnet(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
-    let p = planned(msg)?;
-    // One read serves both questions: a VNet GET holds its subnets as full subnet objects
-    // (arm-vnet reference §5), and a new subnet's block is allocated from the same VNet.
-    let vnet: VirtualNetwork = ctx.arm.get(p.vnet.as_str()).await?;
-    let current: Option<Subnet> = vnet
-        .properties
-        .subnets
-        .iter()
-        .find(|s| s.name.eq_ignore_ascii_case(p.subnet.name()))
-        .cloned();
-    let prefix = match &current {
-        Some(_) => p.prefix.clone(),
-        None => match allocate(&vnet, p)? {
-            Some(prefix) => prefix,
-            None => {
-                return Ok(StepResult::done(
-                    Outcome::Blocked(BlockedReason::NoAddressSpace),
-                    format!("no free block for {} left in {}", p.prefix, p.vnet),
-                ))
-            }
-        },
-    };
-    let base = current.clone().unwrap_or_else(|| Subnet {
-        name: p.subnet.name().to_string(),
-        ..Default::default()
-    });
-    let desired = desired_subnet(&ctx.policy, base, &prefix);
-    let mut next_plan = p.clone();
-    // A subnet whose last write failed is written again, even if it shows what we want.
-    if current.as_ref() == Some(&desired) && !desired.provisioning_failed() {
-        next_plan.prefix = desired
-            .prefixes()
-            .first()
-            .cloned()
-            .unwrap_or(next_plan.prefix);
-        let mut next = msg.next(Step::Disconnect);
-        next.plan = Some(next_plan);
-        return Ok(StepResult::next(
-            next,
-            format!("subnet {} already prepared", p.subnet),
-        ));
-    }
-    let body = serde_json::to_value(&desired).expect("subnet serialises");
-    match ctx.arm.put::<Subnet>(p.subnet.as_str(), &body).await {
-        Ok(s) => {
-            next_plan.prefix = s.prefixes().first().cloned().unwrap_or(next_plan.prefix);
-            let mut next = msg.next(Step::Disconnect);
-            next.plan = Some(next_plan);
-            let verb = if current.is_some() {
-                "updated"
-            } else {
-                "created"
-            };
-            Ok(StepResult::next(
-                next,
-                format!("{verb} subnet {} ({})", p.subnet, prefix),
-            ))
-        }
-        // Contention (another write running in the VNet) is not about our subnet: retry.
-        Err(e) if e.is_transient() => Err(e.into()),
-        Err(e) if is_conflict(&e) => {
-            // The VNet changed since planning (another plan took the range): plan again.
-            ctx.plans.invalidate_target(&msg.target);
-            let mut again = msg.next(Step::Plan);
-            again.attempt = msg.attempt + 1;
-            again.plan = None;
-            if again.attempt >= ctx.policy.max_attempts {
-                return Ok(StepResult::done(
-                    Outcome::Parked(ParkReason::SubnetConflict),
-                    e.to_string(),
-                ));
-            }
-            Ok(StepResult::next(
-                again,
-                format!("subnet write refused, re-planning: {e}"),
-            ))
-        }
-        Err(e) if matches!(e.status(), Some(400 | 409)) => Ok(StepResult::done(
-            Outcome::Blocked(BlockedReason::SubnetInUse),
-            e.to_string(),
-        )),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The gateway connection saved before `disconnect`: carried by the message, or (when the
-/// message was sent before the save, e.g. a redelivery after a crash) kept in the ledger.
-pub(crate) async fn saved_gateway(
-    ctx: &StepContext,
-    msg: &StepMessage,
-) -> Result<Option<GatewaySnapshot>, StepError> {
-    Ok(match &msg.gateway {
-        Some(g) => Some(g.clone()),
-        None => ctx
-            .ledger
-            .target(&msg.run, &msg.target)
-            .await?
-            .and_then(|t| t.gateway),
-    })
-}
-
-/// The cut-over, in one step: remove the gateway-based connection, then join the planned
-/// subnet at once, so the app is off its VNet for the two ARM calls only, never for the time a
-/// `connect` message would wait behind the backlog (issue 9). The snapshot is saved before the
-/// DELETE, so a redelivery (after a crash, or a failure after the DELETE re-sent by the error
-/// policy) finds the connection gone, takes the snapshot from the message or the ledger, and
-/// continues with the connect part; one that finds the app already in the subnet goes on to
-/// `configure`.
-async fn disconnect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
-    let p = planned(msg)?;
-    let conns = connections(&ctx.arm, &msg.target).await?;
-    let (gateway, removed) = match conns.iter().find(|c| c.is_gateway()) {
-        Some(c) => {
-            let vnet = c.properties.vnet_resource_id.clone().ok_or_else(|| {
-                StepError::Unexpected(format!(
-                    "gateway connection {} has no vnetResourceId",
-                    c.name
-                ))
-            })?;
-            let snapshot = GatewaySnapshot {
-                name: c.name.clone(),
-                vnet_resource_id: vnet,
-                dns_servers: c.properties.dns_servers.clone(),
-                cert_thumbprint: c.properties.cert_thumbprint.clone(),
-                cert_blob: c.properties.cert_blob.clone(),
-                routes: c
-                    .properties
-                    .routes
-                    .as_ref()
-                    .map(|r| serde_json::to_value(r).expect("routes serialise")),
-            };
-            // Saved before the delete: a crash right after it must not lose the only copy.
-            ctx.ledger
-                .save_gateway(&msg.run, &msg.target, &snapshot)
-                .await?;
-            ctx.arm
-                .delete(&format!(
-                    "{}/virtualNetworkConnections/{}",
-                    msg.target, c.name
-                ))
-                .await?;
-            (snapshot, true)
-        }
-        None => match saved_gateway(ctx, msg).await? {
-            Some(saved) => (saved, false),
-            // Not removed by us: someone changed the app's integration since `plan`.
-            // Nothing of ours happened to it, so end from what ARM shows, writing nothing.
-            None => {
-                let site: Site = ctx.arm.get(msg.target.as_str()).await?;
-                return Ok(match integration_of(&site, &conns) {
-                    Integration::Regional { subnet } => StepResult::done(
-                        Outcome::Skipped(SkipReason::AlreadyRegional),
-                        format!("made regional in {subnet} outside this run"),
-                    ),
-                    _ => StepResult::done(
-                        Outcome::Skipped(SkipReason::NoIntegration),
-                        "gateway-based connection removed outside this run",
-                    ),
-                });
-            }
-        },
-    };
-    // When the DELETE returned; on a redelivery, when the connection was seen gone (the ledger
-    // keeps the time recorded first, which is the DELETE's unless that step never recorded).
-    let disconnected_at = OffsetDateTime::now_utc();
-    let mut carried = msg.clone();
-    carried.gateway = Some(gateway.clone());
-    // Right after our DELETE the app cannot be in the subnet yet: PATCH without reading first.
-    let joined = if removed {
-        join_subnet(ctx, &carried, p).await
-    } else {
-        connect(ctx, &carried).await
-    };
-    match joined {
-        Ok(mut result) => {
-            result.detail = if removed {
-                format!(
-                    "removed gateway-based connection {}; {}",
-                    gateway.name, result.detail
-                )
-            } else {
-                format!(
-                    "no gateway-based connection left (already removed); {}",
-                    result.detail
-                )
-            };
-            result.cutover.disconnected_at = Some(disconnected_at);
-            Ok(result)
-        }
-        Err(e) => Err(StepError::Disconnected {
-            gateway: Box::new(gateway),
-            disconnected_at,
-            source: Box::new(e),
-        }),
-    }
-}
-
-/// The connect part of the cut-over on its own: joins the planned subnet unless the app is in
-/// it already. Runs `connect` messages queued by earlier versions, which sent it as a step of
-/// its own, and the cut-over redelivered after the gateway connection was gone.
-async fn connect(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
-    let p = planned(msg)?;
-    let site: Site = ctx.arm.get(msg.target.as_str()).await?;
-    if site.properties.virtual_network_subnet_id.as_ref() == Some(&p.subnet) {
-        // The PATCH of an earlier delivery went through: the app has been back on a VNet since
-        // then at the latest, which is all this delivery can tell.
-        let mut result = StepResult::next(configure_next(msg, &site), "already connected");
-        result.cutover.connected_at = Some(OffsetDateTime::now_utc());
-        return Ok(result);
-    }
-    join_subnet(ctx, msg, p).await
-}
-
-/// The `configure` message after a cut-over that has just seen `site`, carrying its routing.
-/// Carried rather than configured in the cut-over itself: the cut-over holds its VNet's
-/// session, and another write there would keep the VNet's next cut-over (and its app, offline
-/// meanwhile) waiting.
-fn configure_next(msg: &StepMessage, site: &Site) -> StepMessage {
-    let mut next = msg.next(Step::Configure);
-    next.routing =
-        Some(serde_json::from_value(current_routing(site)).expect("routing in its own shape"));
-    next
-}
-
-/// `PATCH` the site into the planned subnet: `configure` next, or rollback when ARM refuses.
-async fn join_subnet(
-    ctx: &StepContext,
-    msg: &StepMessage,
-    p: &PlannedSubnet,
-) -> Result<StepResult, StepError> {
-    let body = json!({"properties": {"virtualNetworkSubnetId": p.subnet.as_str()}});
-    // The PATCH answers with the site (200 with the full site, as the site PUT of the
-    // recordings does: recording test_webapp_vnetE2E #22; or, after a 202, the final GET of
-    // the LRO): its routing goes to `configure` in the message.
-    match ctx.arm.patch::<Site>(msg.target.as_str(), &body).await {
-        Ok(site) => {
-            let mut result = StepResult::next(
-                configure_next(msg, &site),
-                format!("connected to {}", p.subnet),
-            );
-            result.cutover.connected_at = Some(OffsetDateTime::now_utc());
-            Ok(result)
-        }
-        // The site or VNet busy with another operation is no rejection: retry.
-        Err(e) if e.is_transient() => Err(e.into()),
-        Err(e)
-            if matches!(e.status(), Some(400 | 404 | 409))
-                || matches!(e, ArmError::LroFailed { .. }) =>
-        {
-            let mut rb = msg.next(Step::Rollback);
-            rb.reason = Some(RollbackReason::ConnectRejected(
-                e.code().unwrap_or("validation").to_string(),
-            ));
-            Ok(StepResult::next(
-                rb,
-                format!("ARM refused the connection: {e}"),
-            ))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// `outboundVnetRouting` as the policy wants it (api ≥ 2024-11-01 shape; all five fields, since
 /// whether PATCH merges the nested object is not documented).
 fn desired_routing(policy: &Policy) -> Value {
@@ -533,7 +187,7 @@ fn desired_routing(policy: &Policy) -> Value {
 /// the live service answers with `outboundVnetRouting`; an answer in the older shape (legacy
 /// `vnet*Enabled` flags, as the stored 2024-11-01 example still shows) is read as the same
 /// thing (arm-vnet reference §0, §4). `allTraffic` switches every kind on.
-fn current_routing(site: &Site) -> Value {
+pub(super) fn current_routing(site: &Site) -> Value {
     let p = &site.properties;
     let mut r = match &p.outbound_vnet_routing {
         Some(r) => serde_json::to_value(r).expect("serialises"),
