@@ -20,6 +20,15 @@ fn app(b: &mut FleetBuilder, plan: &ResourceId, name: &str, vnet: &ResourceId) -
     s
 }
 
+/// One gateway-connected app on a one-instance P1v2 plan in a West Europe hub.
+fn one_app() -> (FleetBuilder, ResourceId) {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
+    let a = app(&mut b, &plan, "app1", &v);
+    (b, a)
+}
+
 #[tokio::test]
 async fn same_region_migration() {
     let mut b = base();
@@ -171,10 +180,7 @@ async fn classic_vnet_is_blocked() {
 
 #[tokio::test]
 async fn connect_rejected_by_arm_rolls_back_to_the_gateway() {
-    let mut b = base();
-    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
-    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
-    let a = app(&mut b, &plan, "app1", &v);
+    let (mut b, a) = one_app();
     b.tag(&a, "vnet-migrate-sim", "reject-connect");
     let rig = Rig::start(b.build()).await;
     let report = rig.run(&Policy::default(), "s.db").await;
@@ -209,10 +215,7 @@ fn gateway_of(fleet: &mut Fleet) -> &mut Value {
 
 #[tokio::test]
 async fn rollback_re_adds_the_root_certificate_the_gateway_lost() {
-    let mut b = base();
-    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
-    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
-    let a = app(&mut b, &plan, "app1", &v);
+    let (mut b, a) = one_app();
     b.tag(&a, "vnet-migrate-sim", "reject-connect");
     let conn_id = ResourceId::parse(&format!("{a}/virtualNetworkConnections/hub-we")).unwrap();
     let mut fleet = b.build();
@@ -274,10 +277,7 @@ async fn rollback_through_a_vnet_without_gateway_parks() {
 /// declared connection to the end.
 #[tokio::test]
 async fn a_transient_failure_mid_handshake_is_retried_not_parked() {
-    let mut b = base();
-    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
-    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
-    let a = app(&mut b, &plan, "app1", &v);
+    let (mut b, a) = one_app();
     b.tag(&a, "vnet-migrate-sim", "reject-connect");
     let rig = Rig::start(b.build()).await;
     rig.sim.inject(InjectedFault {
@@ -300,10 +300,7 @@ async fn a_transient_failure_mid_handshake_is_retried_not_parked() {
 
 #[tokio::test]
 async fn a_gateway_refusing_the_root_certificate_parks() {
-    let mut b = base();
-    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
-    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
-    let a = app(&mut b, &plan, "app1", &v);
+    let (mut b, a) = one_app();
     b.tag(&a, "vnet-migrate-sim", "reject-connect");
     let mut fleet = b.build();
     gateway_of(&mut fleet)["properties"]["vpnClientConfiguration"]["vpnClientRootCertificates"] =
@@ -325,10 +322,7 @@ async fn a_gateway_refusing_the_root_certificate_parks() {
 }
 
 async fn kv_breaks(policy: Policy) -> (Rig, ResourceId, String) {
-    let mut b = base();
-    let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
-    let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
-    let a = app(&mut b, &plan, "app1", &v);
+    let (mut b, a) = one_app();
     b.key_vault_reference(&a, "DbPassword", "Resolved");
     b.tag(&a, "vnet-migrate-sim", "kv-breaks-after-connect");
     let rig = Rig::start(b.build()).await;
@@ -612,10 +606,7 @@ mod contention {
     use super::*;
 
     fn one_app() -> (vnet_migrate::sim::Fleet, ResourceId) {
-        let mut b = base();
-        let v = hub(&mut b, "hub-we", WE, "10.1.0.0/16");
-        let plan = b.plan("apps", "plan1", WE, "P1v2", 1);
-        let a = app(&mut b, &plan, "app1", &v);
+        let (b, a) = super::one_app();
         (b.build(), a)
     }
 
