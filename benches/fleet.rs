@@ -10,10 +10,10 @@ use vnet_migrate::azure::arm::{ArmClient, ArmConfig, PacerConfig};
 use vnet_migrate::azure::credential::StaticToken;
 use vnet_migrate::azure::models::{AutoscaleSetting, Plan, Site, VirtualNetwork, VnetConnection};
 use vnet_migrate::azure::{ResourceId, ResourceKind};
-use vnet_migrate::migration::local::{migrate_locally, Scope as LocalScope};
+use vnet_migrate::migration::local::{contract, migrate_locally, Scope as LocalScope};
 use vnet_migrate::migration::plan::{self, Integration, PlanContext, TargetState};
 use vnet_migrate::pipeline::ledger::Ledger;
-use vnet_migrate::pipeline::local::LocalRun;
+use vnet_migrate::pipeline::local::{LocalRun, Start, StateFile};
 use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
 use vnet_migrate::pipeline::runner::RunnerConfig;
 use vnet_migrate::policy::Policy;
@@ -192,14 +192,15 @@ fn main() {
         let state = std::env::temp_dir().join(format!("vnet-migrate-bench-{}.db", uuid::Uuid::new_v4()));
         let t = Instant::now();
         let local = LocalRun {
-            state: state.clone(),
             dry_run: false,
             runner: RunnerConfig { max_in_flight: 256, per_subscription: 64, lease: Duration::from_secs(600) },
             origin: "bench".into(),
             progress: false,
         };
         let scope = LocalScope { arm, policy: Arc::new(Policy::default()), subscriptions: subs, apps: Vec::new(), time_scale: speed };
-        let finished = migrate_locally(local, scope).await.unwrap();
+        let file = StateFile::open(&state).unwrap();
+        let start = Start::New(contract(&Policy::default(), &[], &server.url(), false, None));
+        let finished = migrate_locally(local, file, start, scope).await.unwrap();
         let makespan = t.elapsed().as_secs_f64();
         let stats = sim.stats();
         let limits = PacerConfig::default().scaled(speed);

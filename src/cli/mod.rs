@@ -8,6 +8,7 @@ mod run;
 mod serve;
 mod simulate_arm;
 mod snapshot;
+mod state;
 mod status;
 
 use std::process::ExitCode;

@@ -8,6 +8,8 @@ use clap::Args as ClapArgs;
 use super::common::{self, Global, Scope};
 use super::run::migrate;
 use crate::azure::ResourceId;
+use crate::migration::local;
+use crate::pipeline::local::{Start, StateFile};
 use crate::report::Report;
 
 #[derive(Debug, ClapArgs)]
@@ -23,7 +25,13 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     // A dry run never writes; an empty write scope makes the ARM client refuse any write anyway.
     let arm = common::arm_client(global, Vec::<ResourceId>::new())?;
     let state = std::env::temp_dir().join(format!("vnet-migrate-plan-{}.db", uuid::Uuid::new_v4()));
-    let report = migrate(global, arm, policy, subs, apps, state.clone(), true, 1.0).await;
+    let contract = local::contract(&policy, &apps, &global.arm_endpoint, true, None);
+    let report = match StateFile::open(&state) {
+        Ok(file) => {
+            migrate(global, arm, policy, subs, apps, (file, Start::New(contract)), true, 1.0).await
+        }
+        Err(e) => Err(e.into()),
+    };
     let _ = std::fs::remove_file(&state);
     let _ = std::fs::remove_file(format!("{}.lock", state.display()));
     common::finish(global, &report?, Report::target_table)

@@ -12,6 +12,8 @@ use super::run::migrate;
 use crate::azure::arm::{ArmClient, ArmConfig};
 use crate::azure::credential::StaticToken;
 use crate::azure::ResourceId;
+use crate::migration::local;
+use crate::pipeline::local::{Start, StateFile};
 use crate::policy::Policy;
 use crate::rehearsal::{self, invariants};
 use crate::sim::{FaultProfile, SimOptions, Simulator};
@@ -71,6 +73,16 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             std::env::temp_dir().join(format!("vnet-migrate-rehearse-{}.db", uuid::Uuid::new_v4()))
         }
     };
+    let file = StateFile::open(&state)?;
+    // The simulator starts from the fleet every time: there is no rehearsal to resume.
+    if let Some(r) = file.store().newest_run()? {
+        anyhow::bail!(
+            "{} already holds run {}; a rehearsal starts from a fresh simulator: pass another --state",
+            state.display(),
+            r.record.run
+        );
+    }
+    let contract = local::contract(&policy, &[], &server.url(), false, None);
     let settle_seconds = policy.settle_seconds as f64;
     let mut report = migrate(
         global,
@@ -78,7 +90,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         policy,
         subs,
         Vec::new(),
-        state.clone(),
+        (file, Start::New(contract)),
         false,
         args.speed,
     )

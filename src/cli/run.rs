@@ -4,13 +4,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
 use super::common::{self, Global, Scope};
+use super::state::{decide, Decision};
 use crate::azure::ResourceId;
-use crate::migration::local::{migrate_locally, Scope as LocalScope};
-use crate::pipeline::local::LocalRun;
+use crate::migration::local::{self, migrate_locally, Scope as LocalScope};
+use crate::pipeline::contract::Requested;
+use crate::pipeline::ledger::Ledger;
+use crate::pipeline::local::{LocalRun, Start, StateFile};
+use crate::policy::Policy;
 use crate::pipeline::runner::RunnerConfig;
 use crate::report::{self, round3, BucketCounts, Performance, Report};
 
@@ -18,22 +22,97 @@ use crate::report::{self, round3, BucketCounts, Performance, Report};
 pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) scope: Scope,
-    /// State file (SQLite): queue and ledger. Run again with the same file to resume.
-    #[arg(long, default_value = "vnet-migrate.db")]
-    pub(crate) state: PathBuf,
-    /// Discover and plan only; nothing is written to Azure.
+    /// State file (SQLite): queue, ledger and the run's contract. Run again with the same file
+    /// to resume (default vnet-migrate.db; a dry run's own default is vnet-migrate.dry-run.db).
+    #[arg(long)]
+    pub(crate) state: Option<PathBuf>,
+    /// Discover and plan only; nothing is written to Azure. Keeps a state file of its own.
     #[arg(long)]
     pub(crate) dry_run: bool,
+    /// Start a new run on a state file whose newest run is finished (targets rolled back
+    /// in earlier runs are left out).
+    #[arg(long)]
+    pub(crate) new_run: bool,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
-    let policy = common::load_policy(global, &args.scope)?;
+    let path = args.state.clone().unwrap_or_else(|| {
+        PathBuf::from(if args.dry_run {
+            "vnet-migrate.dry-run.db"
+        } else {
+            "vnet-migrate.db"
+        })
+    });
+    let given = common::load_policy(global, &args.scope)?;
     let apps = common::parse_apps(&args.scope.apps)?;
+    let scope_text = local::scope_text(&given, &apps);
+    let scope_given = scope_text != local::scope_text(&Policy::default(), &[]);
+    // Nothing is created for a command that cannot run.
+    anyhow::ensure!(
+        scope_given || path.exists(),
+        "no scope: pass --subscription (or --app, or scope.subscriptions in the policy), or --state of a run to resume"
+    );
+    let state = StateFile::open(&path)?;
+    let requested = Requested {
+        scope: scope_given.then(|| scope_text.clone()),
+        arm_endpoint: global.arm_endpoint.clone(),
+        dry_run: args.dry_run,
+        policy_hash: args
+            .scope
+            .policy
+            .is_some()
+            .then(|| local::policy_hash(&given)),
+        plan_hash: None,
+    };
+    let shown = path.display().to_string();
+    let newest = state.store().newest_run()?;
+    let (policy, apps, start) = match decide(newest, &requested, args.new_run, &shown)? {
+        Decision::Finished { run } => {
+            eprintln!(
+                "run {run} in {shown} is finished: nothing to do (`status --state {shown}` shows it; --new-run starts another)"
+            );
+            let records = state.store().targets(&run).await?;
+            let report = Report::new(run.as_str(), args.dry_run, &records, Default::default());
+            common::finish(global, &report, Report::table)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Decision::Resume { run, contract } => {
+            let policy = Policy::from_json(&contract.policy)
+                .context("the policy recorded in the state file")?;
+            (policy, local::scope_apps(&contract.scope)?, Start::Resume(run))
+        }
+        Decision::New { previous } => {
+            // A new run on a known state keeps what the state remembers unless told otherwise.
+            let (mut policy, apps) = match previous {
+                Some(prev) if !scope_given => (
+                    Policy::from_json(&prev.policy)
+                        .context("the policy recorded in the state file")?,
+                    local::scope_apps(&prev.scope)?,
+                ),
+                _ => (given, apps),
+            };
+            let recorded_scope = local::scope_text(&policy, &apps);
+            let held_back = state.store().rolled_back_targets()?;
+            if !held_back.is_empty() {
+                eprintln!(
+                    "{} target(s) rolled back in earlier runs are left out of the new run",
+                    held_back.len()
+                );
+                policy.scope.exclude.extend(held_back);
+            }
+            let mut contract = local::contract(&policy, &apps, &global.arm_endpoint, args.dry_run, None);
+            contract.scope = recorded_scope;
+            (policy, apps, Start::New(contract))
+        }
+    };
     let subs = common::subscriptions(&policy, &apps)?;
-    let write_scope: Vec<ResourceId> = subs
-        .iter()
-        .map(|s| ResourceId::subscription_id(s))
-        .collect();
+    // A dry run gets a client that may write nowhere: the steps already write nothing in a
+    // dry run, and a client that refuses every write makes sure of it.
+    let write_scope: Vec<ResourceId> = if args.dry_run {
+        Vec::new()
+    } else {
+        subs.iter().map(|s| ResourceId::subscription_id(s)).collect()
+    };
     let arm = common::arm_client(global, write_scope)?;
     let report = migrate(
         global,
@@ -41,7 +120,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         policy,
         subs,
         apps,
-        args.state,
+        (state, start),
         args.dry_run,
         1.0,
     )
@@ -57,7 +136,7 @@ pub(crate) async fn migrate(
     policy: crate::policy::Policy,
     subscriptions: Vec<String>,
     apps: Vec<ResourceId>,
-    state: PathBuf,
+    (state, start): (StateFile, Start),
     dry_run: bool,
     time_scale: f64,
 ) -> Result<Report> {
@@ -67,7 +146,6 @@ pub(crate) async fn migrate(
     };
     let subscription_count = subscriptions.len();
     let local = LocalRun {
-        state,
         dry_run,
         runner,
         origin: std::env::args().collect::<Vec<_>>().join(" "),
@@ -75,6 +153,8 @@ pub(crate) async fn migrate(
     };
     let finished = migrate_locally(
         local,
+        state,
+        start,
         LocalScope {
             arm: arm.clone(),
             policy: Arc::new(policy),
@@ -84,7 +164,6 @@ pub(crate) async fn migrate(
         },
     )
     .await?;
-    use crate::pipeline::ledger::Ledger;
     let records = finished.store.targets(&finished.run).await?;
     let m = arm.metrics();
     let limits = crate::azure::arm::PacerConfig::default();

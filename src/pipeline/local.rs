@@ -12,10 +12,11 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use time::OffsetDateTime;
 
+use super::contract::RunContract;
 use super::engine::Engine;
 use super::ledger::{Ledger, RunRecord};
 use super::message::{Origin, RunId, Step, StepMessage};
-use super::queue::{Outgoing, StepSender};
+use super::queue::Outgoing;
 use super::reconciler::Reconciler;
 use super::runner::{RunStats, Runner, RunnerConfig};
 use super::sqlite::SqliteStore;
@@ -40,11 +41,16 @@ pub enum LocalRunError {
 }
 
 pub struct LocalRun {
-    pub state: PathBuf,
     pub dry_run: bool,
     pub runner: RunnerConfig,
     pub origin: String,
     pub progress: bool,
+}
+
+/// Which run `execute` drives: the newest one again, or a new one with this contract.
+pub enum Start {
+    Resume(RunId),
+    New(RunContract),
 }
 
 pub struct Finished {
@@ -73,11 +79,45 @@ fn lock_state(state: &Path) -> Result<StateLock, LocalRunError> {
     Ok(StateLock { _held: f })
 }
 
+/// A state file opened by this process alone (it holds the file's lock until dropped).
+pub struct StateFile {
+    _lock: StateLock,
+    store: Arc<SqliteStore>,
+}
+
+impl StateFile {
+    /// Locks and opens (or creates) the state file, and releases the leases a crashed runner
+    /// left: this process is the only runner on it.
+    pub fn open(path: &Path) -> Result<Self, LocalRunError> {
+        let lock = lock_state(path)?;
+        let store = Arc::new(SqliteStore::open(path)?);
+        store.release_all_locks()?;
+        Ok(StateFile { _lock: lock, store })
+    }
+
+    pub fn store(&self) -> &Arc<SqliteStore> {
+        &self.store
+    }
+
+    /// The newest run if it is unfinished, else a new run with `contract`; no contract is
+    /// checked (rehearsals and tests, whose state files no operator resumes).
+    pub fn resume_or_new(&self, contract: RunContract) -> Result<Start, LocalRunError> {
+        Ok(match self.store.newest_run()? {
+            Some(r) if !r.finished => Start::Resume(r.record.run),
+            _ => Start::New(contract),
+        })
+    }
+}
+
 impl LocalRun {
-    /// Runs (or resumes) on the state file. `targets` lists the targets of a new run;
-    /// `reconciler` builds the reconciler on the opened store (its ledger).
+    /// Drives `start` on the state file until its queue is empty. A new run lists its targets
+    /// first (`targets`, awaited only then) and records the run, its contract, the targets
+    /// and their first messages in one transaction. `reconciler` builds the reconciler on the
+    /// opened store (its ledger).
     pub(crate) async fn execute<R, E, F>(
         self,
+        state: StateFile,
+        start: Start,
         targets: F,
         reconciler: impl FnOnce(Arc<SqliteStore>) -> R,
     ) -> Result<Finished, LocalRunError>
@@ -86,49 +126,32 @@ impl LocalRun {
         E: std::error::Error + Send + Sync + 'static,
         F: Future<Output = Result<Vec<ResourceId>, E>>,
     {
-        let _lock = lock_state(&self.state)?;
-        let store = Arc::new(SqliteStore::open(&self.state)?);
-        store.release_all_locks()?;
+        let store = state.store.clone();
         let started = Instant::now();
-        // Resume the newest run that still has work; otherwise start a new one.
-        let mut resumed = None;
-        for r in store.runs().await?.into_iter().rev() {
-            let unfinished = store
-                .targets(&r.run)
-                .await?
-                .iter()
-                .any(|t| t.outcome.is_none());
-            if unfinished || store.counts()?.active > 0 {
-                resumed = Some(r.run);
-                break;
-            }
-        }
-        let run = match resumed.clone() {
-            Some(run) => run,
-            None => {
-                let run = RunId::new(OffsetDateTime::now_utc());
-                let now = OffsetDateTime::now_utc();
-                store
-                    .start_run(&RunRecord {
-                        run: run.clone(),
-                        started_at: now,
-                        dry_run: self.dry_run,
-                        origin: self.origin.clone(),
-                    })
-                    .await?;
+        let (run, resumed) = match start {
+            Start::Resume(run) => (run, true),
+            Start::New(contract) => {
                 let sites = targets
                     .await
                     .map_err(|e| LocalRunError::Targets(Box::new(e)))?;
-                let mut first = Vec::with_capacity(sites.len());
-                for s in sites {
-                    store.add_target(&run, &s, now).await?;
-                    first.push(Outgoing::now(
-                        StepMessage::new(run.clone(), s, Step::Discover, Origin::Cli)
-                            .with_dry_run(self.dry_run),
-                    ));
-                }
-                store.send(first).await?;
-                run
+                let now = OffsetDateTime::now_utc();
+                let record = RunRecord {
+                    run: RunId::new(now),
+                    started_at: now,
+                    dry_run: self.dry_run,
+                    origin: self.origin.clone(),
+                };
+                let first: Vec<Outgoing> = sites
+                    .iter()
+                    .map(|s| {
+                        Outgoing::now(
+                            StepMessage::new(record.run.clone(), s.clone(), Step::Discover, Origin::Cli)
+                                .with_dry_run(self.dry_run),
+                        )
+                    })
+                    .collect();
+                store.begin_run(&record, &contract, &sites, &first)?;
+                (record.run, false)
             }
         };
         let engine = Arc::new(Engine::new(reconciler(store.clone())));
@@ -164,7 +187,7 @@ impl LocalRun {
                 store,
                 makespan_seconds: started.elapsed().as_secs_f64(),
                 stats,
-                resumed: resumed.is_some(),
+                resumed,
             });
         }
         let stats = runner.run_until_idle().await?;
@@ -173,7 +196,7 @@ impl LocalRun {
             store,
             makespan_seconds: started.elapsed().as_secs_f64(),
             stats,
-            resumed: resumed.is_some(),
+            resumed,
         })
     }
 }

@@ -3,6 +3,7 @@
 //! implements, the queue and ledger contracts with their embedded SQLite implementation, the
 //! engine that executes one step, the embedded runner, and a whole local run.
 
+pub mod contract;
 pub mod engine;
 pub mod ledger;
 pub mod local;

@@ -3,11 +3,13 @@
 //! dead letters) and the ledger. Settling a delivery, enqueuing its next steps and recording
 //! the step happen in one transaction, so a crash leaves either all of it or none.
 //!
-//! `queue` is the queue half, `ledger` the ledger half, `columns` how values are stored.
+//! `queue` is the queue half, `ledger` the ledger half, `runs` how a run begins (its contract,
+//! targets and first messages in one transaction), `columns` how values are stored.
 
 mod columns;
 mod ledger;
 mod queue;
+mod runs;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -22,6 +24,7 @@ use super::ledger::LedgerError;
 use super::queue::QueueError;
 
 pub use self::queue::DeadLetter;
+pub use self::runs::RunState;
 pub(crate) use self::queue::Delivery;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -106,6 +109,7 @@ CREATE TABLE IF NOT EXISTS step_log (
   at TEXT NOT NULL, duration_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS step_log_target ON step_log(run, target_key);
+CREATE TABLE IF NOT EXISTS run_contracts (run TEXT PRIMARY KEY, contract TEXT NOT NULL) WITHOUT ROWID;
 ";
 
 /// Moves a queue of the first shape (AUTOINCREMENT, completed rows kept whole, indexes led by
@@ -201,6 +205,7 @@ impl SqliteStore {
         Ok(n as u64)
     }
 
+    #[cfg(test)]
     pub(crate) fn counts(&self) -> Result<QueueCounts, QueueError> {
         self.counts_at(OffsetDateTime::now_utc())
     }

@@ -91,7 +91,7 @@ impl SqliteStore {
     /// session's head when the session has no active message or when it orders before the
     /// current head; a leased head keeps its place (the message is made visible no earlier
     /// than it), so a session never has two messages in flight.
-    fn insert(tx: &Transaction<'_>, messages: &[Outgoing]) -> Result<(), QueueError> {
+    pub(super) fn insert(tx: &Transaction<'_>, messages: &[Outgoing]) -> Result<(), QueueError> {
         let mut accept = tx
             .prepare_cached("INSERT OR IGNORE INTO message_ids (message_id) VALUES (?1)")
             .map_err(storage)?;

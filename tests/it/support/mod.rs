@@ -17,11 +17,11 @@ use vnet_migrate::azure::arm::{ArmClient, ArmConfig, PacerConfig};
 use vnet_migrate::azure::credential::StaticToken;
 use vnet_migrate::azure::servicebus::{ServiceBusClient, StaticBearer};
 use vnet_migrate::azure::ResourceId;
-use vnet_migrate::migration::local::{migrate_locally, Scope as LocalScope};
+use vnet_migrate::migration::local::{contract, migrate_locally, Scope as LocalScope};
 use vnet_migrate::migration::{Migration, StepContext};
 use vnet_migrate::pipeline::engine::Engine;
 use vnet_migrate::pipeline::ledger::Ledger;
-use vnet_migrate::pipeline::local::{Finished, LocalRun, LocalRunError};
+use vnet_migrate::pipeline::local::{Finished, LocalRun, LocalRunError, StateFile};
 use vnet_migrate::pipeline::message::RunId;
 use vnet_migrate::pipeline::runner::RunnerConfig;
 use vnet_migrate::pipeline::sqlite::SqliteStore;
@@ -331,7 +331,6 @@ impl Rig {
         in_flight: usize,
     ) -> impl Future<Output = Result<Finished, LocalRunError>> + Send + 'static {
         let local = LocalRun {
-            state,
             dry_run: false,
             runner: RunnerConfig {
                 max_in_flight: in_flight,
@@ -341,16 +340,19 @@ impl Rig {
             origin: "test".into(),
             progress: false,
         };
-        migrate_locally(
-            local,
-            LocalScope {
-                arm: self.arm.clone(),
-                policy: Arc::new(policy.clone()),
-                subscriptions: self.subscriptions(),
-                apps: Vec::new(),
-                time_scale: TIME_SCALE,
-            },
-        )
+        let scope = LocalScope {
+            arm: self.arm.clone(),
+            policy: Arc::new(policy.clone()),
+            subscriptions: self.subscriptions(),
+            apps: Vec::new(),
+            time_scale: TIME_SCALE,
+        };
+        let contract = contract(policy, &[], "http://127.0.0.1", false, None);
+        async move {
+            let file = StateFile::open(&state)?;
+            let start = file.resume_or_new(contract)?;
+            migrate_locally(local, file, start, scope).await
+        }
     }
 
     /// A whole run on the embedded queue; returns the report.
