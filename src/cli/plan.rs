@@ -28,7 +28,17 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let contract = local::contract(&policy, &apps, &global.arm_endpoint, true, None);
     let report = match StateFile::open(&state) {
         Ok(file) => {
-            migrate(global, arm, policy, subs, apps, (file, Start::New(contract)), true, 1.0).await
+            migrate(
+                global,
+                arm,
+                policy,
+                subs,
+                apps,
+                (file, Start::New(contract)),
+                true,
+                1.0,
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     };

@@ -14,8 +14,8 @@ use crate::migration::local::{self, migrate_locally, Scope as LocalScope};
 use crate::pipeline::contract::Requested;
 use crate::pipeline::ledger::Ledger;
 use crate::pipeline::local::{LocalRun, Start, StateFile};
-use crate::policy::Policy;
 use crate::pipeline::runner::RunnerConfig;
+use crate::policy::Policy;
 use crate::report::{self, round3, BucketCounts, Performance, Report};
 
 #[derive(Debug, ClapArgs)]
@@ -79,7 +79,11 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         Decision::Resume { run, contract } => {
             let policy = Policy::from_json(&contract.policy)
                 .context("the policy recorded in the state file")?;
-            (policy, local::scope_apps(&contract.scope)?, Start::Resume(run))
+            (
+                policy,
+                local::scope_apps(&contract.scope)?,
+                Start::Resume(run),
+            )
         }
         Decision::New { previous } => {
             // A new run on a known state keeps what the state remembers unless told otherwise.
@@ -100,7 +104,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
                 );
                 policy.scope.exclude.extend(held_back);
             }
-            let mut contract = local::contract(&policy, &apps, &global.arm_endpoint, args.dry_run, None);
+            let mut contract =
+                local::contract(&policy, &apps, &global.arm_endpoint, args.dry_run, None);
             contract.scope = recorded_scope;
             (policy, apps, Start::New(contract))
         }
@@ -111,7 +116,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let write_scope: Vec<ResourceId> = if args.dry_run {
         Vec::new()
     } else {
-        subs.iter().map(|s| ResourceId::subscription_id(s)).collect()
+        subs.iter()
+            .map(|s| ResourceId::subscription_id(s))
+            .collect()
     };
     let arm = common::arm_client(global, write_scope)?;
     let report = migrate(

@@ -100,7 +100,13 @@ mod tests {
             Decision::New { previous: None }
         ));
         assert!(matches!(
-            decide(Some(state(false, false, true)), &asked(false), false, "s.db").unwrap(),
+            decide(
+                Some(state(false, false, true)),
+                &asked(false),
+                false,
+                "s.db"
+            )
+            .unwrap(),
             Decision::Resume { .. }
         ));
         assert!(matches!(
@@ -128,7 +134,9 @@ mod tests {
             assert!(
                 matches!(
                     r,
-                    Err(StateError::Contract(ContractError::DryRunOnRealState { .. }))
+                    Err(StateError::Contract(
+                        ContractError::DryRunOnRealState { .. }
+                    ))
                 ),
                 "{r:?}"
             );
@@ -138,8 +146,16 @@ mod tests {
             ..asked(false)
         };
         let r = decide(Some(state(false, false, true)), &other_scope, false, "s.db");
-        assert!(matches!(r, Err(StateError::Contract(ContractError::Scope { .. }))));
-        let legacy = decide(Some(state(false, false, false)), &asked(false), false, "s.db");
+        assert!(matches!(
+            r,
+            Err(StateError::Contract(ContractError::Scope { .. }))
+        ));
+        let legacy = decide(
+            Some(state(false, false, false)),
+            &asked(false),
+            false,
+            "s.db",
+        );
         assert!(matches!(legacy, Err(StateError::NoContract { .. })));
     }
 }

@@ -141,8 +141,12 @@ mod tests {
         assert_ne!(policy_hash(&a), policy_hash(&b));
         b.scope.resource_groups.push("rg".into());
         assert_ne!(scope_text(&a, &[]), scope_text(&b, &[]));
-        let app = ResourceId::parse("/subscriptions/a/resourceGroups/r/providers/Microsoft.Web/sites/x")
-            .unwrap();
-        assert_eq!(scope_apps(&scope_text(&a, &[app.clone()])).unwrap(), vec![app]);
+        let app =
+            ResourceId::parse("/subscriptions/a/resourceGroups/r/providers/Microsoft.Web/sites/x")
+                .unwrap();
+        assert_eq!(
+            scope_apps(&scope_text(&a, &[app.clone()])).unwrap(),
+            vec![app]
+        );
     }
 }

@@ -145,8 +145,13 @@ impl LocalRun {
                     .iter()
                     .map(|s| {
                         Outgoing::now(
-                            StepMessage::new(record.run.clone(), s.clone(), Step::Discover, Origin::Cli)
-                                .with_dry_run(self.dry_run),
+                            StepMessage::new(
+                                record.run.clone(),
+                                s.clone(),
+                                Step::Discover,
+                                Origin::Cli,
+                            )
+                            .with_dry_run(self.dry_run),
                         )
                     })
                     .collect();

@@ -9,45 +9,22 @@ use serde_json::Value;
 use vnet_migrate::rehearsal::invariants;
 use vnet_migrate::sim::Fleet;
 
-use crate::support::{bin, report_from_json, spawn_simulator, ChildGuard, TempDir};
+use crate::support::{
+    bin, get_json, json_stdout, report_from_json, spawn_simulator, ChildGuard, TempDir,
+};
 
 fn run(args: &[&str]) -> Output {
     bin(args).output().expect("binary runs")
 }
 
-fn get_json(url: &str) -> Value {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        reqwest::get(url)
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    })
-}
-
-fn outcomes(report: &Value) -> BTreeMap<String, String> {
+pub(crate) fn outcomes(report: &Value) -> BTreeMap<String, String> {
     crate::support::outcomes(&report_from_json(report))
 }
 
-fn json_stdout(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not one JSON document ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-const POLICY: &str = r#"{"settleSeconds": 0}"#;
+pub(crate) const POLICY: &str = r#"{"settleSeconds": 0}"#;
 
 /// `rehearse --fleet FILE --output json` with a policy: the outcomes per target.
-fn rehearse_outcomes(fleet: &std::path::Path, policy: &str) -> BTreeMap<String, String> {
+pub(crate) fn rehearse_outcomes(fleet: &std::path::Path, policy: &str) -> BTreeMap<String, String> {
     let out = run(&[
         "rehearse",
         "--fleet",

@@ -10,6 +10,7 @@ mod functions_decode;
 mod functions_host;
 mod loop_prevention;
 mod resilience;
+mod run_state;
 mod scenarios;
 mod servicebus;
 mod sim_fidelity;

@@ -24,8 +24,8 @@ use super::ledger::LedgerError;
 use super::queue::QueueError;
 
 pub use self::queue::DeadLetter;
-pub use self::runs::RunState;
 pub(crate) use self::queue::Delivery;
+pub use self::runs::RunState;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct QueueCounts {

@@ -3,7 +3,6 @@
 //! while a run starts leaves either the whole start or nothing (never targets without a
 //! message that would drive them, which a resume would report done without doing).
 
-use rusqlite::{params, OptionalExtension};
 use super::columns::Rfc3339;
 use super::{lstorage, SqliteStore};
 use crate::azure::ResourceId;
@@ -11,6 +10,7 @@ use crate::pipeline::contract::RunContract;
 use crate::pipeline::ledger::{LedgerError, RunRecord};
 use crate::pipeline::message::RunId;
 use crate::pipeline::queue::Outgoing;
+use rusqlite::{params, OptionalExtension};
 
 /// The newest run of a state file and where it stands.
 #[derive(Debug, Clone)]
@@ -112,8 +112,7 @@ impl SqliteStore {
         let rows = stmt
             .query_map([], |r| r.get::<_, ResourceId>(0))
             .map_err(lstorage)?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(lstorage)
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(lstorage)
     }
 }
 
@@ -155,8 +154,13 @@ mod tests {
             run: m.run.clone(),
             ..record("x", now())
         };
-        s.begin_run(&r, &contract(), &[m.target.clone()], &[Outgoing::now(m.clone())])
-            .unwrap();
+        s.begin_run(
+            &r,
+            &contract(),
+            &[m.target.clone()],
+            &[Outgoing::now(m.clone())],
+        )
+        .unwrap();
         let st = s.newest_run().unwrap().unwrap();
         assert_eq!(st.record.run, m.run);
         assert_eq!(st.contract, Some(contract()));

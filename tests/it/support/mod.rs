@@ -132,6 +132,33 @@ pub fn spawn_simulator(args: &[&str]) -> (ChildGuard, String) {
     (child, url)
 }
 
+/// GET `url` and its JSON body (the simulator's `/_sim/…` endpoints).
+pub fn get_json(url: &str) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        reqwest::get(url)
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    })
+}
+
+/// A command's stdout as the one JSON document `--output json` promises.
+pub fn json_stdout(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // Loopback servers
 
