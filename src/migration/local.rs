@@ -145,7 +145,7 @@ mod tests {
             ResourceId::parse("/subscriptions/a/resourceGroups/r/providers/Microsoft.Web/sites/x")
                 .unwrap();
         assert_eq!(
-            scope_apps(&scope_text(&a, &[app.clone()])).unwrap(),
+            scope_apps(&scope_text(&a, std::slice::from_ref(&app))).unwrap(),
             vec![app]
         );
     }

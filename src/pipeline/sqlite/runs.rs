@@ -157,7 +157,7 @@ mod tests {
         s.begin_run(
             &r,
             &contract(),
-            &[m.target.clone()],
+            std::slice::from_ref(&m.target),
             &[Outgoing::now(m.clone())],
         )
         .unwrap();
@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(s.rolled_back_targets().unwrap(), vec![m.target.clone()]);
         // A later run that had the target again decides its standing.
         let later = record("y", now() + time::Duration::seconds(1));
-        s.begin_run(&later, &contract(), &[m.target.clone()], &[])
+        s.begin_run(&later, &contract(), std::slice::from_ref(&m.target), &[])
             .unwrap();
         assert!(s.rolled_back_targets().unwrap().is_empty());
         assert_eq!(s.newest_run().unwrap().unwrap().record.run, later.run);
