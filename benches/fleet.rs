@@ -197,7 +197,7 @@ fn main() {
             origin: "bench".into(),
             progress: false,
         };
-        let scope = LocalScope { arm, policy: Arc::new(Policy::default()), subscriptions: subs, apps: Vec::new(), time_scale: speed };
+        let scope = LocalScope { arm, policy: Arc::new(Policy::default()), subscriptions: subs, apps: Vec::new(), time_scale: speed, applied: None, forecasts: None };
         let file = StateFile::open(&state).unwrap();
         let start = Start::New(contract(&Policy::default(), &[], &server.url(), false, None));
         let finished = migrate_locally(local, file, start, scope).await.unwrap();

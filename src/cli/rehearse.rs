@@ -12,7 +12,7 @@ use super::run::migrate;
 use crate::azure::arm::{ArmClient, ArmConfig};
 use crate::azure::credential::StaticToken;
 use crate::azure::ResourceId;
-use crate::migration::local;
+use crate::migration::local::{self, Scope as LocalScope};
 use crate::pipeline::local::{Start, StateFile};
 use crate::policy::Policy;
 use crate::rehearsal::{self, invariants};
@@ -84,17 +84,16 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     }
     let contract = local::contract(&policy, &[], &server.url(), false, None);
     let settle_seconds = policy.settle_seconds as f64;
-    let mut report = migrate(
-        global,
+    let scope = LocalScope {
         arm,
-        policy,
-        subs,
-        Vec::new(),
-        (file, Start::New(contract)),
-        false,
-        args.speed,
-    )
-    .await?;
+        policy: std::sync::Arc::new(policy),
+        subscriptions: subs,
+        apps: Vec::new(),
+        time_scale: args.speed,
+        applied: None,
+        forecasts: None,
+    };
+    let mut report = migrate(global, scope, (file, Start::New(contract)), false).await?;
 
     rehearsal::use_simulator_figures(&mut report, &sim.stats(), args.speed, settle_seconds);
 

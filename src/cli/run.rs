@@ -10,8 +10,9 @@ use clap::Args as ClapArgs;
 use super::common::{self, Global, Scope};
 use super::state::{decide, Decision};
 use crate::azure::ResourceId;
+use crate::migration::fleet_plan::{AppliedPlan, PlanFile};
 use crate::migration::local::{self, migrate_locally, Scope as LocalScope};
-use crate::pipeline::contract::Requested;
+use crate::pipeline::contract::{hash, same_endpoint, AppliedPlanFile, Requested};
 use crate::pipeline::ledger::Ledger;
 use crate::pipeline::local::{LocalRun, Start, StateFile};
 use crate::pipeline::runner::RunnerConfig;
@@ -33,6 +34,10 @@ pub(crate) struct Args {
     /// in earlier runs are left out).
     #[arg(long)]
     pub(crate) new_run: bool,
+    /// Apply exactly this plan file (from `plan --out-file`): its targets, subnets and
+    /// prefixes; a target ARM drifted from since is held back as `blocked:drifted`.
+    #[arg(long)]
+    pub(crate) plan: Option<PathBuf>,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
@@ -47,26 +52,48 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let apps = common::parse_apps(&args.scope.apps)?;
     let scope_text = local::scope_text(&given, &apps);
     let scope_given = scope_text != local::scope_text(&Policy::default(), &[]);
+    let plan = args
+        .plan
+        .as_deref()
+        .map(|p| {
+            read_plan(
+                p,
+                global,
+                &args.scope,
+                scope_given.then_some(&scope_text),
+                &given,
+            )
+        })
+        .transpose()?;
     // Nothing is created for a command that cannot run.
     anyhow::ensure!(
-        scope_given || path.exists(),
+        scope_given || path.exists() || plan.is_some(),
         "no scope: pass --subscription (or --app, or scope.subscriptions in the policy), or --state of a run to resume"
     );
     let state = StateFile::open(&path)?;
-    let requested = Requested {
-        scope: scope_given.then(|| scope_text.clone()),
-        arm_endpoint: global.arm_endpoint.clone(),
-        dry_run: args.dry_run,
-        policy_hash: args
-            .scope
-            .policy
-            .is_some()
-            .then(|| local::policy_hash(&given)),
-        plan_hash: None,
+    let requested = match &plan {
+        Some((file, applied)) => Requested {
+            scope: Some(file.scope.clone()),
+            arm_endpoint: global.arm_endpoint.clone(),
+            dry_run: args.dry_run,
+            policy_hash: Some(file.policy_hash.clone()),
+            plan_hash: Some(applied.hash.clone()),
+        },
+        None => Requested {
+            scope: scope_given.then(|| scope_text.clone()),
+            arm_endpoint: global.arm_endpoint.clone(),
+            dry_run: args.dry_run,
+            policy_hash: args
+                .scope
+                .policy
+                .is_some()
+                .then(|| local::policy_hash(&given)),
+            plan_hash: None,
+        },
     };
     let shown = path.display().to_string();
     let newest = state.store().newest_run()?;
-    let (policy, apps, start) = match decide(newest, &requested, args.new_run, &shown)? {
+    let (policy, apps, start, applied) = match decide(newest, &requested, args.new_run, &shown)? {
         Decision::Finished { run } => {
             eprintln!(
                 "run {run} in {shown} is finished: nothing to do (`status --state {shown}` shows it; --new-run starts another)"
@@ -79,23 +106,34 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         Decision::Resume { run, contract } => {
             let policy = Policy::from_json(&contract.policy)
                 .context("the policy recorded in the state file")?;
+            let applied = contract
+                .plan
+                .as_ref()
+                .map(|p| PlanFile::parse(&p.text))
+                .transpose()
+                .context("the plan recorded in the state file")?;
             (
                 policy,
                 local::scope_apps(&contract.scope)?,
                 Start::Resume(run),
+                applied,
             )
         }
         Decision::New { previous } => {
             // A new run on a known state keeps what the state remembers unless told otherwise.
-            let (mut policy, apps) = match previous {
-                Some(prev) if !scope_given => (
+            let (mut policy, apps) = match (&plan, previous) {
+                (Some((file, _)), _) => (file.policy.clone(), file.sites()),
+                (None, Some(prev)) if !scope_given => (
                     Policy::from_json(&prev.policy)
                         .context("the policy recorded in the state file")?,
                     local::scope_apps(&prev.scope)?,
                 ),
                 _ => (given, apps),
             };
-            let recorded_scope = local::scope_text(&policy, &apps);
+            let recorded_scope = match &plan {
+                Some((file, _)) => file.scope.clone(),
+                None => local::scope_text(&policy, &apps),
+            };
             let held_back = state.store().rolled_back_targets()?;
             if !held_back.is_empty() {
                 eprintln!(
@@ -104,10 +142,11 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
                 );
                 policy.scope.exclude.extend(held_back);
             }
+            let (file, text) = plan.unzip();
             let mut contract =
-                local::contract(&policy, &apps, &global.arm_endpoint, args.dry_run, None);
+                local::contract(&policy, &apps, &global.arm_endpoint, args.dry_run, text);
             contract.scope = recorded_scope;
-            (policy, apps, Start::New(contract))
+            (policy, apps, Start::New(contract), file)
         }
     };
     let subs = common::subscriptions(&policy, &apps)?;
@@ -121,56 +160,87 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             .collect()
     };
     let arm = common::arm_client(global, write_scope)?;
-    let report = migrate(
-        global,
+    let scope = LocalScope {
         arm,
-        policy,
-        subs,
+        policy: Arc::new(policy),
+        subscriptions: subs,
         apps,
-        (state, start),
-        args.dry_run,
-        1.0,
-    )
-    .await?;
-    common::finish(global, &report, Report::table)
+        time_scale: 1.0,
+        applied: applied.as_ref().map(|p| Arc::new(AppliedPlan::new(p))),
+        forecasts: None,
+    };
+    let report = migrate(global, scope, (state, start), args.dry_run).await?;
+    let code = common::finish(global, &report, Report::table)?;
+    let drifted = report
+        .targets
+        .iter()
+        .filter(|t| t.reason.as_deref() == Some("drifted"))
+        .count();
+    if drifted > 0 {
+        eprintln!("{drifted} target(s) held back: ARM changed since the plan was made; run `plan` again and review it");
+    }
+    Ok(code)
+}
+
+/// The plan file at `path`, checked against what the command line says: the plan carries its
+/// own scope and policy, and was made against one endpoint.
+fn read_plan(
+    path: &std::path::Path,
+    global: &Global,
+    scope: &common::Scope,
+    scope_text: Option<&String>,
+    given: &Policy,
+) -> Result<(PlanFile, AppliedPlanFile)> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the plan file {shown}"))?;
+    let file = PlanFile::parse(&text).with_context(|| format!("plan file {shown}"))?;
+    anyhow::ensure!(
+        same_endpoint(&file.arm_endpoint, &global.arm_endpoint),
+        "plan {shown} was made against {}, not {}: plan again against this endpoint",
+        file.arm_endpoint,
+        global.arm_endpoint
+    );
+    if let Some(given_scope) = scope_text.filter(|s| **s != file.scope) {
+        anyhow::bail!(
+            "plan {shown} covers scope {}, not {given_scope}: leave out the scope flags (the plan has its own) or plan again",
+            file.scope
+        );
+    }
+    if scope.policy.is_some() && local::policy_hash(given) != file.policy_hash {
+        anyhow::bail!(
+            "plan {shown} was made with policy {}, this policy is {}: leave out --policy (the plan has its own) or plan again",
+            file.policy_hash,
+            local::policy_hash(given)
+        );
+    }
+    let applied = AppliedPlanFile {
+        hash: hash(text.as_bytes()),
+        text,
+    };
+    Ok((file, applied))
 }
 
 /// Shared by `run`, `plan` and `rehearse`: drive a local run and build its report.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn migrate(
     global: &Global,
-    arm: crate::azure::arm::ArmClient,
-    policy: crate::policy::Policy,
-    subscriptions: Vec<String>,
-    apps: Vec<ResourceId>,
+    scope: LocalScope,
     (state, start): (StateFile, Start),
     dry_run: bool,
-    time_scale: f64,
 ) -> Result<Report> {
     let runner = RunnerConfig {
-        per_subscription: policy.concurrency.per_subscription as usize,
+        per_subscription: scope.policy.concurrency.per_subscription as usize,
         ..RunnerConfig::default()
     };
-    let subscription_count = subscriptions.len();
+    let subscription_count = scope.subscriptions.len();
+    let (arm, time_scale) = (scope.arm.clone(), scope.time_scale);
     let local = LocalRun {
         dry_run,
         runner,
         origin: std::env::args().collect::<Vec<_>>().join(" "),
         progress: global.output == common::OutputFormat::Table,
     };
-    let finished = migrate_locally(
-        local,
-        state,
-        start,
-        LocalScope {
-            arm: arm.clone(),
-            policy: Arc::new(policy),
-            subscriptions,
-            apps,
-            time_scale,
-        },
-    )
-    .await?;
+    let finished = migrate_locally(local, state, start, scope).await?;
     let records = finished.store.targets(&finished.run).await?;
     let m = arm.metrics();
     let limits = crate::azure::arm::PacerConfig::default();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use super::fleet_plan::{AppliedPlan, Forecasts};
 use super::plan_cache::PlanCache;
 use super::steps;
 use crate::azure::arm::{ArmClient, ArmError};
@@ -87,6 +88,10 @@ pub struct StepContext {
     pub(crate) plans: PlanCache,
     /// Divides every delay (settle time, backoff): 1.0 in Azure, the simulator's speed in rehearsals.
     pub(crate) time_scale: f64,
+    /// `run --plan`: the plan applied (targets that drifted from it are held back).
+    pub(crate) applied: Option<Arc<AppliedPlan>>,
+    /// `plan`: where a dry run's `plan` steps leave their forecasts.
+    pub(crate) forecasts: Option<Arc<Forecasts>>,
 }
 
 impl StepContext {
@@ -97,7 +102,21 @@ impl StepContext {
             ledger,
             plans: PlanCache::default(),
             time_scale: 1.0,
+            applied: None,
+            forecasts: None,
         }
+    }
+
+    /// Applies `plan` exactly (`run --plan`).
+    pub fn applying(mut self, plan: Option<Arc<AppliedPlan>>) -> Self {
+        self.applied = plan;
+        self
+    }
+
+    /// Collects the forecasts of a dry run's `plan` steps into `into` (`plan`).
+    pub fn forecasting(mut self, into: Option<Arc<Forecasts>>) -> Self {
+        self.forecasts = into;
+        self
     }
 
     /// Runs every delay `time_scale` times faster (rehearsals against a sped-up simulator).

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::context::{Migration, StepContext};
 use super::discover::sites_in_scope;
+use super::fleet_plan::{AppliedPlan, Forecasts};
 use crate::azure::arm::ArmClient;
 use crate::azure::ResourceId;
 use crate::pipeline::contract::{self, AppliedPlanFile, RunContract};
@@ -22,6 +23,10 @@ pub struct Scope {
     pub apps: Vec<ResourceId>,
     /// Divides every delay: 1.0 against Azure, the simulator's speed in rehearsals.
     pub time_scale: f64,
+    /// `run --plan`: the plan file applied.
+    pub applied: Option<Arc<AppliedPlan>>,
+    /// `plan`: where the dry run's forecasts go.
+    pub forecasts: Option<Arc<Forecasts>>,
 }
 
 /// The scope as a run's contract records it: the policy's scope (flags merged in) and the
@@ -109,6 +114,8 @@ pub async fn migrate_locally(
         subscriptions,
         apps,
         time_scale,
+        applied,
+        forecasts,
     } = scope;
     local
         .execute(
@@ -118,7 +125,9 @@ pub async fn migrate_locally(
             |store| {
                 Migration::new(
                     StepContext::new(arm.clone(), policy.clone(), store)
-                        .time_compressed(time_scale),
+                        .time_compressed(time_scale)
+                        .applying(applied)
+                        .forecasting(forecasts),
                 )
             },
         )

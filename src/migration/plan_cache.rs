@@ -19,8 +19,18 @@ use crate::policy::Policy;
 
 const TTL: Duration = Duration::from_secs(600);
 
+/// A plan's decision with what it was decided from.
+#[derive(Debug)]
+pub(crate) struct Decided {
+    pub(crate) decision: PlanDecision,
+    /// Every site and slot of the plan, with its integration as read.
+    pub(crate) targets: Vec<TargetState>,
+    /// The VNets read (gateway VNets, their peers, VNets holding the plan's subnets).
+    pub(crate) vnets: Vec<VirtualNetwork>,
+}
+
 /// A decision and when it was made.
-type Cached = (Instant, Arc<PlanDecision>);
+type Cached = (Instant, Arc<Decided>);
 
 /// The lock under which one plan's decision is computed.
 type Building = Arc<tokio::sync::Mutex<()>>;
@@ -35,7 +45,7 @@ pub(crate) struct PlanCache {
 }
 
 impl PlanCache {
-    fn lookup(&self, plan: &ResourceId) -> Option<Arc<PlanDecision>> {
+    fn lookup(&self, plan: &ResourceId) -> Option<Arc<Decided>> {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.get(plan)
             .filter(|(at, _)| at.elapsed() < TTL)
@@ -48,7 +58,7 @@ impl PlanCache {
         arm: &ArmClient,
         policy: &Policy,
         plan: &ResourceId,
-    ) -> Result<Arc<PlanDecision>, StepError> {
+    ) -> Result<Arc<Decided>, StepError> {
         if let Some(d) = self.lookup(plan) {
             return Ok(d);
         }
@@ -84,7 +94,7 @@ impl PlanCache {
         self.inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, (_, d)| !d.targets.contains_key(target));
+            .retain(|_, (_, d)| !d.decision.targets.contains_key(target));
     }
 
     pub(crate) fn invalidate(&self, plan: &ResourceId) {
@@ -123,7 +133,7 @@ async fn compute(
     arm: &ArmClient,
     policy: &Policy,
     plan_id: &ResourceId,
-) -> Result<PlanDecision, StepError> {
+) -> Result<Decided, StepError> {
     let plan: Plan = arm.get(plan_id.as_str()).await?;
     let sites: Vec<Site> = arm.list(&format!("{plan_id}/sites")).await?;
     let mut members: Vec<Site> = Vec::new();
@@ -195,14 +205,19 @@ async fn compute(
         None => true,
     };
 
-    Ok(plan::decide(&PlanContext {
+    let decision = plan::decide(&PlanContext {
         plan: &plan,
         autoscale: &autoscale,
         targets: &targets,
         vnets: &vnets,
         swift_supported,
         policy,
-    }))
+    });
+    Ok(Decided {
+        decision,
+        targets,
+        vnets,
+    })
 }
 
 #[cfg(test)]
@@ -253,7 +268,7 @@ mod tests {
             .await
             .expect("plan 2 waited for plan 1")
             .unwrap();
-        assert_eq!(d2.targets.len(), 1);
+        assert_eq!(d2.decision.targets.len(), 1);
         let after_p2 = sim.stats().reads;
         // Plan 1's callers wait for the one computation and share it.
         let callers: Vec<_> = (0..4)

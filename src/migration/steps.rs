@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::context::{StepContext, StepError};
 use super::cutover::{connect, disconnect};
+use super::fleet_plan::{self, Forecast, VnetDigest};
 use super::plan_cache::connections;
 use super::subnet::prepare_subnet;
 use crate::azure::models::{KeyVaultReference, KeyVaultStatus, Site};
@@ -15,10 +16,12 @@ use crate::azure::ResourceId;
 use crate::migration::discover::{discover, slot_discoveries, SlotFilter};
 use crate::migration::health::{self, KvHealth};
 use crate::migration::ipam;
-use crate::migration::plan::TargetDecision;
+use crate::migration::plan::{Integration, TargetDecision};
 use crate::migration::rollback::rollback;
 use crate::pipeline::message::{Baseline, PlannedSubnet, Step, StepMessage};
-use crate::pipeline::reason::{Cause, HealthFailure, ParkReason, RollbackReason, SkipReason};
+use crate::pipeline::reason::{
+    BlockedReason, Cause, HealthFailure, ParkReason, RollbackReason, SkipReason,
+};
 use crate::pipeline::reconciler::StepResult;
 use crate::pipeline::Outcome;
 use crate::policy::{Policy, RollbackMode};
@@ -72,18 +75,12 @@ pub(crate) async fn key_vault_statuses(
     Ok(health::statuses(&refs))
 }
 
-/// The target's plan as its site shows it now; `None` when the target no longer exists.
-async fn plan_of_site(
-    ctx: &StepContext,
-    target: &ResourceId,
-) -> Result<Option<ResourceId>, StepError> {
-    let Some(site) = ctx.arm.get_opt::<Site>(target.as_str()).await? else {
-        return Ok(None);
-    };
-    site.properties
-        .server_farm_id
-        .map(Some)
-        .ok_or_else(|| StepError::Unexpected("the app has no serverFarmId".into()))
+/// The `plan` step held back: ARM no longer shows what the applied plan was made from.
+fn drifted(why: &str) -> Result<StepResult, StepError> {
+    Ok(StepResult::done(
+        Outcome::Blocked(BlockedReason::Drifted),
+        format!("{why}; nothing was written: run `plan` again and review it"),
+    ))
 }
 
 async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
@@ -96,43 +93,104 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
     // The site is read again rather than trusting the plan `discover` saw: a cached plan
     // decision can still list a target that moved to another plan since, and planning it under
     // the old one would be wrong (safety over one read per target).
-    let Some(plan_id) = plan_of_site(ctx, &msg.target).await? else {
+    let Some(site) = ctx.arm.get_opt::<Site>(msg.target.as_str()).await? else {
         return gone();
     };
-    let mut decision = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
-    if !decision.targets.contains_key(&msg.target) {
+    let plan_id = site
+        .properties
+        .server_farm_id
+        .clone()
+        .ok_or_else(|| StepError::Unexpected("the app has no serverFarmId".into()))?;
+    let mut decided = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
+    if !decided.decision.targets.contains_key(&msg.target) {
         // Created after the decision was cached: decide again with it included.
         ctx.plans.invalidate(&plan_id);
-        decision = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
+        decided = ctx.plans.decision(&ctx.arm, &ctx.policy, &plan_id).await?;
     }
+    let decision = &decided.decision;
     let warn = if decision.warnings.is_empty() {
         String::new()
     } else {
         format!(" (warnings: {})", decision.warnings.join("; "))
     };
-    match decision.targets.get(&msg.target) {
-        None => Err(StepError::Unexpected(format!(
+    let (Some(live), Some(state)) = (
+        decision.targets.get(&msg.target),
+        decided.targets.iter().find(|t| t.id == msg.target),
+    ) else {
+        return Err(StepError::Unexpected(format!(
             "the target is not listed under its plan {plan_id}"
-        ))),
-        Some(TargetDecision::Blocked(reason)) => Ok(StepResult::done(
+        )));
+    };
+    let vnet = match live {
+        TargetDecision::Migrate(c) => decided
+            .vnets
+            .iter()
+            .find(|v| v.id == c.vnet)
+            .map(VnetDigest::of),
+        _ => None,
+    };
+    let no_subnets = Default::default();
+    let fingerprint = fleet_plan::fingerprint(
+        state,
+        &plan_id,
+        decision.required_addresses,
+        live,
+        vnet.as_ref(),
+        ctx.applied.as_ref().map_or(&no_subnets, |a| &a.creates),
+    );
+    let mut target_decision = live.clone();
+    let mut required_prefix_length = ipam::prefix_len_for(decision.required_addresses);
+    if let Some(applied) = &ctx.applied {
+        // Exactly the plan: its decision and reserved prefix, unless ARM drifted from it.
+        let Some(planned) = applied.target(&msg.target) else {
+            return drifted("the target is not in the plan");
+        };
+        if planned.fingerprint.as_deref() != Some(fingerprint.as_str()) {
+            return drifted("ARM no longer shows what the plan was computed from");
+        }
+        if let Some(d) = &planned.decision {
+            target_decision = d.clone();
+        }
+        required_prefix_length = planned
+            .required_prefix_length
+            .unwrap_or(required_prefix_length);
+    }
+    let routing_differs = !routes_as(&desired_routing(&ctx.policy), &current_routing(&site));
+    if let (true, Some(into)) = (msg.dry_run, &ctx.forecasts) {
+        into.push(Forecast {
+            target: msg.target.clone(),
+            app_service_plan: plan_id.clone(),
+            decision: target_decision.clone(),
+            required_prefix_length,
+            gateway_connection: match &state.integration {
+                Integration::Gateway { connection, .. } => Some(connection.clone()),
+                _ => None,
+            },
+            vnet,
+            routing_differs,
+            fingerprint,
+        });
+    }
+    match &target_decision {
+        TargetDecision::Blocked(reason) => Ok(StepResult::done(
             Outcome::Blocked(*reason),
             format!("blocked by plan {plan_id}{warn}"),
         )),
-        Some(TargetDecision::AlreadyRegional) => Ok(StepResult::done(
+        TargetDecision::AlreadyRegional => Ok(StepResult::done(
             Outcome::Skipped(SkipReason::AlreadyRegional),
             "already regional",
         )),
-        Some(TargetDecision::NoIntegration) => Ok(StepResult::done(
+        TargetDecision::NoIntegration => Ok(StepResult::done(
             Outcome::Skipped(SkipReason::NoIntegration),
             "no VNet integration",
         )),
-        Some(TargetDecision::Migrate(choice)) => {
+        TargetDecision::Migrate(choice) => {
             let p = PlannedSubnet {
                 vnet: choice.vnet.clone(),
                 subnet: choice.subnet.clone(),
                 prefix: choice.prefix.to_string(),
                 create: choice.create,
-                required_prefix_length: Some(ipam::prefix_len_for(decision.required_addresses)),
+                required_prefix_length: Some(required_prefix_length),
             };
             let detail = format!(
                 "{} subnet {} ({}) for {} instance(s){warn}",
@@ -172,7 +230,7 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
 
 /// `outboundVnetRouting` as the policy wants it (api ≥ 2024-11-01 shape; all five fields, since
 /// whether PATCH merges the nested object is not documented).
-fn desired_routing(policy: &Policy) -> Value {
+pub(super) fn desired_routing(policy: &Policy) -> Value {
     let r = &policy.routing;
     json!({
         "allTraffic": false,

@@ -16,7 +16,7 @@ use crate::pipeline::Outcome;
 use crate::policy::Policy;
 
 /// The subnet as the policy wants it: Web delegation plus NSG / route table / NAT gateway.
-fn desired_subnet(policy: &Policy, mut subnet: Subnet, prefix: &str) -> Subnet {
+pub(super) fn desired_subnet(policy: &Policy, mut subnet: Subnet, prefix: &str) -> Subnet {
     if subnet.properties.address_prefix.is_none() && subnet.properties.address_prefixes.is_none() {
         subnet.properties.address_prefix = Some(prefix.to_string());
     }
@@ -109,7 +109,20 @@ pub(super) async fn prepare_subnet(
         .find(|s| s.name.eq_ignore_ascii_case(p.subnet.name()))
         .cloned();
     let prefix = match &current {
+        // `run --plan`: the subnet the plan reserved, with its prefix, or nothing.
+        Some(s) if ctx.applied.is_some() && !s.prefixes().contains(&p.prefix) => {
+            return Ok(StepResult::done(
+                Outcome::Blocked(BlockedReason::Drifted),
+                format!(
+                    "subnet {} has {} now, not the planned {}; nothing was written: run `plan` again",
+                    p.subnet,
+                    s.prefixes().join(","),
+                    p.prefix
+                ),
+            ))
+        }
         Some(_) => p.prefix.clone(),
+        None if ctx.applied.is_some() => p.prefix.clone(),
         None => match allocate(&vnet, p)? {
             Some(prefix) => prefix,
             None => {
@@ -158,6 +171,10 @@ pub(super) async fn prepare_subnet(
         }
         // Contention (another write running in the VNet) is not about our subnet: retry.
         Err(e) if e.is_transient() => Err(e.into()),
+        Err(e) if is_conflict(&e) && ctx.applied.is_some() => Ok(StepResult::done(
+            Outcome::Blocked(BlockedReason::Drifted),
+            format!("the planned prefix {prefix} is no longer free ({e}); run `plan` again"),
+        )),
         Err(e) if is_conflict(&e) => {
             // The VNet changed since planning (another plan took the range): plan again.
             ctx.plans.invalidate_target(&msg.target);

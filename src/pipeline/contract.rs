@@ -116,7 +116,7 @@ impl RunContract {
                 given: given.clone(),
             });
         }
-        if normalise_endpoint(&requested.arm_endpoint) != normalise_endpoint(&self.arm_endpoint) {
+        if !same_endpoint(&requested.arm_endpoint, &self.arm_endpoint) {
             return Err(ContractError::Endpoint {
                 state,
                 run,
@@ -152,8 +152,9 @@ impl RunContract {
 }
 
 /// Endpoints compare without a trailing slash and without case (hosts are case-insensitive).
-fn normalise_endpoint(e: &str) -> String {
-    e.trim().trim_end_matches('/').to_ascii_lowercase()
+pub fn same_endpoint(a: &str, b: &str) -> bool {
+    let n = |e: &str| e.trim().trim_end_matches('/').to_ascii_lowercase();
+    n(a) == n(b)
 }
 
 #[cfg(test)]

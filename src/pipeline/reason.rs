@@ -70,6 +70,8 @@ token_enum! {
         UnsupportedSku => "unsupported-sku",
         ScaleUnitUnsupported => "scale-unit-unsupported",
         SubnetInUse => "subnet-in-use",
+        /// `run --plan`: ARM no longer shows what the plan was computed from: plan again.
+        Drifted => "drifted",
     }
 }
 

@@ -207,41 +207,6 @@ impl Report {
         };
         s
     }
-
-    /// Per-target table (the `plan` command's view).
-    pub(crate) fn target_table(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "{:<60} {:<28} {:<18} subnet",
-            "target", "outcome", "prefix"
-        );
-        for t in &self.targets {
-            let outcome = match (&t.outcome[..], &t.reason) {
-                ("skipped", Some(r)) if r == "dry-run" => "would migrate".to_string(),
-                (k, Some(r)) => format!("{k}:{r}"),
-                (k, None) => k.to_string(),
-            };
-            let short =
-                t.id.split("/providers/Microsoft.Web/")
-                    .last()
-                    .unwrap_or(&t.id);
-            let subnet = t
-                .subnet
-                .as_deref()
-                .map(|x| x.split("/providers/Microsoft.Network/").last().unwrap_or(x))
-                .unwrap_or("-");
-            let _ = writeln!(
-                s,
-                "{:<60} {:<28} {:<18} {}",
-                short,
-                outcome,
-                t.prefix.as_deref().unwrap_or("-"),
-                subnet
-            );
-        }
-        s
-    }
 }
 
 /// Requests one subscription made that took a token of each of ARM's buckets.

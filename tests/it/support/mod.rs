@@ -373,6 +373,8 @@ impl Rig {
             subscriptions: self.subscriptions(),
             apps: Vec::new(),
             time_scale: TIME_SCALE,
+            applied: None,
+            forecasts: None,
         };
         let contract = contract(policy, &[], "http://127.0.0.1", false, None);
         async move {
