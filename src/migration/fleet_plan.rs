@@ -526,3 +526,183 @@ fn totals(targets: &[TargetPlan], subnets: &[SubnetPlan]) -> Totals {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::plan::SubnetChoice;
+    use super::*;
+
+    fn id(s: &str) -> ResourceId {
+        ResourceId::parse(s).unwrap()
+    }
+
+    const VNET: &str =
+        "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/hub";
+
+    fn digest(space: &str, subnets: &[(&str, &str)]) -> VnetDigest {
+        VnetDigest {
+            id: id(VNET),
+            address_space: vec![space.into()],
+            subnets: subnets
+                .iter()
+                .map(|(n, p)| (n.to_string(), vec![p.to_string()]))
+                .collect(),
+        }
+    }
+
+    /// A forecast for site `app` on plan `plan`, into a new subnet named after the plan with
+    /// the block the plan-wide decision picked on its own.
+    fn forecast(app: &str, plan: &str, prefix: &str, vnet: &VnetDigest) -> Forecast {
+        let target = id(&format!(
+            "/subscriptions/s/resourceGroups/a/providers/Microsoft.Web/sites/{app}"
+        ));
+        let state = TargetState {
+            id: target.clone(),
+            location: "westeurope".into(),
+            integration: Integration::Gateway {
+                vnet: id(VNET),
+                connection: "hub".into(),
+                routes: Vec::new(),
+            },
+        };
+        let app_service_plan = id(&format!(
+            "/subscriptions/s/resourceGroups/a/providers/Microsoft.Web/serverfarms/{plan}"
+        ));
+        let decision = TargetDecision::Migrate(SubnetChoice {
+            vnet: id(VNET),
+            subnet: id(&format!("{VNET}/subnets/snet-{plan}")),
+            name: format!("snet-{plan}"),
+            prefix: prefix.parse().unwrap(),
+            create: true,
+            needs_update: false,
+        });
+        let fingerprint = super::fingerprint(
+            &state,
+            &app_service_plan,
+            10,
+            &decision,
+            Some(vnet),
+            &BTreeSet::new(),
+        );
+        Forecast {
+            target,
+            app_service_plan,
+            decision,
+            required_prefix_length: 26,
+            gateway_connection: Some("hub".into()),
+            vnet: Some(vnet.clone()),
+            routing_differs: true,
+            fingerprint,
+        }
+    }
+
+    fn build_from(forecasts: Vec<Forecast>) -> PlanFile {
+        let f = Forecasts::default();
+        let outcomes = forecasts
+            .iter()
+            .map(|x| (x.target.clone(), "skipped:dry-run".to_string()))
+            .collect();
+        for x in forecasts {
+            f.push(x);
+        }
+        build(PlanInputs {
+            arm_endpoint: "http://127.0.0.1:1",
+            scope: "{}".into(),
+            policy: &Policy::default(),
+            outcomes,
+            forecasts: &f,
+        })
+    }
+
+    #[test]
+    fn plans_that_forecast_the_same_block_get_distinct_blocks() {
+        let v = digest("10.0.0.0/24", &[("default", "10.0.0.0/26")]);
+        // Both plans, deciding alone, picked the first free /26.
+        let plan = build_from(vec![
+            forecast("a1", "p1", "10.0.0.64/26", &v),
+            forecast("a2", "p1", "10.0.0.64/26", &v),
+            forecast("b1", "p2", "10.0.0.64/26", &v),
+        ]);
+        let prefixes: Vec<String> = plan.subnets.iter().map(|s| s.prefix.to_string()).collect();
+        assert_eq!(prefixes, ["10.0.0.64/26", "10.0.0.128/26"]);
+        // Every target carries its subnet's reserved block; the writes are exact.
+        let b1 = plan.targets.iter().find(|t| t.id.name() == "b1").unwrap();
+        assert_eq!(b1.prefix.unwrap().to_string(), "10.0.0.128/26");
+        assert_eq!(b1.forecast, "migrate");
+        let methods: Vec<&str> = b1.writes.iter().map(|w| w.method.as_str()).collect();
+        assert_eq!(methods, ["DELETE", "PATCH", "PATCH"]);
+        assert_eq!(plan.totals.writes["s"]["PUT subnets"], 2);
+        assert_eq!(plan.totals.targets["s"]["migrate"], 3);
+        // The same forecasts give the same plan (but for its time).
+        let again = build_from(vec![
+            forecast("b1", "p2", "10.0.0.64/26", &v),
+            forecast("a2", "p1", "10.0.0.64/26", &v),
+            forecast("a1", "p1", "10.0.0.64/26", &v),
+        ]);
+        assert_eq!(again.targets, plan.targets);
+        assert_eq!(again.fingerprint, plan.fingerprint);
+    }
+
+    #[test]
+    fn a_subnet_without_a_free_block_blocks_its_targets() {
+        let v = digest("10.0.0.0/25", &[("default", "10.0.0.0/26")]);
+        let plan = build_from(vec![
+            forecast("a1", "p1", "10.0.0.64/26", &v),
+            forecast("b1", "p2", "10.0.0.64/26", &v),
+        ]);
+        let labels: Vec<&str> = plan.targets.iter().map(|t| t.forecast.as_str()).collect();
+        assert_eq!(labels, ["migrate", "blocked:no-address-space"]);
+        assert_eq!(plan.subnets.len(), 1);
+        assert!(plan.targets[1].writes.is_empty());
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_our_own_subnets_but_not_anyone_elses() {
+        let v = digest("10.0.0.0/24", &[("default", "10.0.0.0/26")]);
+        let f = forecast("a1", "p1", "10.0.0.64/26", &v);
+        let state = TargetState {
+            id: f.target.clone(),
+            location: "westeurope".into(),
+            integration: Integration::Gateway {
+                vnet: id(VNET),
+                connection: "hub".into(),
+                routes: Vec::new(),
+            },
+        };
+        let ours: BTreeSet<ResourceId> = [id(&format!("{VNET}/subnets/snet-p1"))].into();
+        let with = |subnets: &[(&str, &str)], ours: &BTreeSet<ResourceId>| {
+            fingerprint(
+                &state,
+                &f.app_service_plan,
+                10,
+                &f.decision,
+                Some(&digest("10.0.0.0/24", subnets)),
+                ours,
+            )
+        };
+        let mine = [("default", "10.0.0.0/26"), ("snet-p1", "10.0.0.64/26")];
+        assert_eq!(with(&mine, &ours), f.fingerprint);
+        let theirs = [("default", "10.0.0.0/26"), ("other", "10.0.0.64/26")];
+        assert_ne!(with(&theirs, &ours), f.fingerprint);
+        let grown = [("default", "10.0.0.0/25")];
+        assert_ne!(with(&grown, &ours), f.fingerprint);
+    }
+
+    #[test]
+    fn a_plan_file_of_another_kind_or_version_is_refused() {
+        let plan = build_from(Vec::new());
+        let text = serde_json::to_string(&plan).unwrap();
+        assert_eq!(PlanFile::parse(&text).unwrap(), plan);
+        let other = text.replace("\"version\":1", "\"version\":2");
+        assert!(matches!(
+            PlanFile::parse(&other),
+            Err(PlanFileError::Version(2))
+        ));
+        let kind = text.replace(PLAN_FILE_KIND, "terraform");
+        assert!(matches!(
+            PlanFile::parse(&kind),
+            Err(PlanFileError::Kind(_))
+        ));
+        assert!(PlanFile::parse("[]").is_err());
+    }
+}
