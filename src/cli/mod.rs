@@ -4,6 +4,9 @@ mod common;
 mod package;
 mod plan;
 mod rehearse;
+mod replay;
+mod retry;
+mod rollback;
 mod run;
 mod serve;
 mod simulate_arm;
@@ -40,6 +43,12 @@ pub(crate) enum Command {
     Run(run::Args),
     /// Counts per outcome and failures with reasons, from a state file.
     Status(status::Args),
+    /// Start blocked, parked or rolled-back targets of a run again.
+    Retry(retry::Args),
+    /// Put one migrated app back on its saved gateway-based connection.
+    Rollback(rollback::Args),
+    /// Resend dead-lettered step messages with a fresh MessageId.
+    Replay(replay::Args),
     /// Export the fleet in scope as a fleet file (to rehearse on a copy of your estate).
     Snapshot(snapshot::Args),
     /// Run the ARM simulator alone.
@@ -77,6 +86,9 @@ pub fn main() -> ExitCode {
             Command::Plan(a) => plan::run(&cli.global, a).await,
             Command::Run(a) => run::run(&cli.global, a).await,
             Command::Status(a) => status::run(&cli.global, a).await,
+            Command::Retry(a) => retry::run(&cli.global, a).await,
+            Command::Rollback(a) => rollback::run(&cli.global, a).await,
+            Command::Replay(a) => replay::run(&cli.global, a).await,
             Command::Snapshot(a) => snapshot::run(&cli.global, a).await,
             Command::SimulateArm(a) => simulate_arm::run(&cli.global, a).await,
             Command::Package(a) => package::run(&cli.global, a).await,

@@ -12,7 +12,7 @@ use super::state::{decide, Decision};
 use crate::azure::ResourceId;
 use crate::migration::fleet_plan::{AppliedPlan, PlanFile};
 use crate::migration::local::{self, migrate_locally, Scope as LocalScope};
-use crate::pipeline::contract::{hash, same_endpoint, AppliedPlanFile, Requested};
+use crate::pipeline::contract::{hash, same_endpoint, AppliedPlanFile, Requested, RunContract};
 use crate::pipeline::ledger::Ledger;
 use crate::pipeline::local::{LocalRun, Start, StateFile};
 use crate::pipeline::runner::RunnerConfig;
@@ -104,20 +104,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Decision::Resume { run, contract } => {
-            let policy = Policy::from_json(&contract.policy)
-                .context("the policy recorded in the state file")?;
-            let applied = contract
-                .plan
-                .as_ref()
-                .map(|p| PlanFile::parse(&p.text))
-                .transpose()
-                .context("the plan recorded in the state file")?;
-            (
-                policy,
-                local::scope_apps(&contract.scope)?,
-                Start::Resume(run),
-                applied,
-            )
+            let (policy, apps, applied) = recorded(&contract)?;
+            (policy, apps, Start::Resume(run), applied)
         }
         Decision::New { previous } => {
             // A new run on a known state keeps what the state remembers unless told otherwise.
@@ -149,10 +137,47 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             (policy, apps, Start::New(contract), file)
         }
     };
+    let report = execute(global, (state, start), policy, apps, applied, args.dry_run).await?;
+    let code = common::finish(global, &report, Report::table)?;
+    let drifted = report
+        .targets
+        .iter()
+        .filter(|t| t.reason.as_deref() == Some("drifted"))
+        .count();
+    if drifted > 0 {
+        eprintln!("{drifted} target(s) held back: ARM changed since the plan was made; run `plan` again and review it");
+    }
+    Ok(code)
+}
+
+/// What a run's contract recorded: its policy, its `--app` ids and the plan it applies.
+pub(crate) fn recorded(
+    contract: &RunContract,
+) -> Result<(Policy, Vec<ResourceId>, Option<PlanFile>)> {
+    let policy =
+        Policy::from_json(&contract.policy).context("the policy recorded in the state file")?;
+    let applied = contract
+        .plan
+        .as_ref()
+        .map(|p| PlanFile::parse(&p.text))
+        .transpose()
+        .context("the plan recorded in the state file")?;
+    Ok((policy, local::scope_apps(&contract.scope)?, applied))
+}
+
+/// Drives `start` on `state` against ARM with this policy, scope and plan; the report.
+pub(crate) async fn execute(
+    global: &Global,
+    (state, start): (StateFile, Start),
+    policy: Policy,
+    apps: Vec<ResourceId>,
+    applied: Option<PlanFile>,
+    dry_run: bool,
+) -> Result<Report> {
     let subs = common::subscriptions(&policy, &apps)?;
     // A dry run gets a client that may write nowhere: the steps already write nothing in a
     // dry run, and a client that refuses every write makes sure of it.
-    let write_scope: Vec<ResourceId> = if args.dry_run {
+    let write_scope: Vec<ResourceId> = if dry_run {
         Vec::new()
     } else {
         subs.iter()
@@ -169,17 +194,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         applied: applied.as_ref().map(|p| Arc::new(AppliedPlan::new(p))),
         forecasts: None,
     };
-    let report = migrate(global, scope, (state, start), args.dry_run).await?;
-    let code = common::finish(global, &report, Report::table)?;
-    let drifted = report
-        .targets
-        .iter()
-        .filter(|t| t.reason.as_deref() == Some("drifted"))
-        .count();
-    if drifted > 0 {
-        eprintln!("{drifted} target(s) held back: ARM changed since the plan was made; run `plan` again and review it");
-    }
-    Ok(code)
+    migrate(global, scope, (state, start), dry_run).await
 }
 
 /// The plan file at `path`, checked against what the command line says: the plan carries its

@@ -1,8 +1,13 @@
 //! What `run` may do with a state file: resume its newest run (only with the contract it was
-//! started with), report a finished one, or start a new one (`--new-run`). Pure: decided
-//! from the state file's newest run and what the command line asked.
+//! started with), report a finished one, or start a new one (`--new-run`), decided (pure)
+//! from the state file's newest run and what the command line asked; and the run an operator
+//! command works on.
 
+use std::path::Path;
+
+use super::common::Global;
 use crate::pipeline::contract::{ContractError, Requested, RunContract};
+use crate::pipeline::local::{Start, StateFile};
 use crate::pipeline::sqlite::RunState;
 use crate::pipeline::RunId;
 
@@ -56,6 +61,69 @@ pub(crate) fn decide(
         (true, true) => Ok(Decision::New {
             previous: Some(contract),
         }),
+    }
+}
+
+/// The run an operator command (`retry`, `rollback`, `replay`) works on, in a state file
+/// that exists, with the contract it recorded; the connection flags must agree with it.
+pub(crate) struct Operated {
+    pub(crate) state: StateFile,
+    pub(crate) run: RunId,
+    pub(crate) contract: RunContract,
+}
+
+pub(crate) fn operate(path: &Path, run: Option<&str>, global: &Global) -> anyhow::Result<Operated> {
+    let shown = path.display().to_string();
+    // An operator command never creates a state file.
+    anyhow::ensure!(
+        path.exists(),
+        "state file {shown} does not exist: pass the --state of a run"
+    );
+    let state = StateFile::open(path)?;
+    let wanted = run.map(|r| RunId(r.to_string()));
+    let Some(found) = state.store().run_state(wanted.as_ref())? else {
+        anyhow::bail!(match run {
+            Some(r) => format!("no run {r} in {shown}"),
+            None => format!("no run in {shown}"),
+        });
+    };
+    let run = found.record.run;
+    let Some(contract) = found.contract else {
+        return Err(StateError::NoContract {
+            state: shown,
+            run: run.to_string(),
+        }
+        .into());
+    };
+    anyhow::ensure!(
+        !contract.dry_run,
+        "run {run} in {shown} is a dry run: there is nothing to operate on"
+    );
+    let requested = Requested {
+        arm_endpoint: global.arm_endpoint.clone(),
+        ..Requested::default()
+    };
+    contract.admits(&requested, &shown, run.as_str())?;
+    Ok(Operated {
+        state,
+        run,
+        contract,
+    })
+}
+
+impl Operated {
+    /// Drives the run until its queue is empty (the steps the command queued included).
+    pub(crate) async fn drive(self, global: &Global) -> anyhow::Result<crate::report::Report> {
+        let (policy, apps, applied) = super::run::recorded(&self.contract)?;
+        super::run::execute(
+            global,
+            (self.state, Start::Resume(self.run)),
+            policy,
+            apps,
+            applied,
+            false,
+        )
+        .await
     }
 }
 

@@ -13,8 +13,11 @@ use crate::pipeline::ledger::{
 use crate::pipeline::message::{GatewaySnapshot, RunId};
 
 /// Columns of `targets` added after the first state files were written, with their types.
-const ADDED_TARGET_COLUMNS: [(&str, &str); 2] =
-    [("disconnected_at", "TEXT"), ("connected_at", "TEXT")];
+const ADDED_TARGET_COLUMNS: [(&str, &str); 3] = [
+    ("disconnected_at", "TEXT"),
+    ("connected_at", "TEXT"),
+    ("retries", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 /// Adds the columns an older state file's `targets` table lacks (SQLite has no
 /// `ADD COLUMN IF NOT EXISTS`), so files written by earlier versions still open.

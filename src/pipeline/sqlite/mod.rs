@@ -8,6 +8,7 @@
 
 mod columns;
 mod ledger;
+mod operator;
 mod queue;
 mod runs;
 
@@ -88,7 +89,8 @@ CREATE TABLE IF NOT EXISTS queue (
   lock_token TEXT,
   locked_until INTEGER,
   state TEXT NOT NULL DEFAULT 'active',
-  dead_reason TEXT
+  dead_reason TEXT,
+  dead_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS message_ids (message_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS queue_heads ON queue(subscription, visible_at, seq) WHERE state='active' AND head=1;
@@ -171,6 +173,15 @@ impl SqliteStore {
         }
         tx.execute_batch(SCHEMA)?;
         ledger::add_target_columns(&tx)?;
+        // Files written before dead letters were timed.
+        let timed: bool = tx.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('queue') WHERE name='dead_at'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !timed {
+            tx.execute_batch("ALTER TABLE queue ADD COLUMN dead_at INTEGER")?;
+        }
         if old_queue {
             tx.execute_batch(MIGRATE_QUEUE)?;
         }

@@ -289,8 +289,8 @@ impl SqliteStore {
         reason: &str,
     ) -> Result<(), QueueError> {
         tx.execute(
-            "UPDATE queue SET state='dead', head=0, dead_reason=?2, lock_token=NULL, locked_until=NULL WHERE seq=?1",
-            params![seq, reason],
+            "UPDATE queue SET state='dead', head=0, dead_reason=?2, dead_at=?3, lock_token=NULL, locked_until=NULL WHERE seq=?1",
+            params![seq, reason, UnixMs::at(OffsetDateTime::now_utc())],
         )
         .map_err(storage)?;
         Self::promote(tx, session)

@@ -59,12 +59,18 @@ impl SqliteStore {
 
     /// The newest run (by start time) and whether it is finished.
     pub fn newest_run(&self) -> Result<Option<RunState>, LedgerError> {
+        self.run_state(None)
+    }
+
+    /// Run `run` (the newest when None) and whether it is finished.
+    pub fn run_state(&self, run: Option<&RunId>) -> Result<Option<RunState>, LedgerError> {
         let conn = self.conn();
         let row: Option<(RunId, Rfc3339, bool, String, Option<String>)> = conn
             .query_row(
                 "SELECT r.run, r.started_at, r.dry_run, r.origin, c.contract FROM runs r
-                 LEFT JOIN run_contracts c ON c.run = r.run ORDER BY r.started_at DESC, r.run DESC LIMIT 1",
-                [],
+                 LEFT JOIN run_contracts c ON c.run = r.run WHERE ?1 IS NULL OR r.run = ?1
+                 ORDER BY r.started_at DESC, r.run DESC LIMIT 1",
+                params![run],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()
