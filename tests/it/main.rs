@@ -9,6 +9,7 @@ mod cli;
 mod functions_decode;
 mod functions_host;
 mod loop_prevention;
+mod operator;
 mod plan_file;
 mod resilience;
 mod run_state;

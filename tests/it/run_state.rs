@@ -17,17 +17,17 @@ use crate::cli::{outcomes, rehearse_outcomes, POLICY};
 use crate::support::{bin, get_json, json_stdout, spawn_simulator, ChildGuard, TempDir};
 
 /// A simulator over HTTP with a generated fleet, and what a rehearsal of that fleet decides.
-struct Sim {
+pub(crate) struct Sim {
     _child: ChildGuard,
-    url: String,
+    pub(crate) url: String,
     subscriptions: Vec<String>,
-    expected: BTreeMap<String, String>,
-    dir: TempDir,
+    pub(crate) expected: BTreeMap<String, String>,
+    pub(crate) dir: TempDir,
     policy: String,
 }
 
 impl Sim {
-    fn start(generate: &str, seed: &str) -> Sim {
+    pub(crate) fn start(generate: &str, seed: &str) -> Sim {
         let dir = TempDir::new();
         let policy = dir.file("p.json");
         std::fs::write(&policy, POLICY).unwrap();
@@ -47,16 +47,16 @@ impl Sim {
         }
     }
 
-    fn writes(&self) -> u64 {
+    pub(crate) fn writes(&self) -> u64 {
         get_json(&format!("{}/_sim/stats", self.url))["writes"]
             .as_u64()
             .unwrap()
     }
 
-    /// `run` against this simulator: the connection flags, `--state`, then `extra`.
-    fn run_args(&self, state: &str, extra: &[&str]) -> Vec<String> {
+    /// `command` against this simulator: the connection flags, `--state`, then `extra`.
+    fn args(&self, command: &str, state: &str, extra: &[&str]) -> Vec<String> {
         let mut a: Vec<String> = [
-            "run",
+            command,
             "--arm-speed",
             "50",
             "--credential",
@@ -77,7 +77,7 @@ impl Sim {
     }
 
     /// The run in scope of the whole fleet, with the test policy.
-    fn scoped(&self) -> Vec<&str> {
+    pub(crate) fn scoped(&self) -> Vec<&str> {
         let mut a = vec!["--policy", self.policy.as_str()];
         for s in &self.subscriptions {
             a.extend(["--subscription", s.as_str()]);
@@ -86,19 +86,29 @@ impl Sim {
     }
 
     fn command(&self, state: &str, extra: &[&str]) -> std::process::Command {
-        let args = self.run_args(state, extra);
+        self.operator("run", state, extra)
+    }
+
+    /// Any command of the binary against this simulator, on the state file `state`.
+    pub(crate) fn operator(
+        &self,
+        command: &str,
+        state: &str,
+        extra: &[&str],
+    ) -> std::process::Command {
+        let args = self.args(command, state, extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut c = bin(&args);
         c.env("VNET_MIGRATE_STATIC_TOKEN", "t");
         c
     }
 
-    fn run(&self, state: &str, extra: &[&str]) -> Output {
+    pub(crate) fn run(&self, state: &str, extra: &[&str]) -> Output {
         self.command(state, extra).output().unwrap()
     }
 
     /// Starts `run` and SIGKILLs it once ARM has seen `writes` writes in all.
-    fn kill_after_writes(&self, state: &str, extra: &[&str], writes: u64) {
+    pub(crate) fn kill_after_writes(&self, state: &str, extra: &[&str], writes: u64) {
         let child = self
             .command(state, extra)
             .stdout(Stdio::null())
@@ -134,7 +144,7 @@ fn assert_refused(out: &Output, needles: &[&str]) {
     );
 }
 
-fn exit_ok(out: &Output) {
+pub(crate) fn exit_ok(out: &Output) {
     assert!(
         matches!(out.status.code(), Some(0 | 1)),
         "exit {:?}: {}",
