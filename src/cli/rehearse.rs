@@ -82,7 +82,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             r.record.run
         );
     }
-    let contract = local::contract(&policy, &[], &server.url(), false, None);
+    let mut contract = local::contract(&policy, &[], &server.url(), false, None);
+    contract.simulated_speed = Some(args.speed);
     let settle_seconds = policy.settle_seconds as f64;
     let scope = LocalScope {
         arm,

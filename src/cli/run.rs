@@ -134,6 +134,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             let mut contract =
                 local::contract(&policy, &apps, &global.arm_endpoint, args.dry_run, text);
             contract.scope = recorded_scope;
+            contract.simulated_speed = (global.arm_speed != 1.0).then_some(global.arm_speed);
             (policy, apps, Start::New(contract), file)
         }
     };

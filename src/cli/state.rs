@@ -148,6 +148,7 @@ mod tests {
                 policy: "{}".into(),
                 policy_hash: hash(b"{}"),
                 plan: None,
+                simulated_speed: None,
             }),
             finished,
         }

@@ -98,6 +98,7 @@ pub fn contract(
         policy: serde_json::to_string(policy).expect("policy serialises"),
         policy_hash: policy_hash(policy),
         plan,
+        simulated_speed: None,
     }
 }
 

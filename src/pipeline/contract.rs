@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// What a run was started with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunContract {
     /// The scope in scope's own canonical text (the caller's choice, compared as is).
@@ -26,6 +26,10 @@ pub struct RunContract {
     /// The plan file applied, if any: its hash and its text (a resume needs no `--plan`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<AppliedPlanFile>,
+    /// Against a simulator running this many times faster than ARM: the times recorded are
+    /// wall times of a compressed run, shown multiplied back as simulated seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated_speed: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +176,7 @@ mod tests {
                 hash: hash(b"plan"),
                 text: "plan".into(),
             }),
+            simulated_speed: None,
         }
     }
 

@@ -79,6 +79,22 @@ fn lock_state(state: &Path) -> Result<StateLock, LocalRunError> {
     Ok(StateLock { _held: f })
 }
 
+/// Whether a process holds the state file's lock now (a runner is working on it). Never
+/// creates the lock file: a state nobody runs has none, or one nobody holds.
+pub fn held_by_a_runner(state: &Path) -> bool {
+    let path = format!("{}.lock", state.display());
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => match f.try_lock() {
+            Ok(()) => {
+                let _ = f.unlock();
+                false
+            }
+            Err(_) => true,
+        },
+        Err(_) => false,
+    }
+}
+
 /// A state file opened by this process alone (it holds the file's lock until dropped).
 pub struct StateFile {
     _lock: StateLock,

@@ -139,6 +139,7 @@ mod tests {
             policy: "{}".into(),
             policy_hash: crate::pipeline::contract::hash(b"{}"),
             plan: None,
+            simulated_speed: None,
         }
     }
 
