@@ -19,6 +19,9 @@ pub(crate) struct Args {
     /// Run id (default: the newest run).
     #[arg(long)]
     pub(crate) run: Option<String>,
+    /// Also write the report as one self-contained HTML page (charts included) to this file.
+    #[arg(long, value_name = "FILE.html")]
+    pub(crate) report: Option<PathBuf>,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
@@ -49,6 +52,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         &records,
         Performance::default(),
     );
+    if let Some(path) = &args.report {
+        crate::report::html::write(&report, path)?;
+    }
     common::finish(global, &report, |r| {
         let mut s = r.table();
         for t in r
