@@ -59,7 +59,11 @@ fn svg(
     let title = escape(title);
     Ok(format!(
         r#"<svg id="{id}" role="img" aria-labelledby="{id}-title"{}"#,
-        body.replacen('>', &format!(r#"><title id="{id}-title">{title}</title>"#), 1)
+        body.replacen(
+            '>',
+            &format!(r#"><title id="{id}-title">{title}</title>"#),
+            1
+        )
     ))
 }
 
@@ -231,7 +235,7 @@ pub(crate) fn outcomes(bars: &[(&str, &str, u64)]) -> Result<String, ChartError>
             let mut chart = ChartBuilder::on(root)
                 .caption(title, (FONT, 18))
                 .margin(12)
-            .margin_right(32)
+                .margin_right(32)
                 .x_label_area_size(36)
                 .y_label_area_size(label_px.min(WIDTH / 2))
                 .build_cartesian_2d(
@@ -336,9 +340,15 @@ pub(crate) fn downtime(
             chart
                 .draw_series(bars)?
                 .label(legend(kind))
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 18, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 18, y + 5)], color.filled())
+                });
         }
-        let palette = [RGBColor(40, 40, 160), RGBColor(200, 120, 0), RGBColor(200, 40, 40)];
+        let palette = [
+            RGBColor(40, 40, 160),
+            RGBColor(200, 120, 0),
+            RGBColor(200, 40, 40),
+        ];
         for (i, (name, x)) in marks.iter().enumerate() {
             let color = palette[i % palette.len()];
             chart
@@ -416,7 +426,11 @@ mod tests {
     fn charts_are_inline_svg_with_an_id_a_title_and_no_url() {
         let charts = [
             progress(&[("migrated", 1.5), ("blocked", 0.2)], 3, "seconds").unwrap(),
-            outcomes(&[("migrated", "migrated", 5), ("blocked:drifted", "blocked", 2)]).unwrap(),
+            outcomes(&[
+                ("migrated", "migrated", 5),
+                ("blocked:drifted", "blocked", 2),
+            ])
+            .unwrap(),
             downtime(
                 &Bins::of(&[0.2, 0.15], 20).unwrap(),
                 &[("migrated", vec![1; 11])],
@@ -438,7 +452,11 @@ mod tests {
             assert!(!svg.contains("http"), "{id}");
             assert!(svg.trim_end().ends_with("</svg>"), "{id}");
         }
-        assert!(charts[1].contains(">\nblocked:drifted\n</text>"), "{}", charts[1]);
+        assert!(
+            charts[1].contains(">\nblocked:drifted\n</text>"),
+            "{}",
+            charts[1]
+        );
         assert!(charts[0].contains("2 of 3 targets"));
     }
 }

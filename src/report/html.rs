@@ -382,7 +382,12 @@ fn subscriptions(h: &mut String, report: &Report, clock: &Clock) {
         "<th>downtime p50 ({unit})</th><th>downtime max ({unit})</th></tr></thead><tbody>"
     );
     for (sub, r) in &subs {
-        let _ = write!(h, "<tr><td class=\"id sub\">{}</td><td>{}</td>", escape(sub), r.total);
+        let _ = write!(
+            h,
+            "<tr><td class=\"id sub\">{}</td><td>{}</td>",
+            escape(sub),
+            r.total
+        );
         for k in &kinds {
             let _ = write!(h, "<td>{}</td>", r.kinds.get(k).copied().unwrap_or(0));
         }
@@ -486,9 +491,17 @@ mod tests {
     use super::*;
     use crate::report::Performance;
 
-    fn target(name: &str, outcome: &str, reason: Option<&str>, downtime: Option<f64>) -> TargetReport {
+    fn target(
+        name: &str,
+        outcome: &str,
+        reason: Option<&str>,
+        downtime: Option<f64>,
+    ) -> TargetReport {
         TargetReport {
-            id: format!("/subscriptions/sub-{}/resourceGroups/rg/providers/Microsoft.Web/sites/{name}", name.len() % 2),
+            id: format!(
+                "/subscriptions/sub-{}/resourceGroups/rg/providers/Microsoft.Web/sites/{name}",
+                name.len() % 2
+            ),
             outcome: outcome.into(),
             reason: reason.map(Into::into),
             subnet: None,
@@ -537,7 +550,12 @@ mod tests {
         let r = report(
             vec![
                 target("a", "migrated", None, Some(0.4)),
-                target("bb", "rolled-back", Some("connect-rejected:<script>"), Some(1.2)),
+                target(
+                    "bb",
+                    "rolled-back",
+                    Some("connect-rejected:<script>"),
+                    Some(1.2),
+                ),
                 target("c", "blocked", Some("plan-subnet-limit"), None),
                 target("dd", "parked", Some("gateway-missing"), None),
                 target("e", UNFINISHED, Some("at connect"), None),
@@ -545,7 +563,10 @@ mod tests {
             Some(20.0),
         );
         let page = render(&r).unwrap();
-        assert!(!page.contains("<script>"), "an outside text was not escaped");
+        assert!(
+            !page.contains("<script>"),
+            "an outside text was not escaped"
+        );
         assert!(page.contains("rolled-back:connect-rejected:&lt;script&gt;"));
         assert!(page.contains("run r-&lt;1&gt;"));
         assert!(!page.contains("http:") && !page.contains("https:"));
@@ -556,7 +577,8 @@ mod tests {
         assert!(page.contains("Downtime (simulated seconds)"));
         assert!(page.contains("10.0 s wall (×20 rehearsal: 200 simulated s)"));
         // The parked target comes first, each with its remedy; migrated ones are not listed.
-        let attention = &page[page.find("id=\"attention\"").unwrap()..page.find("id=\"apps\"").unwrap()];
+        let attention =
+            &page[page.find("id=\"attention\"").unwrap()..page.find("id=\"apps\"").unwrap()];
         let first = attention.find("parked:gateway-missing").unwrap();
         assert!(first < attention.find("blocked:plan-subnet-limit").unwrap());
         assert!(attention.contains(&escape(remedy_for("parked:gateway-missing"))));
@@ -568,7 +590,11 @@ mod tests {
 
     #[test]
     fn against_azure_seconds_are_wall_seconds_and_empty_parts_say_so() {
-        let page = render(&report(vec![target("c", "blocked", Some("drifted"), None)], None)).unwrap();
+        let page = render(&report(
+            vec![target("c", "blocked", Some("drifted"), None)],
+            None,
+        ))
+        .unwrap();
         assert!(page.contains("Downtime (seconds)"));
         assert!(!page.contains("simulated"));
         assert!(page.contains("No target was cut over"));
@@ -584,7 +610,11 @@ mod tests {
         std::fs::create_dir(&dir).unwrap();
         let path = dir.join("r.html");
         std::fs::write(&path, "old").unwrap();
-        write(&report(vec![target("a", "migrated", None, Some(1.0))], None), &path).unwrap();
+        write(
+            &report(vec![target("a", "migrated", None, Some(1.0))], None),
+            &path,
+        )
+        .unwrap();
         let page = std::fs::read_to_string(&path).unwrap();
         assert!(page.starts_with("<!DOCTYPE html>") && page.ends_with("</html>\n"));
         // Nothing but the report is left beside it.

@@ -381,7 +381,12 @@ mod tests {
         (slot.started_at, slot.finished_at) = (t(5_000), Some(t(8_250)));
         let mut open = record("open", None);
         (open.outcome, open.finished_at) = (None, None);
-        let r = Report::new("r", false, &[record("a", None), slot, open], Performance::default());
+        let r = Report::new(
+            "r",
+            false,
+            &[record("a", None), slot, open],
+            Performance::default(),
+        );
         let finished: Vec<_> = r.targets.iter().map(|t| t.finished_seconds).collect();
         assert_eq!(finished, vec![Some(60.0), Some(8.25), None]);
         let json = serde_json::to_value(&r).unwrap();

@@ -40,8 +40,12 @@ pub(crate) const UNFINISHED: &str = "unfinished";
 
 fn skipped(r: SkipReason) -> &'static str {
     match r {
-        SkipReason::NoIntegration | SkipReason::AlreadyRegional => "Nothing: there is no gateway-based connection to migrate.",
-        SkipReason::NotFound => "Nothing: the app no longer exists (ARM answered 404); take it out of the scope.",
+        SkipReason::NoIntegration | SkipReason::AlreadyRegional => {
+            "Nothing: there is no gateway-based connection to migrate."
+        }
+        SkipReason::NotFound => {
+            "Nothing: the app no longer exists (ARM answered 404); take it out of the scope."
+        }
         SkipReason::DryRun => "A dry run only planned it: run without --dry-run to migrate it.",
     }
 }
@@ -248,14 +252,14 @@ mod tests {
 
     #[test]
     fn a_failed_rollback_is_urgent_and_rolled_back_targets_need_another_state() {
-        let parked = |step, cause| {
-            remedy(&Outcome::Parked(ParkReason::StepFailed { step, cause }))
-        };
+        let parked = |step, cause| remedy(&Outcome::Parked(ParkReason::StepFailed { step, cause }));
         assert!(parked(Step::Rollback, Cause::Http(500)).starts_with("URGENT"));
         assert!(parked(Step::Plan, Cause::Http(500)).contains("nothing was changed"));
         assert!(remedy_for("parked:gateway-missing").starts_with("URGENT"));
         // A new run on the same state leaves rolled-back targets out.
-        assert!(remedy_for("rolled-back:connect-rejected:BadRequest").contains("another state file"));
+        assert!(
+            remedy_for("rolled-back:connect-rejected:BadRequest").contains("another state file")
+        );
         assert!(remedy_for("blocked:drifted").contains("plan --out-file"));
         assert!(remedy_for(UNFINISHED).contains("resume"));
         assert!(remedy_for("blocked:teleported").contains("does not know"));

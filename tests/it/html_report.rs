@@ -11,6 +11,7 @@ use serde_json::Value;
 use vnet_migrate::rehearsal::invariants;
 use vnet_migrate::sim::Fleet;
 
+use crate::cli::POLICY;
 use crate::support::{bin, get_json, json_stdout, spawn_simulator, ChildGuard, TempDir};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -93,7 +94,10 @@ fn headless(profile: &Path, page: &Path, what: &[&str]) -> String {
 
 /// Nothing in the page fetches anything: no URL, no external reference of any kind.
 fn assert_self_contained(page: &str) {
-    for needle in ["http://", "https://", "src=", "href=", "url(", "@import", "<script", "<link", "<iframe", "<img"] {
+    for needle in [
+        "http://", "https://", "src=", "href=", "url(", "@import", "<script", "<link", "<iframe",
+        "<img",
+    ] {
         assert!(!page.contains(needle), "the page holds {needle:?}");
     }
 }
@@ -159,34 +163,52 @@ fn rehearse_report_is_self_contained_and_its_charts_render_in_chromium() {
     // Seed 4 ends targets in several ways, rolled back and blocked among them.
     let summary = &report["summary"];
     for kind in ["migrated", "rolled-back", "blocked"] {
-        assert!(summary[kind].as_u64().unwrap_or(0) > 0, "no {kind}: {summary}");
+        assert!(
+            summary[kind].as_u64().unwrap_or(0) > 0,
+            "no {kind}: {summary}"
+        );
     }
     let page = std::fs::read_to_string(&html).unwrap();
     assert_self_contained(&page);
     // Written through a temporary file that is renamed: none is left behind.
     for e in std::fs::read_dir(&dir.0).unwrap() {
         let name = e.unwrap().file_name();
-        assert!(!name.to_string_lossy().ends_with(".tmp"), "{name:?} left behind");
+        assert!(
+            !name.to_string_lossy().ends_with(".tmp"),
+            "{name:?} left behind"
+        );
     }
 
     let dom = headless(&dir.file("profile"), &html, &["--dump-dom"]);
-    assert!(dom.contains("</html>"), "chromium dumped no page: {dom:.200}");
+    assert!(
+        dom.contains("</html>"),
+        "chromium dumped no page: {dom:.200}"
+    );
     for id in CHARTS {
         let chart = dom
             .find(&format!("<svg id=\"{id}\""))
             .map(|at| &dom[at..at + dom[at..].find("</svg>").expect("svg closes")])
             .unwrap_or_else(|| panic!("chart {id} is not in the rendered DOM"));
-        assert!(chart.contains(&format!("<title id=\"{id}-title\">")), "{id}");
+        assert!(
+            chart.contains(&format!("<title id=\"{id}-title\">")),
+            "{id}"
+        );
         // Drawn, not an empty frame: axes and labels as SVG text, shapes as rects/paths.
         assert!(chart.matches("<text").count() >= 5, "{id} has no labels");
         assert!(
-            chart.contains("<rect") && (chart.contains("<polyline") || chart.contains("<path") || chart.contains("<line")),
+            chart.contains("<rect")
+                && (chart.contains("<polyline")
+                    || chart.contains("<path")
+                    || chart.contains("<line")),
             "{id} draws nothing"
         );
     }
     let outcomes = &dom[dom.find("<svg id=\"chart-outcomes\"").unwrap()..];
     for reason in report["byReason"].as_object().unwrap().keys() {
-        assert!(outcomes.contains(&format!(">\n{reason}\n</text>")), "no bar for {reason}");
+        assert!(
+            outcomes.contains(&format!(">\n{reason}\n</text>")),
+            "no bar for {reason}"
+        );
     }
     // A rehearsal says its downtimes are simulated seconds.
     assert!(section(&dom, "downtime").contains("in simulated seconds"));
@@ -198,12 +220,19 @@ fn rehearse_report_is_self_contained_and_its_charts_render_in_chromium() {
         .iter()
         .filter(|t| t["outcome"] == "migrated" || t["outcome"] == "rolled-back")
         .count();
-    assert_eq!(shown, cut_over, "every migrated or rolled-back app has a downtime");
+    assert_eq!(
+        shown, cut_over,
+        "every migrated or rolled-back app has a downtime"
+    );
     // Each rolled-back and blocked target is listed with what to do about it.
     let attention = section(&dom, "attention");
     for t in report["targets"].as_array().unwrap() {
         if matches!(t["outcome"].as_str(), Some("rolled-back" | "blocked")) {
-            let label = format!("{}:{}", t["outcome"].as_str().unwrap(), t["reason"].as_str().unwrap());
+            let label = format!(
+                "{}:{}",
+                t["outcome"].as_str().unwrap(),
+                t["reason"].as_str().unwrap()
+            );
             let row = attention
                 .split("<tr")
                 .find(|r| r.contains(&format!(">{}</td>", t["id"].as_str().unwrap())))
@@ -225,11 +254,18 @@ fn rehearse_report_is_self_contained_and_its_charts_render_in_chromium() {
     ])
     .output()
     .unwrap();
-    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status_page = std::fs::read_to_string(&status_html).unwrap();
     assert_self_contained(&status_page);
     for id in CHARTS {
-        assert!(status_page.contains(&format!("<svg id=\"{id}\"")), "status: no {id}");
+        assert!(
+            status_page.contains(&format!("<svg id=\"{id}\"")),
+            "status: no {id}"
+        );
     }
     assert!(status_page.contains(&format!("run {}", report["run"].as_str().unwrap())));
 
@@ -238,10 +274,17 @@ fn rehearse_report_is_self_contained_and_its_charts_render_in_chromium() {
     headless(
         &dir.file("profile"),
         &html,
-        &[&format!("--screenshot={}", png.display()), "--window-size=1280,2400"],
+        &[
+            &format!("--screenshot={}", png.display()),
+            "--window-size=1280,2400",
+        ],
     );
     let bytes = std::fs::read(&png).unwrap();
-    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 50_000, "{} bytes", bytes.len());
+    assert!(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 50_000,
+        "{} bytes",
+        bytes.len()
+    );
 }
 
 #[test]
@@ -251,6 +294,8 @@ fn run_report_against_arm_is_in_wall_seconds() {
     let fleet: Fleet = serde_json::from_value(get_json(&format!("{url}/_sim/state"))).unwrap();
     let html = dir.file("run.html");
     let state = dir.file("run.db");
+    let policy = dir.file("p.json");
+    std::fs::write(&policy, POLICY).unwrap();
     let mut args = vec![
         "run".to_string(),
         "--arm-endpoint".into(),
@@ -263,6 +308,8 @@ fn run_report_against_arm_is_in_wall_seconds() {
         state.to_str().unwrap().into(),
         "--report".into(),
         html.to_str().unwrap().into(),
+        "--policy".into(),
+        policy.to_str().unwrap().into(),
         "--output".into(),
         "json".into(),
     ];
@@ -284,10 +331,19 @@ fn run_report_against_arm_is_in_wall_seconds() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert_self_contained(&page);
     // Against ARM (here a simulator behind a loopback endpoint) nothing is simulated time.
-    assert!(!page.contains("simulated"), "a run's figures are wall seconds");
+    assert!(
+        !page.contains("simulated"),
+        "a run's figures are wall seconds"
+    );
     assert!(page.contains("<th>Downtime (seconds)</th>"));
-    assert!(page.contains("<svg id=\"chart-progress\"") && page.contains("<svg id=\"chart-outcomes\""));
-    assert!(report["summary"]["migrated"].as_u64().unwrap_or(0) > 0, "{}", report["summary"]);
+    assert!(
+        page.contains("<svg id=\"chart-progress\"") && page.contains("<svg id=\"chart-outcomes\"")
+    );
+    assert!(
+        report["summary"]["migrated"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        report["summary"]
+    );
     assert!(page.contains("<svg id=\"chart-downtime\""));
     assert!(assert_downtime_per_app(&page, &report) > 0);
 }
