@@ -20,6 +20,8 @@ type DrawResult = Result<(), DrawingAreaErrorKind<std::io::Error>>;
 
 const WIDTH: u32 = 960;
 const FONT: &str = "sans-serif";
+/// The fine grid between labelled values: barely there.
+const LIGHT_LINE: RGBColor = RGBColor(242, 242, 242);
 
 /// The colour of an outcome kind, in the charts and in the page's legend.
 pub(crate) fn kind_color(kind: &str) -> RGBColor {
@@ -180,7 +182,7 @@ pub(crate) fn progress(
             .x_desc(x_desc)
             .y_desc("targets")
             .label_style((FONT, 13))
-            .light_line_style(RGBColor(242, 242, 242))
+            .light_line_style(LIGHT_LINE)
             .draw()?;
         let mut line = |label: String, color: RGBColor, times: Vec<f64>| -> DrawResult {
             let mut points = staircase(&times);
@@ -258,6 +260,7 @@ pub(crate) fn outcomes(bars: &[(&str, &str, u64)]) -> Result<String, ChartError>
                 .y_label_formatter(&label)
                 .x_desc("targets")
                 .label_style((FONT, 13))
+                .light_line_style(LIGHT_LINE)
                 .draw()?;
             chart.draw_series(
                 Histogram::horizontal(&chart)
@@ -318,7 +321,7 @@ pub(crate) fn downtime(
             .x_desc(format!("downtime ({unit})"))
             .y_desc("targets")
             .label_style((FONT, 13))
-            .light_line_style(RGBColor(242, 242, 242))
+            .light_line_style(LIGHT_LINE)
             .draw()?;
         let mut base = vec![0u64; bins.counts.len()];
         for (kind, counts) in stacks {

@@ -93,11 +93,22 @@ impl Clock {
     }
 }
 
-/// The outcome a target's row shows: `kind:reason`, or the kind alone.
+/// The outcome a target's row shows: `kind:reason` as the ledger writes it, the kind alone,
+/// or where an unfinished target stands (`unfinished (at connect)`).
 fn label(t: &TargetReport) -> String {
     match (&t.reason, t.outcome.as_str()) {
-        (Some(r), kind) if kind != UNFINISHED => format!("{kind}:{r}"),
-        _ => t.outcome.clone(),
+        (Some(r), UNFINISHED) => format!("{UNFINISHED} ({r})"),
+        (Some(r), kind) => format!("{kind}:{r}"),
+        (None, kind) => kind.to_string(),
+    }
+}
+
+/// What to do about the target (`remedy_for` knows outcomes, not where a run stands).
+fn remedy_of(t: &TargetReport) -> &'static str {
+    if t.outcome == UNFINISHED {
+        remedy_for(UNFINISHED)
+    } else {
+        remedy_for(&label(t))
     }
 }
 
@@ -429,7 +440,7 @@ fn attention(h: &mut String, report: &Report) {
             escape(&t.outcome),
             escape(&t.id),
             escape(&l),
-            escape(remedy_for(&l))
+            escape(remedy_of(t))
         );
     }
     h.push_str("</tbody></table></section>\n");
@@ -519,7 +530,12 @@ mod tests {
         let mut by_reason = BTreeMap::new();
         for t in &targets {
             *summary.entry(t.outcome.clone()).or_insert(0) += 1;
-            *by_reason.entry(label(t)).or_insert(0) += 1;
+            // As `Report::new` counts them: an unfinished target by its kind alone.
+            let key = match t.outcome.as_str() {
+                UNFINISHED => UNFINISHED.to_string(),
+                _ => label(t),
+            };
+            *by_reason.entry(key).or_insert(0) += 1;
         }
         let downtime_seconds = Percentiles::of(targets.iter().filter_map(|t| t.downtime_seconds));
         Report {
@@ -583,6 +599,7 @@ mod tests {
         assert!(first < attention.find("blocked:plan-subnet-limit").unwrap());
         assert!(attention.contains(&escape(remedy_for("parked:gateway-missing"))));
         assert!(attention.contains(&escape(remedy_for(UNFINISHED))));
+        assert!(attention.contains(">unfinished (at connect)<"));
         assert!(!attention.contains("sites/a<"));
         // Two subscriptions, each with its own row.
         assert!(page.contains(">sub-0<") && page.contains(">sub-1<"));
