@@ -440,10 +440,22 @@ fn attention(h: &mut String, report: &Report) {
             escape(&t.outcome),
             escape(&t.id),
             escape(&l),
-            escape(remedy_of(t))
+            with_code(remedy_of(t))
         );
     }
     h.push_str("</tbody></table></section>\n");
+}
+
+/// A remedy as HTML: escaped, its `command` spans set as code.
+fn with_code(text: &str) -> String {
+    escape(text)
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| match i % 2 {
+            1 => format!("<code>{part}</code>"),
+            _ => part.to_string(),
+        })
+        .collect()
 }
 
 fn per_app(h: &mut String, report: &Report, clock: &Clock) {
@@ -493,6 +505,7 @@ table{border-collapse:collapse;font-size:13px;width:100%}th,td{text-align:left;p
 thead th{background:#f0f0f0;position:sticky;top:0}table.kv{width:auto}table.kv th{font-weight:600;padding-right:24px}
 td.id{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}td.outcome{white-space:nowrap}td.target{width:44%}td.sub{white-space:nowrap}
 tr.parked td.outcome{color:#b00;font-weight:600}
+code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;background:#f2f2f2;padding:0 3px}
 .dot{display:inline-block;width:9px;height:9px;border-radius:50%;margin-right:6px}
 svg{max-width:100%;height:auto;display:block;margin:8px 0}
 ";
@@ -554,6 +567,14 @@ mod tests {
     }
 
     #[test]
+    fn remedies_set_commands_as_code() {
+        assert_eq!(
+            with_code("run `plan --out-file` <then> `run --plan`."),
+            "run <code>plan --out-file</code> &lt;then&gt; <code>run --plan</code>."
+        );
+    }
+
+    #[test]
     fn escape_covers_markup_and_quotes() {
         assert_eq!(
             escape(r#"<a href="x">'&'</a>"#),
@@ -597,8 +618,9 @@ mod tests {
             &page[page.find("id=\"attention\"").unwrap()..page.find("id=\"apps\"").unwrap()];
         let first = attention.find("parked:gateway-missing").unwrap();
         assert!(first < attention.find("blocked:plan-subnet-limit").unwrap());
-        assert!(attention.contains(&escape(remedy_for("parked:gateway-missing"))));
-        assert!(attention.contains(&escape(remedy_for(UNFINISHED))));
+        assert!(attention.contains(&with_code(remedy_for("parked:gateway-missing"))));
+        assert!(attention.contains(&with_code(remedy_for(UNFINISHED))));
+        assert!(attention.contains("<code>run --new-run</code>"));
         assert!(attention.contains(">unfinished (at connect)<"));
         assert!(!attention.contains("sites/a<"));
         // Two subscriptions, each with its own row.
