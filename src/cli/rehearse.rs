@@ -16,6 +16,7 @@ use crate::migration::local::{self, Scope as LocalScope};
 use crate::pipeline::local::{Start, StateFile};
 use crate::policy::Policy;
 use crate::rehearsal::{self, invariants};
+use crate::report::html;
 use crate::sim::{FaultProfile, SimOptions, Simulator};
 
 #[derive(Debug, ClapArgs)]
@@ -33,6 +34,9 @@ pub(crate) struct Args {
     /// State file (default: a fresh temporary file).
     #[arg(long)]
     pub(crate) state: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page (charts included) to this file.
+    #[arg(long, value_name = "FILE.html")]
+    pub(crate) report: Option<PathBuf>,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
@@ -67,6 +71,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         .collect();
     let config = ArmConfig::new(server.url(), write_scope).time_compressed(args.speed);
     let arm = ArmClient::new(config, std::sync::Arc::new(StaticToken::new("rehearsal")))?;
+    // Only the temporary state file this command made is removed at the end; one given
+    // with --state is kept (for `status`), wherever it is.
+    let temporary = args.state.is_none();
     let state = match args.state {
         Some(p) => p,
         None => {
@@ -108,12 +115,15 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         }
         s
     })?;
+    if let Some(path) = &args.report {
+        html::write(&report, path)?;
+    }
     anyhow::ensure!(
         violations.is_empty(),
         "rehearsal broke invariants:\n  {}",
         violations.join("\n  ")
     );
-    if state.starts_with(std::env::temp_dir()) {
+    if temporary {
         let _ = std::fs::remove_file(&state);
     }
     Ok(code)

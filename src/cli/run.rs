@@ -38,6 +38,9 @@ pub(crate) struct Args {
     /// prefixes; a target ARM drifted from since is held back as `blocked:drifted`.
     #[arg(long)]
     pub(crate) plan: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page (charts included) to this file.
+    #[arg(long, value_name = "FILE.html")]
+    pub(crate) report: Option<PathBuf>,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
@@ -140,6 +143,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     };
     let report = execute(global, (state, start), policy, apps, applied, args.dry_run).await?;
     let code = common::finish(global, &report, Report::table)?;
+    if let Some(path) = &args.report {
+        report::html::write(&report, path)?;
+    }
     let drifted = report
         .targets
         .iter()

@@ -1,4 +1,9 @@
-//! Reports: the JSON document of DESIGN §8 and the terminal summary table.
+//! Reports: the JSON document of DESIGN §8, the terminal summary table and the HTML page
+//! (`html`, with its charts and the remedies it shows per reason).
+
+mod charts;
+pub(crate) mod html;
+pub(crate) mod remedy;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,6 +28,10 @@ pub struct TargetReport {
     /// (DESIGN §3); None when its gateway connection was never removed (or the run has not
     /// put it back yet).
     pub downtime_seconds: Option<f64>,
+    /// Seconds from the run's start (its first target's start) until this target reached its
+    /// outcome, on the wall clock like `makespanSeconds`; absent while it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -99,13 +108,16 @@ impl Report {
         let mut summary = BTreeMap::new();
         let mut by_reason = BTreeMap::new();
         let time_scale = performance.simulated_speed.unwrap_or(1.0);
+        // Every target of a run is recorded when the run begins (targets found later, such
+        // as slots, start later), so the earliest start is the run's.
+        let run_start = records.iter().map(|r| r.started_at).min();
         let targets = records
             .iter()
             .map(|r| {
                 let (kind, reason) = match &r.outcome {
                     Some(o) => (o.kind().to_string(), o.reason()),
                     None => (
-                        "unfinished".to_string(),
+                        remedy::UNFINISHED.to_string(),
                         r.current_step.map(|s| format!("at {s}")),
                     ),
                 };
@@ -134,6 +146,10 @@ impl Report {
                     duration_seconds: ((end - r.started_at).as_seconds_f64() * 1000.0).round()
                         / 1000.0,
                     downtime_seconds: downtime,
+                    finished_seconds: r
+                        .finished_at
+                        .zip(run_start)
+                        .map(|(f, s)| round3((f - s).as_seconds_f64())),
                 }
             })
             .collect::<Vec<_>>();
@@ -154,7 +170,7 @@ impl Report {
     pub(crate) fn needs_operator(&self) -> bool {
         self.targets
             .iter()
-            .any(|t| t.outcome == "parked" || t.outcome == "unfinished")
+            .any(|t| t.outcome == "parked" || t.outcome == remedy::UNFINISHED)
     }
 
     /// The summary table printed at the end of a run.
@@ -356,6 +372,27 @@ mod tests {
         let none = Report::new("r", false, &records[2..], Performance::default());
         assert_eq!(none.performance.downtime_seconds, None);
         assert!(none.table().contains("downtime n/a"));
+    }
+
+    #[test]
+    fn finish_times_count_from_the_runs_first_start_and_are_left_out_while_unknown() {
+        let t = |ms: i64| time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(ms);
+        let mut slot = record("later", None);
+        (slot.started_at, slot.finished_at) = (t(5_000), Some(t(8_250)));
+        let mut open = record("open", None);
+        (open.outcome, open.finished_at) = (None, None);
+        let r = Report::new(
+            "r",
+            false,
+            &[record("a", None), slot, open],
+            Performance::default(),
+        );
+        let finished: Vec<_> = r.targets.iter().map(|t| t.finished_seconds).collect();
+        assert_eq!(finished, vec![Some(60.0), Some(8.25), None]);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["targets"][1]["finishedSeconds"], 8.25);
+        // Older readers see no new key for a target that has not finished.
+        assert!(json["targets"][2].get("finishedSeconds").is_none());
     }
 
     #[test]

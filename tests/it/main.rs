@@ -8,6 +8,7 @@ mod arm_client;
 mod cli;
 mod functions_decode;
 mod functions_host;
+mod html_report;
 mod loop_prevention;
 mod operator;
 mod plan_file;

@@ -297,6 +297,7 @@ pub fn report_from_json(v: &Value) -> Report {
             attempts: 0,
             duration_seconds: 0.0,
             downtime_seconds: t["downtimeSeconds"].as_f64(),
+            finished_seconds: t["finishedSeconds"].as_f64(),
         })
         .collect();
     Report {
