@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args as ClapArgs;
 
-use super::common::{self, Global, Scope};
+use super::common::{self, Global, Scope, TempState};
 use super::run::migrate;
 use crate::azure::ResourceId;
 use crate::report::Report;
@@ -22,9 +22,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let subs = common::subscriptions(&policy, &apps)?;
     // A dry run never writes; an empty write scope makes the ARM client refuse any write anyway.
     let arm = common::arm_client(global, Vec::<ResourceId>::new())?;
-    let state = std::env::temp_dir().join(format!("vnet-migrate-plan-{}.db", uuid::Uuid::new_v4()));
-    let report = migrate(global, arm, policy, subs, apps, state.clone(), true, 1.0).await;
-    let _ = std::fs::remove_file(&state);
-    let _ = std::fs::remove_file(format!("{}.lock", state.display()));
-    common::finish(global, &report?, Report::target_table)
+    let state = TempState::new("plan");
+    let report = migrate(global, arm, policy, subs, apps, state.path().to_path_buf(), true, 1.0).await?;
+    common::finish(global, &report, Report::target_table)
 }

@@ -30,11 +30,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let policy = common::load_policy(global, &args.scope)?;
     let apps = common::parse_apps(&args.scope.apps)?;
     let subs = common::subscriptions(&policy, &apps)?;
-    let write_scope: Vec<ResourceId> = subs
-        .iter()
-        .map(|s| ResourceId::subscription_id(s))
-        .collect();
-    let arm = common::arm_client(global, write_scope)?;
+    let arm = common::arm_client(global, common::write_scope(&subs)?)?;
     let report = migrate(
         global,
         arm,

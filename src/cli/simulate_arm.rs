@@ -15,14 +15,13 @@ pub(crate) struct Args {
     /// 0 picks a free port.
     #[arg(long, default_value_t = 0)]
     pub(crate) port: u16,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::common::speed_arg)]
     pub(crate) speed: f64,
     #[arg(long, default_value = "none")]
     pub(crate) faults: FaultProfile,
 }
 
 pub(crate) async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
-    super::common::check_speed(args.speed)?;
     // With neither, an empty ARM: clients create what they need (as the az CLI recordings do).
     let fleet = args.source.load()?.unwrap_or_default();
     let options = SimOptions {

@@ -56,21 +56,55 @@ pub struct Finished {
 }
 
 /// Holds `{state}.lock` for the life of the run: one runner per state file, so leases left by
-/// a crashed runner can be released at start.
+/// a crashed runner can be released at start. The holder removes the file when it lets go, on
+/// every way out of the run (errors, and Ctrl-C, which drops the run): it removes it while
+/// still holding the lock, so the file removed is never one another process holds.
 struct StateLock {
+    path: PathBuf,
+    /// Closed after `drop` has removed the path, which releases the lock.
     _held: File,
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn lock_state(state: &Path) -> Result<StateLock, LocalRunError> {
     let path = PathBuf::from(format!("{}.lock", state.display()));
-    let f = File::create(&path).map_err(|source| LocalRunError::Lock {
-        path: path.display().to_string(),
-        source,
-    })?;
-    f.try_lock().map_err(|_| LocalRunError::InUse {
-        path: state.display().to_string(),
-    })?;
-    Ok(StateLock { _held: f })
+    loop {
+        let f = File::create(&path).map_err(|source| LocalRunError::Lock {
+            path: path.display().to_string(),
+            source,
+        })?;
+        f.try_lock().map_err(|_| LocalRunError::InUse {
+            path: state.display().to_string(),
+        })?;
+        // A holder that let go between our open and our lock removed the file we locked: a
+        // process opening the path now would create another, so lock that one instead.
+        if is_at(&f, &path) {
+            return Ok(StateLock { path, _held: f });
+        }
+    }
+}
+
+/// Whether `path` still names the open file `f`.
+fn is_at(f: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (f.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    // Elsewhere an open file cannot be removed, so the path still names it.
+    #[cfg(not(unix))]
+    {
+        let _ = (f, path);
+        true
+    }
 }
 
 impl LocalRun {
