@@ -36,7 +36,7 @@ pub(crate) enum FleetError {
         index: usize,
         id: Option<String>,
         #[source]
-        problem: ResourceProblem,
+        problem: Box<ResourceProblem>,
     },
 }
 
@@ -78,16 +78,21 @@ impl Fleet {
             path: p.clone(),
             source,
         })?;
-        let fleet: Fleet = serde_json::from_str(&text).map_err(|source| FleetError::Parse {
-            path: p.clone(),
+        Self::from_json(&text, &p)
+    }
+
+    /// Parses and checks a fleet file's text; `path` names it in errors.
+    pub(crate) fn from_json(text: &str, path: &str) -> Result<Self, FleetError> {
+        let fleet: Fleet = serde_json::from_str(text).map_err(|source| FleetError::Parse {
+            path: path.to_string(),
             source,
         })?;
         for (index, r) in fleet.resources.iter().enumerate() {
             check_resource(r).map_err(|problem| FleetError::Resource {
-                path: p.clone(),
+                path: path.to_string(),
                 index,
                 id: r.get("id").and_then(Value::as_str).map(str::to_string),
-                problem,
+                problem: Box::new(problem),
             })?;
         }
         Ok(fleet)
@@ -112,7 +117,11 @@ const SERVER_FARM: &[ResourceKind] = &[ResourceKind::ServerFarm];
 const SUBNET: &[ResourceKind] = &[ResourceKind::Subnet];
 
 fn check_resource(r: &Value) -> Result<(), ResourceProblem> {
-    let id = ResourceId::parse(r.get("id").and_then(Value::as_str).ok_or(ResourceProblem::NoId)?)?;
+    let id = ResourceId::parse(
+        r.get("id")
+            .and_then(Value::as_str)
+            .ok_or(ResourceProblem::NoId)?,
+    )?;
     let declared = r
         .get("type")
         .and_then(Value::as_str)
@@ -143,12 +152,17 @@ fn check_resource(r: &Value) -> Result<(), ResourceProblem> {
             )?;
             for (i, s) in array(&props["subnets"]).iter().enumerate() {
                 reference(s, &format!("properties.subnets[{i}].id"), SUBNET)?;
-                subnet_prefixes(&s["properties"], &format!("properties.subnets[{i}].properties"))?;
+                subnet_prefixes(
+                    &s["properties"],
+                    &format!("properties.subnets[{i}].properties"),
+                )?;
             }
             for (i, p) in array(&props["virtualNetworkPeerings"]).iter().enumerate() {
                 reference(
                     &p["properties"]["remoteVirtualNetwork"],
-                    &format!("properties.virtualNetworkPeerings[{i}].properties.remoteVirtualNetwork.id"),
+                    &format!(
+                        "properties.virtualNetworkPeerings[{i}].properties.remoteVirtualNetwork.id"
+                    ),
                     ResourceKind::ANY_VNET,
                 )?;
             }
@@ -184,7 +198,10 @@ fn reference(
 /// A subnet's `addressPrefix` and `addressPrefixes` (ARM uses either, arm-vnet reference §5).
 fn subnet_prefixes(props: &Value, at: &str) -> Result<(), ResourceProblem> {
     if let Some(p) = props.get("addressPrefix") {
-        prefixes(&Value::Array(vec![p.clone()]), &format!("{at}.addressPrefix"))?;
+        prefixes(
+            &Value::Array(vec![p.clone()]),
+            &format!("{at}.addressPrefix"),
+        )?;
     }
     prefixes(&props["addressPrefixes"], &format!("{at}.addressPrefixes"))
 }
@@ -217,13 +234,7 @@ mod tests {
     const SUB: &str = "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg";
 
     fn load(resources: Value) -> Result<Fleet, FleetError> {
-        let dir = std::env::temp_dir().join(format!("vnet-migrate-fleet-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("fleet.json");
-        std::fs::write(&path, json!({ "resources": resources }).to_string()).unwrap();
-        let r = Fleet::load(&path);
-        std::fs::remove_dir_all(&dir).unwrap();
-        r
+        Fleet::from_json(&json!({ "resources": resources }).to_string(), "f.json")
     }
 
     fn site(name: &str, props: Value) -> Value {
@@ -236,14 +247,18 @@ mod tests {
 
     #[test]
     fn generated_fleets_load() {
-        let dir = std::env::temp_dir().join(format!("vnet-migrate-fleet-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("fleet.json");
         let fleet = crate::sim::generate::generate(300, 3);
-        fleet.save(&path).unwrap();
-        let loaded = Fleet::load(&path);
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(loaded.unwrap(), fleet);
+        let text = serde_json::to_string(&fleet).unwrap();
+        assert_eq!(Fleet::from_json(&text, "f.json").unwrap(), fleet);
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = Fleet::load(Path::new("/nonexistent/fleet.json")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read fleet file /nonexistent/fleet.json"
+        );
     }
 
     #[test]
@@ -297,8 +312,15 @@ mod tests {
             assert!(!e.contains('\n'), "{e}");
         }
         // The resource is named by its id when it has one.
-        let e = load(json!([site("ok", json!({})), vnet(json!({"addressSpace": {"addressPrefixes": ["x"]}}))])).unwrap_err();
-        assert!(e.to_string().contains("resource #1 (/subscriptions/"), "{e}");
+        let e = load(json!([
+            site("ok", json!({})),
+            vnet(json!({"addressSpace": {"addressPrefixes": ["x"]}}))
+        ]))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("resource #1 (/subscriptions/"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -474,7 +474,10 @@ impl Policy {
             }
         }
         let concurrency = [
-            ("concurrency.perSubscription", self.concurrency.per_subscription),
+            (
+                "concurrency.perSubscription",
+                self.concurrency.per_subscription,
+            ),
             ("concurrency.perVnet", self.concurrency.per_vnet),
         ];
         for (field, n) in concurrency {
@@ -657,9 +660,10 @@ fn objects_where_expected(doc: &Value, shape: &Value, path: &str) -> Result<(), 
             format!("must be a JSON object, got {}", json_kind(other)),
         )),
         (Value::Array(items), Value::Array(given)) => match items.first() {
-            Some(item) => given.iter().enumerate().try_for_each(|(i, v)| {
-                objects_where_expected(v, item, &format!("{path}[{i}]"))
-            }),
+            Some(item) => given
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, v)| objects_where_expected(v, item, &format!("{path}[{i}]"))),
             None => Ok(()),
         },
         _ => Ok(()),

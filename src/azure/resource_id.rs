@@ -483,7 +483,8 @@ impl NameRule {
                 if !(1..=90).contains(&len) {
                     return bad("must be 1 to 90 characters");
                 }
-                let allowed = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '(' | ')');
+                let allowed =
+                    |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '(' | ')');
                 if !name.chars().all(allowed) {
                     return bad("only letters, digits, '_', '-', '.', '(' and ')' are allowed");
                 }
@@ -647,21 +648,81 @@ mod tests {
         let site = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites";
         for (bad, why) in [
             (format!("{site}/.."), Malformed::DotSegment("..".into())),
-            ("/subscriptions/../..".to_string(), Malformed::DotSegment("..".into())),
-            ("/subscriptions/s/resourceGroups/./providers/Microsoft.Web/sites/a".to_string(), Malformed::DotSegment(".".into())),
-            (format!("{site}/a%2Fb"), Malformed::ForbiddenChar { segment: "a%2Fb".into(), ch: '%' }),
-            (format!("{site}/a%"), Malformed::ForbiddenChar { segment: "a%".into(), ch: '%' }),
-            (format!("{site}/a?x=1"), Malformed::ForbiddenChar { segment: "a?x=1".into(), ch: '?' }),
-            (format!("{site}/a#b"), Malformed::ForbiddenChar { segment: "a#b".into(), ch: '#' }),
-            (format!("{site}/a\\b"), Malformed::ForbiddenChar { segment: "a\\b".into(), ch: '\\' }),
-            (format!("{site}/a\nb"), Malformed::ForbiddenChar { segment: "a\nb".into(), ch: '\n' }),
-            (format!("{site}/a\u{7f}"), Malformed::ForbiddenChar { segment: "a\u{7f}".into(), ch: '\u{7f}' }),
-            (format!("{site}/a\n"), Malformed::ForbiddenChar { segment: "a\n".into(), ch: '\n' }),
+            (
+                "/subscriptions/../..".to_string(),
+                Malformed::DotSegment("..".into()),
+            ),
+            (
+                "/subscriptions/s/resourceGroups/./providers/Microsoft.Web/sites/a".to_string(),
+                Malformed::DotSegment(".".into()),
+            ),
+            (
+                format!("{site}/a%2Fb"),
+                Malformed::ForbiddenChar {
+                    segment: "a%2Fb".into(),
+                    ch: '%',
+                },
+            ),
+            (
+                format!("{site}/a%"),
+                Malformed::ForbiddenChar {
+                    segment: "a%".into(),
+                    ch: '%',
+                },
+            ),
+            (
+                format!("{site}/a?x=1"),
+                Malformed::ForbiddenChar {
+                    segment: "a?x=1".into(),
+                    ch: '?',
+                },
+            ),
+            (
+                format!("{site}/a#b"),
+                Malformed::ForbiddenChar {
+                    segment: "a#b".into(),
+                    ch: '#',
+                },
+            ),
+            (
+                format!("{site}/a\\b"),
+                Malformed::ForbiddenChar {
+                    segment: "a\\b".into(),
+                    ch: '\\',
+                },
+            ),
+            (
+                format!("{site}/a\nb"),
+                Malformed::ForbiddenChar {
+                    segment: "a\nb".into(),
+                    ch: '\n',
+                },
+            ),
+            (
+                format!("{site}/a\u{7f}"),
+                Malformed::ForbiddenChar {
+                    segment: "a\u{7f}".into(),
+                    ch: '\u{7f}',
+                },
+            ),
+            (
+                format!("{site}/a\n"),
+                Malformed::ForbiddenChar {
+                    segment: "a\n".into(),
+                    ch: '\n',
+                },
+            ),
             (format!("{site}/ a"), Malformed::EdgeWhitespace(" a".into())),
             (format!(" {site}/a"), Malformed::NoSubscription),
             (format!("{site}/a/"), Malformed::EmptySegment),
-            ("/subscriptions/s/resourceGroups/rg /providers/Microsoft.Web/sites/a".to_string(), Malformed::EdgeWhitespace("rg ".into())),
-            ("/subscriptions/s//resourceGroups/rg".to_string(), Malformed::EmptySegment),
+            (
+                "/subscriptions/s/resourceGroups/rg /providers/Microsoft.Web/sites/a".to_string(),
+                Malformed::EdgeWhitespace("rg ".into()),
+            ),
+            (
+                "/subscriptions/s//resourceGroups/rg".to_string(),
+                Malformed::EmptySegment,
+            ),
         ] {
             let e = ResourceId::parse(&bad).unwrap_err();
             assert_eq!(e.why, why, "{bad}");
@@ -678,11 +739,18 @@ mod tests {
             assert!(ResourceId::subscription_id(bad).is_err(), "{bad:?}");
             assert!(ResourceId::resource_group_id("s", bad).is_err(), "{bad:?}");
         }
-        let vnet = ResourceId::parse("/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v").unwrap();
+        let vnet = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v",
+        )
+        .unwrap();
         assert!(vnet.child("subnets", "a/b/c").is_err());
         assert!(vnet.child("subnets", "..").is_err());
         assert_eq!(
-            ResourceId::subscription_id("s").unwrap().child("subnets", "a").unwrap_err().why,
+            ResourceId::subscription_id("s")
+                .unwrap()
+                .child("subnets", "a")
+                .unwrap_err()
+                .why,
             Malformed::ScopeHasNoChildren
         );
     }
@@ -690,7 +758,10 @@ mod tests {
     #[test]
     fn check_kind_names_the_type_wanted() {
         const SITES: &[ResourceKind] = &[ResourceKind::Site, ResourceKind::Slot];
-        let wrong = ResourceId::parse("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/sites/a").unwrap();
+        let wrong = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/sites/a",
+        )
+        .unwrap();
         let e = wrong.check_kind(SITES).unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -701,16 +772,32 @@ mod tests {
         assert!(site.check_kind(SITES).is_ok());
         let rg = ResourceId::resource_group_id("s", "rg").unwrap();
         assert_eq!(rg.type_name(), "Microsoft.Resources/resourceGroups");
-        assert_eq!(site.parent().unwrap().parent().unwrap().type_name(), "Microsoft.Resources/subscriptions");
+        assert_eq!(
+            site.parent().unwrap().parent().unwrap().type_name(),
+            "Microsoft.Resources/subscriptions"
+        );
     }
 
     #[test]
     fn name_rules_follow_arm() {
         let ok = |r: NameRule, n: &str| assert!(r.check(n).is_ok(), "{r} {n:?}");
         let bad = |r: NameRule, n: &str| assert!(r.check(n).is_err(), "{r} {n:?}");
-        ok(NameRule::SubscriptionId, "00000000-0000-0000-0000-000000000001");
-        ok(NameRule::SubscriptionId, "630F6BD9-CDA8-4F5C-8A85-4D5D7725487E");
-        for s in ["", "s", "../..", "00000000000000000000000000000001", "{00000000-0000-0000-0000-000000000001}", "00000000-0000-0000-0000-00000000000g"] {
+        ok(
+            NameRule::SubscriptionId,
+            "00000000-0000-0000-0000-000000000001",
+        );
+        ok(
+            NameRule::SubscriptionId,
+            "630F6BD9-CDA8-4F5C-8A85-4D5D7725487E",
+        );
+        for s in [
+            "",
+            "s",
+            "../..",
+            "00000000000000000000000000000001",
+            "{00000000-0000-0000-0000-000000000001}",
+            "00000000-0000-0000-0000-00000000000g",
+        ] {
             bad(NameRule::SubscriptionId, s);
         }
         for rg in ["r", "rg-apps_(1).x", "Ünïcode", &"a".repeat(90)] {
@@ -728,7 +815,10 @@ mod tests {
         ok(NameRule::Slot, "staging");
         bad(NameRule::Slot, &"a".repeat(60));
         let e = NameRule::ResourceGroup.check("rg.").unwrap_err();
-        assert_eq!(e.to_string(), "\"rg.\" is not a valid resource group name: must not end with '.'");
+        assert_eq!(
+            e.to_string(),
+            "\"rg.\" is not a valid resource group name: must not end with '.'"
+        );
     }
 
     #[test]

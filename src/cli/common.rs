@@ -262,7 +262,9 @@ pub(crate) fn generate_arg(s: &str) -> Result<usize, String> {
 }
 
 fn subscription_arg(s: &str) -> Result<String, String> {
-    NameRule::SubscriptionId.check(s).map_err(|e| e.to_string())?;
+    NameRule::SubscriptionId
+        .check(s)
+        .map_err(|e| e.to_string())?;
     Ok(s.to_string())
 }
 

@@ -50,10 +50,22 @@ impl Exit {
         }
     }
 
+    /// What to do, after an error's own text (which says what is wrong).
+    pub(crate) fn hint(self) -> &'static str {
+        match self {
+            Exit::Unreachable => {
+                "; check the network, --arm-endpoint and the credential, then run again"
+            }
+            _ => "",
+        }
+    }
+
     /// The code for an error that stopped a command: the first cause in its chain that says
     /// what happened decides.
     pub(crate) fn of_error(err: &anyhow::Error) -> Exit {
-        err.chain().find_map(Self::of_cause).unwrap_or(Exit::BadInput)
+        err.chain()
+            .find_map(Self::of_cause)
+            .unwrap_or(Exit::BadInput)
     }
 
     fn of_cause(e: &(dyn Error + 'static)) -> Option<Exit> {
@@ -61,10 +73,12 @@ impl Exit {
             return Some(Exit::NeedsOperator);
         }
         // `StepError::Arm` is transparent: its ARM error is not itself in the chain.
-        let arm = e.downcast_ref::<ArmError>().or(match e.downcast_ref::<StepError>() {
-            Some(StepError::Arm(a)) => Some(a),
-            _ => None,
-        });
+        let arm = e
+            .downcast_ref::<ArmError>()
+            .or(match e.downcast_ref::<StepError>() {
+                Some(StepError::Arm(a)) => Some(a),
+                _ => None,
+            });
         if let Some(a) = arm {
             return Some(if arm_unreachable(a) {
                 Exit::Unreachable
@@ -84,9 +98,7 @@ impl Exit {
 /// credential behind the request failed; anything else ARM said is an answer about the input.
 fn arm_unreachable(a: &ArmError) -> bool {
     match a {
-        ArmError::Transport { .. } | ArmError::Timeout { .. } | ArmError::LroTimeout { .. } => {
-            true
-        }
+        ArmError::Transport { .. } | ArmError::Timeout { .. } | ArmError::LroTimeout { .. } => true,
         ArmError::Credential(c) => matches!(c, CredentialError::Provider { .. }),
         // 401: ARM refused the token (expired, another tenant): the credential, not the input.
         ArmError::Status { status, .. } => {
@@ -103,12 +115,25 @@ pub(crate) fn clap_error(e: &clap::Error) -> ExitCode {
         let _ = e.print();
         return Exit::Done.into();
     }
-    eprintln!("{}", clap_one_line(&e.render().to_string()));
+    eprintln!("{}", clap_one_line(e));
     Exit::BadInput.into()
 }
 
-/// clap's message up to its usage block, blank lines and the `--help` pointer dropped, joined.
-fn clap_one_line(text: &str) -> String {
+/// clap's message up to its usage block, blank lines and the `--help` pointer dropped, joined;
+/// for no command at all (where clap prints the whole help), the commands there are.
+pub(super) fn clap_one_line(e: &clap::Error) -> String {
+    use clap::CommandFactory;
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let commands: Vec<String> = super::Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_string())
+            .collect();
+        return format!(
+            "error: no command given; one of {} (see --help)",
+            commands.join(", ")
+        );
+    }
+    let text = e.render().to_string();
     let what: Vec<&str> = text
         .lines()
         .take_while(|l| !l.starts_with("Usage:"))
@@ -159,17 +184,22 @@ mod tests {
             code(anyhow::Error::new(provider()).context("credential")),
             Exit::Unreachable
         );
-        assert_eq!(code(ArmError::Credential(provider()).into()), Exit::Unreachable);
+        assert_eq!(
+            code(ArmError::Credential(provider()).into()),
+            Exit::Unreachable
+        );
         assert_eq!(
             code(CredentialError::UnknownKind("x".into()).into()),
             Exit::BadInput
         );
         assert_eq!(
-            code(ArmError::OutOfScope {
-                method: "PUT".into(),
-                path: "/x".into()
-            }
-            .into()),
+            code(
+                ArmError::OutOfScope {
+                    method: "PUT".into(),
+                    path: "/x".into()
+                }
+                .into()
+            ),
             Exit::BadInput
         );
         assert_eq!(code(anyhow::anyhow!("no scope")), Exit::BadInput);
@@ -180,21 +210,28 @@ mod tests {
     fn clap_errors_become_one_line() {
         use clap::Parser;
         for args in [
+            vec!["vnet-migrate"],
             vec!["vnet-migrate", "rehearse", "--generate", "0"],
             vec!["vnet-migrate", "snapshot"],
             vec!["vnet-migrate", "--bogus"],
             vec!["vnet-migrate", "rehearse", "--seed", "-1"],
         ] {
             let e = super::super::Cli::try_parse_from(&args).unwrap_err();
-            let line = clap_one_line(&e.render().to_string());
+            let line = clap_one_line(&e);
             assert!(!line.contains('\n'), "{args:?}: {line}");
             assert!(line.starts_with("error: "), "{args:?}: {line}");
             assert!(line.ends_with("(see --help)"), "{args:?}: {line}");
         }
         let e = super::super::Cli::try_parse_from(["vnet-migrate", "snapshot"]).unwrap_err();
         assert!(
-            clap_one_line(&e.render().to_string()).contains("--out"),
+            clap_one_line(&e).contains("--out"),
             "the missing flag is named"
+        );
+        let e = super::super::Cli::try_parse_from(["vnet-migrate"]).unwrap_err();
+        assert!(
+            clap_one_line(&e).starts_with("error: no command given; one of rehearse, plan, run,"),
+            "{}",
+            clap_one_line(&e)
         );
     }
 }

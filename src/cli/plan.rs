@@ -23,6 +23,16 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     // A dry run never writes; an empty write scope makes the ARM client refuse any write anyway.
     let arm = common::arm_client(global, Vec::<ResourceId>::new())?;
     let state = TempState::new("plan");
-    let report = migrate(global, arm, policy, subs, apps, state.path().to_path_buf(), true, 1.0).await?;
+    let report = migrate(
+        global,
+        arm,
+        policy,
+        subs,
+        apps,
+        state.path().to_path_buf(),
+        true,
+        1.0,
+    )
+    .await?;
     common::finish(global, &report, Report::target_table)
 }

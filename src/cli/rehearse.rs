@@ -57,8 +57,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         .serve(([127, 0, 0, 1], 0).into())
         .await
         .context("cannot start the ARM simulator")?;
-    let config = ArmConfig::new(server.url(), common::write_scope(&subs)?)
-        .time_compressed(args.speed);
+    let config =
+        ArmConfig::new(server.url(), common::write_scope(&subs)?).time_compressed(args.speed);
     let arm = ArmClient::new(config, std::sync::Arc::new(StaticToken::new("rehearsal")))?;
     // Without `--state`, a temporary state removed on every way out of the command.
     let temp;
@@ -96,8 +96,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     })?;
     anyhow::ensure!(
         violations.is_empty(),
-        "rehearsal broke invariants:\n  {}",
-        violations.join("\n  ")
+        "rehearsal broke {} invariant(s): {}",
+        violations.len(),
+        violations.join("; ")
     );
     Ok(code)
 }

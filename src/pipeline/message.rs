@@ -402,14 +402,20 @@ mod tests {
     #[test]
     fn ids_of_the_wrong_kind_are_refused() {
         let site = "/subscriptions/s/resourceGroups/r/providers/Microsoft.Web/sites/a";
-        let vnet = "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v";
+        let vnet =
+            "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v";
         let msg = |target: &str, extra: &str| {
             format!(r#"{{"v":1,"run":"r","target":"{target}","step":"connect"{extra}}}"#)
         };
         let plan = |v: &str, s: &str| {
-            format!(r#","plan":{{"vnet":"{v}","subnet":"{s}","prefix":"10.0.0.0/26","create":true}}"#)
+            format!(
+                r#","plan":{{"vnet":"{v}","subnet":"{s}","prefix":"10.0.0.0/26","create":true}}"#
+            )
         };
-        assert!(StepMessage::decode(msg(site, &plan(vnet, &format!("{vnet}/subnets/a"))).as_bytes()).is_ok());
+        assert!(StepMessage::decode(
+            msg(site, &plan(vnet, &format!("{vnet}/subnets/a"))).as_bytes()
+        )
+        .is_ok());
         for (raw, want) in [
             (msg("/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/sites/a", ""), "expected a Microsoft.Web/sites or Microsoft.Web/sites/slots id"),
             (msg(vnet, ""), "got a Microsoft.Network/virtualNetworks id"),
