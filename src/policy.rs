@@ -636,7 +636,8 @@ fn shape() -> Value {
 }
 
 /// Refuses a non-object wherever `shape` has an object (and in each element of an array whose
-/// shape has one); what the fields hold is left to serde.
+/// shape has one); what the fields hold is left to serde, `null` included (`"probe": null` is
+/// no probe, and serde names a required object that is null).
 fn objects_where_expected(doc: &Value, shape: &Value, path: &str) -> Result<(), PolicyError> {
     match (shape, doc) {
         (Value::Object(fields), Value::Object(given)) => {
@@ -655,6 +656,7 @@ fn objects_where_expected(doc: &Value, shape: &Value, path: &str) -> Result<(), 
         (Value::Object(_), other) if path.is_empty() => {
             Err(PolicyError::NotAnObject(json_kind(other)))
         }
+        (Value::Object(_), Value::Null) => Ok(()),
         (Value::Object(_), other) => Err(field_err(
             path,
             format!("must be a JSON object, got {}", json_kind(other)),
@@ -911,6 +913,18 @@ mod tests {
             .to_string()
             .starts_with("policy is not valid JSON"));
         assert!(Policy::from_json("{} x").is_err());
+    }
+
+    #[test]
+    fn null_is_left_to_serde() {
+        let p = Policy::from_json(r#"{"gates": {"probe": null}}"#).unwrap();
+        assert_eq!(p.gates.probe, None);
+        assert!(err(json!({"concurrency": null}))
+            .starts_with("policy field concurrency: invalid type: null"));
+        assert_eq!(
+            err(json!(null)),
+            "policy must be a JSON object ({\"field\": value, …}), got null"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct ResourceIdError {
 
 /// What is wrong with an id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Malformed {
+pub(crate) enum Malformed {
     #[error("must start with '/subscriptions/{{id}}'")]
     NoSubscription,
     #[error("empty path segment")]
