@@ -101,8 +101,11 @@ pub fn main() -> ExitCode {
 /// with it the guards that remove the lock file and any temporary state.
 async fn interruptible(work: impl Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
     tokio::select! {
-        result = work => result,
-        // When no handler can be installed, the command runs on as before.
+        // In this order: the handler is installed (on its first poll) before the command
+        // starts, so a Ctrl-C never meets the default handler that would kill the process
+        // with its files in place. When no handler can be installed, the command runs as is.
+        biased;
         Ok(()) = tokio::signal::ctrl_c() => Err(Interrupted.into()),
+        result = work => result,
     }
 }

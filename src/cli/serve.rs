@@ -11,6 +11,7 @@ use clap::Args as ClapArgs;
 use futures::future::BoxFuture;
 
 use super::common::{self, Global};
+use super::exit::Exit;
 use crate::azure::credential::{credential_from_settings, CredentialKind, TokenSource};
 use crate::azure::servicebus::{
     endpoint_from_env, BearerSource, ServiceBusClient, ServiceBusError, SERVICEBUS_SCOPE,
@@ -139,5 +140,5 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
     axum::serve(listener, router(Arc::new(handler)))
         .await
         .context("serving")?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done.into())
 }

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args as ClapArgs;
 
 use super::common::Global;
+use super::exit::Exit;
 use crate::sim::{FaultProfile, SimOptions};
 
 #[derive(Debug, ClapArgs)]
@@ -31,5 +32,5 @@ pub(crate) async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
         ..SimOptions::default()
     };
     crate::sim::run_simulate_arm(fleet, options, args.port).await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done.into())
 }

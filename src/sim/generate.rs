@@ -126,8 +126,8 @@ enum SlotMode {
 
 /// The largest estate `generate` builds. A team's spoke VNet is a /20 that also takes the
 /// integration subnets of the team's plans in its region; with enough plans one fills up and
-/// the generator has nowhere to put the next subnet (150,000 targets did with seed 7). 50,000
-/// held for every seed tried (0–40), a factor three below the first failure seen, and five
+/// the generator has nowhere to put the next subnet (at 120,000 targets it did for seeds 6, 8
+/// and 9 of 0–10; at 150,000 for seed 7). 50,000 held for every seed tried (0–40) and is five
 /// times the largest fleet benchmarked.
 pub const MAX_TARGETS: usize = 50_000;
 
