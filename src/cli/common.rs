@@ -255,7 +255,7 @@ pub(crate) fn generate_arg(s: &str) -> Result<usize, String> {
     let n: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
     if !(1..=max).contains(&n) {
         return Err(format!(
-            "must be between 1 and {max} targets (a rehearsal needs a target; above {max} the generated VNets run out of address space)"
+            "must be between 1 and {max} targets (a rehearsal needs a target, and holds the estate in memory: about 2 GB at {max})"
         ));
     }
     Ok(n)
