@@ -211,3 +211,31 @@ impl LocalRun {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lock file exists while held, refuses a second holder, and goes with its holder.
+    #[test]
+    fn the_lock_file_lives_as_long_as_its_holder() {
+        let dir = std::env::temp_dir().join(format!("vnet-migrate-lock-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("s.db");
+        let lock_file = dir.join("s.db.lock");
+        let held = lock_state(&state).unwrap();
+        assert!(lock_file.exists());
+        assert!(matches!(
+            lock_state(&state),
+            Err(LocalRunError::InUse { .. })
+        ));
+        // The refused opener did not remove the holder's file.
+        assert!(lock_file.exists());
+        drop(held);
+        assert!(!lock_file.exists());
+        let again = lock_state(&state).unwrap();
+        assert!(lock_file.exists());
+        drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,15 +1,14 @@
-//! The binary as a user runs it: exit codes, one-line errors, JSON output, `simulate-arm` +
-//! `run` over HTTP (killed with SIGKILL and resumed), and `snapshot` → `rehearse --fleet`.
+//! The binary as a user runs it: exit codes, one-line errors, nothing written on bad input,
+//! no files left on any way out (Ctrl-C included), JSON output, `simulate-arm` + `run` over
+//! HTTP (killed with SIGKILL and resumed), and `snapshot` → `rehearse --fleet`.
 
 use std::collections::BTreeMap;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use vnet_migrate::rehearsal::invariants;
 use vnet_migrate::sim::Fleet;
-
-use serde_json::json;
 
 use crate::support::{bin, free_port, report_from_json, spawn_simulator, ChildGuard, TempDir};
 
