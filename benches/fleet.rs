@@ -187,7 +187,7 @@ fn main() {
         let sim = Simulator::new(fleet.clone(), SimOptions { speed, seed: 7, ..SimOptions::default() });
         let server = sim.serve(([127, 0, 0, 1], 0).into()).await.unwrap();
         let subs = invariants::subscriptions(&fleet);
-        let scope = subs.iter().map(|s| ResourceId::subscription_id(s)).collect();
+        let scope = subs.iter().map(|s| ResourceId::subscription_id(s).unwrap()).collect();
         let arm = ArmClient::new(ArmConfig::new(server.url(), scope).time_compressed(speed), Arc::new(StaticToken::new("bench"))).unwrap();
         let state = std::env::temp_dir().join(format!("vnet-migrate-bench-{}.db", uuid::Uuid::new_v4()));
         let t = Instant::now();

@@ -1,13 +1,14 @@
 //! Errors shown to people: an error and its causes on one line, each cause once.
 
 use std::error::Error;
-use std::fmt;
+use std::fmt::{self, Write};
 
 /// A cause kept as the source of one of our errors.
 pub(crate) type BoxError = Box<dyn Error + Send + Sync>;
 
 /// Displays an error followed by each of its sources (`: cause`), skipping a source whose text
-/// the line already holds (errors whose own text includes their source's).
+/// the line already holds (errors whose own text includes their source's). Control characters
+/// (a newline in a value the user gave, quoted back) are escaped, so it stays one line.
 pub(crate) struct Chain<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
@@ -22,7 +23,14 @@ impl fmt::Display for Chain<'_> {
             }
             source = s.source();
         }
-        f.write_str(&line)
+        for c in line.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -55,5 +63,10 @@ mod tests {
         let io = || std::io::Error::other("disk full");
         assert_eq!(Chain(&Repeats(io())).to_string(), "outer: disk full");
         assert_eq!(Chain(&Quiet(io())).to_string(), "outer: disk full");
+        let typed = std::io::Error::other("unknown field `a\nb`");
+        assert_eq!(
+            Chain(&Quiet(typed)).to_string(),
+            "outer: unknown field `a\\nb`"
+        );
     }
 }

@@ -24,7 +24,9 @@
 //! - `rehearsal`: what judges and measures a rehearsal: the safety invariants and the figures
 //!   taken from the simulator.
 //! - `report`: the JSON report and summary tables.
-//! - `cli`: one file per subcommand; `main.rs` only calls `cli::main`.
+//! - `cli`: one file per subcommand, `common` (shared flags and the checks of every value a
+//!   user types) and `exit` (the exit codes, decided in one place); `main.rs` only calls
+//!   `cli::main`.
 
 pub mod azure;
 pub mod cli;

@@ -2,8 +2,8 @@
 //!
 //! Every field has a default, so an empty object (or no file at all, see
 //! [`Policy::load_or_default`]) is a valid policy. Unknown fields are rejected: a typo in a
-//! safety setting must not silently fall back to a default. Every error is one line naming
-//! the field.
+//! safety setting must not silently fall back to a default. Numbers are bounded (each limit
+//! says why), names follow ARM's rules, and every error is one line naming the field.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,7 +13,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::azure::resource_id::{ResourceId, ResourceKind};
+use crate::azure::resource_id::{NameError, NameRule, ResourceId, ResourceIdError, ResourceKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -25,9 +25,61 @@ pub enum PolicyError {
     },
     #[error("policy is not valid JSON")]
     Syntax(#[source] serde_json::Error),
+    /// A JSON document of another shape (serde would read an array as a struct's fields in
+    /// order, so `[]` would pass for the defaults).
+    #[error("policy must be a JSON object ({{\"field\": value, …}}), got {0}")]
+    NotAnObject(&'static str),
     #[error("policy field {field}: {message}")]
     Field { field: String, message: String },
 }
+
+/// A scope value ARM would refuse (shared with the scope flags of the command line).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ScopeValueError {
+    #[error(transparent)]
+    Id(#[from] ResourceIdError),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("tag name {0:?}: must be 1 to 512 characters, without '<', '>', '%', '&', '\\', '?', '/' or control characters")]
+    TagName(String),
+    #[error("tag {0:?}: its value must be at most 256 characters")]
+    TagValue(String),
+}
+
+/// A resource group in scope: its name, or its id (a name shared by several subscriptions).
+pub(crate) fn check_resource_group(s: &str) -> Result<(), ScopeValueError> {
+    if s.starts_with('/') {
+        let id = ResourceId::parse(s)?;
+        id.check_kind(&[ResourceKind::ResourceGroup])?;
+        id.check_names()?;
+    } else {
+        NameRule::ResourceGroup.check(s)?;
+    }
+    Ok(())
+}
+
+/// ARM's tag limits: names 1–512 characters without `<>%&\?/` or control characters, values up
+/// to 256 characters (MicrosoftDocs/azure-docs resource-name-rules.md, Microsoft.Resources
+/// tagNames and tagNames/tagValues).
+pub(crate) fn check_tag(name: &str, value: &str) -> Result<(), ScopeValueError> {
+    let bad_char = |c: char| "<>%&\\?/".contains(c) || c.is_control();
+    if !(1..=512).contains(&name.chars().count()) || name.chars().any(bad_char) {
+        return Err(ScopeValueError::TagName(name.to_string()));
+    }
+    if value.chars().count() > 256 {
+        return Err(ScopeValueError::TagValue(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Upper bounds of the policy's numbers. A bound is where a larger value can only be a typo or
+/// harm: it is named in the error.
+const MAX_SETTLE_SECONDS: u64 = 3_600;
+const MAX_ATTEMPTS: u32 = 100;
+/// ARM's per-subscription write bucket holds 200 requests (arm-vnet reference §8): more
+/// targets at once than that only wait for tokens, and hold their apps mid-migration meanwhile.
+const MAX_CONCURRENCY: u32 = 200;
+const MAX_BAKE_MINUTES: u32 = 7 * 24 * 60;
 
 fn field_err(field: &str, message: impl Into<String>) -> PolicyError {
     PolicyError::Field {
@@ -342,6 +394,10 @@ const MAX_PATTERN_FIXED_CHARS: usize = 20;
 impl Policy {
     /// Parses and validates a policy document.
     pub fn from_json(s: &str) -> Result<Policy, PolicyError> {
+        // Shapes first: serde reads a JSON array where a struct is expected as its fields in
+        // order, so `[]` would be the defaults and `"concurrency": [8]` would set a field.
+        let doc: Value = serde_json::from_str(s).map_err(PolicyError::Syntax)?;
+        objects_where_expected(&doc, &shape(), "")?;
         let mut de = serde_json::Deserializer::from_str(s);
         let policy: Policy = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
@@ -383,28 +439,22 @@ impl Policy {
     /// Range and format checks serde cannot express; the first failure is returned.
     pub(crate) fn validate(&self) -> Result<(), PolicyError> {
         for (i, s) in self.scope.subscriptions.iter().enumerate() {
-            if s.trim().is_empty() || s.contains('/') {
-                return Err(field_err(
-                    &format!("scope.subscriptions[{i}]"),
-                    format!("must be a subscription id, got {s:?}"),
-                ));
-            }
+            NameRule::SubscriptionId
+                .check(s)
+                .map_err(|e| field_err(&format!("scope.subscriptions[{i}]"), e.to_string()))?;
         }
         for (i, rg) in self.scope.resource_groups.iter().enumerate() {
-            let ok = if rg.starts_with('/') {
-                ResourceId::parse(rg).is_ok_and(|id| id.kind() == ResourceKind::ResourceGroup)
-            } else {
-                !rg.trim().is_empty() && !rg.contains('/')
-            };
-            if !ok {
-                return Err(field_err(
-                    &format!("scope.resourceGroups[{i}]"),
-                    format!("must be a resource group name or id, got {rg:?}"),
-                ));
-            }
+            check_resource_group(rg)
+                .map_err(|e| field_err(&format!("scope.resourceGroups[{i}]"), e.to_string()))?;
         }
-        if self.scope.tags.keys().any(|k| k.trim().is_empty()) {
-            return Err(field_err("scope.tags", "tag names must not be empty"));
+        for (k, v) in &self.scope.tags {
+            check_tag(k, v).map_err(|e| field_err("scope.tags", e.to_string()))?;
+        }
+        for (i, w) in self.windows.iter().enumerate() {
+            for (k, v) in &w.tags {
+                check_tag(k, v)
+                    .map_err(|e| field_err(&format!("windows[{i}].tags"), e.to_string()))?;
+            }
         }
         for (i, w) in self.waves.iter().enumerate() {
             match *w {
@@ -423,16 +473,30 @@ impl Policy {
                 _ => {}
             }
         }
-        if self.concurrency.per_subscription < 1 {
-            return Err(field_err(
+        let concurrency = [
+            (
                 "concurrency.perSubscription",
-                "must be at least 1, got 0",
-            ));
+                self.concurrency.per_subscription,
+            ),
+            ("concurrency.perVnet", self.concurrency.per_vnet),
+        ];
+        for (field, n) in concurrency {
+            if !(1..=MAX_CONCURRENCY).contains(&n) {
+                return Err(field_err(
+                    field,
+                    format!(
+                        "must be between 1 and {MAX_CONCURRENCY} (ARM's write bucket per subscription), got {n}"
+                    ),
+                ));
+            }
         }
-        if self.concurrency.per_vnet < 1 {
+        if self.bake_minutes > MAX_BAKE_MINUTES {
             return Err(field_err(
-                "concurrency.perVnet",
-                "must be at least 1, got 0",
+                "bakeMinutes",
+                format!(
+                    "must be at most {MAX_BAKE_MINUTES} (one week per wave), got {}",
+                    self.bake_minutes
+                ),
             ));
         }
         let rate = self.gates.max_failure_rate;
@@ -471,8 +535,23 @@ impl Policy {
             }
         }
         self.validate_subnet()?;
-        if self.max_attempts < 1 {
-            return Err(field_err("maxAttempts", "must be at least 1, got 0"));
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(field_err(
+                "maxAttempts",
+                format!(
+                    "must be between 1 and {MAX_ATTEMPTS} (more only delays parking a target that keeps failing), got {}",
+                    self.max_attempts
+                ),
+            ));
+        }
+        if self.settle_seconds > MAX_SETTLE_SECONDS {
+            return Err(field_err(
+                "settleSeconds",
+                format!(
+                    "must be at most {MAX_SETTLE_SECONDS} (an app restarts on its new network within minutes, arm-vnet reference §13; a longer wait keeps the target mid-migration), got {}",
+                    self.settle_seconds
+                ),
+            ));
         }
         Ok(())
     }
@@ -547,6 +626,63 @@ impl Policy {
     }
 }
 
+/// A policy with every nested object present (a probe, a window), so its JSON shows where the
+/// document must hold objects.
+fn shape() -> Value {
+    let mut full = Policy::default();
+    full.gates.probe = Some(Probe::default());
+    full.windows = vec![Window::default()];
+    serde_json::to_value(full).expect("policy serialises")
+}
+
+/// Refuses a non-object wherever `shape` has an object (and in each element of an array whose
+/// shape has one); what the fields hold is left to serde, `null` included (`"probe": null` is
+/// no probe, and serde names a required object that is null).
+fn objects_where_expected(doc: &Value, shape: &Value, path: &str) -> Result<(), PolicyError> {
+    match (shape, doc) {
+        (Value::Object(fields), Value::Object(given)) => {
+            for (k, v) in given {
+                if let Some(s) = fields.get(k) {
+                    let at = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    objects_where_expected(v, s, &at)?;
+                }
+            }
+            Ok(())
+        }
+        (Value::Object(_), other) if path.is_empty() => {
+            Err(PolicyError::NotAnObject(json_kind(other)))
+        }
+        (Value::Object(_), Value::Null) => Ok(()),
+        (Value::Object(_), other) => Err(field_err(
+            path,
+            format!("must be a JSON object, got {}", json_kind(other)),
+        )),
+        (Value::Array(items), Value::Array(given)) => match items.first() {
+            Some(item) => given
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, v)| objects_where_expected(v, item, &format!("{path}[{i}]"))),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,7 +700,7 @@ mod tests {
         Policy::from_json(
             &json!({
                 "scope": {"subscriptions": ["00000000-0000-0000-0000-000000000001"],
-                          "resourceGroups": ["rg-apps", "/subscriptions/s/resourceGroups/rg2"],
+                          "resourceGroups": ["rg-apps", "/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/rg2"],
                           "tags": {"env": "prod"},
                           "exclude": ["/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/keep"]},
                 "waves": [1, "10%", 50],
@@ -634,11 +770,51 @@ mod tests {
             ),
             (
                 json!({"maxAttempts": 0}),
-                "policy field maxAttempts: must be at least 1, got 0",
+                "policy field maxAttempts: must be between 1 and 100 (more only delays parking a target that keeps failing), got 0",
             ),
             (
                 json!({"concurrency": {"perSubscription": 0}}),
-                "policy field concurrency.perSubscription: must be at least 1, got 0",
+                "policy field concurrency.perSubscription: must be between 1 and 200 (ARM's write bucket per subscription), got 0",
+            ),
+            (
+                json!({"concurrency": {"perVnet": 100000}}),
+                "policy field concurrency.perVnet: must be between 1 and 200 (ARM's write bucket per subscription), got 100000",
+            ),
+            (
+                json!({"settleSeconds": u64::MAX}),
+                "policy field settleSeconds: must be at most 3600 (an app restarts on its new network within minutes, arm-vnet reference §13; a longer wait keeps the target mid-migration), got 18446744073709551615",
+            ),
+            (
+                json!({"bakeMinutes": 10081}),
+                "policy field bakeMinutes: must be at most 10080 (one week per wave), got 10081",
+            ),
+            (
+                json!([]),
+                "policy must be a JSON object ({\"field\": value, …}), got an array",
+            ),
+            (
+                json!("{}"),
+                "policy must be a JSON object ({\"field\": value, …}), got a string",
+            ),
+            (
+                json!({"concurrency": [8, 1]}),
+                "policy field concurrency: must be a JSON object, got an array",
+            ),
+            (
+                json!({"windows": [[1, 2]]}),
+                "policy field windows[0]: must be a JSON object, got an array",
+            ),
+            (
+                json!({"gates": {"probe": ["/health"]}}),
+                "policy field gates.probe: must be a JSON object, got an array",
+            ),
+            (
+                json!({"scope": {"subscriptions": ["../.."]}}),
+                "policy field scope.subscriptions[0]: \"../..\" is not a valid subscription id: expected a GUID like 00000000-0000-0000-0000-000000000000",
+            ),
+            (
+                json!({"scope": {"resourceGroups": ["rg."]}}),
+                "policy field scope.resourceGroups[0]: \"rg.\" is not a valid resource group name: must not end with '.'",
             ),
             (
                 json!({"waves": [1, "150%"]}),
@@ -706,6 +882,26 @@ mod tests {
                 json!({"scope": {"resourceGroups": ["a/b"]}}),
                 "policy field scope.resourceGroups[0]:",
             ),
+            (
+                json!({"scope": {"resourceGroups": ["/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.Web/sites/a"]}}),
+                "policy field scope.resourceGroups[0]: invalid ARM resource id",
+            ),
+            (
+                json!({"scope": {"resourceGroups": ["/subscriptions/s/resourceGroups/rg"]}}),
+                "policy field scope.resourceGroups[0]: \"s\" is not a valid subscription id",
+            ),
+            (
+                json!({"scope": {"exclude": ["/subscriptions/s/resourceGroups/%2E%2E"]}}),
+                "policy field scope.exclude[0]: invalid ARM resource id",
+            ),
+            (
+                json!({"scope": {"tags": {"a/b": "x"}}}),
+                "policy field scope.tags: tag name \"a/b\"",
+            ),
+            (
+                json!({"windows": [{"tags": {"env": "x".repeat(257)}}]}),
+                "policy field windows[0].tags: tag \"env\": its value must be at most 256 characters",
+            ),
         ];
         for (doc, want) in cases {
             let got = err(doc.clone());
@@ -717,6 +913,18 @@ mod tests {
             .to_string()
             .starts_with("policy is not valid JSON"));
         assert!(Policy::from_json("{} x").is_err());
+    }
+
+    #[test]
+    fn null_is_left_to_serde() {
+        let p = Policy::from_json(r#"{"gates": {"probe": null}}"#).unwrap();
+        assert_eq!(p.gates.probe, None);
+        assert!(err(json!({"concurrency": null}))
+            .starts_with("policy field concurrency: invalid type: null"));
+        assert_eq!(
+            err(json!(null)),
+            "policy must be a JSON object ({\"field\": value, …}), got null"
+        );
     }
 
     #[test]
@@ -755,7 +963,7 @@ mod tests {
         let kept =
             id("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/KEEP/slots/x");
         assert!(!s.includes(&kept, tags));
-        let by_rg_id = id("/subscriptions/s/resourceGroups/rg2/providers/Microsoft.Web/sites/b");
+        let by_rg_id = id("/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/rg2/providers/Microsoft.Web/sites/b");
         assert!(s.includes(&by_rg_id, tags));
         assert!(Scope::default().includes(&kept, None));
     }

@@ -1,5 +1,12 @@
 //! ARM resource ids: parsed once, compared and hashed case-insensitively (ARM ids are),
 //! displayed with the casing they arrived in.
+//!
+//! Parsing is strict: an id comes from fleet files, step messages, the ledger, the command
+//! line and ARM itself, and is turned back into request paths, so a segment that would change
+//! the path it names (`.`/`..`, percent-encoded characters, `?`/`#`) or hide in it (control
+//! characters, whitespace at its edges) is refused rather than passed on. Where a kind of
+//! resource is expected, [`ResourceId::check_kind`] refuses an id of another type, and
+//! [`NameRule`] holds ARM's naming rules for the names a user types.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -7,12 +14,58 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Why a string is not an ARM resource id.
+/// Why a string is not an ARM resource id (or not the one expected).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid ARM resource id {id:?}: {why}")]
 pub struct ResourceIdError {
     pub(crate) id: String,
-    pub(crate) why: &'static str,
+    pub(crate) why: Malformed,
+}
+
+/// What is wrong with an id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Malformed {
+    #[error("must start with '/subscriptions/{{id}}'")]
+    NoSubscription,
+    #[error("empty path segment")]
+    EmptySegment,
+    #[error("relative segment {0:?} (ids name resources, not paths)")]
+    DotSegment(String),
+    /// `%` (percent-encoding: `%2F` is a `/` once decoded), `?`/`#` (they end the path of a
+    /// request URL: "don't use # in a resource name", MicrosoftDocs/azure-docs
+    /// resource-name-rules.md), `\` and control characters.
+    #[error("segment {segment:?} holds {ch:?} (refused: '%' and percent-encoding, '/' inside a name, '?', '#', '\\', control characters)")]
+    ForbiddenChar { segment: String, ch: char },
+    /// ARM names never start or end with whitespace ("can't end with space" in every rule
+    /// that allows spaces at all, resource-name-rules.md).
+    #[error("segment {0:?} starts or ends with whitespace")]
+    EdgeWhitespace(String),
+    #[error("resourceGroups without a name")]
+    ResourceGroupWithoutName,
+    #[error("expected 'providers' after the scope")]
+    ExpectedProviders,
+    #[error("'providers' without a namespace")]
+    NoNamespace,
+    #[error("provider without a resource type")]
+    NoResourceType,
+    #[error("resource type without a name")]
+    NoName,
+    #[error("a scope id has no child resources")]
+    ScopeHasNoChildren,
+    #[error("not below {0}")]
+    NotBelow(String),
+    /// A valid id of the wrong type where one kind is expected (a fleet's site under
+    /// `Microsoft.Network`, a message's subnet that is a VNet).
+    #[error("expected {}, got a {got} id", expected_text(.expected))]
+    WrongKind {
+        expected: &'static [ResourceKind],
+        got: String,
+    },
+}
+
+fn expected_text(kinds: &[ResourceKind]) -> String {
+    let names: Vec<&str> = kinds.iter().map(|k| k.arm_type()).collect();
+    format!("a {} id", names.join(" or "))
 }
 
 /// A parsed ARM resource id such as
@@ -49,22 +102,121 @@ pub enum ResourceKind {
     Other,
 }
 
+impl ResourceKind {
+    /// The targets of a migration: sites and their slots.
+    pub(crate) const TARGETS: &'static [ResourceKind] = &[ResourceKind::Site, ResourceKind::Slot];
+    /// What gateway-based integration and peerings may reach: VNets, classic ones included.
+    pub(crate) const ANY_VNET: &'static [ResourceKind] = &[
+        ResourceKind::VirtualNetwork,
+        ResourceKind::ClassicVirtualNetwork,
+    ];
+
+    /// The kind of a `type` property's value (case-insensitive, as ARM types are).
+    pub(crate) fn of_type(ty: &str) -> ResourceKind {
+        if ty.eq_ignore_ascii_case(ResourceKind::ResourceGroup.arm_type()) {
+            ResourceKind::ResourceGroup
+        } else if ty.eq_ignore_ascii_case(ResourceKind::Subscription.arm_type()) {
+            ResourceKind::Subscription
+        } else {
+            ResourceKind::of_resource_type(ty)
+        }
+    }
+
+    /// The kind of a resource type below a provider (`Microsoft.Web/sites/slots`).
+    fn of_resource_type(ty: &str) -> ResourceKind {
+        let lower = ty.to_ascii_lowercase();
+        let mut parts = lower.split('/');
+        let provider = parts.next().unwrap_or_default();
+        let types: Vec<&str> = parts.collect();
+        match (provider, types.as_slice()) {
+            ("microsoft.web", ["sites"]) => ResourceKind::Site,
+            ("microsoft.web", ["sites", "slots"]) => ResourceKind::Slot,
+            ("microsoft.web", ["serverfarms"]) => ResourceKind::ServerFarm,
+            ("microsoft.web", ["sites", "virtualnetworkconnections"])
+            | ("microsoft.web", ["sites", "slots", "virtualnetworkconnections"]) => {
+                ResourceKind::SiteVnetConnection
+            }
+            ("microsoft.network", ["virtualnetworks"]) => ResourceKind::VirtualNetwork,
+            ("microsoft.network", ["virtualnetworks", "subnets"]) => ResourceKind::Subnet,
+            ("microsoft.network", ["virtualnetworks", "virtualnetworkpeerings"]) => {
+                ResourceKind::Peering
+            }
+            ("microsoft.classicnetwork", ["virtualnetworks"]) => {
+                ResourceKind::ClassicVirtualNetwork
+            }
+            ("microsoft.insights", ["autoscalesettings"]) => ResourceKind::AutoscaleSetting,
+            _ => ResourceKind::Other,
+        }
+    }
+
+    /// The ARM type as a `type` property spells it (for messages).
+    pub(crate) fn arm_type(self) -> &'static str {
+        match self {
+            ResourceKind::Subscription => "Microsoft.Resources/subscriptions",
+            ResourceKind::ResourceGroup => "Microsoft.Resources/resourceGroups",
+            ResourceKind::Site => "Microsoft.Web/sites",
+            ResourceKind::Slot => "Microsoft.Web/sites/slots",
+            ResourceKind::ServerFarm => "Microsoft.Web/serverfarms",
+            ResourceKind::VirtualNetwork => "Microsoft.Network/virtualNetworks",
+            ResourceKind::Subnet => "Microsoft.Network/virtualNetworks/subnets",
+            ResourceKind::Peering => "Microsoft.Network/virtualNetworks/virtualNetworkPeerings",
+            ResourceKind::SiteVnetConnection => "Microsoft.Web/sites/virtualNetworkConnections",
+            ResourceKind::ClassicVirtualNetwork => "Microsoft.ClassicNetwork/virtualNetworks",
+            ResourceKind::AutoscaleSetting => "Microsoft.Insights/autoscalesettings",
+            ResourceKind::Other => "other",
+        }
+    }
+}
+
+/// A value that must stay one path segment once joined into an id: no `/`, and a valid segment.
+fn one_segment(seg: &str) -> Result<(), Malformed> {
+    if seg.contains('/') {
+        return Err(Malformed::ForbiddenChar {
+            segment: seg.to_string(),
+            ch: '/',
+        });
+    }
+    check_segment(seg)
+}
+
+/// Refuses a segment that would change the path it stands in, or hide in it.
+fn check_segment(seg: &str) -> Result<(), Malformed> {
+    if seg.is_empty() {
+        return Err(Malformed::EmptySegment);
+    }
+    if seg == "." || seg == ".." {
+        return Err(Malformed::DotSegment(seg.to_string()));
+    }
+    if let Some(ch) = seg
+        .chars()
+        .find(|c| matches!(c, '%' | '?' | '#' | '\\') || c.is_control())
+    {
+        return Err(Malformed::ForbiddenChar {
+            segment: seg.to_string(),
+            ch,
+        });
+    }
+    if seg.starts_with(char::is_whitespace) || seg.ends_with(char::is_whitespace) {
+        return Err(Malformed::EdgeWhitespace(seg.to_string()));
+    }
+    Ok(())
+}
+
 impl ResourceId {
     pub fn parse(s: &str) -> Result<Self, ResourceIdError> {
         let err = |why| ResourceIdError {
             id: s.to_string(),
             why,
         };
-        let trimmed = s.trim().trim_end_matches('/');
-        if !trimmed.starts_with('/') {
-            return Err(err("must start with '/subscriptions/'"));
-        }
-        let parts: Vec<&str> = trimmed[1..].split('/').collect();
-        if parts.iter().any(|p| p.is_empty()) {
-            return Err(err("empty path segment"));
+        let Some(path) = s.strip_prefix('/') else {
+            return Err(err(Malformed::NoSubscription));
+        };
+        let parts: Vec<&str> = path.split('/').collect();
+        for p in &parts {
+            check_segment(p).map_err(err)?;
         }
         if parts.len() < 2 || !parts[0].eq_ignore_ascii_case("subscriptions") {
-            return Err(err("must start with '/subscriptions/{id}'"));
+            return Err(err(Malformed::NoSubscription));
         }
         let subscription = parts[1].to_string();
         let mut i = 2;
@@ -72,7 +224,7 @@ impl ResourceId {
         if parts.len() > i && parts[i].eq_ignore_ascii_case("resourceGroups") {
             let rg = parts
                 .get(i + 1)
-                .ok_or_else(|| err("resourceGroups without a name"))?;
+                .ok_or_else(|| err(Malformed::ResourceGroupWithoutName))?;
             resource_group = Some(rg.to_string());
             i += 2;
         }
@@ -80,19 +232,19 @@ impl ResourceId {
         let mut segments = Vec::new();
         if parts.len() > i {
             if !parts[i].eq_ignore_ascii_case("providers") {
-                return Err(err("expected 'providers' after the scope"));
+                return Err(err(Malformed::ExpectedProviders));
             }
             let ns = parts
                 .get(i + 1)
-                .ok_or_else(|| err("'providers' without a namespace"))?;
+                .ok_or_else(|| err(Malformed::NoNamespace))?;
             provider = Some(ns.to_string());
             i += 2;
             let rest = &parts[i..];
             if rest.is_empty() {
-                return Err(err("provider without a resource type"));
+                return Err(err(Malformed::NoResourceType));
             }
             if !rest.len().is_multiple_of(2) {
-                return Err(err("resource type without a name"));
+                return Err(err(Malformed::NoName));
             }
             segments = rest
                 .chunks(2)
@@ -108,6 +260,20 @@ impl ResourceId {
             resource_group,
             provider,
             segments,
+        })
+    }
+
+    /// Ok when the id is one of `kinds`; otherwise an error naming what was expected.
+    pub(crate) fn check_kind(&self, kinds: &'static [ResourceKind]) -> Result<(), ResourceIdError> {
+        if kinds.contains(&self.kind()) {
+            return Ok(());
+        }
+        Err(ResourceIdError {
+            id: self.raw.clone(),
+            why: Malformed::WrongKind {
+                expected: kinds,
+                got: self.type_name(),
+            },
         })
     }
 
@@ -143,6 +309,16 @@ impl ResourceId {
         Some(t)
     }
 
+    /// The type as ARM's `type` property spells it: the full resource type, or for scope ids
+    /// `Microsoft.Resources/resourceGroups` / `Microsoft.Resources/subscriptions`.
+    pub(crate) fn type_name(&self) -> String {
+        match self.resource_type() {
+            Some(t) => t,
+            None if self.resource_group.is_some() => ResourceKind::ResourceGroup.arm_type().into(),
+            None => ResourceKind::Subscription.arm_type().into(),
+        }
+    }
+
     /// Last name segment (resource name, resource group name or subscription id).
     pub fn name(&self) -> &str {
         if let Some((_, n)) = self.segments.last() {
@@ -155,37 +331,10 @@ impl ResourceId {
     }
 
     pub fn kind(&self) -> ResourceKind {
-        let Some(p) = self.provider.as_deref() else {
-            return if self.resource_group.is_some() {
-                ResourceKind::ResourceGroup
-            } else {
-                ResourceKind::Subscription
-            };
-        };
-        let types: Vec<String> = self
-            .segments
-            .iter()
-            .map(|(t, _)| t.to_ascii_lowercase())
-            .collect();
-        let types: Vec<&str> = types.iter().map(String::as_str).collect();
-        match (p.to_ascii_lowercase().as_str(), types.as_slice()) {
-            ("microsoft.web", ["sites"]) => ResourceKind::Site,
-            ("microsoft.web", ["sites", "slots"]) => ResourceKind::Slot,
-            ("microsoft.web", ["serverfarms"]) => ResourceKind::ServerFarm,
-            ("microsoft.web", ["sites", "virtualnetworkconnections"])
-            | ("microsoft.web", ["sites", "slots", "virtualnetworkconnections"]) => {
-                ResourceKind::SiteVnetConnection
-            }
-            ("microsoft.network", ["virtualnetworks"]) => ResourceKind::VirtualNetwork,
-            ("microsoft.network", ["virtualnetworks", "subnets"]) => ResourceKind::Subnet,
-            ("microsoft.network", ["virtualnetworks", "virtualnetworkpeerings"]) => {
-                ResourceKind::Peering
-            }
-            ("microsoft.classicnetwork", ["virtualnetworks"]) => {
-                ResourceKind::ClassicVirtualNetwork
-            }
-            ("microsoft.insights", ["autoscalesettings"]) => ResourceKind::AutoscaleSetting,
-            _ => ResourceKind::Other,
+        match self.resource_type() {
+            Some(t) => ResourceKind::of_resource_type(&t),
+            None if self.resource_group.is_some() => ResourceKind::ResourceGroup,
+            None => ResourceKind::Subscription,
         }
     }
 
@@ -201,34 +350,53 @@ impl ResourceId {
                     .unwrap_or(0);
             return Some(Self::parse(&self.raw[..cut]).expect("prefix of a valid id"));
         }
-        if !self.segments.is_empty() {
-            return Some(match &self.resource_group {
+        let scope = if self.segments.is_empty() {
+            // A resource group's parent is its subscription; a subscription has none.
+            self.resource_group.as_ref()?;
+            Self::subscription_id(&self.subscription)
+        } else {
+            match &self.resource_group {
                 Some(rg) => Self::resource_group_id(&self.subscription, rg),
                 None => Self::subscription_id(&self.subscription),
-            });
-        }
-        self.resource_group
-            .as_ref()
-            .map(|_| Self::subscription_id(&self.subscription))
+            }
+        };
+        // Its segments were valid in `self`, so the scope's id is.
+        Some(scope.expect("scope of a valid id"))
     }
 
-    /// A child resource: `self/{type}/{name}`. Only valid below a resource, not a scope.
+    /// A child resource: `self/{type}/{name}`. Only valid below a resource, not a scope; `ty`
+    /// and `name` must each be one segment (a `/` in a name would make it another resource).
     pub(crate) fn child(&self, ty: &str, name: &str) -> Result<ResourceId, ResourceIdError> {
+        let err = |why| ResourceIdError {
+            id: format!("{}/{ty}/{name}", self.raw),
+            why,
+        };
         if self.provider.is_none() {
-            return Err(ResourceIdError {
-                id: self.raw.clone(),
-                why: "a scope id has no child resources",
-            });
+            return Err(err(Malformed::ScopeHasNoChildren));
         }
+        one_segment(ty).and(one_segment(name)).map_err(err)?;
         Self::parse(&format!("{}/{}/{}", self.raw, ty, name))
     }
 
-    pub fn subscription_id(sub: &str) -> ResourceId {
-        Self::parse(&format!("/subscriptions/{sub}")).expect("valid subscription id")
+    /// The id of a subscription; refused unless `sub` is one valid segment.
+    pub fn subscription_id(sub: &str) -> Result<ResourceId, ResourceIdError> {
+        one_segment(sub).map_err(|why| ResourceIdError {
+            id: format!("/subscriptions/{sub}"),
+            why,
+        })?;
+        Self::parse(&format!("/subscriptions/{sub}"))
     }
 
-    pub(crate) fn resource_group_id(sub: &str, rg: &str) -> ResourceId {
-        Self::parse(&format!("/subscriptions/{sub}/resourceGroups/{rg}")).expect("valid rg id")
+    /// The id of a resource group; refused unless `sub` and `rg` are one valid segment each.
+    pub(crate) fn resource_group_id(sub: &str, rg: &str) -> Result<ResourceId, ResourceIdError> {
+        let id = format!("/subscriptions/{sub}/resourceGroups/{rg}");
+        one_segment(sub)
+            .and(one_segment(rg))
+            .map_err(|why| ResourceIdError {
+                id: id.clone(),
+                why,
+            })?;
+        Self::parse(&id)
     }
 
     /// For a slot, its site; for a site, itself; otherwise `None`.
@@ -252,6 +420,115 @@ impl ResourceId {
     /// True when `self` is `scope` or lies below it (case-insensitive, segment-wise).
     pub(crate) fn is_within(&self, scope: &ResourceId) -> bool {
         self.lower == scope.lower || self.lower.starts_with(&format!("{}/", scope.lower))
+    }
+}
+
+/// ARM's rules for the names a user types where this tool takes them (scope flags, policy
+/// scope, `--app`), from MicrosoftDocs/azure-docs `resource-name-rules.md` unless noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NameRule {
+    /// A GUID in its 36-character form: "The ID of the target subscription. The value must be
+    /// an UUID." (azure-rest-api-specs common-types `SubscriptionIdParameter`); ARM answers
+    /// anything else with 400 `InvalidSubscriptionId` "The provided subscription identifier
+    /// '…' is malformed or invalid." (Azure/apiops#460, MicrosoftDocs/azure-docs#77959).
+    SubscriptionId,
+    /// 1–90 letters, digits, `_`, `-`, `.`, `(`, `)`, not ending in `.` (Microsoft.Resources
+    /// resourcegroups; ARM's 400 `InvalidResourceGroup`, Azure/azure-cli#14481).
+    ResourceGroup,
+    /// 2–60 letters, digits and `-`, not starting or ending with `-` (Microsoft.Web sites).
+    Site,
+    /// 2–59 letters, digits and `-` (Microsoft.Web sites/slots).
+    Slot,
+}
+
+impl fmt::Display for NameRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameRule::SubscriptionId => "subscription id",
+            NameRule::ResourceGroup => "resource group name",
+            NameRule::Site => "app name",
+            NameRule::Slot => "slot name",
+        })
+    }
+}
+
+/// A name ARM would refuse, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is not a valid {rule}: {why}")]
+pub(crate) struct NameError {
+    pub(crate) rule: NameRule,
+    pub(crate) name: String,
+    pub(crate) why: &'static str,
+}
+
+impl NameRule {
+    pub(crate) fn check(self, name: &str) -> Result<(), NameError> {
+        let bad = |why| {
+            Err(NameError {
+                rule: self,
+                name: name.to_string(),
+                why,
+            })
+        };
+        // Letters and digits in ARM's sense include Unicode ones (`Char.IsLetterOrDigit` for
+        // resource groups, Punycode-mappable characters for sites).
+        let len = name.chars().count();
+        match self {
+            NameRule::SubscriptionId => {
+                if name.len() != 36 || uuid::Uuid::try_parse(name).is_err() {
+                    return bad("expected a GUID like 00000000-0000-0000-0000-000000000000");
+                }
+            }
+            NameRule::ResourceGroup => {
+                if !(1..=90).contains(&len) {
+                    return bad("must be 1 to 90 characters");
+                }
+                let allowed =
+                    |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '(' | ')');
+                if !name.chars().all(allowed) {
+                    return bad("only letters, digits, '_', '-', '.', '(' and ')' are allowed");
+                }
+                if name.ends_with('.') {
+                    return bad("must not end with '.'");
+                }
+            }
+            NameRule::Site | NameRule::Slot => {
+                let max = if self == NameRule::Site { 60 } else { 59 };
+                if !(2..=max).contains(&len) {
+                    return bad(if self == NameRule::Site {
+                        "must be 2 to 60 characters"
+                    } else {
+                        "must be 2 to 59 characters"
+                    });
+                }
+                if !name.chars().all(|c| c.is_alphanumeric() || c == '-') {
+                    return bad("only letters, digits and '-' are allowed");
+                }
+                if self == NameRule::Site && (name.starts_with('-') || name.ends_with('-')) {
+                    return bad("must not start or end with '-'");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ResourceId {
+    /// The names in this id a user could have mistyped, checked against ARM's rules: the
+    /// subscription, the resource group, and a site's or slot's own names.
+    pub(crate) fn check_names(&self) -> Result<(), NameError> {
+        NameRule::SubscriptionId.check(&self.subscription)?;
+        if let Some(rg) = &self.resource_group {
+            NameRule::ResourceGroup.check(rg)?;
+        }
+        match (self.kind(), self.segments.as_slice()) {
+            (ResourceKind::Site, [(_, site)]) => NameRule::Site.check(site),
+            (ResourceKind::Slot, [(_, site), (_, slot)]) => {
+                NameRule::Site.check(site)?;
+                NameRule::Slot.check(slot)
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -367,6 +644,200 @@ mod tests {
     }
 
     #[test]
+    fn refuses_segments_that_change_the_path() {
+        let site = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites";
+        for (bad, why) in [
+            (format!("{site}/.."), Malformed::DotSegment("..".into())),
+            (
+                "/subscriptions/../..".to_string(),
+                Malformed::DotSegment("..".into()),
+            ),
+            (
+                "/subscriptions/s/resourceGroups/./providers/Microsoft.Web/sites/a".to_string(),
+                Malformed::DotSegment(".".into()),
+            ),
+            (
+                format!("{site}/a%2Fb"),
+                Malformed::ForbiddenChar {
+                    segment: "a%2Fb".into(),
+                    ch: '%',
+                },
+            ),
+            (
+                format!("{site}/a%"),
+                Malformed::ForbiddenChar {
+                    segment: "a%".into(),
+                    ch: '%',
+                },
+            ),
+            (
+                format!("{site}/a?x=1"),
+                Malformed::ForbiddenChar {
+                    segment: "a?x=1".into(),
+                    ch: '?',
+                },
+            ),
+            (
+                format!("{site}/a#b"),
+                Malformed::ForbiddenChar {
+                    segment: "a#b".into(),
+                    ch: '#',
+                },
+            ),
+            (
+                format!("{site}/a\\b"),
+                Malformed::ForbiddenChar {
+                    segment: "a\\b".into(),
+                    ch: '\\',
+                },
+            ),
+            (
+                format!("{site}/a\nb"),
+                Malformed::ForbiddenChar {
+                    segment: "a\nb".into(),
+                    ch: '\n',
+                },
+            ),
+            (
+                format!("{site}/a\u{7f}"),
+                Malformed::ForbiddenChar {
+                    segment: "a\u{7f}".into(),
+                    ch: '\u{7f}',
+                },
+            ),
+            (
+                format!("{site}/a\n"),
+                Malformed::ForbiddenChar {
+                    segment: "a\n".into(),
+                    ch: '\n',
+                },
+            ),
+            (format!("{site}/ a"), Malformed::EdgeWhitespace(" a".into())),
+            (format!(" {site}/a"), Malformed::NoSubscription),
+            (format!("{site}/a/"), Malformed::EmptySegment),
+            (
+                "/subscriptions/s/resourceGroups/rg /providers/Microsoft.Web/sites/a".to_string(),
+                Malformed::EdgeWhitespace("rg ".into()),
+            ),
+            (
+                "/subscriptions/s//resourceGroups/rg".to_string(),
+                Malformed::EmptySegment,
+            ),
+        ] {
+            let e = ResourceId::parse(&bad).unwrap_err();
+            assert_eq!(e.why, why, "{bad}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+        // Spaces inside a name are ARM's to judge (some types allow them), at the edges never.
+        assert!(ResourceId::parse("/subscriptions/s/resourceGroups/rg/providers/microsoft.insights/actiongroups/Smart Detection").is_ok());
+    }
+
+    #[test]
+    fn values_joined_into_ids_stay_one_segment() {
+        assert!(ResourceId::subscription_id("00000000-0000-0000-0000-000000000001").is_ok());
+        for bad in ["", "..", "a/resourceGroups/b", "%2F", "a b ", "x\t"] {
+            assert!(ResourceId::subscription_id(bad).is_err(), "{bad:?}");
+            assert!(ResourceId::resource_group_id("s", bad).is_err(), "{bad:?}");
+        }
+        let vnet = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v",
+        )
+        .unwrap();
+        assert!(vnet.child("subnets", "a/b/c").is_err());
+        assert!(vnet.child("subnets", "..").is_err());
+        assert_eq!(
+            ResourceId::subscription_id("s")
+                .unwrap()
+                .child("subnets", "a")
+                .unwrap_err()
+                .why,
+            Malformed::ScopeHasNoChildren
+        );
+    }
+
+    #[test]
+    fn check_kind_names_the_type_wanted() {
+        const SITES: &[ResourceKind] = &[ResourceKind::Site, ResourceKind::Slot];
+        let wrong = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/sites/a",
+        )
+        .unwrap();
+        let e = wrong.check_kind(SITES).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid ARM resource id \"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/sites/a\": \
+             expected a Microsoft.Web/sites or Microsoft.Web/sites/slots id, got a Microsoft.Network/sites id"
+        );
+        let site = ResourceId::parse(SLOT).unwrap().site().unwrap();
+        assert!(site.check_kind(SITES).is_ok());
+        let rg = ResourceId::resource_group_id("s", "rg").unwrap();
+        assert_eq!(rg.type_name(), "Microsoft.Resources/resourceGroups");
+        assert_eq!(
+            site.parent().unwrap().parent().unwrap().type_name(),
+            "Microsoft.Resources/subscriptions"
+        );
+    }
+
+    #[test]
+    fn name_rules_follow_arm() {
+        let ok = |r: NameRule, n: &str| assert!(r.check(n).is_ok(), "{r} {n:?}");
+        let bad = |r: NameRule, n: &str| assert!(r.check(n).is_err(), "{r} {n:?}");
+        ok(
+            NameRule::SubscriptionId,
+            "00000000-0000-0000-0000-000000000001",
+        );
+        ok(
+            NameRule::SubscriptionId,
+            "630F6BD9-CDA8-4F5C-8A85-4D5D7725487E",
+        );
+        for s in [
+            "",
+            "s",
+            "../..",
+            "00000000000000000000000000000001",
+            "{00000000-0000-0000-0000-000000000001}",
+            "00000000-0000-0000-0000-00000000000g",
+        ] {
+            bad(NameRule::SubscriptionId, s);
+        }
+        for rg in ["r", "rg-apps_(1).x", "Ünïcode", &"a".repeat(90)] {
+            ok(NameRule::ResourceGroup, rg);
+        }
+        for rg in ["", "rg.", "a/b", "a b", "a%2F", &"a".repeat(91)] {
+            bad(NameRule::ResourceGroup, rg);
+        }
+        for site in ["ab", "app-1", &"a".repeat(60)] {
+            ok(NameRule::Site, site);
+        }
+        for site in ["a", "-app", "app-", "app_1", "a.b", &"a".repeat(61)] {
+            bad(NameRule::Site, site);
+        }
+        ok(NameRule::Slot, "staging");
+        bad(NameRule::Slot, &"a".repeat(60));
+        let e = NameRule::ResourceGroup.check("rg.").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "\"rg.\" is not a valid resource group name: must not end with '.'"
+        );
+    }
+
+    #[test]
+    fn check_names_covers_subscription_group_site_and_slot() {
+        let id = |s: &str| ResourceId::parse(s).unwrap();
+        let sub = "00000000-0000-0000-0000-000000000001";
+        assert!(id(&format!("/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.Web/sites/app1/slots/staging")).check_names().is_ok());
+        assert!(id(SLOT).check_names().is_ok());
+        for bad in [
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/app1".to_string(),
+            format!("/subscriptions/{sub}/resourceGroups/rg./providers/Microsoft.Web/sites/app1"),
+            format!("/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.Web/sites/a"),
+            format!("/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.Web/sites/app1/slots/s_1"),
+        ] {
+            assert!(id(&bad).check_names().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn kinds() {
         let k = |s: &str| ResourceId::parse(s).unwrap().kind();
         assert_eq!(k("/subscriptions/s/resourceGroups/r/providers/Microsoft.ClassicNetwork/virtualNetworks/c"), ResourceKind::ClassicVirtualNetwork);
@@ -410,6 +881,28 @@ mod tests {
         #[test]
         fn never_panics(s in ".{0,80}") {
             let _ = ResourceId::parse(&s);
+        }
+
+        /// Anything accepted displays as an id that parses back to the same id, displayed the
+        /// same way (fleet files, messages and the ledger store the displayed form).
+        #[test]
+        fn accepted_ids_round_trip(s in "(/[A-Za-z0-9 .%?#_()-]{0,6}){1,8}/?") {
+            if let Ok(id) = ResourceId::parse(&s) {
+                let again = ResourceId::parse(id.as_str()).unwrap();
+                prop_assert_eq!(&again, &id);
+                prop_assert_eq!(again.as_str(), id.as_str());
+                prop_assert!(!id.as_str().contains(['%', '?', '#']));
+                prop_assert!(!id.as_str().split('/').any(|seg| seg == "." || seg == ".."));
+            }
+        }
+
+        /// A forbidden character anywhere in a name makes the id invalid.
+        #[test]
+        fn forbidden_characters_are_refused(app in seg(), at in 0usize..12, ch in prop::sample::select(vec!['%', '?', '#', '\\', '\n', '\t', '\u{0}'])) {
+            let at = at.min(app.len());
+            let name = format!("{}{ch}{}", &app[..at], &app[at..]);
+            let s = format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/{name}");
+            prop_assert!(ResourceId::parse(&s).is_err());
         }
     }
 }

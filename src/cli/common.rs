@@ -1,14 +1,21 @@
-//! What the subcommands share: global flags, scope flags, building the ARM client, loading the
-//! policy, printing a report and choosing the exit code.
+//! What the subcommands share: global flags, scope flags and their checks, building the ARM
+//! client, loading the policy, printing a report, and the temporary state of `rehearse` and
+//! `plan`.
+//!
+//! Every value a user types is checked here, at the edge, before anything is written: clap
+//! runs the `*_arg` parsers while it reads the command line, so a bad value ends the command
+//! with one line naming the flag (exit 2, `exit.rs`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args as ClapArgs, ValueEnum};
 
+use super::exit::Exit;
 use crate::azure::arm::{ArmClient, ArmConfig};
 use crate::azure::credential::{credential_from_settings, is_loopback_endpoint, CredentialKind};
+use crate::azure::resource_id::{NameRule, ResourceKind};
 use crate::azure::ResourceId;
 use crate::policy::Policy;
 use crate::report::Report;
@@ -41,27 +48,28 @@ pub struct Global {
         default_value = "developer-tools"
     )]
     pub(crate) credential: String,
-    /// Subscription in scope (repeatable).
-    #[arg(long = "subscription", global = true)]
+    /// Subscription in scope (its id, a GUID; repeatable).
+    #[arg(long = "subscription", global = true, value_parser = subscription_arg)]
     pub(crate) subscriptions: Vec<String>,
     /// Pace the client for an ARM simulator started with `--speed X` (loopback endpoints only;
     /// real ARM is paced at its documented limits).
-    #[arg(long, global = true, default_value_t = 1.0)]
+    #[arg(long, global = true, default_value_t = 1.0, value_parser = speed_arg)]
     pub(crate) arm_speed: f64,
 }
 
 /// Scope flags of `plan`, `run` and `snapshot`.
 #[derive(Debug, Clone, ClapArgs)]
 pub(crate) struct Scope {
-    /// Only this resource group (repeatable).
-    #[arg(long = "resource-group")]
+    /// Only this resource group (its name, or its id when the name is in several
+    /// subscriptions; repeatable).
+    #[arg(long = "resource-group", value_parser = resource_group_arg)]
     pub(crate) resource_groups: Vec<String>,
-    /// Only this app (ARM id of a site; repeatable).
+    /// Only this app (ARM id of a site or slot; repeatable).
     #[arg(long = "app")]
     pub apps: Vec<String>,
     /// Only apps with this tag (`key=value`, repeatable).
-    #[arg(long = "tag")]
-    pub(crate) tags: Vec<String>,
+    #[arg(long = "tag", value_parser = tag_arg)]
+    pub(crate) tags: Vec<(String, String)>,
     /// Rollout policy file (JSON).
     #[arg(long, env = "VNET_MIGRATE_POLICY")]
     pub policy: Option<PathBuf>,
@@ -91,18 +99,19 @@ pub(crate) fn load_policy(global: &Global, scope: &Scope) -> Result<Policy> {
         .scope
         .resource_groups
         .extend(scope.resource_groups.iter().cloned());
-    for t in &scope.tags {
-        let (k, v) = t
-            .split_once('=')
-            .with_context(|| format!("--tag {t:?}: expected key=value"))?;
-        policy.scope.tags.insert(k.to_string(), v.to_string());
-    }
+    policy.scope.tags.extend(scope.tags.iter().cloned());
     Ok(policy)
 }
 
+/// The `--app` ids: a site or slot each, with names ARM would accept.
 pub(crate) fn parse_apps(apps: &[String]) -> Result<Vec<ResourceId>> {
     apps.iter()
-        .map(|a| ResourceId::parse(a).context("--app"))
+        .map(|a| {
+            let id = ResourceId::parse(a).context("--app")?;
+            id.check_kind(ResourceKind::TARGETS).context("--app")?;
+            id.check_names().context("--app")?;
+            Ok(id)
+        })
         .collect()
 }
 
@@ -119,6 +128,14 @@ pub(crate) fn subscriptions(policy: &Policy, apps: &[ResourceId]) -> Result<Vec<
     Ok(subs)
 }
 
+/// The write scope of a run: the subscriptions in scope (already checked at the edge).
+pub(crate) fn write_scope(subscriptions: &[String]) -> Result<Vec<ResourceId>> {
+    subscriptions
+        .iter()
+        .map(|s| ResourceId::subscription_id(s).context("write scope"))
+        .collect()
+}
+
 /// The ARM client for real Azure (or any endpoint), allowed to write only inside `scope`.
 pub(crate) fn arm_client(global: &Global, write_scope: Vec<ResourceId>) -> Result<ArmClient> {
     let kind: CredentialKind = global.credential.parse().context("--credential")?;
@@ -130,11 +147,6 @@ pub(crate) fn arm_client(global: &Global, write_scope: Vec<ResourceId>) -> Resul
     .context("credential")?;
     let mut config = ArmConfig::new(global.arm_endpoint.clone(), write_scope);
     if global.arm_speed != 1.0 {
-        anyhow::ensure!(
-            global.arm_speed > 0.0 && global.arm_speed.is_finite(),
-            "--arm-speed must be a positive number, got {}",
-            global.arm_speed
-        );
         anyhow::ensure!(
             is_loopback_endpoint(&global.arm_endpoint),
             "--arm-speed is only for a simulator on loopback, not {}",
@@ -155,7 +167,7 @@ fn arm_audience(endpoint: &str) -> String {
     }
 }
 
-/// Prints the report and returns the exit code: 0, or 1 when a target needs an operator.
+/// Prints the report and returns its exit code (`Exit::of_report`).
 pub(crate) fn finish(
     global: &Global,
     report: &Report,
@@ -165,11 +177,7 @@ pub(crate) fn finish(
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report)?),
         OutputFormat::Table => print!("{}", table(report)),
     }
-    Ok(if report.needs_operator() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(Exit::of_report(report).into())
 }
 
 /// Where a simulated fleet comes from: a fleet file, or the deterministic generator.
@@ -179,7 +187,7 @@ pub(crate) struct FleetSource {
     #[arg(long, conflicts_with = "generate")]
     pub(crate) fleet: Option<PathBuf>,
     /// Generate a realistic fleet of N targets instead.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = generate_arg)]
     pub(crate) generate: Option<usize>,
     /// Seed of the generator and of the simulator's latencies and faults.
     #[arg(long, default_value_t = 7)]
@@ -197,10 +205,79 @@ impl FleetSource {
     }
 }
 
-pub(crate) fn check_speed(speed: f64) -> Result<()> {
-    anyhow::ensure!(
-        speed > 0.0 && speed.is_finite(),
-        "--speed must be a positive number, got {speed}"
-    );
-    Ok(())
+/// The state of a command that keeps none (`rehearse`, `plan`): a fresh file in the temp
+/// folder, removed with SQLite's side files when dropped, so on every way out of the command
+/// (errors and Ctrl-C included, `mod.rs`). Its lock file is removed by its holder
+/// (`pipeline::local`).
+pub(crate) struct TempState(PathBuf);
+
+impl TempState {
+    pub(crate) fn new(command: &str) -> Self {
+        TempState(std::env::temp_dir().join(format!(
+            "vnet-migrate-{command}-{}.db",
+            uuid::Uuid::new_v4()
+        )))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempState {
+    fn drop(&mut self) {
+        // SQLite's WAL mode keeps `-wal` and `-shm` next to the database.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
+    }
+}
+
+/// Time compression accepted by `--speed` and `--arm-speed`: below a thousandth a 7 s site
+/// write (arm-vnet reference §13) would take two hours, and above ten thousand the simulator's
+/// shortest delays fall under a millisecond, the resolution of its timers.
+const SPEED_RANGE: std::ops::RangeInclusive<f64> = 0.001..=10_000.0;
+
+pub(crate) fn speed_arg(s: &str) -> Result<f64, String> {
+    let speed: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if !SPEED_RANGE.contains(&speed) {
+        return Err(format!(
+            "must be between {} and {} (times real time): slower turns a 7 s site write into hours, faster goes below the simulator's millisecond timers",
+            SPEED_RANGE.start(),
+            SPEED_RANGE.end()
+        ));
+    }
+    Ok(speed)
+}
+
+pub(crate) fn generate_arg(s: &str) -> Result<usize, String> {
+    let max = crate::sim::generate::MAX_TARGETS;
+    let n: usize = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if !(1..=max).contains(&n) {
+        return Err(format!(
+            "must be between 1 and {max} targets (a rehearsal needs a target, and holds the estate in memory: about 2 GB at {max})"
+        ));
+    }
+    Ok(n)
+}
+
+fn subscription_arg(s: &str) -> Result<String, String> {
+    NameRule::SubscriptionId
+        .check(s)
+        .map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+/// A resource group name, or a resource group id (a name shared by several subscriptions).
+fn resource_group_arg(s: &str) -> Result<String, String> {
+    crate::policy::check_resource_group(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+fn tag_arg(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or("expected key=value, e.g. env=prod")?;
+    crate::policy::check_tag(k, v).map_err(|e| e.to_string())?;
+    Ok((k.to_string(), v.to_string()))
 }

@@ -1,6 +1,7 @@
 //! The command line (DESIGN §8): one file per subcommand; `main.rs` only calls [`main`].
 
 mod common;
+mod exit;
 mod package;
 mod plan;
 mod rehearse;
@@ -13,10 +14,16 @@ mod simulate_arm;
 mod snapshot;
 mod state;
 mod status;
+#[cfg(test)]
+mod tests;
 
+use std::future::Future;
 use std::process::ExitCode;
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
+
+use exit::{Exit, Interrupted};
 
 pub use common::{Global, OutputFormat};
 
@@ -59,15 +66,11 @@ pub(crate) enum Command {
     Serve(serve::Args),
 }
 
-/// Parses arguments, runs the command, maps the result to DESIGN §8's exit codes.
+/// Parses arguments, runs the command, maps the result to the exit codes (`exit.rs`).
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(e) => return exit::clap_error(&e),
     };
     common::init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -77,14 +80,14 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
+            return Exit::BadInput.into();
         }
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Rehearse(a) => rehearse::run(&cli.global, a).await,
-            Command::Plan(a) => plan::run(&cli.global, a).await,
-            Command::Run(a) => run::run(&cli.global, a).await,
+            Command::Rehearse(a) => interruptible(rehearse::run(&cli.global, a)).await,
+            Command::Plan(a) => interruptible(plan::run(&cli.global, a)).await,
+            Command::Run(a) => interruptible(run::run(&cli.global, a)).await,
             Command::Status(a) => status::run(&cli.global, a).await,
             Command::Retry(a) => retry::run(&cli.global, a).await,
             Command::Rollback(a) => rollback::run(&cli.global, a).await,
@@ -99,10 +102,23 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             // One line, with the cause chain: what went wrong and what to do.
-            let e: &(dyn std::error::Error + 'static) = e.as_ref();
-            eprintln!("error: {}", crate::error::Chain(e));
-            // Parked targets return exit 1 as a report, not an error: errors are bad input.
-            ExitCode::from(2)
+            let exit = Exit::of_error(&e);
+            let cause: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}{}", crate::error::Chain(cause), exit.hint());
+            exit.into()
         }
+    }
+}
+
+/// A command that holds a state file, stopped cleanly by Ctrl-C: its future is dropped, and
+/// with it the guards that remove the lock file and any temporary state.
+async fn interruptible(work: impl Future<Output = Result<ExitCode>>) -> Result<ExitCode> {
+    tokio::select! {
+        // In this order: the handler is installed (on its first poll) before the command
+        // starts, so a Ctrl-C never meets the default handler that would kill the process
+        // with its files in place. When no handler can be installed, the command runs as is.
+        biased;
+        Ok(()) = tokio::signal::ctrl_c() => Err(Interrupted.into()),
+        result = work => result,
     }
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
 use super::common::Global;
+use super::exit::Exit;
 
 /// The app definition, compiled in from the repository so the binary packages itself.
 const HOST_JSON: &str = include_str!("../../host.json");
@@ -50,7 +51,7 @@ pub(crate) async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
     write_zip(&zip_path, &files)?;
     eprintln!("wrote {} and {}", args.out.display(), zip_path.display());
     println!("{}", zip_path.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done.into())
 }
 
 /// (path inside the app, contents, executable?)

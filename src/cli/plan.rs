@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
-use super::common::{self, Global, OutputFormat, Scope};
+use super::common::{self, Global, OutputFormat, Scope, TempState};
 use super::run::migrate;
 use crate::azure::ResourceId;
 use crate::migration::fleet_plan::{self, Forecasts, PlanFile, PlanInputs};
@@ -34,7 +34,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let contract = local::contract(&policy, &apps, &global.arm_endpoint, true, None);
     let scope_text = contract.scope.clone();
     let forecasts = Arc::new(Forecasts::default());
-    let state = std::env::temp_dir().join(format!("vnet-migrate-plan-{}.db", uuid::Uuid::new_v4()));
+    let state = TempState::new("plan");
     let scope = LocalScope {
         arm,
         policy: Arc::new(policy.clone()),
@@ -44,14 +44,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         applied: None,
         forecasts: Some(forecasts.clone()),
     };
-    let report = match StateFile::open(&state) {
-        Ok(file) => migrate(global, scope, (file, Start::New(contract)), true).await,
-        Err(e) => Err(e.into()),
-    };
-    for suffix in ["", "-wal", "-shm", ".lock"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", state.display()));
-    }
-    let report = report?;
+    let file = StateFile::open(state.path())?;
+    let report = migrate(global, scope, (file, Start::New(contract)), true).await?;
     let outcomes = report
         .targets
         .iter()

@@ -7,11 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
-use super::common::{self, Global};
+use super::common::{self, Global, TempState};
 use super::run::migrate;
 use crate::azure::arm::{ArmClient, ArmConfig};
 use crate::azure::credential::StaticToken;
-use crate::azure::ResourceId;
 use crate::migration::local::{self, Scope as LocalScope};
 use crate::pipeline::local::{Start, StateFile};
 use crate::policy::Policy;
@@ -29,7 +28,7 @@ pub(crate) struct Args {
     #[arg(long, default_value = "none")]
     pub(crate) faults: FaultProfile,
     /// Time compression: divides latencies and delays, multiplies ARM's rate limits.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, value_parser = common::speed_arg)]
     pub(crate) speed: f64,
     /// State file (default: a fresh temporary file).
     #[arg(long)]
@@ -40,7 +39,6 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
-    common::check_speed(args.speed)?;
     let policy = match &args.policy {
         Some(p) => Policy::load(p)?,
         None => Policy::default(),
@@ -65,19 +63,16 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         .serve(([127, 0, 0, 1], 0).into())
         .await
         .context("cannot start the ARM simulator")?;
-    let write_scope: Vec<ResourceId> = subs
-        .iter()
-        .map(|s| ResourceId::subscription_id(s))
-        .collect();
-    let config = ArmConfig::new(server.url(), write_scope).time_compressed(args.speed);
+    let config =
+        ArmConfig::new(server.url(), common::write_scope(&subs)?).time_compressed(args.speed);
     let arm = ArmClient::new(config, std::sync::Arc::new(StaticToken::new("rehearsal")))?;
-    // Only the temporary state file this command made is removed at the end; one given
-    // with --state is kept (for `status`), wherever it is.
-    let temporary = args.state.is_none();
+    // Without `--state`, a temporary state removed on every way out of the command.
+    let temp;
     let state = match args.state {
         Some(p) => p,
         None => {
-            std::env::temp_dir().join(format!("vnet-migrate-rehearse-{}.db", uuid::Uuid::new_v4()))
+            temp = TempState::new("rehearse");
+            temp.path().to_path_buf()
         }
     };
     let file = StateFile::open(&state)?;
@@ -120,11 +115,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     }
     anyhow::ensure!(
         violations.is_empty(),
-        "rehearsal broke invariants:\n  {}",
-        violations.join("\n  ")
+        "rehearsal broke {} invariant(s): {}",
+        violations.len(),
+        violations.join("; ")
     );
-    if temporary {
-        let _ = std::fs::remove_file(&state);
-    }
     Ok(code)
 }

@@ -184,12 +184,10 @@ pub(crate) async fn execute(
     let subs = common::subscriptions(&policy, &apps)?;
     // A dry run gets a client that may write nowhere: the steps already write nothing in a
     // dry run, and a client that refuses every write makes sure of it.
-    let write_scope: Vec<ResourceId> = if dry_run {
+    let write_scope = if dry_run {
         Vec::new()
     } else {
-        subs.iter()
-            .map(|s| ResourceId::subscription_id(s))
-            .collect()
+        common::write_scope(&subs)?
     };
     let arm = common::arm_client(global, write_scope)?;
     let scope = LocalScope {

@@ -11,11 +11,11 @@ use clap::Args as ClapArgs;
 use futures::future::BoxFuture;
 
 use super::common::{self, Global};
+use super::exit::Exit;
 use crate::azure::credential::{credential_from_settings, CredentialKind, TokenSource};
 use crate::azure::servicebus::{
     endpoint_from_env, BearerSource, ServiceBusClient, ServiceBusError, SERVICEBUS_SCOPE,
 };
-use crate::azure::ResourceId;
 use crate::functions::handler::{router, Handler};
 use crate::migration::{Migration, StepContext};
 use crate::pipeline::engine::Engine;
@@ -83,12 +83,7 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
             path.display()
         );
     }
-    let write_scope: Vec<ResourceId> = policy
-        .scope
-        .subscriptions
-        .iter()
-        .map(|s| ResourceId::subscription_id(s))
-        .collect();
+    let write_scope = common::write_scope(&policy.scope.subscriptions)?;
     // Under Functions the default identity is the app's managed identity, not developer tools.
     let kind_text = env("VNET_MIGRATE_CREDENTIAL").unwrap_or_else(|| "managed-identity".into());
     let kind: CredentialKind = kind_text.parse().context("VNET_MIGRATE_CREDENTIAL")?;
@@ -145,5 +140,5 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
     axum::serve(listener, router(Arc::new(handler)))
         .await
         .context("serving")?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done.into())
 }

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args as ClapArgs;
 
 use super::common::Global;
+use super::exit::Exit;
 use crate::sim::{FaultProfile, SimOptions};
 
 #[derive(Debug, ClapArgs)]
@@ -15,14 +16,13 @@ pub(crate) struct Args {
     /// 0 picks a free port.
     #[arg(long, default_value_t = 0)]
     pub(crate) port: u16,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::common::speed_arg)]
     pub(crate) speed: f64,
     #[arg(long, default_value = "none")]
     pub(crate) faults: FaultProfile,
 }
 
 pub(crate) async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
-    super::common::check_speed(args.speed)?;
     // With neither, an empty ARM: clients create what they need (as the az CLI recordings do).
     let fleet = args.source.load()?.unwrap_or_default();
     let options = SimOptions {
@@ -32,5 +32,5 @@ pub(crate) async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
         ..SimOptions::default()
     };
     crate::sim::run_simulate_arm(fleet, options, args.port).await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done.into())
 }

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
 use super::common::{self, Global, Scope};
+use super::exit::Exit;
 use crate::azure::ResourceId;
 use crate::migration::snapshot;
 
@@ -33,5 +34,5 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         fleet.resources.len(),
         args.out.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done.into())
 }

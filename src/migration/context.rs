@@ -65,9 +65,11 @@ impl StepError {
         }
     }
 
-    /// The cause an outcome names: the ARM error code, or the HTTP status.
+    /// The cause an outcome names: the ARM error code, or the HTTP status; a refusal of the
+    /// client's own scope guard by that name (it sent nothing, so ARM was not unreachable).
     fn cause(&self) -> Cause {
         match self {
+            StepError::Arm(ArmError::OutOfScope { .. }) => Cause::OutOfScope,
             StepError::Arm(a) => match (a.code(), a.status()) {
                 (Some(code), _) => Cause::Arm(code.to_string()),
                 (None, Some(status)) => Cause::Http(status),
@@ -273,6 +275,25 @@ mod tests {
         });
         assert_eq!(failed.retry(), Retry::Counted);
         assert_eq!(arm(400, "BadRequest", None).retry(), Retry::Never);
+    }
+
+    #[test]
+    fn causes_name_what_happened() {
+        assert_eq!(
+            arm(409, "Conflict", None).cause(),
+            Cause::Arm("Conflict".into())
+        );
+        let refused = StepError::Arm(ArmError::OutOfScope {
+            method: "PUT".into(),
+            path: "/subscriptions/other/resourceGroups/rg".into(),
+        });
+        assert_eq!(refused.cause(), Cause::OutOfScope);
+        assert_eq!(refused.retry(), Retry::Never);
+        let unanswered = StepError::Arm(ArmError::Timeout {
+            method: "GET".into(),
+            path: "/x".into(),
+        });
+        assert_eq!(unanswered.cause(), Cause::ArmUnreachable);
     }
 
     #[test]

@@ -241,7 +241,7 @@ mod tests {
         });
         let sim = Simulator::new(b.build(), SimOptions::instant());
         let server = sim.serve(([127, 0, 0, 1], 0).into()).await.unwrap();
-        let scope = vec![ResourceId::subscription_id(plans[0].subscription())];
+        let scope = vec![ResourceId::subscription_id(plans[0].subscription()).unwrap()];
         let arm = ArmClient::new(
             ArmConfig::new(server.url(), scope),
             Arc::new(StaticToken::new("t")),

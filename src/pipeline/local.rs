@@ -62,21 +62,55 @@ pub struct Finished {
 }
 
 /// Holds `{state}.lock` for the life of the run: one runner per state file, so leases left by
-/// a crashed runner can be released at start.
+/// a crashed runner can be released at start. The holder removes the file when it lets go, on
+/// every way out of the run (errors, and Ctrl-C, which drops the run): it removes it while
+/// still holding the lock, so the file removed is never one another process holds.
 struct StateLock {
+    path: PathBuf,
+    /// Closed after `drop` has removed the path, which releases the lock.
     _held: File,
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 fn lock_state(state: &Path) -> Result<StateLock, LocalRunError> {
     let path = PathBuf::from(format!("{}.lock", state.display()));
-    let f = File::create(&path).map_err(|source| LocalRunError::Lock {
-        path: path.display().to_string(),
-        source,
-    })?;
-    f.try_lock().map_err(|_| LocalRunError::InUse {
-        path: state.display().to_string(),
-    })?;
-    Ok(StateLock { _held: f })
+    loop {
+        let f = File::create(&path).map_err(|source| LocalRunError::Lock {
+            path: path.display().to_string(),
+            source,
+        })?;
+        f.try_lock().map_err(|_| LocalRunError::InUse {
+            path: state.display().to_string(),
+        })?;
+        // A holder that let go between our open and our lock removed the file we locked: a
+        // process opening the path now would create another, so lock that one instead.
+        if is_at(&f, &path) {
+            return Ok(StateLock { path, _held: f });
+        }
+    }
+}
+
+/// Whether `path` still names the open file `f`.
+fn is_at(f: &File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (f.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    // Elsewhere an open file cannot be removed, so the path still names it.
+    #[cfg(not(unix))]
+    {
+        let _ = (f, path);
+        true
+    }
 }
 
 /// Whether a process holds the state file's lock now (a runner is working on it). Never
@@ -219,5 +253,33 @@ impl LocalRun {
             stats,
             resumed,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lock file exists while held, refuses a second holder, and goes with its holder.
+    #[test]
+    fn the_lock_file_lives_as_long_as_its_holder() {
+        let dir = std::env::temp_dir().join(format!("vnet-migrate-lock-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("s.db");
+        let lock_file = dir.join("s.db.lock");
+        let held = lock_state(&state).unwrap();
+        assert!(lock_file.exists());
+        assert!(matches!(
+            lock_state(&state),
+            Err(LocalRunError::InUse { .. })
+        ));
+        // The refused opener did not remove the holder's file.
+        assert!(lock_file.exists());
+        drop(held);
+        assert!(!lock_file.exists());
+        let again = lock_state(&state).unwrap();
+        assert!(lock_file.exists());
+        drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use super::reason::RollbackReason;
 use crate::azure::models::{KeyVaultStatus, OutboundVnetRouting};
+use crate::azure::resource_id::{Malformed, ResourceIdError, ResourceKind};
 use crate::azure::ResourceId;
 
 pub(crate) const MESSAGE_VERSION: u32 = 1;
@@ -207,6 +208,9 @@ pub enum MessageError {
         "step message version {0} is not supported (this build reads version {MESSAGE_VERSION})"
     )]
     Version(u32),
+    /// An id of the wrong kind for its field: the step would read or write another resource.
+    #[error("step message: {0}")]
+    Id(#[from] ResourceIdError),
 }
 
 impl StepMessage {
@@ -278,7 +282,27 @@ impl StepMessage {
             }
         }
         let m: StepMessage = serde_json::from_slice(bytes)?;
+        m.check_kinds()?;
         Ok(m)
+    }
+
+    /// Each id is of the kind its field holds, and a planned subnet lies in the planned VNet.
+    fn check_kinds(&self) -> Result<(), ResourceIdError> {
+        self.target.check_kind(ResourceKind::TARGETS)?;
+        if let Some(p) = &self.plan {
+            p.vnet.check_kind(&[ResourceKind::VirtualNetwork])?;
+            p.subnet.check_kind(&[ResourceKind::Subnet])?;
+            if p.subnet.vnet().as_ref() != Some(&p.vnet) {
+                return Err(ResourceIdError {
+                    id: p.subnet.to_string(),
+                    why: Malformed::NotBelow(p.vnet.to_string()),
+                });
+            }
+        }
+        if let Some(g) = &self.gateway {
+            g.vnet_resource_id.check_kind(ResourceKind::ANY_VNET)?;
+        }
+        Ok(())
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -373,6 +397,38 @@ mod tests {
             br#"{"v":1,"run":"r","target":"/subscriptions/s","step":"teleport"}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn ids_of_the_wrong_kind_are_refused() {
+        let site = "/subscriptions/s/resourceGroups/r/providers/Microsoft.Web/sites/a";
+        let vnet =
+            "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v";
+        let msg = |target: &str, extra: &str| {
+            format!(r#"{{"v":1,"run":"r","target":"{target}","step":"connect"{extra}}}"#)
+        };
+        let plan = |v: &str, s: &str| {
+            format!(
+                r#","plan":{{"vnet":"{v}","subnet":"{s}","prefix":"10.0.0.0/26","create":true}}"#
+            )
+        };
+        assert!(StepMessage::decode(
+            msg(site, &plan(vnet, &format!("{vnet}/subnets/a"))).as_bytes()
+        )
+        .is_ok());
+        for (raw, want) in [
+            (msg("/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/sites/a", ""), "expected a Microsoft.Web/sites or Microsoft.Web/sites/slots id"),
+            (msg(vnet, ""), "got a Microsoft.Network/virtualNetworks id"),
+            (msg(&format!("{site}/..", ), ""), "relative segment"),
+            (msg(&format!("{site}%2F.."), ""), "holds '%'"),
+            (msg(site, &plan(&format!("{vnet}/subnets/a"), &format!("{vnet}/subnets/a"))), "expected a Microsoft.Network/virtualNetworks id"),
+            (msg(site, &plan(vnet, vnet)), "expected a Microsoft.Network/virtualNetworks/subnets id"),
+            (msg(site, &plan(vnet, "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/other/subnets/a")), "not below"),
+            (msg(site, &format!(r#","gateway":{{"name":"v","vnetResourceId":"{site}"}}"#)), "got a Microsoft.Web/sites id"),
+        ] {
+            let e = StepMessage::decode(raw.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(want), "{raw}: {e}");
+        }
     }
 
     #[test]

@@ -112,7 +112,11 @@ pub enum Cause {
     Arm(String),
     /// An HTTP status that came without an error code (`http-500`).
     Http(u16),
+    /// No answer from ARM (transport errors, timeouts), or no credential for it.
     ArmUnreachable,
+    /// The ARM client refused the write itself: its target lies outside the configured write
+    /// scope (the subscriptions of the run). Nothing was sent.
+    OutOfScope,
     LedgerUnavailable,
     UnexpectedState,
     Health(HealthFailure),
@@ -124,6 +128,7 @@ impl fmt::Display for Cause {
             Cause::Arm(code) => f.write_str(code),
             Cause::Http(status) => write!(f, "http-{status}"),
             Cause::ArmUnreachable => f.write_str("arm-unreachable"),
+            Cause::OutOfScope => f.write_str("out-of-scope"),
             Cause::LedgerUnavailable => f.write_str("ledger-unavailable"),
             Cause::UnexpectedState => f.write_str("unexpected-state"),
             Cause::Health(h) => h.fmt(f),
@@ -141,6 +146,7 @@ impl FromStr for Cause {
         Ok(match s {
             "" => return Err(unknown()),
             "arm-unreachable" => Cause::ArmUnreachable,
+            "out-of-scope" => Cause::OutOfScope,
             "ledger-unavailable" => Cause::LedgerUnavailable,
             "unexpected-state" => Cause::UnexpectedState,
             _ => {
@@ -317,6 +323,7 @@ mod tests {
                 Cause::Arm("AnotherOperationInProgress".into()),
                 Cause::Http(503),
                 Cause::ArmUnreachable,
+                Cause::OutOfScope,
                 Cause::LedgerUnavailable,
                 Cause::UnexpectedState,
                 Cause::Health(HealthFailure::ProbeFailed),
@@ -340,6 +347,15 @@ mod tests {
         assert_eq!(
             ParkReason::Handshake(HandshakeFailure::GatewayMissing).to_string(),
             "gateway-missing"
+        );
+        let refused = ParkReason::StepFailed {
+            step: Step::PrepareSubnet,
+            cause: Cause::OutOfScope,
+        };
+        assert_eq!(refused.to_string(), "prepare-subnet-failed:out-of-scope");
+        assert_eq!(
+            "prepare-subnet-failed:out-of-scope".parse::<ParkReason>(),
+            Ok(refused)
         );
     }
 

@@ -70,7 +70,8 @@ impl FleetBuilder {
     /// A `Microsoft.Resources/resourceGroups` entry; idempotent. Resource groups are created
     /// implicitly by the other methods too (ARM refuses writes into a missing group).
     pub fn resource_group(&mut self, rg: &str, location: &str) -> ResourceId {
-        let id = ResourceId::resource_group_id(&self.subscription, rg);
+        let id = ResourceId::resource_group_id(&self.subscription, rg)
+            .unwrap_or_else(|e| panic!("FleetBuilder: {e}"));
         if !self.index.contains_key(id.key()) {
             self.put(json!({
                 "id": id.as_str(),

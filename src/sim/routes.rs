@@ -11,6 +11,7 @@ use super::reply::{Ctx, Reply};
 use super::state::State;
 use super::store::{merge, type_key};
 use super::web;
+use crate::azure::resource_id::NameRule;
 use crate::azure::{ResourceId, ResourceKind};
 
 const PAGE_SIZE: usize = 50;
@@ -30,6 +31,10 @@ pub(super) fn route(
         return Reply::not_simulated(&format!("{method} {path}"));
     }
     let sub = segs[1];
+    let sub_id = match subscription_scope(sub) {
+        Ok(id) => id,
+        Err(reply) => return reply,
+    };
     match (method, l.len(), l.get(2).map(String::as_str)) {
         ("GET", 2, _) => {
             return Reply::ok(
@@ -38,10 +43,9 @@ pub(super) fn route(
         }
         ("GET", 3, Some("locations")) => return Reply::ok(locations(sub)),
         ("GET", 3, Some("resourcegroups")) => {
-            let groups: Vec<Value> = st.store.of_type_within(
-                "microsoft.resources/resourcegroups",
-                &ResourceId::subscription_id(sub),
-            );
+            let groups: Vec<Value> = st
+                .store
+                .of_type_within("microsoft.resources/resourcegroups", &sub_id);
             return page(groups, ctx, path, query);
         }
         (_, _, Some("providers")) => {
@@ -50,7 +54,25 @@ pub(super) fn route(
         (_, n, Some("resourcegroups")) if n >= 4 => {}
         _ => return Reply::not_simulated(&format!("{method} {path}")),
     }
-    let rg = ResourceId::resource_group_id(sub, segs[3]);
+    // ARM checks the group's name on every request, reads included: 400
+    // `InvalidResourceGroup` (Azure/azure-cli#14481, for `az group show`).
+    let rg = match NameRule::ResourceGroup
+        .check(segs[3])
+        .ok()
+        .and_then(|()| ResourceId::resource_group_id(sub, segs[3]).ok())
+    {
+        Some(rg) => rg,
+        None => {
+            return Reply::error(
+                400,
+                "InvalidResourceGroup",
+                format!(
+                    "The provided resource group name '{}' is invalid. The name can only be a letter, digit, '-', '.', '(', ')' or '_'.",
+                    segs[3]
+                ),
+            )
+        }
+    };
     if l.len() == 4 {
         return resource_group(st, method, &rg, body);
     }
@@ -97,6 +119,20 @@ pub(super) fn route(
     resource(st, ctx, method, &id, body)
 }
 
+/// The subscription's id. ARM answers a malformed subscription id with 400
+/// `InvalidSubscriptionId` (Azure/apiops#460). Kinder than ARM, which wants a GUID: only
+/// segments no id may hold are refused, since the simulator's test fleets use short
+/// subscription names.
+fn subscription_scope(sub: &str) -> Result<ResourceId, Reply> {
+    ResourceId::subscription_id(sub).map_err(|_| {
+        Reply::error(
+            400,
+            "InvalidSubscriptionId",
+            format!("The provided subscription identifier '{sub}' is malformed or invalid."),
+        )
+    })
+}
+
 fn subscription_provider(
     st: &mut State,
     ctx: &Ctx,
@@ -106,13 +142,16 @@ fn subscription_provider(
     l: &[String],
     query: &HashMap<String, String>,
 ) -> Reply {
-    let sub = segs[1];
+    let sub_id = match subscription_scope(segs[1]) {
+        Ok(id) => id,
+        Err(reply) => return reply,
+    };
     match (method, l.len()) {
         ("GET", 5) => {
             let ty = format!("{}/{}", l[3], l[4]);
             let items = st
                 .store
-                .of_type_within(&ty, &ResourceId::subscription_id(sub))
+                .of_type_within(&ty, &sub_id)
                 .into_iter()
                 .map(|v| render(st, ctx, v))
                 .collect();

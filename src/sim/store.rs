@@ -47,11 +47,7 @@ pub(crate) struct Store {
 /// Lowercased full type of a resource id (`microsoft.web/sites/slots`), or the ARM names of
 /// scope types.
 pub(crate) fn type_key(id: &ResourceId) -> String {
-    match id.resource_type() {
-        Some(t) => t.to_ascii_lowercase(),
-        None if id.resource_group().is_some() => "microsoft.resources/resourcegroups".into(),
-        None => "microsoft.resources/subscriptions".into(),
-    }
+    id.type_name().to_ascii_lowercase()
 }
 
 impl Store {

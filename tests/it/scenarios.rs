@@ -46,6 +46,36 @@ async fn same_region_migration() {
     rig.assert_invariants(&report);
 }
 
+/// The app's gateway VNet sits in a subscription the run may not write to (its sites are all
+/// in another): the subnet write is refused by the client's own scope guard, nothing is sent,
+/// and the target is parked naming that cause, `out-of-scope` (it read `arm-unreachable`).
+#[tokio::test]
+async fn a_vnet_outside_the_write_scope_parks_the_target_as_out_of_scope() {
+    let (b, a) = one_app();
+    // Move the `net` group (hub VNet and gateway) to a second subscription.
+    let text = serde_json::to_string(&b.build()).unwrap().replace(
+        "00000000-0000-0000-0000-000000000001/resourceGroups/net",
+        "00000000-0000-0000-0000-000000000002/resourceGroups/net",
+    );
+    let rig = Rig::start(serde_json::from_str::<Fleet>(&text).unwrap()).await;
+    assert_eq!(
+        rig.subscriptions(),
+        ["00000000-0000-0000-0000-000000000001"]
+    );
+    let report = rig.run(&Policy::default(), "s.db").await;
+    assert_eq!(
+        outcome(&report, &a),
+        "parked:prepare-subnet-failed:out-of-scope"
+    );
+    assert_eq!(
+        rig.sim.stats().writes,
+        0,
+        "the refused write never left the client"
+    );
+    assert_eq!(rig.gateway_connections(&a), 1);
+    rig.assert_invariants(&report);
+}
+
 #[tokio::test]
 async fn cross_region_with_connected_peering_uses_the_local_vnet() {
     let mut b = base();

@@ -1258,3 +1258,37 @@ async fn concurrent_subnet_write_in_one_vnet_is_refused() {
     );
     server.shutdown().await;
 }
+
+/// ARM checks the subscription id and the resource group name of every path, reads included:
+/// 400 `InvalidSubscriptionId` (Azure/apiops#460) and 400 `InvalidResourceGroup`
+/// (Azure/azure-cli#14481). The simulator passed them on to its id parser.
+#[tokio::test]
+async fn malformed_subscription_and_group_in_a_path_are_400() {
+    let (_sim, server) = start(Vec::new(), SimOptions::instant()).await;
+    let c = reqwest::Client::new();
+    let base = server.url();
+    let r = call(
+        &c,
+        "GET",
+        &format!("{base}/subscriptions/a%25b/resourceGroups?api-version=2022-09-01"),
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (400, "InvalidSubscriptionId"));
+    for rg in ["rg.", "a%20", "a!b", "%25"] {
+        for (method, body) in [("GET", None), ("PUT", Some(r#"{"location":"westeurope"}"#))] {
+            let url =
+                format!("{base}/subscriptions/{SUB}/resourceGroups/{rg}?api-version=2022-09-01");
+            let r = call(&c, method, &url, body).await;
+            assert_eq!(
+                (r.status, r.code()),
+                (400, "InvalidResourceGroup"),
+                "{method} {rg}"
+            );
+        }
+    }
+    let url =
+        format!("{base}/subscriptions/{SUB}/resourceGroups/rg-(ok)_1.x?api-version=2022-09-01");
+    let r = call(&c, "GET", &url, None).await;
+    assert_eq!((r.status, r.code()), (404, "ResourceGroupNotFound"));
+}

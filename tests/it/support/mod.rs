@@ -234,7 +234,7 @@ pub fn arm_client(config: ArmConfig, token: &str) -> ArmClient {
 pub fn arm_for(url: &str, subs: &[String]) -> ArmClient {
     let scope = subs
         .iter()
-        .map(|s| ResourceId::subscription_id(s))
+        .map(|s| ResourceId::subscription_id(s).unwrap())
         .collect();
     let mut c = loopback_arm_config(url, scope);
     c.request_timeout = Duration::from_secs(10);
