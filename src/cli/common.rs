@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args as ClapArgs, ValueEnum};
+use clap::Args as ClapArgs;
 
 use super::exit::Exit;
 use crate::azure::arm::{ArmClient, ArmConfig};
@@ -20,18 +20,23 @@ use crate::azure::ResourceId;
 use crate::policy::Policy;
 use crate::report::Report;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum OutputFormat {
-    #[default]
-    Table,
-    Json,
-}
+pub use super::output::OutputFormat;
 
 #[derive(Debug, ClapArgs)]
 pub struct Global {
-    /// `table` for people, `json` for machines (stdout then carries only the JSON document).
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    /// `table` for people, `json` for machines (stdout then carries only the JSON document),
+    /// `tsv` for shell scripts (values only, tab-separated).
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub(crate) output: OutputFormat,
+    /// JMESPath query applied to the JSON document before it is printed (as in the az CLI).
+    #[arg(long, global = true, value_name = "JMESPATH")]
+    pub(crate) query: Option<String>,
+    /// More log lines on stderr (info); `VNET_MIGRATE_LOG` or `RUST_LOG` set the filter exactly.
+    #[arg(long, global = true)]
+    pub(crate) verbose: bool,
+    /// Every log line on stderr (debug), HTTP calls included.
+    #[arg(long, global = true)]
+    pub(crate) debug: bool,
     /// ARM base URL (sovereign clouds, the simulator).
     #[arg(
         long,
@@ -62,7 +67,7 @@ pub struct Global {
 pub(crate) struct Scope {
     /// Only this resource group (its name, or its id when the name is in several
     /// subscriptions; repeatable).
-    #[arg(long = "resource-group", value_parser = resource_group_arg)]
+    #[arg(short = 'g', long = "resource-group", value_parser = resource_group_arg)]
     pub(crate) resource_groups: Vec<String>,
     /// Only this app (ARM id of a site or slot; repeatable).
     #[arg(long = "app")]
@@ -75,10 +80,19 @@ pub(crate) struct Scope {
     pub policy: Option<PathBuf>,
 }
 
-pub(crate) fn init_tracing() {
-    // Logs go to stderr so that `--output json` keeps stdout clean.
+pub(crate) fn init_tracing(global: &Global) {
+    // Logs go to stderr so that `--output json` keeps stdout clean. An explicit filter in the
+    // environment wins; otherwise the flags choose the level.
+    let level = if global.debug {
+        "debug"
+    } else if global.verbose {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VNET_MIGRATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -173,11 +187,17 @@ pub(crate) fn finish(
     report: &Report,
     table: impl FnOnce(&Report) -> String,
 ) -> Result<ExitCode> {
-    match global.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report)?),
-        OutputFormat::Table => print!("{}", table(report)),
-    }
+    emit(global, report, || table(report))?;
     Ok(Exit::of_report(report).into())
+}
+
+/// Prints a command's document as `-o` and `--query` ask (`table` is its own layout).
+pub(crate) fn emit(
+    global: &Global,
+    doc: &impl serde::Serialize,
+    table: impl FnOnce() -> String,
+) -> Result<()> {
+    super::output::print(global.output, global.query.as_deref(), doc, table)
 }
 
 /// Where a simulated fleet comes from: a fleet file, or the deterministic generator.

@@ -2,6 +2,7 @@
 
 mod common;
 mod exit;
+mod output;
 mod package;
 mod plan;
 mod rehearse;
@@ -72,7 +73,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return exit::clap_error(&e),
     };
-    common::init_tracing();
+    common::init_tracing(&cli.global);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

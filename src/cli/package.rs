@@ -37,7 +37,11 @@ const EXECUTABLE: &str = "vnet-migrate";
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
     /// Output folder; the zip is written beside it as FOLDER.zip.
-    #[arg(short = 'o', long = "out", default_value = "dist/functionapp")]
+    #[arg(
+        long = "out-file",
+        value_name = "DIR",
+        default_value = "dist/functionapp"
+    )]
     pub(crate) out: PathBuf,
 }
 

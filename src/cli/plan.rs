@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
-use super::common::{self, Global, OutputFormat, Scope, TempState};
+use super::common::{self, Global, Scope, TempState};
 use super::run::migrate;
 use crate::azure::ResourceId;
 use crate::migration::fleet_plan::{self, Forecasts, PlanFile, PlanInputs};
@@ -64,23 +64,23 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         outcomes,
         forecasts: &forecasts,
     });
-    let json = serde_json::to_string_pretty(&plan)?;
-    match (&args.out_file, global.output) {
-        (Some(path), _) => {
-            std::fs::write(path, &json)
+    match &args.out_file {
+        Some(path) => {
+            let json = serde_json::to_string_pretty(&plan)?;
+            std::fs::write(path, json)
                 .with_context(|| format!("cannot write the plan file {}", path.display()))?;
-            print!("{}", summary(&plan));
-            println!(
-                "plan saved to {}: review it, then `vnet-migrate run --plan {}`",
-                path.display(),
-                path.display()
-            );
+            common::emit(global, &plan.totals, || {
+                format!(
+                    "{}plan saved to {}: review it, then `vnet-migrate run --plan {}`\n",
+                    summary(&plan),
+                    path.display(),
+                    path.display()
+                )
+            })?;
         }
-        (None, OutputFormat::Json) => println!("{json}"),
-        (None, OutputFormat::Table) => {
-            print!("{}", forecast_table(&plan));
-            print!("{}", summary(&plan));
-        }
+        None => common::emit(global, &plan, || {
+            format!("{}{}", forecast_table(&plan), summary(&plan))
+        })?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,7 +10,7 @@ use clap::Args as ClapArgs;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::common::{self, Global, OutputFormat};
+use super::common::{self, Global};
 use super::state::operate;
 use crate::pipeline::dead_letters::{group, replayed, DeadLetters, Selection};
 use crate::pipeline::queue::Outgoing;
@@ -55,35 +55,31 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let chosen: Vec<_> = all.iter().filter(|d| selection.matches(d)).collect();
     if args.dry_run {
         let groups = group(&chosen);
-        match global.output {
-            OutputFormat::Json => {
-                let v: serde_json::Map<String, serde_json::Value> = groups
-                    .iter()
-                    .map(|(r, g)| {
-                        (
-                            r.clone(),
-                            serde_json::json!({"count": g.count, "first": when(g.first), "last": when(g.last)}),
-                        )
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+        let doc: serde_json::Map<String, serde_json::Value> = groups
+            .iter()
+            .map(|(r, g)| {
+                (
+                    r.clone(),
+                    serde_json::json!({"count": g.count, "first": when(g.first), "last": when(g.last)}),
+                )
+            })
+            .collect();
+        common::emit(global, &doc, || {
+            let mut s = format!("{:<40} {:>6}  {:<32} last\n", "reason", "count", "first");
+            for (r, g) in &groups {
+                s.push_str(&format!(
+                    "{r:<40} {:>6}  {:<32} {}\n",
+                    g.count,
+                    when(g.first),
+                    when(g.last)
+                ));
             }
-            OutputFormat::Table => {
-                println!("{:<40} {:>6}  {:<32} last", "reason", "count", "first");
-                for (r, g) in &groups {
-                    println!(
-                        "{r:<40} {:>6}  {:<32} {}",
-                        g.count,
-                        when(g.first),
-                        when(g.last)
-                    );
-                }
-                println!(
-                    "{} dead-lettered message(s) would be replayed (nothing was changed)",
-                    chosen.len()
-                );
-            }
-        }
+            s.push_str(&format!(
+                "{} dead-lettered message(s) would be replayed (nothing was changed)\n",
+                chosen.len()
+            ));
+            s
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
     anyhow::ensure!(

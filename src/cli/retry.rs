@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::Args as ClapArgs;
 use time::OffsetDateTime;
 
-use super::common::{self, Global, OutputFormat};
+use super::common::{self, Global};
 use super::state::operate;
 use crate::azure::ResourceId;
 use crate::functions::handler::resume_message;
@@ -104,20 +104,18 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         by_reason.entry(label).or_default().push(&t.target);
     }
     if args.dry_run {
-        match global.output {
-            OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&by_reason)?),
-            OutputFormat::Table => {
-                println!("{:<60} {:>7}", "reason", "targets");
-                for (label, ids) in &by_reason {
-                    println!("{label:<60} {:>7}", ids.len());
-                }
-                println!(
-                    "{} target(s) of run {} would be retried (nothing was changed)",
-                    chosen.len(),
-                    op.run
-                );
+        common::emit(global, &by_reason, || {
+            let mut s = format!("{:<60} {:>7}\n", "reason", "targets");
+            for (label, ids) in &by_reason {
+                s.push_str(&format!("{label:<60} {:>7}\n", ids.len()));
             }
-        }
+            s.push_str(&format!(
+                "{} target(s) of run {} would be retried (nothing was changed)\n",
+                chosen.len(),
+                op.run
+            ));
+            s
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
     anyhow::ensure!(

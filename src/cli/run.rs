@@ -68,7 +68,9 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             )
         })
         .transpose()?;
-    // Nothing is created for a command that cannot run.
+    // Nothing is created for a command that cannot run: the connection settings (credential
+    // kind, loopback rules) are checked before the state file is opened.
+    common::arm_client(global, Vec::new())?;
     anyhow::ensure!(
         scope_given || path.exists() || plan.is_some(),
         "no scope: pass --subscription (or --app, or scope.subscriptions in the policy), or --state of a run to resume"

@@ -89,6 +89,9 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
     let kind: CredentialKind = kind_text.parse().context("VNET_MIGRATE_CREDENTIAL")?;
     let arm_global = Global {
         output: global.output,
+        query: None,
+        verbose: global.verbose,
+        debug: global.debug,
         arm_endpoint: global.arm_endpoint.clone(),
         credential: kind_text.clone(),
         subscriptions: Vec::new(),

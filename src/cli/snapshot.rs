@@ -16,7 +16,7 @@ pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) scope: Scope,
     /// Where to write the fleet file.
-    #[arg(short = 'o', long = "out")]
+    #[arg(long = "out-file", value_name = "FILE")]
     pub(crate) out: PathBuf,
 }
 

@@ -74,11 +74,13 @@ pub(crate) struct Operated {
 
 pub(crate) fn operate(path: &Path, run: Option<&str>, global: &Global) -> anyhow::Result<Operated> {
     let shown = path.display().to_string();
-    // An operator command never creates a state file.
+    // An operator command never creates a state file, and checks its connection settings
+    // before it changes one.
     anyhow::ensure!(
         path.exists(),
         "state file {shown} does not exist: pass the --state of a run"
     );
+    super::common::arm_client(global, Vec::new())?;
     let state = StateFile::open(path)?;
     let wanted = run.map(|r| RunId(r.to_string()));
     let Some(found) = state.store().run_state(wanted.as_ref())? else {

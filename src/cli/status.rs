@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
 
-use super::common::{Global, OutputFormat};
+use super::common::{self, Global, OutputFormat};
 use crate::azure::ResourceId;
 use crate::pipeline::dead_letters::DeadLetters;
 use crate::pipeline::ledger::{Ledger, StepLogEntry, TargetRecord};
@@ -142,16 +142,11 @@ async fn show_run(
     } else {
         ExitCode::SUCCESS
     };
-    match global.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&view)?),
-        OutputFormat::Table => {
-            if clear {
-                // Refresh in place: home the cursor and clear the screen.
-                print!("\x1b[H\x1b[2J");
-            }
-            print!("{}", run_table(&view, &records));
-        }
+    if clear && global.output == OutputFormat::Table {
+        // Refresh in place: home the cursor and clear the screen.
+        print!("\x1b[H\x1b[2J");
     }
+    common::emit(global, &view, || run_table(&view, &records))?;
     Ok(code)
 }
 
@@ -257,10 +252,7 @@ async fn show_app(
         simulated_seconds: scale.is_some(),
         steps,
     };
-    match global.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&view)?),
-        OutputFormat::Table => print!("{}", app_table(&view)),
-    }
+    common::emit(global, &view, || app_table(&view))?;
     Ok(match t.outcome {
         Some(o) if o.kind() != "parked" => ExitCode::SUCCESS,
         _ => ExitCode::from(1),

@@ -513,7 +513,7 @@ fn run_over_http_killed_and_resumed_matches_rehearse_and_snapshot_round_trips() 
         url.as_str(),
         "--credential",
         "static",
-        "-o",
+        "--out-file",
         snap_out.as_str(),
     ];
     for s in &subs {
@@ -610,7 +610,7 @@ fn run_over_http_killed_and_resumed_matches_rehearse_and_snapshot_round_trips() 
 fn package_writes_a_deployable_folder_and_zip() {
     let dir = TempDir::new();
     let out_dir = dir.file("app");
-    let out = run(&["package", "-o", out_dir.to_str().unwrap()]);
+    let out = run(&["package", "--out-file", out_dir.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
