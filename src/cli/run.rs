@@ -259,6 +259,7 @@ pub(crate) async fn migrate(
         runner,
         origin: std::env::args().collect::<Vec<_>>().join(" "),
         progress: global.output == common::OutputFormat::Table,
+        rollout: Default::default(),
     };
     let finished = migrate_locally(local, state, start, scope).await?;
     let records = finished.store.targets(&finished.run).await?;

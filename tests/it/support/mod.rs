@@ -367,6 +367,7 @@ impl Rig {
             },
             origin: "test".into(),
             progress: false,
+            rollout: Default::default(),
         };
         let scope = LocalScope {
             arm: self.arm.clone(),
