@@ -564,11 +564,8 @@ impl Policy {
 /// Fields of the published schema (DESIGN §9) that have no behaviour yet, as dotted paths.
 /// A document naming one is refused whatever its value: `"perVnet": 1` or `"windows": []`
 /// would otherwise read as a promise the runner does not keep.
-pub(crate) const UNSUPPORTED: [&str; 3] = [
-    "concurrency.perVnet",
-    "windows",
-    "subnet.sharedAcrossPlans",
-];
+pub(crate) const UNSUPPORTED: [&str; 3] =
+    ["concurrency.perVnet", "windows", "subnet.sharedAcrossPlans"];
 
 fn refuse_unsupported(doc: &Value) -> Result<(), PolicyError> {
     for field in UNSUPPORTED {
@@ -973,25 +970,101 @@ mod tests {
         ("scope.resourceGroups", "policy.rs", "scope_matching"),
         ("scope.tags", "policy.rs", "scope_matching"),
         ("scope.exclude", "policy.rs", "scope_matching"),
-        ("waves", "rollout.rs", "waves_take_sizes_and_percentages_in_a_stable_order"),
-        ("waves", "rollout_waves.rs", "four_waves_release_in_order_each_after_its_bake"),
-        ("bakeMinutes", "rollout.rs", "the_next_wave_waits_for_the_bake"),
-        ("bakeMinutes", "rollout_waves.rs", "four_waves_release_in_order_each_after_its_bake"),
-        ("gates.maxFailureRate", "rollout.rs", "a_tripped_gate_stops_until_resumed"),
-        ("gates.maxFailureRate", "rollout_waves.rs", "a_gate_tripped_in_wave_two_stops_until_resume_and_abort_cancels"),
-        ("concurrency.perSubscription", "runner.rs", "a_backlog_that_cannot_be_admitted_is_awaited_not_polled"),
-        ("gates.keyVaultReferencesMustResolve", "scenarios.rs", "key_vault_references_breaking_after_connect_park_when_policy_says_so"),
-        ("rollback", "scenarios.rs", "key_vault_references_breaking_after_connect_park_when_policy_says_so"),
-        ("subnet.namePattern", "plan.rs", "same_region_gets_a_new_preferred_subnet"),
-        ("subnet.preferredPrefix", "plan.rs", "small_space_falls_back_from_preferred_to_required"),
-        ("subnet.reuseEmptySubnets", "plan.rs", "empty_subnets_are_reused_only_when_the_policy_says_so"),
-        ("subnet.networkSecurityGroupId", "plan.rs", "subnet_linked_to_the_plan_is_reused"),
-        ("maxAttempts", "scenarios.rs", "a_subnet_write_whose_operation_fails_is_written_again"),
-        ("onDeploy", "functions_host.rs", "on_deploy_debounces_filters_and_the_event_run_completes"),
-        ("routing.allTraffic", "steps.rs", "routing_is_read_in_both_shapes"),
-        ("routing.imagePull", "steps.rs", "routing_is_read_in_both_shapes"),
-        ("routing.contentShare", "steps.rs", "routing_is_read_in_both_shapes"),
-        ("routing.backupRestore", "steps.rs", "routing_is_read_in_both_shapes"),
+        (
+            "waves",
+            "rollout.rs",
+            "waves_take_sizes_and_percentages_in_a_stable_order",
+        ),
+        (
+            "waves",
+            "rollout_waves.rs",
+            "four_waves_release_in_order_each_after_its_bake",
+        ),
+        (
+            "bakeMinutes",
+            "rollout.rs",
+            "the_next_wave_waits_for_the_bake",
+        ),
+        (
+            "bakeMinutes",
+            "rollout_waves.rs",
+            "four_waves_release_in_order_each_after_its_bake",
+        ),
+        (
+            "gates.maxFailureRate",
+            "rollout.rs",
+            "a_tripped_gate_stops_until_resumed",
+        ),
+        (
+            "gates.maxFailureRate",
+            "rollout_waves.rs",
+            "a_gate_tripped_in_wave_two_stops_until_resume_and_abort_cancels",
+        ),
+        (
+            "concurrency.perSubscription",
+            "runner.rs",
+            "a_backlog_that_cannot_be_admitted_is_awaited_not_polled",
+        ),
+        (
+            "gates.keyVaultReferencesMustResolve",
+            "scenarios.rs",
+            "key_vault_references_breaking_after_connect_park_when_policy_says_so",
+        ),
+        (
+            "rollback",
+            "scenarios.rs",
+            "key_vault_references_breaking_after_connect_park_when_policy_says_so",
+        ),
+        (
+            "subnet.namePattern",
+            "plan.rs",
+            "same_region_gets_a_new_preferred_subnet",
+        ),
+        (
+            "subnet.preferredPrefix",
+            "plan.rs",
+            "small_space_falls_back_from_preferred_to_required",
+        ),
+        (
+            "subnet.reuseEmptySubnets",
+            "plan.rs",
+            "empty_subnets_are_reused_only_when_the_policy_says_so",
+        ),
+        (
+            "subnet.networkSecurityGroupId",
+            "plan.rs",
+            "subnet_linked_to_the_plan_is_reused",
+        ),
+        (
+            "maxAttempts",
+            "scenarios.rs",
+            "a_subnet_write_whose_operation_fails_is_written_again",
+        ),
+        (
+            "onDeploy",
+            "functions_host.rs",
+            "on_deploy_debounces_filters_and_the_event_run_completes",
+        ),
+        (
+            "routing.allTraffic",
+            "steps.rs",
+            "routing_is_read_in_both_shapes",
+        ),
+        (
+            "routing.imagePull",
+            "steps.rs",
+            "routing_is_read_in_both_shapes",
+        ),
+        (
+            "routing.contentShare",
+            "steps.rs",
+            "routing_is_read_in_both_shapes",
+        ),
+        (
+            "routing.backupRestore",
+            "steps.rs",
+            "routing_is_read_in_both_shapes",
+        ),
     ];
 
     /// Fields the code honours (each is read where it acts) but no test proves yet: the gap is
@@ -1025,7 +1098,11 @@ mod tests {
         match node.get("properties").and_then(Value::as_object) {
             Some(props) => {
                 for (k, sub) in props {
-                    let at = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let at = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     leaves(schema, sub, &at, out);
                 }
             }
@@ -1043,7 +1120,11 @@ mod tests {
         let mut all = Vec::new();
         leaves(&schema, &schema, "", &mut all);
         assert!(all.len() > 20, "{all:?}");
-        let mut refused: Vec<&str> = all.iter().filter(|(_, r)| *r).map(|(p, _)| p.as_str()).collect();
+        let mut refused: Vec<&str> = all
+            .iter()
+            .filter(|(_, r)| *r)
+            .map(|(p, _)| p.as_str())
+            .collect();
         refused.sort();
         let mut unsupported = UNSUPPORTED.to_vec();
         unsupported.sort();
@@ -1078,11 +1159,20 @@ mod tests {
             }
         }
         for (f, _, _) in BEHAVIOUR {
-            assert!(all.iter().any(|(p, r)| p == f && !r), "{f} is not a schema field");
+            assert!(
+                all.iter().any(|(p, r)| p == f && !r),
+                "{f} is not a schema field"
+            );
         }
         for f in HONOURED_UNTESTED {
-            assert!(!BEHAVIOUR.iter().any(|(b, _, _)| b == f), "{f} is tested now");
-            assert!(all.iter().any(|(p, r)| p == f && !r), "{f} is not a schema field");
+            assert!(
+                !BEHAVIOUR.iter().any(|(b, _, _)| b == f),
+                "{f} is tested now"
+            );
+            assert!(
+                all.iter().any(|(p, r)| p == f && !r),
+                "{f} is not a schema field"
+            );
         }
     }
 }

@@ -186,6 +186,7 @@ mod tests {
             updated_at: now,
             finished_at: Some(now),
             cutover: Default::default(),
+            wave: None,
         }
     }
 

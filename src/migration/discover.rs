@@ -1,7 +1,6 @@
 //! `discover`: what integration does a target have now? Sites also fan out to their slots
 //! (integration is per slot and does not swap).
 
-use crate::pipeline::rollout::{Candidate, RING_TAG};
 use super::context::{StepContext, StepError};
 use super::plan_cache::integration;
 use crate::azure::models::Site;
@@ -10,6 +9,7 @@ use crate::migration::plan::Integration;
 use crate::pipeline::message::{Step, StepMessage};
 use crate::pipeline::reason::SkipReason;
 use crate::pipeline::reconciler::{StepResult, Transition};
+use crate::pipeline::rollout::{Candidate, RING_TAG};
 use crate::pipeline::Outcome;
 
 pub(crate) async fn discover(

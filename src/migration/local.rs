@@ -7,12 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::context::{Migration, StepContext};
 use super::discover::candidates_in_scope;
-use crate::pipeline::rollout::RolloutConfig;
 use super::fleet_plan::{AppliedPlan, Forecasts};
 use crate::azure::arm::ArmClient;
 use crate::azure::ResourceId;
 use crate::pipeline::contract::{self, AppliedPlanFile, RunContract};
 use crate::pipeline::local::{Finished, LocalRun, LocalRunError, Start, StateFile};
+use crate::pipeline::rollout::RolloutConfig;
 use crate::policy::Policy;
 
 /// Where a local migration works: the ARM client, the policy and the scope.

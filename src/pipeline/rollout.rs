@@ -40,12 +40,18 @@ impl Candidate {
 /// No sizes means one wave of everything. Empty waves are dropped.
 pub(crate) fn assign(mut sites: Vec<Candidate>, sizes: &[WaveSize]) -> Vec<Vec<ResourceId>> {
     sites.sort_by(|a, b| {
-        (a.id.subscription().to_ascii_lowercase(), a.ring.is_none(), &a.ring, a.id.key()).cmp(&(
-            b.id.subscription().to_ascii_lowercase(),
-            b.ring.is_none(),
-            &b.ring,
-            b.id.key(),
-        ))
+        (
+            a.id.subscription().to_ascii_lowercase(),
+            a.ring.is_none(),
+            &a.ring,
+            a.id.key(),
+        )
+            .cmp(&(
+                b.id.subscription().to_ascii_lowercase(),
+                b.ring.is_none(),
+                &b.ring,
+                b.id.key(),
+            ))
     });
     let total = sites.len();
     let mut rest = sites.into_iter().map(|c| c.id);
@@ -161,11 +167,19 @@ pub enum Decision {
     /// A released wave still has targets without an outcome.
     InFlight,
     /// The last released wave is baking until then.
-    Bake { until: OffsetDateTime },
+    Bake {
+        until: OffsetDateTime,
+    },
     /// Record `gate` for wave `index - 1` (unless recorded) and release wave `index`.
-    Release { index: u32, gate: Gate },
+    Release {
+        index: u32,
+        gate: Gate,
+    },
     /// Wave `index`'s gate tripped: record it (unless recorded) and stop; later waves untouched.
-    Stop { index: u32, gate: Gate },
+    Stop {
+        index: u32,
+        gate: Gate,
+    },
     Paused,
     /// Every wave is released and finished, or the rollout was aborted and nothing is left.
     Done,
@@ -199,9 +213,10 @@ pub(crate) fn decide(
     if now < until {
         return Decision::Bake { until };
     }
-    let gate = last.gate.clone().unwrap_or_else(|| {
-        Gate::failure_rate(last.failed, last.targets, config.max_failure_rate)
-    });
+    let gate = last
+        .gate
+        .clone()
+        .unwrap_or_else(|| Gate::failure_rate(last.failed, last.targets, config.max_failure_rate));
     if gate.passed || last.resumed {
         Decision::Release {
             index: next.index,
@@ -256,10 +271,21 @@ mod tests {
         );
         let mut reversed = sites.clone();
         reversed.reverse();
-        assert_eq!(assign(reversed, &sizes), waves, "the input order does not matter");
+        assert_eq!(
+            assign(reversed, &sizes),
+            waves,
+            "the input order does not matter"
+        );
         assert_eq!(names(&assign(sites.clone(), &[])).len(), 1);
         // Sizes beyond the fleet leave no empty waves.
-        let big = assign(sites, &[WaveSize::Count(5), WaveSize::Count(5), WaveSize::Percent(10)]);
+        let big = assign(
+            sites,
+            &[
+                WaveSize::Count(5),
+                WaveSize::Count(5),
+                WaveSize::Percent(10),
+            ],
+        );
         assert_eq!(big.iter().map(Vec::len).collect::<Vec<_>>(), vec![5, 1]);
     }
 
@@ -291,7 +317,10 @@ mod tests {
     fn the_next_wave_waits_for_the_bake() {
         let c = config(60, 0.1);
         let mut waves = vec![wave(0, Some(0), None, 0), wave(1, None, None, 0)];
-        assert_eq!(decide(&waves, Control::Running, &c, t(500)), Decision::InFlight);
+        assert_eq!(
+            decide(&waves, Control::Running, &c, t(500)),
+            Decision::InFlight
+        );
         waves[0] = wave(0, Some(0), Some(100), 1);
         assert_eq!(
             decide(&waves, Control::Running, &c, t(120)),
@@ -307,7 +336,10 @@ mod tests {
             "1 of 10 target(s) rolled back or parked (10%), within the gate's 10%"
         );
         // Pause holds the release; abort releases nothing more.
-        assert_eq!(decide(&waves, Control::Paused, &c, t(900)), Decision::Paused);
+        assert_eq!(
+            decide(&waves, Control::Paused, &c, t(900)),
+            Decision::Paused
+        );
         assert_eq!(decide(&waves, Control::Aborted, &c, t(900)), Decision::Done);
         // The last wave finished: done, whatever its failures.
         waves[1] = wave(1, Some(160), Some(300), 10);
@@ -337,7 +369,10 @@ mod tests {
         waves[1].gate = Some(gate.clone());
         assert_eq!(
             decide(&waves, Control::Running, &c, t(100_000)),
-            Decision::Stop { index: 1, gate: gate.clone() }
+            Decision::Stop {
+                index: 1,
+                gate: gate.clone()
+            }
         );
         waves[1].resumed = true;
         assert_eq!(

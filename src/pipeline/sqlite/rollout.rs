@@ -16,7 +16,7 @@ use crate::pipeline::rollout::{Control, Gate, WaveView};
 
 impl SqliteStore {
     /// The run's waves in index order, with their targets' standing now.
-    pub(crate) fn waves(&self, run: &RunId) -> Result<Vec<WaveView>, LedgerError> {
+    pub fn waves(&self, run: &RunId) -> Result<Vec<WaveView>, LedgerError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
@@ -41,7 +41,9 @@ impl SqliteStore {
                     failed: r.get(7)?,
                     released_at: r.get::<_, Option<Rfc3339>>(1)?.map(|t| t.0),
                     ended_at: last.filter(|_| terminal == targets).map(|t| t.0),
-                    gate: passed.zip(reason).map(|(passed, reason)| Gate { passed, reason }),
+                    gate: passed
+                        .zip(reason)
+                        .map(|(passed, reason)| Gate { passed, reason }),
                     resumed: r.get(4)?,
                 })
             })
@@ -50,7 +52,11 @@ impl SqliteStore {
     }
 
     /// The sites of wave `index` (its first messages go to them).
-    pub(crate) fn wave_sites(&self, run: &RunId, index: u32) -> Result<Vec<ResourceId>, LedgerError> {
+    pub(crate) fn wave_sites(
+        &self,
+        run: &RunId,
+        index: u32,
+    ) -> Result<Vec<ResourceId>, LedgerError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT target FROM targets WHERE run=?1 AND wave=?2 AND steps=0 AND outcome IS NULL ORDER BY target_key")
@@ -62,7 +68,12 @@ impl SqliteStore {
     }
 
     /// Records `gate` for wave `index` unless one is recorded (a gate is judged once).
-    pub(crate) fn record_gate(&self, run: &RunId, index: u32, gate: &Gate) -> Result<(), LedgerError> {
+    pub(crate) fn record_gate(
+        &self,
+        run: &RunId,
+        index: u32,
+        gate: &Gate,
+    ) -> Result<(), LedgerError> {
         self.conn()
             .execute(
                 "UPDATE rollout_waves SET gate_passed=?3, gate_reason=?4 WHERE run=?1 AND wave=?2 AND gate_passed IS NULL",
@@ -122,18 +133,21 @@ impl SqliteStore {
             .optional()
             .map_err(lstorage)?;
         text.map_or(Ok(Control::Running), |t| {
-            Control::parse(&t).ok_or_else(|| {
-                LedgerError::storage(format!("unknown rollout control {t:?}"), None)
-            })
+            Control::parse(&t)
+                .ok_or_else(|| LedgerError::storage(format!("unknown rollout control {t:?}"), None))
         })
     }
 
     /// Pause or resume; resuming also lets the rollout past the gate it stopped at. An
     /// aborted rollout stays aborted (its untouched targets are cancelled already).
-    pub(crate) fn set_control(&self, run: &RunId, control: Control) -> Result<Control, LedgerError> {
+    pub fn set_control(&self, run: &RunId, control: Control) -> Result<Control, LedgerError> {
         self.transaction(lstorage, |tx| {
             let now: Option<String> = tx
-                .query_row("SELECT control FROM rollout_control WHERE run=?1", params![run], |r| r.get(0))
+                .query_row(
+                    "SELECT control FROM rollout_control WHERE run=?1",
+                    params![run],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(lstorage)?;
             if now.as_deref() == Some(Control::Aborted.as_str()) {
@@ -160,7 +174,7 @@ impl SqliteStore {
     /// but not yet delivered) is `cancelled` and its queued first message removed; targets a
     /// step has touched, or whose first step is being delivered now, go on to their outcome.
     /// How many targets were cancelled.
-    pub(crate) fn abort(&self, run: &RunId, now: OffsetDateTime) -> Result<usize, LedgerError> {
+    pub fn abort(&self, run: &RunId, now: OffsetDateTime) -> Result<usize, LedgerError> {
         let at = Rfc3339(now);
         self.transaction(lstorage, |tx| {
             tx.execute(
