@@ -196,6 +196,7 @@ fn main() {
             runner: RunnerConfig { max_in_flight: 256, per_subscription: 64, lease: Duration::from_secs(600) },
             origin: "bench".into(),
             progress: false,
+            rollout: Default::default(),
         };
         let scope = LocalScope { arm, policy: Arc::new(Policy::default()), subscriptions: subs, apps: Vec::new(), time_scale: speed, applied: None, forecasts: None };
         let file = StateFile::open(&state).unwrap();

@@ -9,6 +9,7 @@ mod rehearse;
 mod replay;
 mod retry;
 mod rollback;
+mod rollout;
 mod run;
 mod serve;
 mod simulate_arm;
@@ -49,6 +50,8 @@ pub(crate) enum Command {
     Plan(plan::Args),
     /// Migrate from this machine with the embedded durable queue (resumable).
     Run(run::Args),
+    /// Drive a rollout in waves on a state file: start, status, pause, resume, abort.
+    Rollout(rollout::Args),
     /// Counts per outcome and failures with reasons, from a state file.
     Status(status::Args),
     /// Start blocked, parked or rolled-back targets of a run again.
@@ -89,6 +92,7 @@ pub fn main() -> ExitCode {
             Command::Rehearse(a) => interruptible(rehearse::run(&cli.global, a)).await,
             Command::Plan(a) => interruptible(plan::run(&cli.global, a)).await,
             Command::Run(a) => interruptible(run::run(&cli.global, a)).await,
+            Command::Rollout(a) => interruptible(rollout::run(&cli.global, a)).await,
             Command::Status(a) => status::run(&cli.global, a).await,
             Command::Retry(a) => retry::run(&cli.global, a).await,
             Command::Rollback(a) => rollback::run(&cli.global, a).await,

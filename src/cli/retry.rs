@@ -184,6 +184,7 @@ mod tests {
             updated_at: now,
             finished_at: Some(now),
             cutover: Default::default(),
+            wave: None,
         }
     }
 

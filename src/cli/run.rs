@@ -261,6 +261,7 @@ pub(crate) async fn migrate(
         runner,
         origin: std::env::args().collect::<Vec<_>>().join(" "),
         progress: global.output == common::OutputFormat::Table,
+        rollout: Default::default(),
     };
     let finished = migrate_locally(local, state, start, scope).await?;
     let records = finished.store.targets(&finished.run).await?;
@@ -301,5 +302,12 @@ pub(crate) async fn migrate(
         // the simulated seconds they stand for.
         simulated_speed: (time_scale > 1.0).then_some(time_scale),
     };
-    Ok(Report::new(finished.run.as_str(), dry_run, &records, perf))
+    let waves = finished.store.waves(&finished.run)?;
+    let mut report =
+        Report::new(finished.run.as_str(), dry_run, &records, perf).with_waves(&records, &waves);
+    if let Some(held) = &finished.held {
+        eprintln!("{held}");
+        report.stopped = Some(held.to_string());
+    }
+    Ok(report)
 }

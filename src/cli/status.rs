@@ -126,7 +126,9 @@ async fn show_run(
         simulated_speed: speed(run),
         ..Default::default()
     };
-    let report = Report::new(run.record.run.as_str(), run.record.dry_run, &records, perf);
+    let waves = store.waves(&run.record.run)?;
+    let report = Report::new(run.record.run.as_str(), run.record.dry_run, &records, perf)
+        .with_waves(&records, &waves);
     if let Some(path) = html {
         crate::report::html::write(&report, path)?;
     }

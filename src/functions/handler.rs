@@ -397,6 +397,7 @@ mod tests {
             updated_at: now,
             finished_at: None,
             cutover: Default::default(),
+            wave: None,
         }
     }
 

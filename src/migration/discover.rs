@@ -9,6 +9,7 @@ use crate::migration::plan::Integration;
 use crate::pipeline::message::{Step, StepMessage};
 use crate::pipeline::reason::SkipReason;
 use crate::pipeline::reconciler::{StepResult, Transition};
+use crate::pipeline::rollout::{Candidate, RING_TAG};
 use crate::pipeline::Outcome;
 
 pub(crate) async fn discover(
@@ -89,11 +90,24 @@ pub async fn sites_in_scope(
     policy: &crate::policy::Policy,
     apps: &[ResourceId],
 ) -> Result<Vec<ResourceId>, StepError> {
+    let sites = candidates_in_scope(arm, subscriptions, policy, apps).await?;
+    Ok(sites.into_iter().map(|c| c.id).collect())
+}
+
+/// The sites in scope with the ring tag that orders them into waves (sites given by id with
+/// `--app` are not read, so they have none).
+pub(crate) async fn candidates_in_scope(
+    arm: &crate::azure::arm::ArmClient,
+    subscriptions: &[String],
+    policy: &crate::policy::Policy,
+    apps: &[ResourceId],
+) -> Result<Vec<Candidate>, StepError> {
     if !apps.is_empty() {
         return Ok(apps
             .iter()
             .filter(|a| !policy.scope.exclude.iter().any(|ex| a.is_within(ex)))
             .cloned()
+            .map(Candidate::bare)
             .collect());
     }
     let mut out = Vec::new();
@@ -107,10 +121,18 @@ pub async fn sites_in_scope(
             sites
                 .into_iter()
                 .filter(|s| policy.scope.includes(&s.id, s.tags.as_ref()))
-                .map(|s| s.id),
+                .map(|s| {
+                    // Tag names are case-insensitive in ARM.
+                    let ring = s.tags.as_ref().and_then(|tags| {
+                        tags.iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(RING_TAG))
+                            .and_then(|(_, v)| v.as_str().map(str::to_string))
+                    });
+                    Candidate { id: s.id, ring }
+                }),
         );
     }
-    out.sort();
-    out.dedup();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out.dedup_by(|a, b| a.id == b.id);
     Ok(out)
 }

@@ -46,6 +46,9 @@ pub struct TargetRecord {
     /// When the cut-over cut the target off its VNet and when it was back on one.
     #[serde(flatten)]
     pub(crate) cutover: Cutover,
+    /// The rollout wave it belongs to; None in runs written before rollouts.
+    #[serde(default)]
+    pub(crate) wave: Option<u32>,
 }
 
 /// A target's downtime as ARM's answers timed it (DESIGN §3): `disconnected_at` when the

@@ -18,9 +18,9 @@ use super::ledger::{Ledger, RunRecord};
 use super::message::{Origin, RunId, Step, StepMessage};
 use super::queue::Outgoing;
 use super::reconciler::Reconciler;
+use super::rollout::{self, Candidate, Control, Decision, RolloutConfig};
 use super::runner::{RunStats, Runner, RunnerConfig};
 use super::sqlite::SqliteStore;
-use crate::azure::ResourceId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalRunError {
@@ -45,6 +45,8 @@ pub struct LocalRun {
     pub runner: RunnerConfig,
     pub origin: String,
     pub progress: bool,
+    /// Waves, bake and gate of the policy.
+    pub rollout: RolloutConfig,
 }
 
 /// Which run `execute` drives: the newest one again, or a new one with this contract.
@@ -59,6 +61,32 @@ pub struct Finished {
     pub(crate) makespan_seconds: f64,
     pub stats: RunStats,
     pub resumed: bool,
+    /// Why the run stopped before every wave was released, if it did.
+    pub held: Option<Held>,
+}
+
+/// Why a local run returned with waves or targets left.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Held {
+    /// An operator paused the rollout (`rollout resume` continues it).
+    Paused,
+    /// Wave `wave`'s gate tripped (`rollout resume` or `rollout abort` decides).
+    Gate { wave: u32, reason: String },
+    /// A released wave has targets without an outcome and nothing queued for them.
+    Unfinished,
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Held::Paused => f.write_str("the rollout is paused: `rollout resume` continues it"),
+            Held::Gate { wave, reason } => write!(
+                f,
+                "the rollout stopped at the gate of wave {wave}: {reason}; later waves are untouched (`rollout resume` goes on, `rollout abort` cancels them)"
+            ),
+            Held::Unfinished => f.write_str("targets of a released wave are unfinished with nothing queued for them: see `status`"),
+        }
+    }
 }
 
 /// Holds `{state}.lock` for the life of the run: one runner per state file, so leases left by
@@ -174,7 +202,7 @@ impl LocalRun {
     where
         R: Reconciler,
         E: std::error::Error + Send + Sync + 'static,
-        F: Future<Output = Result<Vec<ResourceId>, E>>,
+        F: Future<Output = Result<Vec<Candidate>, E>>,
     {
         let store = state.store.clone();
         let started = Instant::now();
@@ -191,69 +219,180 @@ impl LocalRun {
                     dry_run: self.dry_run,
                     origin: self.origin.clone(),
                 };
-                let first: Vec<Outgoing> = sites
-                    .iter()
-                    .map(|s| {
-                        Outgoing::now(
-                            StepMessage::new(
-                                record.run.clone(),
-                                s.clone(),
-                                Step::Discover,
-                                Origin::Cli,
-                            )
-                            .with_dry_run(self.dry_run),
-                        )
-                    })
-                    .collect();
-                store.begin_run(&record, &contract, &sites, &first)?;
+                let waves = rollout::assign(sites, &self.rollout.sizes);
+                let first = self.first_messages(&record.run, waves.first().into_iter().flatten());
+                store.begin_run(&record, &contract, &waves, &first)?;
                 (record.run, false)
             }
         };
         let engine = Arc::new(Engine::new(reconciler(store.clone())));
-        let mut runner = Runner::new(store.clone(), engine, self.runner.clone());
+        // Pause and abort come from other processes through the state file: a timer looks
+        // every tick (never a busy loop) and holds the runner while the rollout is paused.
+        let (hold_tx, hold_rx) = tokio::sync::watch::channel(false);
+        let watcher = tokio::spawn(watch_control(
+            store.clone(),
+            run.clone(),
+            self.rollout.tick,
+            hold_tx,
+        ));
+        let mut runner =
+            Runner::new(store.clone(), engine, self.runner.clone()).hold(hold_rx.clone());
+        let mut bar = None;
         if self.progress {
-            let bar = ProgressBar::new(store.targets(&run).await?.len() as u64);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} targets done {msg}",
-                )
-                .expect("template"),
-            );
-            let b = bar.clone();
-            runner = runner.on_step(Arc::new(move |e| {
-                if let Some(o) = &e.outcome {
-                    b.inc(1);
-                    b.set_message(o.to_string());
-                }
-                let spawned = e
-                    .next
-                    .iter()
-                    .filter(|n| n.message.target != e.record.target)
-                    .count();
-                if spawned > 0 {
-                    b.inc_length(spawned as u64);
-                }
-            }));
-            let stats = runner.run_until_idle().await;
-            bar.finish_and_clear();
-            let stats = stats?;
-            return Ok(Finished {
-                run,
-                store,
-                makespan_seconds: started.elapsed().as_secs_f64(),
-                stats,
-                resumed,
-            });
+            let (b, advance) = progress_bar();
+            b.set_length(store.targets(&run).await?.len() as u64);
+            runner = runner.on_step(advance);
+            bar = Some(b);
         }
-        let stats = runner.run_until_idle().await?;
+        let driven = self.drive(&store, &run, &runner, hold_rx).await;
+        watcher.abort();
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let (stats, held) = driven?;
         Ok(Finished {
             run,
             store,
             makespan_seconds: started.elapsed().as_secs_f64(),
             stats,
             resumed,
+            held,
         })
     }
+
+    /// The first message of each site, sent when its wave is released.
+    fn first_messages<'a>(
+        &self,
+        run: &RunId,
+        sites: impl IntoIterator<Item = &'a crate::azure::ResourceId>,
+    ) -> Vec<Outgoing> {
+        sites
+            .into_iter()
+            .map(|s| {
+                Outgoing::now(
+                    StepMessage::new(run.clone(), s.clone(), Step::Discover, Origin::Rollout)
+                        .with_dry_run(self.dry_run),
+                )
+            })
+            .collect()
+    }
+
+    /// The rollout controller on the embedded runner: run the released waves until the queue
+    /// is idle, then do what [`rollout::decide`] says (wait out a bake on a timer, release the
+    /// next wave, or stop), until every wave is done or the rollout is held.
+    async fn drive<R: Reconciler>(
+        &self,
+        store: &Arc<SqliteStore>,
+        run: &RunId,
+        runner: &Runner<R>,
+        mut hold: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(RunStats, Option<Held>), LocalRunError> {
+        let mut stats = RunStats::default();
+        loop {
+            let s = runner.run_until_idle().await?;
+            stats.steps += s.steps;
+            stats.dead_lettered += s.dead_lettered;
+            stats.polls += s.polls;
+            let waves = store.waves(run)?;
+            let control = store.control(run)?;
+            let now = OffsetDateTime::now_utc();
+            match rollout::decide(&waves, control, &self.rollout, now) {
+                Decision::Done => return Ok((stats, None)),
+                Decision::Paused => return Ok((stats, Some(Held::Paused))),
+                Decision::InFlight if control == Control::Paused => {
+                    return Ok((stats, Some(Held::Paused)))
+                }
+                Decision::InFlight => return Ok((stats, Some(Held::Unfinished))),
+                Decision::Stop { index, gate } => {
+                    store.record_gate(run, index, &gate)?;
+                    return Ok((
+                        stats,
+                        Some(Held::Gate {
+                            wave: index,
+                            reason: gate.reason,
+                        }),
+                    ));
+                }
+                Decision::Release { index, gate } => {
+                    let sites = store.wave_sites(run, index)?;
+                    let first = self.first_messages(run, &sites);
+                    store.release_wave(run, index, &gate, &first, now)?;
+                }
+                Decision::Bake { until } => {
+                    let wait = (until - now).max(time::Duration::ZERO).unsigned_abs();
+                    // A pause or an abort during the bake is decided at once.
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = hold.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every `tick`, reads what an operator asked of the run: holds the runner while paused, and
+/// carries out an abort (cancelling untouched targets) the moment it is seen. Stops when the
+/// run's driver is dropped.
+async fn watch_control(
+    store: Arc<SqliteStore>,
+    run: RunId,
+    tick: std::time::Duration,
+    hold: tokio::sync::watch::Sender<bool>,
+) {
+    let mut aborted = false;
+    loop {
+        // Receivers are woken only when the hold changes, not on every tick.
+        let set = |held: bool| {
+            hold.send_if_modified(|h| std::mem::replace(h, held) != held);
+        };
+        match store.control(&run) {
+            Ok(Control::Paused) => set(true),
+            Ok(Control::Running) => set(false),
+            Ok(Control::Aborted) => {
+                set(false);
+                // Cancelled once here; `rollout abort` cancels what it can itself too.
+                if !aborted {
+                    aborted = true;
+                    if let Err(e) = store.abort(&run, OffsetDateTime::now_utc()) {
+                        tracing::warn!("cannot cancel the untouched targets yet: {e}");
+                        aborted = false;
+                    }
+                    // The queue shrank: the runner may be idle now.
+                    hold.send_modify(|_| {});
+                }
+            }
+            Err(e) => tracing::warn!("cannot read the rollout's control: {e}"),
+        }
+        tokio::time::sleep(tick).await;
+    }
+}
+
+/// A progress bar over the run's targets, and what advances it on every settled step.
+fn progress_bar() -> (ProgressBar, super::runner::OnStep) {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} targets done {msg}",
+        )
+        .expect("template"),
+    );
+    let b = bar.clone();
+    let advance: super::runner::OnStep = Arc::new(move |e| {
+        if let Some(o) = &e.outcome {
+            b.inc(1);
+            b.set_message(o.to_string());
+        }
+        let spawned = e
+            .next
+            .iter()
+            .filter(|n| n.message.target != e.record.target)
+            .count();
+        if spawned > 0 {
+            b.inc_length(spawned as u64);
+        }
+    });
+    (bar, advance)
 }
 
 #[cfg(test)]

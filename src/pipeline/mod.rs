@@ -13,6 +13,7 @@ pub(crate) mod outcome;
 pub mod queue;
 pub mod reason;
 pub(crate) mod reconciler;
+pub mod rollout;
 pub mod runner;
 pub(crate) mod servicebus;
 pub mod sqlite;

@@ -44,6 +44,8 @@ pub(crate) struct Runner<R> {
     engine: Arc<Engine<R>>,
     config: RunnerConfig,
     on_step: Option<OnStep>,
+    /// While true no new delivery is taken (a paused rollout); steps in flight finish.
+    hold: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,7 +68,13 @@ impl<R: Reconciler> Runner<R> {
             engine,
             config,
             on_step: None,
+            hold: None,
         }
+    }
+
+    pub(crate) fn hold(mut self, hold: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.hold = Some(hold);
+        self
     }
 
     pub(crate) fn on_step(mut self, f: OnStep) -> Self {
@@ -76,13 +84,19 @@ impl<R: Reconciler> Runner<R> {
 
     /// Works until the queue is empty (no active, scheduled or leased message). Never polls:
     /// when the queue has nothing admissible it waits for a worker to finish, a `send`, or the
-    /// next future visibility of a session head the queue could deliver.
+    /// next future visibility of a session head the queue could deliver. Held, it takes
+    /// nothing new and returns once the steps in flight are settled.
     pub(crate) async fn run_until_idle(&self) -> Result<RunStats, QueueError> {
         // Steps in flight per subscription; a subscription at the limit is `full`.
         let mut in_flight: HashMap<String, usize> = HashMap::new();
         let mut tasks: JoinSet<(String, Result<bool, QueueError>)> = JoinSet::new();
         let mut stats = RunStats::default();
+        let mut hold = self.hold.clone();
         loop {
+            let held = hold.as_mut().is_some_and(|h| *h.borrow_and_update());
+            if held && tasks.is_empty() {
+                return Ok(stats);
+            }
             let now = OffsetDateTime::now_utc();
             let full = |in_flight: &HashMap<String, usize>| -> Vec<String> {
                 in_flight
@@ -93,7 +107,7 @@ impl<R: Reconciler> Runner<R> {
             };
             // Fill the pool.
             let mut exhausted = false;
-            while tasks.len() < self.config.max_in_flight {
+            while !held && tasks.len() < self.config.max_in_flight {
                 let full = full(&in_flight);
                 let full: Vec<&str> = full.iter().map(String::as_str).collect();
                 stats.polls += 1;
@@ -163,6 +177,7 @@ impl<R: Reconciler> Runner<R> {
                 }
                 _ = self.store.sent().notified() => {}
                 _ = due => {}
+                Ok(()) = async { hold.as_mut().expect("guarded").changed().await }, if hold.is_some() => {}
             }
         }
     }

@@ -535,6 +535,7 @@ mod tests {
             duration_seconds: 12.0,
             downtime_seconds: downtime,
             finished_seconds: Some(3.0),
+            wave: None,
         }
     }
 
@@ -557,6 +558,8 @@ mod tests {
             targets,
             summary,
             by_reason,
+            waves: Vec::new(),
+            stopped: None,
             performance: Performance {
                 makespan_seconds: 10.0,
                 downtime_seconds,

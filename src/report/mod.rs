@@ -32,6 +32,21 @@ pub struct TargetReport {
     /// outcome, on the wall clock like `makespanSeconds`; absent while it has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_seconds: Option<f64>,
+    /// The rollout wave it belongs to (a slot goes with its site).
+    pub wave: Option<u32>,
+}
+
+/// One rollout wave (DESIGN §8): its targets, when it was released and when its last target
+/// reached its outcome (seconds since the run started, on the clock of `makespanSeconds`),
+/// and its gate once judged.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveReport {
+    pub index: u32,
+    pub size: u32,
+    pub started_seconds: Option<f64>,
+    pub ended_seconds: Option<f64>,
+    pub gate: Option<crate::pipeline::rollout::Gate>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -95,6 +110,10 @@ pub struct Report {
     pub summary: BTreeMap<String, u64>,
     /// Count per full outcome (`blocked:plan-subnet-limit`, …).
     pub by_reason: BTreeMap<String, u64>,
+    pub waves: Vec<WaveReport>,
+    /// Why the rollout stopped with waves or targets left (paused, a tripped gate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
     pub performance: Performance,
 }
 
@@ -150,6 +169,7 @@ impl Report {
                         .finished_at
                         .zip(run_start)
                         .map(|(f, s)| round3((f - s).as_seconds_f64())),
+                    wave: r.wave,
                 }
             })
             .collect::<Vec<_>>();
@@ -162,15 +182,43 @@ impl Report {
             targets,
             summary,
             by_reason,
+            waves: Vec::new(),
+            stopped: None,
             performance,
         }
     }
 
+    /// Adds the run's rollout waves, timed from the run's start (its earliest target start).
+    pub fn with_waves(
+        mut self,
+        records: &[TargetRecord],
+        waves: &[crate::pipeline::rollout::WaveView],
+    ) -> Self {
+        let run_start = records.iter().map(|r| r.started_at).min();
+        let since = |t: Option<time::OffsetDateTime>| {
+            t.zip(run_start)
+                .map(|(t, s)| round3((t - s).as_seconds_f64()))
+        };
+        self.waves = waves
+            .iter()
+            .map(|w| WaveReport {
+                index: w.index,
+                size: w.targets,
+                started_seconds: since(w.released_at),
+                ended_seconds: since(w.ended_at.filter(|_| w.released_at.is_some())),
+                gate: w.gate.clone(),
+            })
+            .collect();
+        self
+    }
+
     /// Targets without a terminal outcome, or parked: the run needs attention.
     pub(crate) fn needs_operator(&self) -> bool {
-        self.targets
-            .iter()
-            .any(|t| t.outcome == "parked" || t.outcome == remedy::UNFINISHED)
+        self.stopped.is_some()
+            || self
+                .targets
+                .iter()
+                .any(|t| t.outcome == "parked" || t.outcome == remedy::UNFINISHED)
     }
 
     /// The summary table printed at the end of a run.
@@ -326,6 +374,7 @@ mod tests {
                 disconnected_at: cutover.map(|c| t(c.0)),
                 connected_at: cutover.map(|c| t(c.1)),
             },
+            wave: None,
         }
     }
 

@@ -13,6 +13,7 @@ mod loop_prevention;
 mod operator;
 mod plan_file;
 mod resilience;
+mod rollout_waves;
 mod run_state;
 mod scenarios;
 mod servicebus;

@@ -13,10 +13,13 @@ use crate::pipeline::ledger::{
 use crate::pipeline::message::{GatewaySnapshot, RunId};
 
 /// Columns of `targets` added after the first state files were written, with their types.
-const ADDED_TARGET_COLUMNS: [(&str, &str); 3] = [
+const ADDED_TARGET_COLUMNS: [(&str, &str); 4] = [
     ("disconnected_at", "TEXT"),
     ("connected_at", "TEXT"),
     ("retries", "INTEGER NOT NULL DEFAULT 0"),
+    // The rollout wave the target belongs to (a slot goes with its site); NULL in runs
+    // written before rollouts.
+    ("wave", "INTEGER"),
 ];
 
 /// Adds the columns an older state file's `targets` table lacks (SQLite has no
@@ -47,9 +50,11 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
     let finished = r.outcome.as_ref().map(|_| at);
     // The first disconnect time recorded is kept (a redelivery only observes the connection
     // gone, later), the last connect time wins (a rollback after a connect ends the downtime).
+    // A target first seen here is a slot found by its site's discover: it joins the site's wave.
+    let site = r.target.site().map(|s| s.key().to_string());
     tx.execute(
-        "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at)
-         VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?11,?11,?12,?13,?14)
+        "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at, wave)
+         VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?11,?11,?12,?13,?14,(SELECT wave FROM targets WHERE run=?1 AND target_key=?15))
          ON CONFLICT(run, target_key) DO UPDATE SET
            outcome=excluded.outcome, current_step=excluded.current_step, steps=targets.steps+1,
            attempts=MAX(targets.attempts, excluded.attempts), reason=COALESCE(excluded.reason, targets.reason),
@@ -71,14 +76,15 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
             at,
             finished,
             r.cutover.disconnected_at.map(Rfc3339),
-            r.cutover.connected_at.map(Rfc3339)
+            r.cutover.connected_at.map(Rfc3339),
+            site
         ],
     )
     .map_err(lstorage)?;
     Ok(())
 }
 
-const TARGET_COLS: &str = "run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at";
+const TARGET_COLS: &str = "run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at, wave";
 
 fn target_from_row(row: &Row<'_>) -> Result<TargetRecord, LedgerError> {
     let col = LedgerRow::new(row, "targets", &["run", "target_key"]);
@@ -100,6 +106,7 @@ fn target_from_row(row: &Row<'_>) -> Result<TargetRecord, LedgerError> {
             disconnected_at: col.get::<Option<Rfc3339>>("disconnected_at")?.map(|t| t.0),
             connected_at: col.get::<Option<Rfc3339>>("connected_at")?.map(|t| t.0),
         },
+        wave: col.get("wave")?,
     })
 }
 

@@ -10,6 +10,7 @@ mod columns;
 mod ledger;
 mod operator;
 mod queue;
+mod rollout;
 mod runs;
 
 use std::path::Path;
@@ -112,6 +113,12 @@ CREATE TABLE IF NOT EXISTS step_log (
 );
 CREATE INDEX IF NOT EXISTS step_log_target ON step_log(run, target_key);
 CREATE TABLE IF NOT EXISTS run_contracts (run TEXT PRIMARY KEY, contract TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollout_waves (
+  run TEXT NOT NULL, wave INTEGER NOT NULL, released_at TEXT,
+  gate_passed INTEGER, gate_reason TEXT, resumed INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (run, wave)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollout_control (run TEXT PRIMARY KEY, control TEXT NOT NULL) WITHOUT ROWID;
 ";
 
 /// Moves a queue of the first shape (AUTOINCREMENT, completed rows kept whole, indexes led by

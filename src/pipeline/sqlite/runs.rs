@@ -23,12 +23,13 @@ pub struct RunState {
 }
 
 impl SqliteStore {
-    /// Starts `run` with its contract, its targets and their first messages, all or nothing.
+    /// Starts `run` with its contract, its targets (by wave) and the first messages of its
+    /// first wave, which is released now, all or nothing.
     pub(crate) fn begin_run(
         &self,
         run: &RunRecord,
         contract: &RunContract,
-        targets: &[ResourceId],
+        waves: &[Vec<ResourceId>],
         first: &[Outgoing],
     ) -> Result<(), LedgerError> {
         let contract = serde_json::to_string(contract).expect("contract serialises");
@@ -44,11 +45,19 @@ impl SqliteStore {
             )
             .map_err(lstorage)?;
             let mut add = tx
-                .prepare_cached("INSERT OR IGNORE INTO targets (run, target_key, target, current_step, started_at, updated_at) VALUES (?1, ?2, ?3, 'discover', ?4, ?4)")
+                .prepare_cached("INSERT OR IGNORE INTO targets (run, target_key, target, current_step, started_at, updated_at, wave) VALUES (?1, ?2, ?3, 'discover', ?4, ?4, ?5)")
                 .map_err(lstorage)?;
-            for t in targets {
-                add.execute(params![run.run, t.key(), t, Rfc3339(run.started_at)])
+            let mut wave = tx
+                .prepare_cached("INSERT INTO rollout_waves (run, wave, released_at) VALUES (?1, ?2, ?3)")
+                .map_err(lstorage)?;
+            for (i, targets) in waves.iter().enumerate() {
+                let released = (i == 0).then_some(Rfc3339(run.started_at));
+                wave.execute(params![run.run, i as u32, released])
                     .map_err(lstorage)?;
+                for t in targets {
+                    add.execute(params![run.run, t.key(), t, Rfc3339(run.started_at), i as u32])
+                        .map_err(lstorage)?;
+                }
             }
             Self::insert(tx, first)
                 .map_err(|e| LedgerError::storage("queueing the first steps", Some(Box::new(e))))
@@ -164,7 +173,7 @@ mod tests {
         s.begin_run(
             &r,
             &contract(),
-            std::slice::from_ref(&m.target),
+            &[vec![m.target.clone()]],
             &[Outgoing::now(m.clone())],
         )
         .unwrap();
@@ -201,7 +210,7 @@ mod tests {
         assert_eq!(s.rolled_back_targets().unwrap(), vec![m.target.clone()]);
         // A later run that had the target again decides its standing.
         let later = record("y", now() + time::Duration::seconds(1));
-        s.begin_run(&later, &contract(), std::slice::from_ref(&m.target), &[])
+        s.begin_run(&later, &contract(), &[vec![m.target.clone()]], &[])
             .unwrap();
         assert!(s.rolled_back_targets().unwrap().is_empty());
         assert_eq!(s.newest_run().unwrap().unwrap().record.run, later.run);

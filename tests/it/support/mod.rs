@@ -298,6 +298,7 @@ pub fn report_from_json(v: &Value) -> Report {
             duration_seconds: 0.0,
             downtime_seconds: t["downtimeSeconds"].as_f64(),
             finished_seconds: t["finishedSeconds"].as_f64(),
+            wave: t["wave"].as_u64().map(|w| w as u32),
         })
         .collect();
     Report {
@@ -306,6 +307,8 @@ pub fn report_from_json(v: &Value) -> Report {
         targets,
         summary: Default::default(),
         by_reason: Default::default(),
+        waves: Vec::new(),
+        stopped: v["stopped"].as_str().map(Into::into),
         performance: Default::default(),
     }
 }
@@ -367,6 +370,7 @@ impl Rig {
             },
             origin: "test".into(),
             progress: false,
+            rollout: Default::default(),
         };
         let scope = LocalScope {
             arm: self.arm.clone(),

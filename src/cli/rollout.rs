@@ -1,0 +1,112 @@
+//! `rollout start|status|pause|resume|abort` on a local state file (DESIGN §8, issue 12).
+//! `start` is `run`: every run follows its policy's waves, bake and gate. `pause`, `resume`
+//! and `abort` write what the operator asked into the state file, where a running rollout
+//! reads it every tick; with no process running the rollout, `resume` and `abort` drive it
+//! themselves (an abort still lets the targets a step has touched reach their outcome).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args as ClapArgs, Subcommand};
+use time::OffsetDateTime;
+
+use super::common::{self, Global};
+use super::{run, state, status};
+use crate::pipeline::local::held_by_a_runner;
+use crate::pipeline::rollout::Control;
+use crate::pipeline::sqlite::SqliteStore;
+use crate::pipeline::RunId;
+use crate::report::Report;
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// Start (or resume) a rollout: `run`, with the policy's waves, bake time and gate.
+    Start(run::Args),
+    /// The run's targets and waves (with their gates), from the state file.
+    Status(status::Args),
+    /// Hold new waves and new steps (steps in flight finish); the rollout exits 1 paused.
+    Pause(On),
+    /// Continue a paused rollout, or one stopped at a gate (past that gate).
+    Resume(On),
+    /// Cancel every target no step has touched; touched ones reach their outcome.
+    Abort(On),
+}
+
+#[derive(Debug, ClapArgs)]
+struct On {
+    #[arg(long, default_value = "vnet-migrate.db")]
+    state: PathBuf,
+    /// Run id (default: the newest run).
+    #[arg(long)]
+    run: Option<String>,
+}
+
+pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
+    match args.action {
+        Action::Start(a) => run::run(global, a).await,
+        Action::Status(a) => status::run(global, a).await,
+        Action::Pause(on) => {
+            let (store, run) = open(&on)?;
+            let now = store.set_control(&run, Control::Paused)?;
+            anyhow::ensure!(
+                now == Control::Paused,
+                "the rollout of run {run} was aborted: there is nothing to pause"
+            );
+            eprintln!(
+                "rollout of run {run} paused: a running rollout takes no new step within a second; `rollout resume --state {}` continues it",
+                on.state.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Action::Resume(on) => {
+            let (store, run) = open(&on)?;
+            let now = store.set_control(&run, Control::Running)?;
+            anyhow::ensure!(
+                now == Control::Running,
+                "the rollout of run {run} was aborted: it cannot be resumed"
+            );
+            drive_unless_running(global, on, run).await
+        }
+        Action::Abort(on) => {
+            let (store, run) = open(&on)?;
+            let cancelled = store.abort(&run, OffsetDateTime::now_utc())?;
+            eprintln!("rollout of run {run} aborted: {cancelled} untouched target(s) cancelled");
+            drive_unless_running(global, on, run).await
+        }
+    }
+}
+
+/// The state file, opened beside a runner that may hold it, and the run meant.
+fn open(on: &On) -> Result<(SqliteStore, RunId)> {
+    let shown = on.state.display();
+    // An operator command never creates a state file.
+    anyhow::ensure!(
+        on.state.exists(),
+        "state file {shown} does not exist: pass the --state of a run"
+    );
+    let store = SqliteStore::open(&on.state)?;
+    let wanted = on.run.as_ref().map(|r| RunId(r.clone()));
+    let Some(found) = store.run_state(wanted.as_ref())? else {
+        anyhow::bail!("no such run in {shown}");
+    };
+    Ok((store, found.record.run))
+}
+
+/// A process running the rollout carries the change out itself; otherwise this one drives
+/// the run until it finishes or is held again, and reports.
+async fn drive_unless_running(global: &Global, on: On, run: RunId) -> Result<ExitCode> {
+    if held_by_a_runner(&on.state) {
+        eprintln!("the process running the rollout carries this out within a second");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let operated = state::operate(&on.state, Some(run.as_str()), global)?;
+    let report = operated.drive(global).await?;
+    common::finish(global, &report, Report::table)
+}
