@@ -37,34 +37,51 @@ pub struct Global {
     /// Every log line on stderr (debug), HTTP calls included.
     #[arg(long, global = true)]
     pub(crate) debug: bool,
+    /// Set from the command's `Connection` flags (only commands that talk to ARM take them).
+    #[arg(skip = DEFAULT_ARM_ENDPOINT.to_string())]
+    pub(crate) arm_endpoint: String,
+    #[arg(skip = DEFAULT_CREDENTIAL.to_string())]
+    pub(crate) credential: String,
+    #[arg(skip = 1.0)]
+    pub(crate) arm_speed: f64,
+}
+
+const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
+const DEFAULT_CREDENTIAL: &str = "developer-tools";
+
+impl Global {
+    /// The flags every command takes, with the connection of one that talks to ARM.
+    pub(crate) fn connected(mut self, c: Option<&Connection>) -> Global {
+        if let Some(c) = c {
+            self.arm_endpoint = c.arm_endpoint.clone();
+            self.credential = c.credential.clone();
+            self.arm_speed = c.arm_speed;
+        }
+        self
+    }
+}
+
+/// How a command that talks to ARM reaches it.
+#[derive(Debug, Clone, ClapArgs)]
+pub(crate) struct Connection {
     /// ARM base URL (sovereign clouds, the simulator).
-    #[arg(
-        long,
-        global = true,
-        env = "VNET_MIGRATE_ARM_ENDPOINT",
-        default_value = "https://management.azure.com"
-    )]
+    #[arg(long, env = "VNET_MIGRATE_ARM_ENDPOINT", default_value = DEFAULT_ARM_ENDPOINT)]
     pub(crate) arm_endpoint: String,
     /// managed-identity, workload-identity, azure-cli, developer-tools or static.
-    #[arg(
-        long,
-        global = true,
-        env = "VNET_MIGRATE_CREDENTIAL",
-        default_value = "developer-tools"
-    )]
+    #[arg(long, env = "VNET_MIGRATE_CREDENTIAL", default_value = DEFAULT_CREDENTIAL)]
     pub(crate) credential: String,
-    /// Subscription in scope (its id, a GUID; repeatable).
-    #[arg(long = "subscription", global = true, value_parser = subscription_arg)]
-    pub(crate) subscriptions: Vec<String>,
     /// Pace the client for an ARM simulator started with `--speed X` (loopback endpoints only;
     /// real ARM is paced at its documented limits).
-    #[arg(long, global = true, default_value_t = 1.0, value_parser = speed_arg)]
+    #[arg(long, default_value_t = 1.0, value_parser = speed_arg)]
     pub(crate) arm_speed: f64,
 }
 
 /// Scope flags of `plan`, `run` and `snapshot`.
 #[derive(Debug, Clone, ClapArgs)]
 pub(crate) struct Scope {
+    /// Subscription in scope (its id, a GUID; repeatable).
+    #[arg(long = "subscription", value_parser = subscription_arg)]
+    pub(crate) subscriptions: Vec<String>,
     /// Only this resource group (its name, or its id when the name is in several
     /// subscriptions; repeatable).
     #[arg(short = 'g', long = "resource-group", value_parser = resource_group_arg)]
@@ -100,7 +117,7 @@ pub(crate) fn init_tracing(global: &Global) {
 }
 
 /// The policy from `--policy`, else defaults; scope flags are merged into it.
-pub(crate) fn load_policy(global: &Global, scope: &Scope) -> Result<Policy> {
+pub(crate) fn load_policy(scope: &Scope) -> Result<Policy> {
     let mut policy = match &scope.policy {
         Some(p) => Policy::load(p)?,
         None => Policy::default(),
@@ -108,7 +125,7 @@ pub(crate) fn load_policy(global: &Global, scope: &Scope) -> Result<Policy> {
     policy
         .scope
         .subscriptions
-        .extend(global.subscriptions.iter().cloned());
+        .extend(scope.subscriptions.iter().cloned());
     policy
         .scope
         .resource_groups

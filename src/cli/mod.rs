@@ -70,6 +70,26 @@ pub(crate) enum Command {
     Serve(serve::Args),
 }
 
+impl Command {
+    /// The ARM connection flags of a command that talks to ARM (the others take none).
+    fn connection(&self) -> Option<&common::Connection> {
+        match self {
+            Command::Plan(a) => Some(&a.connection),
+            Command::Run(a) => Some(&a.connection),
+            Command::Rollout(a) => a.connection(),
+            Command::Retry(a) => Some(&a.connection),
+            Command::Rollback(a) => Some(&a.connection),
+            Command::Replay(a) => Some(&a.connection),
+            Command::Snapshot(a) => Some(&a.connection),
+            Command::Serve(a) => Some(&a.connection),
+            Command::Rehearse(_)
+            | Command::Status(_)
+            | Command::SimulateArm(_)
+            | Command::Package(_) => None,
+        }
+    }
+}
+
 /// Parses arguments, runs the command, maps the result to the exit codes (`exit.rs`).
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -87,7 +107,9 @@ pub fn main() -> ExitCode {
             return Exit::BadInput.into();
         }
     };
+    let global = cli.global.connected(cli.command.connection());
     let result = rt.block_on(async move {
+        let cli = Cli { global, ..cli };
         match cli.command {
             Command::Rehearse(a) => interruptible(rehearse::run(&cli.global, a)).await,
             Command::Plan(a) => interruptible(plan::run(&cli.global, a)).await,

@@ -20,13 +20,15 @@ use crate::pipeline::local::{Start, StateFile};
 pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) scope: Scope,
+    #[command(flatten)]
+    pub(crate) connection: common::Connection,
     /// Write the plan file here (review it, then `run --plan FILE`).
     #[arg(long)]
     pub(crate) out_file: Option<PathBuf>,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
-    let policy = common::load_policy(global, &args.scope)?;
+    let policy = common::load_policy(&args.scope)?;
     let apps = common::parse_apps(&args.scope.apps)?;
     let subs = common::subscriptions(&policy, &apps)?;
     // A plan never writes to Azure: an empty write scope makes the ARM client refuse any write.

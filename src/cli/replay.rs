@@ -18,6 +18,8 @@ use crate::report::Report;
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
+    #[command(flatten)]
+    pub(crate) connection: common::Connection,
     /// State file whose dead letters to replay.
     #[arg(long, default_value = "vnet-migrate.db")]
     pub(crate) state: PathBuf,

@@ -21,6 +21,8 @@ use crate::report::Report;
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
+    #[command(flatten)]
+    pub(crate) connection: common::Connection,
     /// State file of the run.
     #[arg(long, default_value = "vnet-migrate.db")]
     pub(crate) state: PathBuf,

@@ -19,6 +19,8 @@ use crate::report::Report;
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
+    #[command(flatten)]
+    pub(crate) connection: common::Connection,
     /// State file of the run that migrated the app.
     #[arg(long, default_value = "vnet-migrate.db")]
     pub(crate) state: PathBuf,

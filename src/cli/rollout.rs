@@ -41,11 +41,24 @@ enum Action {
 
 #[derive(Debug, ClapArgs)]
 struct On {
+    #[command(flatten)]
+    connection: common::Connection,
     #[arg(long, default_value = "vnet-migrate.db")]
     state: PathBuf,
     /// Run id (default: the newest run).
     #[arg(long)]
     run: Option<String>,
+}
+
+impl Args {
+    /// How the action reaches ARM, if it does.
+    pub(crate) fn connection(&self) -> Option<&common::Connection> {
+        match &self.action {
+            Action::Start(a) => Some(&a.connection),
+            Action::Resume(on) | Action::Abort(on) | Action::Pause(on) => Some(&on.connection),
+            Action::Status(_) => None,
+        }
+    }
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {

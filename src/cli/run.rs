@@ -23,6 +23,8 @@ use crate::report::{self, round3, BucketCounts, Performance, Report};
 pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) scope: Scope,
+    #[command(flatten)]
+    pub(crate) connection: common::Connection,
     /// State file (SQLite): queue, ledger and the run's contract. Run again with the same file
     /// to resume (default vnet-migrate.db; a dry run's own default is vnet-migrate.dry-run.db).
     #[arg(long)]
@@ -51,7 +53,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             "vnet-migrate.db"
         })
     });
-    let given = common::load_policy(global, &args.scope)?;
+    let given = common::load_policy(&args.scope)?;
     let apps = common::parse_apps(&args.scope.apps)?;
     let scope_text = local::scope_text(&given, &apps);
     let scope_given = scope_text != local::scope_text(&Policy::default(), &[]);

@@ -24,7 +24,10 @@ use crate::pipeline::sqlite::SqliteStore;
 use crate::policy::Policy;
 
 #[derive(Debug, ClapArgs)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    #[command(flatten)]
+    pub(crate) connection: common::Connection,
+}
 
 /// Service Bus tokens from the same credential kind as ARM.
 struct TokenBearer(Arc<dyn TokenSource>);
@@ -94,7 +97,6 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
         debug: global.debug,
         arm_endpoint: global.arm_endpoint.clone(),
         credential: kind_text.clone(),
-        subscriptions: Vec::new(),
         arm_speed: global.arm_speed,
     };
     let arm = common::arm_client(&arm_global, write_scope)?;

@@ -15,13 +15,15 @@ use crate::migration::snapshot;
 pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) scope: Scope,
+    #[command(flatten)]
+    pub(crate) connection: common::Connection,
     /// Where to write the fleet file.
     #[arg(long = "out-file", value_name = "FILE")]
     pub(crate) out: PathBuf,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
-    let policy = common::load_policy(global, &args.scope)?;
+    let policy = common::load_policy(&args.scope)?;
     let apps = common::parse_apps(&args.scope.apps)?;
     let subs = common::subscriptions(&policy, &apps)?;
     let arm = common::arm_client(global, Vec::<ResourceId>::new())?;

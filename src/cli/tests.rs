@@ -148,7 +148,7 @@ proptest! {
             _ => None,
         };
         if let Some(scope) = scope {
-            let checked = common::load_policy(&cli.global, scope).and_then(|p| {
+            let checked = common::load_policy(scope).and_then(|p| {
                 let apps = common::parse_apps(&scope.apps)?;
                 common::subscriptions(&p, &apps).and_then(|s| common::write_scope(&s))
             });

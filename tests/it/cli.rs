@@ -218,14 +218,20 @@ fn every_bad_input_exits_2_on_one_line_and_writes_nothing() {
         "--arm-endpoint",
         loopback.as_str(),
     ];
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    let cases: Vec<(Vec<&str>, &str)> =
+        vec![
         (
             vec!["rehearse", "--generate", "5", "--subscription", ""],
             "--subscription",
         ),
         (
-            vec!["rehearse", "--generate", "5", "--subscription", "../.."],
+            vec!["plan", "--subscription", "../.."],
             "is not a valid subscription id",
+        ),
+        (
+            // A flag of commands that talk to ARM is no flag of `rehearse` (nor ignored).
+            vec!["rehearse", "--generate", "5", "--arm-endpoint", "http://127.0.0.1:1"],
+            "--arm-endpoint",
         ),
         (vec!["run", "--subscription", ""], "--subscription"),
         (
