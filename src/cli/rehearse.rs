@@ -22,6 +22,7 @@ use crate::sim::{FaultProfile, SimOptions, Simulator};
 pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) source: common::FleetSource,
+    /// Rollout policy file (JSON; default: the built-in defaults).
     #[arg(long)]
     pub(crate) policy: Option<PathBuf>,
     /// none, flaky or chaos.

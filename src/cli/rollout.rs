@@ -43,6 +43,7 @@ enum Action {
 struct On {
     #[command(flatten)]
     connection: common::Connection,
+    /// State file of the rollout.
     #[arg(long, default_value = "vnet-migrate.db")]
     state: PathBuf,
     /// Run id (default: the newest run).

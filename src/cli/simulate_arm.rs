@@ -16,8 +16,10 @@ pub(crate) struct Args {
     /// 0 picks a free port.
     #[arg(long, default_value_t = 0)]
     pub(crate) port: u16,
+    /// Time compression: divides latencies and delays, multiplies ARM's rate limits.
     #[arg(long, default_value_t = 1.0, value_parser = super::common::speed_arg)]
     pub(crate) speed: f64,
+    /// Random faults on ARM requests: none, flaky or chaos.
     #[arg(long, default_value = "none")]
     pub(crate) faults: FaultProfile,
 }

@@ -24,6 +24,7 @@ use crate::report::{round3, Report};
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
+    /// State file of the run.
     #[arg(long, default_value = "vnet-migrate.db")]
     pub(crate) state: PathBuf,
     /// Run id (default: the newest run).

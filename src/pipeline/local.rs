@@ -242,11 +242,13 @@ impl LocalRun {
             let (b, advance) = progress_bar();
             b.set_length(store.targets(&run).await?.len() as u64);
             runner = runner.on_step(advance);
-            bar = Some(b);
+            let waits = tokio::spawn(say_what_it_waits_for(store.clone(), b.clone()));
+            bar = Some((b, waits));
         }
         let driven = self.drive(&store, &run, &runner, hold_rx).await;
         watcher.abort();
-        if let Some(bar) = bar {
+        if let Some((bar, waits)) = bar {
+            waits.abort();
             bar.finish_and_clear();
         }
         let (stats, held) = driven?;
@@ -368,9 +370,34 @@ async fn watch_control(
     }
 }
 
+/// Keeps the bar's message on what the run is doing or waiting for: steps running, steps
+/// waiting, and when the next one is due (a settle time, a backoff, a bake), so a run that
+/// waits does not look stuck.
+async fn say_what_it_waits_for(store: Arc<SqliteStore>, bar: ProgressBar) {
+    loop {
+        let now = OffsetDateTime::now_utc();
+        if let (Ok(c), Ok(next)) = (store.counts_at(now), store.next_due()) {
+            let due = match next {
+                Some(t) if t > now && c.locked == 0 => format!(
+                    ", next step due in {:.0}s (settle time, backoff or bake)",
+                    (t - now).as_seconds_f64().ceil()
+                ),
+                _ => String::new(),
+            };
+            bar.set_message(format!(
+                "{} step(s) running, {} waiting{due}",
+                c.locked, c.active
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 /// A progress bar over the run's targets, and what advances it on every settled step.
 fn progress_bar() -> (ProgressBar, super::runner::OnStep) {
     let bar = ProgressBar::new(0);
+    // The clock and spinner keep moving through scheduled waits.
+    bar.enable_steady_tick(std::time::Duration::from_millis(250));
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} targets done {msg}",
@@ -379,9 +406,8 @@ fn progress_bar() -> (ProgressBar, super::runner::OnStep) {
     );
     let b = bar.clone();
     let advance: super::runner::OnStep = Arc::new(move |e| {
-        if let Some(o) = &e.outcome {
+        if e.outcome.is_some() {
             b.inc(1);
-            b.set_message(o.to_string());
         }
         let spawned = e
             .next

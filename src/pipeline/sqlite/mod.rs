@@ -228,6 +228,18 @@ impl SqliteStore {
         self.counts_at(OffsetDateTime::now_utc())
     }
 
+    /// When the next waiting step becomes deliverable (a settle time, a backoff, a schedule).
+    pub(crate) fn next_due(&self) -> Result<Option<OffsetDateTime>, QueueError> {
+        self.conn()
+            .query_row(
+                "SELECT MIN(visible_at) FROM queue WHERE state='active' AND lock_token IS NULL",
+                [],
+                |r| r.get::<_, Option<UnixMs>>(0),
+            )
+            .map(|t| t.map(UnixMs::datetime))
+            .map_err(storage)
+    }
+
     /// The counts as of `now` (a lease that ends by `now` no longer counts as locked).
     pub(crate) fn counts_at(&self, now: OffsetDateTime) -> Result<QueueCounts, QueueError> {
         let conn = self.conn();
