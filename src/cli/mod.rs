@@ -77,9 +77,9 @@ impl Command {
             Command::Plan(a) => Some(&a.connection),
             Command::Run(a) => Some(&a.connection),
             Command::Rollout(a) => a.connection(),
-            Command::Retry(a) => Some(&a.connection),
-            Command::Rollback(a) => Some(&a.connection),
-            Command::Replay(a) => Some(&a.connection),
+            Command::Retry(a) => Some(&a.on.connection),
+            Command::Rollback(a) => Some(&a.on.connection),
+            Command::Replay(a) => Some(&a.on.connection),
             Command::Snapshot(a) => Some(&a.connection),
             Command::Serve(a) => Some(&a.connection),
             Command::Rehearse(_)

@@ -2,7 +2,6 @@
 //! bounded rate; `--dry-run` groups them by dead-letter reason. The dead-lettered copy is
 //! removed in the transaction that enqueues the resend.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -11,7 +10,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::common::{self, Global};
-use super::state::operate;
+use super::state::{operate, On};
 use crate::pipeline::dead_letters::{group, replayed, DeadLetters, Selection};
 use crate::pipeline::queue::Outgoing;
 use crate::report::Report;
@@ -19,13 +18,7 @@ use crate::report::Report;
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
     #[command(flatten)]
-    pub(crate) connection: common::Connection,
-    /// State file whose dead letters to replay.
-    #[arg(long, default_value = "vnet-migrate.db")]
-    pub(crate) state: PathBuf,
-    /// Only messages of this run.
-    #[arg(long)]
-    pub(crate) run: Option<String>,
+    pub(crate) on: On,
     /// Only messages for this app (ARM id of a site, with its slots, or of a slot; repeatable).
     #[arg(long = "app")]
     pub(crate) apps: Vec<String>,
@@ -47,12 +40,12 @@ fn when(t: Option<OffsetDateTime>) -> String {
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let selection = Selection {
-        run: args.run.clone(),
+        run: args.on.run.clone(),
         apps: common::parse_apps(&args.apps)?,
         reason: args.reason.clone(),
     };
     // The run the replayed steps belong to is driven afterwards; its contract decides how.
-    let op = operate(&args.state, args.run.as_deref(), global)?;
+    let op = operate(&args.on.state, args.on.run.as_deref(), global)?;
     let all = op.state.store().dead_lettered().await?;
     let chosen: Vec<_> = all.iter().filter(|d| selection.matches(d)).collect();
     if args.dry_run {

@@ -2,7 +2,6 @@
 //! removed; `--dry-run` lists them grouped by reason.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -10,7 +9,7 @@ use clap::Args as ClapArgs;
 use time::OffsetDateTime;
 
 use super::common::{self, Global};
-use super::state::operate;
+use super::state::{operate, On};
 use crate::azure::ResourceId;
 use crate::functions::handler::resume_message;
 use crate::pipeline::ledger::{Ledger, TargetRecord};
@@ -22,13 +21,7 @@ use crate::report::Report;
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
     #[command(flatten)]
-    pub(crate) connection: common::Connection,
-    /// State file of the run.
-    #[arg(long, default_value = "vnet-migrate.db")]
-    pub(crate) state: PathBuf,
-    /// Run id (default: the newest run).
-    #[arg(long)]
-    pub(crate) run: Option<String>,
+    pub(crate) on: On,
     /// Only this app (ARM id of a site, with its slots, or of a slot; repeatable).
     #[arg(long = "app")]
     pub(crate) apps: Vec<String>,
@@ -93,7 +86,7 @@ fn first_message(t: &TargetRecord, replay: u32) -> StepMessage {
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let apps = common::parse_apps(&args.apps)?;
-    let op = operate(&args.state, args.run.as_deref(), global)?;
+    let op = operate(&args.on.state, args.on.run.as_deref(), global)?;
     let records = op.state.store().targets(&op.run).await?;
     let chosen = retryable(&records, &apps, args.reason.as_deref());
     let mut by_reason: BTreeMap<String, Vec<&ResourceId>> = BTreeMap::new();

@@ -2,14 +2,13 @@
 //! connection by hand, through the same reconciler as an automatic rollback (regional
 //! integration removed, then the gateway handshake).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
 use super::common::{self, Global};
-use super::state::operate;
+use super::state::{operate, On};
 use crate::azure::ResourceId;
 use crate::pipeline::ledger::Ledger;
 use crate::pipeline::message::{Origin, Step, StepMessage};
@@ -20,13 +19,7 @@ use crate::report::Report;
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
     #[command(flatten)]
-    pub(crate) connection: common::Connection,
-    /// State file of the run that migrated the app.
-    #[arg(long, default_value = "vnet-migrate.db")]
-    pub(crate) state: PathBuf,
-    /// Run id (default: the newest run).
-    #[arg(long)]
-    pub(crate) run: Option<String>,
+    pub(crate) on: On,
     /// The app or slot to roll back (ARM id).
     #[arg(long)]
     pub(crate) app: String,
@@ -34,8 +27,8 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let app = ResourceId::parse(&args.app).context("--app")?;
-    let op = operate(&args.state, args.run.as_deref(), global)?;
-    let shown = args.state.display();
+    let op = operate(&args.on.state, args.on.run.as_deref(), global)?;
+    let shown = args.on.state.display();
     let record = op
         .state
         .store()

@@ -4,7 +4,6 @@
 //! reads it every tick; with no process running the rollout, `resume` and `abort` drive it
 //! themselves (an abort still lets the targets a step has touched reach their outcome).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -12,6 +11,7 @@ use clap::{Args as ClapArgs, Subcommand};
 use time::OffsetDateTime;
 
 use super::common::{self, Global};
+use super::state::On;
 use super::{run, state, status};
 use crate::pipeline::local::held_by_a_runner;
 use crate::pipeline::rollout::Control;
@@ -37,18 +37,6 @@ enum Action {
     Resume(On),
     /// Cancel every target no step has touched; touched ones reach their outcome.
     Abort(On),
-}
-
-#[derive(Debug, ClapArgs)]
-struct On {
-    #[command(flatten)]
-    connection: common::Connection,
-    /// State file of the rollout.
-    #[arg(long, default_value = "vnet-migrate.db")]
-    state: PathBuf,
-    /// Run id (default: the newest run).
-    #[arg(long)]
-    run: Option<String>,
 }
 
 impl Args {

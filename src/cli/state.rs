@@ -64,6 +64,20 @@ pub(crate) fn decide(
     }
 }
 
+/// Which state file and run an operator command (`retry`, `rollback`, `replay`, `rollout`
+/// pause/resume/abort) works on, and how it reaches ARM.
+#[derive(Debug, clap::Args)]
+pub(crate) struct On {
+    #[command(flatten)]
+    pub(crate) connection: super::common::Connection,
+    /// State file of the run.
+    #[arg(long, default_value = "vnet-migrate.db")]
+    pub(crate) state: std::path::PathBuf,
+    /// Run id (default: the newest run).
+    #[arg(long)]
+    pub(crate) run: Option<String>,
+}
+
 /// The run an operator command (`retry`, `rollback`, `replay`) works on, in a state file
 /// that exists, with the contract it recorded; the connection flags must agree with it.
 pub(crate) struct Operated {

@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 
 use crate::run_state::{exit_ok, Sim};
-use crate::support::{get_json, json_stdout};
+use crate::support::{arm_write, get_json, json_stdout};
 
 /// The resource `id` as the simulator holds it now.
 fn resource(sim: &Sim, id: &str) -> Value {
@@ -18,26 +18,6 @@ fn resource(sim: &Sim, id: &str) -> Value {
         .find(|r| r["id"].as_str().unwrap().eq_ignore_ascii_case(id))
         .cloned()
         .unwrap_or(Value::Null)
-}
-
-/// PATCH through ARM, as the app's owner would.
-fn patch(sim: &Sim, id: &str, body: Value) {
-    let url = format!("{}{id}?api-version=2024-11-01", sim.url);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let status = rt.block_on(async {
-        reqwest::Client::new()
-            .patch(&url)
-            .bearer_auth("t")
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    assert!(status.is_success(), "PATCH {id}: {status}");
 }
 
 fn target<'a>(report: &'a Value, id: &str) -> &'a Value {
@@ -92,7 +72,8 @@ fn retry_after_the_cause_is_removed_and_rollback_by_hand() {
 
     // The cause goes (the app's stamp accepts the subnet again): the retry migrates it.
     // (The simulator's knob tag emptied: kept or replaced, the tags no longer ask it to refuse.)
-    patch(&sim, app, json!({ "tags": { "vnet-migrate-sim": "" } }));
+    let tags = json!({ "tags": { "vnet-migrate-sim": "" } });
+    arm_write(&sim.url, reqwest::Method::PATCH, app, "2024-11-01", tags);
     let out = sim
         .operator(
             "retry",

@@ -13,7 +13,7 @@ use vnet_migrate::rehearsal::invariants;
 use vnet_migrate::sim::Fleet;
 
 use crate::cli::POLICY;
-use crate::support::{bin, get_json, json_stdout, spawn_simulator, ChildGuard, TempDir};
+use crate::support::{arm_write, bin, get_json, json_stdout, spawn_simulator, ChildGuard, TempDir};
 
 struct Sim {
     _child: ChildGuard,
@@ -112,22 +112,8 @@ impl Sim {
 
     /// PUT a subnet as someone else would (through ARM, not through vnet-migrate).
     fn put_subnet(&self, id: &str, prefix: &str) {
-        let url = format!("{}{id}?api-version=2024-05-01", self.url);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let status = rt.block_on(async {
-            reqwest::Client::new()
-                .put(&url)
-                .bearer_auth("t")
-                .json(&json!({"properties": {"addressPrefix": prefix}}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        });
-        assert!(status.is_success(), "PUT {id}: {status}");
+        let body = json!({"properties": {"addressPrefix": prefix}});
+        arm_write(&self.url, reqwest::Method::PUT, id, "2024-05-01", body);
     }
 }
 

@@ -148,6 +148,27 @@ pub fn get_json(url: &str) -> Value {
     })
 }
 
+/// A write through the simulator's ARM API as someone other than vnet-migrate would make it
+/// (`method` PUT or PATCH of `id` at `api_version`); panics unless ARM accepted it.
+pub fn arm_write(url: &str, method: reqwest::Method, id: &str, api_version: &str, body: Value) {
+    let target = format!("{url}{id}?api-version={api_version}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .request(method, &target)
+            .bearer_auth("t")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_success(), "{id}: {status}");
+}
+
 /// A command's stdout as the one JSON document `--output json` promises.
 pub fn json_stdout(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
