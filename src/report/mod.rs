@@ -244,9 +244,15 @@ impl Report {
         } else {
             "lower bound n/a (the requests fit in ARM's bursts)".to_string()
         };
+        // A rehearsal's clock runs `simulated_speed` times faster than ARM's: its makespan and
+        // bounds are wall seconds of that clock, its downtimes simulated seconds.
+        let clock = match p.simulated_speed {
+            Some(x) => format!(" (wall seconds at ×{x} speed)"),
+            None => String::new(),
+        };
         let _ = writeln!(
             s,
-            "makespan {:.1}s, {bound}, {} ARM requests, {} writes, {} throttled (429), {:.1} steps/s",
+            "makespan {:.1}s{clock}, {bound}, {} ARM requests, {} writes, {} throttled (429), {:.1} steps/s",
             p.makespan_seconds, p.arm_requests, p.arm_writes, p.throttled429, p.steps_per_second
         );
         let _ = match &p.downtime_seconds {
