@@ -103,6 +103,9 @@ pub struct Policy {
     /// wave starts.
     pub(crate) bake_minutes: u32,
     pub(crate) gates: Gates,
+    /// Maintenance windows: a target's cut-over starts only inside one of the windows whose
+    /// tags it carries; a target no window covers may be cut over at any time.
+    pub(crate) windows: Vec<Window>,
     pub(crate) subnet: SubnetPolicy,
     pub(crate) routing: Routing,
     pub(crate) rollback: RollbackMode,
@@ -121,6 +124,7 @@ impl Default for Policy {
             concurrency: Concurrency::default(),
             bake_minutes: 0,
             gates: Gates::default(),
+            windows: Vec::new(),
             subnet: SubnetPolicy::default(),
             routing: Routing::default(),
             rollback: RollbackMode::Auto,
@@ -272,6 +276,40 @@ impl Default for Probe {
         Self {
             path: "/".to_string(),
             expected_status: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Day {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// Allowed UTC hours `[startHour, endHour)` on `days` (empty = every day) for targets carrying
+/// `tags` (empty = every target). `endHour <= startHour` spans midnight into the next day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub(crate) struct Window {
+    pub(crate) days: Vec<Day>,
+    pub(crate) start_hour: u8,
+    pub(crate) end_hour: u8,
+    pub(crate) tags: BTreeMap<String, String>,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self {
+            days: Vec::new(),
+            start_hour: 0,
+            end_hour: 24,
+            tags: BTreeMap::new(),
         }
     }
 }
@@ -448,6 +486,20 @@ impl Policy {
                 ),
             ));
         }
+        for (i, w) in self.windows.iter().enumerate() {
+            if w.start_hour > 23 {
+                return Err(field_err(
+                    &format!("windows[{i}].startHour"),
+                    format!("must be between 0 and 23, got {}", w.start_hour),
+                ));
+            }
+            if w.end_hour > 24 {
+                return Err(field_err(
+                    &format!("windows[{i}].endHour"),
+                    format!("must be between 0 and 24, got {}", w.end_hour),
+                ));
+            }
+        }
         let rate = self.gates.max_failure_rate;
         if !(0.0..=1.0).contains(&rate) {
             return Err(field_err(
@@ -562,10 +614,9 @@ impl Policy {
 }
 
 /// Fields of the published schema (DESIGN §9) that have no behaviour yet, as dotted paths.
-/// A document naming one is refused whatever its value: `"perVnet": 1` or `"windows": []`
+/// A document naming one is refused whatever its value: `"perVnet": 1` or `"sharedAcrossPlans": false`
 /// would otherwise read as a promise the runner does not keep.
-pub(crate) const UNSUPPORTED: [&str; 3] =
-    ["concurrency.perVnet", "windows", "subnet.sharedAcrossPlans"];
+pub(crate) const UNSUPPORTED: [&str; 2] = ["concurrency.perVnet", "subnet.sharedAcrossPlans"];
 
 fn refuse_unsupported(doc: &Value) -> Result<(), PolicyError> {
     for field in UNSUPPORTED {
@@ -585,6 +636,7 @@ fn refuse_unsupported(doc: &Value) -> Result<(), PolicyError> {
 fn shape() -> Value {
     let mut full = Policy::default();
     full.gates.probe = Some(Probe::default());
+    full.windows = vec![Window::default()];
     serde_json::to_value(full).expect("policy serialises")
 }
 
@@ -751,8 +803,8 @@ mod tests {
                 "policy field concurrency: must be a JSON object, got an array",
             ),
             (
-                json!({"windows": [[1, 2]]}),
-                "policy field windows is not supported yet: remove it",
+                json!({"windows": [{"startHour": 24}]}),
+                "policy field windows[0].startHour: must be between 0 and 23, got 24",
             ),
             (
                 json!({"gates": {"probe": ["/health"]}}),
@@ -971,6 +1023,16 @@ mod tests {
         ("scope.tags", "policy.rs", "scope_matching"),
         ("scope.exclude", "policy.rs", "scope_matching"),
         (
+            "windows",
+            "window.rs",
+            "a_weekend_night_window_holds_a_tuesday_night_until_saturday",
+        ),
+        (
+            "windows",
+            "windows.rs",
+            "a_cut_over_outside_its_window_waits_for_the_opening_and_others_do_not",
+        ),
+        (
             "waves",
             "rollout.rs",
             "waves_take_sizes_and_percentages_in_a_stable_order",
@@ -1088,6 +1150,8 @@ mod tests {
             "scenarios.rs" => include_str!("../tests/it/scenarios.rs"),
             "functions_host.rs" => include_str!("../tests/it/functions_host.rs"),
             "rollout_waves.rs" => include_str!("../tests/it/rollout_waves.rs"),
+            "window.rs" => include_str!("migration/window.rs"),
+            "windows.rs" => include_str!("../tests/it/windows.rs"),
             other => panic!("no source {other}"),
         }
     }

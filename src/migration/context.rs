@@ -90,6 +90,8 @@ pub struct StepContext {
     pub(crate) plans: PlanCache,
     /// Divides every delay (settle time, backoff): 1.0 in Azure, the simulator's speed in rehearsals.
     pub(crate) time_scale: f64,
+    /// When this context was made: the origin of a compressed run's clock (`now`).
+    started: OffsetDateTime,
     /// `run --plan`: the plan applied (targets that drifted from it are held back).
     pub(crate) applied: Option<Arc<AppliedPlan>>,
     /// `plan`: where a dry run's `plan` steps leave their forecasts.
@@ -104,6 +106,7 @@ impl StepContext {
             ledger,
             plans: PlanCache::default(),
             time_scale: 1.0,
+            started: OffsetDateTime::now_utc(),
             applied: None,
             forecasts: None,
         }
@@ -125,6 +128,17 @@ impl StepContext {
     pub fn time_compressed(mut self, time_scale: f64) -> Self {
         self.time_scale = time_scale;
         self
+    }
+
+    /// The clock maintenance windows are judged by: UTC against Azure; in a rehearsal the
+    /// simulated time (the context's start plus the time since, times the speed), so a window
+    /// a day away opens after a simulated day, as the scaled wait for it ends.
+    pub(crate) fn now(&self) -> OffsetDateTime {
+        let real = OffsetDateTime::now_utc();
+        if self.time_scale <= 1.0 {
+            return real;
+        }
+        self.started + (real - self.started) * self.time_scale
     }
 
     pub(crate) fn scaled(&self, d: Duration) -> Duration {

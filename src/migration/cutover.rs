@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use super::context::{StepContext, StepError};
 use super::plan_cache::{connections, integration_of};
 use super::steps::{current_routing, planned};
+use super::window;
 use crate::azure::arm::ArmError;
 use crate::azure::models::Site;
 use crate::migration::plan::Integration;
@@ -46,6 +47,11 @@ pub(super) async fn disconnect(
     let conns = connections(&ctx.arm, &msg.target).await?;
     let (gateway, removed) = match conns.iter().find(|c| c.is_gateway()) {
         Some(c) => {
+            // Not cut yet: it starts only inside the target's maintenance window (a cut-over
+            // already under way, its connection gone, is never held).
+            if let Some(wait) = outside_window(ctx, msg).await? {
+                return Ok(wait);
+            }
             let vnet = c.properties.vnet_resource_id.clone().ok_or_else(|| {
                 StepError::Unexpected(format!(
                     "gateway connection {} has no vnetResourceId",
@@ -128,6 +134,37 @@ pub(super) async fn disconnect(
             source: Box::new(e),
         }),
     }
+}
+
+/// When the policy has windows and none that covers the target is open: the cut-over again,
+/// scheduled for the next opening (the site is read for its tags only then).
+async fn outside_window(
+    ctx: &StepContext,
+    msg: &StepMessage,
+) -> Result<Option<StepResult>, StepError> {
+    if ctx.policy.windows.is_empty() {
+        return Ok(None);
+    }
+    let site: Site = ctx.arm.get(msg.target.as_str()).await?;
+    let now = ctx.now();
+    Ok(
+        match window::admission(&ctx.policy.windows, site.tags.as_ref(), now) {
+            window::Admission::Now => None,
+            window::Admission::Until(opens) => {
+                let wait = (opens - now).unsigned_abs();
+                Some(StepResult::next_after(
+                    msg.deferred(),
+                    ctx.scaled(wait),
+                    format!(
+                        "outside its maintenance window: the cut-over waits until {}",
+                        opens
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default()
+                    ),
+                ))
+            }
+        },
+    )
 }
 
 /// The connect part of the cut-over on its own: joins the planned subnet unless the app is in

@@ -18,5 +18,6 @@ pub(crate) mod rollback;
 pub(crate) mod snapshot;
 pub(crate) mod steps;
 mod subnet;
+mod window;
 
 pub use context::{Migration, StepContext, StepError};

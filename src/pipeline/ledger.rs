@@ -109,6 +109,13 @@ pub struct StepLogEntry {
     pub(crate) duration_ms: u64,
 }
 
+impl StepLogEntry {
+    /// What the step saw and did (ARM's messages included).
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger storage error: {message}{}", Suffix(.source))]

@@ -194,6 +194,10 @@ pub struct StepMessage {
     /// duplicate of one re-send is still dropped.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) transient: u32,
+    /// Times this step was put off until a maintenance window opened (not attempts either):
+    /// part of the MessageId, so each deferral is a new message.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) waited: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -232,6 +236,7 @@ impl StepMessage {
             routing: None,
             replay: 0,
             transient: 0,
+            waited: 0,
         }
     }
 
@@ -246,6 +251,16 @@ impl StepMessage {
             step,
             attempt: 0,
             transient: 0,
+            waited: 0,
+            not_before: None,
+            ..self.clone()
+        }
+    }
+
+    /// The same step, put off (until a maintenance window opens): no attempt is spent.
+    pub(crate) fn deferred(&self) -> Self {
+        StepMessage {
+            waited: self.waited + 1,
             not_before: None,
             ..self.clone()
         }
@@ -325,6 +340,9 @@ impl StepMessage {
         }
         if self.transient > 0 {
             s.push_str(&format!("|transient-{}", self.transient));
+        }
+        if self.waited > 0 {
+            s.push_str(&format!("|waited-{}", self.waited));
         }
         let digest = Sha256::digest(s.as_bytes());
         hex::encode(digest)[..32].to_string()

@@ -18,3 +18,4 @@ mod run_state;
 mod scenarios;
 mod servicebus;
 mod sim_fidelity;
+mod windows;

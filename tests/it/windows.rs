@@ -1,0 +1,52 @@
+//! Maintenance windows (issue 12) on the embedded runner against the simulator: a target its
+//! window does not cover right now has its cut-over put off, scheduled for the opening (the
+//! rig compresses time a million-fold, so a day's wait takes a tenth of a second), and is
+//! migrated then; a target no window covers is cut over at once.
+
+use serde_json::json;
+use time::OffsetDateTime;
+use vnet_migrate::pipeline::ledger::Ledger;
+use vnet_migrate::policy::Policy;
+
+use crate::support::{base, hub, report_of, Rig};
+
+#[tokio::test]
+async fn a_cut_over_outside_its_window_waits_for_the_opening_and_others_do_not() {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", "westeurope", "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", "westeurope", "P1v2", 1);
+    let prod = b.site("apps", "prod-app", &plan);
+    b.gateway_connection(&prod, &v);
+    b.tag(&prod, "env", "prod");
+    let dev = b.site("apps", "dev-app", &plan);
+    b.gateway_connection(&dev, &v);
+    let rig = Rig::start(b.build()).await;
+
+    // Prod may be cut over only tomorrow (UTC), all day: closed now, whatever the time.
+    let tomorrow = (OffsetDateTime::now_utc() + time::Duration::days(1)).weekday();
+    let day = tomorrow.to_string()[..3].to_ascii_lowercase();
+    let policy = Policy::from_json(
+        &json!({
+            "settleSeconds": 0,
+            "windows": [{"days": [day], "startHour": 0, "endHour": 24, "tags": {"env": "prod"}}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let finished = rig
+        .local_run(&policy, rig.dir.file("w.db"), 4)
+        .await
+        .unwrap();
+    let report = report_of(&finished.store, &finished.run).await;
+    assert_eq!(crate::support::outcome(&report, &prod), "migrated");
+    assert_eq!(crate::support::outcome(&report, &dev), "migrated");
+
+    let waited = |log: &[vnet_migrate::pipeline::ledger::StepLogEntry]| {
+        log.iter()
+            .any(|e| e.detail().contains("outside its maintenance window"))
+    };
+    let prod_log = finished.store.step_log(&finished.run, &prod).await.unwrap();
+    assert!(waited(&prod_log), "prod was cut over without waiting");
+    let dev_log = finished.store.step_log(&finished.run, &dev).await.unwrap();
+    assert!(!waited(&dev_log), "dev, covered by no window, waited");
+}
