@@ -12,7 +12,9 @@ use futures::future::BoxFuture;
 
 use super::common::{self, Global};
 use super::exit::Exit;
-use crate::azure::credential::{credential_from_settings, CredentialKind, TokenSource};
+use crate::azure::credential::{
+    check_token_endpoint, credential_from_settings, CredentialKind, TokenSource,
+};
 use crate::azure::servicebus::{
     endpoint_from_env, BearerSource, ServiceBusClient, ServiceBusError, SERVICEBUS_SCOPE,
 };
@@ -52,6 +54,9 @@ fn open_ledger(setting: &str) -> Result<Arc<SqliteStore>> {
             .with_context(|| format!("VNET_MIGRATE_LEDGER: cannot open {path}"));
     }
     if setting.starts_with("https://") || setting.starts_with("http://") {
+        // The Table ledger authenticates with the same Entra credential: https, or loopback
+        // (Azurite) only.
+        check_token_endpoint(setting).context("VNET_MIGRATE_LEDGER")?;
         bail!("VNET_MIGRATE_LEDGER: the Table Storage ledger is not in this build yet; use sqlite:PATH");
     }
     bail!("VNET_MIGRATE_LEDGER must be sqlite:PATH, got {setting:?}")

@@ -8,10 +8,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use super::admission::{message_in_scope, MessageScope};
 use super::fleet_plan::{AppliedPlan, Forecasts};
 use super::plan_cache::PlanCache;
 use super::steps;
 use crate::azure::arm::{ArmClient, ArmError};
+use crate::error::BoxError;
 use crate::pipeline::ledger::{Ledger, LedgerError};
 use crate::pipeline::message::{GatewaySnapshot, Step, StepMessage};
 use crate::pipeline::outcome::Outcome;
@@ -153,6 +155,16 @@ impl Reconciler for Migration {
 
     async fn reconcile(&self, msg: &StepMessage) -> Result<StepResult, StepError> {
         steps::run(&self.ctx, msg).await
+    }
+
+    /// Every id of the message lies in the client's write scope and the policy's scope
+    /// ([`message_in_scope`]).
+    fn admit(&self, msg: &StepMessage) -> Result<(), BoxError> {
+        let scope = MessageScope {
+            writable: self.ctx.arm.write_scope(),
+            policy: &self.ctx.policy.scope,
+        };
+        message_in_scope(msg, scope).map_err(Into::into)
     }
 
     /// Transient failures (throttling, contention, 5xx) re-send the step with a growing delay
