@@ -181,6 +181,64 @@ mod tests {
         )
     }
 
+    /// The embedded runner asks the real reconciler and dead-letters a refused message with
+    /// the refusal as its reason; the steps around it run. ARM here is a closed port: a
+    /// refused message that reached a step would fail and be re-sent, never dead-lettered.
+    #[tokio::test]
+    async fn the_embedded_runner_dead_letters_a_refused_message_with_its_reason() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use crate::azure::arm::{ArmClient, ArmConfig};
+        use crate::azure::credential::StaticToken;
+        use crate::migration::{Migration, StepContext};
+        use crate::pipeline::engine::Engine;
+        use crate::pipeline::queue::{Outgoing, StepSender};
+        use crate::pipeline::runner::{Runner, RunnerConfig};
+        use crate::pipeline::sqlite::test_support::store;
+
+        let (_dir, store) = store();
+        let store = Arc::new(store);
+        let arm = ArmClient::new(
+            ArmConfig::new(
+                "http://127.0.0.1:9",
+                vec![ResourceId::subscription_id(S).unwrap()],
+            ),
+            Arc::new(StaticToken::new("t")),
+        )
+        .unwrap();
+        let migration = Migration::new(StepContext::new(
+            arm,
+            Arc::new(crate::policy::Policy::default()),
+            store.clone(),
+        ));
+        let forged = msg(site(S, "apps"), None, Some(OTHER));
+        store
+            .send(vec![Outgoing::now(forged.clone())])
+            .await
+            .unwrap();
+        let runner = Runner::new(
+            store.clone(),
+            Arc::new(Engine::new(migration)),
+            RunnerConfig::default(),
+        );
+        let stats = tokio::time::timeout(Duration::from_secs(30), runner.run_until_idle())
+            .await
+            .expect("a refused message is settled at once")
+            .unwrap();
+        assert_eq!((stats.steps, stats.dead_lettered), (0, 1));
+        let dead = store.dead_letters().unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].message_id, forged.message_id());
+        assert!(
+            dead[0]
+                .reason
+                .starts_with("out-of-scope: gateway.vnetResourceId"),
+            "{}",
+            dead[0].reason
+        );
+    }
+
     #[test]
     fn a_message_wholly_in_the_targets_subscription_is_admitted() {
         let p = policy::Scope::default();
