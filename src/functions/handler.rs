@@ -24,7 +24,6 @@ use crate::pipeline::engine::Engine;
 use crate::pipeline::ledger::{Ledger, LedgerError, RunRecord, TargetRecord};
 use crate::pipeline::message::{Origin, PlannedSubnet, RunId, Step, StepMessage};
 use crate::pipeline::queue::{Outgoing, StepSender};
-use crate::pipeline::reconciler::Reconciler;
 use crate::policy::{OnDeploy, Policy};
 use crate::report::{Performance, Report};
 

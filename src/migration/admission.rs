@@ -3,14 +3,18 @@
 //! writes into request bodies (a rollback PUTs `gateway.vnetResourceId` into the app's
 //! connection; a cut-over PATCHes `plan.subnet` into the site), where the ARM client's scope
 //! guard, which judges request paths only, never looks. So every id is checked against the
-//! configured scope before anything is read or written; a refused message is dead-lettered
-//! with the refusal, never executed.
+//! configured scope before anything is read or written, and a refused message is never
+//! executed: the Functions handler refuses it before the engine (Service Bus dead-letters it
+//! at MaxDeliveryCount; the refusal is in every invocation's logs), and the reconciler checks
+//! again on every path, ending the step as failed with cause `out-of-scope`.
 //!
 //! The rules, stricter than ARM where ARM is looser (project rule: never kinder than ARM):
 //! - the target lies in the write scope and in the policy's scope (subscriptions, resource
 //!   groups, exclusions; tags need ARM and are judged by `discover`);
 //! - every VNet and subnet (the planned ones, the saved gateway VNet) lies in the write scope,
-//!   is not excluded, and is in the **target's own subscription**. ARM itself accepts a
+//!   is not excluded, and is in the **target's own subscription**;
+//! - a dry-run message is held to all but the write scope: it writes nothing, and a dry run's
+//!   client has no write scope at all. ARM itself accepts a
 //!   regional integration subnet in another subscription when that subscription has
 //!   Microsoft.Web registered (arm-vnet reference §3.2, [DOC-vnet-2023]), but a multi-plan
 //!   subnet may only be shared by plans of the same subscription ([DOC-vnet-2025], §3.2) and
@@ -70,8 +74,8 @@ pub struct MessageScope<'a> {
 }
 
 impl MessageScope<'_> {
-    fn writable(&self, field: Field, id: &ResourceId) -> Result<(), OutOfScope> {
-        if self.writable.iter().any(|scope| id.is_within(scope)) {
+    fn writable(&self, msg: &StepMessage, field: Field, id: &ResourceId) -> Result<(), OutOfScope> {
+        if msg.dry_run || self.writable.iter().any(|scope| id.is_within(scope)) {
             Ok(())
         } else {
             Err(OutOfScope::NotWritable {
@@ -85,7 +89,7 @@ impl MessageScope<'_> {
 /// Checks every id of `msg` (see the module comment for the rules). Pure.
 pub fn message_in_scope(msg: &StepMessage, scope: MessageScope<'_>) -> Result<(), OutOfScope> {
     let target = &msg.target;
-    scope.writable(Field::Target, target)?;
+    scope.writable(msg, Field::Target, target)?;
     if !scope.policy.places(target) {
         return Err(OutOfScope::NotInPolicy {
             field: Field::Target,
@@ -112,7 +116,7 @@ pub fn message_in_scope(msg: &StepMessage, scope: MessageScope<'_>) -> Result<()
                 target_subscription: target.subscription().to_string(),
             });
         }
-        scope.writable(field, id)?;
+        scope.writable(msg, field, id)?;
         if scope.policy.excludes(id) {
             return Err(OutOfScope::NotInPolicy {
                 field,
@@ -181,24 +185,22 @@ mod tests {
         )
     }
 
-    /// The embedded runner asks the real reconciler and dead-letters a refused message with
-    /// the refusal as its reason; the steps around it run. ARM here is a closed port: a
-    /// refused message that reached a step would fail and be re-sent, never dead-lettered.
+    /// On the embedded path the reconciler refuses the message itself: nothing is read or
+    /// written and the step fails naming `out-of-scope`. ARM here is a closed port: a
+    /// message that reached a step would fail there and be re-sent, never parked.
     #[tokio::test]
-    async fn the_embedded_runner_dead_letters_a_refused_message_with_its_reason() {
+    async fn the_reconciler_refuses_an_out_of_scope_message_without_any_arm_call() {
         use std::sync::Arc;
-        use std::time::Duration;
 
         use crate::azure::arm::{ArmClient, ArmConfig};
         use crate::azure::credential::StaticToken;
         use crate::migration::{Migration, StepContext};
         use crate::pipeline::engine::Engine;
-        use crate::pipeline::queue::{Outgoing, StepSender};
-        use crate::pipeline::runner::{Runner, RunnerConfig};
+        use crate::pipeline::reason::{Cause, ParkReason};
         use crate::pipeline::sqlite::test_support::store;
+        use crate::pipeline::Outcome;
 
         let (_dir, store) = store();
-        let store = Arc::new(store);
         let arm = ArmClient::new(
             ArmConfig::new(
                 "http://127.0.0.1:9",
@@ -208,35 +210,28 @@ mod tests {
         )
         .unwrap();
         let migration = Migration::new(StepContext::new(
-            arm,
+            arm.clone(),
             Arc::new(crate::policy::Policy::default()),
-            store.clone(),
+            Arc::new(store),
         ));
         let forged = msg(site(S, "apps"), None, Some(OTHER));
-        store
-            .send(vec![Outgoing::now(forged.clone())])
-            .await
-            .unwrap();
-        let runner = Runner::new(
-            store.clone(),
-            Arc::new(Engine::new(migration)),
-            RunnerConfig::default(),
+        assert!(matches!(
+            migration.admit(&forged),
+            Err(OutOfScope::OtherSubscription {
+                field: Field::GatewayVnet,
+                ..
+            })
+        ));
+        let executed = Engine::new(migration).execute(&forged).await;
+        assert_eq!(
+            executed.outcome,
+            Some(Outcome::Parked(ParkReason::StepFailed {
+                step: Step::Rollback,
+                cause: Cause::OutOfScope
+            }))
         );
-        let stats = tokio::time::timeout(Duration::from_secs(30), runner.run_until_idle())
-            .await
-            .expect("a refused message is settled at once")
-            .unwrap();
-        assert_eq!((stats.steps, stats.dead_lettered), (0, 1));
-        let dead = store.dead_letters().unwrap();
-        assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].message_id, forged.message_id());
-        assert!(
-            dead[0]
-                .reason
-                .starts_with("out-of-scope: gateway.vnetResourceId"),
-            "{}",
-            dead[0].reason
-        );
+        assert!(executed.next.is_empty());
+        assert_eq!(arm.metrics().requests, 0);
     }
 
     #[test]
@@ -299,6 +294,14 @@ mod tests {
             ),
             "{e}"
         );
+        // A dry run's client writes nowhere; its messages are held to the other rules.
+        let dry = |m: StepMessage| m.with_dry_run(true);
+        assert_eq!(
+            check(&dry(msg(site(S, "apps"), Some(S), Some(S))), &[], &p),
+            Ok(())
+        );
+        let e = check(&dry(msg(site(S, "apps"), None, Some(OTHER))), &[], &p).unwrap_err();
+        assert!(matches!(e, OutOfScope::OtherSubscription { .. }), "{e}");
     }
 
     #[test]

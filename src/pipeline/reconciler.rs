@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use super::ledger::Cutover;
 use super::message::{PlannedSubnet, StepMessage};
 use super::outcome::Outcome;
-use crate::error::BoxError;
 
 #[async_trait]
 pub trait Reconciler: Send + Sync + 'static {
@@ -21,13 +20,6 @@ pub trait Reconciler: Send + Sync + 'static {
 
     /// What to do when `reconcile` failed.
     fn error_policy(&self, msg: &StepMessage, err: &Self::Error) -> StepResult;
-
-    /// Whether a decoded message may be executed at all. A refused one is dead-lettered with
-    /// the refusal as its reason and never reaches `reconcile` (a message is data anyone
-    /// with send rights on the queue can forge).
-    fn admit(&self, _msg: &StepMessage) -> Result<(), BoxError> {
-        Ok(())
-    }
 }
 
 /// What a reconciler decided.

@@ -183,8 +183,7 @@ impl<R: Reconciler> Runner<R> {
     }
 }
 
-/// Executes one delivery. Ok(true) = settled, Ok(false) = dead-lettered (undecodable or
-/// refused by the reconciler).
+/// Executes one delivery. Ok(true) = settled, Ok(false) = dead-lettered (undecodable).
 async fn work<R: Reconciler>(
     store: &SqliteStore,
     engine: &Engine<R>,
@@ -203,11 +202,6 @@ async fn work<R: Reconciler>(
             return Ok(false);
         }
     };
-    if let Err(refused) = engine.reconciler().admit(&msg) {
-        tracing::error!(message_id = %d.message_id, "refused step message: {refused}");
-        store.dead_letter(&d, &refused.to_string())?;
-        return Ok(false);
-    }
     let executed = engine.execute(&msg).await;
     match store.commit(&d, &executed.next, Some(&executed.record)) {
         Ok(()) => {}
