@@ -151,6 +151,12 @@ pub(crate) struct Scope {
 impl Scope {
     /// Whether a target (site or slot) with these tags is in scope.
     pub(crate) fn includes(&self, id: &ResourceId, tags: Option<&Map<String, Value>>) -> bool {
+        self.places(id) && tags_match(&self.tags, tags)
+    }
+
+    /// Whether an id lies in the scope's subscriptions and resource groups and is not
+    /// excluded: everything but the tags, which only ARM knows.
+    pub(crate) fn places(&self, id: &ResourceId) -> bool {
         let sub_ok = self.subscriptions.is_empty()
             || self
                 .subscriptions
@@ -165,10 +171,12 @@ impl Scope {
                         .is_some_and(|own| own.eq_ignore_ascii_case(rg))
                 }
             });
-        sub_ok
-            && rg_ok
-            && tags_match(&self.tags, tags)
-            && !self.exclude.iter().any(|ex| id.is_within(ex))
+        sub_ok && rg_ok && !self.excludes(id)
+    }
+
+    /// Whether an id is one of the excluded ids or lies below one.
+    pub(crate) fn excludes(&self, id: &ResourceId) -> bool {
+        self.exclude.iter().any(|ex| id.is_within(ex))
     }
 }
 

@@ -182,6 +182,21 @@ fn static_for_endpoints(
     Ok(Arc::new(StaticToken::new(token)))
 }
 
+/// An endpoint a bearer token would reach in clear text on the network.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} must be an https URL (http only on loopback): a bearer token is never sent in clear text to another host")]
+pub struct InsecureEndpoint(pub String);
+
+/// Accepts an endpoint that bearer tokens may be sent to: `https`, or `http` on loopback
+/// (the simulator, the fakes, Azurite).
+pub(crate) fn check_token_endpoint(endpoint: &str) -> Result<(), InsecureEndpoint> {
+    match reqwest::Url::parse(endpoint).map(|u| u.scheme().to_string()) {
+        Ok(s) if s == "https" => Ok(()),
+        Ok(s) if s == "http" && is_loopback_endpoint(endpoint) => Ok(()),
+        _ => Err(InsecureEndpoint(endpoint.to_string())),
+    }
+}
+
 /// True for URLs whose host is 127.0.0.0/8, ::1 or `localhost`.
 pub(crate) fn is_loopback_endpoint(endpoint: &str) -> bool {
     let Ok(url) = reqwest::Url::parse(endpoint) else {
@@ -285,6 +300,32 @@ mod tests {
         assert!(!is_loopback_endpoint("http://localhost.evil.com"));
         assert!(!is_loopback_endpoint("http://128.0.0.1"));
         assert!(!is_loopback_endpoint("not a url"));
+    }
+
+    #[test]
+    fn tokens_go_over_https_or_to_loopback_only() {
+        for ok in [
+            "https://contoso.servicebus.windows.net",
+            "https://acct.table.core.windows.net",
+            "http://127.0.0.1:10002/devstoreaccount1",
+            "http://localhost:8080",
+            "http://[::1]:9",
+        ] {
+            assert_eq!(check_token_endpoint(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://contoso.servicebus.windows.net",
+            "http://localhost.evil.com",
+            "http://10.0.0.1",
+            "ftp://127.0.0.1",
+            "contoso.servicebus.windows.net",
+        ] {
+            assert_eq!(
+                check_token_endpoint(bad),
+                Err(InsecureEndpoint(bad.into())),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::credential::check_token_endpoint;
+
 /// Content type of a batch send.
 pub(crate) const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
 /// Token scope for Entra ID (public cloud); the caller obtains the token.
@@ -501,11 +503,10 @@ pub(crate) fn endpoint_from(
     namespace: Option<&str>,
 ) -> Result<String, ServiceBusError> {
     if let Some(url) = override_url.map(str::trim).filter(|s| !s.is_empty()) {
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(ServiceBusError::Config(format!(
-                "VNET_MIGRATE_SERVICEBUS_ENDPOINT must be an http(s) URL, got {url:?}"
-            )));
-        }
+        // The Entra token goes with every request: never in clear text to another host.
+        check_token_endpoint(url).map_err(|e| {
+            ServiceBusError::Config(format!("VNET_MIGRATE_SERVICEBUS_ENDPOINT: {e}"))
+        })?;
         return Ok(url.trim_end_matches('/').to_string());
     }
     if let Some(ns) = namespace.map(str::trim).filter(|s| !s.is_empty()) {
@@ -558,5 +559,9 @@ mod tests {
         );
         assert!(endpoint_from(None, None).is_err());
         assert!(endpoint_from(Some("ftp://x"), None).is_err());
+        let e = endpoint_from(Some("http://contoso.servicebus.windows.net"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("http only on loopback"), "{e}");
     }
 }

@@ -1,24 +1,33 @@
-//! `replay`: resend dead-lettered step messages of a state file with a fresh MessageId, at a
-//! bounded rate; `--dry-run` groups them by dead-letter reason. The dead-lettered copy is
-//! removed in the transaction that enqueues the resend.
+//! `replay`: resend dead-lettered step messages with a fresh MessageId, at a bounded rate;
+//! `--dry-run` groups them by dead-letter reason. From a state file, the dead-lettered copy is
+//! removed in the transaction that enqueues the resend and the run is driven afterwards;
+//! with `--dlq`, from the steps queue's Service Bus dead-letter sub-queue, each is completed
+//! only after its resend was accepted, and the function app runs the steps.
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::common::{self, Global};
 use super::state::{operate, On};
+use crate::azure::credential::CredentialKind;
 use crate::pipeline::dead_letters::{group, replayed, DeadLetters, Selection};
 use crate::pipeline::queue::Outgoing;
+use crate::pipeline::servicebus::ServiceBusDeadLetters;
 use crate::report::Report;
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) on: On,
+    /// Replay the Service Bus dead-letter queue of the steps queue instead of a state file
+    /// (the settings of `serve`: `VNET_MIGRATE_SERVICEBUS_ENDPOINT` or
+    /// `ServiceBusConnection__fullyQualifiedNamespace`, `VNET_MIGRATE_STEPS_QUEUE`).
+    #[arg(long, conflicts_with = "state")]
+    pub(crate) dlq: bool,
     /// Only messages for this app (ARM id of a site, with its slots, or of a slot; repeatable).
     #[arg(long = "app")]
     pub(crate) apps: Vec<String>,
@@ -44,11 +53,44 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         apps: common::parse_apps(&args.apps)?,
         reason: args.reason.clone(),
     };
+    if args.dlq {
+        let kind: CredentialKind = global.credential.parse().context("--credential")?;
+        let dlq = ServiceBusDeadLetters::new(super::serve::steps_queue(kind)?);
+        let replayed = replay(global, &args, &selection, &dlq).await?;
+        if !args.dry_run {
+            common::emit(global, &serde_json::json!({ "replayed": replayed }), || {
+                format!("{replayed} message(s) replayed to the steps queue\n")
+            })?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     // The run the replayed steps belong to is driven afterwards; its contract decides how.
     let op = operate(&args.on.state, args.on.run.as_deref(), global)?;
-    let all = op.state.store().dead_lettered().await?;
-    let chosen: Vec<_> = all.iter().filter(|d| selection.matches(d)).collect();
+    replay(global, &args, &selection, op.state.store().as_ref()).await?;
     if args.dry_run {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = op.drive(global).await?;
+    common::finish(global, &report, Report::table)
+}
+
+/// Lists, selects and (unless `--dry-run`, which prints the groups) resends; every listed
+/// dead letter not resent is released. Returns how many were resent.
+async fn replay(
+    global: &Global,
+    args: &Args,
+    selection: &Selection,
+    dead_letters: &dyn DeadLetters,
+) -> Result<usize> {
+    let all = dead_letters.dead_lettered().await?;
+    let (chosen, others): (Vec<_>, Vec<_>) = all.iter().partition(|d| selection.matches(d));
+    for d in &others {
+        dead_letters.release(d).await?;
+    }
+    if args.dry_run {
+        for d in &chosen {
+            dead_letters.release(d).await?;
+        }
         let groups = group(&chosen);
         let doc: serde_json::Map<String, serde_json::Value> = groups
             .iter()
@@ -75,7 +117,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             ));
             s
         })?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     anyhow::ensure!(
         !chosen.is_empty(),
@@ -88,11 +130,11 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         let Ok(m) = &d.message else {
             // Nothing to resend: its body is no step message this version can read.
             unreadable += 1;
+            dead_letters.release(d).await?;
             continue;
         };
         let visible_at = now + time::Duration::seconds_f64(spacing * i as f64);
-        op.state
-            .store()
+        dead_letters
             .resend(
                 d,
                 Outgoing {
@@ -100,12 +142,13 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
                     visible_at,
                 },
             )
-            .await?;
+            .await
+            .with_context(|| format!("replaying dead letter {}", d.message_id))?;
     }
     if unreadable > 0 {
         eprintln!("{unreadable} dead letter(s) left: their bodies are not step messages this version can read");
     }
-    eprintln!("{} message(s) replayed", chosen.len() - unreadable);
-    let report = op.drive(global).await?;
-    common::finish(global, &report, Report::table)
+    let replayed = chosen.len() - unreadable;
+    eprintln!("{replayed} message(s) replayed");
+    Ok(replayed)
 }

@@ -12,7 +12,9 @@ use futures::future::BoxFuture;
 
 use super::common::{self, Global};
 use super::exit::Exit;
-use crate::azure::credential::{credential_from_settings, CredentialKind, TokenSource};
+use crate::azure::credential::{
+    check_token_endpoint, credential_from_settings, CredentialKind, TokenSource,
+};
 use crate::azure::servicebus::{
     endpoint_from_env, BearerSource, ServiceBusClient, ServiceBusError, SERVICEBUS_SCOPE,
 };
@@ -44,6 +46,21 @@ impl BearerSource for TokenBearer {
     }
 }
 
+/// The steps queue from the settings (DESIGN §7): `VNET_MIGRATE_SERVICEBUS_ENDPOINT` or
+/// `ServiceBusConnection__fullyQualifiedNamespace`, `VNET_MIGRATE_STEPS_QUEUE`; tokens from
+/// the credential `kind`. `serve` sends on it, `replay --dlq` reads its dead letters.
+pub(crate) fn steps_queue(kind: CredentialKind) -> Result<ServiceBusClient> {
+    let endpoint = endpoint_from_env()?;
+    let token = credential_from_settings(kind, SERVICEBUS_SCOPE, &[&endpoint])
+        .context("Service Bus credential")?;
+    let queue = env("VNET_MIGRATE_STEPS_QUEUE").unwrap_or_else(|| "migration-steps".into());
+    Ok(ServiceBusClient::new(
+        endpoint,
+        queue,
+        Arc::new(TokenBearer(token)),
+    ))
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -55,6 +72,9 @@ fn open_ledger(setting: &str) -> Result<Arc<SqliteStore>> {
             .with_context(|| format!("VNET_MIGRATE_LEDGER: cannot open {path}"));
     }
     if setting.starts_with("https://") || setting.starts_with("http://") {
+        // The Table ledger authenticates with the same Entra credential: https, or loopback
+        // (Azurite) only.
+        check_token_endpoint(setting).context("VNET_MIGRATE_LEDGER")?;
         bail!("VNET_MIGRATE_LEDGER: the Table Storage ledger is not in this build yet; use sqlite:PATH");
     }
     bail!("VNET_MIGRATE_LEDGER must be sqlite:PATH, got {setting:?}")
@@ -109,15 +129,7 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
         .await
         .context("VNET_MIGRATE_LEDGER: cannot read the ledger")?;
 
-    let sb_endpoint = endpoint_from_env()?;
-    let sb_token = credential_from_settings(kind, SERVICEBUS_SCOPE, &[&sb_endpoint])
-        .context("Service Bus credential")?;
-    let queue = env("VNET_MIGRATE_STEPS_QUEUE").unwrap_or_else(|| "migration-steps".into());
-    let sender = Arc::new(ServiceBusClient::new(
-        sb_endpoint,
-        queue,
-        Arc::new(TokenBearer(sb_token)),
-    ));
+    let sender = Arc::new(steps_queue(kind)?);
 
     let deadline = match env("VNET_MIGRATE_DEADLINE_SECONDS") {
         Some(s) => s.parse().context("VNET_MIGRATE_DEADLINE_SECONDS")?,

@@ -96,6 +96,18 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
                 .redeliver();
         }
     };
+    // A message is data anyone with send rights can forge: refused before any ARM call.
+    // A custom handler cannot dead-letter (the host settles), so the refusal is answered
+    // like an undecodable message, with the reason in the invocation's logs: the host
+    // abandons, and every redelivery is refused again without work until Service Bus
+    // dead-letters it at MaxDeliveryCount (functions-host reference §4.4).
+    if let Err(refused) = h.engine.reconciler().admit(&msg) {
+        let id = delivery.message_id.as_deref().unwrap_or("?");
+        tracing::error!(message_id = id, "step: refused step message: {refused}");
+        return InvocationResponse::new()
+            .log(format!("message {id}: refused: {refused}"))
+            .redeliver();
+    }
     let label = format!("{} {} attempt {}", msg.target, msg.step, msg.attempt);
     let executed = match tokio::time::timeout(h.deadline, h.engine.execute(&msg)).await {
         Ok(x) => x,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use super::admission::{message_in_scope, MessageScope, OutOfScope};
 use super::fleet_plan::{AppliedPlan, Forecasts};
 use super::plan_cache::PlanCache;
 use super::steps;
@@ -29,6 +30,9 @@ pub enum StepError {
     /// ARM state the step cannot work with (say what, for the operator).
     #[error("{0}")]
     Unexpected(String),
+    /// The message names an id outside the scope: nothing was read or written.
+    #[error(transparent)]
+    OutOfScope(#[from] OutOfScope),
     /// The cut-over failed after the gateway-based connection was gone: what the re-sent
     /// step (or the rollback) carries on, and when the connection went, for the ledger.
     #[error("{source}")]
@@ -59,7 +63,7 @@ impl StepError {
             // again (arm-vnet reference §8), and a write left `Failed` is repaired by writing it
             // again; counted, so one that keeps failing stops.
             StepError::Arm(ArmError::LroFailed { .. }) => Retry::Counted,
-            StepError::Arm(_) | StepError::Unexpected(_) => Retry::Never,
+            StepError::Arm(_) | StepError::Unexpected(_) | StepError::OutOfScope(_) => Retry::Never,
             StepError::Ledger(_) => Retry::Counted,
             StepError::Disconnected { source, .. } => source.retry(),
         }
@@ -69,7 +73,9 @@ impl StepError {
     /// client's own scope guard by that name (it sent nothing, so ARM was not unreachable).
     fn cause(&self) -> Cause {
         match self {
-            StepError::Arm(ArmError::OutOfScope { .. }) => Cause::OutOfScope,
+            StepError::Arm(ArmError::OutOfScope { .. }) | StepError::OutOfScope(_) => {
+                Cause::OutOfScope
+            }
             StepError::Arm(a) => match (a.code(), a.status()) {
                 (Some(code), _) => Cause::Arm(code.to_string()),
                 (None, Some(status)) => Cause::Http(status),
@@ -159,6 +165,16 @@ impl Migration {
     pub fn new(ctx: StepContext) -> Self {
         Migration { ctx }
     }
+
+    /// Every id of the message lies in the client's write scope and the policy's scope
+    /// ([`message_in_scope`]).
+    pub(crate) fn admit(&self, msg: &StepMessage) -> Result<(), OutOfScope> {
+        let scope = MessageScope {
+            writable: self.ctx.arm.write_scope(),
+            policy: &self.ctx.policy.scope,
+        };
+        message_in_scope(msg, scope)
+    }
 }
 
 #[async_trait]
@@ -166,6 +182,9 @@ impl Reconciler for Migration {
     type Error = StepError;
 
     async fn reconcile(&self, msg: &StepMessage) -> Result<StepResult, StepError> {
+        // Defence in depth on every path (the handler refuses such a message before this):
+        // a message naming ids out of scope does nothing and ends as its step's failure.
+        self.admit(msg)?;
         steps::run(&self.ctx, msg).await
     }
 

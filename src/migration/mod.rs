@@ -1,10 +1,11 @@
-//! The migration: pure planning (`ipam`, `plan`), the reconciler the pipeline drives
+//! The migration: what a step message may name (`admission`), pure planning (`ipam`, `plan`), the reconciler the pipeline drives
 //! (`context`: [`Migration`], its step context and error policy) with one reconcile function
 //! per step (`discover`, `steps`, `subnet`, `cutover`, `rollback`), the plan-wide decisions it shares
 //! (`plan_cache`), the checks after the cut-over (`health`), `snapshot` (export a fleet), the plan
 //! file (`fleet_plan`: forecasts, fleet-wide prefix reservation, drift fingerprints) and
 //! `local` (a whole migration on one machine).
 
+pub(crate) mod admission;
 pub(crate) mod context;
 mod cutover;
 pub mod discover;

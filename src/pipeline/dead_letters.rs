@@ -30,6 +30,12 @@ pub struct DeadLettered {
 pub trait DeadLetters: Send + Sync {
     async fn dead_lettered(&self) -> Result<Vec<DeadLettered>, QueueError>;
     async fn resend(&self, dead: &DeadLettered, message: Outgoing) -> Result<(), QueueError>;
+
+    /// Gives back a listed dead letter that is not resent, untouched (a Service Bus lock is
+    /// released at once instead of when it expires). Nothing to do for a state file.
+    async fn release(&self, _dead: &DeadLettered) -> Result<(), QueueError> {
+        Ok(())
+    }
 }
 
 /// Which dead letters to replay: every filter given must match.

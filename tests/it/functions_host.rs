@@ -73,6 +73,7 @@ struct Serve {
     url: String,
 }
 
+#[derive(Clone)]
 struct Env {
     arm: String,
     sb: String,
@@ -145,6 +146,8 @@ struct Host {
     url: RwLock<String>,
     posted: AtomicUsize,
     http: reqwest::Client,
+    /// Every line the handler logged, prefixed with the MessageId it answered.
+    logs: std::sync::Mutex<Vec<String>>,
 }
 
 impl Host {
@@ -176,6 +179,15 @@ impl Host {
                         assert!(ctype.starts_with("application/json"), "{ctype}");
                         let v: Value = r.json().await.unwrap();
                         assert!(v.is_object());
+                        let id = m.broker.message_id.as_deref().unwrap_or("?");
+                        self.logs.lock().unwrap().extend(
+                            v["Logs"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(Value::as_str)
+                                .map(|l| format!("{id}: {l}")),
+                        );
                         good
                     }
                     Err(_) => false,
@@ -235,8 +247,14 @@ async fn world(fleet: Fleet, on_deploy: &str, max_delivery: u32) -> World {
     }
 }
 
+/// What the host saw: invocations posted and the handler's log lines.
+struct Played {
+    posted: usize,
+    logs: Vec<String>,
+}
+
 /// Plays the host until the queue is idle; `restart_after` kills and restarts the handler once.
-async fn play_host(w: &World, serve: &mut Serve, restart_after: Option<usize>) -> usize {
+async fn play_host(w: &World, serve: &mut Serve, restart_after: Option<usize>) -> Played {
     let host = Arc::new(Host {
         client: w.client.clone(),
         url: RwLock::new(serve.url.clone()),
@@ -245,6 +263,7 @@ async fn play_host(w: &World, serve: &mut Serve, restart_after: Option<usize>) -
             .timeout(Duration::from_secs(20))
             .build()
             .unwrap(),
+        logs: std::sync::Mutex::new(Vec::new()),
     });
     let stop = Arc::new(AtomicUsize::new(0));
     let receivers: Vec<_> = (0..4)
@@ -283,7 +302,11 @@ async fn play_host(w: &World, serve: &mut Serve, restart_after: Option<usize>) -
     for r in receivers {
         r.await.unwrap();
     }
-    host.posted.load(Ordering::SeqCst)
+    let logs = std::mem::take(&mut *host.logs.lock().unwrap());
+    Played {
+        posted: host.posted.load(Ordering::SeqCst),
+        logs,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -326,7 +349,7 @@ async fn host_faithful_run_with_duplicates_and_a_restart_matches_the_embedded_ru
         .collect();
     StepSender::send(&w.client, first).await.unwrap();
 
-    let posted = play_host(&w, &mut serve, Some(15)).await;
+    let posted = play_host(&w, &mut serve, Some(15)).await.posted;
     assert!(
         posted > 30,
         "too few messages to restart at a third: {posted}"
@@ -378,6 +401,167 @@ async fn an_undecodable_message_ends_in_the_dead_letter_queue_with_its_reason() 
     assert_eq!(dead[0].message_id, "poison");
     assert_eq!(dead[0].reason, "MaxDeliveryCountExceeded");
     assert_eq!(dead[0].delivery_count, 3);
+}
+
+/// A subscription the policy lists besides the fleet's own: writable, but no target's.
+const OTHER_SUB: &str = "00000000-0000-0000-0000-0000000000aa";
+/// A subscription outside every scope.
+const FOREIGN_SUB: &str = "00000000-0000-0000-0000-0000000000bb";
+
+/// `id` moved into subscription `sub`.
+fn in_sub(id: &str, sub: &str) -> String {
+    let (_, rest) = id
+        .strip_prefix("/subscriptions/")
+        .and_then(|r| r.split_once('/'))
+        .unwrap();
+    format!("/subscriptions/{sub}/{rest}")
+}
+
+/// Forged step messages, each refused before any ARM call: they end in the dead-letter queue
+/// (a custom handler cannot dead-letter, so at MaxDeliveryCount) with the handler's reason
+/// logged for every delivery, and the simulator sees no request at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_messages_are_dead_lettered_with_their_reason_and_never_executed() {
+    let w = world(fleet(), "plan-only", 3).await;
+    // The policy also lists OTHER_SUB, so the rule that refuses it below is the target's own
+    // subscription, not the write scope.
+    let mut subs = w.subs.clone();
+    subs.push(OTHER_SUB.into());
+    std::fs::write(&w.env.policy, policy_json(&subs, "plan-only")).unwrap();
+    let mut serve = spawn_serve(&w.env).await;
+
+    let app = w
+        .fleet
+        .resources
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .find(|id| id.to_ascii_lowercase().ends_with("/microsoft.web/sites/a"))
+        .unwrap()
+        .to_string();
+    let hub = w
+        .fleet
+        .resources
+        .iter()
+        .filter_map(|r| r["id"].as_str())
+        .find(|id| id.to_ascii_lowercase().ends_with("/virtualnetworks/hub"))
+        .unwrap()
+        .to_string();
+    let msg = |target: &str, step: &str, extra: String| {
+        format!(r#"{{"v":1,"run":"r-forged","target":"{target}","step":"{step}"{extra}}}"#)
+    };
+    let gateway = |vnet: &str| format!(r#","gateway":{{"name":"hub","vnetResourceId":"{vnet}"}}"#);
+    let plan = |vnet: &str| {
+        format!(
+            r#","plan":{{"vnet":"{vnet}","subnet":"{vnet}/subnets/snet-x","prefix":"10.9.0.0/26","create":true}}"#
+        )
+    };
+    let other_hub = in_sub(&hub, OTHER_SUB);
+    let wrong_provider = app.replace("Microsoft.Web", "Microsoft.Network");
+    let cases = [
+        // The attack of issue 13: a rollback re-creating a gateway connection from an
+        // in-scope app to a VNet of another subscription.
+        (
+            "gateway-other-sub",
+            msg(&app, "rollback", gateway(&other_hub)),
+            "gateway.vnetResourceId",
+        ),
+        (
+            "plan-other-sub",
+            msg(&app, "connect", plan(&other_hub)),
+            "plan.vnet",
+        ),
+        (
+            "target-other-sub",
+            msg(
+                &in_sub(&app, FOREIGN_SUB),
+                "rollback",
+                gateway(&in_sub(&hub, FOREIGN_SUB)),
+            ),
+            "outside the write scope",
+        ),
+        (
+            "target-encoded-slash",
+            msg(&format!("{app}%2F..%2Fb"), "disconnect", String::new()),
+            "holds '%'",
+        ),
+        (
+            "gateway-encoded-slash",
+            msg(
+                &app,
+                "rollback",
+                gateway(&format!("{hub}%2F..%2F..%2Fother")),
+            ),
+            "holds '%'",
+        ),
+        (
+            "target-dot-dot",
+            msg(&format!("{app}/../b"), "connect", String::new()),
+            "relative segment",
+        ),
+        (
+            "plan-dot-dot",
+            msg(&app, "connect", plan(&format!("{hub}/../other"))),
+            "relative segment",
+        ),
+        (
+            "target-wrong-provider",
+            msg(&wrong_provider, "disconnect", String::new()),
+            "expected a Microsoft.Web/sites",
+        ),
+        (
+            "gateway-wrong-provider",
+            msg(&app, "rollback", gateway(&app)),
+            "got a Microsoft.Web/sites id",
+        ),
+    ];
+    for (id, body, _) in &cases {
+        w.client
+            .send(&SendMessage {
+                body: body.clone().into_bytes(),
+                message_id: Some(id.to_string()),
+                session_id: Some(id.to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let played = play_host(&w, &mut serve, None).await;
+
+    let dead = w.sb.fake().dead_letters(QUEUE);
+    assert_eq!(dead.len(), cases.len(), "{dead:?}");
+    for (id, _, why) in &cases {
+        let d = dead.iter().find(|d| d.message_id == *id).unwrap();
+        assert_eq!(
+            (d.reason.as_str(), d.delivery_count),
+            ("MaxDeliveryCountExceeded", 3)
+        );
+        let lines: Vec<_> = played
+            .logs
+            .iter()
+            .filter(|l| l.starts_with(&format!("{id}: ")))
+            .collect();
+        // The harness posts every fifth delivery twice, as the host may.
+        assert!(
+            lines.len() >= 3,
+            "a refusal per delivery of {id}: {lines:?}"
+        );
+        assert!(lines.iter().all(|l| l.contains(why)), "{id}: {lines:?}");
+    }
+    assert!(played.logs.iter().any(|l| l.contains(&format!(
+        "not the target's ({})",
+        app.split('/').nth(2).unwrap()
+    ))));
+    let stats = w.sim.stats();
+    assert_eq!(
+        (stats.requests, stats.writes, stats.deletes),
+        (0, 0, 0),
+        "a refused message reaches ARM not even to read"
+    );
+    let ledger = SqliteStore::open(Path::new(&w.env.ledger)).unwrap();
+    assert!(
+        ledger.runs().await.unwrap().is_empty(),
+        "nothing was recorded"
+    );
 }
 
 fn arm_event(target: &str, principal: &str) -> Value {
@@ -492,6 +676,22 @@ async fn serve_refuses_to_start_without_a_usable_ledger_or_scope() {
     let err = refused(&w.env, "https://acct.table.core.windows.net/ledger");
     assert!(
         err.contains("Table Storage ledger is not in this build"),
+        "{err}"
+    );
+    // The Entra token never goes in clear text to another host (issue 13): a Table or
+    // Service Bus endpoint is https, or http on loopback only.
+    let err = refused(&w.env, "http://acct.table.core.windows.net/ledger");
+    assert!(
+        err.contains("VNET_MIGRATE_LEDGER") && err.contains("http only on loopback"),
+        "{err}"
+    );
+    let plain_sb = Env {
+        sb: "http://contoso.servicebus.windows.net".into(),
+        ..w.env.clone()
+    };
+    let err = refused(&plain_sb, &format!("sqlite:{}", w.env.ledger));
+    assert!(
+        err.contains("VNET_MIGRATE_SERVICEBUS_ENDPOINT") && err.contains("http only on loopback"),
         "{err}"
     );
     std::fs::write(&w.env.policy, "{}").unwrap();

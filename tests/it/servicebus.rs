@@ -302,3 +302,89 @@ async fn a_lock_uri_outside_the_endpoint_is_refused() {
     );
     server.abort();
 }
+
+/// `vnet-migrate replay --dlq` against the fake, with the settings `serve` reads.
+async fn replay_dlq(server: &ServiceBusServer, extra: &[&str]) -> std::process::Output {
+    let mut c = crate::support::bin(&["replay", "--dlq", "--credential", "static"]);
+    c.args(extra)
+        .env("VNET_MIGRATE_STATIC_TOKEN", TOKEN)
+        .env("VNET_MIGRATE_SERVICEBUS_ENDPOINT", server.url())
+        .env("VNET_MIGRATE_STEPS_QUEUE", "steps");
+    tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A dead-lettered step replayed with `replay --dlq`: while the queue refuses the resend
+/// (full), the dead letter stays, unlocked; then it is resent with a fresh MessageId and
+/// without its dead-letter properties, and removed from the dead-letter queue.
+#[tokio::test]
+async fn replay_dlq_resends_with_a_fresh_message_id_and_completes_only_after_the_send() {
+    let opts = FakeOptions {
+        max_delivery_count: 1,
+        max_queue_messages: Some(1),
+        ..Default::default()
+    };
+    let (server, client) = start(opts).await;
+    let target =
+        ResourceId::parse("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/app1")
+            .unwrap();
+    let step = StepMessage::new(RunId("r-1".into()), target, Step::Connect, Origin::Rollout);
+    StepSender::send(&client, vec![Outgoing::now(step.clone())])
+        .await
+        .unwrap();
+    let m = client.receive(NOW).await.unwrap().unwrap();
+    client.abandon(&m).await.unwrap();
+    let dead = server.fake().dead_letters("steps");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message_id, step.message_id());
+
+    // Grouped by reason, nothing changed, nothing left locked.
+    let out = replay_dlq(&server, &["--dry-run", "-o", "json"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let groups: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(groups["MaxDeliveryCountExceeded"]["count"], 1, "{groups}");
+    let unlocked = client.receive_dead_letter(NOW).await.unwrap();
+    client
+        .abandon(&unlocked.expect("still there, unlocked"))
+        .await
+        .unwrap();
+
+    // The queue is full: the send fails, the dead letter stays and is unlocked at once.
+    client.send(&msg("filler", None, "{}")).await.unwrap();
+    let out = replay_dlq(&server, &[]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("QuotaExceeded"), "{err}");
+    assert_eq!(server.fake().dead_letters("steps").len(), 1);
+    let unlocked = client.receive_dead_letter(NOW).await.unwrap();
+    client
+        .abandon(&unlocked.expect("left unlocked"))
+        .await
+        .unwrap();
+    let filler = client.receive(NOW).await.unwrap().unwrap();
+    client.complete(&filler).await.unwrap();
+
+    let out = replay_dlq(&server, &["-o", "json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["replayed"], 1);
+    assert!(server.fake().dead_letters("steps").is_empty());
+    let resent = client
+        .receive(NOW)
+        .await
+        .unwrap()
+        .expect("the replayed step");
+    let again = StepMessage::decode(&resent.body).unwrap();
+    let fresh = resent.broker.message_id.clone().unwrap();
+    assert_ne!(fresh, step.message_id());
+    assert_eq!(fresh, again.message_id());
+    // The same step, its replay counter bumped (hence the fresh MessageId), origin replay.
+    assert_eq!(again, vnet_migrate::pipeline::dead_letters::replayed(&step));
+    assert_eq!(resent.dead_letter_reason(), None);
+    assert_eq!(resent.broker.delivery_count, Some(1));
+}

@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use super::credential::TokenSource;
 use super::pacer::Pacer;
+use super::ResourceId;
 use config::Counters;
 use envelope::{decode, json_kind, parse_body, push_items, shape_error, status_error};
 use retry::Written;
@@ -73,16 +74,9 @@ impl ArmClient {
         let endpoint = config.endpoint.trim_end_matches('/').to_string();
         let base = Url::parse(&endpoint)
             .map_err(|e| ArmError::config_from(format!("invalid ARM endpoint {endpoint:?}"), e))?;
-        match base.scheme() {
-            "https" => {}
-            // Bearer tokens in clear text only ever go to this machine.
-            "http" if super::credential::is_loopback_endpoint(&endpoint) => {}
-            _ => {
-                return Err(ArmError::config(format!(
-                    "ARM endpoint {endpoint:?} must be https (http only on loopback)"
-                )))
-            }
-        }
+        // Bearer tokens in clear text only ever go to this machine.
+        super::credential::check_token_endpoint(&endpoint)
+            .map_err(|e| ArmError::config_from("ARM endpoint", e))?;
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .build()
@@ -102,6 +96,12 @@ impl ArmClient {
     }
 
     /// The per-subscription pacer (for inspection and reporting).
+    /// The scopes this client may write in (a message is checked against them before any
+    /// step runs, so a forged id is refused before it reaches a request body).
+    pub(crate) fn write_scope(&self) -> &[ResourceId] {
+        &self.inner.config.write_scope
+    }
+
     pub fn pacer(&self) -> &Pacer {
         &self.inner.pacer
     }

@@ -27,6 +27,18 @@ impl ServiceBusFake {
         counts_of(&queues, queue, now)
     }
 
+    /// Whether `n` more messages would exceed the queue's quota.
+    pub(super) fn over_quota(&self, queue: &str, n: usize) -> bool {
+        let Some(max) = self.inner.opts.max_queue_messages else {
+            return false;
+        };
+        let queues = self.inner.queues.lock().expect("queues");
+        let held = queues
+            .get(&queue.to_ascii_lowercase())
+            .map_or(0, |q| q.messages.len());
+        (held + n) as u64 > max
+    }
+
     /// Dead-lettered messages of `queue`, oldest first, without locking them.
     pub fn dead_letters(&self, queue: &str) -> Vec<DeadLetter> {
         let queues = self.inner.queues.lock().expect("queues");

@@ -157,6 +157,12 @@ fn send(fake: &ServiceBusFake, queue: &str, headers: &HeaderMap, body: Bytes) ->
         }
         vec![(bp, body.to_vec(), BTreeMap::new())]
     };
+    if fake.over_quota(queue, items.len()) {
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!("QuotaExceeded: the maximum entity size has been reached for queue {queue}."),
+        );
+    }
     fake.enqueue(queue, items);
     StatusCode::CREATED.into_response()
 }

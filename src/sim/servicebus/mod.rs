@@ -42,6 +42,10 @@ pub struct FakeOptions {
     pub max_delivery_count: u32,
     /// When set, any other bearer token is refused with 401.
     pub required_token: Option<String>,
+    /// The queue's size quota (`maxSizeInMegabytes`), counted in messages: a send that would
+    /// hold more is refused with 403 QuotaExceeded, as the service refuses a full entity
+    /// (servicebus reference §A1: send 403 on quota). `None`: no quota.
+    pub max_queue_messages: Option<u64>,
 }
 
 impl Default for FakeOptions {
@@ -50,6 +54,7 @@ impl Default for FakeOptions {
             lock_duration: Duration::from_secs(60),
             max_delivery_count: 10,
             required_token: None,
+            max_queue_messages: None,
         }
     }
 }
