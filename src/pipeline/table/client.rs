@@ -107,59 +107,20 @@ impl std::fmt::Debug for TableClient {
 }
 
 impl TableClient {
-    /// `endpoint` = `https://{account}.table.core.windows.net`, or an emulator URL on loopback
-    /// whose first path segment is the account (`http://127.0.0.1:10002/devstoreaccount1`).
-    /// Plain http and account keys are refused unless the endpoint is loopback, as for ARM:
-    /// neither a token nor a signed request goes over the network in clear.
     pub(crate) fn new(endpoint: &str, auth: TableAuth) -> Result<Self, TableError> {
-        let endpoint = endpoint.trim().trim_end_matches('/').to_string();
-        let config = |why: &str| TableError::Config {
-            endpoint: endpoint.clone(),
-            why: why.to_string(),
-        };
-        let url = Url::parse(&endpoint).map_err(|e| config(&e.to_string()))?;
-        let loopback = is_loopback_endpoint(&endpoint);
-        match url.scheme() {
-            "https" => {}
-            "http" if loopback => {}
-            "http" => return Err(config("plain http is only allowed to a loopback host")),
-            _ => return Err(config("must be an https URL")),
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(config("must not carry a query or fragment (a SAS is not used)"));
-        }
-        let first_segment = url
-            .path_segments()
-            .and_then(|mut s| s.next())
-            .filter(|s| !s.is_empty());
-        let account = match (&auth, first_segment) {
-            (TableAuth::SharedKey { .. }, _) if !loopback => {
-                return Err(config(
-                    "an account key is only accepted for an emulator on loopback; use an Entra identity (Storage Table Data Contributor)",
-                ))
-            }
-            // Path-style (emulator) URLs name the account in the first segment.
-            (_, Some(segment)) => segment.to_string(),
-            (TableAuth::SharedKey { .. }, None) => {
-                return Err(config(
-                    "an emulator URL names its account in the path (http://127.0.0.1:PORT/devstoreaccount1)",
-                ))
-            }
-            (TableAuth::Entra(_), None) => url
-                .host_str()
-                .and_then(|h| h.split('.').next())
-                .unwrap_or_default()
-                .to_string(),
-        };
+        let checked = check_endpoint(endpoint, matches!(auth, TableAuth::SharedKey { .. }))?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| config(&e.to_string()))?;
+            .map_err(|e| TableError::Config {
+                endpoint: checked.endpoint.clone(),
+                why: e.to_string(),
+            })?;
         Ok(TableClient {
             http,
-            endpoint,
-            account,
+            endpoint: checked.endpoint,
+            account: checked.account,
             auth,
         })
     }
@@ -399,6 +360,70 @@ impl TableClient {
     }
 }
 
+/// An endpoint fit to send requests to.
+#[derive(Debug)]
+pub(crate) struct CheckedEndpoint {
+    /// Without a trailing `/`.
+    endpoint: String,
+    /// The account name a Shared Key canonicalized resource starts with.
+    account: String,
+}
+
+/// `endpoint` = `https://{account}.table.core.windows.net`, or an emulator URL on loopback
+/// whose first path segment is the account (`http://127.0.0.1:10002/devstoreaccount1`).
+/// Plain http and account keys (`shared_key`) are refused unless the endpoint is loopback, as
+/// for ARM: neither a token nor a signed request goes over the network in clear, and a key
+/// (a secret that never expires) is no way to reach a real account. Checked before any
+/// credential is built, so the refusal names the endpoint.
+pub(crate) fn check_endpoint(endpoint: &str, shared_key: bool) -> Result<CheckedEndpoint, TableError> {
+    let endpoint = endpoint.trim().trim_end_matches('/').to_string();
+    let config = |why: &str| TableError::Config {
+        endpoint: endpoint.clone(),
+        why: why.to_string(),
+    };
+    let url = Url::parse(&endpoint).map_err(|e| config(&e.to_string()))?;
+    let loopback = is_loopback_endpoint(&endpoint);
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => return Err(config("plain http is only allowed to a loopback host")),
+        _ => return Err(config("must be an https URL")),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(config("must not carry a query or fragment (a SAS is not used)"));
+    }
+    if shared_key && !loopback {
+        return Err(config(
+            "an account key is only accepted for an emulator on loopback; use an Entra identity (Storage Table Data Contributor)",
+        ));
+    }
+    let first_segment = url
+        .path_segments()
+        .and_then(|mut s| s.next())
+        .filter(|s| !s.is_empty());
+    let account = match first_segment {
+        // The tables hang off a real account's root; a path would address nothing.
+        Some(_) if !loopback => {
+            return Err(config(
+                "a Table Storage endpoint has no path: https://{account}.table.core.windows.net",
+            ))
+        }
+        // Path-style (emulator) URLs name the account in the first segment.
+        Some(segment) => segment.to_string(),
+        None if shared_key => {
+            return Err(config(
+                "an emulator URL names its account in the path (http://127.0.0.1:PORT/devstoreaccount1)",
+            ))
+        }
+        None => url
+            .host_str()
+            .and_then(|h| h.split('.').next())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    Ok(CheckedEndpoint { endpoint, account })
+}
+
 struct Answer {
     headers: HeaderMap,
     body: Vec<u8>,
@@ -558,6 +583,7 @@ mod tests {
         assert!(refused("ftp://127.0.0.1/devstoreaccount1", key()).contains("https"));
         assert!(refused("http://127.0.0.1:10002", key()).contains("names its account"));
         assert!(refused("https://acct.table.core.windows.net/?sv=x", entra()).contains("query"));
+        assert!(refused("https://acct.table.core.windows.net/ledger", entra()).contains("no path"));
 
         let real = TableClient::new("https://acct.table.core.windows.net/", entra()).unwrap();
         assert_eq!(

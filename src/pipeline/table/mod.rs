@@ -7,5 +7,5 @@ mod client;
 mod ledger;
 
 pub use client::{TableAuth, TableError};
-pub(crate) use client::STORAGE_SCOPE;
+pub(crate) use client::{check_endpoint, STORAGE_SCOPE};
 pub use ledger::TableLedger;
