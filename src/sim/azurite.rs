@@ -53,7 +53,8 @@ impl Azurite {
     /// Installs Azurite if needed and starts its Table service on a free loopback port.
     pub fn start() -> Result<Azurite, AzuriteError> {
         let bin = install(&install_dir())?;
-        let dir = std::env::temp_dir().join(format!("vnet-migrate-azurite-{}", uuid::Uuid::new_v4()));
+        let dir =
+            std::env::temp_dir().join(format!("vnet-migrate-azurite-{}", uuid::Uuid::new_v4()));
         fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         // A port found free can be taken before Azurite binds it: try a few.
         let mut last = None;
@@ -127,13 +128,24 @@ fn install(dir: &Path) -> Result<PathBuf, AzuriteError> {
         .arg(PACKAGE)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| failed(format!("npm could not be run (node and npm are needed): {e}")))?;
+        .map_err(|e| {
+            failed(format!(
+                "npm could not be run (node and npm are needed): {e}"
+            ))
+        })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(failed(format!("npm install failed ({}): {}", out.status, tail(&stderr))));
+        return Err(failed(format!(
+            "npm install failed ({}): {}",
+            out.status,
+            tail(&stderr)
+        )));
     }
     if !bin.exists() {
-        return Err(failed(format!("npm install succeeded but {} is missing", bin.display())));
+        return Err(failed(format!(
+            "npm install succeeded but {} is missing",
+            bin.display()
+        )));
     }
     Ok(bin)
 }
@@ -152,7 +164,12 @@ fn spawn(bin: &Path, dir: &Path) -> Result<(Child, u16), AzuriteError> {
         .args(["--tableHost", "127.0.0.1", "--tablePort", &port.to_string()])
         // In memory, any API version, unknown headers ignored, and no telemetry: the tests
         // talk to loopback only.
-        .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry"])
+        .args([
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--loose",
+            "--disableTelemetry",
+        ])
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log)
@@ -179,7 +196,10 @@ fn spawn(bin: &Path, dir: &Path) -> Result<(Child, u16), AzuriteError> {
             return Err(failed(&mut child, format!("it exited ({status})")));
         }
         if started.elapsed() > START_TIMEOUT {
-            return Err(failed(&mut child, format!("not listening after {START_TIMEOUT:?}")));
+            return Err(failed(
+                &mut child,
+                format!("not listening after {START_TIMEOUT:?}"),
+            ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }

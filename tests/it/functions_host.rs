@@ -238,7 +238,11 @@ async fn world_on(kind: LedgerKind, fleet: Fleet, on_deploy: &str, max_delivery:
         LedgerKind::Table => {
             // Never skipped: no Azurite is a failure saying why.
             let az = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
-            (az.endpoint().to_string(), Some(azurite::KEY.to_string()), Some(az))
+            (
+                az.endpoint().to_string(),
+                Some(azurite::KEY.to_string()),
+                Some(az),
+            )
         }
     };
     let (sim, arm) = start_sim(fleet.clone(), SimOptions::instant()).await;
@@ -274,7 +278,11 @@ impl World {
     /// The ledger `serve` writes, opened as the test's own instance.
     async fn ledger(&self) -> Arc<dyn Ledger> {
         match &self.azurite {
-            Some(az) => Arc::new(TableLedger::open(az.endpoint(), Azurite::auth()).await.unwrap()),
+            Some(az) => Arc::new(
+                TableLedger::open(az.endpoint(), Azurite::auth())
+                    .await
+                    .unwrap(),
+            ),
             None => {
                 let path = self.env.ledger.strip_prefix("sqlite:").unwrap();
                 Arc::new(SqliteStore::open(Path::new(path)).unwrap())
@@ -551,14 +559,27 @@ async fn serve_refuses_to_start_without_a_usable_ledger_or_scope() {
     // for a real account, and the static test token only for loopback.
     let table = "https://acct.table.core.windows.net";
     let err = refused(serve_cmd(&w.env, 0, "http://acct.table.core.windows.net"));
-    assert!(err.contains("plain http is only allowed to a loopback host"), "{err}");
+    assert!(
+        err.contains("plain http is only allowed to a loopback host"),
+        "{err}"
+    );
     let mut keyed = serve_cmd(&w.env, 0, table);
     keyed.env("VNET_MIGRATE_LEDGER_KEY", azurite::KEY);
     let err = refused(keyed);
-    assert!(err.contains("account key is only accepted for an emulator on loopback"), "{err}");
+    assert!(
+        err.contains("account key is only accepted for an emulator on loopback"),
+        "{err}"
+    );
     let err = refused(serve_cmd(&w.env, 0, table));
-    assert!(err.contains("static credential is only allowed when every endpoint is loopback"), "{err}");
-    let err = refused(serve_cmd(&w.env, 0, "https://acct.table.core.windows.net/ledger"));
+    assert!(
+        err.contains("static credential is only allowed when every endpoint is loopback"),
+        "{err}"
+    );
+    let err = refused(serve_cmd(
+        &w.env,
+        0,
+        "https://acct.table.core.windows.net/ledger",
+    ));
     assert!(err.contains("has no path"), "{err}");
     std::fs::write(&w.env.policy, "{}").unwrap();
     let err = refused(serve_cmd(&w.env, 0, &w.env.ledger));

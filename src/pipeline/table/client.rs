@@ -129,7 +129,14 @@ impl TableClient {
     pub(crate) async fn create_table(&self, table: &str) -> Result<(), TableError> {
         let body = serde_json::json!({ "TableName": table });
         match self
-            .send("create table", Method::POST, "Tables", &[], Some(&body), None)
+            .send(
+                "create table",
+                Method::POST,
+                "Tables",
+                &[],
+                Some(&body),
+                None,
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -235,12 +242,11 @@ impl TableClient {
             let response = self
                 .send("query entities", Method::GET, &path, &query, None, None)
                 .await?;
-            let page: QueryPage = serde_json::from_slice(&response.body).map_err(|source| {
-                TableError::Decode {
+            let page: QueryPage =
+                serde_json::from_slice(&response.body).map_err(|source| TableError::Decode {
                     op: "query entities",
                     source,
-                }
-            })?;
+                })?;
             out.extend(page.value);
             let header = |name: &str| {
                 response
@@ -269,12 +275,11 @@ impl TableClient {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> Result<Answer, TableError> {
-        let mut url = Url::parse(&format!("{}/{path}", self.endpoint)).map_err(|e| {
-            TableError::Config {
+        let mut url =
+            Url::parse(&format!("{}/{path}", self.endpoint)).map_err(|e| TableError::Config {
                 endpoint: self.endpoint.clone(),
                 why: format!("bad request path {path:?}: {e}"),
-            }
-        })?;
+            })?;
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
@@ -298,11 +303,14 @@ impl TableClient {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();
-                    let bytes = response.bytes().await.map_err(|source| TableError::Transport {
-                        op,
-                        endpoint: self.endpoint.clone(),
-                        source,
-                    })?;
+                    let bytes = response
+                        .bytes()
+                        .await
+                        .map_err(|source| TableError::Transport {
+                            op,
+                            endpoint: self.endpoint.clone(),
+                            source,
+                        })?;
                     if status.is_success() {
                         return Ok(Answer {
                             headers,
@@ -375,7 +383,10 @@ pub(crate) struct CheckedEndpoint {
 /// for ARM: neither a token nor a signed request goes over the network in clear, and a key
 /// (a secret that never expires) is no way to reach a real account. Checked before any
 /// credential is built, so the refusal names the endpoint.
-pub(crate) fn check_endpoint(endpoint: &str, shared_key: bool) -> Result<CheckedEndpoint, TableError> {
+pub(crate) fn check_endpoint(
+    endpoint: &str,
+    shared_key: bool,
+) -> Result<CheckedEndpoint, TableError> {
     let endpoint = endpoint.trim().trim_end_matches('/').to_string();
     let config = |why: &str| TableError::Config {
         endpoint: endpoint.clone(),
@@ -390,7 +401,9 @@ pub(crate) fn check_endpoint(endpoint: &str, shared_key: bool) -> Result<Checked
         _ => return Err(config("must be an https URL")),
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(config("must not carry a query or fragment (a SAS is not used)"));
+        return Err(config(
+            "must not carry a query or fragment (a SAS is not used)",
+        ));
     }
     if shared_key && !loopback {
         return Err(config(
@@ -535,8 +548,13 @@ mod tests {
     fn keys_hold_no_disallowed_character_and_stay_distinct() {
         let id = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/a";
         let k = key(id);
-        assert_eq!(k, "!2Fsubscriptions!2Fs!2FresourceGroups!2Frg!2Fproviders!2FMicrosoft.Web!2Fsites!2Fa");
-        for raw in ["a/b", "a\\b", "a#b", "a?b", "a%2Fb", "a!2Fb", "a\tb", "a\u{85}b"] {
+        assert_eq!(
+            k,
+            "!2Fsubscriptions!2Fs!2FresourceGroups!2Frg!2Fproviders!2FMicrosoft.Web!2Fsites!2Fa"
+        );
+        for raw in [
+            "a/b", "a\\b", "a#b", "a?b", "a%2Fb", "a!2Fb", "a\tb", "a\u{85}b",
+        ] {
             let k = key(raw);
             assert!(
                 !k.chars().any(|c| "/\\#?%".contains(c) || c.is_control()),
@@ -560,10 +578,16 @@ mod tests {
     #[test]
     fn shared_key_lite_signs_date_and_canonicalized_resource() {
         // HMAC-SHA256 over "Date\n/account/path" with the decoded key, base64.
-        let sig = sign_lite(b"key", "Mon, 01 Jan 2024 00:00:00 GMT", "acct", "/acct/runs");
+        let sig = sign_lite(
+            b"key",
+            "Mon, 01 Jan 2024 00:00:00 GMT",
+            "acct",
+            "/acct/runs",
+        );
         let mut mac = Hmac::<Sha256>::new_from_slice(b"key").unwrap();
         mac.update(b"Mon, 01 Jan 2024 00:00:00 GMT\n/acct/acct/runs");
-        let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
         assert_eq!(sig, expected);
     }
 

@@ -101,7 +101,10 @@ impl TableLedger {
             let landed = match current {
                 None => {
                     let row = target_entity(&change(None), &record_id)?;
-                    self.client.insert(TARGETS, &row).await.map_err(storage(what()))?
+                    self.client
+                        .insert(TARGETS, &row)
+                        .await
+                        .map_err(storage(what()))?
                 }
                 Some((record, _, etag)) => {
                     let row = target_entity(&change(Some(record)), &record_id)?;
@@ -177,11 +180,18 @@ fn apply(before: Option<TargetRecord>, r: &StepRecord, site_wave: Option<u32>) -
 
 /// A serialized record as entity properties: nulls left out (an absent property reads back as
 /// None) and the keys added.
-fn entity(partition: String, row: String, value: &impl Serialize) -> Result<Map<String, Value>, LedgerError> {
+fn entity(
+    partition: String,
+    row: String,
+    value: &impl Serialize,
+) -> Result<Map<String, Value>, LedgerError> {
     let value = serde_json::to_value(value)
         .map_err(|e| LedgerError::storage("encoding a ledger row", Some(Box::new(e))))?;
     let Value::Object(fields) = value else {
-        return Err(LedgerError::storage("a ledger row is not a JSON object", None));
+        return Err(LedgerError::storage(
+            "a ledger row is not a JSON object",
+            None,
+        ));
     };
     let mut props: Map<String, Value> = fields.into_iter().filter(|(_, v)| !v.is_null()).collect();
     props.insert("PartitionKey".into(), Value::String(partition));
@@ -189,11 +199,20 @@ fn entity(partition: String, row: String, value: &impl Serialize) -> Result<Map<
     Ok(props)
 }
 
-fn from_entity<T: DeserializeOwned>(table: &str, props: Map<String, Value>) -> Result<T, LedgerError> {
+fn from_entity<T: DeserializeOwned>(
+    table: &str,
+    props: Map<String, Value>,
+) -> Result<T, LedgerError> {
     let at = format!(
         "{table} row (PartitionKey={:?}, RowKey={:?})",
-        props.get("PartitionKey").and_then(Value::as_str).unwrap_or_default(),
-        props.get("RowKey").and_then(Value::as_str).unwrap_or_default(),
+        props
+            .get("PartitionKey")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        props
+            .get("RowKey")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
     );
     serde_path_to_error::deserialize(Value::Object(props))
         .map_err(|e| LedgerError::storage(format!("{at}: bad value"), Some(Box::new(e))))
@@ -234,7 +253,10 @@ fn step_log_entity(e: &StepLogEntry) -> Result<Map<String, Value>, LedgerError> 
     );
     let mut props = entity(step_log_partition(&e.run, &e.target), row, e)?;
     props.insert(DURATION.into(), Value::String(e.duration_ms.to_string()));
-    props.insert(format!("{DURATION}@odata.type"), Value::String("Edm.Int64".into()));
+    props.insert(
+        format!("{DURATION}@odata.type"),
+        Value::String("Edm.Int64".into()),
+    );
     Ok(props)
 }
 
@@ -329,7 +351,10 @@ impl Ledger for TableLedger {
         self.client
             .insert(STEPLOG, &step_log_entity(&entry)?)
             .await
-            .map_err(storage(format!("logging a step of {} in run {}", r.target, r.run)))?;
+            .map_err(storage(format!(
+                "logging a step of {} in run {}",
+                r.target, r.run
+            )))?;
         // A slot first seen here joins its site's wave.
         let site_wave = match r.target.site().filter(|s| s != &r.target) {
             Some(site) => self
@@ -413,7 +438,9 @@ impl Ledger for TableLedger {
             .client
             .query(STEPLOG, Some(&filter))
             .await
-            .map_err(storage(format!("reading the step log of {target} in run {run}")))?;
+            .map_err(storage(format!(
+                "reading the step log of {target} in run {run}"
+            )))?;
         // A partition comes back in RowKey order: time, then message id.
         rows.into_iter().map(step_log_from_entity).collect()
     }
@@ -433,10 +460,7 @@ impl Ledger for TableLedger {
                 open.push(t);
             }
         }
-        Ok(open
-            .into_iter()
-            .max_by_key(|t| t.started_at)
-            .map(|t| t.run))
+        Ok(open.into_iter().max_by_key(|t| t.started_at).map(|t| t.run))
     }
 }
 
@@ -515,7 +539,12 @@ mod tests {
         };
         l.start_run(&second).await.unwrap();
         l.start_run(&first).await.unwrap();
-        l.start_run(&RunRecord { dry_run: false, ..first.clone() }).await.unwrap();
+        l.start_run(&RunRecord {
+            dry_run: false,
+            ..first.clone()
+        })
+        .await
+        .unwrap();
         let runs: Vec<_> = l
             .runs()
             .await
@@ -530,9 +559,14 @@ mod tests {
         let a = site("s", "a");
         let started = now();
         l.add_target(&run, &a, started).await.unwrap();
-        l.add_target(&run, &a, started + time::Duration::hours(1)).await.unwrap();
+        l.add_target(&run, &a, started + time::Duration::hours(1))
+            .await
+            .unwrap();
         let t = l.target(&run, &a).await.unwrap().unwrap();
-        assert_eq!((t.started_at, t.current_step, t.steps), (started, Some(Step::Discover), 0));
+        assert_eq!(
+            (t.started_at, t.current_step, t.steps),
+            (started, Some(Step::Discover), 0)
+        );
         assert_eq!(l.active_run_for(&a).await.unwrap(), Some(run.clone()));
 
         // The gateway snapshot is kept through steps that carry none.
@@ -557,10 +591,17 @@ mod tests {
         assert_eq!(t.reason.as_deref(), Some("subnet-conflict"));
         assert_eq!(t.subnet, Some(subnet));
         assert_eq!(t.prefix.as_deref(), Some("10.0.1.0/26"));
-        assert_eq!(t.gateway, Some(gateway("gw")), "kept when a step records none");
+        assert_eq!(
+            t.gateway,
+            Some(gateway("gw")),
+            "kept when a step records none"
+        );
         assert_eq!(t.started_at, started);
         assert_eq!((t.updated_at, t.finished_at), (parked.at, Some(parked.at)));
-        assert_eq!(t.cutover.disconnected_at, disconnect.cutover.disconnected_at, "the first is kept");
+        assert_eq!(
+            t.cutover.disconnected_at, disconnect.cutover.disconnected_at,
+            "the first is kept"
+        );
         // A terminal outcome ends the target's active run.
         assert_eq!(l.active_run_for(&a).await.unwrap(), None);
 
@@ -568,7 +609,15 @@ mod tests {
         let log = l.step_log(&run, &a).await.unwrap();
         let seen: Vec<_> = log
             .iter()
-            .map(|e| (e.step, e.attempt, e.message_id.as_str(), e.at, e.duration_ms))
+            .map(|e| {
+                (
+                    e.step,
+                    e.attempt,
+                    e.message_id.as_str(),
+                    e.at,
+                    e.duration_ms,
+                )
+            })
             .collect();
         assert_eq!(
             seen,
@@ -577,16 +626,23 @@ mod tests {
                 (Step::PrepareSubnet, 0, "m-2", parked.at, u64::MAX)
             ]
         );
-        assert_eq!((log[0].run.clone(), log[0].target.clone()), (run.clone(), a.clone()));
+        assert_eq!(
+            (log[0].run.clone(), log[0].target.clone()),
+            (run.clone(), a.clone())
+        );
         assert_eq!(log[0].detail, "disconnect done");
 
         // A slot and a site whose names need escaping, listed in key order; another run's
         // target is not listed, and each target's log is its own.
         let slot = ResourceId::parse(&format!("{}/slots/staging", a.as_str())).unwrap();
         let b = site("s", "a-b");
-        l.record(&step(&run, &slot, Step::Discover, "m-3")).await.unwrap();
+        l.record(&step(&run, &slot, Step::Discover, "m-3"))
+            .await
+            .unwrap();
         l.add_target(&run, &b, now()).await.unwrap();
-        l.add_target(&second.run, &site("s", "other"), now()).await.unwrap();
+        l.add_target(&second.run, &site("s", "other"), now())
+            .await
+            .unwrap();
         let listed: Vec<_> = l
             .targets(&run)
             .await
@@ -600,7 +656,9 @@ mod tests {
 
         // active_run_for: the latest run in which the target has no outcome.
         let later = run_id("c");
-        l.add_target(&later, &b, now() + time::Duration::seconds(5)).await.unwrap();
+        l.add_target(&later, &b, now() + time::Duration::seconds(5))
+            .await
+            .unwrap();
         assert_eq!(l.active_run_for(&b).await.unwrap(), Some(later));
         assert_eq!(l.active_run_for(&site("s", "nowhere")).await.unwrap(), None);
 
@@ -672,7 +730,10 @@ mod tests {
         let saver = instances[1].clone();
         let (srun, starget) = (run.clone(), target.clone());
         tasks.push(tokio::spawn(async move {
-            saver.save_gateway(&srun, &starget, &gateway("saved")).await.unwrap();
+            saver
+                .save_gateway(&srun, &starget, &gateway("saved"))
+                .await
+                .unwrap();
         }));
         for t in tasks {
             t.await.unwrap();
@@ -695,12 +756,20 @@ mod tests {
 
     #[test]
     fn a_slot_first_seen_by_a_step_joins_its_sites_wave() {
-        let slot = ResourceId::parse(&format!("{}/slots/staging", site("s", "a").as_str())).unwrap();
+        let slot =
+            ResourceId::parse(&format!("{}/slots/staging", site("s", "a").as_str())).unwrap();
         let r = step(&RunId("r".into()), &slot, Step::Discover, "m");
         let t = apply(None, &r, Some(3));
         assert_eq!((t.wave, t.steps, t.started_at), (Some(3), 1, r.at));
         // Later steps keep the wave and the start.
-        let later = apply(Some(t.clone()), &step(&r.run, &slot, Step::Plan, "m2"), None);
-        assert_eq!((later.wave, later.steps, later.started_at), (Some(3), 2, r.at));
+        let later = apply(
+            Some(t.clone()),
+            &step(&r.run, &slot, Step::Plan, "m2"),
+            None,
+        );
+        assert_eq!(
+            (later.wave, later.steps, later.started_at),
+            (Some(3), 2, r.at)
+        );
     }
 }

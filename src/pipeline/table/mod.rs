@@ -6,6 +6,6 @@
 mod client;
 mod ledger;
 
-pub use client::{TableAuth, TableError};
 pub(crate) use client::{check_endpoint, STORAGE_SCOPE};
+pub use client::{TableAuth, TableError};
 pub use ledger::TableLedger;
