@@ -20,7 +20,8 @@
 //!   payloads (Service Bus, Event Grid, Timer, HTTP), classifying Event Grid events, encoding
 //!   responses.
 //! - `sim`: an in-memory ARM simulator served over loopback HTTP, with ARM's validations,
-//!   LROs, throttling and faults, a deterministic fleet generator, and a Service Bus REST fake.
+//!   LROs, throttling and faults, a deterministic fleet generator, a Service Bus REST fake, and
+//!   a launcher for the Azurite storage emulator (the Table ledger's tests).
 //! - `rehearsal`: what judges and measures a rehearsal: the safety invariants and the figures
 //!   taken from the simulator.
 //! - `report`: the JSON report and summary tables.

@@ -12,9 +12,7 @@ use futures::future::BoxFuture;
 
 use super::common::{self, Global};
 use super::exit::Exit;
-use crate::azure::credential::{
-    check_token_endpoint, credential_from_settings, CredentialKind, TokenSource,
-};
+use crate::azure::credential::{credential_from_settings, CredentialKind, TokenSource};
 use crate::azure::servicebus::{
     endpoint_from_env, BearerSource, ServiceBusClient, ServiceBusError, SERVICEBUS_SCOPE,
 };
@@ -23,6 +21,7 @@ use crate::migration::{Migration, StepContext};
 use crate::pipeline::engine::Engine;
 use crate::pipeline::ledger::Ledger;
 use crate::pipeline::sqlite::SqliteStore;
+use crate::pipeline::table::{check_endpoint, TableAuth, TableLedger, STORAGE_SCOPE};
 use crate::policy::Policy;
 
 #[derive(Debug, ClapArgs)]
@@ -65,19 +64,33 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
-fn open_ledger(setting: &str) -> Result<Arc<SqliteStore>> {
+/// `sqlite:PATH`, or a Table Storage endpoint: `https://{account}.table.core.windows.net`
+/// with the identity `kind` names, or an emulator on loopback
+/// (`http://127.0.0.1:PORT/devstoreaccount1`) with its account key in
+/// `VNET_MIGRATE_LEDGER_KEY` (refused for any other endpoint). The Table ledger's tables are
+/// created if missing.
+async fn open_ledger(setting: &str, kind: CredentialKind) -> Result<Arc<dyn Ledger>> {
     if let Some(path) = setting.strip_prefix("sqlite:") {
-        return SqliteStore::open(std::path::Path::new(path))
-            .map(Arc::new)
-            .with_context(|| format!("VNET_MIGRATE_LEDGER: cannot open {path}"));
+        let store = SqliteStore::open(std::path::Path::new(path))
+            .with_context(|| format!("VNET_MIGRATE_LEDGER: cannot open {path}"))?;
+        return Ok(Arc::new(store));
     }
     if setting.starts_with("https://") || setting.starts_with("http://") {
-        // The Table ledger authenticates with the same Entra credential: https, or loopback
-        // (Azurite) only.
-        check_token_endpoint(setting).context("VNET_MIGRATE_LEDGER")?;
-        bail!("VNET_MIGRATE_LEDGER: the Table Storage ledger is not in this build yet; use sqlite:PATH");
+        let key = env("VNET_MIGRATE_LEDGER_KEY");
+        check_endpoint(setting, key.is_some()).context("VNET_MIGRATE_LEDGER")?;
+        let auth = match key {
+            Some(key) => TableAuth::shared_key(&key).context("VNET_MIGRATE_LEDGER_KEY")?,
+            None => TableAuth::Entra(
+                credential_from_settings(kind, STORAGE_SCOPE, &[setting])
+                    .context("Table Storage credential")?,
+            ),
+        };
+        let ledger = TableLedger::open(setting, auth)
+            .await
+            .context("VNET_MIGRATE_LEDGER")?;
+        return Ok(Arc::new(ledger));
     }
-    bail!("VNET_MIGRATE_LEDGER must be sqlite:PATH, got {setting:?}")
+    bail!("VNET_MIGRATE_LEDGER must be sqlite:PATH or a Table Storage URL, got {setting:?}")
 }
 
 fn policy_path() -> PathBuf {
@@ -123,7 +136,9 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
 
     let ledger = open_ledger(
         &env("VNET_MIGRATE_LEDGER").unwrap_or_else(|| "sqlite:vnet-migrate.db".into()),
-    )?;
+        kind,
+    )
+    .await?;
     ledger
         .runs()
         .await

@@ -41,7 +41,8 @@ pub struct TargetRecord {
     pub(crate) started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) updated_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
+    /// Absent, not null, in a Table Storage row (a property is left out when it has no value).
+    #[serde(default, with = "time::serde::rfc3339::option")]
     pub(crate) finished_at: Option<OffsetDateTime>,
     /// When the cut-over cut the target off its VNet and when it was back on one.
     #[serde(flatten)]

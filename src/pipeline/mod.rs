@@ -1,6 +1,6 @@
 //! The durable step pipeline, a runtime that knows nothing of the domain: the wire vocabulary
 //! (the step message, outcomes and their reasons), the [`Reconciler`] seam the domain
-//! implements, the queue and ledger contracts with their embedded SQLite implementation, the
+//! implements, the queue and ledger contracts with their embedded SQLite implementation, the ledger in Table Storage, the
 //! engine that executes one step, the embedded runner, and a whole local run.
 
 pub mod contract;
@@ -17,6 +17,7 @@ pub mod rollout;
 pub mod runner;
 pub(crate) mod servicebus;
 pub mod sqlite;
+pub mod table;
 
 pub use message::{RunId, Step, StepMessage};
 pub use outcome::Outcome;

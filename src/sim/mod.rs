@@ -3,8 +3,10 @@
 //! A generic resource store (`store`) plus type-specific behaviour for sites (`web`) and
 //! networks (`network`), reached through ARM's path routing (`routes`, which also answers LRO
 //! status polls) and wrapped by ARM's platform behaviour (`server`: auth, throttling,
-//! latency; `faults`: injected and random faults).
+//! latency; `faults`: injected and random faults). Beside it, test infrastructure: the Service
+//! Bus REST fake (`servicebus`) and a launcher for the Azurite storage emulator (`azurite`).
 
+pub mod azurite;
 pub mod builder;
 mod contention;
 mod faults;

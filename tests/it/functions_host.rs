@@ -18,8 +18,10 @@ use vnet_migrate::pipeline::ledger::{Ledger, RunRecord};
 use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
 use vnet_migrate::pipeline::queue::{Outgoing, StepSender};
 use vnet_migrate::pipeline::sqlite::SqliteStore;
+use vnet_migrate::pipeline::table::TableLedger;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::rehearsal::invariants;
+use vnet_migrate::sim::azurite::{self, Azurite};
 use vnet_migrate::sim::servicebus::{FakeOptions, ServiceBusServer};
 use vnet_migrate::sim::{Fleet, SimOptions, Simulator};
 
@@ -77,8 +79,18 @@ struct Serve {
 struct Env {
     arm: String,
     sb: String,
+    /// `VNET_MIGRATE_LEDGER`: `sqlite:PATH` or Azurite's Table endpoint.
     ledger: String,
+    /// `VNET_MIGRATE_LEDGER_KEY`: Azurite's account key.
+    ledger_key: Option<String>,
     policy: String,
+}
+
+/// Which ledger `serve` runs on.
+#[derive(Clone, Copy)]
+enum LedgerKind {
+    Sqlite,
+    Table,
 }
 
 /// `vnet-migrate serve` as the host starts it, with the settings of `env`; every setting is
@@ -97,7 +109,11 @@ fn serve_cmd(env: &Env, port: u16, ledger: &str) -> Command {
 
 async fn spawn_serve(env: &Env) -> Serve {
     let port = free_port();
-    let child = serve_cmd(env, port, &format!("sqlite:{}", env.ledger))
+    let mut cmd = serve_cmd(env, port, &env.ledger);
+    if let Some(key) = &env.ledger_key {
+        cmd.env("VNET_MIGRATE_LEDGER_KEY", key);
+    }
+    let child = cmd
         .env("VNET_MIGRATE_STEPS_QUEUE", QUEUE)
         .env("VNET_MIGRATE_PRINCIPAL_ID", OUR_PRINCIPAL)
         .stdout(Stdio::null())
@@ -209,6 +225,8 @@ fn busy(sb: &ServiceBusServer) -> u64 {
 
 struct World {
     _dir: TempDir,
+    /// The Table ledger's emulator, when `serve` runs on it.
+    azurite: Option<Azurite>,
     sim: Simulator,
     _arm: vnet_migrate::sim::SimServer,
     sb: ServiceBusServer,
@@ -219,7 +237,26 @@ struct World {
 }
 
 async fn world(fleet: Fleet, on_deploy: &str, max_delivery: u32) -> World {
+    world_on(LedgerKind::Sqlite, fleet, on_deploy, max_delivery).await
+}
+
+async fn world_on(kind: LedgerKind, fleet: Fleet, on_deploy: &str, max_delivery: u32) -> World {
     let dir = TempDir::new();
+    let (ledger, ledger_key, azurite) = match kind {
+        LedgerKind::Sqlite => {
+            let path = dir.file("ledger.db").display().to_string();
+            (format!("sqlite:{path}"), None, None)
+        }
+        LedgerKind::Table => {
+            // Never skipped: no Azurite is a failure saying why.
+            let az = Azurite::start().unwrap_or_else(|e| panic!("{e}"));
+            (
+                az.endpoint().to_string(),
+                Some(azurite::KEY.to_string()),
+                Some(az),
+            )
+        }
+    };
     let (sim, arm) = start_sim(fleet.clone(), SimOptions::instant()).await;
     let options = FakeOptions {
         max_delivery_count: max_delivery,
@@ -232,11 +269,13 @@ async fn world(fleet: Fleet, on_deploy: &str, max_delivery: u32) -> World {
     let env = Env {
         arm: arm.url(),
         sb: sb.url(),
-        ledger: dir.file("ledger.db").display().to_string(),
+        ledger,
+        ledger_key,
         policy: policy.display().to_string(),
     };
     World {
         _dir: dir,
+        azurite,
         sim,
         _arm: arm,
         sb,
@@ -251,6 +290,23 @@ async fn world(fleet: Fleet, on_deploy: &str, max_delivery: u32) -> World {
 struct Played {
     posted: usize,
     logs: Vec<String>,
+}
+
+impl World {
+    /// The ledger `serve` writes, opened as the test's own instance.
+    async fn ledger(&self) -> Arc<dyn Ledger> {
+        match &self.azurite {
+            Some(az) => Arc::new(
+                TableLedger::open(az.endpoint(), Azurite::auth())
+                    .await
+                    .unwrap(),
+            ),
+            None => {
+                let path = self.env.ledger.strip_prefix("sqlite:").unwrap();
+                Arc::new(SqliteStore::open(Path::new(path)).unwrap())
+            }
+        }
+    }
 }
 
 /// Plays the host until the queue is idle; `restart_after` kills and restarts the handler once.
@@ -311,7 +367,17 @@ async fn play_host(w: &World, serve: &mut Serve, restart_after: Option<usize>) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn host_faithful_run_with_duplicates_and_a_restart_matches_the_embedded_runner() {
-    let w = world(fleet(), "plan-only", 10).await;
+    host_faithful_run(LedgerKind::Sqlite).await;
+}
+
+/// The same on the Table ledger in Azurite, as in Azure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_faithful_run_on_the_table_ledger_matches_the_embedded_runner() {
+    host_faithful_run(LedgerKind::Table).await;
+}
+
+async fn host_faithful_run(kind: LedgerKind) {
+    let w = world_on(kind, fleet(), "plan-only", 10).await;
     let policy = Policy::from_json(&policy_json(&w.subs, "plan-only")).unwrap();
 
     // Seed the run like `rollout start`: ledger rows, then one discover per site.
@@ -319,7 +385,7 @@ async fn host_faithful_run_with_duplicates_and_a_restart_matches_the_embedded_ru
     let targets = {
         let arm = arm_for(&w.env.arm, &w.subs);
         let sites = sites_in_scope(&arm, &w.subs, &policy, &[]).await.unwrap();
-        let store = SqliteStore::open(Path::new(&w.env.ledger)).unwrap();
+        let store = w.ledger().await;
         let now = OffsetDateTime::now_utc();
         store
             .start_run(&RunRecord {
@@ -360,7 +426,7 @@ async fn host_faithful_run_with_duplicates_and_a_restart_matches_the_embedded_ru
         w.sb.fake().dead_letters(QUEUE)
     );
 
-    let got = report_of(&SqliteStore::open(Path::new(&w.env.ledger)).unwrap(), &run).await;
+    let got = report_of(&*w.ledger().await, &run).await;
     let rig = Rig::start(w.fleet.clone()).await;
     let expected = rig.run(&policy, "local.db").await;
     assert_eq!(outcomes(&got), outcomes(&expected));
@@ -663,9 +729,9 @@ async fn on_deploy_debounces_filters_and_the_event_run_completes() {
     assert_eq!(report["targets"][0]["outcome"], "migrated", "{report}");
 }
 
-/// Exit status and stderr of `serve` started with these settings (it must refuse to start).
-fn refused(env: &Env, ledger: &str) -> String {
-    let out = serve_cmd(env, 0, ledger).output().unwrap();
+/// Exit status and stderr of `serve` started so (it must refuse to start).
+fn refused(mut serve: Command) -> String {
+    let out = serve.output().unwrap();
     assert!(!out.status.success());
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -673,28 +739,44 @@ fn refused(env: &Env, ledger: &str) -> String {
 #[tokio::test]
 async fn serve_refuses_to_start_without_a_usable_ledger_or_scope() {
     let w = world(fleet(), "plan-only", 10).await;
-    let err = refused(&w.env, "https://acct.table.core.windows.net/ledger");
+    // No token and no signed request to a Table endpoint over plain http, no account key
+    // for a real account, and the static test token only for loopback.
+    let table = "https://acct.table.core.windows.net";
+    let err = refused(serve_cmd(&w.env, 0, "http://acct.table.core.windows.net"));
     assert!(
-        err.contains("Table Storage ledger is not in this build"),
+        err.contains("http://acct.table.core.windows.net") && err.contains("loopback"),
         "{err}"
     );
-    // The Entra token never goes in clear text to another host (issue 13): a Table or
-    // Service Bus endpoint is https, or http on loopback only.
-    let err = refused(&w.env, "http://acct.table.core.windows.net/ledger");
-    assert!(
-        err.contains("VNET_MIGRATE_LEDGER") && err.contains("http only on loopback"),
-        "{err}"
-    );
+    // The Entra token never goes in clear text to another host (issue 13): a Service Bus
+    // endpoint is https, or http on loopback only.
     let plain_sb = Env {
         sb: "http://contoso.servicebus.windows.net".into(),
         ..w.env.clone()
     };
-    let err = refused(&plain_sb, &format!("sqlite:{}", w.env.ledger));
+    let err = refused(serve_cmd(&plain_sb, 0, &w.env.ledger));
     assert!(
         err.contains("VNET_MIGRATE_SERVICEBUS_ENDPOINT") && err.contains("http only on loopback"),
         "{err}"
     );
+    let mut keyed = serve_cmd(&w.env, 0, table);
+    keyed.env("VNET_MIGRATE_LEDGER_KEY", azurite::KEY);
+    let err = refused(keyed);
+    assert!(
+        err.contains("account key is only accepted for an emulator on loopback"),
+        "{err}"
+    );
+    let err = refused(serve_cmd(&w.env, 0, table));
+    assert!(
+        err.contains("static credential is only allowed when every endpoint is loopback"),
+        "{err}"
+    );
+    let err = refused(serve_cmd(
+        &w.env,
+        0,
+        "https://acct.table.core.windows.net/ledger",
+    ));
+    assert!(err.contains("has no path"), "{err}");
     std::fs::write(&w.env.policy, "{}").unwrap();
-    let err = refused(&w.env, &format!("sqlite:{}", w.env.ledger));
+    let err = refused(serve_cmd(&w.env, 0, &w.env.ledger));
     assert!(err.contains("scope.subscriptions is empty"), "{err}");
 }

@@ -884,7 +884,7 @@ mod cutover {
             .await
             .unwrap();
         let run_time = started.elapsed();
-        let report = report_of(&finished.store, &finished.run).await;
+        let report = report_of(&*finished.store, &finished.run).await;
         rig.assert_invariants(&report);
         let join = Duration::from_secs_f64(SUBNET_JOIN_MIN_SECONDS / SPEED);
         for a in &apps {
@@ -960,7 +960,7 @@ mod cutover {
             .local_run(&Policy::default(), rig.dir.file("rb.db"), 4)
             .await
             .unwrap();
-        let report = report_of(&finished.store, &finished.run).await;
+        let report = report_of(&*finished.store, &finished.run).await;
         assert!(outcome(&report, &a).starts_with("rolled-back:connect-rejected"));
         assert_eq!(rig.gateway_connections(&a), 1);
         let log = finished.store.step_log(&finished.run, &a).await.unwrap();

@@ -37,7 +37,7 @@ async fn a_cut_over_outside_its_window_waits_for_the_opening_and_others_do_not()
         .local_run(&policy, rig.dir.file("w.db"), 4)
         .await
         .unwrap();
-    let report = report_of(&finished.store, &finished.run).await;
+    let report = report_of(finished.store.as_ref(), &finished.run).await;
     assert_eq!(crate::support::outcome(&report, &prod), "migrated");
     assert_eq!(crate::support::outcome(&report, &dev), "migrated");
 

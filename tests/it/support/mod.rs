@@ -297,7 +297,7 @@ pub fn outcomes(report: &Report) -> BTreeMap<String, String> {
 }
 
 /// The report of `run` from a ledger.
-pub async fn report_of(store: &SqliteStore, run: &RunId) -> Report {
+pub async fn report_of(store: &dyn Ledger, run: &RunId) -> Report {
     let records = store.targets(run).await.unwrap();
     Report::new(run.as_str(), false, &records, Performance::default())
 }
@@ -416,7 +416,7 @@ impl Rig {
             .local_run(policy, self.dir.file(state), 8)
             .await
             .unwrap();
-        report_of(&finished.store, &finished.run).await
+        report_of(&*finished.store, &finished.run).await
     }
 
     pub fn assert_invariants(&self, report: &Report) {
