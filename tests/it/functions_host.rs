@@ -623,9 +623,8 @@ async fn forged_messages_are_dead_lettered_with_their_reason_and_never_executed(
         (0, 0, 0),
         "a refused message reaches ARM not even to read"
     );
-    let ledger = SqliteStore::open(Path::new(&w.env.ledger)).unwrap();
     assert!(
-        ledger.runs().await.unwrap().is_empty(),
+        w.ledger().await.runs().await.unwrap().is_empty(),
         "nothing was recorded"
     );
 }
