@@ -70,8 +70,9 @@ PRAGMA cache_size=-16384;
 /// is the rowid (no AUTOINCREMENT: a new row takes the largest + 1, which keeps FIFO order
 /// among the rows that exist). `head` marks the first active message (by visible_at, seq) of
 /// each session: only heads are delivery candidates, so messages queued behind a busy session
-/// are never looked at. Both indexes are partial, on active rows only; neither covers the
-/// lease columns, so leasing a message rewrites its row and nothing else.
+/// are never looked at; `priority` is the step's scheduling level (`Step::priority`). Both
+/// indexes are partial, on active rows only; neither covers the lease columns, so leasing a
+/// message rewrites its row and nothing else.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
   seq INTEGER PRIMARY KEY,
@@ -81,6 +82,7 @@ CREATE TABLE IF NOT EXISTS queue (
   body BLOB NOT NULL,
   visible_at INTEGER NOT NULL,
   head INTEGER NOT NULL DEFAULT 0,
+  priority INTEGER NOT NULL DEFAULT 0,
   delivery_count INTEGER NOT NULL DEFAULT 0,
   lock_token TEXT,
   locked_until INTEGER,
@@ -88,7 +90,7 @@ CREATE TABLE IF NOT EXISTS queue (
   dead_reason TEXT
 );
 CREATE TABLE IF NOT EXISTS message_ids (message_id TEXT PRIMARY KEY) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS queue_heads ON queue(subscription, visible_at, seq) WHERE state='active' AND head=1;
+CREATE INDEX IF NOT EXISTS queue_heads ON queue(subscription, priority, visible_at, seq) WHERE state='active' AND head=1;
 CREATE INDEX IF NOT EXISTS queue_sessions ON queue(session_id, visible_at, seq) WHERE state='active';
 CREATE TABLE IF NOT EXISTS runs (
   run TEXT PRIMARY KEY, started_at TEXT NOT NULL, dry_run INTEGER NOT NULL, origin TEXT NOT NULL
@@ -153,10 +155,10 @@ impl SqliteStore {
     fn initialise(conn: &mut Connection) -> rusqlite::Result<()> {
         conn.execute_batch(PRAGMAS)?;
         let tx = conn.transaction()?;
-        let (columns, has_head): (u32, bool) = tx.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(name='head'), 0) > 0 FROM pragma_table_info('queue')",
+        let (columns, has_head, has_priority): (u32, bool, bool) = tx.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(name='head'), 0) > 0, COALESCE(SUM(name='priority'), 0) > 0 FROM pragma_table_info('queue')",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         let old_queue = columns > 0 && !has_head;
         if old_queue {
@@ -164,11 +166,20 @@ impl SqliteStore {
                 "DROP INDEX IF EXISTS queue_ready; DROP INDEX IF EXISTS queue_session;
                  ALTER TABLE queue RENAME TO queue_old;",
             )?;
+        } else if columns > 0 && !has_priority {
+            // The lean queue before scheduling levels: its heads index is rebuilt with them.
+            tx.execute_batch(
+                "DROP INDEX IF EXISTS queue_heads;
+                 ALTER TABLE queue ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;",
+            )?;
         }
         tx.execute_batch(SCHEMA)?;
         ledger::add_target_columns(&tx)?;
         if old_queue {
             tx.execute_batch(MIGRATE_QUEUE)?;
+        }
+        if columns > 0 && !has_priority {
+            queue::prioritise_live(&tx)?;
         }
         tx.commit()
     }

@@ -15,6 +15,7 @@ use super::columns::UnixMs;
 use super::ledger::record_tx;
 use super::{storage, SqliteStore};
 use crate::pipeline::ledger::StepRecord;
+use crate::pipeline::message::{Step, StepMessage};
 use crate::pipeline::queue::{Outgoing, QueueError, StepSender};
 
 /// A message handed to a worker, locked until its lease ends.
@@ -57,32 +58,58 @@ WITH RECURSIVE subs(s) AS (
   FROM subs WHERE subs.s IS NOT NULL
 )";
 
-/// The oldest deliverable head of each subscription not in ?2 (a JSON array), oldest first.
-/// Per subscription the walk skips only the leased heads (at most the subscription's
-/// in-flight limit) before it finds a deliverable one. ?1 is now.
+/// The scheduling levels (`Step::priority`) as a second table of the `WITH` clause.
+fn levels() -> String {
+    let rows: Vec<String> = Step::PRIORITIES.iter().map(|p| format!("({p})")).collect();
+    format!(", levels(p) AS (VALUES {})", rows.join(","))
+}
+
+/// The best deliverable head of the subscriptions not in ?2 (a JSON array): the highest
+/// level, oldest first within it. One index seek per subscription and level, each skipping
+/// only the leased heads (at most the subscription's in-flight limit). ?1 is now.
 fn candidate_sql() -> String {
     format!(
-        "{SUBSCRIPTIONS}
+        "{SUBSCRIPTIONS}{}
         SELECT q.seq, q.message_id, q.session_id, q.subscription, q.delivery_count
-        FROM subs JOIN queue q ON q.seq=(
+        FROM subs CROSS JOIN levels JOIN queue q ON q.seq=(
           SELECT h.seq FROM queue h
-          WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.visible_at<=?1
-            AND (h.locked_until IS NULL OR h.locked_until<=?1)
+          WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.priority=levels.p
+            AND h.visible_at<=?1 AND (h.locked_until IS NULL OR h.locked_until<=?1)
           ORDER BY h.visible_at, h.seq LIMIT 1)
         WHERE subs.s NOT IN (SELECT value FROM json_each(?2))
-        ORDER BY q.visible_at, q.seq LIMIT 1"
+        ORDER BY q.priority DESC, q.visible_at, q.seq LIMIT 1",
+        levels()
     )
 }
 
 /// The earliest visibility after ?1 of a head in a subscription not in ?2.
 fn next_visible_sql() -> String {
     format!(
-        "{SUBSCRIPTIONS}
+        "{SUBSCRIPTIONS}{}
         SELECT MIN((SELECT h.visible_at FROM queue h
-                    WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.visible_at>?1
+                    WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s
+                      AND h.priority=levels.p AND h.visible_at>?1
                     ORDER BY h.visible_at LIMIT 1))
-        FROM subs WHERE subs.s IS NOT NULL AND subs.s NOT IN (SELECT value FROM json_each(?2))"
+        FROM subs CROSS JOIN levels
+        WHERE subs.s IS NOT NULL AND subs.s NOT IN (SELECT value FROM json_each(?2))",
+        levels()
     )
+}
+
+/// Sets the level of every live message of a queue written before levels existed.
+pub(super) fn prioritise_live(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let live: Vec<(i64, Vec<u8>)> = tx
+        .prepare("SELECT seq, body FROM queue WHERE state='active'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut set = tx.prepare("UPDATE queue SET priority=?2 WHERE seq=?1")?;
+    for (seq, body) in live {
+        // An undecodable body keeps level 0; it is dead-lettered when delivered.
+        if let Ok(m) = StepMessage::decode(&body) {
+            set.execute(params![seq, m.step.priority()])?;
+        }
+    }
+    Ok(())
 }
 
 impl SqliteStore {
@@ -105,7 +132,7 @@ impl SqliteStore {
             .prepare_cached("UPDATE queue SET head=0 WHERE seq=?1")
             .map_err(storage)?;
         let mut add = tx
-            .prepare_cached("INSERT INTO queue (message_id, session_id, subscription, body, visible_at, head) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+            .prepare_cached("INSERT INTO queue (message_id, session_id, subscription, body, visible_at, head, priority) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
             .map_err(storage)?;
         for m in messages {
             let id = m.message.message_id();
@@ -136,7 +163,8 @@ impl SqliteStore {
                 m.message.target.subscription().to_ascii_lowercase(),
                 m.message.encode(),
                 visible_at,
-                is_head
+                is_head,
+                m.message.step.priority()
             ])
             .map_err(storage)?;
         }
@@ -154,11 +182,12 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Locks and returns the oldest visible, unleased session head among the subscriptions
-    /// not in `full` (those at the runner's per-subscription limit), or None. Each
-    /// subscription offers its own oldest head and the oldest of those wins, so a backlog in
-    /// a full subscription never hides another subscription's work. A message already
-    /// delivered `max_delivery_count` times is dead-lettered instead.
+    /// Locks and returns the best visible, unleased session head among the subscriptions
+    /// not in `full` (those at the runner's per-subscription limit), or None: the highest
+    /// scheduling level (`Step::priority`), oldest first within it. Each subscription offers
+    /// its own best head, so a backlog in a full subscription never hides another
+    /// subscription's work. A message already delivered `max_delivery_count` times is
+    /// dead-lettered instead.
     pub(crate) fn receive(
         &self,
         now: OffsetDateTime,
@@ -178,7 +207,7 @@ impl SqliteStore {
         })
     }
 
-    /// The oldest deliverable head of the subscriptions not in `full` (a JSON array).
+    /// The best deliverable head of the subscriptions not in `full` (a JSON array).
     fn candidate(
         tx: &Transaction<'_>,
         now: UnixMs,
@@ -332,7 +361,6 @@ mod tests {
     use super::super::test_support::{msg, msg_in, now, store, Dir, LEASE};
     use super::*;
     use crate::pipeline::ledger::Ledger;
-    use crate::pipeline::message::{Step, StepMessage};
 
     #[tokio::test]
     async fn duplicate_message_ids_are_dropped() {
@@ -628,18 +656,19 @@ mod tests {
                 l.starts_with("SCAN")
                     && !l.contains("USING")
                     && !l.contains("subs")
+                    && !l.contains("levels")
                     && !l.contains("json_each")
                     && !l.contains("CONSTANT")
             })
         };
         let next = plan(&next_visible_sql(), &[&0i64, &"[]"]);
         assert!(
-            next.contains("INDEX queue_heads (subscription=? AND visible_at>?)"),
+            next.contains("INDEX queue_heads (subscription=? AND priority=? AND visible_at>?)"),
             "{next}"
         );
         let cand = plan(&candidate_sql(), &[&0i64, &"[]"]);
         assert!(
-            cand.contains("INDEX queue_heads (subscription=? AND visible_at<?)"),
+            cand.contains("INDEX queue_heads (subscription=? AND priority=? AND visible_at<?)"),
             "{cand}"
         );
         let head = plan(
@@ -762,5 +791,103 @@ mod tests {
         // Opening the migrated file again changes nothing.
         let s = SqliteStore::open(&p).unwrap();
         assert_eq!(s.counts().unwrap().completed, 2);
+    }
+
+    /// Targets past planning go first, then planning, then discovery; oldest first within a
+    /// level, and a subscription at its limit still does not hide another's work.
+    #[tokio::test]
+    async fn later_steps_go_first_and_oldest_first_within_a_level() {
+        let (_d, s) = store();
+        s.send(
+            [
+                ("a", Step::Discover),
+                ("b", Step::Plan),
+                ("c", Step::Verify),
+                ("d", Step::Discover),
+                ("e", Step::Disconnect),
+                ("f", Step::Plan),
+            ]
+            .into_iter()
+            .map(|(app, step)| Outgoing::now(msg(app, step)))
+            .collect(),
+        )
+        .await
+        .unwrap();
+        s.send(vec![Outgoing::now(msg_in("s2", "g", Step::Discover))])
+            .await
+            .unwrap();
+        let mut order = Vec::new();
+        while let Some(d) = s.receive(now(), LEASE, &[]).unwrap() {
+            order.push(target_of(&d));
+        }
+        assert_eq!(order, ["c", "e", "b", "f", "a", "d", "g"]);
+        // With subscription s at its limit, s2's discover is served although s has a plan.
+        let (_d, s) = store();
+        s.send(vec![
+            Outgoing::now(msg_in("s2", "g", Step::Discover)),
+            Outgoing::now(msg("b", Step::Plan)),
+        ])
+        .await
+        .unwrap();
+        let d = s.receive(now(), LEASE, &["s"]).unwrap().unwrap();
+        assert_eq!(target_of(&d), "g");
+        assert_eq!(
+            s.next_visible_at(now(), &["s"]).unwrap(),
+            None,
+            "nothing scheduled"
+        );
+    }
+
+    /// The lean queue as it was before scheduling levels.
+    const QUEUE_WITHOUT_LEVELS: &str = "
+    PRAGMA journal_mode=WAL;
+    CREATE TABLE queue (
+      seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL, session_id TEXT NOT NULL,
+      subscription TEXT NOT NULL, body BLOB NOT NULL, visible_at INTEGER NOT NULL,
+      head INTEGER NOT NULL DEFAULT 0, delivery_count INTEGER NOT NULL DEFAULT 0,
+      lock_token TEXT, locked_until INTEGER, state TEXT NOT NULL DEFAULT 'active', dead_reason TEXT
+    );
+    CREATE TABLE message_ids (message_id TEXT PRIMARY KEY) WITHOUT ROWID;
+    CREATE INDEX queue_heads ON queue(subscription, visible_at, seq) WHERE state='active' AND head=1;
+    CREATE INDEX queue_sessions ON queue(session_id, visible_at, seq) WHERE state='active';";
+
+    #[tokio::test]
+    async fn a_queue_from_before_scheduling_levels_gets_them_on_open() {
+        let dir = Dir::new();
+        let p = dir.path().join("lean.db");
+        let (discover, verify) = (msg("a", Step::Discover), msg("b", Step::Verify));
+        {
+            let conn = rusqlite::Connection::open(&p).unwrap();
+            conn.execute_batch(QUEUE_WITHOUT_LEVELS).unwrap();
+            for (m, minutes) in [(&discover, 2), (&verify, 1)] {
+                let t = UnixMs::at(now() - time::Duration::minutes(minutes));
+                conn.execute(
+                    "INSERT INTO queue (message_id, session_id, subscription, body, visible_at, head) VALUES (?1,?2,'s',?3,?4,1)",
+                    params![m.message_id(), m.session_id(), m.encode(), t],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO message_ids VALUES (?1)",
+                    params![m.message_id()],
+                )
+                .unwrap();
+            }
+        }
+        for _ in 0..2 {
+            let s = SqliteStore::open(&p).unwrap();
+            let index: String = s
+                .conn()
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE name='queue_heads'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(index.contains("priority"), "{index}");
+            // The older discover waits: the verify of a target past planning goes first.
+            let first = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+            assert_eq!(first.message_id, verify.message_id());
+            s.release_all_locks().unwrap();
+        }
     }
 }
