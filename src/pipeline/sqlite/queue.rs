@@ -48,6 +48,19 @@ struct Candidate {
     delivery_count: u32,
 }
 
+impl Candidate {
+    /// From a row of `seq, message_id, session_id, subscription, delivery_count`.
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Candidate {
+            seq: r.get(0)?,
+            message_id: r.get(1)?,
+            session_id: r.get(2)?,
+            subscription: r.get(3)?,
+            delivery_count: r.get(4)?,
+        })
+    }
+}
+
 /// The subscriptions that have messages waiting, one index seek each (a skip-scan of
 /// `queue_heads`, which is led by the subscription): no scan of the queue.
 const SUBSCRIPTIONS: &str = "
@@ -197,14 +210,25 @@ impl SqliteStore {
         let now = UnixMs::at(now);
         let full = serde_json::to_string(full).expect("strings serialise");
         self.transaction(storage, |tx| {
-            while let Some(c) = Self::candidate(tx, now, &full)? {
-                if c.delivery_count < self.max_delivery_count {
-                    return Self::lock(tx, c, now.after(lease)).map(Some);
-                }
-                Self::retire_dead(tx, c.seq, &c.session_id, "MaxDeliveryCountExceeded")?;
-            }
-            Ok(None)
+            self.lease_first(tx, now.after(lease), |tx| Self::candidate(tx, now, &full))
         })
+    }
+
+    /// Leases the first candidate `next` offers that has been delivered fewer than
+    /// `max_delivery_count` times, dead-lettering those delivered too often on the way.
+    fn lease_first(
+        &self,
+        tx: &Transaction<'_>,
+        until: UnixMs,
+        next: impl Fn(&Transaction<'_>) -> Result<Option<Candidate>, QueueError>,
+    ) -> Result<Option<Delivery>, QueueError> {
+        while let Some(c) = next(tx)? {
+            if c.delivery_count < self.max_delivery_count {
+                return Self::lock(tx, c, until).map(Some);
+            }
+            Self::retire_dead(tx, c.seq, &c.session_id, "MaxDeliveryCountExceeded")?;
+        }
+        Ok(None)
     }
 
     /// The best deliverable head of the subscriptions not in `full` (a JSON array).
@@ -215,18 +239,7 @@ impl SqliteStore {
     ) -> Result<Option<Candidate>, QueueError> {
         let sql = candidate_sql();
         tx.prepare_cached(&sql)
-            .and_then(|mut s| {
-                s.query_row(params![now, full], |r| {
-                    Ok(Candidate {
-                        seq: r.get(0)?,
-                        message_id: r.get(1)?,
-                        session_id: r.get(2)?,
-                        subscription: r.get(3)?,
-                        delivery_count: r.get(4)?,
-                    })
-                })
-                .optional()
-            })
+            .and_then(|mut s| s.query_row(params![now, full], Candidate::read).optional())
             .map_err(storage)
     }
 
@@ -279,28 +292,69 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Completes a delivery, enqueues its next steps and records the step, atomically. The
-    /// completed row is deleted; its MessageId stays in `message_ids`, so a re-sent copy is
-    /// still dropped.
+    /// `settle` on its own: what the tests of settling use; the runner always asks for the
+    /// session's next message too (`commit_and_continue`).
+    #[cfg(test)]
     pub(crate) fn commit(
         &self,
         d: &Delivery,
         next: &[Outgoing],
         record: Option<&StepRecord>,
     ) -> Result<(), QueueError> {
+        self.transaction(storage, |tx| Self::settle(tx, d, next, record))
+    }
+
+    /// `commit`, then, in the same transaction, leases the next message of the delivery's
+    /// session when it is visible at `now` and in the same subscription: the worker that
+    /// held the session keeps it, as a Service Bus session receiver does, so a serial chain
+    /// (a VNet's subnet writes and cut-overs, a target's discover and plan) goes on without a
+    /// round through the runner and with one transaction per step instead of two.
+    pub(crate) fn commit_and_continue(
+        &self,
+        d: &Delivery,
+        next: &[Outgoing],
+        record: Option<&StepRecord>,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<Option<Delivery>, QueueError> {
+        let now = UnixMs::at(now);
         self.transaction(storage, |tx| {
-            Self::check_lock(tx, d)?;
-            tx.prepare_cached("DELETE FROM queue WHERE seq=?1")
-                .and_then(|mut s| s.execute(params![d.seq]))
-                .map_err(storage)?;
-            Self::promote(tx, &d.session_id)?;
-            Self::insert(tx, next)?;
-            if let Some(r) = record {
-                record_tx(tx, r)
-                    .map_err(|e| QueueError::storage("recording the step", Some(Box::new(e))))?;
-            }
-            Ok(())
+            Self::settle(tx, d, next, record)?;
+            self.lease_first(tx, now.after(lease), |tx| {
+                tx.prepare_cached(
+                    "SELECT seq, message_id, session_id, subscription, delivery_count FROM queue
+                     WHERE session_id=?1 AND state='active' AND head=1 AND subscription=?2
+                       AND visible_at<=?3 AND (locked_until IS NULL OR locked_until<=?3)",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![d.session_id, d.subscription, now], Candidate::read)
+                        .optional()
+                })
+                .map_err(storage)
+            })
         })
+    }
+
+    /// Completes a delivery, enqueues its next steps and records the step, atomically. The
+    /// completed row is deleted; its MessageId stays in `message_ids`, so a re-sent copy is
+    /// still dropped.
+    fn settle(
+        tx: &Transaction<'_>,
+        d: &Delivery,
+        next: &[Outgoing],
+        record: Option<&StepRecord>,
+    ) -> Result<(), QueueError> {
+        Self::check_lock(tx, d)?;
+        tx.prepare_cached("DELETE FROM queue WHERE seq=?1")
+            .and_then(|mut s| s.execute(params![d.seq]))
+            .map_err(storage)?;
+        Self::promote(tx, &d.session_id)?;
+        Self::insert(tx, next)?;
+        if let Some(r) = record {
+            record_tx(tx, r)
+                .map_err(|e| QueueError::storage("recording the step", Some(Box::new(e))))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
@@ -360,6 +414,7 @@ impl StepSender for SqliteStore {
 mod tests {
     use super::super::test_support::{msg, msg_in, now, store, Dir, LEASE};
     use super::*;
+    use crate::azure::ResourceId;
     use crate::pipeline::ledger::Ledger;
 
     #[tokio::test]
@@ -791,6 +846,68 @@ mod tests {
         // Opening the migrated file again changes nothing.
         let s = SqliteStore::open(&p).unwrap();
         assert_eq!(s.counts().unwrap().completed, 2);
+    }
+
+    /// The worker that settles a session's message gets the session's next one in the same
+    /// transaction when it is visible and in the same subscription; otherwise the runner
+    /// admits it as any other.
+    #[tokio::test]
+    async fn a_settled_session_hands_its_next_message_to_the_same_worker() {
+        let (_d, s) = store();
+        let (first, second) = (msg("a", Step::Discover), msg("a", Step::Plan));
+        s.send(vec![Outgoing::now(first), Outgoing::now(second.clone())])
+            .await
+            .unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        let next = s
+            .commit_and_continue(&d, &[], None, now(), LEASE)
+            .unwrap()
+            .expect("the session's next message");
+        assert_eq!(
+            (next.message_id.as_str(), next.delivery_count),
+            (second.message_id().as_str(), 1)
+        );
+        assert!(s.receive(now(), LEASE, &[]).unwrap().is_none(), "leased");
+        // Its next step is scheduled for later: the session is let go.
+        let later = Outgoing {
+            message: msg("a", Step::Verify),
+            visible_at: now() + time::Duration::seconds(30),
+        };
+        assert!(s
+            .commit_and_continue(&next, &[later], None, now(), LEASE)
+            .unwrap()
+            .is_none());
+        assert_eq!(s.counts().unwrap().active, 1);
+        // A VNet's session holds targets of two subscriptions: the message of the other one is
+        // left to the runner, which admits per subscription.
+        let vnet = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v",
+        )
+        .unwrap();
+        let plan = crate::pipeline::message::PlannedSubnet {
+            subnet: vnet.child("subnets", "apps").unwrap(),
+            vnet,
+            prefix: "10.0.0.0/26".into(),
+            create: true,
+            required_prefix_length: None,
+        };
+        let [mut own, mut other] = [
+            msg("b", Step::PrepareSubnet),
+            msg_in("s2", "c", Step::PrepareSubnet),
+        ];
+        own.plan = Some(plan.clone());
+        other.plan = Some(plan);
+        assert_eq!(own.session_id(), other.session_id());
+        s.send(vec![Outgoing::now(own), Outgoing::now(other.clone())])
+            .await
+            .unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert!(s
+            .commit_and_continue(&d, &[], None, now(), LEASE)
+            .unwrap()
+            .is_none());
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(d.message_id, other.message_id());
     }
 
     /// Targets past planning go first, then planning, then discovery; oldest first within a
