@@ -102,7 +102,7 @@ pub(super) fn claim(st: &State, method: &str, path: &str, body: &Value) -> Claim
         return Claim::free(Work::Write);
     };
     if let Some(target) = web_target(&id) {
-        let current = st.store.get(&target).and_then(current_subnet);
+        let current = st.store.get(&target).and_then(|s| current_subnet(&s));
         let swift = type_key(&id).ends_with("/networkconfig")
             && id.name().eq_ignore_ascii_case("virtualnetwork");
         // A site write that sets or clears `virtualNetworkSubnetId` (or the swift PUT) and the

@@ -153,7 +153,7 @@ fn subscription_provider(
 fn resource_group(st: &mut State, method: &str, rg: &ResourceId, body: &Value) -> Reply {
     match method {
         "GET" => match st.store.get(rg) {
-            Some(v) => Reply::ok(v.clone()),
+            Some(v) => Reply::ok(v),
             None if st.store.any_within(rg) => {
                 let loc = st
                     .store
@@ -247,7 +247,7 @@ fn collection(
             if !st.store.contains(&site) {
                 return Reply::not_found(site.as_str());
             }
-            Reply::ok(st.store.get(parent).cloned().unwrap_or_else(|| json!({"id": parent.as_str(), "name": parent.name(), "type": "Microsoft.Web/sites/config", "properties": {}})))
+            Reply::ok(st.store.get(parent).unwrap_or_else(|| json!({"id": parent.as_str(), "name": parent.name(), "type": "Microsoft.Web/sites/config", "properties": {}})))
         }
         ("GET", _, _) => {
             let top = ResourceId::parse(&format!(
@@ -280,7 +280,7 @@ fn collection(
 fn generic(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Value) -> Reply {
     match method {
         "GET" => match st.store.get(id) {
-            Some(v) => Reply::ok(render(st, ctx, v.clone())),
+            Some(v) => Reply::ok(render(st, ctx, v)),
             None => Reply::not_found(id.as_str()),
         },
         "PUT" => {
@@ -308,7 +308,7 @@ fn generic(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Valu
         }
         // Through `put`, which keeps the store's reference index in step (a gateway PATCH
         // may move its ip configurations).
-        "PATCH" => match st.store.get(id).cloned() {
+        "PATCH" => match st.store.get(id) {
             Some(mut v) => {
                 merge(&mut v, body);
                 st.store.put(id, v.clone());

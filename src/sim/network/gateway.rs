@@ -91,7 +91,7 @@ pub(crate) fn put_gateway(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Val
             format!("Virtual network gateway {} needs at least one ip configuration in its GatewaySubnet.", id.as_str()),
         );
     }
-    let old = st.store.get(id).cloned();
+    let old = st.store.get(id);
     let mut gw = body.clone();
     let mut names: Vec<String> = Vec::new();
     if let Some(certs) =
@@ -152,7 +152,7 @@ pub(crate) fn generate_package(
     gw_id: &ResourceId,
     body: &Value,
 ) -> Reply {
-    let Some(gw) = st.store.get(gw_id).cloned() else {
+    let Some(gw) = st.store.get(gw_id) else {
         return Reply::not_found(gw_id.as_str());
     };
     let Some(arch) = body["processorArchitecture"].as_str().and_then(|a| {
