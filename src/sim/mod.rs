@@ -85,7 +85,7 @@ impl Simulator {
     /// a large fleet without a copy of it (requests wait meanwhile).
     pub fn with_resources<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = Value>) -> T) -> T {
         let st = self.inner.lock().expect("simulator lock");
-        let mut resources = st.store.all();
+        let mut resources = st.store.all().map(std::borrow::Cow::into_owned);
         f(&mut resources)
     }
 

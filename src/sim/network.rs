@@ -19,6 +19,7 @@ pub(crate) use subnet::{
 };
 
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 use super::contention::render_network;
 use super::reply::{Ctx, Reply};
@@ -99,7 +100,7 @@ pub(crate) fn get_subnet(st: &State, id: &ResourceId) -> Reply {
 
 /// GET of a VNet or a VPN gateway: `Updating` while an operation runs on it.
 pub(crate) fn get_network_resource(st: &State, id: &ResourceId) -> Reply {
-    match st.store.get(id) {
+    match st.store.get(id).map(Cow::into_owned) {
         Some(v) => etagged(render_network(st, id, v)),
         None => Reply::not_found(id.as_str()),
     }
@@ -119,7 +120,7 @@ pub(crate) fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
     let Some(vnet_id) = id.vnet() else {
         return Reply::not_found(id.as_str());
     };
-    let Some(vnet) = st.store.get(&vnet_id) else {
+    let Some(vnet) = st.store.get(&vnet_id).map(Cow::into_owned) else {
         return Reply::not_found(vnet_id.as_str());
     };
     let mut body = if body.is_object() {
@@ -211,7 +212,7 @@ pub(crate) fn delete_subnet(st: &mut State, id: &ResourceId) -> Reply {
 }
 
 pub(crate) fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
-    let old = st.store.get(id);
+    let old = st.store.get(id).map(Cow::into_owned);
     let mut vnet = if body.is_object() {
         body.clone()
     } else {
@@ -350,7 +351,7 @@ pub(crate) fn delete_vnet(st: &mut State, id: &ResourceId) -> Reply {
 
 /// `GET {vnet}/{subnets|virtualNetworkPeerings}` → `{value}` of the inline children.
 pub(crate) fn list_inline(st: &State, vnet: &ResourceId, field: &str) -> Reply {
-    match st.store.get(vnet) {
+    match st.store.get(vnet).map(Cow::into_owned) {
         Some(v) => Reply::ok(json!({"value": arr(&v, &["properties", field])})),
         None => Reply::not_found(vnet.as_str()),
     }

@@ -2,6 +2,7 @@
 //! single resources, dispatched to the store or the type-specific behaviour (`web`,
 //! `network`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
@@ -152,7 +153,7 @@ fn subscription_provider(
 
 fn resource_group(st: &mut State, method: &str, rg: &ResourceId, body: &Value) -> Reply {
     match method {
-        "GET" => match st.store.get(rg) {
+        "GET" => match st.store.get(rg).map(Cow::into_owned) {
             Some(v) => Reply::ok(v),
             None if st.store.any_within(rg) => {
                 let loc = st
@@ -247,7 +248,7 @@ fn collection(
             if !st.store.contains(&site) {
                 return Reply::not_found(site.as_str());
             }
-            Reply::ok(st.store.get(parent).unwrap_or_else(|| json!({"id": parent.as_str(), "name": parent.name(), "type": "Microsoft.Web/sites/config", "properties": {}})))
+            Reply::ok(st.store.get(parent).map(Cow::into_owned).unwrap_or_else(|| json!({"id": parent.as_str(), "name": parent.name(), "type": "Microsoft.Web/sites/config", "properties": {}})))
         }
         ("GET", _, _) => {
             let top = ResourceId::parse(&format!(
@@ -279,7 +280,7 @@ fn collection(
 
 fn generic(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Value) -> Reply {
     match method {
-        "GET" => match st.store.get(id) {
+        "GET" => match st.store.get(id).map(Cow::into_owned) {
             Some(v) => Reply::ok(render(st, ctx, v)),
             None => Reply::not_found(id.as_str()),
         },
@@ -308,7 +309,7 @@ fn generic(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Valu
         }
         // Through `put`, which keeps the store's reference index in step (a gateway PATCH
         // may move its ip configurations).
-        "PATCH" => match st.store.get(id) {
+        "PATCH" => match st.store.get(id).map(Cow::into_owned) {
             Some(mut v) => {
                 merge(&mut v, body);
                 st.store.put(id, v.clone());

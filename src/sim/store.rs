@@ -2,11 +2,15 @@
 //! type so type-wide scans stay cheap on large fleets, and by the references requests follow
 //! backwards (`Ref`), so no request scans a type to find the few resources it is about.
 //!
-//! Each resource is kept as its compact JSON text and parsed when a request reads it: a
+//! Most resources are kept as their compact JSON text and parsed when a request reads them: a
 //! parsed `serde_json::Value` takes about six times the memory of its text (a map and a
 //! string allocation per field), and a request reads only the few resources it is about,
-//! while the store holds the whole fleet (10,000 targets: ~22 MB of JSON).
+//! while the store holds the whole fleet (10,000 targets: ~22 MB of JSON). Network resources
+//! stay parsed: they are few (a few hundred in 10,000 targets) but large (a hub VNet holds
+//! every integration subnet with its service association links), and every join, subnet
+//! write and connection listing reads one.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
@@ -40,10 +44,37 @@ fn references(id: &ResourceId, value: &Value) -> Vec<(Ref, ResourceId)> {
     }
 }
 
+/// One stored resource.
+#[derive(Debug, Clone)]
+enum Stored {
+    Compact(Box<str>),
+    Parsed(Value),
+}
+
+impl Stored {
+    fn new(id: &ResourceId, value: Value) -> Self {
+        if type_key(id).starts_with("microsoft.network/") {
+            Stored::Parsed(value)
+        } else {
+            Stored::Compact(value.to_string().into_boxed_str())
+        }
+    }
+
+    fn value(&self) -> Cow<'_, Value> {
+        match self {
+            // The store wrote the text from a value, so it parses.
+            Stored::Compact(text) => {
+                Cow::Owned(serde_json::from_str(text).expect("the store holds the JSON it wrote"))
+            }
+            Stored::Parsed(v) => Cow::Borrowed(v),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Store {
-    /// Lowercased id → the resource's compact JSON.
-    resources: BTreeMap<String, Box<str>>,
+    /// Lowercased id → the resource.
+    resources: BTreeMap<String, Stored>,
     by_type: HashMap<String, BTreeSet<String>>,
     /// (reference, referenced key) → keys of the resources holding that reference, kept in
     /// step with `resources` by `put` and `remove_tree`.
@@ -76,9 +107,9 @@ impl Store {
         s
     }
 
-    /// The resource as stored (a copy: change it through `put` or `update`).
-    pub(crate) fn get(&self, id: &ResourceId) -> Option<Value> {
-        self.resources.get(id.key()).map(|text| parse(text))
+    /// The resource as stored (change it through `put` or `update`).
+    pub(crate) fn get(&self, id: &ResourceId) -> Option<Cow<'_, Value>> {
+        self.resources.get(id.key()).map(Stored::value)
     }
 
     /// Changes a resource in place with `f`, for changes that leave the `Ref` indexes alone
@@ -89,11 +120,16 @@ impl Store {
         id: &ResourceId,
         f: impl FnOnce(&mut Value) -> R,
     ) -> Option<R> {
-        let text = self.resources.get_mut(id.key())?;
-        let mut value = parse(text);
-        let out = f(&mut value);
-        *text = compact(&value);
-        Some(out)
+        let stored = self.resources.get_mut(id.key())?;
+        Some(match stored {
+            Stored::Parsed(v) => f(v),
+            Stored::Compact(_) => {
+                let mut value = stored.value().into_owned();
+                let out = f(&mut value);
+                *stored = Stored::new(id, value);
+                out
+            }
+        })
     }
 
     pub(crate) fn contains(&self, id: &ResourceId) -> bool {
@@ -109,10 +145,10 @@ impl Store {
             .insert(key.clone());
         let old = self.resources.remove(&key);
         if let Some(o) = &old {
-            self.unlink(id, &parse(o));
+            self.unlink(id, &o.value());
         }
         self.link(id, &value);
-        self.resources.insert(key, compact(&value));
+        self.resources.insert(key, Stored::new(id, value));
         old.is_none()
     }
 
@@ -142,12 +178,12 @@ impl Store {
         &'a self,
         r: Ref,
         target: &ResourceId,
-    ) -> impl Iterator<Item = (&'a str, Value)> + 'a {
+    ) -> impl Iterator<Item = (&'a str, Cow<'a, Value>)> + 'a {
         self.referrers
             .get(&(r, target.key().to_string()))
             .into_iter()
             .flatten()
-            .filter_map(|k| self.resources.get(k).map(|v| (k.as_str(), parse(v))))
+            .filter_map(|k| self.resources.get(k).map(|v| (k.as_str(), v.value())))
     }
 
     /// Removes the resource and everything below it; returns whether it existed.
@@ -167,7 +203,7 @@ impl Store {
             let Ok(doomed_id) = ResourceId::parse(&k) else {
                 continue;
             };
-            self.unlink(&doomed_id, &parse(&old));
+            self.unlink(&doomed_id, &old.value());
             if let Some(set) = self.by_type.get_mut(&type_key(&doomed_id)) {
                 set.remove(&k);
             }
@@ -175,8 +211,8 @@ impl Store {
         existed
     }
 
-    pub(crate) fn all(&self) -> impl Iterator<Item = Value> + '_ {
-        self.resources.values().map(|text| parse(text))
+    pub(crate) fn all(&self) -> impl Iterator<Item = Cow<'_, Value>> {
+        self.resources.values().map(Stored::value)
     }
 
     /// Resources of type `ty` lying within `scope` (a subscription, group or parent resource).
@@ -188,7 +224,7 @@ impl Store {
         };
         keys.range(prefix.clone()..)
             .take_while(|k| k.starts_with(&prefix))
-            .filter_map(|k| self.resources.get(k).map(|text| parse(text)))
+            .filter_map(|k| self.resources.get(k).map(|v| v.value().into_owned()))
             .collect()
     }
 
@@ -213,21 +249,12 @@ impl Store {
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
             .find_map(|(_, v)| {
-                parse(v)
+                v.value()
                     .get("location")
                     .and_then(Value::as_str)
                     .map(String::from)
             })
     }
-}
-
-/// A stored resource's text as a value: the store wrote it from one, so it parses.
-fn parse(text: &str) -> Value {
-    serde_json::from_str(text).expect("the store holds the JSON it wrote")
-}
-
-fn compact(value: &Value) -> Box<str> {
-    value.to_string().into_boxed_str()
 }
 
 /// JSON merge for PATCH: objects merge recursively, everything else replaces.
@@ -336,6 +363,42 @@ mod tests {
         );
         st.put(&id(&gw), json!({"id": gw, "properties": {}}));
         assert!(referrer_keys(&st, Ref::GatewayVnet, &vnet).is_empty());
+    }
+
+    /// Web resources (the bulk of a fleet) are kept as text and read as copies; network
+    /// resources stay parsed and are read in place. Both change through `update`, and text
+    /// keeps the fields in their order.
+    #[test]
+    fn web_resources_are_kept_as_text_and_network_resources_parsed() {
+        let rg = "/subscriptions/s/resourceGroups/rg/providers";
+        let site = id(&format!("{rg}/Microsoft.Web/sites/a"));
+        let vnet = id(&format!("{rg}/Microsoft.Network/virtualNetworks/v"));
+        let mut st = Store::default();
+        st.put(&site, json!({"id": site.as_str(), "z": 1, "a": {"n": 1}}));
+        st.put(
+            &vnet,
+            json!({"id": vnet.as_str(), "properties": {"subnets": []}}),
+        );
+        assert!(matches!(st.resources[site.key()], Stored::Compact(_)));
+        assert!(matches!(st.get(&site), Some(Cow::Owned(_))));
+        assert!(matches!(st.get(&vnet), Some(Cow::Borrowed(_))));
+        assert_eq!(st.update(&site, |v| v["a"]["n"] = json!(2)), Some(()));
+        let read = st.get(&site).unwrap().into_owned();
+        assert_eq!(read, json!({"id": site.as_str(), "z": 1, "a": {"n": 2}}));
+        let keys: Vec<&String> = read.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["id", "z", "a"]);
+        st.update(&vnet, |v| {
+            v["properties"]["subnets"] = json!([{"name": "s"}])
+        });
+        assert_eq!(
+            st.get(&vnet).unwrap()["properties"]["subnets"][0]["name"],
+            "s"
+        );
+        assert_eq!(
+            st.update(&id(&format!("{rg}/Microsoft.Web/sites/b")), |_| ()),
+            None
+        );
+        assert_eq!(st.all().count(), 2);
     }
 
     #[test]

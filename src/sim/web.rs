@@ -140,7 +140,7 @@ pub(crate) fn plan_sites(st: &State, plan: &ResourceId) -> Vec<Value> {
     st.store
         .referrers(Ref::Plan, plan)
         .filter(|(_, v)| parse_id(&v["id"]).is_some_and(|id| id.kind() == ResourceKind::Site))
-        .map(|(_, v)| v.clone())
+        .map(|(_, v)| v.into_owned())
         .collect()
 }
 

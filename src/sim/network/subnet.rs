@@ -1,6 +1,7 @@
 //! Stored subnet objects (inline in their VNet): prefixes, delegations, ipConfigurations and
 //! the service association links App Service adds and removes.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -69,7 +70,10 @@ pub(super) fn ip_configurations(subnet: &Value) -> &[Value] {
 }
 
 /// (VNet, subnet) for a subnet id.
-pub(crate) fn find_subnet(store: &Store, subnet: &ResourceId) -> Option<(Value, Value)> {
+pub(crate) fn find_subnet<'a>(
+    store: &'a Store,
+    subnet: &ResourceId,
+) -> Option<(Cow<'a, Value>, Value)> {
     let vnet = store.get(&subnet.vnet()?)?;
     let s = arr(&vnet, &["properties", "subnets"])
         .iter()

@@ -3,6 +3,7 @@
 //! `networkConfig/virtualNetwork` sub-resource.
 
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 use super::sites::write_site;
 use super::{bad_request, current_subnet, gateway_connections, has_knob, plan_members, plan_of};
@@ -236,7 +237,7 @@ pub(crate) fn put_swift(st: &mut State, target: &ResourceId, body: &Value) -> Re
 
 /// Swift DELETE: 200 with an empty body, also when there is nothing to remove.
 pub(crate) fn delete_swift(st: &mut State, target: &ResourceId) -> Reply {
-    let Some(mut site) = st.store.get(target) else {
+    let Some(mut site) = st.store.get(target).map(Cow::into_owned) else {
         return Reply::not_found(target.as_str());
     };
     if let Some(old) = current_subnet(&site) {
@@ -365,7 +366,7 @@ mod tests {
         let sn = id("Microsoft.Network/virtualNetworks/v/subnets/small");
         let links =
             |st: &State| network::sal_links(&network::find_subnet(&st.store, &sn).unwrap().1);
-        let mut site = st.store.get(&target).unwrap();
+        let mut site = st.store.get(&target).map(Cow::into_owned).unwrap();
         apply_integration(&mut st, &target, &mut site, None, Some(sn.clone()));
         assert_eq!(links(&st).len(), 1);
         apply_integration(&mut st, &target, &mut site, Some(sn.clone()), None);

@@ -1,6 +1,7 @@
 //! Sites and slots (GET/PUT/PATCH/DELETE with App Service's server-filled defaults and
 //! ETags), `config/web`, and Key Vault reference status.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use serde_json::{json, Map, Value};
@@ -48,7 +49,7 @@ fn site_reply(status: u16, ctx: &Ctx, v: Value) -> Reply {
 }
 
 pub(crate) fn get_site(st: &State, ctx: &Ctx, id: &ResourceId) -> Reply {
-    match st.store.get(id) {
+    match st.store.get(id).map(Cow::into_owned) {
         Some(v) => site_reply(200, ctx, v),
         None => Reply::not_found(id.as_str()),
     }
@@ -145,7 +146,7 @@ pub(super) fn write_site(
             "The request body must be a JSON object.".into(),
         ));
     }
-    let old = st.store.get(id);
+    let old = st.store.get(id).map(Cow::into_owned);
     let created = old.is_none();
     if created && !create_ok {
         return Err(Reply::not_found(id.as_str()));
@@ -261,7 +262,7 @@ pub(crate) fn patch_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
 }
 
 pub(crate) fn delete_site(st: &mut State, id: &ResourceId) -> Reply {
-    let Some(site) = st.store.get(id) else {
+    let Some(site) = st.store.get(id).map(Cow::into_owned) else {
         return Reply::empty(204);
     };
     let targets: Vec<(ResourceId, Value)> = std::iter::once((id.clone(), site))
@@ -309,7 +310,7 @@ pub(crate) fn get_config_web(st: &State, target: &ResourceId) -> Reply {
 
 /// PUT/PATCH `config/web`: merges into the stored siteConfig (vnetName stays server-owned).
 pub(crate) fn write_config_web(st: &mut State, target: &ResourceId, body: &Value) -> Reply {
-    let Some(mut site) = st.store.get(target) else {
+    let Some(mut site) = st.store.get(target).map(Cow::into_owned) else {
         return Reply::not_found(target.as_str());
     };
     let mut props = body.get("properties").cloned().unwrap_or_else(|| json!({}));
