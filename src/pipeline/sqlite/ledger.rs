@@ -35,16 +35,18 @@ pub(super) fn add_target_columns(conn: &Connection) -> rusqlite::Result<()> {
 /// transaction (the queue settles a delivery and records its step in one).
 pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), LedgerError> {
     let at = Rfc3339(r.at);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
-        params![r.run, r.target.key(), r.target, r.step, r.attempt, r.message_id, r.detail, at, r.duration_ms as i64],
     )
+    .and_then(|mut s| {
+        s.execute(params![r.run, r.target.key(), r.target, r.step, r.attempt, r.message_id, r.detail, at, r.duration_ms as i64])
+    })
     .map_err(lstorage)?;
     let reason = r.outcome.as_ref().and_then(|o| o.reason());
     let finished = r.outcome.as_ref().map(|_| at);
     // The first disconnect time recorded is kept (a redelivery only observes the connection
     // gone, later), the last connect time wins (a rollback after a connect ends the downtime).
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at)
          VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?11,?11,?12,?13,?14)
          ON CONFLICT(run, target_key) DO UPDATE SET
@@ -54,7 +56,8 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
            gateway=COALESCE(excluded.gateway, targets.gateway), updated_at=excluded.updated_at, finished_at=excluded.finished_at,
            disconnected_at=COALESCE(targets.disconnected_at, excluded.disconnected_at),
            connected_at=COALESCE(excluded.connected_at, targets.connected_at)",
-        params![
+    )
+    .and_then(|mut s| s.execute(params![
             r.run,
             r.target.key(),
             r.target,
@@ -69,8 +72,7 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
             finished,
             r.cutover.disconnected_at.map(Rfc3339),
             r.cutover.connected_at.map(Rfc3339)
-        ],
-    )
+        ]))
     .map_err(lstorage)?;
     Ok(())
 }
@@ -178,11 +180,13 @@ impl Ledger for SqliteStore {
         gateway: &GatewaySnapshot,
     ) -> Result<(), LedgerError> {
         self.conn()
-            .execute(
+            .prepare_cached(
                 "INSERT INTO targets (run, target_key, target, gateway, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
                  ON CONFLICT(run, target_key) DO UPDATE SET gateway=excluded.gateway, updated_at=excluded.updated_at",
-                params![run, target.key(), target, gateway, Rfc3339(OffsetDateTime::now_utc())],
             )
+            .and_then(|mut s| {
+                s.execute(params![run, target.key(), target, gateway, Rfc3339(OffsetDateTime::now_utc())])
+            })
             .map_err(lstorage)?;
         Ok(())
     }

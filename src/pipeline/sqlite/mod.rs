@@ -57,12 +57,17 @@ fn lstorage(e: rusqlite::Error) -> LedgerError {
 /// fsync: it survives the process being killed at once; a power loss may lose the last
 /// commits but never consistency, and a lost settle is only a redelivery the reconcilers
 /// absorb), and a 16 MiB page cache so the hot pages (active queue rows, their indexes, the
-/// run's targets) stay in memory.
+/// run's targets) stay in memory. The WAL is checkpointed every 8,192 pages (16 MiB) rather
+/// than SQLite's 1,000: a checkpoint writes each page changed since the last one once, and
+/// the pages every step changes (the queue's, its indexes', the step log's last) are then
+/// copied to the file once per few thousand steps instead of once per few hundred (2,000
+/// targets: 53 -> 41 KB written per step).
 const PRAGMAS: &str = "
 PRAGMA page_size=2048;
 PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
 PRAGMA cache_size=-16384;
+PRAGMA wal_autocheckpoint=8192;
 ";
 
 /// The queue holds only live messages (active or dead-lettered): a completed message is
@@ -72,7 +77,9 @@ PRAGMA cache_size=-16384;
 /// each session: only heads are delivery candidates, so messages queued behind a busy session
 /// are never looked at; `priority` is the step's scheduling level (`Step::priority`). Both
 /// indexes are partial, on active rows only; neither covers the lease columns, so leasing a
-/// message rewrites its row and nothing else.
+/// message rewrites its row and nothing else. The step log is appended to by every settle and
+/// read per target only to inspect one (a scan): it has no index, which on (run, target)
+/// added a page in a random place of the file to every settle (files that have it lose it).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
   seq INTEGER PRIMARY KEY,
@@ -107,7 +114,7 @@ CREATE TABLE IF NOT EXISTS step_log (
   step TEXT NOT NULL, attempt INTEGER NOT NULL, message_id TEXT NOT NULL, detail TEXT NOT NULL,
   at TEXT NOT NULL, duration_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS step_log_target ON step_log(run, target_key);
+DROP INDEX IF EXISTS step_log_target;
 ";
 
 /// Moves a queue of the first shape (AUTOINCREMENT, completed rows kept whole, indexes led by
@@ -363,6 +370,29 @@ mod tests {
             err.to_string().contains("not a vnet-migrate state file"),
             "{err}"
         );
+    }
+
+    /// Settles write no index page of the step log: a file that has the old index loses it.
+    #[test]
+    fn the_step_log_of_an_older_file_loses_its_index() {
+        let dir = Dir::new();
+        let p = dir.path().join("old.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch("CREATE INDEX step_log_target ON step_log(run, target_key)")
+                .unwrap();
+        }
+        let s = SqliteStore::open(&p).unwrap();
+        let indexes: i64 = s
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type='index' AND tbl_name='step_log'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0);
     }
 
     #[tokio::test]
