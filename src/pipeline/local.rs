@@ -119,14 +119,16 @@ impl LocalRun {
                 let sites = targets
                     .await
                     .map_err(|e| LocalRunError::Targets(Box::new(e)))?;
-                let mut first = Vec::with_capacity(sites.len());
-                for s in sites {
-                    store.add_target(&run, &s, now).await?;
-                    first.push(Outgoing::now(
-                        StepMessage::new(run.clone(), s, Step::Discover, Origin::Cli)
-                            .with_dry_run(self.dry_run),
-                    ));
-                }
+                store.add_targets(&run, &sites, now)?;
+                let first = sites
+                    .into_iter()
+                    .map(|s| {
+                        Outgoing::now(
+                            StepMessage::new(run.clone(), s, Step::Discover, Origin::Cli)
+                                .with_dry_run(self.dry_run),
+                        )
+                    })
+                    .collect();
                 store.send(first).await?;
                 run
             }

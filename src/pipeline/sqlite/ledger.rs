@@ -31,6 +31,31 @@ pub(super) fn add_target_columns(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+impl SqliteStore {
+    /// `Ledger::add_target` for every target of a new run, in one transaction: a fleet is
+    /// registered with one commit, not one per target (10,000 targets: seconds before the
+    /// first step).
+    pub(crate) fn add_targets(
+        &self,
+        run: &RunId,
+        targets: &[ResourceId],
+        at: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        self.transaction(lstorage, |tx| {
+            let mut add = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO targets (run, target_key, target, current_step, started_at, updated_at) VALUES (?1, ?2, ?3, 'discover', ?4, ?4)",
+                )
+                .map_err(lstorage)?;
+            for t in targets {
+                add.execute(params![run, t.key(), t, Rfc3339(at)])
+                    .map_err(lstorage)?;
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Appends a step to the step log and updates its target's row, inside the caller's
 /// transaction (the queue settles a delivery and records its step in one).
 pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), LedgerError> {
@@ -160,13 +185,7 @@ impl Ledger for SqliteStore {
         target: &ResourceId,
         at: OffsetDateTime,
     ) -> Result<(), LedgerError> {
-        self.conn()
-            .execute(
-                "INSERT OR IGNORE INTO targets (run, target_key, target, current_step, started_at, updated_at) VALUES (?1, ?2, ?3, 'discover', ?4, ?4)",
-                params![run, target.key(), target, Rfc3339(at)],
-            )
-            .map_err(lstorage)?;
-        Ok(())
+        self.add_targets(run, std::slice::from_ref(target), at)
     }
 
     async fn record(&self, step: &StepRecord) -> Result<(), LedgerError> {
@@ -259,6 +278,23 @@ mod tests {
             "dnsServers": "10.0.0.4"
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_run_registers_its_targets_in_one_go_and_once() {
+        let (_d, s) = store();
+        let run = RunId("r-1".into());
+        let targets: Vec<ResourceId> = ["a", "b", "c"]
+            .iter()
+            .map(|a| msg(a, Step::Discover).target)
+            .collect();
+        s.add_targets(&run, &targets, now()).unwrap();
+        s.add_targets(&run, &targets[..1], now()).unwrap();
+        let rows = s.targets(&run).await.unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(rows
+            .iter()
+            .all(|t| t.current_step == Some(Step::Discover) && t.steps == 0));
     }
 
     #[tokio::test]
