@@ -72,16 +72,7 @@ pub(super) fn route(
         if l.len() == 7 {
             let ty = format!("{}/{}", l[5], l[6]);
             return match method {
-                "GET" => page(
-                    st.store
-                        .of_type_within(&ty, &rg)
-                        .into_iter()
-                        .map(|v| render(st, ctx, v))
-                        .collect(),
-                    ctx,
-                    path,
-                    query,
-                ),
+                "GET" => listing(st, ctx, path, query, &ty, &rg),
                 _ => Reply::not_simulated(&format!("{method} {path}")),
             };
         }
@@ -111,13 +102,7 @@ fn subscription_provider(
     match (method, l.len()) {
         ("GET", 5) => {
             let ty = format!("{}/{}", l[3], l[4]);
-            let items = st
-                .store
-                .of_type_within(&ty, &ResourceId::subscription_id(sub))
-                .into_iter()
-                .map(|v| render(st, ctx, v))
-                .collect();
-            page(items, ctx, path, query)
+            listing(st, ctx, path, query, &ty, &ResourceId::subscription_id(sub))
         }
         ("POST", 5) if l[4] == "checknameavailability" => {
             Reply::ok(json!({"nameAvailable": true, "reason": "", "message": ""}))
@@ -266,13 +251,7 @@ fn collection(
                 return Reply::not_found(top.expect("checked").as_str());
             }
             let ty = format!("{}/{last_l}", type_key(parent));
-            let items = st
-                .store
-                .of_type_within(&ty, parent)
-                .into_iter()
-                .map(|v| render(st, ctx, v))
-                .collect();
-            page(items, ctx, path, query)
+            listing(st, ctx, path, query, &ty, parent)
         }
         _ => Reply::not_simulated(&format!("{method} {path}")),
     }
@@ -413,7 +392,8 @@ fn resource(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Val
 }
 
 /// `{value, nextLink}` pages; `$skiptoken` is the offset, `$top` the page size.
-fn page(items: Vec<Value>, ctx: &Ctx, path: &str, query: &HashMap<String, String>) -> Reply {
+/// `$skiptoken` and `$top` of a listing request: (skip, top).
+fn window(query: &HashMap<String, String>) -> (usize, usize) {
     let top = query
         .get("$top")
         .and_then(|t| t.parse::<usize>().ok())
@@ -424,9 +404,43 @@ fn page(items: Vec<Value>, ctx: &Ctx, path: &str, query: &HashMap<String, String
         .get("$skiptoken")
         .and_then(|t| t.parse::<usize>().ok())
         .unwrap_or(0);
-    let value: Vec<Value> = items.iter().skip(skip).take(top).cloned().collect();
+    (skip, top)
+}
+
+fn page(items: Vec<Value>, ctx: &Ctx, path: &str, query: &HashMap<String, String>) -> Reply {
+    let (skip, top) = window(query);
+    let total = items.len();
+    let value = items.into_iter().skip(skip).take(top).collect();
+    paged(value, total, (skip, top), ctx, path)
+}
+
+/// A page of the stored resources of type `ty` within `scope`, rendered at the request's
+/// api-version; only the page's own resources are read.
+fn listing(
+    st: &State,
+    ctx: &Ctx,
+    path: &str,
+    query: &HashMap<String, String>,
+    ty: &str,
+    scope: &ResourceId,
+) -> Reply {
+    let (skip, top) = window(query);
+    let (total, items) = st.store.page_of_type_within(ty, scope, skip, top);
+    let value = items.into_iter().map(|v| render(st, ctx, v)).collect();
+    paged(value, total, (skip, top), ctx, path)
+}
+
+/// The page `value` (from `skip`, at most `top`) of a listing of `total` items, with the
+/// `nextLink` to the next page unless it is the last.
+fn paged(
+    value: Vec<Value>,
+    total: usize,
+    (skip, top): (usize, usize),
+    ctx: &Ctx,
+    path: &str,
+) -> Reply {
     let mut body = json!({"value": value});
-    if skip + top < items.len() {
+    if skip + top < total {
         body["nextLink"] = json!(format!(
             "{}{path}?api-version={}&$skiptoken={}&$top={top}",
             ctx.base,

@@ -215,17 +215,54 @@ impl Store {
         self.resources.values().map(Stored::value)
     }
 
-    /// Resources of type `ty` lying within `scope` (a subscription, group or parent resource).
-    pub(crate) fn of_type_within(&self, ty: &str, scope: &ResourceId) -> Vec<Value> {
+    /// Keys of the resources of type `ty` lying within `scope` (a subscription, group or
+    /// parent resource), in id order.
+    fn keys_within<'a>(
+        &'a self,
+        ty: &str,
+        scope: &ResourceId,
+    ) -> impl Iterator<Item = &'a String> + 'a {
         // The type index is ordered, so the resources below `scope` are one contiguous range.
         let prefix = format!("{}/", scope.key());
-        let Some(keys) = self.by_type.get(&ty.to_ascii_lowercase()) else {
-            return Vec::new();
-        };
-        keys.range(prefix.clone()..)
-            .take_while(|k| k.starts_with(&prefix))
-            .filter_map(|k| self.resources.get(k).map(|v| v.value().into_owned()))
+        self.by_type
+            .get(&ty.to_ascii_lowercase())
+            .into_iter()
+            .flat_map(move |keys| {
+                let within = prefix.clone();
+                keys.range(prefix.clone()..)
+                    .take_while(move |k| k.starts_with(&within))
+            })
+    }
+
+    fn read(&self, key: &str) -> Option<Value> {
+        self.resources.get(key).map(|v| v.value().into_owned())
+    }
+
+    /// Resources of type `ty` lying within `scope` (a subscription, group or parent resource).
+    pub(crate) fn of_type_within(&self, ty: &str, scope: &ResourceId) -> Vec<Value> {
+        self.keys_within(ty, scope)
+            .filter_map(|k| self.read(k))
             .collect()
+    }
+
+    /// One page of `of_type_within`: how many there are, and those from `skip` on (at most
+    /// `top`), reading only these: a listing of a subscription's thousands of sites, page by
+    /// page, reads each site once, not once per page.
+    pub(crate) fn page_of_type_within(
+        &self,
+        ty: &str,
+        scope: &ResourceId,
+        skip: usize,
+        top: usize,
+    ) -> (usize, Vec<Value>) {
+        let total = self.keys_within(ty, scope).count();
+        let page = self
+            .keys_within(ty, scope)
+            .skip(skip)
+            .take(top)
+            .filter_map(|k| self.read(k))
+            .collect();
+        (total, page)
     }
 
     /// A resource group exists when stored explicitly or when anything lives inside it
@@ -301,6 +338,27 @@ mod tests {
         );
         assert_eq!(st.of_type_within("microsoft.web/sites", &sub).len(), 1);
         assert!(!st.remove_tree(&id(site)));
+    }
+
+    #[test]
+    fn a_page_of_a_listing_counts_all_and_reads_its_own() {
+        let mut st = Store::default();
+        for name in ["c", "a", "b"] {
+            let site =
+                format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/{name}");
+            st.put(&id(&site), json!({"id": site, "name": name}));
+        }
+        let sub = id("/subscriptions/s");
+        let (total, page) = st.page_of_type_within("microsoft.web/sites", &sub, 1, 1);
+        assert_eq!((total, page.len()), (3, 1));
+        assert_eq!(page[0]["name"], "b", "in id order");
+        let (total, page) = st.page_of_type_within("microsoft.web/sites", &sub, 2, 50);
+        assert_eq!((total, page.len()), (3, 1));
+        assert_eq!(
+            st.page_of_type_within("microsoft.web/sites/slots", &sub, 0, 50)
+                .0,
+            0
+        );
     }
 
     fn referrer_keys(st: &Store, r: Ref, target: &str) -> Vec<String> {
