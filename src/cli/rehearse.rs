@@ -101,8 +101,11 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
 
     rehearsal::use_simulator_figures(&mut report, &sim.stats(), args.speed, settle_seconds);
 
-    let violations =
-        invariants::check_views(&before, &sim.with_resources(invariants::View::of), &report);
+    let violations = invariants::check_views(
+        &before,
+        &sim.with_resources(|r| invariants::View::of(r)),
+        &report,
+    );
     server.shutdown().await;
     let code = common::finish(global, &report, |r| {
         let mut s = r.table();

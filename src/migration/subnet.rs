@@ -99,15 +99,11 @@ pub(super) async fn prepare_subnet(
     msg: &StepMessage,
 ) -> Result<StepResult, StepError> {
     let p = planned(msg)?;
-    // One read serves both questions: a VNet GET holds its subnets as full subnet objects
-    // (arm-vnet reference §5), and a new subnet's block is allocated from the same VNet.
-    let vnet: VirtualNetwork = ctx.arm.get(p.vnet.as_str()).await?;
-    let current: Option<Subnet> = vnet
-        .properties
-        .subnets
-        .iter()
-        .find(|s| s.name.eq_ignore_ascii_case(p.subnet.name()))
-        .cloned();
+    // The subnet alone first (GET subnet, arm-vnet reference §5): most targets of a plan find
+    // it prepared by the first one, while the VNet's GET holds every subnet of it as a full
+    // object, hundreds of kilobytes for a hub VNet of a large fleet, read in the VNet's
+    // serialised chain. The VNet is read only to allocate a new subnet's block.
+    let current: Option<Subnet> = ctx.arm.get_opt(p.subnet.as_str()).await?;
     let prefix = match &current {
         // `run --plan`: the subnet the plan reserved, with its prefix, or nothing.
         Some(s) if ctx.applied.is_some() && !s.prefixes().contains(&p.prefix) => {
@@ -123,15 +119,18 @@ pub(super) async fn prepare_subnet(
         }
         Some(_) => p.prefix.clone(),
         None if ctx.applied.is_some() => p.prefix.clone(),
-        None => match allocate(&vnet, p)? {
-            Some(prefix) => prefix,
-            None => {
-                return Ok(StepResult::done(
-                    Outcome::Blocked(BlockedReason::NoAddressSpace),
-                    format!("no free block for {} left in {}", p.prefix, p.vnet),
-                ))
+        None => {
+            let vnet: VirtualNetwork = ctx.arm.get(p.vnet.as_str()).await?;
+            match allocate(&vnet, p)? {
+                Some(prefix) => prefix,
+                None => {
+                    return Ok(StepResult::done(
+                        Outcome::Blocked(BlockedReason::NoAddressSpace),
+                        format!("no free block for {} left in {}", p.prefix, p.vnet),
+                    ))
+                }
             }
-        },
+        }
     };
     let base = current.clone().unwrap_or_else(|| Subnet {
         name: p.subnet.name().to_string(),

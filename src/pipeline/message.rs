@@ -54,6 +54,21 @@ impl Step {
             Step::Rollback => "rollback",
         }
     }
+
+    /// Scheduling priority levels of the embedded queue, highest first.
+    pub(crate) const PRIORITIES: [u8; 3] = [2, 1, 0];
+
+    /// The step's level: targets past planning (their subnet writes and cut-overs feed the
+    /// VNet chains that bound a run) go before planning discovered ones, and those before
+    /// discovering more, so a VNet's chain starts with the first targets planned instead of
+    /// after the whole fleet was discovered and planned.
+    pub(crate) fn priority(self) -> u8 {
+        match self {
+            Step::Discover => 0,
+            Step::Plan => 1,
+            _ => 2,
+        }
+    }
 }
 
 impl fmt::Display for Step {

@@ -89,7 +89,7 @@ impl<R: Reconciler> Runner<R> {
     pub(crate) async fn run_until_idle(&self) -> Result<RunStats, QueueError> {
         // Steps in flight per subscription; a subscription at the limit is `full`.
         let mut in_flight: HashMap<String, usize> = HashMap::new();
-        let mut tasks: JoinSet<(String, Result<bool, QueueError>)> = JoinSet::new();
+        let mut tasks: JoinSet<(String, Result<RunStats, QueueError>)> = JoinSet::new();
         let mut stats = RunStats::default();
         let mut hold = self.hold.clone();
         loop {
@@ -117,13 +117,14 @@ impl<R: Reconciler> Runner<R> {
                 };
                 let sub = delivery.subscription.clone();
                 *in_flight.entry(sub.clone()).or_default() += 1;
-                let (store, engine, on_step) = (
+                let (store, engine, on_step, lease) = (
                     self.store.clone(),
                     self.engine.clone(),
                     self.on_step.clone(),
+                    self.config.lease,
                 );
                 tasks.spawn(async move {
-                    let r = work(&store, &engine, delivery, on_step.as_ref()).await;
+                    let r = work(&store, &engine, delivery, lease, on_step.as_ref()).await;
                     (sub, r)
                 });
             }
@@ -170,10 +171,9 @@ impl<R: Reconciler> Runner<R> {
                             in_flight.remove(&sub);
                         }
                     }
-                    match result? {
-                        true => stats.steps += 1,
-                        false => stats.dead_lettered += 1,
-                    }
+                    let done = result?;
+                    stats.steps += done.steps;
+                    stats.dead_lettered += done.dead_lettered;
                 }
                 _ = self.store.sent().notified() => {}
                 _ = due => {}
@@ -183,38 +183,48 @@ impl<R: Reconciler> Runner<R> {
     }
 }
 
-/// Executes one delivery. Ok(true) = settled, Ok(false) = dead-lettered (undecodable).
+/// Executes a delivery and, as long as its session has its next message ready, that one too
+/// (`SqliteStore::commit_and_continue`). Counts the steps settled and the messages
+/// dead-lettered (undecodable).
 async fn work<R: Reconciler>(
     store: &SqliteStore,
     engine: &Engine<R>,
-    d: Delivery,
+    first: Delivery,
+    lease: Duration,
     on_step: Option<&OnStep>,
-) -> Result<bool, QueueError> {
-    let msg = match StepMessage::decode(&d.body) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(
-                message_id = %d.message_id,
-                delivery_count = d.delivery_count,
-                "undecodable step message: {e}"
-            );
-            store.dead_letter(&d, &e.to_string())?;
-            return Ok(false);
+) -> Result<RunStats, QueueError> {
+    let mut done = RunStats::default();
+    let mut delivery = Some(first);
+    while let Some(d) = delivery.take() {
+        let msg = match StepMessage::decode(&d.body) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(
+                    message_id = %d.message_id,
+                    delivery_count = d.delivery_count,
+                    "undecodable step message: {e}"
+                );
+                store.dead_letter(&d, &e.to_string())?;
+                done.dead_lettered += 1;
+                break;
+            }
+        };
+        let executed = engine.execute(&msg).await;
+        let now = OffsetDateTime::now_utc();
+        match store.commit_and_continue(&d, &executed.next, Some(&executed.record), now, lease) {
+            Ok(next) => delivery = next,
+            // Another worker got it after our lease expired; its result stands.
+            Err(QueueError::LockLost(id)) => {
+                tracing::warn!(message_id = %id, "lease lost before settling; the step will be judged by its redelivery")
+            }
+            Err(e) => return Err(e),
         }
-    };
-    let executed = engine.execute(&msg).await;
-    match store.commit(&d, &executed.next, Some(&executed.record)) {
-        Ok(()) => {}
-        // Another worker got it after our lease expired; its result stands.
-        Err(QueueError::LockLost(id)) => {
-            tracing::warn!(message_id = %id, "lease lost before settling; the step will be judged by its redelivery")
+        done.steps += 1;
+        if let Some(f) = on_step {
+            f(&executed);
         }
-        Err(e) => return Err(e),
     }
-    if let Some(f) = on_step {
-        f(&executed);
-    }
-    Ok(true)
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! The least time a rehearsal could take, from the simulator's own model: ARM's token buckets
 //! for the requests the simulator admitted, the chain of calls one target's steps must make
 //! one after another (at the lower ends of the latency model, plus the policy's settle
-//! delay), and the operations one VNet must run one at a time (`SimStats::vnet_lock_seconds`).
-//! Each is a floor under the makespan, so their maximum is too.
+//! delay), and the operations one VNet ran one at a time, for as long as each held the VNet
+//! in this run (`SimStats::vnet_held_seconds`; never less than their lower ends,
+//! `vnet_lock_seconds`). Each is a floor under the makespan, so their maximum is too.
 
 use crate::azure::arm::PacerConfig;
 use crate::pipeline::reason::RollbackReason;
@@ -110,7 +111,8 @@ pub(crate) struct LowerBound {
     pub(crate) buckets: f64,
     /// The longest chain one target of the run went through.
     pub(crate) target_chain: f64,
-    /// The longest chain of operations one VNet (or VPN gateway) ran one at a time.
+    /// The longest chain of operations one VNet (or VPN gateway) ran one at a time, each for
+    /// as long as it held the VNet.
     pub(crate) vnet_chain: f64,
 }
 
@@ -134,7 +136,7 @@ impl LowerBound {
         LowerBound {
             buckets,
             target_chain: longest(&mut chains.into_iter().map(|c| c.seconds(settle_seconds))),
-            vnet_chain: longest(&mut stats.vnet_lock_seconds.values().copied()),
+            vnet_chain: longest(&mut stats.vnet_held_seconds.values().copied()),
         }
     }
 
@@ -188,8 +190,9 @@ mod tests {
                 ..Default::default()
             },
         );
-        stats.vnet_lock_seconds.insert("v1".into(), 71.0);
-        stats.vnet_lock_seconds.insert("v2".into(), 14.0);
+        stats.vnet_lock_seconds.insert("v1".into(), 60.0);
+        stats.vnet_held_seconds.insert("v1".into(), 71.0);
+        stats.vnet_held_seconds.insert("v2".into(), 14.0);
         // Speed 10: reads (2500 - 250) / 250 = 9 s beat deletes (700 - 200) / 100 = 5 s;
         // the migrated chain 67.36 / 10; VNet v1 71 / 10.
         let b = LowerBound::new(&stats, 10.0, 60.0, [Chain::Refused, Chain::Migrated]);

@@ -1,6 +1,7 @@
 //! The safety invariants of a migration, checked on the simulator's final state: used by
 //! `rehearse` at the end of every rehearsal and by the tests.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
@@ -50,13 +51,14 @@ pub struct View {
 
 impl View {
     /// Reads `resources`; entries without a valid id are passed over (as `Fleet::with_ids`).
-    pub fn of(resources: &mut dyn Iterator<Item = &Value>) -> View {
+    pub fn of<V: Borrow<Value>>(resources: impl Iterator<Item = V>) -> View {
         let mut v = View {
             sites: BTreeMap::new(),
             vnets: BTreeMap::new(),
             gateways: BTreeMap::new(),
         };
         for r in resources {
+            let r = r.borrow();
             let Some(id) = r
                 .get("id")
                 .and_then(Value::as_str)

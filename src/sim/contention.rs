@@ -102,7 +102,7 @@ pub(super) fn claim(st: &State, method: &str, path: &str, body: &Value) -> Claim
         return Claim::free(Work::Write);
     };
     if let Some(target) = web_target(&id) {
-        let current = st.store.get(&target).and_then(current_subnet);
+        let current = st.store.get(&target).and_then(|s| current_subnet(&s));
         let swift = type_key(&id).ends_with("/networkconfig")
             && id.name().eq_ignore_ascii_case("virtualnetwork");
         // A site write that sets or clears `virtualNetworkSubnetId` (or the swift PUT) and the
@@ -248,13 +248,22 @@ pub(super) fn refusal(st: &mut State, claim: &Claim) -> Option<Reply> {
     refused
 }
 
-/// Takes `claim`'s locks until `until` (nothing when the write takes no time), and adds the
-/// least time the latency model gives its work to each VNet's (or gateway's) lock time: such
-/// operations run one at a time, so their sum bounds a rehearsal from below.
-pub(super) fn hold(st: &mut State, claim: &Claim, until: Instant) {
-    if until <= Instant::now() {
+/// Takes `claim`'s locks until `until` (nothing when the write takes no time), and adds to
+/// each VNet's (or gateway's) lock time the least time the latency model gives its work and
+/// the time it holds the lock (`awaited`: the request is answered when done, or its LRO
+/// polled until then) or else the least time: such operations run one at a time, so their
+/// sums bound a rehearsal from below.
+pub(super) fn hold(st: &mut State, claim: &Claim, until: Instant, awaited: bool) {
+    let now = Instant::now();
+    if until <= now {
         return;
     }
+    let least = claim.work.seconds().0;
+    let held = if awaited {
+        (until - now).as_secs_f64() * st.options.speed()
+    } else {
+        least
+    };
     if let Some(s) = &claim.site {
         st.site_busy.insert(s.key().to_string(), until);
     }
@@ -262,7 +271,11 @@ pub(super) fn hold(st: &mut State, claim: &Claim, until: Instant) {
         *st.stats
             .vnet_lock_seconds
             .entry(v.key().to_string())
-            .or_default() += claim.work.seconds().0;
+            .or_default() += least;
+        *st.stats
+            .vnet_held_seconds
+            .entry(v.key().to_string())
+            .or_default() += held;
         st.vnet_busy.insert(
             v.key().to_string(),
             Hold {
@@ -337,7 +350,12 @@ mod tests {
         let first = claim(&st, "PATCH", SITE, &body);
         assert_eq!(first.work, Work::SubnetJoin);
         assert!(refusal(&mut st, &first).is_none());
-        hold(&mut st, &first, Instant::now() + Duration::from_secs(8));
+        hold(
+            &mut st,
+            &first,
+            Instant::now() + Duration::from_secs(8),
+            true,
+        );
         let second = claim(&st, "PUT", SITE, &json!({"properties": {}}));
         let r = refusal(&mut st, &second).expect("refused");
         assert_eq!(r.status, 429);
@@ -362,7 +380,12 @@ mod tests {
         let subnet = ResourceId::parse(SUBNET).unwrap();
         let first = claim(&st, "PUT", SUBNET, &json!({}));
         assert_eq!(first.work, Work::NetworkWrite);
-        hold(&mut st, &first, Instant::now() + Duration::from_secs(60));
+        hold(
+            &mut st,
+            &first,
+            Instant::now() + Duration::from_secs(60),
+            true,
+        );
         // A site joining another subnet of the same VNet collides with it.
         let other = SUBNET.replace("/subnets/a", "/subnets/b");
         let join = claim(
@@ -400,6 +423,44 @@ mod tests {
             json!({"properties": {"provisioningState": "Succeeded"}}),
         );
         assert_eq!(shown["properties"]["provisioningState"], "Succeeded");
+    }
+
+    /// A join that holds its VNet for 8 s counts 7 s (the model's least) and 8 s (this run's);
+    /// a write applied after a 504, which the run need not wait for, counts its least twice.
+    #[test]
+    fn a_hold_counts_the_least_time_and_the_time_held() {
+        let mut st = state();
+        let join = claim(
+            &st,
+            "PATCH",
+            SITE,
+            &json!({"properties": {"virtualNetworkSubnetId": SUBNET}}),
+        );
+        hold(
+            &mut st,
+            &join,
+            Instant::now() + Duration::from_secs(8),
+            true,
+        );
+        let hub = ResourceId::parse(SUBNET).unwrap().vnet().unwrap();
+        let key = hub.key().to_string();
+        assert_eq!(st.stats.vnet_lock_seconds[&key], 7.0);
+        assert!((st.stats.vnet_held_seconds[&key] - 8.0).abs() < 0.01);
+        let other = SITE.replace("app1", "app2");
+        let late = claim(
+            &st,
+            "PATCH",
+            &other,
+            &json!({"properties": {"virtualNetworkSubnetId": SUBNET}}),
+        );
+        hold(
+            &mut st,
+            &late,
+            Instant::now() + Duration::from_secs(60),
+            false,
+        );
+        assert_eq!(st.stats.vnet_lock_seconds[&key], 14.0);
+        assert!((st.stats.vnet_held_seconds[&key] - 15.0).abs() < 0.01);
     }
 
     #[test]

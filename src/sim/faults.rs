@@ -2,6 +2,8 @@
 //! injected fault, a throttling 429, or a random fault of the configured profile (possibly
 //! after the request is applied, or as a connection reset).
 
+use std::time::Duration;
+
 use rand::Rng;
 
 use serde_json::json;
@@ -59,21 +61,27 @@ pub(super) fn operation_error() -> serde_json::Value {
     json!({"code": "InternalServerError", "message": "An error occurred while applying the change (simulated failed operation)."})
 }
 
-fn fault_reply(status: u16) -> Reply {
+/// ARM's `Retry-After` of `secs` whole simulated seconds, as the simulator sends every wait:
+/// divided by its speed, with millisecond precision (`State::retry_after`).
+fn retry_after_secs(st: &State, secs: u64) -> String {
+    State::retry_after(Duration::from_secs(secs).div_f64(st.options.speed()))
+}
+
+fn fault_reply(st: &State, status: u16) -> Reply {
     match status {
         429 => Reply::error(
             429,
             "TooManyRequests",
             "The request was throttled (simulated fault).",
         )
-        .header("Retry-After", "1"),
+        .header("Retry-After", retry_after_secs(st, 1)),
         504 => gateway_timeout("the resource provider"),
         503 => Reply::error(
             503,
             "ServiceUnavailable",
             "The service is temporarily unavailable (simulated fault).",
         )
-        .header("Retry-After", "1"),
+        .header("Retry-After", retry_after_secs(st, 1)),
         s => Reply::error(
             s,
             "InternalServerError",
@@ -82,10 +90,10 @@ fn fault_reply(status: u16) -> Reply {
     }
 }
 
-fn injected_reply(f: &InjectedFault) -> Reply {
+fn injected_reply(st: &State, f: &InjectedFault) -> Reply {
     let mut r = match &f.body {
         Some(b) => Reply::new(f.status, b.clone()),
-        None => fault_reply(f.status),
+        None => fault_reply(st, f.status),
     };
     for (k, v) in &f.headers {
         r.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
@@ -113,17 +121,17 @@ pub(super) fn decide(
             FaultMode::GatewayTimeout => Pre::proceed(Apply::LateAfterGatewayTimeout),
             FaultMode::OperationFailed => Pre::proceed(Apply::FailOperation),
             FaultMode::Answer if f.after_apply => Pre::Proceed {
-                after: Some(injected_reply(&f)),
+                after: Some(injected_reply(st, &f)),
                 reset: false,
                 how: Apply::Now,
             },
-            FaultMode::Answer => Pre::Answer(injected_reply(&f)),
+            FaultMode::Answer => Pre::Answer(injected_reply(st, &f)),
         };
     }
     if let Some(secs) = verdict.as_ref().and_then(|v| v.retry_after) {
         return Pre::Answer(
             Reply::error(429, "SubscriptionRequestsThrottled", format!("Number of requests for subscription '{}' exceeded the limit. Please try again after '{secs}' seconds.", sub.unwrap_or_default()))
-                .header("Retry-After", secs.to_string()),
+                .header("Retry-After", retry_after_secs(st, secs)),
         );
     }
     let is_write = OpClass::of(method) != OpClass::Read;
@@ -135,16 +143,16 @@ pub(super) fn decide(
     if let Some(n) = st.storms.get_mut(&sub_key).filter(|n| **n > 0) {
         *n -= 1;
         st.stats.faults_injected += 1;
-        return Pre::Answer(fault_reply(429));
+        return Pre::Answer(fault_reply(st, 429));
     }
     let r: f64 = st.rng.random();
     let pre = match profile {
         FaultProfile::Flaky if r < 0.02 => {
-            Pre::Answer(fault_reply(if r < 0.01 { 500 } else { 503 }))
+            Pre::Answer(fault_reply(st, if r < 0.01 { 500 } else { 503 }))
         }
-        FaultProfile::Flaky if r < 0.03 => Pre::Answer(fault_reply(429)),
+        FaultProfile::Flaky if r < 0.03 => Pre::Answer(fault_reply(st, 429)),
         FaultProfile::Chaos if r < 0.05 => {
-            Pre::Answer(fault_reply(if r < 0.025 { 500 } else { 503 }))
+            Pre::Answer(fault_reply(st, if r < 0.025 { 500 } else { 503 }))
         }
         FaultProfile::Chaos if r < 0.06 => Pre::Proceed {
             after: None,
@@ -154,7 +162,7 @@ pub(super) fn decide(
         // Half of them a response lost after the write, half ARM's slow 504 with the write
         // applied later (by_subnet_rid #19–21).
         FaultProfile::Chaos if r < 0.065 && is_write => Pre::Proceed {
-            after: Some(fault_reply(504)),
+            after: Some(fault_reply(st, 504)),
             reset: false,
             how: Apply::Now,
         },
@@ -162,7 +170,7 @@ pub(super) fn decide(
         FaultProfile::Chaos if r < 0.072 => {
             let len = st.rng.random_range(20..60);
             st.storms.insert(sub_key, len);
-            Pre::Answer(fault_reply(429))
+            Pre::Answer(fault_reply(st, 429))
         }
         // An LRO ending Failed (only matters when the write starts one).
         FaultProfile::Chaos if r < 0.077 && is_write => Pre::proceed(Apply::FailOperation),

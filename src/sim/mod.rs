@@ -79,15 +79,15 @@ impl Simulator {
     /// Current resources in fleet format (same as `GET /_sim/state`).
     pub fn state(&self) -> Fleet {
         self.with_resources(|r| Fleet {
-            resources: r.cloned().collect(),
+            resources: r.collect(),
         })
     }
 
-    /// Runs `f` over the current resources in place, under the simulator's lock: reading a
-    /// large fleet without copying it (requests wait meanwhile).
-    pub fn with_resources<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = &Value>) -> T) -> T {
+    /// Runs `f` over the current resources, one at a time, under the simulator's lock: reading
+    /// a large fleet without a copy of it (requests wait meanwhile).
+    pub fn with_resources<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = Value>) -> T) -> T {
         let st = self.inner.lock().expect("simulator lock");
-        let mut resources = st.store.all();
+        let mut resources = st.store.all().map(std::borrow::Cow::into_owned);
         f(&mut resources)
     }
 

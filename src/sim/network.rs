@@ -19,12 +19,13 @@ pub(crate) use subnet::{
 };
 
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 use super::contention::render_network;
 use super::reply::{Ctx, Reply};
 use super::state::State;
 use crate::azure::ResourceId;
-use subnet::{arr, ip_configurations, subnets_mut};
+use subnet::{arr, ip_configurations, subnets_of, with_subnet};
 use validate::{
     address_space, bad, normalize_subnet, parse_net, validate_delegation_count, validate_ranges,
     validate_subnet_change,
@@ -78,22 +79,15 @@ fn network_lro(
 /// `provisioningState: Failed` on the resource whose write failed (ARM leaves it so until it
 /// is written again; arm-vnet reference §8).
 fn mark_failed(st: &mut State, vnet: &ResourceId, written: &ResourceId) {
-    let target = if written == vnet {
-        st.store.get_mut(vnet)
-    } else {
-        subnets_mut(&mut st.store, vnet).and_then(|subnets| {
-            subnets.iter_mut().find(|s| {
-                s["name"]
-                    .as_str()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(written.name()))
-            })
-        })
+    let failed = |t: &mut Value| {
+        if let Some(p) = t.get_mut("properties").and_then(Value::as_object_mut) {
+            p.insert("provisioningState".into(), json!("Failed"));
+        }
     };
-    if let Some(p) = target
-        .and_then(|t| t.get_mut("properties"))
-        .and_then(Value::as_object_mut)
-    {
-        p.insert("provisioningState".into(), json!("Failed"));
+    if written == vnet {
+        st.store.update(vnet, failed);
+    } else {
+        with_subnet(&mut st.store, written, failed);
     }
 }
 
@@ -106,8 +100,8 @@ pub(crate) fn get_subnet(st: &State, id: &ResourceId) -> Reply {
 
 /// GET of a VNet or a VPN gateway: `Updating` while an operation runs on it.
 pub(crate) fn get_network_resource(st: &State, id: &ResourceId) -> Reply {
-    match st.store.get(id) {
-        Some(v) => etagged(render_network(st, id, v.clone())),
+    match st.store.get(id).map(Cow::into_owned) {
+        Some(v) => etagged(render_network(st, id, v)),
         None => Reply::not_found(id.as_str()),
     }
 }
@@ -126,7 +120,7 @@ pub(crate) fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
     let Some(vnet_id) = id.vnet() else {
         return Reply::not_found(id.as_str());
     };
-    let Some(vnet) = st.store.get(&vnet_id).cloned() else {
+    let Some(vnet) = st.store.get(&vnet_id).map(Cow::into_owned) else {
         return Reply::not_found(vnet_id.as_str());
     };
     let mut body = if body.is_object() {
@@ -164,18 +158,18 @@ pub(crate) fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
     }
     let subnet = normalize_subnet(st, &vnet_id, body, old.as_ref());
     let vetag = st.etag();
-    let subnets = subnets_mut(&mut st.store, &vnet_id).expect("vnet exists");
-    match subnets.iter_mut().find(|s| {
-        s["name"]
-            .as_str()
-            .is_some_and(|n| n.eq_ignore_ascii_case(id.name()))
-    }) {
-        Some(slot) => *slot = subnet.clone(),
-        None => subnets.push(subnet.clone()),
-    }
-    if let Some(v) = st.store.get_mut(&vnet_id) {
+    st.store.update(&vnet_id, |v| {
         v["etag"] = json!(vetag);
-    }
+        let subnets = subnets_of(v).expect("a VNet is an object");
+        match subnets.iter_mut().find(|s| {
+            s["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(id.name()))
+        }) {
+            Some(slot) => *slot = subnet.clone(),
+            None => subnets.push(subnet.clone()),
+        }
+    });
     let status = if old.is_some() { 200 } else { 201 };
     let location = vnet["location"]
         .as_str()
@@ -204,21 +198,21 @@ pub(crate) fn delete_subnet(st: &mut State, id: &ResourceId) -> Reply {
         );
     }
     let etag = st.etag();
-    if let Some(subnets) = subnets_mut(&mut st.store, &vnet_id) {
-        subnets.retain(|x| {
-            !x["name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(id.name()))
-        });
-    }
-    if let Some(v) = st.store.get_mut(&vnet_id) {
+    st.store.update(&vnet_id, |v| {
         v["etag"] = json!(etag);
-    }
+        if let Some(subnets) = subnets_of(v) {
+            subnets.retain(|x| {
+                !x["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(id.name()))
+            });
+        }
+    });
     Reply::empty(200)
 }
 
 pub(crate) fn put_vnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
-    let old = st.store.get(id).cloned();
+    let old = st.store.get(id).map(Cow::into_owned);
     let mut vnet = if body.is_object() {
         body.clone()
     } else {
@@ -339,7 +333,7 @@ pub(crate) fn delete_vnet(st: &mut State, id: &ResourceId) -> Reply {
     let Some(v) = st.store.get(id) else {
         return Reply::empty(204);
     };
-    if let Some(s) = arr(v, &["properties", "subnets"])
+    if let Some(s) = arr(&v, &["properties", "subnets"])
         .iter()
         .find(|s| !sal_links(s).is_empty())
     {
@@ -357,15 +351,15 @@ pub(crate) fn delete_vnet(st: &mut State, id: &ResourceId) -> Reply {
 
 /// `GET {vnet}/{subnets|virtualNetworkPeerings}` → `{value}` of the inline children.
 pub(crate) fn list_inline(st: &State, vnet: &ResourceId, field: &str) -> Reply {
-    match st.store.get(vnet) {
-        Some(v) => Reply::ok(json!({"value": arr(v, &["properties", field])})),
+    match st.store.get(vnet).map(Cow::into_owned) {
+        Some(v) => Reply::ok(json!({"value": arr(&v, &["properties", field])})),
         None => Reply::not_found(vnet.as_str()),
     }
 }
 
 pub(crate) fn get_peering(st: &State, id: &ResourceId) -> Reply {
     let found = id.vnet().and_then(|v| st.store.get(&v)).and_then(|v| {
-        arr(v, &["properties", "virtualNetworkPeerings"])
+        arr(&v, &["properties", "virtualNetworkPeerings"])
             .iter()
             .find(|p| {
                 p["name"]
@@ -385,7 +379,7 @@ pub(crate) fn usages(st: &State, vnet: &ResourceId) -> Reply {
     let Some(v) = st.store.get(vnet) else {
         return Reply::not_found(vnet.as_str());
     };
-    let value: Vec<Value> = arr(v, &["properties", "subnets"])
+    let value: Vec<Value> = arr(&v, &["properties", "subnets"])
         .iter()
         .map(|s| {
             let limit: f64 = prefixes(s)

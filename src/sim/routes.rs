@@ -2,6 +2,7 @@
 //! single resources, dispatched to the store or the type-specific behaviour (`web`,
 //! `network`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
@@ -93,16 +94,7 @@ pub(super) fn route(
         if l.len() == 7 {
             let ty = format!("{}/{}", l[5], l[6]);
             return match method {
-                "GET" => page(
-                    st.store
-                        .of_type_within(&ty, &rg)
-                        .into_iter()
-                        .map(|v| render(st, ctx, v))
-                        .collect(),
-                    ctx,
-                    path,
-                    query,
-                ),
+                "GET" => listing(st, ctx, path, query, &ty, &rg),
                 _ => Reply::not_simulated(&format!("{method} {path}")),
             };
         }
@@ -149,13 +141,7 @@ fn subscription_provider(
     match (method, l.len()) {
         ("GET", 5) => {
             let ty = format!("{}/{}", l[3], l[4]);
-            let items = st
-                .store
-                .of_type_within(&ty, &sub_id)
-                .into_iter()
-                .map(|v| render(st, ctx, v))
-                .collect();
-            page(items, ctx, path, query)
+            listing(st, ctx, path, query, &ty, &sub_id)
         }
         ("POST", 5) if l[4] == "checknameavailability" => {
             Reply::ok(json!({"nameAvailable": true, "reason": "", "message": ""}))
@@ -191,8 +177,8 @@ fn subscription_provider(
 
 fn resource_group(st: &mut State, method: &str, rg: &ResourceId, body: &Value) -> Reply {
     match method {
-        "GET" => match st.store.get(rg) {
-            Some(v) => Reply::ok(v.clone()),
+        "GET" => match st.store.get(rg).map(Cow::into_owned) {
+            Some(v) => Reply::ok(v),
             None if st.store.any_within(rg) => {
                 let loc = st
                     .store
@@ -286,7 +272,7 @@ fn collection(
             if !st.store.contains(&site) {
                 return Reply::not_found(site.as_str());
             }
-            Reply::ok(st.store.get(parent).cloned().unwrap_or_else(|| json!({"id": parent.as_str(), "name": parent.name(), "type": "Microsoft.Web/sites/config", "properties": {}})))
+            Reply::ok(st.store.get(parent).map(Cow::into_owned).unwrap_or_else(|| json!({"id": parent.as_str(), "name": parent.name(), "type": "Microsoft.Web/sites/config", "properties": {}})))
         }
         ("GET", _, _) => {
             let top = ResourceId::parse(&format!(
@@ -304,13 +290,7 @@ fn collection(
                 return Reply::not_found(top.expect("checked").as_str());
             }
             let ty = format!("{}/{last_l}", type_key(parent));
-            let items = st
-                .store
-                .of_type_within(&ty, parent)
-                .into_iter()
-                .map(|v| render(st, ctx, v))
-                .collect();
-            page(items, ctx, path, query)
+            listing(st, ctx, path, query, &ty, parent)
         }
         _ => Reply::not_simulated(&format!("{method} {path}")),
     }
@@ -318,8 +298,8 @@ fn collection(
 
 fn generic(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Value) -> Reply {
     match method {
-        "GET" => match st.store.get(id) {
-            Some(v) => Reply::ok(render(st, ctx, v.clone())),
+        "GET" => match st.store.get(id).map(Cow::into_owned) {
+            Some(v) => Reply::ok(render(st, ctx, v)),
             None => Reply::not_found(id.as_str()),
         },
         "PUT" => {
@@ -347,7 +327,7 @@ fn generic(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Valu
         }
         // Through `put`, which keeps the store's reference index in step (a gateway PATCH
         // may move its ip configurations).
-        "PATCH" => match st.store.get(id).cloned() {
+        "PATCH" => match st.store.get(id).map(Cow::into_owned) {
             Some(mut v) => {
                 merge(&mut v, body);
                 st.store.put(id, v.clone());
@@ -451,7 +431,8 @@ fn resource(st: &mut State, ctx: &Ctx, method: &str, id: &ResourceId, body: &Val
 }
 
 /// `{value, nextLink}` pages; `$skiptoken` is the offset, `$top` the page size.
-fn page(items: Vec<Value>, ctx: &Ctx, path: &str, query: &HashMap<String, String>) -> Reply {
+/// `$skiptoken` and `$top` of a listing request: (skip, top).
+fn window(query: &HashMap<String, String>) -> (usize, usize) {
     let top = query
         .get("$top")
         .and_then(|t| t.parse::<usize>().ok())
@@ -462,9 +443,43 @@ fn page(items: Vec<Value>, ctx: &Ctx, path: &str, query: &HashMap<String, String
         .get("$skiptoken")
         .and_then(|t| t.parse::<usize>().ok())
         .unwrap_or(0);
-    let value: Vec<Value> = items.iter().skip(skip).take(top).cloned().collect();
+    (skip, top)
+}
+
+fn page(items: Vec<Value>, ctx: &Ctx, path: &str, query: &HashMap<String, String>) -> Reply {
+    let (skip, top) = window(query);
+    let total = items.len();
+    let value = items.into_iter().skip(skip).take(top).collect();
+    paged(value, total, (skip, top), ctx, path)
+}
+
+/// A page of the stored resources of type `ty` within `scope`, rendered at the request's
+/// api-version; only the page's own resources are read.
+fn listing(
+    st: &State,
+    ctx: &Ctx,
+    path: &str,
+    query: &HashMap<String, String>,
+    ty: &str,
+    scope: &ResourceId,
+) -> Reply {
+    let (skip, top) = window(query);
+    let (total, items) = st.store.page_of_type_within(ty, scope, skip, top);
+    let value = items.into_iter().map(|v| render(st, ctx, v)).collect();
+    paged(value, total, (skip, top), ctx, path)
+}
+
+/// The page `value` (from `skip`, at most `top`) of a listing of `total` items, with the
+/// `nextLink` to the next page unless it is the last.
+fn paged(
+    value: Vec<Value>,
+    total: usize,
+    (skip, top): (usize, usize),
+    ctx: &Ctx,
+    path: &str,
+) -> Reply {
     let mut body = json!({"value": value});
-    if skip + top < items.len() {
+    if skip + top < total {
         body["nextLink"] = json!(format!(
             "{}{path}?api-version={}&$skiptoken={}&$top={top}",
             ctx.base,

@@ -176,7 +176,7 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
                 // write, which holds its locks and shows a little later (by_subnet_rid #19–21).
                 let answer_in = st.duration(Work::GatewayTimeout);
                 let applied_in = answer_in + st.duration(Work::LateApply);
-                contention::hold(&mut st, &claim, Instant::now() + applied_in);
+                contention::hold(&mut st, &claim, Instant::now() + applied_in, false);
                 let late = LateWrite {
                     ctx: ctx.clone(),
                     method: method.clone(),
@@ -209,7 +209,7 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
                 st.failing_operation = None;
                 let mut wait = Duration::ZERO;
                 if r.is_success() {
-                    contention::hold(&mut st, &claim, Instant::now() + work);
+                    contention::hold(&mut st, &claim, Instant::now() + work, true);
                     // An LRO answers at once and runs on; a synchronous write answers when
                     // done (site writes with virtualNetworkSubnetId: 200 after ~7–10 s,
                     // arm-vnet reference §13).

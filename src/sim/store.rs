@@ -1,7 +1,16 @@
 //! The generic ARM resource store: resources keyed by lowercased id, indexed by lowercased
 //! type so type-wide scans stay cheap on large fleets, and by the references requests follow
 //! backwards (`Ref`), so no request scans a type to find the few resources it is about.
+//!
+//! Most resources are kept as their compact JSON text and parsed when a request reads them: a
+//! parsed `serde_json::Value` takes about six times the memory of its text (a map and a
+//! string allocation per field), and a request reads only the few resources it is about,
+//! while the store holds the whole fleet (10,000 targets: ~22 MB of JSON). Network resources
+//! stay parsed: they are few (a few hundred in 10,000 targets) but large (a hub VNet holds
+//! every integration subnet with its service association links), and every join, subnet
+//! write and connection listing reads one.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::Value;
@@ -35,9 +44,37 @@ fn references(id: &ResourceId, value: &Value) -> Vec<(Ref, ResourceId)> {
     }
 }
 
+/// One stored resource.
+#[derive(Debug, Clone)]
+enum Stored {
+    Compact(Box<str>),
+    Parsed(Value),
+}
+
+impl Stored {
+    fn new(id: &ResourceId, value: Value) -> Self {
+        if type_key(id).starts_with("microsoft.network/") {
+            Stored::Parsed(value)
+        } else {
+            Stored::Compact(value.to_string().into_boxed_str())
+        }
+    }
+
+    fn value(&self) -> Cow<'_, Value> {
+        match self {
+            // The store wrote the text from a value, so it parses.
+            Stored::Compact(text) => {
+                Cow::Owned(serde_json::from_str(text).expect("the store holds the JSON it wrote"))
+            }
+            Stored::Parsed(v) => Cow::Borrowed(v),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Store {
-    resources: BTreeMap<String, Value>,
+    /// Lowercased id → the resource.
+    resources: BTreeMap<String, Stored>,
     by_type: HashMap<String, BTreeSet<String>>,
     /// (reference, referenced key) → keys of the resources holding that reference, kept in
     /// step with `resources` by `put` and `remove_tree`.
@@ -66,14 +103,29 @@ impl Store {
         s
     }
 
-    pub(crate) fn get(&self, id: &ResourceId) -> Option<&Value> {
-        self.resources.get(id.key())
+    /// The resource as stored (change it through `put` or `update`).
+    pub(crate) fn get(&self, id: &ResourceId) -> Option<Cow<'_, Value>> {
+        self.resources.get(id.key()).map(Stored::value)
     }
 
-    /// In-place access for changes that leave the references `Ref` indexes alone (a VNet's
-    /// subnets, a provisioning state); anything else goes through `put`, which reindexes.
-    pub(crate) fn get_mut(&mut self, id: &ResourceId) -> Option<&mut Value> {
-        self.resources.get_mut(id.key())
+    /// Changes a resource in place with `f`, for changes that leave the `Ref` indexes alone
+    /// (a VNet's subnets, a provisioning state); anything else goes through `put`, which
+    /// reindexes. `None` when there is no such resource.
+    pub(crate) fn update<R>(
+        &mut self,
+        id: &ResourceId,
+        f: impl FnOnce(&mut Value) -> R,
+    ) -> Option<R> {
+        let stored = self.resources.get_mut(id.key())?;
+        Some(match stored {
+            Stored::Parsed(v) => f(v),
+            Stored::Compact(_) => {
+                let mut value = stored.value().into_owned();
+                let out = f(&mut value);
+                *stored = Stored::new(id, value);
+                out
+            }
+        })
     }
 
     pub(crate) fn contains(&self, id: &ResourceId) -> bool {
@@ -89,10 +141,10 @@ impl Store {
             .insert(key.clone());
         let old = self.resources.remove(&key);
         if let Some(o) = &old {
-            self.unlink(id, o);
+            self.unlink(id, &o.value());
         }
         self.link(id, &value);
-        self.resources.insert(key, value);
+        self.resources.insert(key, Stored::new(id, value));
         old.is_none()
     }
 
@@ -122,12 +174,12 @@ impl Store {
         &'a self,
         r: Ref,
         target: &ResourceId,
-    ) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+    ) -> impl Iterator<Item = (&'a str, Cow<'a, Value>)> + 'a {
         self.referrers
             .get(&(r, target.key().to_string()))
             .into_iter()
             .flatten()
-            .filter_map(|k| self.resources.get(k).map(|v| (k.as_str(), v)))
+            .filter_map(|k| self.resources.get(k).map(|v| (k.as_str(), v.value())))
     }
 
     /// Removes the resource and everything below it; returns whether it existed.
@@ -147,7 +199,7 @@ impl Store {
             let Ok(doomed_id) = ResourceId::parse(&k) else {
                 continue;
             };
-            self.unlink(&doomed_id, &old);
+            self.unlink(&doomed_id, &old.value());
             if let Some(set) = self.by_type.get_mut(&type_key(&doomed_id)) {
                 set.remove(&k);
             }
@@ -155,21 +207,58 @@ impl Store {
         existed
     }
 
-    pub(crate) fn all(&self) -> impl Iterator<Item = &Value> {
-        self.resources.values()
+    pub(crate) fn all(&self) -> impl Iterator<Item = Cow<'_, Value>> {
+        self.resources.values().map(Stored::value)
+    }
+
+    /// Keys of the resources of type `ty` lying within `scope` (a subscription, group or
+    /// parent resource), in id order.
+    fn keys_within<'a>(
+        &'a self,
+        ty: &str,
+        scope: &ResourceId,
+    ) -> impl Iterator<Item = &'a String> + 'a {
+        // The type index is ordered, so the resources below `scope` are one contiguous range.
+        let prefix = format!("{}/", scope.key());
+        self.by_type
+            .get(&ty.to_ascii_lowercase())
+            .into_iter()
+            .flat_map(move |keys| {
+                let within = prefix.clone();
+                keys.range(prefix.clone()..)
+                    .take_while(move |k| k.starts_with(&within))
+            })
+    }
+
+    fn read(&self, key: &str) -> Option<Value> {
+        self.resources.get(key).map(|v| v.value().into_owned())
     }
 
     /// Resources of type `ty` lying within `scope` (a subscription, group or parent resource).
     pub(crate) fn of_type_within(&self, ty: &str, scope: &ResourceId) -> Vec<Value> {
-        // The type index is ordered, so the resources below `scope` are one contiguous range.
-        let prefix = format!("{}/", scope.key());
-        let Some(keys) = self.by_type.get(&ty.to_ascii_lowercase()) else {
-            return Vec::new();
-        };
-        keys.range(prefix.clone()..)
-            .take_while(|k| k.starts_with(&prefix))
-            .filter_map(|k| self.resources.get(k).cloned())
+        self.keys_within(ty, scope)
+            .filter_map(|k| self.read(k))
             .collect()
+    }
+
+    /// One page of `of_type_within`: how many there are, and those from `skip` on (at most
+    /// `top`), reading only these: a listing of a subscription's thousands of sites, page by
+    /// page, reads each site once, not once per page.
+    pub(crate) fn page_of_type_within(
+        &self,
+        ty: &str,
+        scope: &ResourceId,
+        skip: usize,
+        top: usize,
+    ) -> (usize, Vec<Value>) {
+        let total = self.keys_within(ty, scope).count();
+        let page = self
+            .keys_within(ty, scope)
+            .skip(skip)
+            .take(top)
+            .filter_map(|k| self.read(k))
+            .collect();
+        (total, page)
     }
 
     /// A resource group exists when stored explicitly or when anything lives inside it
@@ -192,7 +281,12 @@ impl Store {
         self.resources
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .find_map(|(_, v)| v.get("location").and_then(Value::as_str).map(String::from))
+            .find_map(|(_, v)| {
+                v.value()
+                    .get("location")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            })
     }
 }
 
@@ -240,6 +334,27 @@ mod tests {
         );
         assert_eq!(st.of_type_within("microsoft.web/sites", &sub).len(), 1);
         assert!(!st.remove_tree(&id(site)));
+    }
+
+    #[test]
+    fn a_page_of_a_listing_counts_all_and_reads_its_own() {
+        let mut st = Store::default();
+        for name in ["c", "a", "b"] {
+            let site =
+                format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/{name}");
+            st.put(&id(&site), json!({"id": site, "name": name}));
+        }
+        let sub = id("/subscriptions/s");
+        let (total, page) = st.page_of_type_within("microsoft.web/sites", &sub, 1, 1);
+        assert_eq!((total, page.len()), (3, 1));
+        assert_eq!(page[0]["name"], "b", "in id order");
+        let (total, page) = st.page_of_type_within("microsoft.web/sites", &sub, 2, 50);
+        assert_eq!((total, page.len()), (3, 1));
+        assert_eq!(
+            st.page_of_type_within("microsoft.web/sites/slots", &sub, 0, 50)
+                .0,
+            0
+        );
     }
 
     fn referrer_keys(st: &Store, r: Ref, target: &str) -> Vec<String> {
@@ -302,6 +417,42 @@ mod tests {
         );
         st.put(&id(&gw), json!({"id": gw, "properties": {}}));
         assert!(referrer_keys(&st, Ref::GatewayVnet, &vnet).is_empty());
+    }
+
+    /// Web resources (the bulk of a fleet) are kept as text and read as copies; network
+    /// resources stay parsed and are read in place. Both change through `update`, and text
+    /// keeps the fields in their order.
+    #[test]
+    fn web_resources_are_kept_as_text_and_network_resources_parsed() {
+        let rg = "/subscriptions/s/resourceGroups/rg/providers";
+        let site = id(&format!("{rg}/Microsoft.Web/sites/a"));
+        let vnet = id(&format!("{rg}/Microsoft.Network/virtualNetworks/v"));
+        let mut st = Store::default();
+        st.put(&site, json!({"id": site.as_str(), "z": 1, "a": {"n": 1}}));
+        st.put(
+            &vnet,
+            json!({"id": vnet.as_str(), "properties": {"subnets": []}}),
+        );
+        assert!(matches!(st.resources[site.key()], Stored::Compact(_)));
+        assert!(matches!(st.get(&site), Some(Cow::Owned(_))));
+        assert!(matches!(st.get(&vnet), Some(Cow::Borrowed(_))));
+        assert_eq!(st.update(&site, |v| v["a"]["n"] = json!(2)), Some(()));
+        let read = st.get(&site).unwrap().into_owned();
+        assert_eq!(read, json!({"id": site.as_str(), "z": 1, "a": {"n": 2}}));
+        let keys: Vec<&String> = read.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["id", "z", "a"]);
+        st.update(&vnet, |v| {
+            v["properties"]["subnets"] = json!([{"name": "s"}])
+        });
+        assert_eq!(
+            st.get(&vnet).unwrap()["properties"]["subnets"][0]["name"],
+            "s"
+        );
+        assert_eq!(
+            st.update(&id(&format!("{rg}/Microsoft.Web/sites/b")), |_| ()),
+            None
+        );
+        assert_eq!(st.all().count(), 2);
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub(crate) struct Throttle {
 /// What the buckets say about one request.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Verdict {
-    /// `None` = admitted; `Some(seconds)` = throttled, retry after that many seconds.
+    /// `None` = admitted; `Some(seconds)` = throttled, retry after that many whole simulated
+    /// seconds (ARM sends whole seconds; the reply divides them by the speed).
     pub(crate) retry_after: Option<u64>,
     /// The request's class and the tokens left in its bucket: ARM reports only the request's
     /// own class (a GET carries `x-ms-ratelimit-remaining-subscription-reads` alone, a DELETE
@@ -94,13 +95,15 @@ impl Throttle {
     /// Takes one token of `class` from the subscription's bucket (always admits when
     /// throttling is off, but still reports the remaining counts).
     pub(crate) fn admit(&mut self, sub: &str, class: OpClass, now: Instant) -> Verdict {
-        let enabled = self.enabled;
+        let (enabled, speed) = (self.enabled, self.speed);
         let b = self.bucket(sub, class, now);
         let retry_after = if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             None
         } else if enabled {
-            Some((((1.0 - b.tokens) / b.refill).ceil() as u64).max(1))
+            // The refill rate is per real second (scaled by the speed); the wait ARM states is
+            // in its own, simulated, seconds.
+            Some((((1.0 - b.tokens) * speed / b.refill).ceil() as u64).max(1))
         } else {
             None
         };

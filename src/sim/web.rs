@@ -81,7 +81,7 @@ pub(crate) fn plan_of(st: &State, target: &ResourceId, site: &Value) -> Option<R
     if target.kind() == ResourceKind::Slot {
         let parent = target.site()?;
         let p = st.store.get(&parent)?;
-        return plan_of(st, &parent, p);
+        return plan_of(st, &parent, &p);
     }
     None
 }
@@ -115,7 +115,7 @@ fn plan_members(
             continue;
         };
         if id.kind() == ResourceKind::Slot {
-            slots.push((id, current_subnet(v)));
+            slots.push((id, current_subnet(&v)));
             continue;
         }
         for slot in st.store.of_type_within(SLOTS, &id) {
@@ -125,7 +125,7 @@ fn plan_members(
                 }
             }
         }
-        sites.push((id, current_subnet(v)));
+        sites.push((id, current_subnet(&v)));
     }
     slots.sort_by(|a, b| a.0.cmp(&b.0));
     sites
@@ -140,7 +140,7 @@ pub(crate) fn plan_sites(st: &State, plan: &ResourceId) -> Vec<Value> {
     st.store
         .referrers(Ref::Plan, plan)
         .filter(|(_, v)| parse_id(&v["id"]).is_some_and(|id| id.kind() == ResourceKind::Site))
-        .map(|(_, v)| v.clone())
+        .map(|(_, v)| v.into_owned())
         .collect()
 }
 

@@ -633,3 +633,81 @@ async fn last_ambiguous_failure_is_still_checked_by_a_reread() {
         assert!(uuid::Uuid::parse_str(rid).is_ok());
     }
 }
+
+/// A lock's 429 (another operation runs on the VNet) says when that VNet is free, not when the
+/// subscription's bucket refills: the pacer keeps its tokens. A throttling 429 empties it.
+#[tokio::test]
+async fn only_a_throttling_429_pauses_the_pacer() {
+    let server = serve(|req, prior, _| {
+        let same = prior
+            .iter()
+            .filter(|r| r.method == req.method && r.path == req.path)
+            .count();
+        match (req.method.as_str(), same) {
+            ("PUT", 0) => reply(
+                429,
+                &[("Retry-After", "0.005".into())],
+                Some(json!({"error": {"code": "RetryableErrorDueToAnotherOperation", "message": "Operation could not be completed because another operation on the VNet is in progress."}})),
+            ),
+            ("GET", 0) => reply(
+                429,
+                &[("Retry-After", "1".into())],
+                Some(json!({"error": {"code": "SubscriptionRequestsThrottled", "message": "slow down"}})),
+            ),
+            ("PUT", _) => reply(200, &[], Some(json!({"id": SUBNET, "name": "s1", "properties": {"provisioningState": "Succeeded"}}))),
+            _ => reply(200, &[], Some(site(None))),
+        }
+    })
+    .await;
+    let arm = client(&server);
+    let _: Value = arm
+        .put(
+            SUBNET,
+            &json!({"properties": {"addressPrefix": "10.0.0.0/26"}}),
+        )
+        .await
+        .unwrap();
+    let writes = arm.pacer().available("sub1", OpKind::Write);
+    assert!(writes > 197.0, "{writes}");
+    let _: Value = arm.get(SITE).await.unwrap();
+    let reads = arm.pacer().available("sub1", OpKind::Read);
+    assert!(reads < 5.0, "{reads}");
+    assert_eq!(arm.metrics().throttled_429, 2);
+}
+
+/// Against a simulator compressed 50 times, an LRO whose 202 says `Retry-After: 0.15` (7.5
+/// simulated seconds: a site joining a subnet) is polled once, when it is done, not on a
+/// shorter cadence that finds it running and then waits the default interval.
+#[tokio::test]
+async fn a_compressed_client_polls_an_lro_when_its_retry_after_ends() {
+    let patched: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+    let at = patched.clone();
+    let server = serve(move |req, _, base| match req.method.as_str() {
+        "PATCH" => {
+            *at.lock().unwrap() = Some(std::time::Instant::now());
+            reply(
+                202,
+                &[
+                    ("Azure-AsyncOperation", format!("{base}/subscriptions/sub1/providers/Microsoft.Web/sites/app1/operationResults/op1?api-version=2024-11-01")),
+                    ("Retry-After", "0.150".into()),
+                ],
+                None,
+            )
+        }
+        _ if req.path.contains("operationResults") => {
+            let done = at.lock().unwrap().unwrap().elapsed() >= ms(150);
+            let status = if done { "Succeeded" } else { "InProgress" };
+            reply(200, &[], Some(json!({"status": status})))
+        }
+        _ => reply(200, &[], Some(site(Some(SUBNET)))),
+    })
+    .await;
+    let arm = client_with(
+        ArmConfig::new(server.base.clone(), vec![ResourceId::parse(SUB).unwrap()])
+            .time_compressed(50.0),
+    );
+    let body = json!({"properties": {"virtualNetworkSubnetId": SUBNET}});
+    let _: Value = arm.patch(SITE, &body).await.unwrap();
+    assert_eq!(arm.metrics().lro_polls, 1);
+    assert!(patched.lock().unwrap().unwrap().elapsed() >= ms(150));
+}

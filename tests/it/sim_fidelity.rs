@@ -1190,7 +1190,8 @@ async fn throttles_with_retry_after_and_headers() {
             .is_none());
         if r.status == 429 {
             assert_eq!(r.code(), "SubscriptionRequestsThrottled");
-            let ra: u64 = r
+            // Whole simulated seconds (at least one), sent compressed like every wait.
+            let ra: f64 = r
                 .headers
                 .get("retry-after")
                 .unwrap()
@@ -1198,7 +1199,11 @@ async fn throttles_with_retry_after_and_headers() {
                 .unwrap()
                 .parse()
                 .unwrap();
-            assert!(ra >= 1);
+            let simulated = ra * 0.0001;
+            assert!(
+                simulated >= 1.0 - 1e-6 && (simulated - simulated.round()).abs() < 1e-6,
+                "{ra}"
+            );
         }
         statuses.push(r.status);
     }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tracing::debug;
 
 use super::config::bump;
+use super::envelope::status_error;
 use super::error::ArmError;
 use super::retry::parse_retry_after;
 use super::url::subscription_of;
@@ -96,22 +97,26 @@ impl ArmClient {
         let body = res.bytes().await.map_err(transport)?.to_vec();
         debug!(method = %method, path, status, attempt, "ARM request");
         self.observe_rate_limits(&subscription, &headers);
-        let retry_after = header(&headers, "retry-after").and_then(parse_retry_after);
+        let resp = Resp {
+            status,
+            retry_after: header(&headers, "retry-after").and_then(parse_retry_after),
+            async_op: header(&headers, "azure-asyncoperation"),
+            location: header(&headers, "location"),
+            body,
+        };
         if status == 429 {
             bump(&inner.metrics.throttled_429);
-            if let Some(ra) = retry_after {
+            // A lock's 429 (another operation runs on the VNet or the site) says when that
+            // resource is free, not when the subscription's bucket refills: only throttling
+            // pauses the pacer (arm-vnet reference §8, §13).
+            let lock = status_error(method, url, &resp).is_contention();
+            if let Some(ra) = resp.retry_after.filter(|_| !lock) {
                 inner
                     .pacer
                     .throttled(&subscription, kind, ra.min(inner.config.retry_after_cap));
             }
         }
-        Ok(Resp {
-            status,
-            retry_after,
-            async_op: header(&headers, "azure-asyncoperation"),
-            location: header(&headers, "location"),
-            body,
-        })
+        Ok(resp)
     }
 
     fn observe_rate_limits(&self, subscription: &str, headers: &HeaderMap) {

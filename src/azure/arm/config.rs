@@ -45,16 +45,15 @@ impl ArmConfig {
     }
 
     /// Paces the client for an ARM simulator compressing time by `speed`: rates go up, waits
-    /// go down. Retry-After arrives in whole seconds (at least 1) even from a sped-up
-    /// simulator, so its waits are capped before they are compressed.
+    /// go down. The simulator sends every `Retry-After` already compressed, with millisecond
+    /// precision, so it is honoured as ARM asks (arm-vnet reference §8) up to the compressed
+    /// cap: an LRO is polled when its `Retry-After` says it is done, not on a shorter cadence
+    /// that finds it still running and then waits the default interval.
     pub fn time_compressed(mut self, speed: f64) -> Self {
         self.pacer = self.pacer.scaled(speed);
         self.backoff_base = self.backoff_base.div_f64(speed);
         self.lro_poll_default = self.lro_poll_default.div_f64(speed);
-        self.retry_after_cap = self
-            .retry_after_cap
-            .min(Duration::from_secs(2))
-            .div_f64(speed);
+        self.retry_after_cap = self.retry_after_cap.div_f64(speed);
         self
     }
 }

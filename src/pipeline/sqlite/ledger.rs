@@ -37,14 +37,41 @@ pub(super) fn add_target_columns(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+impl SqliteStore {
+    /// `Ledger::add_target` for every target of a new run, in one transaction: a fleet is
+    /// registered with one commit, not one per target (10,000 targets: seconds before the
+    /// first step).
+    pub(crate) fn add_targets(
+        &self,
+        run: &RunId,
+        targets: &[ResourceId],
+        at: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        self.transaction(lstorage, |tx| {
+            let mut add = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO targets (run, target_key, target, current_step, started_at, updated_at) VALUES (?1, ?2, ?3, 'discover', ?4, ?4)",
+                )
+                .map_err(lstorage)?;
+            for t in targets {
+                add.execute(params![run, t.key(), t, Rfc3339(at)])
+                    .map_err(lstorage)?;
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Appends a step to the step log and updates its target's row, inside the caller's
 /// transaction (the queue settles a delivery and records its step in one).
 pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), LedgerError> {
     let at = Rfc3339(r.at);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
-        params![r.run, r.target.key(), r.target, r.step, r.attempt, r.message_id, r.detail, at, r.duration_ms as i64],
     )
+    .and_then(|mut s| {
+        s.execute(params![r.run, r.target.key(), r.target, r.step, r.attempt, r.message_id, r.detail, at, r.duration_ms as i64])
+    })
     .map_err(lstorage)?;
     let reason = r.outcome.as_ref().and_then(|o| o.reason());
     let finished = r.outcome.as_ref().map(|_| at);
@@ -52,7 +79,7 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
     // gone, later), the last connect time wins (a rollback after a connect ends the downtime).
     // A target first seen here is a slot found by its site's discover: it joins the site's wave.
     let site = r.target.site().map(|s| s.key().to_string());
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at, wave)
          VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?11,?11,?12,?13,?14,(SELECT wave FROM targets WHERE run=?1 AND target_key=?15))
          ON CONFLICT(run, target_key) DO UPDATE SET
@@ -62,7 +89,8 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
            gateway=COALESCE(excluded.gateway, targets.gateway), updated_at=excluded.updated_at, finished_at=excluded.finished_at,
            disconnected_at=COALESCE(targets.disconnected_at, excluded.disconnected_at),
            connected_at=COALESCE(excluded.connected_at, targets.connected_at)",
-        params![
+    )
+    .and_then(|mut s| s.execute(params![
             r.run,
             r.target.key(),
             r.target,
@@ -78,8 +106,7 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
             r.cutover.disconnected_at.map(Rfc3339),
             r.cutover.connected_at.map(Rfc3339),
             site
-        ],
-    )
+        ]))
     .map_err(lstorage)?;
     Ok(())
 }
@@ -168,13 +195,7 @@ impl Ledger for SqliteStore {
         target: &ResourceId,
         at: OffsetDateTime,
     ) -> Result<(), LedgerError> {
-        self.conn()
-            .execute(
-                "INSERT OR IGNORE INTO targets (run, target_key, target, current_step, started_at, updated_at) VALUES (?1, ?2, ?3, 'discover', ?4, ?4)",
-                params![run, target.key(), target, Rfc3339(at)],
-            )
-            .map_err(lstorage)?;
-        Ok(())
+        self.add_targets(run, std::slice::from_ref(target), at)
     }
 
     async fn record(&self, step: &StepRecord) -> Result<(), LedgerError> {
@@ -188,11 +209,13 @@ impl Ledger for SqliteStore {
         gateway: &GatewaySnapshot,
     ) -> Result<(), LedgerError> {
         self.conn()
-            .execute(
+            .prepare_cached(
                 "INSERT INTO targets (run, target_key, target, gateway, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
                  ON CONFLICT(run, target_key) DO UPDATE SET gateway=excluded.gateway, updated_at=excluded.updated_at",
-                params![run, target.key(), target, gateway, Rfc3339(OffsetDateTime::now_utc())],
             )
+            .and_then(|mut s| {
+                s.execute(params![run, target.key(), target, gateway, Rfc3339(OffsetDateTime::now_utc())])
+            })
             .map_err(lstorage)?;
         Ok(())
     }
@@ -265,6 +288,23 @@ mod tests {
             "dnsServers": "10.0.0.4"
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_run_registers_its_targets_in_one_go_and_once() {
+        let (_d, s) = store();
+        let run = RunId("r-1".into());
+        let targets: Vec<ResourceId> = ["a", "b", "c"]
+            .iter()
+            .map(|a| msg(a, Step::Discover).target)
+            .collect();
+        s.add_targets(&run, &targets, now()).unwrap();
+        s.add_targets(&run, &targets[..1], now()).unwrap();
+        let rows = s.targets(&run).await.unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(rows
+            .iter()
+            .all(|t| t.current_step == Some(Step::Discover) && t.steps == 0));
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use super::columns::UnixMs;
 use super::ledger::record_tx;
 use super::{storage, SqliteStore};
 use crate::pipeline::ledger::StepRecord;
+use crate::pipeline::message::{Step, StepMessage};
 use crate::pipeline::queue::{Outgoing, QueueError, StepSender};
 
 /// A message handed to a worker, locked until its lease ends.
@@ -47,6 +48,19 @@ struct Candidate {
     delivery_count: u32,
 }
 
+impl Candidate {
+    /// From a row of `seq, message_id, session_id, subscription, delivery_count`.
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Candidate {
+            seq: r.get(0)?,
+            message_id: r.get(1)?,
+            session_id: r.get(2)?,
+            subscription: r.get(3)?,
+            delivery_count: r.get(4)?,
+        })
+    }
+}
+
 /// The subscriptions that have messages waiting, one index seek each (a skip-scan of
 /// `queue_heads`, which is led by the subscription): no scan of the queue.
 const SUBSCRIPTIONS: &str = "
@@ -57,32 +71,58 @@ WITH RECURSIVE subs(s) AS (
   FROM subs WHERE subs.s IS NOT NULL
 )";
 
-/// The oldest deliverable head of each subscription not in ?2 (a JSON array), oldest first.
-/// Per subscription the walk skips only the leased heads (at most the subscription's
-/// in-flight limit) before it finds a deliverable one. ?1 is now.
+/// The scheduling levels (`Step::priority`) as a second table of the `WITH` clause.
+fn levels() -> String {
+    let rows: Vec<String> = Step::PRIORITIES.iter().map(|p| format!("({p})")).collect();
+    format!(", levels(p) AS (VALUES {})", rows.join(","))
+}
+
+/// The best deliverable head of the subscriptions not in ?2 (a JSON array): the highest
+/// level, oldest first within it. One index seek per subscription and level, each skipping
+/// only the leased heads (at most the subscription's in-flight limit). ?1 is now.
 fn candidate_sql() -> String {
     format!(
-        "{SUBSCRIPTIONS}
+        "{SUBSCRIPTIONS}{}
         SELECT q.seq, q.message_id, q.session_id, q.subscription, q.delivery_count
-        FROM subs JOIN queue q ON q.seq=(
+        FROM subs CROSS JOIN levels JOIN queue q ON q.seq=(
           SELECT h.seq FROM queue h
-          WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.visible_at<=?1
-            AND (h.locked_until IS NULL OR h.locked_until<=?1)
+          WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.priority=levels.p
+            AND h.visible_at<=?1 AND (h.locked_until IS NULL OR h.locked_until<=?1)
           ORDER BY h.visible_at, h.seq LIMIT 1)
         WHERE subs.s NOT IN (SELECT value FROM json_each(?2))
-        ORDER BY q.visible_at, q.seq LIMIT 1"
+        ORDER BY q.priority DESC, q.visible_at, q.seq LIMIT 1",
+        levels()
     )
 }
 
 /// The earliest visibility after ?1 of a head in a subscription not in ?2.
 fn next_visible_sql() -> String {
     format!(
-        "{SUBSCRIPTIONS}
+        "{SUBSCRIPTIONS}{}
         SELECT MIN((SELECT h.visible_at FROM queue h
-                    WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.visible_at>?1
+                    WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s
+                      AND h.priority=levels.p AND h.visible_at>?1
                     ORDER BY h.visible_at LIMIT 1))
-        FROM subs WHERE subs.s IS NOT NULL AND subs.s NOT IN (SELECT value FROM json_each(?2))"
+        FROM subs CROSS JOIN levels
+        WHERE subs.s IS NOT NULL AND subs.s NOT IN (SELECT value FROM json_each(?2))",
+        levels()
     )
+}
+
+/// Sets the level of every live message of a queue written before levels existed.
+pub(super) fn prioritise_live(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    let live: Vec<(i64, Vec<u8>)> = tx
+        .prepare("SELECT seq, body FROM queue WHERE state='active'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut set = tx.prepare("UPDATE queue SET priority=?2 WHERE seq=?1")?;
+    for (seq, body) in live {
+        // An undecodable body keeps level 0; it is dead-lettered when delivered.
+        if let Ok(m) = StepMessage::decode(&body) {
+            set.execute(params![seq, m.step.priority()])?;
+        }
+    }
+    Ok(())
 }
 
 impl SqliteStore {
@@ -105,7 +145,7 @@ impl SqliteStore {
             .prepare_cached("UPDATE queue SET head=0 WHERE seq=?1")
             .map_err(storage)?;
         let mut add = tx
-            .prepare_cached("INSERT INTO queue (message_id, session_id, subscription, body, visible_at, head) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+            .prepare_cached("INSERT INTO queue (message_id, session_id, subscription, body, visible_at, head, priority) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
             .map_err(storage)?;
         for m in messages {
             let id = m.message.message_id();
@@ -136,7 +176,8 @@ impl SqliteStore {
                 m.message.target.subscription().to_ascii_lowercase(),
                 m.message.encode(),
                 visible_at,
-                is_head
+                is_head,
+                m.message.step.priority()
             ])
             .map_err(storage)?;
         }
@@ -154,11 +195,12 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Locks and returns the oldest visible, unleased session head among the subscriptions
-    /// not in `full` (those at the runner's per-subscription limit), or None. Each
-    /// subscription offers its own oldest head and the oldest of those wins, so a backlog in
-    /// a full subscription never hides another subscription's work. A message already
-    /// delivered `max_delivery_count` times is dead-lettered instead.
+    /// Locks and returns the best visible, unleased session head among the subscriptions
+    /// not in `full` (those at the runner's per-subscription limit), or None: the highest
+    /// scheduling level (`Step::priority`), oldest first within it. Each subscription offers
+    /// its own best head, so a backlog in a full subscription never hides another
+    /// subscription's work. A message already delivered `max_delivery_count` times is
+    /// dead-lettered instead.
     pub(crate) fn receive(
         &self,
         now: OffsetDateTime,
@@ -168,17 +210,28 @@ impl SqliteStore {
         let now = UnixMs::at(now);
         let full = serde_json::to_string(full).expect("strings serialise");
         self.transaction(storage, |tx| {
-            while let Some(c) = Self::candidate(tx, now, &full)? {
-                if c.delivery_count < self.max_delivery_count {
-                    return Self::lock(tx, c, now.after(lease)).map(Some);
-                }
-                Self::retire_dead(tx, c.seq, &c.session_id, "MaxDeliveryCountExceeded")?;
-            }
-            Ok(None)
+            self.lease_first(tx, now.after(lease), |tx| Self::candidate(tx, now, &full))
         })
     }
 
-    /// The oldest deliverable head of the subscriptions not in `full` (a JSON array).
+    /// Leases the first candidate `next` offers that has been delivered fewer than
+    /// `max_delivery_count` times, dead-lettering those delivered too often on the way.
+    fn lease_first(
+        &self,
+        tx: &Transaction<'_>,
+        until: UnixMs,
+        next: impl Fn(&Transaction<'_>) -> Result<Option<Candidate>, QueueError>,
+    ) -> Result<Option<Delivery>, QueueError> {
+        while let Some(c) = next(tx)? {
+            if c.delivery_count < self.max_delivery_count {
+                return Self::lock(tx, c, until).map(Some);
+            }
+            Self::retire_dead(tx, c.seq, &c.session_id, "MaxDeliveryCountExceeded")?;
+        }
+        Ok(None)
+    }
+
+    /// The best deliverable head of the subscriptions not in `full` (a JSON array).
     fn candidate(
         tx: &Transaction<'_>,
         now: UnixMs,
@@ -186,18 +239,7 @@ impl SqliteStore {
     ) -> Result<Option<Candidate>, QueueError> {
         let sql = candidate_sql();
         tx.prepare_cached(&sql)
-            .and_then(|mut s| {
-                s.query_row(params![now, full], |r| {
-                    Ok(Candidate {
-                        seq: r.get(0)?,
-                        message_id: r.get(1)?,
-                        session_id: r.get(2)?,
-                        subscription: r.get(3)?,
-                        delivery_count: r.get(4)?,
-                    })
-                })
-                .optional()
-            })
+            .and_then(|mut s| s.query_row(params![now, full], Candidate::read).optional())
             .map_err(storage)
     }
 
@@ -250,28 +292,69 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Completes a delivery, enqueues its next steps and records the step, atomically. The
-    /// completed row is deleted; its MessageId stays in `message_ids`, so a re-sent copy is
-    /// still dropped.
+    /// `settle` on its own: what the tests of settling use; the runner always asks for the
+    /// session's next message too (`commit_and_continue`).
+    #[cfg(test)]
     pub(crate) fn commit(
         &self,
         d: &Delivery,
         next: &[Outgoing],
         record: Option<&StepRecord>,
     ) -> Result<(), QueueError> {
+        self.transaction(storage, |tx| Self::settle(tx, d, next, record))
+    }
+
+    /// `commit`, then, in the same transaction, leases the next message of the delivery's
+    /// session when it is visible at `now` and in the same subscription: the worker that
+    /// held the session keeps it, as a Service Bus session receiver does, so a serial chain
+    /// (a VNet's subnet writes and cut-overs, a target's discover and plan) goes on without a
+    /// round through the runner and with one transaction per step instead of two.
+    pub(crate) fn commit_and_continue(
+        &self,
+        d: &Delivery,
+        next: &[Outgoing],
+        record: Option<&StepRecord>,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<Option<Delivery>, QueueError> {
+        let now = UnixMs::at(now);
         self.transaction(storage, |tx| {
-            Self::check_lock(tx, d)?;
-            tx.prepare_cached("DELETE FROM queue WHERE seq=?1")
-                .and_then(|mut s| s.execute(params![d.seq]))
-                .map_err(storage)?;
-            Self::promote(tx, &d.session_id)?;
-            Self::insert(tx, next)?;
-            if let Some(r) = record {
-                record_tx(tx, r)
-                    .map_err(|e| QueueError::storage("recording the step", Some(Box::new(e))))?;
-            }
-            Ok(())
+            Self::settle(tx, d, next, record)?;
+            self.lease_first(tx, now.after(lease), |tx| {
+                tx.prepare_cached(
+                    "SELECT seq, message_id, session_id, subscription, delivery_count FROM queue
+                     WHERE session_id=?1 AND state='active' AND head=1 AND subscription=?2
+                       AND visible_at<=?3 AND (locked_until IS NULL OR locked_until<=?3)",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![d.session_id, d.subscription, now], Candidate::read)
+                        .optional()
+                })
+                .map_err(storage)
+            })
         })
+    }
+
+    /// Completes a delivery, enqueues its next steps and records the step, atomically. The
+    /// completed row is deleted; its MessageId stays in `message_ids`, so a re-sent copy is
+    /// still dropped.
+    fn settle(
+        tx: &Transaction<'_>,
+        d: &Delivery,
+        next: &[Outgoing],
+        record: Option<&StepRecord>,
+    ) -> Result<(), QueueError> {
+        Self::check_lock(tx, d)?;
+        tx.prepare_cached("DELETE FROM queue WHERE seq=?1")
+            .and_then(|mut s| s.execute(params![d.seq]))
+            .map_err(storage)?;
+        Self::promote(tx, &d.session_id)?;
+        Self::insert(tx, next)?;
+        if let Some(r) = record {
+            record_tx(tx, r)
+                .map_err(|e| QueueError::storage("recording the step", Some(Box::new(e))))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
@@ -331,8 +414,8 @@ impl StepSender for SqliteStore {
 mod tests {
     use super::super::test_support::{msg, msg_in, now, store, Dir, LEASE};
     use super::*;
+    use crate::azure::ResourceId;
     use crate::pipeline::ledger::Ledger;
-    use crate::pipeline::message::{Step, StepMessage};
 
     #[tokio::test]
     async fn duplicate_message_ids_are_dropped() {
@@ -628,18 +711,19 @@ mod tests {
                 l.starts_with("SCAN")
                     && !l.contains("USING")
                     && !l.contains("subs")
+                    && !l.contains("levels")
                     && !l.contains("json_each")
                     && !l.contains("CONSTANT")
             })
         };
         let next = plan(&next_visible_sql(), &[&0i64, &"[]"]);
         assert!(
-            next.contains("INDEX queue_heads (subscription=? AND visible_at>?)"),
+            next.contains("INDEX queue_heads (subscription=? AND priority=? AND visible_at>?)"),
             "{next}"
         );
         let cand = plan(&candidate_sql(), &[&0i64, &"[]"]);
         assert!(
-            cand.contains("INDEX queue_heads (subscription=? AND visible_at<?)"),
+            cand.contains("INDEX queue_heads (subscription=? AND priority=? AND visible_at<?)"),
             "{cand}"
         );
         let head = plan(
@@ -762,5 +846,165 @@ mod tests {
         // Opening the migrated file again changes nothing.
         let s = SqliteStore::open(&p).unwrap();
         assert_eq!(s.counts().unwrap().completed, 2);
+    }
+
+    /// The worker that settles a session's message gets the session's next one in the same
+    /// transaction when it is visible and in the same subscription; otherwise the runner
+    /// admits it as any other.
+    #[tokio::test]
+    async fn a_settled_session_hands_its_next_message_to_the_same_worker() {
+        let (_d, s) = store();
+        let (first, second) = (msg("a", Step::Discover), msg("a", Step::Plan));
+        s.send(vec![Outgoing::now(first), Outgoing::now(second.clone())])
+            .await
+            .unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        let next = s
+            .commit_and_continue(&d, &[], None, now(), LEASE)
+            .unwrap()
+            .expect("the session's next message");
+        assert_eq!(
+            (next.message_id.as_str(), next.delivery_count),
+            (second.message_id().as_str(), 1)
+        );
+        assert!(s.receive(now(), LEASE, &[]).unwrap().is_none(), "leased");
+        // Its next step is scheduled for later: the session is let go.
+        let later = Outgoing {
+            message: msg("a", Step::Verify),
+            visible_at: now() + time::Duration::seconds(30),
+        };
+        assert!(s
+            .commit_and_continue(&next, &[later], None, now(), LEASE)
+            .unwrap()
+            .is_none());
+        assert_eq!(s.counts().unwrap().active, 1);
+        // A VNet's session holds targets of two subscriptions: the message of the other one is
+        // left to the runner, which admits per subscription.
+        let vnet = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v",
+        )
+        .unwrap();
+        let plan = crate::pipeline::message::PlannedSubnet {
+            subnet: vnet.child("subnets", "apps").unwrap(),
+            vnet,
+            prefix: "10.0.0.0/26".into(),
+            create: true,
+            required_prefix_length: None,
+        };
+        let [mut own, mut other] = [
+            msg("b", Step::PrepareSubnet),
+            msg_in("s2", "c", Step::PrepareSubnet),
+        ];
+        own.plan = Some(plan.clone());
+        other.plan = Some(plan);
+        assert_eq!(own.session_id(), other.session_id());
+        s.send(vec![Outgoing::now(own), Outgoing::now(other.clone())])
+            .await
+            .unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert!(s
+            .commit_and_continue(&d, &[], None, now(), LEASE)
+            .unwrap()
+            .is_none());
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(d.message_id, other.message_id());
+    }
+
+    /// Targets past planning go first, then planning, then discovery; oldest first within a
+    /// level, and a subscription at its limit still does not hide another's work.
+    #[tokio::test]
+    async fn later_steps_go_first_and_oldest_first_within_a_level() {
+        let (_d, s) = store();
+        s.send(
+            [
+                ("a", Step::Discover),
+                ("b", Step::Plan),
+                ("c", Step::Verify),
+                ("d", Step::Discover),
+                ("e", Step::Disconnect),
+                ("f", Step::Plan),
+            ]
+            .into_iter()
+            .map(|(app, step)| Outgoing::now(msg(app, step)))
+            .collect(),
+        )
+        .await
+        .unwrap();
+        s.send(vec![Outgoing::now(msg_in("s2", "g", Step::Discover))])
+            .await
+            .unwrap();
+        let mut order = Vec::new();
+        while let Some(d) = s.receive(now(), LEASE, &[]).unwrap() {
+            order.push(target_of(&d));
+        }
+        assert_eq!(order, ["c", "e", "b", "f", "a", "d", "g"]);
+        // With subscription s at its limit, s2's discover is served although s has a plan.
+        let (_d, s) = store();
+        s.send(vec![
+            Outgoing::now(msg_in("s2", "g", Step::Discover)),
+            Outgoing::now(msg("b", Step::Plan)),
+        ])
+        .await
+        .unwrap();
+        let d = s.receive(now(), LEASE, &["s"]).unwrap().unwrap();
+        assert_eq!(target_of(&d), "g");
+        assert_eq!(
+            s.next_visible_at(now(), &["s"]).unwrap(),
+            None,
+            "nothing scheduled"
+        );
+    }
+
+    /// The lean queue as it was before scheduling levels.
+    const QUEUE_WITHOUT_LEVELS: &str = "
+    PRAGMA journal_mode=WAL;
+    CREATE TABLE queue (
+      seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL, session_id TEXT NOT NULL,
+      subscription TEXT NOT NULL, body BLOB NOT NULL, visible_at INTEGER NOT NULL,
+      head INTEGER NOT NULL DEFAULT 0, delivery_count INTEGER NOT NULL DEFAULT 0,
+      lock_token TEXT, locked_until INTEGER, state TEXT NOT NULL DEFAULT 'active', dead_reason TEXT
+    );
+    CREATE TABLE message_ids (message_id TEXT PRIMARY KEY) WITHOUT ROWID;
+    CREATE INDEX queue_heads ON queue(subscription, visible_at, seq) WHERE state='active' AND head=1;
+    CREATE INDEX queue_sessions ON queue(session_id, visible_at, seq) WHERE state='active';";
+
+    #[tokio::test]
+    async fn a_queue_from_before_scheduling_levels_gets_them_on_open() {
+        let dir = Dir::new();
+        let p = dir.path().join("lean.db");
+        let (discover, verify) = (msg("a", Step::Discover), msg("b", Step::Verify));
+        {
+            let conn = rusqlite::Connection::open(&p).unwrap();
+            conn.execute_batch(QUEUE_WITHOUT_LEVELS).unwrap();
+            for (m, minutes) in [(&discover, 2), (&verify, 1)] {
+                let t = UnixMs::at(now() - time::Duration::minutes(minutes));
+                conn.execute(
+                    "INSERT INTO queue (message_id, session_id, subscription, body, visible_at, head) VALUES (?1,?2,'s',?3,?4,1)",
+                    params![m.message_id(), m.session_id(), m.encode(), t],
+                )
+                .unwrap();
+                conn.execute(
+                    "INSERT INTO message_ids VALUES (?1)",
+                    params![m.message_id()],
+                )
+                .unwrap();
+            }
+        }
+        for _ in 0..2 {
+            let s = SqliteStore::open(&p).unwrap();
+            let index: String = s
+                .conn()
+                .query_row(
+                    "SELECT sql FROM sqlite_master WHERE name='queue_heads'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(index.contains("priority"), "{index}");
+            // The older discover waits: the verify of a target past planning goes first.
+            let first = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+            assert_eq!(first.message_id, verify.message_id());
+            s.release_all_locks().unwrap();
+        }
     }
 }

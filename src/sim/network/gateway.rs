@@ -11,6 +11,7 @@
 //! the simulator refuses rather than accepts when unsure.
 
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 use super::subnet::arr;
 use super::validate::bad;
@@ -91,7 +92,7 @@ pub(crate) fn put_gateway(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Val
             format!("Virtual network gateway {} needs at least one ip configuration in its GatewaySubnet.", id.as_str()),
         );
     }
-    let old = st.store.get(id).cloned();
+    let old = st.store.get(id).map(Cow::into_owned);
     let mut gw = body.clone();
     let mut names: Vec<String> = Vec::new();
     if let Some(certs) =
@@ -152,7 +153,7 @@ pub(crate) fn generate_package(
     gw_id: &ResourceId,
     body: &Value,
 ) -> Reply {
-    let Some(gw) = st.store.get(gw_id).cloned() else {
+    let Some(gw) = st.store.get(gw_id).map(Cow::into_owned) else {
         return Reply::not_found(gw_id.as_str());
     };
     let Some(arch) = body["processorArchitecture"].as_str().and_then(|a| {

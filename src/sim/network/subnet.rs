@@ -1,6 +1,7 @@
 //! Stored subnet objects (inline in their VNet): prefixes, delegations, ipConfigurations and
 //! the service association links App Service adds and removes.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -69,9 +70,12 @@ pub(super) fn ip_configurations(subnet: &Value) -> &[Value] {
 }
 
 /// (VNet, subnet) for a subnet id.
-pub(crate) fn find_subnet(store: &Store, subnet: &ResourceId) -> Option<(Value, Value)> {
+pub(crate) fn find_subnet<'a>(
+    store: &'a Store,
+    subnet: &ResourceId,
+) -> Option<(Cow<'a, Value>, Value)> {
     let vnet = store.get(&subnet.vnet()?)?;
-    let s = arr(vnet, &["properties", "subnets"])
+    let s = arr(&vnet, &["properties", "subnets"])
         .iter()
         .find(|s| {
             s["name"]
@@ -79,14 +83,11 @@ pub(crate) fn find_subnet(store: &Store, subnet: &ResourceId) -> Option<(Value, 
                 .is_some_and(|n| n.eq_ignore_ascii_case(subnet.name()))
         })?
         .clone();
-    Some((vnet.clone(), s))
+    Some((vnet, s))
 }
 
-pub(super) fn subnets_mut<'a>(
-    store: &'a mut Store,
-    vnet: &ResourceId,
-) -> Option<&'a mut Vec<Value>> {
-    let v = store.get_mut(vnet)?;
+/// The subnet list of a VNet value, created empty when missing.
+pub(super) fn subnets_of(v: &mut Value) -> Option<&mut Vec<Value>> {
     let props = v
         .as_object_mut()?
         .entry("properties")
@@ -98,12 +99,32 @@ pub(super) fn subnets_mut<'a>(
     subnets.as_array_mut()
 }
 
-fn subnet_mut<'a>(store: &'a mut Store, subnet: &ResourceId) -> Option<&'a mut Value> {
-    subnets_mut(store, &subnet.vnet()?)?.iter_mut().find(|s| {
-        s["name"]
-            .as_str()
-            .is_some_and(|n| n.eq_ignore_ascii_case(subnet.name()))
+/// Changes the stored VNet's subnet list with `f`; `None` when there is no such VNet.
+fn with_subnets<R>(
+    store: &mut Store,
+    vnet: &ResourceId,
+    f: impl FnOnce(&mut Vec<Value>) -> R,
+) -> Option<R> {
+    store.update(vnet, |v| subnets_of(v).map(f)).flatten()
+}
+
+/// Changes the stored subnet with `f`; `None` when there is no such subnet.
+pub(super) fn with_subnet<R>(
+    store: &mut Store,
+    subnet: &ResourceId,
+    f: impl FnOnce(&mut Value) -> R,
+) -> Option<R> {
+    with_subnets(store, &subnet.vnet()?, |subnets| {
+        subnets
+            .iter_mut()
+            .find(|s| {
+                s["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(subnet.name()))
+            })
+            .map(f)
     })
+    .flatten()
 }
 
 /// An app of `plan` joined `subnet`: the plan's SAL is added, or, when it was lingering
@@ -145,9 +166,10 @@ pub(crate) fn expire_lingering_links(st: &mut State) {
 
 /// Adds the `AppServiceLink` SAL for `plan` unless the subnet already links it.
 fn add_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
-    let Some(s) = subnet_mut(store, subnet) else {
-        return;
-    };
+    with_subnet(store, subnet, |s| add_sal_to(s, subnet, plan));
+}
+
+fn add_sal_to(s: &mut Value, subnet: &ResourceId, plan: &str) {
     if sal_links(s).iter().any(|l| id_eq(l, plan)) {
         return;
     }
@@ -186,17 +208,19 @@ fn add_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
 }
 
 fn remove_sal(store: &mut Store, subnet: &ResourceId, plan: &str) {
-    if let Some(links) = subnet_mut(store, subnet)
-        .and_then(|s| s.get_mut("properties"))
-        .and_then(|p| p.get_mut("serviceAssociationLinks"))
-        .and_then(Value::as_array_mut)
-    {
-        links.retain(|l| {
-            !l["properties"]["link"]
-                .as_str()
-                .is_some_and(|x| id_eq(x, plan))
-        });
-    }
+    with_subnet(store, subnet, |s| {
+        if let Some(links) = s
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("serviceAssociationLinks"))
+            .and_then(Value::as_array_mut)
+        {
+            links.retain(|l| {
+                !l["properties"]["link"]
+                    .as_str()
+                    .is_some_and(|x| id_eq(x, plan))
+            });
+        }
+    });
 }
 
 /// The VNet's `resourceGuid` (names regional connection entries).

@@ -3,6 +3,7 @@
 //! derives from regional integration.
 
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 use super::regional::{apply_integration, regional_name, set_vnet_name};
 use super::{bad_request, current_subnet, gateway_connections, parse_id, plan_members};
@@ -35,19 +36,19 @@ pub(crate) fn list_connections(st: &State, target: &ResourceId) -> Reply {
         return Reply::not_found(target.as_str());
     };
     let mut list = gateway_connections(st, target);
-    list.extend(regional_entry(st, target, site));
+    list.extend(regional_entry(st, target, &site));
     Reply::ok(Value::Array(list))
 }
 
 pub(crate) fn get_connection(st: &State, id: &ResourceId) -> Reply {
     if let Some(v) = st.store.get(id) {
-        return Reply::ok(v.clone());
+        return Reply::ok(v.into_owned());
     }
     let target = id.parent().expect("connection has a parent");
     match st
         .store
         .get(&target)
-        .and_then(|s| regional_entry(st, &target, s))
+        .and_then(|s| regional_entry(st, &target, &s))
     {
         Some(e)
             if e["name"]
@@ -66,7 +67,7 @@ pub(crate) fn get_connection(st: &State, id: &ResourceId) -> Reply {
 /// `resyncRequired: true` until a VPN package is handed over (`put_connection_gateway`).
 pub(crate) fn put_connection(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
     let target = id.parent().expect("connection has a parent");
-    let Some(mut site) = st.store.get(&target).cloned() else {
+    let Some(mut site) = st.store.get(&target).map(Cow::into_owned) else {
         return Reply::not_found(target.as_str());
     };
     let Some(vnet) = parse_id(&body["properties"]["vnetResourceId"]) else {
@@ -130,7 +131,7 @@ pub(crate) fn put_connection(st: &mut State, id: &ResourceId, body: &Value) -> R
 /// authenticate the app.
 pub(crate) fn put_connection_gateway(st: &mut State, id: &ResourceId, body: &Value) -> Reply {
     let conn_id = id.parent().expect("gateway below a connection");
-    let Some(mut conn) = st.store.get(&conn_id).cloned() else {
+    let Some(mut conn) = st.store.get(&conn_id).map(Cow::into_owned) else {
         return Reply::not_found(conn_id.as_str());
     };
     // [TSP-VnetGateway]: the only gateway name is `primary`.
@@ -164,7 +165,7 @@ pub(crate) fn put_connection_gateway(st: &mut State, id: &ResourceId, body: &Val
     let gateway_trusts = gateway
         .as_ref()
         .and_then(|g| st.store.get(g))
-        .is_some_and(|g| network::trusts(g, cert));
+        .is_some_and(|g| network::trusts(&g, cert));
     if !gateway_trusts || !package.root_certificates.iter().any(|c| c == cert) {
         return bad_request(format!(
             "The gateway of {} does not trust the app's certificate {}: add it as a point-to-site root certificate and generate a new VPN package.",
@@ -198,7 +199,7 @@ pub(crate) fn put_connection_gateway(st: &mut State, id: &ResourceId, body: &Val
 pub(crate) fn delete_connection(st: &mut State, id: &ResourceId) -> Reply {
     let target = id.parent().expect("connection has a parent");
     if st.store.remove_tree(id) {
-        if let Some(mut site) = st.store.get(&target).cloned() {
+        if let Some(mut site) = st.store.get(&target).map(Cow::into_owned) {
             if current_subnet(&site).is_none() {
                 let rest = gateway_connections(st, &target)
                     .first()
@@ -211,7 +212,7 @@ pub(crate) fn delete_connection(st: &mut State, id: &ResourceId) -> Reply {
         return Reply::empty(200);
     }
     // The derived regional entry can be deleted too: it removes regional integration.
-    if let Some(mut site) = st.store.get(&target).cloned() {
+    if let Some(mut site) = st.store.get(&target).map(Cow::into_owned) {
         if regional_entry(st, &target, &site).is_some_and(|e| {
             e["name"]
                 .as_str()
@@ -371,7 +372,12 @@ mod tests {
         }
 
         fn put_gateway_roots(&mut self, roots: Value) -> Reply {
-            let mut gw = self.st.store.get(&self.gateway).unwrap().clone();
+            let mut gw = self
+                .st
+                .store
+                .get(&self.gateway)
+                .map(std::borrow::Cow::into_owned)
+                .unwrap();
             gw["properties"]["vpnClientConfiguration"]["vpnClientRootCertificates"] = roots;
             call(&mut self.st, "PUT", self.gateway.as_str(), gw)
         }

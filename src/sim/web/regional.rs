@@ -3,6 +3,7 @@
 //! `networkConfig/virtualNetwork` sub-resource.
 
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 use super::sites::write_site;
 use super::{bad_request, current_subnet, gateway_connections, has_knob, plan_members, plan_of};
@@ -54,7 +55,7 @@ pub(super) fn check_connect(
     if ["free", "shared", "dynamic", "isolated", "isolatedv2"].contains(&tier.as_str()) {
         return Err(bad_request(format!("Regional virtual network integration is not supported for App Service plans in the {} tier.", plan["sku"]["tier"].as_str().unwrap_or_default())));
     }
-    if has_knob(plan, "old-scale-unit") {
+    if has_knob(&plan, "old-scale-unit") {
         return Err(bad_request("Regional virtual network integration is not supported on the scale unit hosting this app (swiftSupported is false).".into()));
     }
     if !gateway_connections(st, target).is_empty() {
@@ -195,7 +196,7 @@ pub(super) fn apply_integration(
 fn swift_body(st: &State, target: &ResourceId, site: &Value) -> Value {
     let supported = plan_of(st, target, site)
         .and_then(|p| st.store.get(&p))
-        .is_none_or(|p| !has_knob(p, "old-scale-unit"));
+        .is_none_or(|p| !has_knob(&p, "old-scale-unit"));
     json!({
         "id": format!("{}/networkConfig/virtualNetwork", target.as_str()),
         "name": "virtualNetwork",
@@ -210,7 +211,7 @@ fn swift_body(st: &State, target: &ResourceId, site: &Value) -> Value {
 
 pub(crate) fn get_swift(st: &State, target: &ResourceId) -> Reply {
     match st.store.get(target) {
-        Some(site) => Reply::ok(swift_body(st, target, site)),
+        Some(site) => Reply::ok(swift_body(st, target, &site)),
         None => Reply::not_found(target.as_str()),
     }
 }
@@ -236,7 +237,7 @@ pub(crate) fn put_swift(st: &mut State, target: &ResourceId, body: &Value) -> Re
 
 /// Swift DELETE: 200 with an empty body, also when there is nothing to remove.
 pub(crate) fn delete_swift(st: &mut State, target: &ResourceId) -> Reply {
-    let Some(mut site) = st.store.get(target).cloned() else {
+    let Some(mut site) = st.store.get(target).map(Cow::into_owned) else {
         return Reply::not_found(target.as_str());
     };
     if let Some(old) = current_subnet(&site) {
@@ -289,7 +290,7 @@ mod tests {
 
     fn connect(st: &State, app: &str, subnet: &str) -> Result<(), Reply> {
         let target = id(&format!("Microsoft.Web/sites/{app}"));
-        let site = st.store.get(&target).unwrap().clone();
+        let site = st.store.get(&target).unwrap();
         check_connect(
             st,
             &target,
@@ -365,7 +366,7 @@ mod tests {
         let sn = id("Microsoft.Network/virtualNetworks/v/subnets/small");
         let links =
             |st: &State| network::sal_links(&network::find_subnet(&st.store, &sn).unwrap().1);
-        let mut site = st.store.get(&target).unwrap().clone();
+        let mut site = st.store.get(&target).map(Cow::into_owned).unwrap();
         apply_integration(&mut st, &target, &mut site, None, Some(sn.clone()));
         assert_eq!(links(&st).len(), 1);
         apply_integration(&mut st, &target, &mut site, Some(sn.clone()), None);

@@ -1,6 +1,7 @@
 //! Sites and slots (GET/PUT/PATCH/DELETE with App Service's server-filled defaults and
 //! ETags), `config/web`, and Key Vault reference status.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use serde_json::{json, Map, Value};
@@ -48,8 +49,8 @@ fn site_reply(status: u16, ctx: &Ctx, v: Value) -> Reply {
 }
 
 pub(crate) fn get_site(st: &State, ctx: &Ctx, id: &ResourceId) -> Reply {
-    match st.store.get(id) {
-        Some(v) => site_reply(200, ctx, v.clone()),
+    match st.store.get(id).map(Cow::into_owned) {
+        Some(v) => site_reply(200, ctx, v),
         None => Reply::not_found(id.as_str()),
     }
 }
@@ -145,7 +146,7 @@ pub(super) fn write_site(
             "The request body must be a JSON object.".into(),
         ));
     }
-    let old = st.store.get(id).cloned();
+    let old = st.store.get(id).map(Cow::into_owned);
     let created = old.is_none();
     if created && !create_ok {
         return Err(Reply::not_found(id.as_str()));
@@ -197,7 +198,11 @@ pub(super) fn write_site(
     if let Some(plan) = plan_of(st, id, &site) {
         site["properties"]["serverFarmId"] = json!(plan.as_str());
         // The site's `sku` is its plan's tier (recording test_webapp_vnetE2E #22).
-        if let Some(tier) = st.store.get(&plan).and_then(|p| p["sku"]["tier"].as_str()) {
+        if let Some(tier) = st
+            .store
+            .get(&plan)
+            .and_then(|p| p["sku"]["tier"].as_str().map(String::from))
+        {
             site["properties"]["sku"] = json!(tier);
         }
     }
@@ -257,7 +262,7 @@ pub(crate) fn patch_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
 }
 
 pub(crate) fn delete_site(st: &mut State, id: &ResourceId) -> Reply {
-    let Some(site) = st.store.get(id).cloned() else {
+    let Some(site) = st.store.get(id).map(Cow::into_owned) else {
         return Reply::empty(204);
     };
     let targets: Vec<(ResourceId, Value)> = std::iter::once((id.clone(), site))
@@ -298,14 +303,14 @@ fn config_web_body(target: &ResourceId, site: &Value) -> Value {
 
 pub(crate) fn get_config_web(st: &State, target: &ResourceId) -> Reply {
     match st.store.get(target) {
-        Some(site) => Reply::ok(config_web_body(target, site)),
+        Some(site) => Reply::ok(config_web_body(target, &site)),
         None => Reply::not_found(target.as_str()),
     }
 }
 
 /// PUT/PATCH `config/web`: merges into the stored siteConfig (vnetName stays server-owned).
 pub(crate) fn write_config_web(st: &mut State, target: &ResourceId, body: &Value) -> Reply {
-    let Some(mut site) = st.store.get(target).cloned() else {
+    let Some(mut site) = st.store.get(target).map(Cow::into_owned) else {
         return Reply::not_found(target.as_str());
     };
     let mut props = body.get("properties").cloned().unwrap_or_else(|| json!({}));
@@ -334,7 +339,7 @@ pub(crate) fn render_kv_reference(st: &State, mut v: Value) -> Value {
     let broken = target
         .filter(is_target)
         .and_then(|t| st.store.get(&t))
-        .is_some_and(|s| has_knob(s, "kv-breaks-after-connect") && current_subnet(s).is_some());
+        .is_some_and(|s| has_knob(&s, "kv-breaks-after-connect") && current_subnet(&s).is_some());
     if broken {
         v["properties"]["status"] = json!("AccessToKeyVaultDenied");
     }
