@@ -416,48 +416,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cutover_times_keep_the_first_disconnect_and_the_last_connect() {
-        let (_d, s) = store();
-        let m = msg("a", Step::Disconnect);
-        let t = |secs: i64| time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(secs);
-        let step = |cutover: Cutover| StepRecord {
-            run: m.run.clone(),
-            target: m.target.clone(),
-            step: Step::Disconnect,
-            attempt: 0,
-            message_id: m.message_id(),
-            detail: String::new(),
-            at: now(),
-            duration_ms: 1,
-            next: Some(Step::Configure),
-            outcome: None,
-            subnet: None,
-            prefix: None,
-            gateway: None,
-            cutover,
-        };
-        let times = |d: Option<i64>, c: Option<i64>| Cutover {
-            disconnected_at: d.map(t),
-            connected_at: c.map(t),
-        };
-        // The cut-over fails after the DELETE; the re-sent step observes the connection gone
-        // later and connects; a rollback ends the downtime later still; a step that observed
-        // nothing leaves both as they are.
-        for (observed, expected) in [
-            (times(Some(10), None), times(Some(10), None)),
-            (times(Some(12), Some(19)), times(Some(10), Some(19))),
-            (times(None, Some(40)), times(Some(10), Some(40))),
-            (times(None, None), times(Some(10), Some(40))),
-        ] {
-            s.record(&step(observed)).await.unwrap();
-            let got = s.target(&m.run, &m.target).await.unwrap().unwrap().cutover;
-            assert_eq!(got, expected);
-        }
-        let t = s.target(&m.run, &m.target).await.unwrap().unwrap();
-        assert_eq!(t.cutover.downtime(), Some(time::Duration::seconds(30)));
-    }
-
-    #[tokio::test]
     async fn a_state_file_from_before_the_cutover_columns_opens_and_reads() {
         let dir = super::super::test_support::Dir::new();
         let path = dir.path().join("old.db");
