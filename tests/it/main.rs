@@ -11,6 +11,7 @@ mod functions_host;
 mod html_report;
 mod loop_prevention;
 mod operator;
+mod permissions;
 mod plan_file;
 mod resilience;
 mod rollout_waves;
