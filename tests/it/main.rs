@@ -9,6 +9,7 @@ mod cli;
 mod functions_decode;
 mod functions_host;
 mod html_report;
+mod infra;
 mod loop_prevention;
 mod operator;
 mod permissions;
