@@ -4,6 +4,7 @@ pub mod arm;
 pub mod credential;
 pub mod models;
 pub mod pacer;
+pub mod permissions;
 pub(crate) mod resource_id;
 pub mod servicebus;
 

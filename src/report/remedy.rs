@@ -261,4 +261,22 @@ mod tests {
         assert!(remedy_for(UNFINISHED).contains("resume"));
         assert!(remedy_for("blocked:teleported").contains("does not know"));
     }
+
+    /// The runbook's outcome table says what `status` says: every remedy word for word, and
+    /// every blocked reason by its label.
+    #[test]
+    fn the_runbook_quotes_every_remedy() {
+        let runbook = include_str!("../../docs/runbooks.md");
+        for o in every_outcome() {
+            let r = remedy(&o);
+            assert!(
+                runbook.contains(r),
+                "docs/runbooks.md lacks the remedy of {o}: {r}"
+            );
+        }
+        for r in BlockedReason::ALL {
+            let label = format!("`{}`", Outcome::Blocked(*r));
+            assert!(runbook.contains(&label), "docs/runbooks.md lacks {label}");
+        }
+    }
 }

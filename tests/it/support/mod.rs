@@ -368,6 +368,11 @@ impl Rig {
         invariants::subscriptions(&self.fleet)
     }
 
+    /// The simulator's base URL (for a test that puts something between client and ARM).
+    pub fn sim_url(&self) -> String {
+        self._server.url()
+    }
+
     pub fn engine(&self, store: Arc<SqliteStore>, policy: &Policy) -> Engine<Migration> {
         Engine::new(Migration::new(
             StepContext::new(self.arm.clone(), Arc::new(policy.clone()), store)
