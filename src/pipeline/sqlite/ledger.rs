@@ -278,17 +278,8 @@ mod tests {
     use super::super::test_support::{msg, now, store};
     use super::*;
     use crate::pipeline::message::Step;
-    use crate::pipeline::reason::{HealthFailure, ParkReason, RollbackReason};
+    use crate::pipeline::reason::{HealthFailure, RollbackReason};
     use crate::pipeline::Outcome;
-
-    fn gateway() -> GatewaySnapshot {
-        serde_json::from_value(serde_json::json!({
-            "name": "gw",
-            "vnetResourceId": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v",
-            "dnsServers": "10.0.0.4"
-        }))
-        .unwrap()
-    }
 
     #[tokio::test]
     async fn a_run_registers_its_targets_in_one_go_and_once() {
@@ -305,75 +296,6 @@ mod tests {
         assert!(rows
             .iter()
             .all(|t| t.current_step == Some(Step::Discover) && t.steps == 0));
-    }
-
-    #[tokio::test]
-    async fn runs_round_trip_and_start_run_is_idempotent() {
-        let (_d, s) = store();
-        let run = RunRecord {
-            run: RunId("r-1".into()),
-            started_at: time::macros::datetime!(2026-11-23 10:20:30.5 UTC),
-            dry_run: true,
-            origin: "vnet-migrate rehearse".into(),
-        };
-        s.start_run(&run).await.unwrap();
-        s.start_run(&RunRecord {
-            dry_run: false,
-            ..run.clone()
-        })
-        .await
-        .unwrap();
-        assert_eq!(s.runs().await.unwrap(), vec![run]);
-    }
-
-    #[tokio::test]
-    async fn a_target_row_keeps_every_field() {
-        let (_d, s) = store();
-        let m = msg("a", Step::PrepareSubnet);
-        let started = now();
-        s.add_target(&m.run, &m.target, started).await.unwrap();
-        s.save_gateway(&m.run, &m.target, &gateway()).await.unwrap();
-        let subnet = ResourceId::parse("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/apps").unwrap();
-        let rec = StepRecord {
-            run: m.run.clone(),
-            target: m.target.clone(),
-            step: Step::PrepareSubnet,
-            attempt: 2,
-            message_id: m.message_id(),
-            detail: "subnet ready".into(),
-            at: now(),
-            duration_ms: 7,
-            next: None,
-            outcome: Some(Outcome::Parked(ParkReason::SubnetConflict)),
-            subnet: Some(subnet.clone()),
-            prefix: Some("10.0.1.0/26".into()),
-            gateway: None,
-            cutover: Cutover {
-                disconnected_at: Some(now()),
-                connected_at: None,
-            },
-        };
-        s.record(&rec).await.unwrap();
-        let t = s.target(&m.run, &m.target).await.unwrap().unwrap();
-        assert_eq!(t.run, m.run);
-        assert_eq!(t.target, m.target);
-        assert_eq!(t.outcome, rec.outcome);
-        assert_eq!(t.current_step, None);
-        assert_eq!((t.steps, t.attempts), (1, 2));
-        assert_eq!(t.reason.as_deref(), Some("subnet-conflict"));
-        assert_eq!(t.subnet, Some(subnet));
-        assert_eq!(t.prefix.as_deref(), Some("10.0.1.0/26"));
-        assert_eq!(t.gateway, Some(gateway()), "kept when a step records none");
-        assert_eq!(t.started_at, started);
-        assert_eq!((t.updated_at, t.finished_at), (rec.at, Some(rec.at)));
-        assert_eq!(t.cutover, rec.cutover);
-        assert_eq!(s.targets(&m.run).await.unwrap(), vec![t]);
-        let log = s.step_log(&m.run, &m.target).await.unwrap();
-        assert_eq!(log.len(), 1);
-        assert_eq!(
-            (log[0].step, log[0].attempt, log[0].at, log[0].duration_ms),
-            (Step::PrepareSubnet, 2, rec.at, 7)
-        );
     }
 
     #[tokio::test]
