@@ -31,7 +31,8 @@ enum Action {
     Start(run::Args),
     /// The run's targets and waves (with their gates), from the state file.
     Status(status::Args),
-    /// Hold new waves and new steps (steps in flight finish); the rollout exits 1 paused.
+    /// Hold new waves and new steps (steps in flight finish, and a cut-over or rollback whose
+    /// app may be off its VNet is still carried out); the rollout exits 1 paused.
     Pause(On),
     /// Continue a paused rollout, or one stopped at a gate (past that gate).
     Resume(On),

@@ -55,8 +55,9 @@ impl Step {
         }
     }
 
-    /// Scheduling priority levels of the embedded queue, highest first.
-    pub(crate) const PRIORITIES: [u8; 3] = [2, 1, 0];
+    /// Scheduling priority levels of the embedded queue, highest first: [`URGENT`] (a message
+    /// whose app may be off its VNet), then the steps' own levels.
+    pub(crate) const PRIORITIES: [u8; 4] = [URGENT, 2, 1, 0];
 
     /// The step's level: targets past planning (their subnet writes and cut-overs feed the
     /// VNet chains that bound a run) go before planning discovered ones, and those before
@@ -232,7 +233,23 @@ pub enum MessageError {
     Id(#[from] ResourceIdError),
 }
 
+/// The level of a message whose app may be off its VNet right now: a cut-over re-sent after
+/// its gateway connection was removed (it carries the saved connection), or a rollback. Such a
+/// message goes first, and a paused run still delivers it: holding it would keep an app
+/// offline until an operator resumes.
+pub(crate) const URGENT: u8 = 3;
+
 impl StepMessage {
+    /// This message's scheduling level in the embedded queue.
+    pub(crate) fn priority(&self) -> u8 {
+        let cut = matches!(self.step, Step::Disconnect | Step::Connect) && self.gateway.is_some();
+        if cut || self.step == Step::Rollback {
+            URGENT
+        } else {
+            self.step.priority()
+        }
+    }
+
     pub fn new(run: RunId, target: ResourceId, step: Step, origin: Origin) -> Self {
         StepMessage {
             v: MESSAGE_VERSION,

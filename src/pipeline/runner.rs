@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tokio::task::JoinSet;
 
 use super::engine::Engine;
-use super::message::StepMessage;
+use super::message::{StepMessage, URGENT};
 use super::queue::QueueError;
 use super::reconciler::Reconciler;
 use super::sqlite::{Delivery, SqliteStore};
@@ -94,7 +94,10 @@ impl<R: Reconciler> Runner<R> {
         let mut hold = self.hold.clone();
         loop {
             let held = hold.as_mut().is_some_and(|h| *h.borrow_and_update());
-            if held && tasks.is_empty() {
+            // Held (a paused rollout), nothing new starts, but a message whose app may be off
+            // its VNet is still delivered: holding it would keep the app offline until resume.
+            let min_level = if held { URGENT } else { 0 };
+            if held && tasks.is_empty() && !self.store.has_active_at_least(URGENT)? {
                 return Ok(stats);
             }
             let now = OffsetDateTime::now_utc();
@@ -107,24 +110,28 @@ impl<R: Reconciler> Runner<R> {
             };
             // Fill the pool.
             let mut exhausted = false;
-            while !held && tasks.len() < self.config.max_in_flight {
+            while tasks.len() < self.config.max_in_flight {
                 let full = full(&in_flight);
                 let full: Vec<&str> = full.iter().map(String::as_str).collect();
                 stats.polls += 1;
-                let Some(delivery) = self.store.receive(now, self.config.lease, &full)? else {
+                let Some(delivery) =
+                    self.store
+                        .receive_at_least(now, self.config.lease, &full, min_level)?
+                else {
                     exhausted = true;
                     break;
                 };
                 let sub = delivery.subscription.clone();
                 *in_flight.entry(sub.clone()).or_default() += 1;
-                let (store, engine, on_step, lease) = (
+                let (store, engine, on_step, lease, held) = (
                     self.store.clone(),
                     self.engine.clone(),
                     self.on_step.clone(),
                     self.config.lease,
+                    self.hold.clone(),
                 );
                 tasks.spawn(async move {
-                    let r = work(&store, &engine, delivery, lease, on_step.as_ref()).await;
+                    let r = work(&store, &engine, delivery, lease, on_step.as_ref(), held).await;
                     (sub, r)
                 });
             }
@@ -134,7 +141,7 @@ impl<R: Reconciler> Runner<R> {
             if exhausted {
                 let full = full(&in_flight);
                 let full: Vec<&str> = full.iter().map(String::as_str).collect();
-                wake_at = self.store.next_visible_at(now, &full)?;
+                wake_at = self.store.next_visible_at_least(now, &full, min_level)?;
                 if tasks.is_empty() {
                     let counts = self.store.counts_at(now)?;
                     if counts.active == 0 && counts.locked == 0 {
@@ -192,6 +199,7 @@ async fn work<R: Reconciler>(
     first: Delivery,
     lease: Duration,
     on_step: Option<&OnStep>,
+    hold: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<RunStats, QueueError> {
     let mut done = RunStats::default();
     let mut delivery = Some(first);
@@ -211,7 +219,19 @@ async fn work<R: Reconciler>(
         };
         let executed = engine.execute(&msg).await;
         let now = OffsetDateTime::now_utc();
-        match store.commit_and_continue(&d, &executed.next, Some(&executed.record), now, lease) {
+        // A held run continues a session only with a message that may not wait.
+        let min_level = match &hold {
+            Some(h) if *h.borrow() => URGENT,
+            _ => 0,
+        };
+        match store.commit_and_continue(
+            &d,
+            &executed.next,
+            Some(&executed.record),
+            now,
+            lease,
+            min_level,
+        ) {
             Ok(next) => delivery = next,
             // Another worker got it after our lease expired; its result stands.
             Err(QueueError::LockLost(id)) => {

@@ -89,7 +89,7 @@ fn candidate_sql() -> String {
           WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.priority=levels.p
             AND h.visible_at<=?1 AND (h.locked_until IS NULL OR h.locked_until<=?1)
           ORDER BY h.visible_at, h.seq LIMIT 1)
-        WHERE subs.s NOT IN (SELECT value FROM json_each(?2))
+        WHERE subs.s NOT IN (SELECT value FROM json_each(?2)) AND levels.p>=?3
         ORDER BY q.priority DESC, q.visible_at, q.seq LIMIT 1",
         levels()
     )
@@ -104,7 +104,8 @@ fn next_visible_sql() -> String {
                       AND h.priority=levels.p AND h.visible_at>?1
                     ORDER BY h.visible_at LIMIT 1))
         FROM subs CROSS JOIN levels
-        WHERE subs.s IS NOT NULL AND subs.s NOT IN (SELECT value FROM json_each(?2))",
+        WHERE subs.s IS NOT NULL AND subs.s NOT IN (SELECT value FROM json_each(?2))
+          AND levels.p>=?3",
         levels()
     )
 }
@@ -119,7 +120,7 @@ pub(super) fn prioritise_live(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     for (seq, body) in live {
         // An undecodable body keeps level 0; it is dead-lettered when delivered.
         if let Ok(m) = StepMessage::decode(&body) {
-            set.execute(params![seq, m.step.priority()])?;
+            set.execute(params![seq, m.priority()])?;
         }
     }
     Ok(())
@@ -177,7 +178,7 @@ impl SqliteStore {
                 m.message.encode(),
                 visible_at,
                 is_head,
-                m.message.step.priority()
+                m.message.priority()
             ])
             .map_err(storage)?;
         }
@@ -201,16 +202,31 @@ impl SqliteStore {
     /// its own best head, so a backlog in a full subscription never hides another
     /// subscription's work. A message already delivered `max_delivery_count` times is
     /// dead-lettered instead.
+    #[cfg(test)]
     pub(crate) fn receive(
         &self,
         now: OffsetDateTime,
         lease: Duration,
         full: &[&str],
     ) -> Result<Option<Delivery>, QueueError> {
+        self.receive_at_least(now, lease, full, 0)
+    }
+
+    /// `receive`, among messages of level `min_level` or above only (a paused run takes
+    /// only `message::URGENT` ones).
+    pub(crate) fn receive_at_least(
+        &self,
+        now: OffsetDateTime,
+        lease: Duration,
+        full: &[&str],
+        min_level: u8,
+    ) -> Result<Option<Delivery>, QueueError> {
         let now = UnixMs::at(now);
         let full = serde_json::to_string(full).expect("strings serialise");
         self.transaction(storage, |tx| {
-            self.lease_first(tx, now.after(lease), |tx| Self::candidate(tx, now, &full))
+            self.lease_first(tx, now.after(lease), |tx| {
+                Self::candidate(tx, now, &full, min_level)
+            })
         })
     }
 
@@ -236,10 +252,14 @@ impl SqliteStore {
         tx: &Transaction<'_>,
         now: UnixMs,
         full: &str,
+        min_level: u8,
     ) -> Result<Option<Candidate>, QueueError> {
         let sql = candidate_sql();
         tx.prepare_cached(&sql)
-            .and_then(|mut s| s.query_row(params![now, full], Candidate::read).optional())
+            .and_then(|mut s| {
+                s.query_row(params![now, full, min_level], Candidate::read)
+                    .optional()
+            })
             .map_err(storage)
     }
 
@@ -265,17 +285,38 @@ impl SqliteStore {
     /// When the runner should look again: the earliest future visibility of a session head
     /// in a subscription not in `full` (one index seek per subscription). Heads of full
     /// subscriptions wait for a worker to finish; messages behind a head for the head.
+    #[cfg(test)]
     pub(crate) fn next_visible_at(
         &self,
         now: OffsetDateTime,
         full: &[&str],
+    ) -> Result<Option<OffsetDateTime>, QueueError> {
+        self.next_visible_at_least(now, full, 0)
+    }
+
+    /// Whether a live message of level `min_level` or above is waiting or leased.
+    pub(crate) fn has_active_at_least(&self, min_level: u8) -> Result<bool, QueueError> {
+        self.conn()
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM queue WHERE state='active' AND priority>=?1)",
+            )
+            .and_then(|mut s| s.query_row(params![min_level], |r| r.get(0)))
+            .map_err(storage)
+    }
+
+    /// `next_visible_at` among messages of level `min_level` or above only.
+    pub(crate) fn next_visible_at_least(
+        &self,
+        now: OffsetDateTime,
+        full: &[&str],
+        min_level: u8,
     ) -> Result<Option<OffsetDateTime>, QueueError> {
         let sql = next_visible_sql();
         let full = serde_json::to_string(full).expect("strings serialise");
         let v: Option<UnixMs> = self
             .conn()
             .prepare_cached(&sql)
-            .and_then(|mut s| s.query_row(params![UnixMs::at(now), full], |r| r.get(0)))
+            .and_then(|mut s| s.query_row(params![UnixMs::at(now), full, min_level], |r| r.get(0)))
             .map_err(storage)?;
         Ok(v.map(UnixMs::datetime))
     }
@@ -316,6 +357,7 @@ impl SqliteStore {
         record: Option<&StepRecord>,
         now: OffsetDateTime,
         lease: Duration,
+        min_level: u8,
     ) -> Result<Option<Delivery>, QueueError> {
         let now = UnixMs::at(now);
         self.transaction(storage, |tx| {
@@ -324,11 +366,15 @@ impl SqliteStore {
                 tx.prepare_cached(
                     "SELECT seq, message_id, session_id, subscription, delivery_count FROM queue
                      WHERE session_id=?1 AND state='active' AND head=1 AND subscription=?2
-                       AND visible_at<=?3 AND (locked_until IS NULL OR locked_until<=?3)",
+                       AND visible_at<=?3 AND (locked_until IS NULL OR locked_until<=?3)
+                       AND priority>=?4",
                 )
                 .and_then(|mut s| {
-                    s.query_row(params![d.session_id, d.subscription, now], Candidate::read)
-                        .optional()
+                    s.query_row(
+                        params![d.session_id, d.subscription, now, min_level],
+                        Candidate::read,
+                    )
+                    .optional()
                 })
                 .map_err(storage)
             })
@@ -716,12 +762,12 @@ mod tests {
                     && !l.contains("CONSTANT")
             })
         };
-        let next = plan(&next_visible_sql(), &[&0i64, &"[]"]);
+        let next = plan(&next_visible_sql(), &[&0i64, &"[]", &0i64]);
         assert!(
             next.contains("INDEX queue_heads (subscription=? AND priority=? AND visible_at>?)"),
             "{next}"
         );
-        let cand = plan(&candidate_sql(), &[&0i64, &"[]"]);
+        let cand = plan(&candidate_sql(), &[&0i64, &"[]", &0i64]);
         assert!(
             cand.contains("INDEX queue_heads (subscription=? AND priority=? AND visible_at<?)"),
             "{cand}"
@@ -860,7 +906,7 @@ mod tests {
             .unwrap();
         let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         let next = s
-            .commit_and_continue(&d, &[], None, now(), LEASE)
+            .commit_and_continue(&d, &[], None, now(), LEASE, 0)
             .unwrap()
             .expect("the session's next message");
         assert_eq!(
@@ -874,7 +920,7 @@ mod tests {
             visible_at: now() + time::Duration::seconds(30),
         };
         assert!(s
-            .commit_and_continue(&next, &[later], None, now(), LEASE)
+            .commit_and_continue(&next, &[later], None, now(), LEASE, 0)
             .unwrap()
             .is_none());
         assert_eq!(s.counts().unwrap().active, 1);
@@ -903,11 +949,67 @@ mod tests {
             .unwrap();
         let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         assert!(s
-            .commit_and_continue(&d, &[], None, now(), LEASE)
+            .commit_and_continue(&d, &[], None, now(), LEASE, 0)
             .unwrap()
             .is_none());
         let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         assert_eq!(d.message_id, other.message_id());
+    }
+
+    /// A paused run takes only messages whose app may be off its VNet (a cut-over re-sent
+    /// with its saved gateway connection, a rollback): they go first anyway, and nothing else
+    /// is delivered, continued in its session, or waited for.
+    #[tokio::test]
+    async fn a_paused_run_takes_only_the_messages_whose_app_may_be_offline() {
+        let (_d, s) = store();
+        let gateway: crate::pipeline::message::GatewaySnapshot =
+            serde_json::from_value(serde_json::json!({
+                "name": "hub",
+                "vnetResourceId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/hub"
+            }))
+            .unwrap();
+        let mut cut = msg("b", Step::Disconnect);
+        cut.gateway = Some(gateway);
+        let later = now() + time::Duration::seconds(30);
+        s.send(vec![
+            Outgoing::now(msg("a", Step::Disconnect)),
+            Outgoing::now(msg("c", Step::Plan)),
+            Outgoing {
+                message: cut.clone(),
+                visible_at: later,
+            },
+        ])
+        .await
+        .unwrap();
+        let urgent = crate::pipeline::message::URGENT;
+        assert!(s
+            .receive_at_least(now(), LEASE, &[], urgent)
+            .unwrap()
+            .is_none());
+        assert!(s.has_active_at_least(urgent).unwrap());
+        assert_eq!(
+            s.next_visible_at_least(now(), &[], urgent)
+                .unwrap()
+                .map(|t| t.unix_timestamp()),
+            Some(later.unix_timestamp())
+        );
+        let d = s
+            .receive_at_least(later, LEASE, &[], urgent)
+            .unwrap()
+            .unwrap();
+        assert_eq!(target_of(&d), "b");
+        // Settled, the session goes on only with another urgent message.
+        let next = Outgoing {
+            message: msg("b", Step::Configure),
+            visible_at: later,
+        };
+        let cont = s
+            .commit_and_continue(&d, &[next], None, later, LEASE, urgent)
+            .unwrap();
+        assert!(cont.is_none());
+        assert!(!s.has_active_at_least(urgent).unwrap());
+        // Unpaused, the rest is delivered as before.
+        assert!(s.receive_at_least(later, LEASE, &[], 0).unwrap().is_some());
     }
 
     /// Targets past planning go first, then planning, then discovery; oldest first within a
