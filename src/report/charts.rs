@@ -2,6 +2,7 @@
 //! so that a browser (and a test reading the rendered DOM) can find it; plus the pure
 //! arithmetic behind them (histogram bins, cumulative steps), tested on its own.
 
+use plotters::coord::types::{RangedCoordf64, RangedCoordu64};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -39,6 +40,25 @@ pub(crate) fn kind_color(kind: &str) -> RGBColor {
 /// Draws one chart into an inline `<svg id=…>` element titled `title`. The namespace
 /// attribute plotters writes is dropped: HTML puts an inline `<svg>` in the SVG namespace by
 /// itself, and the page then holds no URL at all.
+/// The frame of a chart of counts (y, up to `top`) over seconds (x, up to `end`).
+fn seconds_by_count<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+    end: f64,
+    top: u64,
+) -> Result<
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordu64>>,
+    DrawingAreaErrorKind<std::io::Error>,
+> {
+    ChartBuilder::on(root)
+        .caption(title, (FONT, 18))
+        .margin(12)
+        .margin_right(32)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..end, 0u64..top)
+}
+
 fn svg(
     id: &'static str,
     title: &str,
@@ -170,13 +190,7 @@ pub(crate) fn progress(
         finished.len()
     );
     svg("chart-progress", &title, (WIDTH, 380), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(&title, (FONT, 18))
-            .margin(12)
-            .margin_right(32)
-            .x_label_area_size(44)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0.0..end, 0u64..(total.max(1) as u64))?;
+        let mut chart = seconds_by_count(root, &title, end, total.max(1) as u64)?;
         chart
             .configure_mesh()
             .x_desc(x_desc)
@@ -308,13 +322,7 @@ pub(crate) fn downtime(
         bins.width_text()
     );
     svg("chart-downtime", &title, (WIDTH, 380), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(&title, (FONT, 18))
-            .margin(12)
-            .margin_right(32)
-            .x_label_area_size(44)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0.0..end, 0u64..top)?;
+        let mut chart = seconds_by_count(root, &title, end, top)?;
         chart
             .configure_mesh()
             .disable_x_mesh()

@@ -7,17 +7,11 @@
 use serde_json::{json, Value};
 
 use crate::run_state::{exit_ok, Sim};
-use crate::support::{arm_write, get_json, json_stdout};
+use crate::support::{arm_write, get_json, json_stdout, resource_in};
 
 /// The resource `id` as the simulator holds it now.
 fn resource(sim: &Sim, id: &str) -> Value {
-    get_json(&format!("{}/_sim/state", sim.url))["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"].as_str().unwrap().eq_ignore_ascii_case(id))
-        .cloned()
-        .unwrap_or(Value::Null)
+    resource_in(&get_json(&format!("{}/_sim/state", sim.url)), id)
 }
 
 fn target<'a>(report: &'a Value, id: &str) -> &'a Value {

@@ -13,7 +13,9 @@ use vnet_migrate::rehearsal::invariants;
 use vnet_migrate::sim::Fleet;
 
 use crate::cli::POLICY;
-use crate::support::{arm_write, bin, get_json, json_stdout, spawn_simulator, ChildGuard, TempDir};
+use crate::support::{
+    arm_write, bin, get_json, json_stdout, resource_in, spawn_simulator, ChildGuard, TempDir,
+};
 
 struct Sim {
     _child: ChildGuard,
@@ -283,18 +285,13 @@ fn targets_arm_drifted_from_are_held_back_and_get_no_write() {
     // Held back means untouched: the site as it was before the run, gateway connection
     // included, and the taken block was not created again.
     let after = sim.state();
-    let find = |state: &Value, id: &str| -> Value {
-        state["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["id"].as_str().unwrap().eq_ignore_ascii_case(id))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
     for t in drifted {
         let id = t["id"].as_str().unwrap();
-        assert_eq!(find(&after, id), find(&before, id), "{id} was written");
+        assert_eq!(
+            resource_in(&after, id),
+            resource_in(&before, id),
+            "{id} was written"
+        );
     }
     assert!(!subnets(&after).contains_key(&taken), "{taken} was created");
 }

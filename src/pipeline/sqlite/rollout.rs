@@ -14,6 +14,22 @@ use crate::pipeline::message::RunId;
 use crate::pipeline::queue::Outgoing;
 use crate::pipeline::rollout::{Control, Gate, WaveView};
 
+/// The run's control as recorded (running when nothing was asked).
+fn read_control(conn: &rusqlite::Connection, run: &RunId) -> Result<Control, LedgerError> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT control FROM rollout_control WHERE run=?1",
+            params![run],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(lstorage)?;
+    text.map_or(Ok(Control::Running), |t| {
+        Control::parse(&t)
+            .ok_or_else(|| LedgerError::storage(format!("unknown rollout control {t:?}"), None))
+    })
+}
+
 impl SqliteStore {
     /// The run's waves in index order, with their targets' standing now.
     pub fn waves(&self, run: &RunId) -> Result<Vec<WaveView>, LedgerError> {
@@ -123,34 +139,14 @@ impl SqliteStore {
 
     /// What an operator asked of the run's rollout (running when nothing was asked).
     pub(crate) fn control(&self, run: &RunId) -> Result<Control, LedgerError> {
-        let text: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT control FROM rollout_control WHERE run=?1",
-                params![run],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(lstorage)?;
-        text.map_or(Ok(Control::Running), |t| {
-            Control::parse(&t)
-                .ok_or_else(|| LedgerError::storage(format!("unknown rollout control {t:?}"), None))
-        })
+        read_control(&self.conn(), run)
     }
 
     /// Pause or resume; resuming also lets the rollout past the gate it stopped at. An
     /// aborted rollout stays aborted (its untouched targets are cancelled already).
     pub fn set_control(&self, run: &RunId, control: Control) -> Result<Control, LedgerError> {
         self.transaction(lstorage, |tx| {
-            let now: Option<String> = tx
-                .query_row(
-                    "SELECT control FROM rollout_control WHERE run=?1",
-                    params![run],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(lstorage)?;
-            if now.as_deref() == Some(Control::Aborted.as_str()) {
+            if read_control(tx, run)? == Control::Aborted {
                 return Ok(Control::Aborted);
             }
             tx.execute(

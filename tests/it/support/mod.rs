@@ -169,6 +169,17 @@ pub fn arm_write(url: &str, method: reqwest::Method, id: &str, api_version: &str
     assert!(status.is_success(), "{id}: {status}");
 }
 
+/// The resource `id` in a simulator state document (`/_sim/state`), or null.
+pub fn resource_in(state: &Value, id: &str) -> Value {
+    state["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"].as_str().unwrap().eq_ignore_ascii_case(id))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// A command's stdout as the one JSON document `--output json` promises.
 pub fn json_stdout(out: &std::process::Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
