@@ -43,4 +43,36 @@ pub(crate) fn use_simulator_figures(
     p.arm_requests = stats.requests;
     p.arm_writes = stats.writes + stats.deletes;
     p.throttled429 = stats.throttled429;
+    p.busiest_vnet = busiest_vnet(stats, speed);
+}
+
+/// The VNet its operations held longest, with the span from its first to its last.
+fn busiest_vnet(stats: &SimStats, speed: f64) -> Option<report::VnetChain> {
+    let (vnet, held) = stats
+        .vnet_held_seconds
+        .iter()
+        .max_by(|a, b| a.1.total_cmp(b.1))?;
+    let [first, last] = stats.vnet_span_seconds.get(vnet)?;
+    Some(report::VnetChain {
+        held_seconds: round3(held / speed),
+        span_seconds: round3((last - first) / speed),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busiest_vnet_is_the_one_held_longest_with_its_span() {
+        let mut stats = SimStats::default();
+        stats.vnet_held_seconds.insert("v1".into(), 100.0);
+        stats.vnet_held_seconds.insert("v2".into(), 400.0);
+        stats.vnet_span_seconds.insert("v1".into(), [0.0, 500.0]);
+        stats.vnet_span_seconds.insert("v2".into(), [50.0, 550.0]);
+        // At speed 50: held 8 s of a 10 s span, so 2 s idle between its operations.
+        let v = busiest_vnet(&stats, 50.0).unwrap();
+        assert_eq!((v.held_seconds, v.span_seconds), (8.0, 10.0));
+        assert_eq!(busiest_vnet(&SimStats::default(), 50.0), None);
+    }
 }

@@ -72,6 +72,21 @@ pub struct Performance {
     /// simulated seconds, the wall time they took times this speed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) simulated_speed: Option<f64>,
+    /// A rehearsal's busiest VNet, the one whose chain of operations is usually the bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) busiest_vnet: Option<VnetChain>,
+}
+
+/// How one VNet's serial chain filled the run, in the makespan's seconds: its operations held
+/// it for `held_seconds` between its first operation's start and its last one's end
+/// (`span_seconds`); the rest of the span it sat idle (the calls that lead up to each
+/// operation: reads, the gateway DELETE, the PATCH's transport; and the engine's own time),
+/// and the rest of the makespan came before its first operation or after its last.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VnetChain {
+    pub(crate) held_seconds: f64,
+    pub(crate) span_seconds: f64,
 }
 
 /// Nearest-rank percentiles: each is the smallest value with at least that share of the
@@ -275,6 +290,15 @@ impl Report {
             ),
             None => writeln!(s, "downtime n/a (no target was cut over)"),
         };
+        if let Some(v) = &p.busiest_vnet {
+            let _ = writeln!(
+                s,
+                "busiest VNet: held {:.1}s by its operations, idle {:.1}s between them, {:.1}s of the makespan before its first or after its last",
+                v.held_seconds,
+                v.span_seconds - v.held_seconds,
+                p.makespan_seconds - v.span_seconds
+            );
+        }
         s
     }
 }

@@ -267,7 +267,20 @@ pub(super) fn hold(st: &mut State, claim: &Claim, until: Instant, awaited: bool)
     if let Some(s) = &claim.site {
         st.site_busy.insert(s.key().to_string(), until);
     }
+    let speed = st.options.speed();
+    let span = [
+        (now - st.started).as_secs_f64() * speed,
+        (until - st.started).as_secs_f64() * speed,
+    ];
     for (v, s) in &claim.vnets {
+        st.stats
+            .vnet_span_seconds
+            .entry(v.key().to_string())
+            .and_modify(|[first, last]| {
+                *first = first.min(span[0]);
+                *last = last.max(span[1]);
+            })
+            .or_insert(span);
         *st.stats
             .vnet_lock_seconds
             .entry(v.key().to_string())
@@ -461,6 +474,9 @@ mod tests {
         );
         assert_eq!(st.stats.vnet_lock_seconds[&key], 14.0);
         assert!((st.stats.vnet_held_seconds[&key] - 15.0).abs() < 0.01);
+        // The span runs from the first hold's start to the end of the one that ends last.
+        let [first, last] = st.stats.vnet_span_seconds[&key];
+        assert!((last - first - 60.0).abs() < 0.01);
     }
 
     #[test]

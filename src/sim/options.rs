@@ -178,6 +178,11 @@ pub struct SimStats {
     /// `vnet_lock_seconds`.
     #[serde(default)]
     pub vnet_held_seconds: BTreeMap<String, f64>,
+    /// When each VNet's first hold began and its last ended, in simulated seconds since the
+    /// simulator started: with `vnet_held_seconds`, how long the VNet sat idle between its
+    /// operations (what a schedule adds to its chain).
+    #[serde(default)]
+    pub vnet_span_seconds: BTreeMap<String, [f64; 2]>,
 }
 
 fn one() -> u32 {

@@ -57,6 +57,8 @@ pub(crate) struct State {
     pub(crate) throttle: Throttle,
     pub(crate) rng: ChaCha8Rng,
     pub(crate) stats: SimStats,
+    /// When the simulator started (`SimStats::vnet_span_seconds` counts from it).
+    pub(crate) started: Instant,
     pub(crate) injected: Vec<InjectedFault>,
     pub(crate) operations: HashMap<String, Operation>,
     /// When each operation may be forgotten (`OPERATION_RETENTION_SECONDS` after it is due
@@ -90,6 +92,7 @@ impl State {
             rng: ChaCha8Rng::seed_from_u64(options.seed),
             options,
             stats: SimStats::default(),
+            started: Instant::now(),
             injected: Vec::new(),
             operations: HashMap::new(),
             operation_expiry: BinaryHeap::new(),
