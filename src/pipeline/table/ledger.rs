@@ -25,9 +25,11 @@ use time::OffsetDateTime;
 use super::client::{key, literal, TableAuth, TableClient, TableError};
 use crate::azure::ResourceId;
 use crate::pipeline::ledger::{
-    Ledger, LedgerError, RunRecord, StepLogEntry, StepRecord, TargetRecord,
+    Ledger, LedgerError, Released, RunRecord, StepLogEntry, StepRecord, TargetRecord,
 };
 use crate::pipeline::message::{GatewaySnapshot, RunId, Step};
+use crate::pipeline::queue::Outgoing;
+use crate::pipeline::rollout::{Control, Gate, WaveView};
 
 const RUNS: &str = "runs";
 const TARGETS: &str = "targets";
@@ -40,10 +42,10 @@ const RECORD_ID: &str = "recordId";
 /// The ledger in Azure Table Storage.
 #[derive(Debug)]
 pub struct TableLedger {
-    client: TableClient,
+    pub(super) client: TableClient,
 }
 
-fn storage(what: String) -> impl FnOnce(TableError) -> LedgerError {
+pub(super) fn storage(what: String) -> impl FnOnce(TableError) -> LedgerError {
     move |e| LedgerError::storage(what, Some(Box::new(e)))
 }
 
@@ -52,7 +54,7 @@ impl TableLedger {
     pub async fn open(endpoint: &str, auth: TableAuth) -> Result<Self, LedgerError> {
         let client = TableClient::new(endpoint, auth)
             .map_err(|e| LedgerError::storage("cannot use the Table ledger", Some(Box::new(e))))?;
-        for table in [RUNS, TARGETS, STEPLOG] {
+        for table in [RUNS, TARGETS, STEPLOG, super::rollout::ROLLOUTS] {
             client
                 .create_table(table)
                 .await
@@ -61,7 +63,7 @@ impl TableLedger {
         Ok(TableLedger { client })
     }
 
-    async fn read_target(
+    pub(super) async fn read_target(
         &self,
         run: &RunId,
         target: &ResourceId,
@@ -78,12 +80,30 @@ impl TableLedger {
         Ok(Some((record, entity.properties, entity.etag)))
     }
 
+    /// Registers a target untouched by any step, in `wave`; one registered already is left
+    /// as it is.
+    pub(super) async fn insert_target(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+        at: OffsetDateTime,
+        wave: Option<u32>,
+    ) -> Result<(), LedgerError> {
+        let record = untouched(run, target, at, wave);
+        let row = target_entity(&record, &uuid::Uuid::new_v4().to_string())?;
+        self.client
+            .insert(TARGETS, &row)
+            .await
+            .map_err(storage(format!("adding {target} to run {run}")))?;
+        Ok(())
+    }
+
     /// Applies `change` to the target's row (None: there is none yet) until a write lands on
     /// the row it was computed from: an insert that finds a row (409) or a replace whose ETag
     /// is stale (412) reads again. Each call stamps the row with its own id, so a write that
     /// landed although its answer was lost (and was sent again) is recognised, not applied
     /// twice.
-    async fn update_target(
+    pub(super) async fn update_target(
         &self,
         run: &RunId,
         target: &ResourceId,
@@ -126,6 +146,32 @@ impl TableLedger {
             format!("{target} in run {run}: the row kept changing over {RMW_TRIES} tries"),
             None,
         ))
+    }
+}
+
+/// The row of a target no step has touched yet.
+pub(super) fn untouched(
+    run: &RunId,
+    target: &ResourceId,
+    at: OffsetDateTime,
+    wave: Option<u32>,
+) -> TargetRecord {
+    TargetRecord {
+        run: run.clone(),
+        target: target.clone(),
+        outcome: None,
+        current_step: Some(Step::Discover),
+        steps: 0,
+        attempts: 0,
+        reason: None,
+        subnet: None,
+        prefix: None,
+        gateway: None,
+        started_at: at,
+        updated_at: at,
+        finished_at: None,
+        cutover: Default::default(),
+        wave,
     }
 }
 
@@ -180,7 +226,7 @@ fn apply(before: Option<TargetRecord>, r: &StepRecord, site_wave: Option<u32>) -
 
 /// A serialized record as entity properties: nulls left out (an absent property reads back as
 /// None) and the keys added.
-fn entity(
+pub(super) fn entity(
     partition: String,
     row: String,
     value: &impl Serialize,
@@ -199,7 +245,7 @@ fn entity(
     Ok(props)
 }
 
-fn from_entity<T: DeserializeOwned>(
+pub(super) fn from_entity<T: DeserializeOwned>(
     table: &str,
     props: Map<String, Value>,
 ) -> Result<T, LedgerError> {
@@ -309,30 +355,7 @@ impl Ledger for TableLedger {
         target: &ResourceId,
         at: OffsetDateTime,
     ) -> Result<(), LedgerError> {
-        let record = TargetRecord {
-            run: run.clone(),
-            target: target.clone(),
-            outcome: None,
-            current_step: Some(Step::Discover),
-            steps: 0,
-            attempts: 0,
-            reason: None,
-            subnet: None,
-            prefix: None,
-            gateway: None,
-            started_at: at,
-            updated_at: at,
-            finished_at: None,
-            cutover: Default::default(),
-            wave: None,
-        };
-        let row = target_entity(&record, &uuid::Uuid::new_v4().to_string())?;
-        // A target already registered is left as it is.
-        self.client
-            .insert(TARGETS, &row)
-            .await
-            .map_err(storage(format!("adding {target} to run {run}")))?;
-        Ok(())
+        self.insert_target(run, target, at, None).await
     }
 
     async fn record(&self, r: &StepRecord) -> Result<(), LedgerError> {
@@ -461,6 +484,53 @@ impl Ledger for TableLedger {
             }
         }
         Ok(open.into_iter().max_by_key(|t| t.started_at).map(|t| t.run))
+    }
+
+    // The rollout's records are in `rollout.rs`.
+
+    async fn add_waves(
+        &self,
+        run: &RunId,
+        waves: &[Vec<ResourceId>],
+        at: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        self.add_rollout_waves(run, waves, at).await
+    }
+
+    async fn waves(&self, run: &RunId) -> Result<Vec<WaveView>, LedgerError> {
+        self.rollout_waves(run).await
+    }
+
+    async fn wave_sites(&self, run: &RunId, index: u32) -> Result<Vec<ResourceId>, LedgerError> {
+        self.untouched(run, Some(index)).await
+    }
+
+    async fn record_gate(&self, run: &RunId, index: u32, gate: &Gate) -> Result<(), LedgerError> {
+        self.record_wave_gate(run, index, gate).await
+    }
+
+    async fn release_wave(
+        &self,
+        run: &RunId,
+        index: u32,
+        gate: &Gate,
+        _first: &[Outgoing],
+        now: OffsetDateTime,
+    ) -> Result<Released, LedgerError> {
+        // The queue is Service Bus: the caller sends.
+        self.release_rollout_wave(run, index, gate, now).await
+    }
+
+    async fn control(&self, run: &RunId) -> Result<Control, LedgerError> {
+        Ok(self.read_control(run).await?.0)
+    }
+
+    async fn set_control(&self, run: &RunId, control: Control) -> Result<Control, LedgerError> {
+        self.write_control(run, control).await
+    }
+
+    async fn abort(&self, run: &RunId, now: OffsetDateTime) -> Result<usize, LedgerError> {
+        self.abort_rollout(run, now).await
     }
 }
 
