@@ -28,7 +28,7 @@ use crate::pipeline::queue::{Outgoing, StepSender};
 use crate::pipeline::rollout::RolloutConfig;
 use crate::pipeline::Outcome;
 use crate::policy::{OnDeploy, Policy};
-use crate::report::{Performance, Report};
+use crate::report::status::{run_status, Around};
 
 /// How long a step waits before it re-sends itself after hitting the invocation deadline.
 const DEADLINE_RETRY_DELAY: time::Duration = time::Duration::seconds(5);
@@ -389,13 +389,8 @@ async fn status(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
         let Some(run) = run else {
             return Ok::<_, LedgerError>(None);
         };
-        let records = h.ledger.targets(&run.run).await?;
-        Ok(Some(Report::new(
-            run.run.as_str(),
-            run.dry_run,
-            &records,
-            Performance::default(),
-        )))
+        // The document of `status -o json` (and `rollout status` in Azure).
+        Ok(Some(run_status(&*h.ledger, &run, Around::AZURE).await?.0))
     }
     .await;
     match report {
