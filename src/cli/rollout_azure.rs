@@ -159,10 +159,7 @@ impl Azure {
 
     pub(crate) async fn abort(&self, on: On) -> Result<ExitCode> {
         let run = self.run(on.run.as_deref()).await?.run;
-        let cancelled = self
-            .ledger
-            .abort(&run, OffsetDateTime::now_utc())
-            .await?;
+        let cancelled = self.ledger.abort(&run, OffsetDateTime::now_utc()).await?;
         eprintln!("rollout of run {run} aborted: {cancelled} untouched target(s) cancelled; started ones reach their outcome");
         Ok(ExitCode::SUCCESS)
     }

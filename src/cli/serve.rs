@@ -14,7 +14,8 @@ use super::common::{self, Global};
 use super::exit::Exit;
 use crate::azure::credential::{credential_from_settings, CredentialKind, TokenSource};
 use crate::azure::servicebus::{
-    endpoint_from, endpoint_from_env, BearerSource, ServiceBusClient, ServiceBusError, SERVICEBUS_SCOPE,
+    endpoint_from, endpoint_from_env, BearerSource, ServiceBusClient, ServiceBusError,
+    SERVICEBUS_SCOPE,
 };
 use crate::functions::handler::{router, Handler};
 use crate::migration::{Migration, StepContext};
@@ -170,6 +171,8 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
         policy,
         env("VNET_MIGRATE_PRINCIPAL_ID"),
         Duration::from_secs(deadline),
+        // `--arm-speed` is refused above for anything but a simulator on loopback.
+        global.arm_speed,
     );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await

@@ -44,6 +44,9 @@ pub(crate) struct Handler {
     policy: Arc<Policy>,
     our_principal: Option<String>,
     deadline: Duration,
+    /// How much faster than real time the ARM behind it runs (a simulator started with
+    /// `--speed`; 1 for Azure): the bake between waves is shortened as in a rehearsal.
+    time_scale: f64,
 }
 
 impl Handler {
@@ -54,6 +57,7 @@ impl Handler {
         policy: Arc<Policy>,
         our_principal: Option<String>,
         deadline: Duration,
+        time_scale: f64,
     ) -> Self {
         Handler {
             engine,
@@ -62,6 +66,7 @@ impl Handler {
             policy,
             our_principal: our_principal.filter(|p| !p.trim().is_empty()),
             deadline,
+            time_scale,
         }
     }
 }
@@ -118,7 +123,9 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
         match h.ledger.target(&msg.run, &msg.target).await {
             Ok(Some(t)) if t.outcome == Some(Outcome::Cancelled) => {
                 return InvocationResponse::new()
-                    .log(format!("{label}: cancelled by `rollout abort`; not executed"))
+                    .log(format!(
+                        "{label}: cancelled by `rollout abort`; not executed"
+                    ))
                     .ok();
             }
             Ok(_) => {}
@@ -318,7 +325,7 @@ async fn rollout_tick(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
     let stall = time::Duration::try_from(STALL_AFTER).unwrap_or(time::Duration::MAX);
     // One replay number per bucket: a tick repeated within it is deduplicated by Service Bus.
     let replay = (now.unix_timestamp() / 60 / EVENT_BUCKET_MINUTES) as u32;
-    let config = controller::config(&h.policy, 1.0, RolloutConfig::default().tick);
+    let config = controller::config(&h.policy, h.time_scale, RolloutConfig::default().tick);
     let controller = Controller::new(&*h.ledger, &*h.sender, &config);
     let mut advanced = Vec::new();
     let result: Result<Vec<Outgoing>, ControllerError> = async {

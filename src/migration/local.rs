@@ -11,8 +11,8 @@ use super::fleet_plan::{AppliedPlan, Forecasts};
 use crate::azure::arm::ArmClient;
 use crate::azure::ResourceId;
 use crate::pipeline::contract::{self, AppliedPlanFile, RunContract};
-use crate::pipeline::local::{Finished, LocalRun, LocalRunError, Start, StateFile};
 use crate::pipeline::controller;
+use crate::pipeline::local::{Finished, LocalRun, LocalRunError, Start, StateFile};
 use crate::policy::Policy;
 
 /// Where a local migration works: the ARM client, the policy and the scope.

@@ -41,7 +41,9 @@ pub(super) fn insert_waves(
         .prepare_cached("INSERT OR IGNORE INTO targets (run, target_key, target, current_step, started_at, updated_at, wave) VALUES (?1, ?2, ?3, 'discover', ?4, ?4, ?5)")
         .map_err(lstorage)?;
     let mut wave = tx
-        .prepare_cached("INSERT OR IGNORE INTO rollout_waves (run, wave, released_at) VALUES (?1, ?2, ?3)")
+        .prepare_cached(
+            "INSERT OR IGNORE INTO rollout_waves (run, wave, released_at) VALUES (?1, ?2, ?3)",
+        )
         .map_err(lstorage)?;
     for (i, targets) in waves.iter().enumerate() {
         let released = (i == 0).then_some(Rfc3339(at));

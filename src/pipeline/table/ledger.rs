@@ -824,6 +824,157 @@ mod tests {
         assert!(t.cutover.connected_at.is_some());
     }
 
+    /// The rollout's records, the same on SQLite and Table Storage: waves and their standing,
+    /// a gate judged once, a wave released once when two ticks race, the control with resume
+    /// past a tripped gate, and an abort that cancels only untouched targets and stays.
+    async fn rollout_contract(l: &dyn Ledger, prefix: &str) {
+        use crate::pipeline::ledger::Released;
+        use crate::pipeline::rollout::{Control, Gate};
+        let run = RunId(format!("{prefix}/rollout'#"));
+        let t = |secs: i64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_000_000 + secs);
+        l.start_run(&RunRecord {
+            run: run.clone(),
+            started_at: t(0),
+            dry_run: false,
+            origin: "test".into(),
+        })
+        .await
+        .unwrap();
+        let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| site("s", n));
+        assert!(l.waves(&run).await.unwrap().is_empty(), "no rollout yet");
+        l.add_waves(
+            &run,
+            &[vec![a.clone()], vec![b.clone(), c.clone()], vec![d.clone()]],
+            t(0),
+        )
+        .await
+        .unwrap();
+        let waves = l.waves(&run).await.unwrap();
+        let standing: Vec<_> = waves
+            .iter()
+            .map(|w| {
+                (
+                    w.index,
+                    w.targets,
+                    w.released_at,
+                    w.ended_at,
+                    w.gate.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            standing,
+            vec![
+                (0, 1, Some(t(0)), None, None),
+                (1, 2, None, None, None),
+                (2, 1, None, None, None)
+            ]
+        );
+        assert_eq!(
+            l.wave_sites(&run, 1).await.unwrap(),
+            vec![b.clone(), c.clone()]
+        );
+
+        // Wave 0 ends with its target's outcome; a rolled-back target counts as failed.
+        let mut done = step(&run, &a, Step::Rollback, "m-a");
+        done.at = t(10);
+        done.next = None;
+        done.outcome = Some(Outcome::RolledBack(
+            crate::pipeline::reason::RollbackReason::Requested,
+        ));
+        l.record(&done).await.unwrap();
+        let w0 = l.waves(&run).await.unwrap().remove(0);
+        assert_eq!((w0.ended_at, w0.failed), (Some(t(10)), 1));
+
+        // A gate is judged once.
+        let tripped = Gate {
+            passed: false,
+            reason: "tripped".into(),
+        };
+        l.record_gate(&run, 0, &tripped).await.unwrap();
+        l.record_gate(
+            &run,
+            0,
+            &Gate {
+                passed: true,
+                reason: "later".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(l.waves(&run).await.unwrap()[0].gate, Some(tripped.clone()));
+
+        // Two ticks releasing wave 1 at once: one releases it.
+        let (x, y) = tokio::join!(
+            l.release_wave(&run, 1, &tripped, &[], t(20)),
+            l.release_wave(&run, 1, &tripped, &[], t(20))
+        );
+        let results = [x.unwrap(), y.unwrap()];
+        assert_eq!(
+            results.iter().filter(|r| **r == Released::Already).count(),
+            1,
+            "{results:?}"
+        );
+        assert_eq!(l.waves(&run).await.unwrap()[1].released_at, Some(t(20)));
+        let started = l.target(&run, &b).await.unwrap().unwrap();
+        assert_eq!(
+            (started.started_at, started.updated_at),
+            (t(20), t(20)),
+            "its clock restarted"
+        );
+
+        // Pause, then resume: past the tripped gate of wave 0.
+        assert_eq!(l.control(&run).await.unwrap(), Control::Running);
+        assert_eq!(
+            l.set_control(&run, Control::Paused).await.unwrap(),
+            Control::Paused
+        );
+        assert_eq!(l.control(&run).await.unwrap(), Control::Paused);
+        assert!(!l.waves(&run).await.unwrap()[0].resumed);
+        assert_eq!(
+            l.set_control(&run, Control::Running).await.unwrap(),
+            Control::Running
+        );
+        assert!(l.waves(&run).await.unwrap()[0].resumed);
+
+        // Abort: b was touched by a step and goes on; c (released) and d (not) are cancelled.
+        l.record(&step(&run, &b, Step::Discover, "m-b"))
+            .await
+            .unwrap();
+        assert_eq!(l.abort(&run, t(30)).await.unwrap(), 2);
+        for (target, outcome) in [
+            (&b, None),
+            (&c, Some(Outcome::Cancelled)),
+            (&d, Some(Outcome::Cancelled)),
+        ] {
+            let r = l.target(&run, target).await.unwrap().unwrap();
+            assert_eq!(r.outcome, outcome, "{target}");
+        }
+        assert_eq!(
+            l.target(&run, &d).await.unwrap().unwrap().finished_at,
+            Some(t(30))
+        );
+        assert!(l.wave_sites(&run, 2).await.unwrap().is_empty());
+        // An aborted rollout stays aborted.
+        assert_eq!(
+            l.set_control(&run, Control::Running).await.unwrap(),
+            Control::Aborted
+        );
+        assert_eq!(l.control(&run).await.unwrap(), Control::Aborted);
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_ledger_passes_the_rollout_contract() {
+        let (_d, s) = store();
+        rollout_contract(&s, "sqlite").await;
+    }
+
+    #[tokio::test]
+    async fn the_table_ledger_passes_the_rollout_contract_in_azurite() {
+        let az = azurite();
+        rollout_contract(&table(&az).await, "table").await;
+    }
+
     #[test]
     fn a_slot_first_seen_by_a_step_joins_its_sites_wave() {
         let slot =

@@ -150,10 +150,7 @@ impl TableLedger {
             };
             // A wave recorded already is kept as it is.
             self.client
-                .insert(
-                    ROLLOUTS,
-                    &entity(key(run.as_str()), wave_key(i), &row)?,
-                )
+                .insert(ROLLOUTS, &entity(key(run.as_str()), wave_key(i), &row)?)
                 .await
                 .map_err(storage(format!("recording wave {i} of run {run}")))?;
         }
