@@ -8,6 +8,7 @@
 //!   own partition (the writes of a run spread over as many partitions as it has targets);
 //!   RowKey = time (nanoseconds, zero-padded), message id and a nonce, so a partition reads
 //!   back in time order and two records never collide.
+//! - `rollouts`: a run's waves and rollout control (see `rollout.rs`).
 //!
 //! A target's row is changed by read-modify-write under `If-Match: {etag}`: an instance that
 //! lost the race (412) reads again and re-applies its change, so two instances settling the
