@@ -12,7 +12,8 @@
 //! - `pipeline`: the runtime, which knows nothing of the domain: the versioned step message
 //!   (MessageId / SessionId), outcomes and their reasons, the `Reconciler` seam, the queue and
 //!   ledger contracts, the embedded SQLite store, the engine that executes one step, the
-//!   embedded runner and a whole local run.
+//!   embedded runner, the rollout controller (the same for the embedded runner and the
+//!   Functions host) and a whole local run.
 //! - `migration`: the domain, as the pipeline's reconciler: planning (pure: sizing, address
 //!   allocation, plan-wide decisions), one reconcile function per step (discover … verify,
 //!   rollback), its error policy, health checks and snapshot.

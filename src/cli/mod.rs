@@ -10,6 +10,7 @@ mod replay;
 mod retry;
 mod rollback;
 mod rollout;
+mod rollout_azure;
 mod run;
 mod serve;
 mod simulate_arm;
@@ -50,7 +51,8 @@ pub(crate) enum Command {
     Plan(plan::Args),
     /// Migrate from this machine with the embedded durable queue (resumable).
     Run(run::Args),
-    /// Drive a rollout in waves on a state file: start, status, pause, resume, abort.
+    /// Drive a rollout in waves on a state file, or in Azure with `--ledger`: start, status,
+    /// pause, resume, abort.
     Rollout(rollout::Args),
     /// Counts per outcome and failures with reasons, from a state file.
     Status(status::Args),

@@ -1,5 +1,6 @@
 //! `package`: assemble the deployable function app — host.json, one folder per function with
-//! its function.json, and this Linux x86-64 binary — plus a zip that
+//! its function.json, this Linux x86-64 binary and, with `--policy`, the rollout policy as
+//! `rollout.json` — plus a zip that
 //! `az functionapp deployment source config-zip` accepts (files at the zip root).
 
 use std::io::Write;
@@ -11,6 +12,7 @@ use clap::Args as ClapArgs;
 
 use super::common::Global;
 use super::exit::Exit;
+use crate::policy::Policy;
 
 /// The app definition, compiled in from the repository so the binary packages itself.
 const HOST_JSON: &str = include_str!("../../host.json");
@@ -33,6 +35,8 @@ const FUNCTIONS: [(&str, &str); 4] = [
     ),
 ];
 const EXECUTABLE: &str = "vnet-migrate";
+/// The policy's name in the app root, where `serve` looks for it (DESIGN §7).
+const POLICY: &str = "rollout.json";
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
@@ -43,13 +47,24 @@ pub(crate) struct Args {
         default_value = "dist/functionapp"
     )]
     pub(crate) out: PathBuf,
+    /// Rollout policy to ship as the app's `rollout.json` (where `serve` reads it: its waves,
+    /// bake and gate drive `rollout-tick`); checked before anything is written.
+    #[arg(long, value_name = "FILE.json")]
+    pub(crate) policy: Option<PathBuf>,
 }
 
 pub(crate) async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot locate this executable")?;
     let binary = std::fs::read(&exe).with_context(|| format!("cannot read {}", exe.display()))?;
     check_linux_x86_64(&binary)?;
-    let files = app_files(binary);
+    let policy = match &args.policy {
+        Some(p) => {
+            Policy::load(p).with_context(|| format!("--policy {}", p.display()))?;
+            Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
+        }
+        None => None,
+    };
+    let files = app_files(binary, policy);
     write_folder(&args.out, &files)?;
     let zip_path = PathBuf::from(format!("{}.zip", args.out.display()));
     write_zip(&zip_path, &files)?;
@@ -59,7 +74,7 @@ pub(crate) async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
 }
 
 /// (path inside the app, contents, executable?)
-fn app_files(binary: Vec<u8>) -> Vec<(String, Vec<u8>, bool)> {
+fn app_files(binary: Vec<u8>, policy: Option<Vec<u8>>) -> Vec<(String, Vec<u8>, bool)> {
     let mut files = vec![(
         "host.json".to_string(),
         HOST_JSON.as_bytes().to_vec(),
@@ -71,6 +86,9 @@ fn app_files(binary: Vec<u8>) -> Vec<(String, Vec<u8>, bool)> {
             json.as_bytes().to_vec(),
             false,
         ));
+    }
+    if let Some(policy) = policy {
+        files.push((POLICY.to_string(), policy, false));
     }
     files.push((EXECUTABLE.to_string(), binary, true));
     files
@@ -151,13 +169,21 @@ mod tests {
     fn zip_has_files_at_the_root_and_an_executable_binary() {
         let dir = std::env::temp_dir().join(format!("vnet-migrate-pkg-{}", uuid::Uuid::new_v4()));
         let zip_path = dir.join("app.zip");
-        write_zip(&zip_path, &app_files(b"\x7fELF-fake".to_vec())).unwrap();
+        write_zip(
+            &zip_path,
+            &app_files(b"\x7fELF-fake".to_vec(), Some(b"{}".to_vec())),
+        )
+        .unwrap();
         let mut z = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
         let names: Vec<String> = (0..z.len())
             .map(|i| z.by_index(i).unwrap().name().unwrap().to_string())
             .collect();
         assert!(names.contains(&"host.json".to_string()));
         assert!(names.contains(&"step/function.json".to_string()));
+        let mut policy = String::new();
+        std::io::Read::read_to_string(&mut z.by_name(POLICY).unwrap(), &mut policy).unwrap();
+        assert_eq!(policy, "{}", "the policy is shipped as given");
+        assert_eq!(app_files(Vec::new(), None).len(), FUNCTIONS.len() + 2);
         let bin = z.by_name(EXECUTABLE).unwrap();
         assert_eq!(bin.unix_mode().unwrap() & 0o777, 0o755);
         drop(bin);

@@ -55,7 +55,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     };
     if args.dlq {
         let kind: CredentialKind = global.credential.parse().context("--credential")?;
-        let dlq = ServiceBusDeadLetters::new(super::serve::steps_queue(kind)?);
+        let dlq = ServiceBusDeadLetters::new(super::serve::steps_queue(kind, None)?);
         let replayed = replay(global, &args, &selection, &dlq).await?;
         if !args.dry_run {
             common::emit(global, &serde_json::json!({ "replayed": replayed }), || {

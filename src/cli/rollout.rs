@@ -1,4 +1,5 @@
-//! `rollout start|status|pause|resume|abort` on a local state file (DESIGN §8, issue 12).
+//! `rollout start|status|pause|resume|abort` on a local state file (DESIGN §8, issue 12), or
+//! with `--ledger` in Azure (`rollout_azure.rs`).
 //! `start` is `run`: every run follows its policy's waves, bake and gate. `pause`, `resume`
 //! and `abort` write what the operator asked into the state file, where a running rollout
 //! reads it every tick; with no process running the rollout, `resume` and `abort` drive it
@@ -11,6 +12,7 @@ use clap::{Args as ClapArgs, Subcommand};
 use time::OffsetDateTime;
 
 use super::common::{self, Global};
+use super::rollout_azure::{self, Azure};
 use super::state::On;
 use super::{run, state, status};
 use crate::pipeline::local::held_by_a_runner;
@@ -21,6 +23,8 @@ use crate::report::Report;
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
+    #[command(flatten)]
+    azure: rollout_azure::Backend,
     #[command(subcommand)]
     action: Action,
 }
@@ -52,6 +56,15 @@ impl Args {
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
+    if let Some(azure) = Azure::open(global, args.azure).await? {
+        return match args.action {
+            Action::Start(a) => azure.start(global, a).await,
+            Action::Status(a) => azure.status(global, a).await,
+            Action::Pause(on) => azure.control(on, Control::Paused).await,
+            Action::Resume(on) => azure.control(on, Control::Running).await,
+            Action::Abort(on) => azure.abort(on).await,
+        };
+    }
     match args.action {
         Action::Start(a) => run::run(global, a).await,
         Action::Status(a) => status::run(global, a).await,

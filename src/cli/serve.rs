@@ -14,7 +14,8 @@ use super::common::{self, Global};
 use super::exit::Exit;
 use crate::azure::credential::{credential_from_settings, CredentialKind, TokenSource};
 use crate::azure::servicebus::{
-    endpoint_from_env, BearerSource, ServiceBusClient, ServiceBusError, SERVICEBUS_SCOPE,
+    endpoint_from, endpoint_from_env, BearerSource, ServiceBusClient, ServiceBusError,
+    SERVICEBUS_SCOPE,
 };
 use crate::functions::handler::{router, Handler};
 use crate::migration::{Migration, StepContext};
@@ -48,8 +49,15 @@ impl BearerSource for TokenBearer {
 /// The steps queue from the settings (DESIGN §7): `VNET_MIGRATE_SERVICEBUS_ENDPOINT` or
 /// `ServiceBusConnection__fullyQualifiedNamespace`, `VNET_MIGRATE_STEPS_QUEUE`; tokens from
 /// the credential `kind`. `serve` sends on it, `replay --dlq` reads its dead letters.
-pub(crate) fn steps_queue(kind: CredentialKind) -> Result<ServiceBusClient> {
-    let endpoint = endpoint_from_env()?;
+/// `namespace` (`rollout --servicebus`) stands for the namespace setting.
+pub(crate) fn steps_queue(
+    kind: CredentialKind,
+    namespace: Option<&str>,
+) -> Result<ServiceBusClient> {
+    let endpoint = match namespace {
+        Some(ns) => endpoint_from(env("VNET_MIGRATE_SERVICEBUS_ENDPOINT").as_deref(), Some(ns))?,
+        None => endpoint_from_env()?,
+    };
     let token = credential_from_settings(kind, SERVICEBUS_SCOPE, &[&endpoint])
         .context("Service Bus credential")?;
     let queue = env("VNET_MIGRATE_STEPS_QUEUE").unwrap_or_else(|| "migration-steps".into());
@@ -69,7 +77,7 @@ fn env(name: &str) -> Option<String> {
 /// (`http://127.0.0.1:PORT/devstoreaccount1`) with its account key in
 /// `VNET_MIGRATE_LEDGER_KEY` (refused for any other endpoint). The Table ledger's tables are
 /// created if missing.
-async fn open_ledger(setting: &str, kind: CredentialKind) -> Result<Arc<dyn Ledger>> {
+pub(crate) async fn open_ledger(setting: &str, kind: CredentialKind) -> Result<Arc<dyn Ledger>> {
     if let Some(path) = setting.strip_prefix("sqlite:") {
         let store = SqliteStore::open(std::path::Path::new(path))
             .with_context(|| format!("VNET_MIGRATE_LEDGER: cannot open {path}"))?;
@@ -144,7 +152,7 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
         .await
         .context("VNET_MIGRATE_LEDGER: cannot read the ledger")?;
 
-    let sender = Arc::new(steps_queue(kind)?);
+    let sender = Arc::new(steps_queue(kind, None)?);
 
     let deadline = match env("VNET_MIGRATE_DEADLINE_SECONDS") {
         Some(s) => s.parse().context("VNET_MIGRATE_DEADLINE_SECONDS")?,
@@ -163,6 +171,8 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
         policy,
         env("VNET_MIGRATE_PRINCIPAL_ID"),
         Duration::from_secs(deadline),
+        // `--arm-speed` is refused above for anything but a simulator on loopback.
+        global.arm_speed,
     );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await

@@ -15,12 +15,13 @@ use serde::Serialize;
 use super::common::{self, Global, OutputFormat};
 use crate::azure::ResourceId;
 use crate::pipeline::dead_letters::DeadLetters;
-use crate::pipeline::ledger::{Ledger, StepLogEntry, TargetRecord};
+use crate::pipeline::ledger::{Ledger, RunRecord, StepLogEntry, TargetRecord};
 use crate::pipeline::local::held_by_a_runner;
 use crate::pipeline::message::GatewaySnapshot;
 use crate::pipeline::sqlite::{RunState, SqliteStore};
 use crate::pipeline::RunId;
-use crate::report::{round3, Report};
+use crate::report::round3;
+use crate::report::status::{run_status, Around, RunStatus};
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
@@ -61,18 +62,6 @@ struct AppView {
     downtime_seconds: Option<f64>,
     simulated_seconds: bool,
     steps: Vec<StepLogEntry>,
-}
-
-/// The run's view: the report of its targets (no performance figures: status measures
-/// none), plus what the state file says around it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RunView {
-    #[serde(flatten)]
-    report: Report,
-    finished: bool,
-    runner_active: bool,
-    dead_letters: usize,
 }
 
 pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
@@ -122,24 +111,29 @@ async fn show_run(
     clear: bool,
     html: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
-    let records = store.targets(&run.record.run).await?;
-    let perf = crate::report::Performance {
+    let around = Around {
+        finished: Some(run.finished),
+        runner_active: Some(held),
+        dead_letters: Some(store.dead_lettered().await?.len()),
         simulated_speed: speed(run),
-        ..Default::default()
     };
-    let waves = store.waves(&run.record.run)?;
-    let report = Report::new(run.record.run.as_str(), run.record.dry_run, &records, perf)
-        .with_waves(&records, &waves);
+    print_status(global, store, &run.record, around, clear, html).await
+}
+
+/// Prints the run's status document (`--output`), writes the HTML report if asked; exit 1
+/// when the run needs an operator. The same for a state file and for the ledger in Azure.
+pub(crate) async fn print_status(
+    global: &Global,
+    ledger: &dyn Ledger,
+    run: &RunRecord,
+    around: Around,
+    clear: bool,
+    html: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    let (view, records) = run_status(ledger, run, around).await?;
     if let Some(path) = html {
-        crate::report::html::write(&report, path)?;
+        crate::report::html::write(&view.report, path)?;
     }
-    let dead = store.dead_lettered().await?;
-    let view = RunView {
-        finished: run.finished,
-        runner_active: held,
-        dead_letters: dead.len(),
-        report,
-    };
     let code = if view.report.needs_operator() {
         ExitCode::from(1)
     } else {
@@ -153,7 +147,7 @@ async fn show_run(
     Ok(code)
 }
 
-fn run_table(view: &RunView, records: &[TargetRecord]) -> String {
+fn run_table(view: &RunStatus, records: &[TargetRecord]) -> String {
     let r = &view.report;
     let mut s = format!(
         "run {}{}: {}; {}\n",
@@ -215,10 +209,9 @@ fn run_table(view: &RunView, records: &[TargetRecord]) -> String {
             });
         s.push_str(&format!("  {label} {}\n", t.target));
     }
-    if view.dead_letters > 0 {
+    if let Some(n) = view.dead_letters.filter(|n| *n > 0) {
         s.push_str(&format!(
-            "{} dead-lettered message(s): `replay --dry-run` lists them\n",
-            view.dead_letters
+            "{n} dead-lettered message(s): `replay --dry-run` lists them\n"
         ));
     }
     s

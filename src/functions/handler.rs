@@ -20,12 +20,15 @@ use super::invocation::{decode_event_grid, decode_http, decode_service_bus, deco
 use super::response::{json_response, InvocationResponse};
 use crate::azure::ResourceId;
 use crate::migration::Migration;
+use crate::pipeline::controller::{self, Controller, ControllerError};
 use crate::pipeline::engine::Engine;
 use crate::pipeline::ledger::{Ledger, LedgerError, RunRecord, TargetRecord};
 use crate::pipeline::message::{Origin, PlannedSubnet, RunId, Step, StepMessage};
 use crate::pipeline::queue::{Outgoing, StepSender};
+use crate::pipeline::rollout::RolloutConfig;
+use crate::pipeline::Outcome;
 use crate::policy::{OnDeploy, Policy};
-use crate::report::{Performance, Report};
+use crate::report::status::{run_status, Around};
 
 /// How long a step waits before it re-sends itself after hitting the invocation deadline.
 const DEADLINE_RETRY_DELAY: time::Duration = time::Duration::seconds(5);
@@ -41,6 +44,9 @@ pub(crate) struct Handler {
     policy: Arc<Policy>,
     our_principal: Option<String>,
     deadline: Duration,
+    /// How much faster than real time the ARM behind it runs (a simulator started with
+    /// `--speed`; 1 for Azure): the bake between waves is shortened as in a rehearsal.
+    time_scale: f64,
 }
 
 impl Handler {
@@ -51,6 +57,7 @@ impl Handler {
         policy: Arc<Policy>,
         our_principal: Option<String>,
         deadline: Duration,
+        time_scale: f64,
     ) -> Self {
         Handler {
             engine,
@@ -59,6 +66,7 @@ impl Handler {
             policy,
             our_principal: our_principal.filter(|p| !p.trim().is_empty()),
             deadline,
+            time_scale,
         }
     }
 }
@@ -109,6 +117,25 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
             .redeliver();
     }
     let label = format!("{} {} attempt {}", msg.target, msg.step, msg.attempt);
+    // A wave's first message may wait in the queue past `rollout abort`, which cancelled
+    // its target: it is dropped, not executed (Service Bus has no way to withdraw it).
+    if msg.origin == Origin::Rollout && msg.step == Step::Discover {
+        match h.ledger.target(&msg.run, &msg.target).await {
+            Ok(Some(t)) if t.outcome == Some(Outcome::Cancelled) => {
+                return InvocationResponse::new()
+                    .log(format!(
+                        "{label}: cancelled by `rollout abort`; not executed"
+                    ))
+                    .ok();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return InvocationResponse::new()
+                    .log(format!("{label}: ledger: {e}"))
+                    .redeliver();
+            }
+        }
+    }
     let executed = match tokio::time::timeout(h.deadline, h.engine.execute(&msg)).await {
         Ok(x) => x,
         Err(_) => {
@@ -298,21 +325,44 @@ async fn rollout_tick(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
     let stall = time::Duration::try_from(STALL_AFTER).unwrap_or(time::Duration::MAX);
     // One replay number per bucket: a tick repeated within it is deduplicated by Service Bus.
     let replay = (now.unix_timestamp() / 60 / EVENT_BUCKET_MINUTES) as u32;
-    let result: Result<Vec<Outgoing>, LedgerError> = async {
+    let config = controller::config(&h.policy, h.time_scale, RolloutConfig::default().tick);
+    let controller = Controller::new(&*h.ledger, &*h.sender, &config);
+    let mut advanced = Vec::new();
+    let result: Result<Vec<Outgoing>, ControllerError> = async {
         let mut out = Vec::new();
         for run in h.ledger.runs().await? {
+            // Targets of a wave not yet released wait for it, however long.
+            let waves = h.ledger.waves(&run.run).await?;
+            let waiting: Vec<u32> = waves
+                .iter()
+                .filter(|w| w.released_at.is_none())
+                .map(|w| w.index)
+                .collect();
             for t in h.ledger.targets(&run.run).await? {
-                if t.outcome.is_none() && now - t.updated_at > stall {
+                let released = t.wave.is_none_or(|w| !waiting.contains(&w));
+                if t.outcome.is_none() && released && now - t.updated_at > stall {
                     out.push(Outgoing::now(resume_message(&t, run.dry_run, replay)));
                 }
+            }
+            if !waves.is_empty() {
+                let tick = controller.tick(&run.run, run.dry_run, now).await?;
+                advanced.push(format!(
+                    "run {} ({}): {:?}",
+                    run.run,
+                    tick.control.as_str(),
+                    tick.decision
+                ));
             }
         }
         Ok(out)
     }
     .await;
+    for line in advanced {
+        resp = resp.log(line);
+    }
     let out = match result {
         Ok(o) => o,
-        Err(e) => return resp.log(format!("ledger: {e}")).redeliver(),
+        Err(e) => return resp.log(format!("rollout: {e}")).redeliver(),
     };
     for o in &out {
         resp = resp.log(format!(
@@ -346,13 +396,8 @@ async fn status(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
         let Some(run) = run else {
             return Ok::<_, LedgerError>(None);
         };
-        let records = h.ledger.targets(&run.run).await?;
-        Ok(Some(Report::new(
-            run.run.as_str(),
-            run.dry_run,
-            &records,
-            Performance::default(),
-        )))
+        // The document of `status -o json` (and `rollout status` in Azure).
+        Ok(Some(run_status(&*h.ledger, &run, Around::AZURE).await?.0))
     }
     .await;
     match report {

@@ -11,8 +11,8 @@ use super::fleet_plan::{AppliedPlan, Forecasts};
 use crate::azure::arm::ArmClient;
 use crate::azure::ResourceId;
 use crate::pipeline::contract::{self, AppliedPlanFile, RunContract};
+use crate::pipeline::controller;
 use crate::pipeline::local::{Finished, LocalRun, LocalRunError, Start, StateFile};
-use crate::pipeline::rollout::RolloutConfig;
 use crate::policy::Policy;
 
 /// Where a local migration works: the ARM client, the policy and the scope.
@@ -122,12 +122,7 @@ pub async fn migrate_locally(
     // The policy decides the waves, the bake (a rehearsal's runs `time_scale` times faster)
     // and the gate; the caller only how often a running rollout looks for pause and abort.
     let mut local = local;
-    local.rollout = RolloutConfig {
-        sizes: policy.waves.clone(),
-        bake: time::Duration::seconds_f64(f64::from(policy.bake_minutes) * 60.0 / time_scale),
-        max_failure_rate: policy.gates.max_failure_rate,
-        tick: local.rollout.tick,
-    };
+    local.rollout = controller::config(&policy, time_scale, local.rollout.tick);
     local
         .execute(
             state,

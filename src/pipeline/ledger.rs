@@ -7,6 +7,8 @@ use time::OffsetDateTime;
 
 use super::message::{GatewaySnapshot, RunId, Step};
 use super::outcome::Outcome;
+use super::queue::Outgoing;
+use super::rollout::{Control, Gate, WaveView};
 use crate::azure::ResourceId;
 use crate::error::{BoxError, Suffix};
 
@@ -169,4 +171,52 @@ pub trait Ledger: Send + Sync {
     ) -> Result<Vec<StepLogEntry>, LedgerError>;
     /// A run in which this target has no terminal outcome yet.
     async fn active_run_for(&self, target: &ResourceId) -> Result<Option<RunId>, LedgerError>;
+
+    // The rollout's records (DESIGN §9), which the one controller (`controller.rs`) reads and
+    // writes whichever runner drives it.
+
+    /// Records a run's waves: each target in its wave, the first wave released at `at`.
+    async fn add_waves(
+        &self,
+        run: &RunId,
+        waves: &[Vec<ResourceId>],
+        at: OffsetDateTime,
+    ) -> Result<(), LedgerError>;
+    /// The run's waves in index order, with their targets' standing now (none: no rollout).
+    async fn waves(&self, run: &RunId) -> Result<Vec<WaveView>, LedgerError>;
+    /// The targets of wave `index` no step has touched (its first messages go to them).
+    async fn wave_sites(&self, run: &RunId, index: u32) -> Result<Vec<ResourceId>, LedgerError>;
+    /// Records `gate` for wave `index` unless one is recorded (a gate is judged once).
+    async fn record_gate(&self, run: &RunId, index: u32, gate: &Gate) -> Result<(), LedgerError>;
+    /// Records the gate of wave `index - 1` (unless recorded) and releases wave `index` at
+    /// `now` (its targets' clocks start now) unless it is released already: of two callers
+    /// racing, one releases. `first` are the wave's first messages: see [`Released`].
+    async fn release_wave(
+        &self,
+        run: &RunId,
+        index: u32,
+        gate: &Gate,
+        first: &[Outgoing],
+        now: OffsetDateTime,
+    ) -> Result<Released, LedgerError>;
+    /// What an operator asked of the run's rollout (running when nothing was asked).
+    async fn control(&self, run: &RunId) -> Result<Control, LedgerError>;
+    /// Pause or resume; resuming also lets the rollout past the gate it stopped at. An
+    /// aborted rollout stays aborted. Returns the control now in force.
+    async fn set_control(&self, run: &RunId, control: Control) -> Result<Control, LedgerError>;
+    /// Aborts the rollout: every target no step has touched is `cancelled` (targets a step
+    /// has touched go on to their outcome). How many targets were cancelled.
+    async fn abort(&self, run: &RunId, now: OffsetDateTime) -> Result<usize, LedgerError>;
+}
+
+/// What [`Ledger::release_wave`] did with the wave's first messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Queued in the release's own transaction (the embedded store is also the queue).
+    Queued,
+    /// This call released the wave: the caller sends the first messages (their MessageIds
+    /// are deterministic, so a repeat is dropped by duplicate detection).
+    Send,
+    /// Another caller released it already; nothing to send.
+    Already,
 }

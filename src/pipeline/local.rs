@@ -13,10 +13,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use time::OffsetDateTime;
 
 use super::contract::RunContract;
+use super::controller::{first_messages, Controller, ControllerError, Tick};
 use super::engine::Engine;
 use super::ledger::{Ledger, RunRecord};
-use super::message::{Origin, RunId, Step, StepMessage};
-use super::queue::Outgoing;
+use super::message::RunId;
 use super::reconciler::Reconciler;
 use super::rollout::{self, Candidate, Control, Decision, RolloutConfig};
 use super::runner::{RunStats, Runner, RunnerConfig};
@@ -36,6 +36,8 @@ pub enum LocalRunError {
     Queue(#[from] super::queue::QueueError),
     #[error(transparent)]
     Ledger(#[from] super::ledger::LedgerError),
+    #[error(transparent)]
+    Rollout(#[from] ControllerError),
     #[error("cannot list the targets in scope")]
     Targets(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -220,7 +222,11 @@ impl LocalRun {
                     origin: self.origin.clone(),
                 };
                 let waves = rollout::assign(sites, &self.rollout.sizes);
-                let first = self.first_messages(&record.run, waves.first().into_iter().flatten());
+                let first = first_messages(
+                    &record.run,
+                    self.dry_run,
+                    waves.first().into_iter().flatten(),
+                );
                 store.begin_run(&record, &contract, &waves, &first)?;
                 (record.run, false)
             }
@@ -262,26 +268,9 @@ impl LocalRun {
         })
     }
 
-    /// The first message of each site, sent when its wave is released.
-    fn first_messages<'a>(
-        &self,
-        run: &RunId,
-        sites: impl IntoIterator<Item = &'a crate::azure::ResourceId>,
-    ) -> Vec<Outgoing> {
-        sites
-            .into_iter()
-            .map(|s| {
-                Outgoing::now(
-                    StepMessage::new(run.clone(), s.clone(), Step::Discover, Origin::Rollout)
-                        .with_dry_run(self.dry_run),
-                )
-            })
-            .collect()
-    }
-
     /// The rollout controller on the embedded runner: run the released waves until the queue
-    /// is idle, then do what [`rollout::decide`] says (wait out a bake on a timer, release the
-    /// next wave, or stop), until every wave is done or the rollout is held.
+    /// is idle, then tick the [`Controller`] (which releases the next wave or records a
+    /// stop) and wait out a bake on a timer, until every wave is done or the rollout is held.
     async fn drive<R: Reconciler>(
         &self,
         store: &Arc<SqliteStore>,
@@ -290,15 +279,15 @@ impl LocalRun {
         mut hold: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(RunStats, Option<Held>), LocalRunError> {
         let mut stats = RunStats::default();
+        let controller = Controller::new(&**store, &**store, &self.rollout);
         loop {
             let s = runner.run_until_idle().await?;
             stats.steps += s.steps;
             stats.dead_lettered += s.dead_lettered;
             stats.polls += s.polls;
-            let waves = store.waves(run)?;
-            let control = store.control(run)?;
             let now = OffsetDateTime::now_utc();
-            match rollout::decide(&waves, control, &self.rollout, now) {
+            let Tick { decision, control } = controller.tick(run, self.dry_run, now).await?;
+            match decision {
                 Decision::Done => return Ok((stats, None)),
                 Decision::Paused => return Ok((stats, Some(Held::Paused))),
                 Decision::InFlight if control == Control::Paused => {
@@ -306,7 +295,6 @@ impl LocalRun {
                 }
                 Decision::InFlight => return Ok((stats, Some(Held::Unfinished))),
                 Decision::Stop { index, gate } => {
-                    store.record_gate(run, index, &gate)?;
                     return Ok((
                         stats,
                         Some(Held::Gate {
@@ -315,11 +303,7 @@ impl LocalRun {
                         }),
                     ));
                 }
-                Decision::Release { index, gate } => {
-                    let sites = store.wave_sites(run, index)?;
-                    let first = self.first_messages(run, &sites);
-                    store.release_wave(run, index, &gate, &first, now)?;
-                }
+                Decision::Release { .. } => {}
                 Decision::Bake { until } => {
                     let wait = (until - now).max(time::Duration::ZERO).unsigned_abs();
                     // A pause or an abort during the bake is decided at once.
@@ -348,7 +332,7 @@ async fn watch_control(
         let set = |held: bool| {
             hold.send_if_modified(|h| std::mem::replace(h, held) != held);
         };
-        match store.control(&run) {
+        match Ledger::control(&*store, &run).await {
             Ok(Control::Paused) => set(true),
             Ok(Control::Running) => set(false),
             Ok(Control::Aborted) => {
@@ -356,7 +340,7 @@ async fn watch_control(
                 // Cancelled once here; `rollout abort` cancels what it can itself too.
                 if !aborted {
                     aborted = true;
-                    if let Err(e) = store.abort(&run, OffsetDateTime::now_utc()) {
+                    if let Err(e) = Ledger::abort(&*store, &run, OffsetDateTime::now_utc()).await {
                         tracing::warn!("cannot cancel the untouched targets yet: {e}");
                         aborted = false;
                     }

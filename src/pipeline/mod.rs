@@ -4,6 +4,7 @@
 //! engine that executes one step, the embedded runner, and a whole local run.
 
 pub mod contract;
+pub mod controller;
 pub mod dead_letters;
 pub mod engine;
 pub mod ledger;

@@ -4,6 +4,7 @@
 mod charts;
 pub(crate) mod html;
 pub(crate) mod remedy;
+pub(crate) mod status;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -84,6 +84,8 @@ struct Env {
     /// `VNET_MIGRATE_LEDGER_KEY`: Azurite's account key.
     ledger_key: Option<String>,
     policy: String,
+    /// `serve --arm-speed`: the simulator's speed, which shortens the bake between waves.
+    arm_speed: Option<String>,
 }
 
 /// Which ledger `serve` runs on.
@@ -104,6 +106,9 @@ fn serve_cmd(env: &Env, port: u16, ledger: &str) -> Command {
         .env("VNET_MIGRATE_SERVICEBUS_ENDPOINT", &env.sb)
         .env("VNET_MIGRATE_LEDGER", ledger)
         .env("VNET_MIGRATE_POLICY", &env.policy);
+    if let Some(speed) = &env.arm_speed {
+        c.args(["--arm-speed", speed]);
+    }
     c
 }
 
@@ -272,6 +277,7 @@ async fn world_on(kind: LedgerKind, fleet: Fleet, on_deploy: &str, max_delivery:
         ledger,
         ledger_key,
         policy: policy.display().to_string(),
+        arm_speed: None,
     };
     World {
         _dir: dir,
@@ -778,4 +784,237 @@ async fn serve_refuses_to_start_without_a_usable_ledger_or_scope() {
     std::fs::write(&w.env.policy, "{}").unwrap();
     let err = refused(serve_cmd(&w.env, 0, &w.env.ledger));
     assert!(err.contains("scope.subscriptions is empty"), "{err}");
+}
+
+/// How much faster than real time `serve` runs the rollouts below: a one-minute bake is 2 s.
+const ROLLOUT_SPEED: f64 = 30.0;
+const BAKE: Duration = Duration::from_secs(2);
+
+/// `vnet-migrate rollout ARGS` in Azure mode: on the Table ledger in Azurite and the Service
+/// Bus fake, as an operator runs it against the function app's resources.
+fn rollout_cli(w: &World, args: &[&str]) -> Value {
+    let az = w.azurite.as_ref().expect("the Table ledger");
+    let out = bin(&["rollout"])
+        .args(args)
+        .args([
+            "--ledger",
+            az.endpoint(),
+            "--servicebus",
+            "fake.servicebus.windows.net",
+        ])
+        .env("VNET_MIGRATE_LEDGER_KEY", azurite::KEY)
+        .env("VNET_MIGRATE_SERVICEBUS_ENDPOINT", &w.env.sb)
+        .env("VNET_MIGRATE_STEPS_QUEUE", QUEUE)
+        .env("VNET_MIGRATE_STATIC_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || out.status.code() == Some(1),
+        "rollout {args:?}: {stderr}"
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// `rollout start` in Azure with the world's policy; the run id.
+fn start_in_azure(w: &World) -> RunId {
+    let doc = rollout_cli(
+        w,
+        &[
+            "start",
+            "--credential",
+            "static",
+            "--arm-endpoint",
+            &w.env.arm,
+            "--policy",
+            &w.env.policy,
+            "-o",
+            "json",
+        ],
+    );
+    RunId(
+        doc["run"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{doc}"))
+            .to_string(),
+    )
+}
+
+/// One `rollout-tick` invocation as the host's timer sends it; the handler's log lines.
+async fn tick(serve: &Serve) -> Vec<String> {
+    let body = json!({
+        "Data": { "timer": { "Schedule": { "AdjustForDST": true }, "IsPastDue": false } },
+        "Metadata": {}
+    });
+    let r = reqwest::Client::new()
+        .post(format!("{}/rollout-tick", serve.url))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let ok = r.status().is_success();
+    let v: Value = r.json().await.unwrap();
+    assert!(ok, "{v}");
+    v["Logs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str().map(str::to_string))
+        .collect()
+}
+
+async fn waves_of(w: &World, run: &RunId) -> Vec<vnet_migrate::pipeline::rollout::WaveView> {
+    w.ledger().await.waves(run).await.unwrap()
+}
+
+/// Rollouts in Azure (issue 13): `rollout start` records the run and its waves in the Table
+/// ledger and sends the first wave; each `rollout-tick` of the function app releases the next
+/// wave only after the previous one's bake; a failure-rate gate that trips stops the rollout
+/// with later waves untouched, however many ticks come, until `rollout resume`; and
+/// `rollout status` prints the JSON the `status` function returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waves_are_released_by_rollout_ticks_after_their_bake_and_a_tripped_gate_holds_until_resume(
+) {
+    let mut w = world_on(LedgerKind::Table, fleet(), "plan-only", 10).await;
+    w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
+    // Sites in id order: a | b c | d kv | rej x; kv is rolled back after its connect, so
+    // wave 2 fails 1 of 2 (50%), above the gate's 40%.
+    std::fs::write(
+        &w.env.policy,
+        json!({
+            "settleSeconds": 0,
+            "scope": { "subscriptions": w.subs },
+            "waves": [1, 2, 2],
+            "bakeMinutes": 1,
+            "gates": { "maxFailureRate": 0.4 }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut serve = spawn_serve(&w.env).await;
+    let run = start_in_azure(&w);
+    let waves = waves_of(&w, &run).await;
+    assert_eq!(
+        waves.iter().map(|w| w.targets).collect::<Vec<_>>(),
+        vec![1, 2, 2, 2]
+    );
+    assert!(waves[0].released_at.is_some());
+    assert!(waves[1..].iter().all(|w| w.released_at.is_none()));
+
+    for next in 1..=2usize {
+        play_host(&w, &mut serve, None).await;
+        let ended = waves_of(&w, &run).await[next - 1]
+            .ended_at
+            .expect("the wave ended");
+        // A tick within the bake releases nothing.
+        let logs = tick(&serve).await;
+        assert!(logs.iter().any(|l| l.contains("Bake")), "{logs:?}");
+        assert!(waves_of(&w, &run).await[next].released_at.is_none());
+        tokio::time::sleep(BAKE).await;
+        let logs = tick(&serve).await;
+        assert!(logs.iter().any(|l| l.contains("Release")), "{logs:?}");
+        let released = waves_of(&w, &run).await[next]
+            .released_at
+            .expect("released");
+        assert!(released - ended >= time::Duration::try_from(BAKE).unwrap());
+    }
+    play_host(&w, &mut serve, None).await;
+    tokio::time::sleep(BAKE).await;
+    // The gate of wave 2 trips: the rollout stops there, tick after tick.
+    for _ in 0..2 {
+        let logs = tick(&serve).await;
+        assert!(logs.iter().any(|l| l.contains("Stop")), "{logs:?}");
+    }
+    let waves = waves_of(&w, &run).await;
+    let gate = waves[2].gate.clone().expect("wave 2's gate is recorded");
+    assert!(!gate.passed, "{gate:?}");
+    assert_eq!(waves[2].failed, 1);
+    assert!(waves[3].released_at.is_none());
+    let ledger = w.ledger().await;
+    let report = report_of(&*ledger, &run).await;
+    let wave3: Vec<_> = report
+        .targets
+        .iter()
+        .filter(|t| t.wave == Some(3))
+        .collect();
+    assert_eq!(wave3.len(), 2);
+    assert!(wave3.iter().all(|t| t.steps == 0), "wave 3 is untouched");
+    assert_eq!(busy(&w.sb), 0, "nothing of wave 3 was sent");
+
+    // `rollout status` in Azure prints what the `status` function returns.
+    let cli = rollout_cli(&w, &["status", "-o", "json"]);
+    let req = json!({"Data": {"req": {"Method": "POST", "Url": "http://localhost/api/status", "Query": {"run": run.as_str()}, "Headers": {}}}, "Metadata": {}});
+    let r: Value = reqwest::Client::new()
+        .post(format!("{}/status", serve.url))
+        .body(req.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let function: Value =
+        serde_json::from_str(r["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(cli, function);
+    assert_eq!(function["run"], run.as_str());
+    assert_eq!(function["finished"], false);
+    assert_eq!(function["waves"].as_array().unwrap().len(), 4, "{function}");
+
+    // Resumed from the command line: the next tick releases wave 3, the last.
+    rollout_cli(&w, &["resume"]);
+    let logs = tick(&serve).await;
+    assert!(logs.iter().any(|l| l.contains("Release")), "{logs:?}");
+    play_host(&w, &mut serve, None).await;
+    let logs = tick(&serve).await;
+    assert!(logs.iter().any(|l| l.contains("Done")), "{logs:?}");
+    let done = outcomes(&report_of(&*ledger, &run).await);
+    assert!(
+        done.values().all(|o| !o.starts_with("unfinished")),
+        "{done:?}"
+    );
+    let waves = waves_of(&w, &run).await;
+    assert!(waves
+        .windows(2)
+        .all(|p| p[0].released_at <= p[1].released_at));
+    assert!(w.sb.fake().dead_letters(QUEUE).is_empty());
+    let v = invariants::check(&w.fleet, &w.sim.state(), &report_of(&*ledger, &run).await);
+    assert!(v.is_empty(), "invariants broken:\n{}", v.join("\n"));
+}
+
+/// `rollout abort` in Azure while the first wave's messages wait in the queue: every
+/// untouched target is `cancelled`, the queued messages are dropped by the step function
+/// (Service Bus cannot withdraw them), ARM sees no write, and ticks release nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rollout_abort_in_azure_leaves_untouched_targets_cancelled() {
+    let mut w = world_on(LedgerKind::Table, fleet(), "plan-only", 10).await;
+    w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
+    std::fs::write(
+        &w.env.policy,
+        json!({ "settleSeconds": 0, "scope": { "subscriptions": w.subs }, "waves": [2] })
+            .to_string(),
+    )
+    .unwrap();
+    let mut serve = spawn_serve(&w.env).await;
+    let run = start_in_azure(&w);
+    assert_eq!(
+        w.sb.fake().counts(QUEUE).active,
+        2,
+        "the first wave is queued"
+    );
+    rollout_cli(&w, &["abort"]);
+    play_host(&w, &mut serve, None).await;
+    let logs = tick(&serve).await;
+    assert!(logs.iter().any(|l| l.contains("Done")), "{logs:?}");
+    let got = outcomes(&report_of(&*w.ledger().await, &run).await);
+    assert_eq!(got.len(), 7);
+    assert!(got.values().all(|o| o == "cancelled"), "{got:?}");
+    let stats = w.sim.stats();
+    assert_eq!(
+        (stats.writes, stats.deletes),
+        (0, 0),
+        "nothing was executed"
+    );
+    assert_eq!(busy(&w.sb), 0);
+    assert!(waves_of(&w, &run).await[1].released_at.is_none());
 }

@@ -8,9 +8,11 @@ use super::columns::{LedgerRow, Rfc3339};
 use super::{lstorage, SqliteStore};
 use crate::azure::ResourceId;
 use crate::pipeline::ledger::{
-    Cutover, Ledger, LedgerError, RunRecord, StepLogEntry, StepRecord, TargetRecord,
+    Cutover, Ledger, LedgerError, Released, RunRecord, StepLogEntry, StepRecord, TargetRecord,
 };
 use crate::pipeline::message::{GatewaySnapshot, RunId};
+use crate::pipeline::queue::Outgoing;
+use crate::pipeline::rollout::{Control, Gate, WaveView};
 
 /// Columns of `targets` added after the first state files were written, with their types.
 const ADDED_TARGET_COLUMNS: [(&str, &str); 4] = [
@@ -270,6 +272,52 @@ impl Ledger for SqliteStore {
             )
             .optional()
             .map_err(lstorage)
+    }
+
+    // The rollout's records are in `rollout.rs`.
+
+    async fn add_waves(
+        &self,
+        run: &RunId,
+        waves: &[Vec<ResourceId>],
+        at: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        SqliteStore::add_waves(self, run, waves, at)
+    }
+
+    async fn waves(&self, run: &RunId) -> Result<Vec<WaveView>, LedgerError> {
+        SqliteStore::waves(self, run)
+    }
+
+    async fn wave_sites(&self, run: &RunId, index: u32) -> Result<Vec<ResourceId>, LedgerError> {
+        SqliteStore::wave_sites(self, run, index)
+    }
+
+    async fn record_gate(&self, run: &RunId, index: u32, gate: &Gate) -> Result<(), LedgerError> {
+        SqliteStore::record_gate(self, run, index, gate)
+    }
+
+    async fn release_wave(
+        &self,
+        run: &RunId,
+        index: u32,
+        gate: &Gate,
+        first: &[Outgoing],
+        now: OffsetDateTime,
+    ) -> Result<Released, LedgerError> {
+        SqliteStore::release_wave(self, run, index, gate, first, now)
+    }
+
+    async fn control(&self, run: &RunId) -> Result<Control, LedgerError> {
+        SqliteStore::control(self, run)
+    }
+
+    async fn set_control(&self, run: &RunId, control: Control) -> Result<Control, LedgerError> {
+        SqliteStore::set_control(self, run, control)
+    }
+
+    async fn abort(&self, run: &RunId, now: OffsetDateTime) -> Result<usize, LedgerError> {
+        SqliteStore::abort(self, run, now)
     }
 }
 

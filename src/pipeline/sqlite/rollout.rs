@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use super::columns::Rfc3339;
 use super::{lstorage, SqliteStore};
 use crate::azure::ResourceId;
-use crate::pipeline::ledger::LedgerError;
+use crate::pipeline::ledger::{LedgerError, Released};
 use crate::pipeline::message::RunId;
 use crate::pipeline::queue::Outgoing;
 use crate::pipeline::rollout::{Control, Gate, WaveView};
@@ -30,7 +30,44 @@ fn read_control(conn: &rusqlite::Connection, run: &RunId) -> Result<Control, Led
     })
 }
 
+/// Records the run's targets in their waves and the waves, the first released at `at`.
+pub(super) fn insert_waves(
+    tx: &rusqlite::Connection,
+    run: &RunId,
+    waves: &[Vec<ResourceId>],
+    at: OffsetDateTime,
+) -> Result<(), LedgerError> {
+    let mut add = tx
+        .prepare_cached("INSERT OR IGNORE INTO targets (run, target_key, target, current_step, started_at, updated_at, wave) VALUES (?1, ?2, ?3, 'discover', ?4, ?4, ?5)")
+        .map_err(lstorage)?;
+    let mut wave = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO rollout_waves (run, wave, released_at) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(lstorage)?;
+    for (i, targets) in waves.iter().enumerate() {
+        let released = (i == 0).then_some(Rfc3339(at));
+        wave.execute(params![run, i as u32, released])
+            .map_err(lstorage)?;
+        for t in targets {
+            add.execute(params![run, t.key(), t, Rfc3339(at), i as u32])
+                .map_err(lstorage)?;
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
+    /// [`insert_waves`] in a transaction of its own.
+    pub(crate) fn add_waves(
+        &self,
+        run: &RunId,
+        waves: &[Vec<ResourceId>],
+        at: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        self.transaction(lstorage, |tx| insert_waves(tx, run, waves, at))
+    }
+
     /// The run's waves in index order, with their targets' standing now.
     pub fn waves(&self, run: &RunId) -> Result<Vec<WaveView>, LedgerError> {
         let conn = self.conn();
@@ -108,8 +145,8 @@ impl SqliteStore {
         gate: &Gate,
         first: &[Outgoing],
         now: OffsetDateTime,
-    ) -> Result<(), LedgerError> {
-        self.transaction(lstorage, |tx| {
+    ) -> Result<Released, LedgerError> {
+        let released = self.transaction(lstorage, |tx| {
             tx.execute(
                 "UPDATE rollout_waves SET gate_passed=?3, gate_reason=?4 WHERE run=?1 AND wave=?2 AND gate_passed IS NULL",
                 params![run, index.saturating_sub(1), gate.passed, gate.reason],
@@ -123,7 +160,7 @@ impl SqliteStore {
                 .map_err(lstorage)?;
             if released == 0 {
                 // Released already (by a process that crashed before it could say so).
-                return Ok(());
+                return Ok(Released::Already);
             }
             tx.execute(
                 "UPDATE targets SET started_at=?3, updated_at=?3 WHERE run=?1 AND wave=?2 AND steps=0",
@@ -131,10 +168,11 @@ impl SqliteStore {
             )
             .map_err(lstorage)?;
             Self::insert(tx, first)
-                .map_err(|e| LedgerError::storage("queueing a wave's first steps", Some(Box::new(e))))
+                .map_err(|e| LedgerError::storage("queueing a wave's first steps", Some(Box::new(e))))?;
+            Ok(Released::Queued)
         })?;
         self.sent.notify_one();
-        Ok(())
+        Ok(released)
     }
 
     /// What an operator asked of the run's rollout (running when nothing was asked).

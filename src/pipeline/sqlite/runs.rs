@@ -44,21 +44,7 @@ impl SqliteStore {
                 params![run.run, contract],
             )
             .map_err(lstorage)?;
-            let mut add = tx
-                .prepare_cached("INSERT OR IGNORE INTO targets (run, target_key, target, current_step, started_at, updated_at, wave) VALUES (?1, ?2, ?3, 'discover', ?4, ?4, ?5)")
-                .map_err(lstorage)?;
-            let mut wave = tx
-                .prepare_cached("INSERT INTO rollout_waves (run, wave, released_at) VALUES (?1, ?2, ?3)")
-                .map_err(lstorage)?;
-            for (i, targets) in waves.iter().enumerate() {
-                let released = (i == 0).then_some(Rfc3339(run.started_at));
-                wave.execute(params![run.run, i as u32, released])
-                    .map_err(lstorage)?;
-                for t in targets {
-                    add.execute(params![run.run, t.key(), t, Rfc3339(run.started_at), i as u32])
-                        .map_err(lstorage)?;
-                }
-            }
+            super::rollout::insert_waves(tx, &run.run, waves, run.started_at)?;
             Self::insert(tx, first)
                 .map_err(|e| LedgerError::storage("queueing the first steps", Some(Box::new(e))))
         })?;

@@ -8,6 +8,7 @@
 //!   own partition (the writes of a run spread over as many partitions as it has targets);
 //!   RowKey = time (nanoseconds, zero-padded), message id and a nonce, so a partition reads
 //!   back in time order and two records never collide.
+//! - `rollouts`: a run's waves and rollout control (see `rollout.rs`).
 //!
 //! A target's row is changed by read-modify-write under `If-Match: {etag}`: an instance that
 //! lost the race (412) reads again and re-applies its change, so two instances settling the
@@ -25,9 +26,11 @@ use time::OffsetDateTime;
 use super::client::{key, literal, TableAuth, TableClient, TableError};
 use crate::azure::ResourceId;
 use crate::pipeline::ledger::{
-    Ledger, LedgerError, RunRecord, StepLogEntry, StepRecord, TargetRecord,
+    Ledger, LedgerError, Released, RunRecord, StepLogEntry, StepRecord, TargetRecord,
 };
 use crate::pipeline::message::{GatewaySnapshot, RunId, Step};
+use crate::pipeline::queue::Outgoing;
+use crate::pipeline::rollout::{Control, Gate, WaveView};
 
 const RUNS: &str = "runs";
 const TARGETS: &str = "targets";
@@ -40,10 +43,10 @@ const RECORD_ID: &str = "recordId";
 /// The ledger in Azure Table Storage.
 #[derive(Debug)]
 pub struct TableLedger {
-    client: TableClient,
+    pub(super) client: TableClient,
 }
 
-fn storage(what: String) -> impl FnOnce(TableError) -> LedgerError {
+pub(super) fn storage(what: String) -> impl FnOnce(TableError) -> LedgerError {
     move |e| LedgerError::storage(what, Some(Box::new(e)))
 }
 
@@ -52,7 +55,7 @@ impl TableLedger {
     pub async fn open(endpoint: &str, auth: TableAuth) -> Result<Self, LedgerError> {
         let client = TableClient::new(endpoint, auth)
             .map_err(|e| LedgerError::storage("cannot use the Table ledger", Some(Box::new(e))))?;
-        for table in [RUNS, TARGETS, STEPLOG] {
+        for table in [RUNS, TARGETS, STEPLOG, super::rollout::ROLLOUTS] {
             client
                 .create_table(table)
                 .await
@@ -61,7 +64,7 @@ impl TableLedger {
         Ok(TableLedger { client })
     }
 
-    async fn read_target(
+    pub(super) async fn read_target(
         &self,
         run: &RunId,
         target: &ResourceId,
@@ -78,12 +81,30 @@ impl TableLedger {
         Ok(Some((record, entity.properties, entity.etag)))
     }
 
+    /// Registers a target untouched by any step, in `wave`; one registered already is left
+    /// as it is.
+    pub(super) async fn insert_target(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+        at: OffsetDateTime,
+        wave: Option<u32>,
+    ) -> Result<(), LedgerError> {
+        let record = untouched(run, target, at, wave);
+        let row = target_entity(&record, &uuid::Uuid::new_v4().to_string())?;
+        self.client
+            .insert(TARGETS, &row)
+            .await
+            .map_err(storage(format!("adding {target} to run {run}")))?;
+        Ok(())
+    }
+
     /// Applies `change` to the target's row (None: there is none yet) until a write lands on
     /// the row it was computed from: an insert that finds a row (409) or a replace whose ETag
     /// is stale (412) reads again. Each call stamps the row with its own id, so a write that
     /// landed although its answer was lost (and was sent again) is recognised, not applied
     /// twice.
-    async fn update_target(
+    pub(super) async fn update_target(
         &self,
         run: &RunId,
         target: &ResourceId,
@@ -126,6 +147,32 @@ impl TableLedger {
             format!("{target} in run {run}: the row kept changing over {RMW_TRIES} tries"),
             None,
         ))
+    }
+}
+
+/// The row of a target no step has touched yet.
+pub(super) fn untouched(
+    run: &RunId,
+    target: &ResourceId,
+    at: OffsetDateTime,
+    wave: Option<u32>,
+) -> TargetRecord {
+    TargetRecord {
+        run: run.clone(),
+        target: target.clone(),
+        outcome: None,
+        current_step: Some(Step::Discover),
+        steps: 0,
+        attempts: 0,
+        reason: None,
+        subnet: None,
+        prefix: None,
+        gateway: None,
+        started_at: at,
+        updated_at: at,
+        finished_at: None,
+        cutover: Default::default(),
+        wave,
     }
 }
 
@@ -180,7 +227,7 @@ fn apply(before: Option<TargetRecord>, r: &StepRecord, site_wave: Option<u32>) -
 
 /// A serialized record as entity properties: nulls left out (an absent property reads back as
 /// None) and the keys added.
-fn entity(
+pub(super) fn entity(
     partition: String,
     row: String,
     value: &impl Serialize,
@@ -199,7 +246,7 @@ fn entity(
     Ok(props)
 }
 
-fn from_entity<T: DeserializeOwned>(
+pub(super) fn from_entity<T: DeserializeOwned>(
     table: &str,
     props: Map<String, Value>,
 ) -> Result<T, LedgerError> {
@@ -309,30 +356,7 @@ impl Ledger for TableLedger {
         target: &ResourceId,
         at: OffsetDateTime,
     ) -> Result<(), LedgerError> {
-        let record = TargetRecord {
-            run: run.clone(),
-            target: target.clone(),
-            outcome: None,
-            current_step: Some(Step::Discover),
-            steps: 0,
-            attempts: 0,
-            reason: None,
-            subnet: None,
-            prefix: None,
-            gateway: None,
-            started_at: at,
-            updated_at: at,
-            finished_at: None,
-            cutover: Default::default(),
-            wave: None,
-        };
-        let row = target_entity(&record, &uuid::Uuid::new_v4().to_string())?;
-        // A target already registered is left as it is.
-        self.client
-            .insert(TARGETS, &row)
-            .await
-            .map_err(storage(format!("adding {target} to run {run}")))?;
-        Ok(())
+        self.insert_target(run, target, at, None).await
     }
 
     async fn record(&self, r: &StepRecord) -> Result<(), LedgerError> {
@@ -461,6 +485,53 @@ impl Ledger for TableLedger {
             }
         }
         Ok(open.into_iter().max_by_key(|t| t.started_at).map(|t| t.run))
+    }
+
+    // The rollout's records are in `rollout.rs`.
+
+    async fn add_waves(
+        &self,
+        run: &RunId,
+        waves: &[Vec<ResourceId>],
+        at: OffsetDateTime,
+    ) -> Result<(), LedgerError> {
+        self.add_rollout_waves(run, waves, at).await
+    }
+
+    async fn waves(&self, run: &RunId) -> Result<Vec<WaveView>, LedgerError> {
+        self.rollout_waves(run).await
+    }
+
+    async fn wave_sites(&self, run: &RunId, index: u32) -> Result<Vec<ResourceId>, LedgerError> {
+        self.untouched(run, Some(index)).await
+    }
+
+    async fn record_gate(&self, run: &RunId, index: u32, gate: &Gate) -> Result<(), LedgerError> {
+        self.record_wave_gate(run, index, gate).await
+    }
+
+    async fn release_wave(
+        &self,
+        run: &RunId,
+        index: u32,
+        gate: &Gate,
+        _first: &[Outgoing],
+        now: OffsetDateTime,
+    ) -> Result<Released, LedgerError> {
+        // The queue is Service Bus: the caller sends.
+        self.release_rollout_wave(run, index, gate, now).await
+    }
+
+    async fn control(&self, run: &RunId) -> Result<Control, LedgerError> {
+        Ok(self.read_control(run).await?.0)
+    }
+
+    async fn set_control(&self, run: &RunId, control: Control) -> Result<Control, LedgerError> {
+        self.write_control(run, control).await
+    }
+
+    async fn abort(&self, run: &RunId, now: OffsetDateTime) -> Result<usize, LedgerError> {
+        self.abort_rollout(run, now).await
     }
 }
 
@@ -752,6 +823,157 @@ mod tests {
             .collect();
         assert!(disconnects.contains(&t.cutover.disconnected_at.unwrap()));
         assert!(t.cutover.connected_at.is_some());
+    }
+
+    /// The rollout's records, the same on SQLite and Table Storage: waves and their standing,
+    /// a gate judged once, a wave released once when two ticks race, the control with resume
+    /// past a tripped gate, and an abort that cancels only untouched targets and stays.
+    async fn rollout_contract(l: &dyn Ledger, prefix: &str) {
+        use crate::pipeline::ledger::Released;
+        use crate::pipeline::rollout::{Control, Gate};
+        let run = RunId(format!("{prefix}/rollout'#"));
+        let t = |secs: i64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_000_000 + secs);
+        l.start_run(&RunRecord {
+            run: run.clone(),
+            started_at: t(0),
+            dry_run: false,
+            origin: "test".into(),
+        })
+        .await
+        .unwrap();
+        let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| site("s", n));
+        assert!(l.waves(&run).await.unwrap().is_empty(), "no rollout yet");
+        l.add_waves(
+            &run,
+            &[vec![a.clone()], vec![b.clone(), c.clone()], vec![d.clone()]],
+            t(0),
+        )
+        .await
+        .unwrap();
+        let waves = l.waves(&run).await.unwrap();
+        let standing: Vec<_> = waves
+            .iter()
+            .map(|w| {
+                (
+                    w.index,
+                    w.targets,
+                    w.released_at,
+                    w.ended_at,
+                    w.gate.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            standing,
+            vec![
+                (0, 1, Some(t(0)), None, None),
+                (1, 2, None, None, None),
+                (2, 1, None, None, None)
+            ]
+        );
+        assert_eq!(
+            l.wave_sites(&run, 1).await.unwrap(),
+            vec![b.clone(), c.clone()]
+        );
+
+        // Wave 0 ends with its target's outcome; a rolled-back target counts as failed.
+        let mut done = step(&run, &a, Step::Rollback, "m-a");
+        done.at = t(10);
+        done.next = None;
+        done.outcome = Some(Outcome::RolledBack(
+            crate::pipeline::reason::RollbackReason::Requested,
+        ));
+        l.record(&done).await.unwrap();
+        let w0 = l.waves(&run).await.unwrap().remove(0);
+        assert_eq!((w0.ended_at, w0.failed), (Some(t(10)), 1));
+
+        // A gate is judged once.
+        let tripped = Gate {
+            passed: false,
+            reason: "tripped".into(),
+        };
+        l.record_gate(&run, 0, &tripped).await.unwrap();
+        l.record_gate(
+            &run,
+            0,
+            &Gate {
+                passed: true,
+                reason: "later".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(l.waves(&run).await.unwrap()[0].gate, Some(tripped.clone()));
+
+        // Two ticks releasing wave 1 at once: one releases it.
+        let (x, y) = tokio::join!(
+            l.release_wave(&run, 1, &tripped, &[], t(20)),
+            l.release_wave(&run, 1, &tripped, &[], t(20))
+        );
+        let results = [x.unwrap(), y.unwrap()];
+        assert_eq!(
+            results.iter().filter(|r| **r == Released::Already).count(),
+            1,
+            "{results:?}"
+        );
+        assert_eq!(l.waves(&run).await.unwrap()[1].released_at, Some(t(20)));
+        let started = l.target(&run, &b).await.unwrap().unwrap();
+        assert_eq!(
+            (started.started_at, started.updated_at),
+            (t(20), t(20)),
+            "its clock restarted"
+        );
+
+        // Pause, then resume: past the tripped gate of wave 0.
+        assert_eq!(l.control(&run).await.unwrap(), Control::Running);
+        assert_eq!(
+            l.set_control(&run, Control::Paused).await.unwrap(),
+            Control::Paused
+        );
+        assert_eq!(l.control(&run).await.unwrap(), Control::Paused);
+        assert!(!l.waves(&run).await.unwrap()[0].resumed);
+        assert_eq!(
+            l.set_control(&run, Control::Running).await.unwrap(),
+            Control::Running
+        );
+        assert!(l.waves(&run).await.unwrap()[0].resumed);
+
+        // Abort: b was touched by a step and goes on; c (released) and d (not) are cancelled.
+        l.record(&step(&run, &b, Step::Discover, "m-b"))
+            .await
+            .unwrap();
+        assert_eq!(l.abort(&run, t(30)).await.unwrap(), 2);
+        for (target, outcome) in [
+            (&b, None),
+            (&c, Some(Outcome::Cancelled)),
+            (&d, Some(Outcome::Cancelled)),
+        ] {
+            let r = l.target(&run, target).await.unwrap().unwrap();
+            assert_eq!(r.outcome, outcome, "{target}");
+        }
+        assert_eq!(
+            l.target(&run, &d).await.unwrap().unwrap().finished_at,
+            Some(t(30))
+        );
+        assert!(l.wave_sites(&run, 2).await.unwrap().is_empty());
+        // An aborted rollout stays aborted.
+        assert_eq!(
+            l.set_control(&run, Control::Running).await.unwrap(),
+            Control::Aborted
+        );
+        assert_eq!(l.control(&run).await.unwrap(), Control::Aborted);
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_ledger_passes_the_rollout_contract() {
+        let (_d, s) = store();
+        rollout_contract(&s, "sqlite").await;
+    }
+
+    #[tokio::test]
+    async fn the_table_ledger_passes_the_rollout_contract_in_azurite() {
+        let az = azurite();
+        rollout_contract(&table(&az).await, "table").await;
     }
 
     #[test]

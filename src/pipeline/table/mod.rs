@@ -5,6 +5,7 @@
 
 mod client;
 mod ledger;
+mod rollout;
 
 pub(crate) use client::{check_endpoint, STORAGE_SCOPE};
 pub use client::{TableAuth, TableError};

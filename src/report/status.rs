@@ -1,0 +1,68 @@
+//! The status document of a run (`status -o json`, `rollout status`, and the `status`
+//! function in Azure, which return the same JSON): the report of its targets and waves (no
+//! performance figures: status measures none), plus what the back end says around it.
+
+use serde::Serialize;
+
+use super::{Performance, Report};
+use crate::pipeline::ledger::{Ledger, LedgerError, RunRecord, TargetRecord};
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RunStatus {
+    #[serde(flatten)]
+    pub(crate) report: Report,
+    pub(crate) finished: bool,
+    /// A process works on the run: the runner holding the state file; in Azure, the function
+    /// app while the run is unfinished.
+    pub(crate) runner_active: bool,
+    /// Dead-lettered step messages; null in Azure, where the ledger does not know them
+    /// (`replay --dlq --dry-run` lists them).
+    pub(crate) dead_letters: Option<usize>,
+}
+
+/// What the back end knows besides the ledger.
+pub(crate) struct Around {
+    /// None: finished when every target has its outcome (Azure).
+    pub(crate) finished: Option<bool>,
+    /// None: active while unfinished (Azure).
+    pub(crate) runner_active: Option<bool>,
+    pub(crate) dead_letters: Option<usize>,
+    pub(crate) simulated_speed: Option<f64>,
+}
+
+impl Around {
+    /// In Azure: the function app works on every run until each target has its outcome.
+    pub(crate) const AZURE: Around = Around {
+        finished: None,
+        runner_active: None,
+        dead_letters: None,
+        simulated_speed: None,
+    };
+}
+
+/// The status of `run` from `ledger`, and the target records it was built from.
+pub(crate) async fn run_status(
+    ledger: &dyn Ledger,
+    run: &RunRecord,
+    around: Around,
+) -> Result<(RunStatus, Vec<TargetRecord>), LedgerError> {
+    let records = ledger.targets(&run.run).await?;
+    let waves = ledger.waves(&run.run).await?;
+    let perf = Performance {
+        simulated_speed: around.simulated_speed,
+        ..Default::default()
+    };
+    let report =
+        Report::new(run.run.as_str(), run.dry_run, &records, perf).with_waves(&records, &waves);
+    let finished = around
+        .finished
+        .unwrap_or_else(|| records.iter().all(|t| t.outcome.is_some()));
+    let status = RunStatus {
+        report,
+        finished,
+        runner_active: around.runner_active.unwrap_or(!finished),
+        dead_letters: around.dead_letters,
+    };
+    Ok((status, records))
+}
