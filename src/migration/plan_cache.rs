@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::context::StepError;
+use super::fleet_plan::VnetDigest;
 use super::plan::{self, Integration, PlanContext, PlanDecision, TargetState};
 use crate::azure::arm::ArmClient;
 use crate::azure::models::{AutoscaleSetting, Plan, Site, VirtualNetwork, VnetConnection};
@@ -25,8 +26,11 @@ pub(crate) struct Decided {
     pub(crate) decision: PlanDecision,
     /// Every site and slot of the plan, with its integration as read.
     pub(crate) targets: Vec<TargetState>,
-    /// The VNets read (gateway VNets, their peers, VNets holding the plan's subnets).
-    pub(crate) vnets: Vec<VirtualNetwork>,
+    /// The VNets read (gateway VNets, their peers, VNets holding the plan's subnets), as far
+    /// as a forecast's fingerprint depends on them. Digests, not the VNets: a decision stays
+    /// cached for its plan's targets, and a hub VNet with every subnet's links and delegations
+    /// decoded took megabytes per plan (10,000 targets: most of a rehearsal's 800 MB).
+    pub(crate) vnets: Vec<VnetDigest>,
 }
 
 /// A decision and when it was made.
@@ -216,7 +220,7 @@ async fn compute(
     Ok(Decided {
         decision,
         targets,
-        vnets,
+        vnets: vnets.iter().map(VnetDigest::of).collect(),
     })
 }
 

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::context::{StepContext, StepError};
 use super::cutover::{connect, disconnect};
-use super::fleet_plan::{self, Forecast, VnetDigest};
+use super::fleet_plan::{self, Forecast};
 use super::plan_cache::connections;
 use super::subnet::prepare_subnet;
 use crate::azure::models::{KeyVaultReference, KeyVaultStatus, Site};
@@ -122,22 +122,21 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
         )));
     };
     let vnet = match live {
-        TargetDecision::Migrate(c) => decided
-            .vnets
-            .iter()
-            .find(|v| v.id == c.vnet)
-            .map(VnetDigest::of),
+        TargetDecision::Migrate(c) => decided.vnets.iter().find(|v| v.id == c.vnet),
         _ => None,
     };
     let no_subnets = Default::default();
-    let fingerprint = fleet_plan::fingerprint(
-        state,
-        &plan_id,
-        decision.required_addresses,
-        live,
-        vnet.as_ref(),
-        ctx.applied.as_ref().map_or(&no_subnets, |a| &a.creates),
-    );
+    // Only a plan being applied and a forecast being written use it.
+    let fingerprint = || {
+        fleet_plan::fingerprint(
+            state,
+            &plan_id,
+            decision.required_addresses,
+            live,
+            vnet,
+            ctx.applied.as_ref().map_or(&no_subnets, |a| &a.creates),
+        )
+    };
     let mut target_decision = live.clone();
     let mut required_prefix_length = ipam::prefix_len_for(decision.required_addresses);
     if let Some(applied) = &ctx.applied {
@@ -145,7 +144,7 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
         let Some(planned) = applied.target(&msg.target) else {
             return drifted("the target is not in the plan");
         };
-        if planned.fingerprint.as_deref() != Some(fingerprint.as_str()) {
+        if planned.fingerprint.as_deref() != Some(fingerprint().as_str()) {
             return drifted("ARM no longer shows what the plan was computed from");
         }
         if let Some(d) = &planned.decision {
@@ -166,9 +165,9 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
                 Integration::Gateway { connection, .. } => Some(connection.clone()),
                 _ => None,
             },
-            vnet,
+            vnet: vnet.cloned(),
             routing_differs,
-            fingerprint,
+            fingerprint: fingerprint(),
         });
     }
     match &target_decision {

@@ -22,9 +22,12 @@ async fn a_cut_over_outside_its_window_waits_for_the_opening_and_others_do_not()
     b.gateway_connection(&dev, &v);
     let rig = Rig::start(b.build()).await;
 
-    // Prod may be cut over only tomorrow (UTC), all day: closed now, whatever the time.
-    let tomorrow = (OffsetDateTime::now_utc() + time::Duration::days(1)).weekday();
-    let day = tomorrow.to_string()[..3].to_ascii_lowercase();
+    // Prod may be cut over only on the day five days from now (UTC), all day: closed now,
+    // whatever the time, and for at least four simulated days — at the rig's compression
+    // about 0.35 s of real time, so a slow machine still reaches the cut-over before the
+    // window opens (with "tomorrow" it could open within a few real milliseconds).
+    let opening_day = (OffsetDateTime::now_utc() + time::Duration::days(5)).weekday();
+    let day = opening_day.to_string()[..3].to_ascii_lowercase();
     let policy = Policy::from_json(
         &json!({
             "settleSeconds": 0,
