@@ -1,4 +1,4 @@
-//! `rollout start|status|pause|resume|abort` on a local state file (DESIGN §8, issue 12).
+//! `rollout start|status|pause|resume|promote|abort` on a local state file (DESIGN §8, issue 12).
 //! `start` is `run`: every run follows its policy's waves, bake and gate. `pause`, `resume`
 //! and `abort` write what the operator asked into the state file, where a running rollout
 //! reads it every tick; with no process running the rollout, `resume` and `abort` drive it
@@ -14,9 +14,10 @@ use super::common::{self, Global};
 use super::state::On;
 use super::{run, state, status};
 use crate::pipeline::local::held_by_a_runner;
-use crate::pipeline::rollout::Control;
-use crate::pipeline::sqlite::SqliteStore;
+use crate::pipeline::rollout::{self, Control, Decision, RolloutConfig};
+use crate::pipeline::sqlite::{RunState, SqliteStore};
 use crate::pipeline::RunId;
+use crate::policy::Policy;
 use crate::report::Report;
 
 #[derive(Debug, ClapArgs)]
@@ -36,6 +37,8 @@ enum Action {
     Pause(On),
     /// Continue a paused rollout, or one stopped at a gate (past that gate).
     Resume(On),
+    /// Release the next wave of a rollout waiting for approval (`gates.manualApproval`).
+    Promote(On),
     /// Cancel every target no step has touched; touched ones reach their outcome.
     Abort(On),
 }
@@ -45,7 +48,9 @@ impl Args {
     pub(crate) fn connection(&self) -> Option<&common::Connection> {
         match &self.action {
             Action::Start(a) => Some(&a.connection),
-            Action::Resume(on) | Action::Abort(on) | Action::Pause(on) => Some(&on.connection),
+            Action::Resume(on) | Action::Abort(on) | Action::Pause(on) | Action::Promote(on) => {
+                Some(&on.connection)
+            }
             Action::Status(_) => None,
         }
     }
@@ -77,6 +82,20 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             );
             drive_unless_running(global, on, run).await
         }
+        Action::Promote(on) => {
+            let (store, run) = open(&on)?;
+            let Some(found) = store.run_state(Some(&run))? else {
+                anyhow::bail!("no such run in {}", on.state.display());
+            };
+            match standing(&store, &found)? {
+                Decision::AwaitApproval { index } => store.approve(&run, index)?,
+                other => {
+                    anyhow::bail!("the rollout of run {run} is not waiting for approval: {other}")
+                }
+            }
+            eprintln!("rollout of run {run} promoted: the next wave is released");
+            drive_unless_running(global, on, run).await
+        }
         Action::Abort(on) => {
             let (store, run) = open(&on)?;
             let cancelled = store.abort(&run, OffsetDateTime::now_utc())?;
@@ -84,6 +103,25 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             drive_unless_running(global, on, run).await
         }
     }
+}
+
+/// What the run's rollout does or waits for now, judged as its runner judges it (with the
+/// policy and speed the run recorded).
+pub(crate) fn standing(store: &SqliteStore, run: &RunState) -> Result<Decision> {
+    let contract = run.contract.as_ref();
+    let policy = match contract {
+        Some(c) => Policy::from_json(&c.policy)?,
+        None => Policy::default(),
+    };
+    let speed = contract.and_then(|c| c.simulated_speed).unwrap_or(1.0);
+    let config = RolloutConfig::of(&policy, speed, Default::default());
+    let id = &run.record.run;
+    Ok(rollout::decide(
+        &store.waves(id)?,
+        store.control(id)?,
+        &config,
+        OffsetDateTime::now_utc(),
+    ))
 }
 
 /// The state file, opened beside a runner that may hold it, and the run meant.

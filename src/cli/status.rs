@@ -128,8 +128,11 @@ async fn show_run(
         ..Default::default()
     };
     let waves = store.waves(&run.record.run)?;
-    let report = Report::new(run.record.run.as_str(), run.record.dry_run, &records, perf)
+    let mut report = Report::new(run.record.run.as_str(), run.record.dry_run, &records, perf)
         .with_waves(&records, &waves);
+    if !run.finished {
+        report.waiting = Some(super::rollout::standing(store, run)?.to_string());
+    }
     if let Some(path) = html {
         crate::report::html::write(&report, path)?;
     }
@@ -214,6 +217,38 @@ fn run_table(view: &RunView, records: &[TargetRecord]) -> String {
                 )
             });
         s.push_str(&format!("  {label} {}\n", t.target));
+    }
+    for w in &r.waves {
+        let when = |s: Option<f64>| s.map_or_else(|| "-".to_string(), |s| format!("{s:.1}s"));
+        let outcomes = w
+            .outcomes
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        s.push_str(&format!(
+            "wave {}: {} target(s) ({outcomes}), started {}, ended {}, gate {}\n",
+            w.index,
+            w.size,
+            when(w.started_seconds),
+            when(w.ended_seconds),
+            match &w.gate {
+                None => "not judged",
+                Some(g) if g.passed => "passed",
+                Some(_) => "tripped",
+            }
+        ));
+        for c in w.gate.iter().flat_map(|g| &g.checks) {
+            s.push_str(&format!(
+                "  {} {}: {}\n",
+                if c.passed { "passed" } else { "FAILED" },
+                c.kind.as_str(),
+                c.detail
+            ));
+        }
+    }
+    if let Some(w) = &r.waiting {
+        s.push_str(&format!("rollout: {w}\n"));
     }
     if view.dead_letters > 0 {
         s.push_str(&format!(

@@ -18,7 +18,7 @@ use super::ledger::{Ledger, RunRecord};
 use super::message::{Origin, RunId, Step, StepMessage};
 use super::queue::Outgoing;
 use super::reconciler::Reconciler;
-use super::rollout::{self, Candidate, Control, Decision, RolloutConfig};
+use super::rollout::{self, Candidate, Control, Decision, RolloutConfig, WaveChecks};
 use super::runner::{RunStats, Runner, RunnerConfig};
 use super::sqlite::SqliteStore;
 
@@ -47,6 +47,8 @@ pub struct LocalRun {
     pub progress: bool,
     /// Waves, bake and gate of the policy.
     pub rollout: RolloutConfig,
+    /// The checks of a wave's migrated targets its gate makes besides the failure rate.
+    pub checks: Option<Arc<dyn WaveChecks>>,
 }
 
 /// Which run `execute` drives: the newest one again, or a new one with this contract.
@@ -314,6 +316,27 @@ impl LocalRun {
                             reason: gate.reason,
                         }),
                     ));
+                }
+                Decision::Judge { index } => {
+                    let migrated = store.wave_migrated(run, index)?;
+                    let checks = match &self.checks {
+                        Some(c) => c.check(&migrated).await,
+                        None => Vec::new(),
+                    };
+                    if let Some(wave) = waves.iter().find(|w| w.index == index) {
+                        store.record_gate(
+                            run,
+                            index,
+                            &rollout::judge(wave, &self.rollout, checks),
+                        )?;
+                    }
+                }
+                Decision::AwaitApproval { .. } => {
+                    // `rollout promote` comes from another process: looked for every tick.
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.rollout.tick) => {}
+                        _ = hold.changed() => {}
+                    }
                 }
                 Decision::Release { index, gate } => {
                     let sites = store.wave_sites(run, index)?;

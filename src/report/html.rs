@@ -134,6 +134,7 @@ pub(crate) fn render(report: &Report) -> Result<String, ChartError> {
         escape(&title)
     );
     summary(&mut h, report, &clock);
+    waves(&mut h, report, &clock);
     progress(&mut h, report, &clock)?;
     outcomes(&mut h, report)?;
     downtime(&mut h, report, &clock)?;
@@ -411,6 +412,68 @@ fn subscriptions(h: &mut String, report: &Report, clock: &Clock) {
     h.push_str("</tbody></table></section>\n");
 }
 
+/// The rollout's waves (DESIGN §8): per wave its targets and their outcomes, when it started
+/// and ended, each check of its gate; and what the rollout waits for.
+fn waves(h: &mut String, report: &Report, clock: &Clock) {
+    if report.waves.is_empty() {
+        return;
+    }
+    h.push_str("<section id=\"waves\"><h2>Waves</h2>\n");
+    if let Some(w) = report.waiting.as_ref().or(report.stopped.as_ref()) {
+        let _ = writeln!(h, "<p class=\"waiting\">The rollout: {}</p>", with_code(w));
+    }
+    h.push_str("<table><thead><tr><th>Wave</th><th>Targets</th><th>Outcomes</th><th>Started</th><th>Ended</th><th>Gate</th></tr></thead><tbody>\n");
+    let when = |s: Option<f64>| s.map_or_else(|| "—".to_string(), |s| clock.run_seconds(s));
+    for w in &report.waves {
+        let outcomes = w
+            .outcomes
+            .iter()
+            .map(|(k, n)| format!("{n} {}", escape(k)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let gate = match &w.gate {
+            None => "not judged".to_string(),
+            Some(g) => {
+                let checks: String = g
+                    .checks
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "<li class=\"{}\">{}: {}</li>",
+                            if c.passed { "passed" } else { "failed" },
+                            c.kind.as_str(),
+                            escape(&c.detail)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{}<ul>{checks}</ul>",
+                    if g.passed {
+                        "passed"
+                    } else {
+                        "<strong>tripped</strong>"
+                    }
+                )
+            }
+        };
+        let ids: String = report
+            .targets
+            .iter()
+            .filter(|t| t.wave == Some(w.index))
+            .map(|t| format!("<li>{} ({})</li>", escape(&t.id), escape(&t.outcome)))
+            .collect();
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td><details><summary>{}</summary><ul class=\"id\">{ids}</ul></details></td><td>{outcomes}</td><td>{}</td><td>{}</td><td>{gate}</td></tr>",
+            w.index,
+            w.size,
+            when(w.started_seconds),
+            when(w.ended_seconds),
+        );
+    }
+    h.push_str("</tbody></table></section>\n");
+}
+
 fn attention(h: &mut String, report: &Report) {
     let mut rows: Vec<(&TargetReport, String)> = report
         .targets
@@ -560,6 +623,7 @@ mod tests {
             by_reason,
             waves: Vec::new(),
             stopped: None,
+            waiting: None,
             performance: Performance {
                 makespan_seconds: 10.0,
                 downtime_seconds,

@@ -12,7 +12,24 @@ use crate::azure::ResourceId;
 use crate::pipeline::ledger::LedgerError;
 use crate::pipeline::message::RunId;
 use crate::pipeline::queue::Outgoing;
-use crate::pipeline::rollout::{Control, Gate, WaveView};
+use crate::pipeline::rollout::{Control, Gate, GateCheck, WaveView};
+
+/// Columns of `rollout_waves` added after the first rollouts were written, with their types:
+/// a wave promoted by an operator, and the checks its gate made (JSON).
+pub(super) const ADDED_WAVE_COLUMNS: [(&str, &str); 2] = [
+    ("approved", "INTEGER NOT NULL DEFAULT 0"),
+    ("gate_checks", "TEXT"),
+];
+
+/// The checks of a gate as stored (none in gates recorded before checks were).
+fn checks_of(text: Option<String>) -> Vec<GateCheck> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn checks_text(gate: &Gate) -> String {
+    serde_json::to_string(&gate.checks).expect("gate checks serialise")
+}
 
 /// The run's control as recorded (running when nothing was asked).
 fn read_control(conn: &rusqlite::Connection, run: &RunId) -> Result<Control, LedgerError> {
@@ -39,7 +56,7 @@ impl SqliteStore {
                 "SELECT w.wave, w.released_at, w.gate_passed, w.gate_reason, w.resumed,
                    COUNT(t.target_key), COALESCE(SUM(t.outcome IS NOT NULL), 0),
                    COALESCE(SUM(t.outcome LIKE 'rolled-back%' OR t.outcome LIKE 'parked%'), 0),
-                   MAX(t.finished_at)
+                   MAX(t.finished_at), w.approved, w.gate_checks
                  FROM rollout_waves w LEFT JOIN targets t ON t.run = w.run AND t.wave = w.wave
                  WHERE w.run = ?1 GROUP BY w.wave ORDER BY w.wave",
             )
@@ -51,16 +68,20 @@ impl SqliteStore {
                 let last: Option<Rfc3339> = r.get(8)?;
                 let passed: Option<bool> = r.get(2)?;
                 let reason: Option<String> = r.get(3)?;
+                let checks = checks_of(r.get(10)?);
                 Ok(WaveView {
                     index: r.get(0)?,
                     targets,
                     failed: r.get(7)?,
                     released_at: r.get::<_, Option<Rfc3339>>(1)?.map(|t| t.0),
                     ended_at: last.filter(|_| terminal == targets).map(|t| t.0),
-                    gate: passed
-                        .zip(reason)
-                        .map(|(passed, reason)| Gate { passed, reason }),
+                    gate: passed.zip(reason).map(|(passed, reason)| Gate {
+                        passed,
+                        reason,
+                        checks,
+                    }),
                     resumed: r.get(4)?,
+                    approved: r.get(9)?,
                 })
             })
             .map_err(lstorage)?;
@@ -92,8 +113,36 @@ impl SqliteStore {
     ) -> Result<(), LedgerError> {
         self.conn()
             .execute(
-                "UPDATE rollout_waves SET gate_passed=?3, gate_reason=?4 WHERE run=?1 AND wave=?2 AND gate_passed IS NULL",
-                params![run, index, gate.passed, gate.reason],
+                "UPDATE rollout_waves SET gate_passed=?3, gate_reason=?4, gate_checks=?5 WHERE run=?1 AND wave=?2 AND gate_passed IS NULL",
+                params![run, index, gate.passed, gate.reason, checks_text(gate)],
+            )
+            .map_err(lstorage)?;
+        Ok(())
+    }
+
+    /// The migrated targets of wave `index` (its gate checks them after the bake).
+    pub(crate) fn wave_migrated(
+        &self,
+        run: &RunId,
+        index: u32,
+    ) -> Result<Vec<ResourceId>, LedgerError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT target FROM targets WHERE run=?1 AND wave=?2 AND outcome='migrated' ORDER BY target_key")
+            .map_err(lstorage)?;
+        let rows = stmt
+            .query_map(params![run, index], |r| r.get::<_, ResourceId>(0))
+            .map_err(lstorage)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(lstorage)
+    }
+
+    /// An operator's approval of wave `index` (`rollout promote`): it is released once its
+    /// predecessor's gate passed.
+    pub fn approve(&self, run: &RunId, index: u32) -> Result<(), LedgerError> {
+        self.conn()
+            .execute(
+                "UPDATE rollout_waves SET approved=1 WHERE run=?1 AND wave=?2",
+                params![run, index],
             )
             .map_err(lstorage)?;
         Ok(())
@@ -111,8 +160,8 @@ impl SqliteStore {
     ) -> Result<(), LedgerError> {
         self.transaction(lstorage, |tx| {
             tx.execute(
-                "UPDATE rollout_waves SET gate_passed=?3, gate_reason=?4 WHERE run=?1 AND wave=?2 AND gate_passed IS NULL",
-                params![run, index.saturating_sub(1), gate.passed, gate.reason],
+                "UPDATE rollout_waves SET gate_passed=?3, gate_reason=?4, gate_checks=?5 WHERE run=?1 AND wave=?2 AND gate_passed IS NULL",
+                params![run, index.saturating_sub(1), gate.passed, gate.reason, checks_text(gate)],
             )
             .map_err(lstorage)?;
             let released = tx

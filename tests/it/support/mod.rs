@@ -18,7 +18,7 @@ use vnet_migrate::azure::credential::StaticToken;
 use vnet_migrate::azure::servicebus::{ServiceBusClient, StaticBearer};
 use vnet_migrate::azure::ResourceId;
 use vnet_migrate::migration::local::{contract, migrate_locally, Scope as LocalScope};
-use vnet_migrate::migration::{Migration, StepContext};
+use vnet_migrate::migration::{FrontEnd, Migration, StepContext};
 use vnet_migrate::pipeline::engine::Engine;
 use vnet_migrate::pipeline::ledger::Ledger;
 use vnet_migrate::pipeline::local::{Finished, LocalRun, LocalRunError, StateFile};
@@ -341,6 +341,7 @@ pub fn report_from_json(v: &Value) -> Report {
         by_reason: Default::default(),
         waves: Vec::new(),
         stopped: v["stopped"].as_str().map(Into::into),
+        waiting: v["waiting"].as_str().map(Into::into),
         performance: Default::default(),
     }
 }
@@ -408,6 +409,7 @@ impl Rig {
             origin: "test".into(),
             progress: false,
             rollout: Default::default(),
+            checks: None,
         };
         let scope = LocalScope {
             arm: self.arm.clone(),
@@ -417,6 +419,7 @@ impl Rig {
             time_scale: TIME_SCALE,
             applied: None,
             forecasts: None,
+            front_end: FrontEnd::Simulator(self.sim_url()),
         };
         let contract = contract(policy, &[], "http://127.0.0.1", false, None);
         async move {
