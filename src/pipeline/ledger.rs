@@ -115,6 +115,11 @@ impl StepLogEntry {
     pub fn detail(&self) -> &str {
         &self.detail
     }
+
+    /// When the step was taken.
+    pub fn at(&self) -> OffsetDateTime {
+        self.at
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

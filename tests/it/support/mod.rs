@@ -23,6 +23,7 @@ use vnet_migrate::pipeline::engine::Engine;
 use vnet_migrate::pipeline::ledger::Ledger;
 use vnet_migrate::pipeline::local::{Finished, LocalRun, LocalRunError, StateFile};
 use vnet_migrate::pipeline::message::RunId;
+use vnet_migrate::pipeline::rollout::RolloutConfig;
 use vnet_migrate::pipeline::runner::RunnerConfig;
 use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
@@ -399,6 +400,19 @@ impl Rig {
         state: PathBuf,
         in_flight: usize,
     ) -> impl Future<Output = Result<Finished, LocalRunError>> + Send + 'static {
+        self.local_run_ticking(policy, state, in_flight, RolloutConfig::default().tick)
+    }
+
+    /// `local_run` whose rollout looks for pause and abort every `tick`.
+    pub fn local_run_ticking(
+        &self,
+        policy: &Policy,
+        state: PathBuf,
+        in_flight: usize,
+        tick: Duration,
+    ) -> impl Future<Output = Result<Finished, LocalRunError>> + Send + 'static {
+        let mut rollout = RolloutConfig::default();
+        rollout.tick = tick;
         let local = LocalRun {
             dry_run: false,
             runner: RunnerConfig {
@@ -408,7 +422,7 @@ impl Rig {
             },
             origin: "test".into(),
             progress: false,
-            rollout: Default::default(),
+            rollout,
             checks: None,
         };
         let scope = LocalScope {
