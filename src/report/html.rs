@@ -634,6 +634,58 @@ mod tests {
     }
 
     #[test]
+    fn waves_show_their_targets_outcomes_times_gate_checks_and_the_wait() {
+        use crate::pipeline::rollout::{Gate, GateCheck, GateKind};
+        let mut a = target("a", "migrated", None, Some(1.0));
+        a.wave = Some(0);
+        let mut r = report(vec![a], None);
+        assert!(
+            !render(&r).unwrap().contains("id=\"waves\""),
+            "no waves, no section"
+        );
+        r.waves = vec![
+            super::super::WaveReport {
+                index: 0,
+                size: 1,
+                started_seconds: Some(0.0),
+                ended_seconds: Some(2.5),
+                outcomes: BTreeMap::from([("migrated".to_string(), 1)]),
+                gate: Some(Gate::of(vec![
+                    GateCheck::failure_rate(0, 1, 0.1),
+                    GateCheck {
+                        kind: GateKind::KeyVaultReferences,
+                        passed: false,
+                        detail: "a: Key Vault references no longer resolve: <Db> is VaultNotFound"
+                            .into(),
+                    },
+                ])),
+            },
+            super::super::WaveReport {
+                index: 1,
+                size: 3,
+                started_seconds: None,
+                ended_seconds: None,
+                outcomes: BTreeMap::from([("unfinished".to_string(), 3)]),
+                gate: None,
+            },
+        ];
+        r.waiting = Some("held by the gate of wave 0: …; `rollout resume` goes on".into());
+        let page = render(&r).unwrap();
+        for want in [
+            "<section id=\"waves\">",
+            "The rollout: held by the gate of wave 0: …; <code>rollout resume</code> goes on",
+            "<li>/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Web/sites/a (migrated)</li>",
+            "<td>1 migrated</td><td>0.0 s</td><td>2.5 s</td>",
+            "<strong>tripped</strong>",
+            "<li class=\"passed\">failure rate: 0 of 1 target(s)",
+            "<li class=\"failed\">Key Vault references: a: Key Vault references no longer resolve: &lt;Db&gt; is VaultNotFound</li>",
+            "<td>3 unfinished</td><td>—</td><td>—</td><td>not judged</td>",
+        ] {
+            assert!(page.contains(want), "{want} not in the page");
+        }
+    }
+
+    #[test]
     fn remedies_set_commands_as_code() {
         assert_eq!(
             with_code("run `plan --out-file` <then> `run --plan`."),
