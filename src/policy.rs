@@ -1086,6 +1086,11 @@ mod tests {
             "manual_approval_waits_for_promote_between_waves",
         ),
         (
+            "gates.manualApproval",
+            "functions_host.rs",
+            "manual_approval_in_azure_waits_until_rollout_promote",
+        ),
+        (
             "gates.keyVaultReferencesMustResolve",
             "rollout_gates.rs",
             "a_key_vault_reference_broken_during_the_bake_trips_the_gate",

@@ -1,13 +1,17 @@
-//! The rollout controller (DESIGN §9; issue 12): which site goes in which wave, when the next
-//! wave is released, and whether a wave's gate lets the rollout go on. Pure: the driver
-//! (`local.rs` for the embedded runner) reads the waves' standing from the ledger, asks
-//! [`decide`], and carries the decision out (waits on a timer, records a gate, releases a
-//! wave's first messages in the transaction that records the release).
+//! The rollout's decisions (DESIGN §9; issue 12): which site goes in which wave, when the next
+//! wave is released, and whether a wave's gate lets the rollout go on. Pure: the one
+//! controller (`controller.rs`, ticked by the embedded runner and by the Functions host's
+//! `rollout-tick`) reads the waves' standing from the ledger, asks [`decide`], and carries the
+//! decision out: it judges a baked wave's gate ([`judge`]: the failure rate, then the
+//! [`WaveChecks`] of its migrated targets), records a stop, or releases the next wave; its
+//! caller waits out what remains (steps in flight, a bake, an approval, a pause).
 //!
-//! Shaped after Argo Rollouts (steps, pause, abort, analysis with failure limits) and Azure
-//! safe deployment (canary, then growing waves): a wave starts only after the previous wave's
-//! last terminal outcome plus the bake time, and a tripped gate stops the rollout, later
-//! waves untouched, until an operator resumes or aborts it.
+//! Shaped after Argo Rollouts (steps, pause, promote, abort, analysis with failure limits),
+//! AKS Fleet update runs (approval between stages) and Azure safe deployment (canary, then
+//! growing waves): a wave starts only after the previous wave's last terminal outcome plus
+//! the bake time and a passed gate (and, with `gates.manualApproval`, `rollout promote`); a
+//! tripped gate stops the rollout, later waves untouched, until an operator resumes or aborts
+//! it.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -324,11 +328,13 @@ pub(crate) fn decide(
         Control::Paused => return Decision::Paused,
         Control::Running => {}
     }
-    let until = ended + config.bake;
-    if now < until {
-        return Decision::Bake { until };
-    }
+    // A recorded gate was judged after the bake: whoever reads it now (another process, with
+    // its own clock and speed) goes by the gate.
     let Some(gate) = last.gate.clone() else {
+        let until = ended + config.bake;
+        if now < until {
+            return Decision::Bake { until };
+        }
         return Decision::Judge { index: last.index };
     };
     if !gate.passed && !last.resumed {
@@ -483,6 +489,11 @@ mod tests {
         else {
             panic!("wave 1 is released after the bake");
         };
+        // A judged gate ended the bake, whatever the clock of whoever reads it.
+        assert!(matches!(
+            decide(&waves, Control::Running, &c, t(120)),
+            Decision::Release { index: 1, .. }
+        ));
         assert!(gate.passed, "{gate:?}");
         assert_eq!(
             gate.reason,
