@@ -12,6 +12,7 @@ use vnet_migrate::azure::models::{AutoscaleSetting, Plan, Site, VirtualNetwork, 
 use vnet_migrate::azure::{ResourceId, ResourceKind};
 use vnet_migrate::migration::local::{contract, migrate_locally, Scope as LocalScope};
 use vnet_migrate::migration::plan::{self, Integration, PlanContext, TargetState};
+use vnet_migrate::migration::FrontEnd;
 use vnet_migrate::pipeline::ledger::Ledger;
 use vnet_migrate::pipeline::local::{LocalRun, Start, StateFile};
 use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
@@ -197,8 +198,9 @@ fn main() {
             origin: "bench".into(),
             progress: false,
             rollout: Default::default(),
+            checks: None,
         };
-        let scope = LocalScope { arm, policy: Arc::new(Policy::default()), subscriptions: subs, apps: Vec::new(), time_scale: speed, applied: None, forecasts: None };
+        let scope = LocalScope { arm, policy: Arc::new(Policy::default()), subscriptions: subs, apps: Vec::new(), time_scale: speed, applied: None, forecasts: None, front_end: FrontEnd::Simulator(server.url()) };
         let file = StateFile::open(&state).unwrap();
         let start = Start::New(contract(&Policy::default(), &[], &server.url(), false, None));
         let finished = migrate_locally(local, file, start, scope).await.unwrap();

@@ -12,11 +12,12 @@
 //! - `pipeline`: the runtime, which knows nothing of the domain: the versioned step message
 //!   (MessageId / SessionId), outcomes and their reasons, the `Reconciler` seam, the queue and
 //!   ledger contracts, the embedded SQLite store, the engine that executes one step, the
-//!   embedded runner, the rollout controller (the same for the embedded runner and the
-//!   Functions host) and a whole local run.
+//!   embedded runner, the rollout's waves and decisions and the one controller that carries
+//!   them out (the same for the embedded runner and the Functions host) and a whole local run.
 //! - `migration`: the domain, as the pipeline's reconciler: planning (pure: sizing, address
 //!   allocation, plan-wide decisions), one reconcile function per step (discover … verify,
-//!   rollback), its error policy, health checks and snapshot.
+//!   rollback), its error policy, health checks, the checks of a wave's gate after its bake
+//!   (Key Vault references, probe) and snapshot.
 //! - `functions`: the Azure Functions custom-handler protocol: decoding the host's invocation
 //!   payloads (Service Bus, Event Grid, Timer, HTTP), classifying Event Grid events, encoding
 //!   responses.
@@ -25,7 +26,8 @@
 //!   a launcher for the Azurite storage emulator (the Table ledger's tests).
 //! - `rehearsal`: what judges and measures a rehearsal: the safety invariants and the figures
 //!   taken from the simulator.
-//! - `report`: the JSON report and summary tables.
+//! - `report`: the JSON report, the status document (the same from a state file and from the
+//!   ledger in Azure), the HTML report and summary tables.
 //! - `cli`: one file per subcommand, `common` (shared flags and the checks of every value a
 //!   user types) and `exit` (the exit codes, decided in one place); `main.rs` only calls
 //!   `cli::main`.

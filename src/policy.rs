@@ -256,9 +256,13 @@ impl Default for Concurrency {
 pub(crate) struct Gates {
     /// Share of a wave's targets (0–1) that may fail before the rollout pauses.
     pub(crate) max_failure_rate: f64,
+    /// Checked per target at verify and again over a wave's migrated targets after its bake.
     pub(crate) key_vault_references_must_resolve: bool,
+    /// Checked per target at verify and again over a wave's migrated targets after its bake.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) probe: Option<Probe>,
+    /// After a wave's bake and passed gate, the next wave waits for `rollout promote`.
+    pub(crate) manual_approval: bool,
 }
 
 impl Default for Gates {
@@ -267,6 +271,7 @@ impl Default for Gates {
             max_failure_rate: 0.1,
             key_vault_references_must_resolve: true,
             probe: None,
+            manual_approval: false,
         }
     }
 }
@@ -720,7 +725,7 @@ mod tests {
                 "concurrency": {"perSubscription": 8},
                 "bakeMinutes": 30,
                 "gates": {"maxFailureRate": 0.2, "keyVaultReferencesMustResolve": false,
-                          "probe": {"path": "/health", "expectedStatus": 204}},
+                          "probe": {"path": "/health", "expectedStatus": 204}, "manualApproval": true},
                 "subnet": {"namePattern": "snet-{plan}", "preferredPrefix": 27, "reuseEmptySubnets": true,
                            "networkSecurityGroupId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/networkSecurityGroups/nsg",
                            "routeTableId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/routeTables/rt",
@@ -1071,6 +1076,36 @@ mod tests {
             "a_gate_tripped_in_wave_two_stops_until_resume_and_abort_cancels",
         ),
         (
+            "gates.manualApproval",
+            "rollout.rs",
+            "manual_approval_waits_for_promote_after_a_passed_gate",
+        ),
+        (
+            "gates.manualApproval",
+            "rollout_gates.rs",
+            "manual_approval_waits_for_promote_between_waves",
+        ),
+        (
+            "gates.manualApproval",
+            "functions_host.rs",
+            "manual_approval_in_azure_waits_until_rollout_promote",
+        ),
+        (
+            "gates.keyVaultReferencesMustResolve",
+            "rollout_gates.rs",
+            "a_key_vault_reference_broken_during_the_bake_trips_the_gate",
+        ),
+        (
+            "gates.probe.path",
+            "rollout_gates.rs",
+            "a_probe_failing_during_the_bake_trips_the_gate",
+        ),
+        (
+            "gates.probe.expectedStatus",
+            "rollout_gates.rs",
+            "a_probe_failing_during_the_bake_trips_the_gate",
+        ),
+        (
             "concurrency.perSubscription",
             "runner.rs",
             "a_backlog_that_cannot_be_admitted_is_awaited_not_polled",
@@ -1142,8 +1177,6 @@ mod tests {
     const HONOURED_UNTESTED: &[&str] = &[
         "subnet.routeTableId",
         "subnet.natGatewayId",
-        "gates.probe.path",
-        "gates.probe.expectedStatus",
         "settleSeconds",
     ];
 
@@ -1158,6 +1191,7 @@ mod tests {
             "scenarios.rs" => include_str!("../tests/it/scenarios.rs"),
             "functions_host.rs" => include_str!("../tests/it/functions_host.rs"),
             "rollout_waves.rs" => include_str!("../tests/it/rollout_waves.rs"),
+            "rollout_gates.rs" => include_str!("../tests/it/rollout_gates.rs"),
             "window.rs" => include_str!("migration/window.rs"),
             "windows.rs" => include_str!("../tests/it/windows.rs"),
             other => panic!("no source {other}"),

@@ -14,6 +14,7 @@ use super::run::migrate;
 use crate::azure::ResourceId;
 use crate::migration::fleet_plan::{self, Forecasts, PlanFile, PlanInputs};
 use crate::migration::local::{self, Scope as LocalScope};
+use crate::migration::FrontEnd;
 use crate::pipeline::local::{Start, StateFile};
 
 #[derive(Debug, ClapArgs)]
@@ -45,6 +46,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         time_scale: 1.0,
         applied: None,
         forecasts: Some(forecasts.clone()),
+        // A dry run verifies nothing and releases no wave past a gate: nothing is probed.
+        front_end: FrontEnd::Https,
     };
     let file = StateFile::open(state.path())?;
     let report = migrate(global, scope, (file, Start::New(contract)), true).await?;

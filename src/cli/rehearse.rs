@@ -12,6 +12,7 @@ use super::run::migrate;
 use crate::azure::arm::{ArmClient, ArmConfig};
 use crate::azure::credential::StaticToken;
 use crate::migration::local::{self, Scope as LocalScope};
+use crate::migration::FrontEnd;
 use crate::pipeline::local::{Start, StateFile};
 use crate::policy::Policy;
 use crate::rehearsal::{self, invariants};
@@ -96,6 +97,8 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         time_scale: args.speed,
         applied: None,
         forecasts: None,
+        // The simulator answers for the apps' host names.
+        front_end: FrontEnd::Simulator(server.url()),
     };
     let mut report = migrate(global, scope, (file, Start::New(contract)), false).await?;
 

@@ -1,9 +1,10 @@
-//! `rollout start|status|pause|resume|abort` on a local state file (DESIGN §8, issue 12), or
-//! with `--ledger` in Azure (`rollout_azure.rs`).
-//! `start` is `run`: every run follows its policy's waves, bake and gate. `pause`, `resume`
-//! and `abort` write what the operator asked into the state file, where a running rollout
-//! reads it every tick; with no process running the rollout, `resume` and `abort` drive it
-//! themselves (an abort still lets the targets a step has touched reach their outcome).
+//! `rollout start|status|pause|resume|promote|abort` on a local state file (DESIGN §8, issue
+//! 12), or with `--ledger` in Azure (`rollout_azure.rs`).
+//! `start` is `run`: every run follows its policy's waves, bake, gates and approval. `pause`,
+//! `resume`, `promote` and `abort` write what the operator asked into the state file, where a
+//! running rollout reads it every tick; with no process running the rollout, `resume`,
+//! `promote` and `abort` drive it themselves (an abort still lets the targets a step has
+//! touched reach their outcome).
 
 use std::process::ExitCode;
 
@@ -15,8 +16,9 @@ use super::common::{self, Global};
 use super::rollout_azure::{self, Azure};
 use super::state::On;
 use super::{run, state, status};
+use crate::pipeline::controller::promote;
 use crate::pipeline::local::held_by_a_runner;
-use crate::pipeline::rollout::Control;
+use crate::pipeline::rollout::{Control, Decision};
 use crate::pipeline::sqlite::SqliteStore;
 use crate::pipeline::RunId;
 use crate::report::Report;
@@ -40,6 +42,8 @@ enum Action {
     Pause(On),
     /// Continue a paused rollout, or one stopped at a gate (past that gate).
     Resume(On),
+    /// Release the next wave of a rollout waiting for approval (`gates.manualApproval`).
+    Promote(On),
     /// Cancel every target no step has touched; touched ones reach their outcome.
     Abort(On),
 }
@@ -49,7 +53,9 @@ impl Args {
     pub(crate) fn connection(&self) -> Option<&common::Connection> {
         match &self.action {
             Action::Start(a) => Some(&a.connection),
-            Action::Resume(on) | Action::Abort(on) | Action::Pause(on) => Some(&on.connection),
+            Action::Resume(on) | Action::Abort(on) | Action::Pause(on) | Action::Promote(on) => {
+                Some(&on.connection)
+            }
             Action::Status(_) => None,
         }
     }
@@ -62,6 +68,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             Action::Status(a) => azure.status(global, a).await,
             Action::Pause(on) => azure.control(on, Control::Paused).await,
             Action::Resume(on) => azure.control(on, Control::Running).await,
+            Action::Promote(on) => azure.promote(global, on).await,
             Action::Abort(on) => azure.abort(on).await,
         };
     }
@@ -90,6 +97,19 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             );
             drive_unless_running(global, on, run).await
         }
+        Action::Promote(on) => {
+            let (store, run) = open(&on)?;
+            let Some(found) = store.run_state(Some(&run))? else {
+                anyhow::bail!("no such run in {}", on.state.display());
+            };
+            let config = status::rollout_config(&found)?;
+            let index = promoted(
+                &run,
+                promote(&store, &run, &config, OffsetDateTime::now_utc()).await?,
+            )?;
+            eprintln!("rollout of run {run} promoted: wave {index} is released");
+            drive_unless_running(global, on, run).await
+        }
         Action::Abort(on) => {
             let (store, run) = open(&on)?;
             let cancelled = store.abort(&run, OffsetDateTime::now_utc())?;
@@ -97,6 +117,13 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
             drive_unless_running(global, on, run).await
         }
     }
+}
+
+/// The wave `rollout promote` approved, or the one line that says why it refused.
+pub(crate) fn promoted(run: &RunId, promoted: Result<u32, Decision>) -> Result<u32> {
+    promoted.map_err(|now| {
+        anyhow::anyhow!("the rollout of run {run} is not waiting for approval: {now}")
+    })
 }
 
 /// The state file, opened beside a runner that may hold it, and the run meant.

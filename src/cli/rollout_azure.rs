@@ -1,10 +1,12 @@
-//! `rollout start|status|pause|resume|abort --ledger URL` (issue 13): the rollout in Azure,
-//! on the function app's Table ledger and steps queue, driven by the same controller as on a
-//! state file (`pipeline::controller`). `start` records the run and its waves in the ledger
-//! and sends the first wave to the steps queue; the function app's `rollout-tick` releases
-//! the next waves. `pause`, `resume` and `abort` change the control the tick reads (`abort`
-//! also cancels the untouched targets); `status` prints the document of `status -o json`,
-//! the same JSON the `status` function returns.
+//! `rollout start|status|pause|resume|promote|abort --ledger URL` (issue 13): the rollout in
+//! Azure, on the function app's Table ledger and steps queue, driven by the same controller
+//! as on a state file (`pipeline::controller`). `start` records the run and its waves in the
+//! ledger and sends the first wave to the steps queue; the function app's `rollout-tick`
+//! judges each wave's gate after its bake and releases the next waves. `pause`, `resume`,
+//! `promote` and `abort` change what the tick reads (`abort` also cancels the untouched
+//! targets); `status` prints the document of `status -o json`, the same JSON the `status`
+//! function returns, judging what the rollout waits for with the function app's policy
+//! (`VNET_MIGRATE_POLICY`, as for `serve`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,10 +20,11 @@ use super::state::On;
 use super::{run, status};
 use crate::azure::credential::CredentialKind;
 use crate::migration::discover::candidates_in_scope;
-use crate::pipeline::controller::{self, Controller};
+use crate::pipeline::controller::{promote, Controller};
 use crate::pipeline::ledger::{Ledger, RunRecord};
 use crate::pipeline::rollout::{Control, RolloutConfig};
 use crate::pipeline::RunId;
+use crate::policy::Policy;
 use crate::report::status::Around;
 
 /// Where the rollout lives in Azure: the settings of `serve` (DESIGN §7).
@@ -102,7 +105,7 @@ impl Azure {
             dry_run: args.dry_run,
             origin: "vnet-migrate rollout start (Azure)".into(),
         };
-        let config = controller::config(&policy, 1.0, RolloutConfig::default().tick);
+        let config = RolloutConfig::of(&policy, 1.0, RolloutConfig::default().tick);
         let targets = sites.len();
         let waves = Controller::new(&*self.ledger, &sender, &config)
             .start(&record, sites)
@@ -128,10 +131,26 @@ impl Azure {
             &*self.ledger,
             &run,
             Around::AZURE,
+            &function_app_config(global)?,
             false,
             args.report.as_deref(),
         )
         .await
+    }
+
+    /// Approves the wave the rollout waits for approval at: the function app's next
+    /// `rollout-tick` releases it.
+    pub(crate) async fn promote(&self, global: &Global, on: On) -> Result<ExitCode> {
+        let run = self.run(on.run.as_deref()).await?.run;
+        let config = function_app_config(global)?;
+        let index = super::rollout::promoted(
+            &run,
+            promote(&*self.ledger, &run, &config, OffsetDateTime::now_utc()).await?,
+        )?;
+        eprintln!(
+            "rollout of run {run} promoted: the function app's next `rollout-tick` releases wave {index}"
+        );
+        Ok(ExitCode::SUCCESS)
     }
 
     pub(crate) async fn control(&self, on: On, control: Control) -> Result<ExitCode> {
@@ -163,4 +182,17 @@ impl Azure {
         eprintln!("rollout of run {run} aborted: {cancelled} untouched target(s) cancelled; started ones reach their outcome");
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The rollout settings `rollout-tick` judges with: the policy the function app reads (the
+/// setting of `serve`), the bake in the time of `--arm-speed`.
+fn function_app_config(global: &Global) -> Result<RolloutConfig> {
+    let path = super::serve::policy_path();
+    let policy =
+        Policy::load_or_default(&path).with_context(|| format!("policy {}", path.display()))?;
+    Ok(RolloutConfig::of(
+        &policy,
+        global.arm_speed,
+        RolloutConfig::default().tick,
+    ))
 }

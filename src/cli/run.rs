@@ -12,6 +12,7 @@ use super::state::{decide, Decision};
 use crate::azure::ResourceId;
 use crate::migration::fleet_plan::{AppliedPlan, PlanFile};
 use crate::migration::local::{self, migrate_locally, Scope as LocalScope};
+use crate::migration::FrontEnd;
 use crate::pipeline::contract::{hash, same_endpoint, AppliedPlanFile, Requested, RunContract};
 use crate::pipeline::ledger::Ledger;
 use crate::pipeline::local::{LocalRun, Start, StateFile};
@@ -202,6 +203,7 @@ pub(crate) async fn execute(
         time_scale: 1.0,
         applied: applied.as_ref().map(|p| Arc::new(AppliedPlan::new(p))),
         forecasts: None,
+        front_end: FrontEnd::Https,
     };
     migrate(global, scope, (state, start), dry_run).await
 }
@@ -264,6 +266,7 @@ pub(crate) async fn migrate(
         origin: std::env::args().collect::<Vec<_>>().join(" "),
         progress: global.output == common::OutputFormat::Table,
         rollout: Default::default(),
+        checks: None,
     };
     let finished = migrate_locally(local, state, start, scope).await?;
     let records = finished.store.targets(&finished.run).await?;

@@ -12,15 +12,18 @@ use futures::future::BoxFuture;
 
 use super::common::{self, Global};
 use super::exit::Exit;
-use crate::azure::credential::{credential_from_settings, CredentialKind, TokenSource};
+use crate::azure::credential::{
+    credential_from_settings, is_loopback_endpoint, CredentialKind, TokenSource,
+};
 use crate::azure::servicebus::{
     endpoint_from, endpoint_from_env, BearerSource, ServiceBusClient, ServiceBusError,
     SERVICEBUS_SCOPE,
 };
-use crate::functions::handler::{router, Handler};
-use crate::migration::{Migration, StepContext};
+use crate::functions::handler::{router, Handler, Rollouts};
+use crate::migration::{FrontEnd, MigratedChecks, Migration, StepContext};
 use crate::pipeline::engine::Engine;
 use crate::pipeline::ledger::Ledger;
+use crate::pipeline::rollout::RolloutConfig;
 use crate::pipeline::sqlite::SqliteStore;
 use crate::pipeline::table::{check_endpoint, TableAuth, TableLedger, STORAGE_SCOPE};
 use crate::policy::Policy;
@@ -101,7 +104,8 @@ pub(crate) async fn open_ledger(setting: &str, kind: CredentialKind) -> Result<A
     bail!("VNET_MIGRATE_LEDGER must be sqlite:PATH or a Table Storage URL, got {setting:?}")
 }
 
-fn policy_path() -> PathBuf {
+/// The policy file `serve` reads: `VNET_MIGRATE_POLICY`, else `rollout.json` in the app root.
+pub(crate) fn policy_path() -> PathBuf {
     if let Some(p) = env("VNET_MIGRATE_POLICY") {
         return PathBuf::from(p);
     }
@@ -159,11 +163,24 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
         None => 540,
     };
     let policy = Arc::new(policy);
-    let engine = Engine::new(Migration::new(StepContext::new(
-        arm,
-        policy.clone(),
-        ledger.clone(),
-    )));
+    // ARM on loopback is a simulator, which also answers for the apps' host names.
+    let front_end = if is_loopback_endpoint(&global.arm_endpoint) {
+        FrontEnd::Simulator(global.arm_endpoint.clone())
+    } else {
+        FrontEnd::Https
+    };
+    let rollouts = Rollouts {
+        // `--arm-speed` is refused above for anything but a simulator on loopback.
+        config: RolloutConfig::of(&policy, global.arm_speed, RolloutConfig::default().tick),
+        checks: Arc::new(MigratedChecks {
+            arm: arm.clone(),
+            policy: policy.clone(),
+            front_end: front_end.clone(),
+        }),
+    };
+    let engine = Engine::new(Migration::new(
+        StepContext::new(arm, policy.clone(), ledger.clone()).probing_through(front_end),
+    ));
     let handler = Handler::new(
         engine,
         sender,
@@ -171,8 +188,7 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
         policy,
         env("VNET_MIGRATE_PRINCIPAL_ID"),
         Duration::from_secs(deadline),
-        // `--arm-speed` is refused above for anything but a simulator on loopback.
-        global.arm_speed,
+        rollouts,
     );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await

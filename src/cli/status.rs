@@ -18,8 +18,10 @@ use crate::pipeline::dead_letters::DeadLetters;
 use crate::pipeline::ledger::{Ledger, RunRecord, StepLogEntry, TargetRecord};
 use crate::pipeline::local::held_by_a_runner;
 use crate::pipeline::message::GatewaySnapshot;
+use crate::pipeline::rollout::RolloutConfig;
 use crate::pipeline::sqlite::{RunState, SqliteStore};
 use crate::pipeline::RunId;
+use crate::policy::Policy;
 use crate::report::round3;
 use crate::report::status::{run_status, Around, RunStatus};
 
@@ -103,6 +105,20 @@ fn speed(run: &RunState) -> Option<f64> {
     run.contract.as_ref().and_then(|c| c.simulated_speed)
 }
 
+/// The rollout settings the run's runner judges with: the policy and speed its contract
+/// recorded.
+pub(crate) fn rollout_config(run: &RunState) -> Result<RolloutConfig> {
+    let policy = match &run.contract {
+        Some(c) => Policy::from_json(&c.policy)?,
+        None => Policy::default(),
+    };
+    Ok(RolloutConfig::of(
+        &policy,
+        speed(run).unwrap_or(1.0),
+        Default::default(),
+    ))
+}
+
 async fn show_run(
     global: &Global,
     store: &SqliteStore,
@@ -117,7 +133,8 @@ async fn show_run(
         dead_letters: Some(store.dead_lettered().await?.len()),
         simulated_speed: speed(run),
     };
-    print_status(global, store, &run.record, around, clear, html).await
+    let config = rollout_config(run)?;
+    print_status(global, store, &run.record, around, &config, clear, html).await
 }
 
 /// Prints the run's status document (`--output`), writes the HTML report if asked; exit 1
@@ -127,10 +144,11 @@ pub(crate) async fn print_status(
     ledger: &dyn Ledger,
     run: &RunRecord,
     around: Around,
+    config: &RolloutConfig,
     clear: bool,
     html: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
-    let (view, records) = run_status(ledger, run, around).await?;
+    let (view, records) = run_status(ledger, run, around, config).await?;
     if let Some(path) = html {
         crate::report::html::write(&view.report, path)?;
     }
@@ -208,6 +226,38 @@ fn run_table(view: &RunStatus, records: &[TargetRecord]) -> String {
                 )
             });
         s.push_str(&format!("  {label} {}\n", t.target));
+    }
+    for w in &r.waves {
+        let when = |s: Option<f64>| s.map_or_else(|| "-".to_string(), |s| format!("{s:.1}s"));
+        let outcomes = w
+            .outcomes
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        s.push_str(&format!(
+            "wave {}: {} target(s) ({outcomes}), started {}, ended {}, gate {}\n",
+            w.index,
+            w.size,
+            when(w.started_seconds),
+            when(w.ended_seconds),
+            match &w.gate {
+                None => "not judged",
+                Some(g) if g.passed => "passed",
+                Some(_) => "tripped",
+            }
+        ));
+        for c in w.gate.iter().flat_map(|g| &g.checks) {
+            s.push_str(&format!(
+                "  {} {}: {}\n",
+                if c.passed { "passed" } else { "FAILED" },
+                c.kind.as_str(),
+                c.detail
+            ));
+        }
+    }
+    if let Some(w) = &r.waiting {
+        s.push_str(&format!("rollout: {w}\n"));
     }
     if let Some(n) = view.dead_letters.filter(|n| *n > 0) {
         s.push_str(&format!(

@@ -20,12 +20,12 @@ use super::invocation::{decode_event_grid, decode_http, decode_service_bus, deco
 use super::response::{json_response, InvocationResponse};
 use crate::azure::ResourceId;
 use crate::migration::Migration;
-use crate::pipeline::controller::{self, Controller, ControllerError};
+use crate::pipeline::controller::{Controller, ControllerError};
 use crate::pipeline::engine::Engine;
 use crate::pipeline::ledger::{Ledger, LedgerError, RunRecord, TargetRecord};
 use crate::pipeline::message::{Origin, PlannedSubnet, RunId, Step, StepMessage};
 use crate::pipeline::queue::{Outgoing, StepSender};
-use crate::pipeline::rollout::RolloutConfig;
+use crate::pipeline::rollout::{RolloutConfig, WaveChecks};
 use crate::pipeline::Outcome;
 use crate::policy::{OnDeploy, Policy};
 use crate::report::status::{run_status, Around};
@@ -44,9 +44,16 @@ pub(crate) struct Handler {
     policy: Arc<Policy>,
     our_principal: Option<String>,
     deadline: Duration,
-    /// How much faster than real time the ARM behind it runs (a simulator started with
-    /// `--speed`; 1 for Azure): the bake between waves is shortened as in a rehearsal.
-    time_scale: f64,
+    rollouts: Rollouts,
+}
+
+/// How `rollout-tick` drives rollouts.
+pub(crate) struct Rollouts {
+    /// The policy's waves, bake and gates, the bake in the time of the ARM behind it (a
+    /// simulator started with `--speed` shortens it as a rehearsal does; 1 for Azure).
+    pub(crate) config: RolloutConfig,
+    /// The checks of a wave's migrated targets after its bake (Key Vault references, probe).
+    pub(crate) checks: Arc<dyn WaveChecks>,
 }
 
 impl Handler {
@@ -57,7 +64,7 @@ impl Handler {
         policy: Arc<Policy>,
         our_principal: Option<String>,
         deadline: Duration,
-        time_scale: f64,
+        rollouts: Rollouts,
     ) -> Self {
         Handler {
             engine,
@@ -66,7 +73,7 @@ impl Handler {
             policy,
             our_principal: our_principal.filter(|p| !p.trim().is_empty()),
             deadline,
-            time_scale,
+            rollouts,
         }
     }
 }
@@ -325,8 +332,8 @@ async fn rollout_tick(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
     let stall = time::Duration::try_from(STALL_AFTER).unwrap_or(time::Duration::MAX);
     // One replay number per bucket: a tick repeated within it is deduplicated by Service Bus.
     let replay = (now.unix_timestamp() / 60 / EVENT_BUCKET_MINUTES) as u32;
-    let config = controller::config(&h.policy, h.time_scale, RolloutConfig::default().tick);
-    let controller = Controller::new(&*h.ledger, &*h.sender, &config);
+    let controller =
+        Controller::new(&*h.ledger, &*h.sender, &h.rollouts.config).checking(&*h.rollouts.checks);
     let mut advanced = Vec::new();
     let result: Result<Vec<Outgoing>, ControllerError> = async {
         let mut out = Vec::new();
@@ -397,7 +404,11 @@ async fn status(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
             return Ok::<_, LedgerError>(None);
         };
         // The document of `status -o json` (and `rollout status` in Azure).
-        Ok(Some(run_status(&*h.ledger, &run, Around::AZURE).await?.0))
+        Ok(Some(
+            run_status(&*h.ledger, &run, Around::AZURE, &h.rollouts.config)
+                .await?
+                .0,
+        ))
     }
     .await;
     match report {

@@ -102,6 +102,8 @@ pub struct StepContext {
     pub(crate) applied: Option<Arc<AppliedPlan>>,
     /// `plan`: where a dry run's `plan` steps leave their forecasts.
     pub(crate) forecasts: Option<Arc<Forecasts>>,
+    /// Where `verify`'s probe reaches the app.
+    pub(crate) front_end: super::health::FrontEnd,
 }
 
 impl StepContext {
@@ -115,7 +117,14 @@ impl StepContext {
             started: OffsetDateTime::now_utc(),
             applied: None,
             forecasts: None,
+            front_end: Default::default(),
         }
+    }
+
+    /// Probes apps through `front_end` (the simulator's, in rehearsals and tests).
+    pub fn probing_through(mut self, front_end: super::health::FrontEnd) -> Self {
+        self.front_end = front_end;
+        self
     }
 
     /// Applies `plan` exactly (`run --plan`).

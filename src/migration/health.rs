@@ -57,10 +57,23 @@ pub(crate) fn compare(
     }
 }
 
-/// GETs `https://{host}{path}` and compares the status. Only the app's own host name is ever
-/// probed (the caller passes `defaultHostName`), so the tool never calls arbitrary URLs.
+/// Where the probe reaches an app's host name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum FrontEnd {
+    /// `https://{host}`: the app itself, in Azure.
+    #[default]
+    Https,
+    /// The simulator at this base URL standing in for App Service's front ends
+    /// (`{base}/_sim/apps/{host}{path}`): rehearsals and tests.
+    Simulator(String),
+}
+
+/// GETs the app's `{path}` on `host` through `front_end` and compares the status. Only the
+/// app's own host name is ever probed (the caller passes `defaultHostName`), so the tool
+/// never calls arbitrary URLs.
 pub(crate) async fn probe(
     client: &reqwest::Client,
+    front_end: &FrontEnd,
     host: &str,
     path: &str,
     expected: u16,
@@ -73,7 +86,12 @@ pub(crate) async fn probe(
     } else {
         format!("/{path}")
     };
-    let url = format!("https://{host}{path}");
+    let url = match front_end {
+        FrontEnd::Https => format!("https://{host}{path}"),
+        FrontEnd::Simulator(base) => {
+            format!("{}/_sim/apps/{host}{path}", base.trim_end_matches('/'))
+        }
+    };
     let resp = client
         .get(&url)
         .timeout(Duration::from_secs(30))
@@ -139,7 +157,7 @@ mod tests {
     #[tokio::test]
     async fn probe_refuses_non_hosts() {
         let c = reqwest::Client::new();
-        assert!(probe(&c, "evil.example/x", "/", 200)
+        assert!(probe(&c, &FrontEnd::Https, "evil.example/x", "/", 200)
             .await
             .unwrap_err()
             .contains("refusing"));

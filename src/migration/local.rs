@@ -8,11 +8,13 @@ use serde::{Deserialize, Serialize};
 use super::context::{Migration, StepContext};
 use super::discover::candidates_in_scope;
 use super::fleet_plan::{AppliedPlan, Forecasts};
+use super::gates::MigratedChecks;
+use super::health::FrontEnd;
 use crate::azure::arm::ArmClient;
 use crate::azure::ResourceId;
 use crate::pipeline::contract::{self, AppliedPlanFile, RunContract};
-use crate::pipeline::controller;
 use crate::pipeline::local::{Finished, LocalRun, LocalRunError, Start, StateFile};
+use crate::pipeline::rollout::RolloutConfig;
 use crate::policy::Policy;
 
 /// Where a local migration works: the ARM client, the policy and the scope.
@@ -28,6 +30,8 @@ pub struct Scope {
     pub applied: Option<Arc<AppliedPlan>>,
     /// `plan`: where the dry run's forecasts go.
     pub forecasts: Option<Arc<Forecasts>>,
+    /// Where the probes of `verify` and of the waves' gates reach the apps.
+    pub front_end: FrontEnd,
 }
 
 /// The scope as a run's contract records it: the policy's scope (flags merged in) and the
@@ -118,11 +122,18 @@ pub async fn migrate_locally(
         time_scale,
         applied,
         forecasts,
+        front_end,
     } = scope;
-    // The policy decides the waves, the bake (a rehearsal's runs `time_scale` times faster)
-    // and the gate; the caller only how often a running rollout looks for pause and abort.
+    // The policy decides the waves, the bake (a rehearsal's runs `time_scale` times faster),
+    // the gate and approval; the caller only how often a running rollout looks for pause and
+    // abort.
     let mut local = local;
-    local.rollout = controller::config(&policy, time_scale, local.rollout.tick);
+    local.rollout = RolloutConfig::of(&policy, time_scale, local.rollout.tick);
+    local.checks = Some(Arc::new(MigratedChecks {
+        arm: arm.clone(),
+        policy: policy.clone(),
+        front_end: front_end.clone(),
+    }));
     local
         .execute(
             state,
@@ -133,7 +144,8 @@ pub async fn migrate_locally(
                     StepContext::new(arm.clone(), policy.clone(), store)
                         .time_compressed(time_scale)
                         .applying(applied)
-                        .forecasting(forecasts),
+                        .forecasting(forecasts)
+                        .probing_through(front_end),
                 )
             },
         )

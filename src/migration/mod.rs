@@ -1,7 +1,7 @@
 //! The migration: what a step message may name (`admission`), pure planning (`ipam`, `plan`), the reconciler the pipeline drives
 //! (`context`: [`Migration`], its step context and error policy) with one reconcile function
 //! per step (`discover`, `steps`, `subnet`, `cutover`, `rollback`), the plan-wide decisions it shares
-//! (`plan_cache`), the checks after the cut-over (`health`), `snapshot` (export a fleet), the plan
+//! (`plan_cache`), the checks after the cut-over (`health`) and of a wave after its bake (`gates`), `snapshot` (export a fleet), the plan
 //! file (`fleet_plan`: forecasts, fleet-wide prefix reservation, drift fingerprints) and
 //! `local` (a whole migration on one machine).
 
@@ -10,6 +10,7 @@ pub(crate) mod context;
 mod cutover;
 pub mod discover;
 pub mod fleet_plan;
+mod gates;
 pub(crate) mod health;
 pub(crate) mod ipam;
 pub mod local;
@@ -22,3 +23,5 @@ mod subnet;
 mod window;
 
 pub use context::{Migration, StepContext, StepError};
+pub(crate) use gates::MigratedChecks;
+pub use health::FrontEnd;

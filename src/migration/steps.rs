@@ -11,6 +11,7 @@ use super::cutover::{connect, disconnect};
 use super::fleet_plan::{self, Forecast};
 use super::plan_cache::connections;
 use super::subnet::prepare_subnet;
+use crate::azure::arm::ArmClient;
 use crate::azure::models::{KeyVaultReference, KeyVaultStatus, Site};
 use crate::azure::ResourceId;
 use crate::migration::discover::{discover, slot_discoveries, SlotFilter};
@@ -65,11 +66,10 @@ pub(super) fn planned(msg: &StepMessage) -> Result<&PlannedSubnet, StepError> {
 }
 
 pub(crate) async fn key_vault_statuses(
-    ctx: &StepContext,
+    arm: &ArmClient,
     target: &ResourceId,
 ) -> Result<std::collections::BTreeMap<String, KeyVaultStatus>, StepError> {
-    let refs: Vec<KeyVaultReference> = ctx
-        .arm
+    let refs: Vec<KeyVaultReference> = arm
         .list(&format!("{target}/config/configreferences/appsettings"))
         .await?;
     Ok(health::statuses(&refs))
@@ -206,7 +206,7 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
             // The baseline serves the Key Vault gate of `verify` only: without the gate it is
             // not read. A 404 there: the app was deleted since it was read above.
             let key_vault_references = if ctx.policy.gates.key_vault_references_must_resolve {
-                match key_vault_statuses(ctx, &msg.target).await {
+                match key_vault_statuses(&ctx.arm, &msg.target).await {
                     Err(StepError::Arm(e)) if e.status() == Some(404) => return gone(),
                     r => r?,
                 }
@@ -364,7 +364,7 @@ async fn verify(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Step
             .values()
             .any(|s| *s == KeyVaultStatus::Resolved)
     {
-        let now = key_vault_statuses(ctx, &msg.target).await?;
+        let now = key_vault_statuses(&ctx.arm, &msg.target).await?;
         match health::compare(&baseline.key_vault_references, &now) {
             KvHealth::Healthy => {}
             KvHealth::Pending(names) if msg.attempt + 1 < ctx.policy.max_attempts => {
@@ -397,7 +397,15 @@ async fn verify(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, Step
             .clone()
             .unwrap_or_default();
         let client = reqwest::Client::new();
-        if let Err(why) = health::probe(&client, &host, &probe.path, probe.expected_status).await {
+        if let Err(why) = health::probe(
+            &client,
+            &ctx.front_end,
+            &host,
+            &probe.path,
+            probe.expected_status,
+        )
+        .await
+        {
             return Ok(failed(HealthFailure::ProbeFailed, why));
         }
     }

@@ -1,7 +1,8 @@
 //! The one rollout controller (issue 12): carries out what [`rollout::decide`] says, through
-//! the [`Ledger`] and the [`StepSender`] alone, so the embedded runner (`local.rs`, on the
-//! SQLite store that is both) and the Functions host (`rollout-tick`, on the Table ledger and
-//! Service Bus) drive a rollout with the same code.
+//! the [`Ledger`], the [`StepSender`] and the [`WaveChecks`] alone, so the embedded runner
+//! (`local.rs`, on the SQLite store that is both) and the Functions host (`rollout-tick`, on
+//! the Table ledger and Service Bus) drive a rollout with the same code: judging a wave's gate
+//! after its bake, waiting for `rollout promote`, releasing the next wave or stopping.
 //!
 //! A release is recorded before its first messages are sent: of two ticks racing, the ledger
 //! lets one release the wave and only that one sends; the messages' MessageIds are
@@ -14,9 +15,9 @@ use time::OffsetDateTime;
 use super::ledger::{Ledger, LedgerError, Released, RunRecord};
 use super::message::{Origin, RunId, Step, StepMessage};
 use super::queue::{Outgoing, QueueError, StepSender};
-use super::rollout::{self, Candidate, Control, Decision, RolloutConfig};
+use super::rollout::{self, Candidate, Control, Decision, RolloutConfig, WaveChecks, WaveView};
+use super::Outcome;
 use crate::azure::ResourceId;
-use crate::policy::Policy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -24,17 +25,6 @@ pub enum ControllerError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Queue(#[from] QueueError),
-}
-
-/// The policy's waves, bake (in the runner's time: a rehearsal runs `time_scale` times
-/// faster) and gate, with how often a running rollout looks for pause and abort.
-pub(crate) fn config(policy: &Policy, time_scale: f64, tick: std::time::Duration) -> RolloutConfig {
-    RolloutConfig {
-        sizes: policy.waves.clone(),
-        bake: time::Duration::seconds_f64(f64::from(policy.bake_minutes) * 60.0 / time_scale),
-        max_failure_rate: policy.gates.max_failure_rate,
-        tick,
-    }
 }
 
 /// The first message of each site, sent when its wave is released.
@@ -65,6 +55,8 @@ pub struct Controller<'a> {
     ledger: &'a dyn Ledger,
     sender: &'a dyn StepSender,
     config: &'a RolloutConfig,
+    /// The gate's checks besides the failure rate (none: the failure rate alone).
+    checks: Option<&'a dyn WaveChecks>,
 }
 
 impl<'a> Controller<'a> {
@@ -77,7 +69,14 @@ impl<'a> Controller<'a> {
             ledger,
             sender,
             config,
+            checks: None,
         }
+    }
+
+    /// Judges each wave's gate with `checks` of its migrated targets too.
+    pub fn checking(mut self, checks: &'a dyn WaveChecks) -> Self {
+        self.checks = Some(checks);
+        self
     }
 
     /// Starts a rollout run: records the run and its waves (sites ordered as
@@ -97,17 +96,24 @@ impl<'a> Controller<'a> {
         Ok(waves.len())
     }
 
-    /// Reads the waves and the control, asks [`rollout::decide`], and carries out a release
-    /// or a stop; waiting (in flight, baking, paused) is the caller's.
+    /// Reads the waves and the control, asks [`rollout::decide`], and carries out a judge (then
+    /// decides again, so a passed gate releases the next wave in the same tick), a release or
+    /// a stop; waiting (in flight, baking, for approval, paused) is the caller's.
     pub async fn tick(
         &self,
         run: &RunId,
         dry_run: bool,
         now: OffsetDateTime,
     ) -> Result<Tick, ControllerError> {
-        let waves = self.ledger.waves(run).await?;
-        let control = self.ledger.control(run).await?;
-        let decision = rollout::decide(&waves, control, self.config, now);
+        let (waves, control, decision) = standing(self.ledger, run, self.config, now).await?;
+        let (control, decision) = match decision {
+            Decision::Judge { index } => {
+                self.judge(run, &waves, index).await?;
+                let (_, control, decision) = standing(self.ledger, run, self.config, now).await?;
+                (control, decision)
+            }
+            d => (control, d),
+        };
         match &decision {
             Decision::Stop { index, gate } => self.ledger.record_gate(run, *index, gate).await?,
             Decision::Release { index, gate } => {
@@ -121,8 +127,81 @@ impl<'a> Controller<'a> {
                     self.sender.send(first).await?;
                 }
             }
-            Decision::InFlight | Decision::Bake { .. } | Decision::Paused | Decision::Done => {}
+            Decision::InFlight
+            | Decision::Bake { .. }
+            | Decision::Judge { .. }
+            | Decision::AwaitApproval { .. }
+            | Decision::Paused
+            | Decision::Done => {}
         }
         Ok(Tick { decision, control })
+    }
+
+    /// Judges wave `index`'s gate after its bake (its failure rate, then the checks of its
+    /// migrated targets) and records it; of two ticks judging at once, the first record stays.
+    async fn judge(
+        &self,
+        run: &RunId,
+        waves: &[WaveView],
+        index: u32,
+    ) -> Result<(), ControllerError> {
+        let Some(wave) = waves.iter().find(|w| w.index == index) else {
+            return Ok(());
+        };
+        let checks = match self.checks {
+            Some(c) => {
+                let mut migrated: Vec<ResourceId> = self
+                    .ledger
+                    .targets(run)
+                    .await?
+                    .into_iter()
+                    .filter(|t| t.wave == Some(index) && t.outcome == Some(Outcome::Migrated))
+                    .map(|t| t.target)
+                    .collect();
+                migrated.sort_by(|a, b| a.key().cmp(b.key()));
+                c.check(&migrated).await
+            }
+            None => Vec::new(),
+        };
+        let gate = rollout::judge(wave, self.config, checks);
+        self.ledger.record_gate(run, index, &gate).await?;
+        Ok(())
+    }
+}
+
+/// The waves of `run`, its control, and what its rollout does or waits for now.
+pub(crate) async fn standing(
+    ledger: &dyn Ledger,
+    run: &RunId,
+    config: &RolloutConfig,
+    now: OffsetDateTime,
+) -> Result<(Vec<WaveView>, Control, Decision), LedgerError> {
+    let waves = ledger.waves(run).await?;
+    let control = ledger.control(run).await?;
+    let decision = rollout::decide(&waves, control, config, now);
+    Ok((waves, control, decision))
+}
+
+/// `rollout promote`: approves the wave the rollout waits for approval at, which the next tick
+/// releases; otherwise what the rollout does or waits for instead. Judged as if the policy
+/// asked for approval, whatever `config` says: a rollout that asks for none is never seen with
+/// a passed gate and the next wave unreleased (the tick that records the gate releases it),
+/// so an operator need not hold the policy the function app runs with.
+pub(crate) async fn promote(
+    ledger: &dyn Ledger,
+    run: &RunId,
+    config: &RolloutConfig,
+    now: OffsetDateTime,
+) -> Result<Result<u32, Decision>, LedgerError> {
+    let config = RolloutConfig {
+        manual_approval: true,
+        ..config.clone()
+    };
+    match standing(ledger, run, &config, now).await?.2 {
+        Decision::AwaitApproval { index } => {
+            ledger.approve(run, index).await?;
+            Ok(Ok(index))
+        }
+        other => Ok(Err(other)),
     }
 }

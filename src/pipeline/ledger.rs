@@ -117,6 +117,11 @@ impl StepLogEntry {
     pub fn detail(&self) -> &str {
         &self.detail
     }
+
+    /// When the step was taken.
+    pub fn at(&self) -> OffsetDateTime {
+        self.at
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +204,9 @@ pub trait Ledger: Send + Sync {
         first: &[Outgoing],
         now: OffsetDateTime,
     ) -> Result<Released, LedgerError>;
+    /// An operator's approval of wave `index` (`rollout promote`): it is released once its
+    /// predecessor's gate passed.
+    async fn approve(&self, run: &RunId, index: u32) -> Result<(), LedgerError>;
     /// What an operator asked of the run's rollout (running when nothing was asked).
     async fn control(&self, run: &RunId) -> Result<Control, LedgerError>;
     /// Pause or resume; resuming also lets the rollout past the gate it stopped at. An

@@ -18,7 +18,7 @@ use super::engine::Engine;
 use super::ledger::{Ledger, RunRecord};
 use super::message::RunId;
 use super::reconciler::Reconciler;
-use super::rollout::{self, Candidate, Control, Decision, RolloutConfig};
+use super::rollout::{self, Candidate, Control, Decision, RolloutConfig, WaveChecks};
 use super::runner::{RunStats, Runner, RunnerConfig};
 use super::sqlite::SqliteStore;
 
@@ -49,6 +49,8 @@ pub struct LocalRun {
     pub progress: bool,
     /// Waves, bake and gate of the policy.
     pub rollout: RolloutConfig,
+    /// The checks of a wave's migrated targets its gate makes besides the failure rate.
+    pub checks: Option<Arc<dyn WaveChecks>>,
 }
 
 /// Which run `execute` drives: the newest one again, or a new one with this contract.
@@ -269,8 +271,9 @@ impl LocalRun {
     }
 
     /// The rollout controller on the embedded runner: run the released waves until the queue
-    /// is idle, then tick the [`Controller`] (which releases the next wave or records a
-    /// stop) and wait out a bake on a timer, until every wave is done or the rollout is held.
+    /// is idle, then tick the [`Controller`] (which judges a baked wave's gate, releases the
+    /// next wave or records a stop) and wait out a bake, or an approval, on a timer, until
+    /// every wave is done or the rollout is held.
     async fn drive<R: Reconciler>(
         &self,
         store: &Arc<SqliteStore>,
@@ -279,7 +282,10 @@ impl LocalRun {
         mut hold: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(RunStats, Option<Held>), LocalRunError> {
         let mut stats = RunStats::default();
-        let controller = Controller::new(&**store, &**store, &self.rollout);
+        let mut controller = Controller::new(&**store, &**store, &self.rollout);
+        if let Some(checks) = &self.checks {
+            controller = controller.checking(&**checks);
+        }
         loop {
             let s = runner.run_until_idle().await?;
             stats.steps += s.steps;
@@ -303,7 +309,14 @@ impl LocalRun {
                         }),
                     ));
                 }
-                Decision::Release { .. } => {}
+                Decision::Release { .. } | Decision::Judge { .. } => {}
+                Decision::AwaitApproval { .. } => {
+                    // `rollout promote` comes from another process: looked for every tick.
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.rollout.tick) => {}
+                        _ = hold.changed() => {}
+                    }
+                }
                 Decision::Bake { until } => {
                     let wait = (until - now).max(time::Duration::ZERO).unsigned_abs();
                     // A pause or an abort during the bake is decided at once.

@@ -134,6 +134,7 @@ pub(crate) fn render(report: &Report) -> Result<String, ChartError> {
         escape(&title)
     );
     summary(&mut h, report, &clock);
+    waves(&mut h, report, &clock);
     progress(&mut h, report, &clock)?;
     outcomes(&mut h, report)?;
     downtime(&mut h, report, &clock)?;
@@ -411,6 +412,68 @@ fn subscriptions(h: &mut String, report: &Report, clock: &Clock) {
     h.push_str("</tbody></table></section>\n");
 }
 
+/// The rollout's waves (DESIGN §8): per wave its targets and their outcomes, when it started
+/// and ended, each check of its gate; and what the rollout waits for.
+fn waves(h: &mut String, report: &Report, clock: &Clock) {
+    if report.waves.is_empty() {
+        return;
+    }
+    h.push_str("<section id=\"waves\"><h2>Waves</h2>\n");
+    if let Some(w) = report.waiting.as_ref().or(report.stopped.as_ref()) {
+        let _ = writeln!(h, "<p class=\"waiting\">The rollout: {}</p>", with_code(w));
+    }
+    h.push_str("<table><thead><tr><th>Wave</th><th>Targets</th><th>Outcomes</th><th>Started</th><th>Ended</th><th>Gate</th></tr></thead><tbody>\n");
+    let when = |s: Option<f64>| s.map_or_else(|| "—".to_string(), |s| clock.run_seconds(s));
+    for w in &report.waves {
+        let outcomes = w
+            .outcomes
+            .iter()
+            .map(|(k, n)| format!("{n} {}", escape(k)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let gate = match &w.gate {
+            None => "not judged".to_string(),
+            Some(g) => {
+                let checks: String = g
+                    .checks
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "<li class=\"{}\">{}: {}</li>",
+                            if c.passed { "passed" } else { "failed" },
+                            c.kind.as_str(),
+                            escape(&c.detail)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{}<ul>{checks}</ul>",
+                    if g.passed {
+                        "passed"
+                    } else {
+                        "<strong>tripped</strong>"
+                    }
+                )
+            }
+        };
+        let ids: String = report
+            .targets
+            .iter()
+            .filter(|t| t.wave == Some(w.index))
+            .map(|t| format!("<li>{} ({})</li>", escape(&t.id), escape(&t.outcome)))
+            .collect();
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td><details><summary>{}</summary><ul class=\"id\">{ids}</ul></details></td><td>{outcomes}</td><td>{}</td><td>{}</td><td>{gate}</td></tr>",
+            w.index,
+            w.size,
+            when(w.started_seconds),
+            when(w.ended_seconds),
+        );
+    }
+    h.push_str("</tbody></table></section>\n");
+}
+
 fn attention(h: &mut String, report: &Report) {
     let mut rows: Vec<(&TargetReport, String)> = report
         .targets
@@ -560,12 +623,65 @@ mod tests {
             by_reason,
             waves: Vec::new(),
             stopped: None,
+            waiting: None,
             performance: Performance {
                 makespan_seconds: 10.0,
                 downtime_seconds,
                 simulated_speed: speed,
                 ..Performance::default()
             },
+        }
+    }
+
+    #[test]
+    fn waves_show_their_targets_outcomes_times_gate_checks_and_the_wait() {
+        use crate::pipeline::rollout::{Gate, GateCheck, GateKind};
+        let mut a = target("a", "migrated", None, Some(1.0));
+        a.wave = Some(0);
+        let mut r = report(vec![a], None);
+        assert!(
+            !render(&r).unwrap().contains("id=\"waves\""),
+            "no waves, no section"
+        );
+        r.waves = vec![
+            super::super::WaveReport {
+                index: 0,
+                size: 1,
+                started_seconds: Some(0.0),
+                ended_seconds: Some(2.5),
+                outcomes: BTreeMap::from([("migrated".to_string(), 1)]),
+                gate: Some(Gate::of(vec![
+                    GateCheck::failure_rate(0, 1, 0.1),
+                    GateCheck {
+                        kind: GateKind::KeyVaultReferences,
+                        passed: false,
+                        detail: "a: Key Vault references no longer resolve: <Db> is VaultNotFound"
+                            .into(),
+                    },
+                ])),
+            },
+            super::super::WaveReport {
+                index: 1,
+                size: 3,
+                started_seconds: None,
+                ended_seconds: None,
+                outcomes: BTreeMap::from([("unfinished".to_string(), 3)]),
+                gate: None,
+            },
+        ];
+        r.waiting = Some("held by the gate of wave 0: …; `rollout resume` goes on".into());
+        let page = render(&r).unwrap();
+        for want in [
+            "<section id=\"waves\">",
+            "The rollout: held by the gate of wave 0: …; <code>rollout resume</code> goes on",
+            "<li>/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Web/sites/a (migrated)</li>",
+            "<td>1 migrated</td><td>0.0 s</td><td>2.5 s</td>",
+            "<strong>tripped</strong>",
+            "<li class=\"passed\">failure rate: 0 of 1 target(s)",
+            "<li class=\"failed\">Key Vault references: a: Key Vault references no longer resolve: &lt;Db&gt; is VaultNotFound</li>",
+            "<td>3 unfinished</td><td>—</td><td>—</td><td>not judged</td>",
+        ] {
+            assert!(page.contains(want), "{want} not in the page");
         }
     }
 

@@ -47,6 +47,8 @@ pub struct WaveReport {
     pub size: u32,
     pub started_seconds: Option<f64>,
     pub ended_seconds: Option<f64>,
+    /// Its targets (slots found under its sites included) per outcome kind.
+    pub outcomes: BTreeMap<String, u64>,
     pub gate: Option<crate::pipeline::rollout::Gate>,
 }
 
@@ -130,6 +132,10 @@ pub struct Report {
     /// Why the rollout stopped with waves or targets left (paused, a tripped gate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// What an unfinished rollout does or waits for now (`status`): in flight, baking until
+    /// T, waiting for approval, held by a gate, paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     pub performance: Performance,
 }
 
@@ -200,6 +206,7 @@ impl Report {
             by_reason,
             waves: Vec::new(),
             stopped: None,
+            waiting: None,
             performance,
         }
     }
@@ -217,12 +224,19 @@ impl Report {
         };
         self.waves = waves
             .iter()
-            .map(|w| WaveReport {
-                index: w.index,
-                size: w.targets,
-                started_seconds: since(w.released_at),
-                ended_seconds: since(w.ended_at.filter(|_| w.released_at.is_some())),
-                gate: w.gate.clone(),
+            .map(|w| {
+                let mut outcomes = BTreeMap::new();
+                for t in self.targets.iter().filter(|t| t.wave == Some(w.index)) {
+                    *outcomes.entry(t.outcome.clone()).or_insert(0) += 1;
+                }
+                WaveReport {
+                    index: w.index,
+                    size: w.targets,
+                    started_seconds: since(w.released_at),
+                    ended_seconds: since(w.ended_at.filter(|_| w.released_at.is_some())),
+                    outcomes,
+                    gate: w.gate.clone(),
+                }
             })
             .collect();
         self

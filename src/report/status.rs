@@ -1,11 +1,14 @@
 //! The status document of a run (`status -o json`, `rollout status`, and the `status`
-//! function in Azure, which return the same JSON): the report of its targets and waves (no
-//! performance figures: status measures none), plus what the back end says around it.
+//! function in Azure, which return the same JSON): the report of its targets and waves with
+//! their gate checks, what an unfinished rollout waits for (no performance figures: status
+//! measures none), plus what the back end says around it.
 
 use serde::Serialize;
 
 use super::{Performance, Report};
+use crate::pipeline::controller::standing;
 use crate::pipeline::ledger::{Ledger, LedgerError, RunRecord, TargetRecord};
+use crate::pipeline::rollout::RolloutConfig;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -41,23 +44,29 @@ impl Around {
     };
 }
 
-/// The status of `run` from `ledger`, and the target records it was built from.
+/// The status of `run` from `ledger`, and the target records it was built from; what the
+/// rollout waits for is judged with `config`, the settings its controller runs with.
 pub(crate) async fn run_status(
     ledger: &dyn Ledger,
     run: &RunRecord,
     around: Around,
+    config: &RolloutConfig,
 ) -> Result<(RunStatus, Vec<TargetRecord>), LedgerError> {
     let records = ledger.targets(&run.run).await?;
-    let waves = ledger.waves(&run.run).await?;
+    let (waves, _, decision) =
+        standing(ledger, &run.run, config, time::OffsetDateTime::now_utc()).await?;
     let perf = Performance {
         simulated_speed: around.simulated_speed,
         ..Default::default()
     };
-    let report =
+    let mut report =
         Report::new(run.run.as_str(), run.dry_run, &records, perf).with_waves(&records, &waves);
     let finished = around
         .finished
         .unwrap_or_else(|| records.iter().all(|t| t.outcome.is_some()));
+    if !finished {
+        report.waiting = Some(decision.to_string());
+    }
     let status = RunStatus {
         report,
         finished,

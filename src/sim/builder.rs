@@ -30,7 +30,7 @@ use crate::fleet::Fleet;
 
 pub(crate) const DEFAULT_SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000001";
 /// Tag key carrying simulator behaviour knobs (`reject-connect`, `kv-breaks-after-connect`,
-/// `old-scale-unit`).
+/// `probe-fails-after-connect`, `old-scale-unit`).
 pub(crate) const SIM_TAG: &str = "vnet-migrate-sim";
 
 #[derive(Debug, Clone)]

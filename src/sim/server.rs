@@ -353,6 +353,13 @@ fn introspect(shared: &Shared, method: &str, path: &str, bytes: &[u8]) -> Reply 
                 format!("body is not an InjectedFault: {e}"),
             ),
         },
+        ("GET", p) if p.starts_with("/_sim/apps/") => {
+            let host = p["/_sim/apps/".len()..]
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            super::web::front_end(&st, host)
+        }
         _ => Reply::not_simulated(&format!("{method} {path}")),
     }
 }

@@ -18,8 +18,8 @@ pub(crate) use connections::{
 };
 pub(crate) use regional::{delete_swift, get_swift, put_swift};
 pub(crate) use sites::{
-    delete_site, get_config_web, get_site, patch_site, put_site, render_kv_reference, render_site,
-    write_config_web,
+    delete_site, front_end, get_config_web, get_site, patch_site, put_site, render_kv_reference,
+    render_site, write_config_web,
 };
 
 use serde_json::Value;

@@ -17,6 +17,7 @@ use vnet_migrate::migration::discover::sites_in_scope;
 use vnet_migrate::pipeline::ledger::{Ledger, RunRecord};
 use vnet_migrate::pipeline::message::{Origin, RunId, Step, StepMessage};
 use vnet_migrate::pipeline::queue::{Outgoing, StepSender};
+use vnet_migrate::pipeline::rollout::GateKind;
 use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::pipeline::table::TableLedger;
 use vnet_migrate::policy::Policy;
@@ -791,11 +792,11 @@ const ROLLOUT_SPEED: f64 = 30.0;
 const BAKE: Duration = Duration::from_secs(2);
 
 /// `vnet-migrate rollout ARGS` in Azure mode: on the Table ledger in Azurite and the Service
-/// Bus fake, as an operator runs it against the function app's resources.
-fn rollout_cli(w: &World, args: &[&str]) -> Value {
+/// Bus fake, with the function app's policy, as an operator runs it against its resources.
+fn rollout_cmd(w: &World, args: &[&str]) -> Command {
     let az = w.azurite.as_ref().expect("the Table ledger");
-    let out = bin(&["rollout"])
-        .args(args)
+    let mut c = bin(&["rollout"]);
+    c.args(args)
         .args([
             "--ledger",
             az.endpoint(),
@@ -806,8 +807,13 @@ fn rollout_cli(w: &World, args: &[&str]) -> Value {
         .env("VNET_MIGRATE_SERVICEBUS_ENDPOINT", &w.env.sb)
         .env("VNET_MIGRATE_STEPS_QUEUE", QUEUE)
         .env("VNET_MIGRATE_STATIC_TOKEN", TOKEN)
-        .output()
-        .unwrap();
+        .env("VNET_MIGRATE_POLICY", &w.env.policy);
+    c
+}
+
+/// [`rollout_cmd`], which must succeed (or exit 1: a run that needs an operator); its JSON.
+fn rollout_cli(w: &World, args: &[&str]) -> Value {
+    let out = rollout_cmd(w, args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() || out.status.code() == Some(1),
@@ -1017,4 +1023,88 @@ async fn rollout_abort_in_azure_leaves_untouched_targets_cancelled() {
     );
     assert_eq!(busy(&w.sb), 0);
     assert!(waves_of(&w, &run).await[1].released_at.is_none());
+}
+
+/// `gates.manualApproval` in Azure: after the first wave's bake, `rollout-tick` judges its gate
+/// (failure rate, then the Key Vault references and the probe of its migrated targets, through
+/// the simulator standing in for the apps' front ends) and waits, tick after tick, with the
+/// next wave untouched; `rollout status` says so as the `status` function does; `rollout
+/// promote --ledger` approves it and the next tick releases it; a second promote is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_approval_in_azure_waits_until_rollout_promote() {
+    let mut w = world_on(LedgerKind::Table, fleet(), "plan-only", 10).await;
+    w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
+    std::fs::write(
+        &w.env.policy,
+        json!({
+            "settleSeconds": 0,
+            "scope": { "subscriptions": w.subs },
+            "waves": [1],
+            "gates": { "manualApproval": true, "probe": { "path": "/health", "expectedStatus": 200 } }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut serve = spawn_serve(&w.env).await;
+    let run = start_in_azure(&w);
+    play_host(&w, &mut serve, None).await;
+    for _ in 0..2 {
+        let logs = tick(&serve).await;
+        assert!(logs.iter().any(|l| l.contains("AwaitApproval")), "{logs:?}");
+    }
+    let waves = waves_of(&w, &run).await;
+    let gate = waves[0].gate.clone().expect("wave 0's gate is judged");
+    assert!(gate.passed, "{gate:?}");
+    assert_eq!(
+        gate.checks.iter().map(|c| c.kind).collect::<Vec<_>>(),
+        vec![
+            GateKind::FailureRate,
+            GateKind::KeyVaultReferences,
+            GateKind::Probe
+        ]
+    );
+    assert!(waves[1].released_at.is_none() && !waves[1].approved);
+    assert_eq!(busy(&w.sb), 0, "nothing of wave 1 was sent");
+
+    let cli = rollout_cli(&w, &["status", "-o", "json"]);
+    assert_eq!(
+        cli["waiting"],
+        "waiting for approval: `rollout promote` releases wave 1"
+    );
+    assert_eq!(
+        cli["waves"][0]["gate"]["checks"].as_array().unwrap().len(),
+        3,
+        "{cli}"
+    );
+    let req = json!({"Data": {"req": {"Method": "POST", "Url": "http://localhost/api/status", "Query": {"run": run.as_str()}, "Headers": {}}}, "Metadata": {}});
+    let r: Value = reqwest::Client::new()
+        .post(format!("{}/status", serve.url))
+        .body(req.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let function: Value =
+        serde_json::from_str(r["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(cli, function);
+
+    rollout_cli(&w, &["promote"]);
+    assert!(waves_of(&w, &run).await[1].approved);
+    let logs = tick(&serve).await;
+    assert!(logs.iter().any(|l| l.contains("Release")), "{logs:?}");
+    assert!(waves_of(&w, &run).await[1].released_at.is_some());
+    assert!(busy(&w.sb) > 0, "wave 1's first steps are queued");
+
+    let out = rollout_cmd(&w, &["promote"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the rollout of run {run} is not waiting for approval: steps of the released waves are in flight"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

@@ -15,6 +15,8 @@ mod operator;
 mod permissions;
 mod plan_file;
 mod resilience;
+mod rollout_control;
+mod rollout_gates;
 mod rollout_waves;
 mod run_state;
 mod scenarios;

@@ -24,16 +24,25 @@ const ADDED_TARGET_COLUMNS: [(&str, &str); 4] = [
     ("wave", "INTEGER"),
 ];
 
-/// Adds the columns an older state file's `targets` table lacks (SQLite has no
-/// `ADD COLUMN IF NOT EXISTS`), so files written by earlier versions still open.
+/// Adds the columns an older state file's `targets` table lacks, so files written by earlier
+/// versions still open.
 pub(super) fn add_target_columns(conn: &Connection) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('targets')")?;
+    add_columns(conn, "targets", &ADDED_TARGET_COLUMNS)
+}
+
+/// Adds the `columns` (name, type) `table` lacks (SQLite has no `ADD COLUMN IF NOT EXISTS`).
+pub(super) fn add_columns(
+    conn: &Connection,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
     let have = stmt
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    for (name, ty) in ADDED_TARGET_COLUMNS {
+    for (name, ty) in columns {
         if !have.iter().any(|h| h == name) {
-            conn.execute_batch(&format!("ALTER TABLE targets ADD COLUMN {name} {ty}"))?;
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {ty}"))?;
         }
     }
     Ok(())
@@ -306,6 +315,10 @@ impl Ledger for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Released, LedgerError> {
         SqliteStore::release_wave(self, run, index, gate, first, now)
+    }
+
+    async fn approve(&self, run: &RunId, index: u32) -> Result<(), LedgerError> {
+        SqliteStore::approve(self, run, index)
     }
 
     async fn control(&self, run: &RunId) -> Result<Control, LedgerError> {

@@ -195,6 +195,7 @@ impl SqliteStore {
         }
         tx.execute_batch(SCHEMA)?;
         ledger::add_target_columns(&tx)?;
+        ledger::add_columns(&tx, "rollout_waves", &rollout::ADDED_WAVE_COLUMNS)?;
         // Files written before dead letters were timed.
         let timed: bool = tx.query_row(
             "SELECT COUNT(*) > 0 FROM pragma_table_info('queue') WHERE name='dead_at'",

@@ -14,6 +14,13 @@ use crate::pipeline::message::RunId;
 use crate::pipeline::queue::Outgoing;
 use crate::pipeline::rollout::{Control, Gate, WaveView};
 
+/// Columns of `rollout_waves` added after the first rollouts were written, with their types:
+/// a wave promoted by an operator, and the checks its gate made (JSON).
+pub(super) const ADDED_WAVE_COLUMNS: [(&str, &str); 2] = [
+    ("approved", "INTEGER NOT NULL DEFAULT 0"),
+    ("gate_checks", "TEXT"),
+];
+
 /// The run's control as recorded (running when nothing was asked).
 fn read_control(conn: &rusqlite::Connection, run: &RunId) -> Result<Control, LedgerError> {
     let text: Option<String> = conn
@@ -76,7 +83,7 @@ impl SqliteStore {
                 "SELECT w.wave, w.released_at, w.gate_passed, w.gate_reason, w.resumed,
                    COUNT(t.target_key), COALESCE(SUM(t.outcome IS NOT NULL), 0),
                    COALESCE(SUM(t.outcome LIKE 'rolled-back%' OR t.outcome LIKE 'parked%'), 0),
-                   MAX(t.finished_at)
+                   MAX(t.finished_at), w.approved, w.gate_checks
                  FROM rollout_waves w LEFT JOIN targets t ON t.run = w.run AND t.wave = w.wave
                  WHERE w.run = ?1 GROUP BY w.wave ORDER BY w.wave",
             )
@@ -88,6 +95,7 @@ impl SqliteStore {
                 let last: Option<Rfc3339> = r.get(8)?;
                 let passed: Option<bool> = r.get(2)?;
                 let reason: Option<String> = r.get(3)?;
+                let checks: Option<String> = r.get(10)?;
                 Ok(WaveView {
                     index: r.get(0)?,
                     targets,
@@ -96,8 +104,9 @@ impl SqliteStore {
                     ended_at: last.filter(|_| terminal == targets).map(|t| t.0),
                     gate: passed
                         .zip(reason)
-                        .map(|(passed, reason)| Gate { passed, reason }),
+                        .map(|(passed, reason)| Gate::recorded(passed, reason, checks.as_deref())),
                     resumed: r.get(4)?,
+                    approved: r.get(9)?,
                 })
             })
             .map_err(lstorage)?;
@@ -129,8 +138,20 @@ impl SqliteStore {
     ) -> Result<(), LedgerError> {
         self.conn()
             .execute(
-                "UPDATE rollout_waves SET gate_passed=?3, gate_reason=?4 WHERE run=?1 AND wave=?2 AND gate_passed IS NULL",
-                params![run, index, gate.passed, gate.reason],
+                "UPDATE rollout_waves SET gate_passed=?3, gate_reason=?4, gate_checks=?5 WHERE run=?1 AND wave=?2 AND gate_passed IS NULL",
+                params![run, index, gate.passed, gate.reason, gate.checks_text()],
+            )
+            .map_err(lstorage)?;
+        Ok(())
+    }
+
+    /// An operator's approval of wave `index` (`rollout promote`): it is released once its
+    /// predecessor's gate passed.
+    pub fn approve(&self, run: &RunId, index: u32) -> Result<(), LedgerError> {
+        self.conn()
+            .execute(
+                "UPDATE rollout_waves SET approved=1 WHERE run=?1 AND wave=?2",
+                params![run, index],
             )
             .map_err(lstorage)?;
         Ok(())
@@ -148,8 +169,8 @@ impl SqliteStore {
     ) -> Result<Released, LedgerError> {
         let released = self.transaction(lstorage, |tx| {
             tx.execute(
-                "UPDATE rollout_waves SET gate_passed=?3, gate_reason=?4 WHERE run=?1 AND wave=?2 AND gate_passed IS NULL",
-                params![run, index.saturating_sub(1), gate.passed, gate.reason],
+                "UPDATE rollout_waves SET gate_passed=?3, gate_reason=?4, gate_checks=?5 WHERE run=?1 AND wave=?2 AND gate_passed IS NULL",
+                params![run, index.saturating_sub(1), gate.passed, gate.reason, gate.checks_text()],
             )
             .map_err(lstorage)?;
             let released = tx

@@ -522,6 +522,10 @@ impl Ledger for TableLedger {
         self.release_rollout_wave(run, index, gate, now).await
     }
 
+    async fn approve(&self, run: &RunId, index: u32) -> Result<(), LedgerError> {
+        self.approve_wave(run, index).await
+    }
+
     async fn control(&self, run: &RunId) -> Result<Control, LedgerError> {
         Ok(self.read_control(run).await?.0)
     }
@@ -826,11 +830,12 @@ mod tests {
     }
 
     /// The rollout's records, the same on SQLite and Table Storage: waves and their standing,
-    /// a gate judged once, a wave released once when two ticks race, the control with resume
-    /// past a tripped gate, and an abort that cancels only untouched targets and stays.
+    /// a gate judged once with its checks, a wave released once when two ticks race, an
+    /// operator's approval, the control with resume past a tripped gate, and an abort that
+    /// cancels only untouched targets and stays.
     async fn rollout_contract(l: &dyn Ledger, prefix: &str) {
         use crate::pipeline::ledger::Released;
-        use crate::pipeline::rollout::{Control, Gate};
+        use crate::pipeline::rollout::{Control, Gate, GateCheck, GateKind};
         let run = RunId(format!("{prefix}/rollout'#"));
         let t = |secs: i64| OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_000_000 + secs);
         l.start_run(&RunRecord {
@@ -887,22 +892,17 @@ mod tests {
         let w0 = l.waves(&run).await.unwrap().remove(0);
         assert_eq!((w0.ended_at, w0.failed), (Some(t(10)), 1));
 
-        // A gate is judged once.
-        let tripped = Gate {
-            passed: false,
-            reason: "tripped".into(),
-        };
-        l.record_gate(&run, 0, &tripped).await.unwrap();
-        l.record_gate(
-            &run,
-            0,
-            &Gate {
-                passed: true,
-                reason: "later".into(),
+        // A gate is judged once, and keeps each check it made.
+        let tripped = Gate::of(vec![
+            GateCheck::failure_rate(1, 1, 0.5),
+            GateCheck {
+                kind: GateKind::Probe,
+                passed: false,
+                detail: "a: GET /health answered 503, not 200 \"'#".into(),
             },
-        )
-        .await
-        .unwrap();
+        ]);
+        l.record_gate(&run, 0, &tripped).await.unwrap();
+        l.record_gate(&run, 0, &Gate::of(Vec::new())).await.unwrap();
         assert_eq!(l.waves(&run).await.unwrap()[0].gate, Some(tripped.clone()));
 
         // Two ticks releasing wave 1 at once: one releases it.
@@ -917,6 +917,18 @@ mod tests {
             "{results:?}"
         );
         assert_eq!(l.waves(&run).await.unwrap()[1].released_at, Some(t(20)));
+        // An approval is recorded on its wave alone, and twice is once.
+        assert!(!l.waves(&run).await.unwrap()[2].approved);
+        l.approve(&run, 2).await.unwrap();
+        l.approve(&run, 2).await.unwrap();
+        let approved: Vec<bool> = l
+            .waves(&run)
+            .await
+            .unwrap()
+            .iter()
+            .map(|w| w.approved)
+            .collect();
+        assert_eq!(approved, vec![false, false, true]);
         let started = l.target(&run, &b).await.unwrap().unwrap();
         assert_eq!(
             (started.started_at, started.updated_at),

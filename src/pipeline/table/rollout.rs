@@ -40,9 +40,15 @@ struct WaveRow {
     gate_passed: Option<bool>,
     #[serde(default)]
     gate_reason: Option<String>,
+    /// The gate's checks ([`Gate::checks_text`]): a property holds no list.
+    #[serde(default)]
+    gate_checks: Option<String>,
     /// An operator resumed the rollout past this wave's tripped gate.
     #[serde(default)]
     resumed: bool,
+    /// An operator promoted the rollout to this wave (`rollout promote`).
+    #[serde(default)]
+    approved: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -146,7 +152,9 @@ impl TableLedger {
                 released_at: (i == 0).then_some(at),
                 gate_passed: None,
                 gate_reason: None,
+                gate_checks: None,
                 resumed: false,
+                approved: false,
             };
             // A wave recorded already is kept as it is.
             self.client
@@ -185,11 +193,11 @@ impl TableLedger {
                     failed: failed as u32,
                     released_at: w.released_at,
                     ended_at: last.filter(|_| terminal == mine.len()),
-                    gate: w
-                        .gate_passed
-                        .zip(w.gate_reason)
-                        .map(|(passed, reason)| Gate { passed, reason }),
+                    gate: w.gate_passed.zip(w.gate_reason).map(|(passed, reason)| {
+                        Gate::recorded(passed, reason, w.gate_checks.as_deref())
+                    }),
                     resumed: w.resumed,
+                    approved: w.approved,
                 }
             })
             .collect())
@@ -221,6 +229,18 @@ impl TableLedger {
             w.gate_passed.is_none().then(|| WaveRow {
                 gate_passed: Some(gate.passed),
                 gate_reason: Some(gate.reason.clone()),
+                gate_checks: Some(gate.checks_text()),
+                ..w.clone()
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn approve_wave(&self, run: &RunId, index: u32) -> Result<(), LedgerError> {
+        self.update_wave(run, index, |w| {
+            (!w.approved).then(|| WaveRow {
+                approved: true,
                 ..w.clone()
             })
         })

@@ -345,3 +345,28 @@ pub(crate) fn render_kv_reference(st: &State, mut v: Value) -> Value {
     }
     v
 }
+
+/// A request to the app behind `host`, as App Service's front end passes it on (the
+/// simulator stands in for it so the probe has an answer; this is not ARM): 200 from a
+/// running site or slot; 503 from one with the `probe-fails-after-connect` knob once it is
+/// on a subnet (an app that cannot serve on its new network, say a dependency its subnet does
+/// not reach); 404 for a host name no site has.
+pub(crate) fn front_end(st: &State, host: &str) -> Reply {
+    let site = st.store.all().find(|v| {
+        parse_id(&v["id"]).is_some_and(|id| is_target(&id))
+            && v["properties"]["defaultHostName"]
+                .as_str()
+                .is_some_and(|h| h.eq_ignore_ascii_case(host))
+    });
+    match site {
+        None => Reply::error(404, "NotFound", format!("no app answers for {host}")),
+        Some(s) if has_knob(&s, "probe-fails-after-connect") && current_subnet(&s).is_some() => {
+            Reply::error(
+                503,
+                "ServiceUnavailable",
+                "the app cannot serve (simulated)",
+            )
+        }
+        Some(_) => Reply::ok(json!({"host": host})),
+    }
+}

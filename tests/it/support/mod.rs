@@ -18,11 +18,12 @@ use vnet_migrate::azure::credential::StaticToken;
 use vnet_migrate::azure::servicebus::{ServiceBusClient, StaticBearer};
 use vnet_migrate::azure::ResourceId;
 use vnet_migrate::migration::local::{contract, migrate_locally, Scope as LocalScope};
-use vnet_migrate::migration::{Migration, StepContext};
+use vnet_migrate::migration::{FrontEnd, Migration, StepContext};
 use vnet_migrate::pipeline::engine::Engine;
 use vnet_migrate::pipeline::ledger::Ledger;
 use vnet_migrate::pipeline::local::{Finished, LocalRun, LocalRunError, StateFile};
 use vnet_migrate::pipeline::message::RunId;
+use vnet_migrate::pipeline::rollout::RolloutConfig;
 use vnet_migrate::pipeline::runner::RunnerConfig;
 use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
@@ -341,6 +342,7 @@ pub fn report_from_json(v: &Value) -> Report {
         by_reason: Default::default(),
         waves: Vec::new(),
         stopped: v["stopped"].as_str().map(Into::into),
+        waiting: v["waiting"].as_str().map(Into::into),
         performance: Default::default(),
     }
 }
@@ -398,6 +400,19 @@ impl Rig {
         state: PathBuf,
         in_flight: usize,
     ) -> impl Future<Output = Result<Finished, LocalRunError>> + Send + 'static {
+        self.local_run_ticking(policy, state, in_flight, RolloutConfig::default().tick)
+    }
+
+    /// `local_run` whose rollout looks for pause and abort every `tick`.
+    pub fn local_run_ticking(
+        &self,
+        policy: &Policy,
+        state: PathBuf,
+        in_flight: usize,
+        tick: Duration,
+    ) -> impl Future<Output = Result<Finished, LocalRunError>> + Send + 'static {
+        let mut rollout = RolloutConfig::default();
+        rollout.tick = tick;
         let local = LocalRun {
             dry_run: false,
             runner: RunnerConfig {
@@ -407,7 +422,8 @@ impl Rig {
             },
             origin: "test".into(),
             progress: false,
-            rollout: Default::default(),
+            rollout,
+            checks: None,
         };
         let scope = LocalScope {
             arm: self.arm.clone(),
@@ -417,6 +433,7 @@ impl Rig {
             time_scale: TIME_SCALE,
             applied: None,
             forecasts: None,
+            front_end: FrontEnd::Simulator(self.sim_url()),
         };
         let contract = contract(policy, &[], "http://127.0.0.1", false, None);
         async move {
