@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::azure::resource_id::{NameError, NameRule, ResourceId, ResourceIdError, ResourceKind};
+use crate::pipeline::runner::RunnerConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -241,12 +242,17 @@ impl<'de> Deserialize<'de> for WaveSize {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub(crate) struct Concurrency {
     pub(crate) per_subscription: u32,
+    /// Planned targets of one destination VNet executing a step at once; none = no limit but
+    /// the subscription's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) per_vnet: Option<u32>,
 }
 
 impl Default for Concurrency {
     fn default() -> Self {
         Self {
             per_subscription: 16,
+            per_vnet: None,
         }
     }
 }
@@ -440,6 +446,15 @@ impl Policy {
         }
     }
 
+    /// The embedded runner's admission limits (`concurrency`), other settings at their defaults.
+    pub fn runner_config(&self) -> RunnerConfig {
+        RunnerConfig {
+            per_subscription: self.concurrency.per_subscription as usize,
+            per_vnet: self.concurrency.per_vnet.map(|n| n as usize),
+            ..RunnerConfig::default()
+        }
+    }
+
     /// The name of the plan's own integration subnet.
     pub(crate) fn subnet_name(&self, plan_name: &str) -> String {
         self.subnet.name_pattern.replace("{plan}", plan_name)
@@ -476,14 +491,22 @@ impl Policy {
                 _ => {}
             }
         }
-        let n = self.concurrency.per_subscription;
-        if !(1..=MAX_CONCURRENCY).contains(&n) {
-            return Err(field_err(
+        let limits = [
+            (
                 "concurrency.perSubscription",
-                format!(
-                    "must be between 1 and {MAX_CONCURRENCY} (ARM's write bucket per subscription), got {n}"
-                ),
-            ));
+                Some(self.concurrency.per_subscription),
+            ),
+            ("concurrency.perVnet", self.concurrency.per_vnet),
+        ];
+        for (field, n) in limits {
+            if let Some(n) = n.filter(|n| !(1..=MAX_CONCURRENCY).contains(n)) {
+                return Err(field_err(
+                    field,
+                    format!(
+                        "must be between 1 and {MAX_CONCURRENCY} (ARM's write bucket per subscription), got {n}"
+                    ),
+                ));
+            }
         }
         if self.bake_minutes > MAX_BAKE_MINUTES {
             return Err(field_err(
@@ -622,9 +645,9 @@ impl Policy {
 }
 
 /// Fields of the published schema (DESIGN §9) that have no behaviour yet, as dotted paths.
-/// A document naming one is refused whatever its value: `"perVnet": 1` or `"sharedAcrossPlans": false`
+/// A document naming one is refused whatever its value: `"sharedAcrossPlans": false`
 /// would otherwise read as a promise the runner does not keep.
-pub(crate) const UNSUPPORTED: [&str; 2] = ["concurrency.perVnet", "subnet.sharedAcrossPlans"];
+pub(crate) const UNSUPPORTED: [&str; 1] = ["subnet.sharedAcrossPlans"];
 
 fn refuse_unsupported(doc: &Value) -> Result<(), PolicyError> {
     for field in UNSUPPORTED {
@@ -717,7 +740,7 @@ mod tests {
                           "tags": {"env": "prod"},
                           "exclude": ["/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/keep"]},
                 "waves": [1, "10%", 50],
-                "concurrency": {"perSubscription": 8},
+                "concurrency": {"perSubscription": 8, "perVnet": 2},
                 "bakeMinutes": 30,
                 "gates": {"maxFailureRate": 0.2, "keyVaultReferencesMustResolve": false,
                           "probe": {"path": "/health", "expectedStatus": 204}},
@@ -788,7 +811,7 @@ mod tests {
             ),
             (
                 json!({"concurrency": {"perVnet": 100000}}),
-                "policy field concurrency.perVnet is not supported yet: remove it",
+                "policy field concurrency.perVnet: must be between 1 and 200 (ARM's write bucket per subscription), got 100000",
             ),
             (
                 json!({"settleSeconds": u64::MAX}),
@@ -1074,6 +1097,11 @@ mod tests {
             "concurrency.perSubscription",
             "runner.rs",
             "a_backlog_that_cannot_be_admitted_is_awaited_not_polled",
+        ),
+        (
+            "concurrency.perVnet",
+            "runner.rs",
+            "at_most_per_vnet_targets_of_one_vnet_run_at_once",
         ),
         (
             "gates.keyVaultReferencesMustResolve",
