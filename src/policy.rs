@@ -337,6 +337,9 @@ pub(crate) struct SubnetPolicy {
     pub(crate) preferred_prefix: u8,
     /// Reuse empty subnets of other names (otherwise only the pattern's name or a linked one).
     pub(crate) reuse_empty_subnets: bool,
+    /// The multi-plan subnet join: the plans of one subscription moving into one VNet share
+    /// one subnet there (`plan::share`).
+    pub(crate) shared_across_plans: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) network_security_group_id: Option<ResourceId>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -351,6 +354,7 @@ impl Default for SubnetPolicy {
             name_pattern: "snet-{plan}-integration".to_string(),
             preferred_prefix: 26,
             reuse_empty_subnets: false,
+            shared_across_plans: false,
             network_security_group_id: None,
             route_table_id: None,
             nat_gateway_id: None,
@@ -458,6 +462,19 @@ impl Policy {
     /// The name of the plan's own integration subnet.
     pub(crate) fn subnet_name(&self, plan_name: &str) -> String {
         self.subnet.name_pattern.replace("{plan}", plan_name)
+    }
+
+    /// The name of the subnet the plans of `subscription` share in a VNet
+    /// (`subnet.sharedAcrossPlans`): the pattern with `shared-` and the subscription id's first
+    /// eight characters for `{plan}`, since a VNet may serve plans of several subscriptions
+    /// and ARM joins plans of one subscription only (arm-vnet reference §6).
+    pub(crate) fn shared_subnet_name(&self, subscription: &str) -> String {
+        let short: String = subscription
+            .chars()
+            .take(8)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        self.subnet_name(&format!("shared-{short}"))
     }
 
     /// Range and format checks serde cannot express; the first failure is returned.
@@ -645,9 +662,9 @@ impl Policy {
 }
 
 /// Fields of the published schema (DESIGN §9) that have no behaviour yet, as dotted paths.
-/// A document naming one is refused whatever its value: `"sharedAcrossPlans": false`
-/// would otherwise read as a promise the runner does not keep.
-pub(crate) const UNSUPPORTED: [&str; 1] = ["subnet.sharedAcrossPlans"];
+/// A document naming one is refused whatever its value: even `false` would read as a promise
+/// the runner does not keep. Empty while every field has its behaviour.
+pub(crate) const UNSUPPORTED: [&str; 0] = [];
 
 fn refuse_unsupported(doc: &Value) -> Result<(), PolicyError> {
     for field in UNSUPPORTED {
@@ -744,7 +761,7 @@ mod tests {
                 "bakeMinutes": 30,
                 "gates": {"maxFailureRate": 0.2, "keyVaultReferencesMustResolve": false,
                           "probe": {"path": "/health", "expectedStatus": 204}},
-                "subnet": {"namePattern": "snet-{plan}", "preferredPrefix": 27, "reuseEmptySubnets": true,
+                "subnet": {"namePattern": "snet-{plan}", "preferredPrefix": 27, "reuseEmptySubnets": true, "sharedAcrossPlans": true,
                            "networkSecurityGroupId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/networkSecurityGroups/nsg",
                            "routeTableId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/routeTables/rt",
                            "natGatewayId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/natGateways/nat"},
@@ -1129,6 +1146,16 @@ mod tests {
             "empty_subnets_are_reused_only_when_the_policy_says_so",
         ),
         (
+            "subnet.sharedAcrossPlans",
+            "sharing.rs",
+            "plans_of_a_subscription_share_one_subnet_sized_for_all",
+        ),
+        (
+            "subnet.sharedAcrossPlans",
+            "sharing.rs",
+            "an_existing_shared_subnet_takes_later_plans_while_it_has_room",
+        ),
+        (
             "subnet.networkSecurityGroupId",
             "plan.rs",
             "subnet_linked_to_the_plan_is_reused",
@@ -1182,6 +1209,7 @@ mod tests {
             "rollout.rs" => include_str!("pipeline/rollout.rs"),
             "runner.rs" => include_str!("pipeline/runner.rs"),
             "plan.rs" => include_str!("migration/plan.rs"),
+            "sharing.rs" => include_str!("migration/sharing.rs"),
             "steps.rs" => include_str!("migration/steps.rs"),
             "scenarios.rs" => include_str!("../tests/it/scenarios.rs"),
             "functions_host.rs" => include_str!("../tests/it/functions_host.rs"),

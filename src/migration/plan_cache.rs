@@ -5,15 +5,24 @@
 //! per plan can be shared by all its targets: that keeps planning to a handful of reads per
 //! plan instead of per target. A cached decision expires, and is dropped when a write shows
 //! the VNet changed under it.
+//!
+//! With `subnet.sharedAcrossPlans` a plan's decision also depends on the other plans of its
+//! subscription and region (`sharing::share`): their decisions on their own are read (and
+//! cached) the same way, the plans of the region listed once per TTL, and the shared subnets
+//! worked out from them and this plan's fresh view of its VNets at each call: pure, so every
+//! target of every plan gets the same answer from the same ARM state.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::context::StepError;
-use super::plan::{self, Integration, PlanContext, PlanDecision, TargetState};
+use super::plan::{self, Integration, PlanContext, PlanDecision, SharedSubnets, TargetState};
+use super::sharing;
 use crate::azure::arm::ArmClient;
-use crate::azure::models::{AutoscaleSetting, Plan, Site, VirtualNetwork, VnetConnection};
+use crate::azure::models::{
+    normalize_location, AutoscaleSetting, Plan, Site, VirtualNetwork, VnetConnection,
+};
 use crate::azure::{ResourceId, ResourceKind};
 use crate::policy::Policy;
 
@@ -24,9 +33,28 @@ const TTL: Duration = Duration::from_secs(600);
 pub(crate) struct Decided {
     pub(crate) decision: PlanDecision,
     /// Every site and slot of the plan, with its integration as read.
-    pub(crate) targets: Vec<TargetState>,
+    pub(crate) targets: Arc<Vec<TargetState>>,
     /// The VNets read (gateway VNets, their peers, VNets holding the plan's subnets).
-    pub(crate) vnets: Vec<VirtualNetwork>,
+    pub(crate) vnets: Arc<Vec<VirtualNetwork>>,
+    // The rest of what the decision was made from, so it can be made again with the subnets
+    // the plan shares (shared, not copied, by that second decision).
+    plan: Arc<Plan>,
+    autoscale: Arc<Vec<AutoscaleSetting>>,
+    swift_supported: bool,
+}
+
+impl Decided {
+    fn decide(&self, policy: &Policy, shared: Option<&SharedSubnets>) -> PlanDecision {
+        plan::decide(&PlanContext {
+            plan: &self.plan,
+            autoscale: &self.autoscale,
+            targets: &self.targets,
+            vnets: &self.vnets,
+            swift_supported: self.swift_supported,
+            policy,
+            shared,
+        })
+    }
 }
 
 /// A decision and when it was made.
@@ -35,9 +63,14 @@ type Cached = (Instant, Arc<Decided>);
 /// The lock under which one plan's decision is computed.
 type Building = Arc<tokio::sync::Mutex<()>>;
 
+/// The plans of one subscription in one region (normalised), listed at a time.
+type Region = (String, String);
+
 #[derive(Clone, Default)]
 pub(crate) struct PlanCache {
     inner: Arc<Mutex<HashMap<ResourceId, Cached>>>,
+    /// `subnet.sharedAcrossPlans`: the plans of each subscription and region.
+    regions: Arc<Mutex<HashMap<Region, (Instant, Arc<Vec<ResourceId>>)>>>,
     /// One computation per plan at a time (the plan's other targets wait for it and share
     /// it), while different plans are decided concurrently. An entry lives while its plan is
     /// being decided.
@@ -52,8 +85,80 @@ impl PlanCache {
             .map(|(_, d)| d.clone())
     }
 
-    /// The cached decision for `plan`, or a fresh one read from ARM.
+    /// The decision for `plan`: on its own, or with the subnets it shares with the other
+    /// plans of its subscription and region when the policy says so.
     pub(crate) async fn decision(
+        &self,
+        arm: &ArmClient,
+        policy: &Policy,
+        plan: &ResourceId,
+    ) -> Result<Arc<Decided>, StepError> {
+        let alone = self.alone(arm, policy, plan).await?;
+        if !policy.subnet.shared_across_plans {
+            return Ok(alone);
+        }
+        let mut others = Vec::new();
+        for p in self.region(arm, &alone.plan).await?.iter() {
+            if p != plan {
+                others.push(self.alone(arm, policy, p).await?);
+            }
+        }
+        let decisions: Vec<&PlanDecision> = std::iter::once(&alone.decision)
+            .chain(others.iter().map(|d| &d.decision))
+            .collect();
+        let shared = sharing::share(plan.subscription(), &decisions, &alone.vnets, policy);
+        Ok(Arc::new(Decided {
+            decision: alone.decide(policy, Some(&shared)),
+            targets: alone.targets.clone(),
+            vnets: alone.vnets.clone(),
+            plan: alone.plan.clone(),
+            autoscale: alone.autoscale.clone(),
+            swift_supported: alone.swift_supported,
+        }))
+    }
+
+    /// The plans of `plan`'s subscription in its region (cached for the TTL).
+    async fn region(
+        &self,
+        arm: &ArmClient,
+        plan: &Plan,
+    ) -> Result<Arc<Vec<ResourceId>>, StepError> {
+        let key = (
+            plan.id.subscription().to_ascii_lowercase(),
+            normalize_location(&plan.location),
+        );
+        let cached = self
+            .regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < TTL)
+            .map(|(_, plans)| plans.clone());
+        if let Some(plans) = cached {
+            return Ok(plans);
+        }
+        let all: Vec<Plan> = arm
+            .list(&format!(
+                "/subscriptions/{}/providers/Microsoft.Web/serverfarms",
+                plan.id.subscription()
+            ))
+            .await?;
+        let mut plans: Vec<ResourceId> = all
+            .into_iter()
+            .filter(|p| normalize_location(&p.location) == key.1)
+            .map(|p| p.id)
+            .collect();
+        plans.sort();
+        let plans = Arc::new(plans);
+        self.regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Instant::now(), plans.clone()));
+        Ok(plans)
+    }
+
+    /// The cached decision for `plan` on its own, or a fresh one read from ARM.
+    async fn alone(
         &self,
         arm: &ArmClient,
         policy: &Policy,
@@ -212,11 +317,15 @@ async fn compute(
         vnets: &vnets,
         swift_supported,
         policy,
+        shared: None,
     });
     Ok(Decided {
         decision,
-        targets,
-        vnets,
+        targets: Arc::new(targets),
+        vnets: Arc::new(vnets),
+        plan: Arc::new(plan),
+        autoscale: Arc::new(autoscale),
+        swift_supported,
     })
 }
 

@@ -130,16 +130,26 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
         _ => None,
     };
     let no_subnets = Default::default();
+    // A shared subnet is sized for all its plans: their sum is what the plan rests on.
+    let (required_addresses, mut required_prefix_length) = match live {
+        TargetDecision::Migrate(c) => (
+            c.shared_addresses.unwrap_or(decision.required_addresses),
+            c.required_prefix_length(decision.required_addresses),
+        ),
+        _ => (
+            decision.required_addresses,
+            ipam::prefix_len_for(decision.required_addresses),
+        ),
+    };
     let fingerprint = fleet_plan::fingerprint(
         state,
         &plan_id,
-        decision.required_addresses,
+        required_addresses,
         live,
         vnet.as_ref(),
         ctx.applied.as_ref().map_or(&no_subnets, |a| &a.creates),
     );
     let mut target_decision = live.clone();
-    let mut required_prefix_length = ipam::prefix_len_for(decision.required_addresses);
     if let Some(applied) = &ctx.applied {
         // Exactly the plan: its decision and reserved prefix, unless ARM drifted from it.
         let Some(planned) = applied.target(&msg.target) else {

@@ -8,9 +8,10 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::azure::models::{normalize_location, Site, VirtualNetwork};
+use crate::azure::models::{normalize_location, AutoscaleSetting, Plan, Site, VirtualNetwork};
 use crate::azure::{ResourceId, ResourceKind};
 use crate::fleet::Fleet;
+use crate::migration::{ipam, plan::expected_max_instances};
 use crate::report::Report;
 
 /// Subscriptions that own sites in the fleet.
@@ -45,6 +46,9 @@ struct GatewayFacts {
 pub struct View {
     sites: BTreeMap<ResourceId, SiteFacts>,
     vnets: BTreeMap<ResourceId, VirtualNetwork>,
+    /// App Service plans and autoscale settings: what a shared subnet is sized by.
+    plans: BTreeMap<ResourceId, Plan>,
+    autoscale: Vec<AutoscaleSetting>,
     /// target → its gateway connections
     gateways: BTreeMap<ResourceId, GatewayFacts>,
 }
@@ -55,6 +59,8 @@ impl View {
         let mut v = View {
             sites: BTreeMap::new(),
             vnets: BTreeMap::new(),
+            plans: BTreeMap::new(),
+            autoscale: Vec::new(),
             gateways: BTreeMap::new(),
         };
         for r in resources {
@@ -82,6 +88,16 @@ impl View {
                 ResourceKind::VirtualNetwork => {
                     if let Ok(n) = VirtualNetwork::deserialize(r) {
                         v.vnets.insert(id, n);
+                    }
+                }
+                ResourceKind::ServerFarm => {
+                    if let Ok(p) = Plan::deserialize(r) {
+                        v.plans.insert(id, p);
+                    }
+                }
+                ResourceKind::AutoscaleSetting => {
+                    if let Ok(a) = AutoscaleSetting::deserialize(r) {
+                        v.autoscale.push(a);
                     }
                 }
                 ResourceKind::SiteVnetConnection => {
@@ -227,13 +243,21 @@ pub fn check_views(before: &View, after: &View, report: &Report) -> Vec<String> 
     }
 
     let mut per_plan: BTreeMap<ResourceId, BTreeSet<ResourceId>> = BTreeMap::new();
+    let mut per_subnet: BTreeMap<ResourceId, BTreeSet<ResourceId>> = BTreeMap::new();
     for s in after.sites.values() {
         if let (Some(plan), Some(subnet)) = (&s.plan, &s.regional_subnet) {
             per_plan
                 .entry(plan.clone())
                 .or_default()
                 .insert(subnet.clone());
+            per_subnet
+                .entry(subnet.clone())
+                .or_default()
+                .insert(plan.clone());
         }
+    }
+    for (subnet, plans) in per_subnet.iter().filter(|(_, p)| p.len() > 1) {
+        bad.extend(shared_subnet_problem(after, subnet, plans));
     }
     for (plan, subnets) in per_plan {
         if subnets.len() > 2 {
@@ -244,4 +268,62 @@ pub fn check_views(before: &View, after: &View, report: &Report) -> Vec<String> 
         }
     }
     bad
+}
+
+/// What is wrong with a subnet several plans use (the multi-plan subnet join): ARM joins plans
+/// of one subscription in a subnet of at least /26 (arm-vnet reference §6, §13) but does not
+/// check its addresses, so it must hold twice the expected maximum instances of every plan,
+/// plus the 5 Azure keeps (§5).
+fn shared_subnet_problem(
+    view: &View,
+    subnet: &ResourceId,
+    plans: &BTreeSet<ResourceId>,
+) -> Option<String> {
+    let names = || {
+        plans
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let subs: BTreeSet<String> = plans
+        .iter()
+        .map(|p| p.subscription().to_ascii_lowercase())
+        .collect();
+    if subs.len() > 1 {
+        return Some(format!(
+            "{subnet}: shared by plans of several subscriptions ({})",
+            names()
+        ));
+    }
+    let prefix = subnet
+        .vnet()
+        .and_then(|v| view.vnets.get(&v))
+        .and_then(|v| {
+            v.properties
+                .subnets
+                .iter()
+                .find(|s| s.name.eq_ignore_ascii_case(subnet.name()))
+        })
+        .and_then(|s| s.prefixes().first()?.parse::<Ipv4Net>().ok())?;
+    if prefix.prefix_len() > 26 {
+        return Some(format!(
+            "{subnet}: /{} shared by plans {} (at least /26)",
+            prefix.prefix_len(),
+            names()
+        ));
+    }
+    let instances: u32 = plans
+        .iter()
+        .filter_map(|p| view.plans.get(p))
+        .map(|p| expected_max_instances(p, &view.autoscale))
+        .sum();
+    let needed = ipam::required_addresses(instances);
+    let holds = 1u64 << (32 - u32::from(prefix.prefix_len()));
+    (holds < u64::from(needed)).then(|| {
+        format!(
+            "{subnet}: {prefix} holds {holds} addresses, plans {} need {needed}",
+            names()
+        )
+    })
 }
