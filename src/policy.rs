@@ -1121,6 +1121,11 @@ mod tests {
             "at_most_per_vnet_targets_of_one_vnet_run_at_once",
         ),
         (
+            "concurrency.perVnet",
+            "per_vnet.rs",
+            "at_most_per_vnet_targets_of_a_vnet_execute_at_once",
+        ),
+        (
             "gates.keyVaultReferencesMustResolve",
             "scenarios.rs",
             "key_vault_references_breaking_after_connect_park_when_policy_says_so",
@@ -1154,6 +1159,11 @@ mod tests {
             "subnet.sharedAcrossPlans",
             "sharing.rs",
             "an_existing_shared_subnet_takes_later_plans_while_it_has_room",
+        ),
+        (
+            "subnet.sharedAcrossPlans",
+            "shared_subnets.rs",
+            "plans_of_one_subscription_migrate_into_one_subnet_sized_for_all",
         ),
         (
             "subnet.networkSecurityGroupId",
@@ -1216,6 +1226,8 @@ mod tests {
             "rollout_waves.rs" => include_str!("../tests/it/rollout_waves.rs"),
             "window.rs" => include_str!("migration/window.rs"),
             "windows.rs" => include_str!("../tests/it/windows.rs"),
+            "per_vnet.rs" => include_str!("../tests/it/per_vnet.rs"),
+            "shared_subnets.rs" => include_str!("../tests/it/shared_subnets.rs"),
             other => panic!("no source {other}"),
         }
     }

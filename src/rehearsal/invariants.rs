@@ -327,3 +327,62 @@ fn shared_subnet_problem(
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const RG: &str = "/subscriptions/s/resourceGroups/rg/providers";
+
+    /// A VNet whose subnet `shared` has `prefix`, and plans of `instances` each.
+    fn view(prefix: &str, plans: &[(&str, u32)]) -> View {
+        let mut resources = vec![json!({
+            "id": format!("{RG}/Microsoft.Network/virtualNetworks/v"), "name": "v",
+            "type": "Microsoft.Network/virtualNetworks", "location": "westeurope",
+            "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
+                "subnets": [{"name": "shared", "properties": {"addressPrefix": prefix}}]}
+        })];
+        for (p, n) in plans {
+            resources.push(
+                json!({"id": format!("{RG}/Microsoft.Web/serverfarms/{p}"), "name": p,
+                "type": "Microsoft.Web/serverfarms", "location": "westeurope",
+                "sku": {"name": "P1v3", "tier": "PremiumV3", "capacity": n},
+                "properties": {"maximumNumberOfWorkers": 30}}),
+            );
+        }
+        View::of(resources.into_iter())
+    }
+
+    fn problem(prefix: &str, plans: &[(&str, u32)]) -> Option<String> {
+        let subnet = ResourceId::parse(&format!(
+            "{RG}/Microsoft.Network/virtualNetworks/v/subnets/shared"
+        ))
+        .unwrap();
+        let ids = plans
+            .iter()
+            .map(|(p, _)| {
+                ResourceId::parse(&format!("{RG}/Microsoft.Web/serverfarms/{p}")).unwrap()
+            })
+            .collect();
+        shared_subnet_problem(&view(prefix, plans), &subnet, &ids)
+    }
+
+    #[test]
+    fn a_shared_subnet_must_hold_every_plan_in_a_slash_26_at_least() {
+        // 2 × (20 + 5) + 5 = 55 addresses fit a /26; 2 × (20 + 10) + 5 = 65 do not.
+        assert_eq!(problem("10.0.0.0/26", &[("p1", 20), ("p2", 5)]), None);
+        let over = problem("10.0.0.0/26", &[("p1", 20), ("p2", 10)]).unwrap();
+        assert!(
+            over.ends_with("10.0.0.0/26 holds 64 addresses, plans p1, p2 need 65"),
+            "{over}"
+        );
+        assert_eq!(problem("10.0.0.0/25", &[("p1", 20), ("p2", 10)]), None);
+        let small = problem("10.0.0.0/27", &[("p1", 1), ("p2", 1)]).unwrap();
+        assert!(
+            small.ends_with("/27 shared by plans p1, p2 (at least /26)"),
+            "{small}"
+        );
+    }
+}
