@@ -28,6 +28,9 @@ use crate::policy::Policy;
 
 const TTL: Duration = Duration::from_secs(600);
 
+/// Plans of a region decided at once when a shared subnet needs them all.
+const MEMBER_READS: usize = 8;
+
 /// A plan's decision with what it was decided from.
 #[derive(Debug)]
 pub(crate) struct Decided {
@@ -63,14 +66,17 @@ type Cached = (Instant, Arc<Decided>);
 /// The lock under which one plan's decision is computed.
 type Building = Arc<tokio::sync::Mutex<()>>;
 
-/// The plans of one subscription in one region (normalised), listed at a time.
+/// A subscription and a region (normalised).
 type Region = (String, String);
+
+/// The plans of a region, and when they were listed.
+type Listed = (Instant, Arc<Vec<ResourceId>>);
 
 #[derive(Clone, Default)]
 pub(crate) struct PlanCache {
     inner: Arc<Mutex<HashMap<ResourceId, Cached>>>,
     /// `subnet.sharedAcrossPlans`: the plans of each subscription and region.
-    regions: Arc<Mutex<HashMap<Region, (Instant, Arc<Vec<ResourceId>>)>>>,
+    regions: Arc<Mutex<HashMap<Region, Listed>>>,
     /// One computation per plan at a time (the plan's other targets wait for it and share
     /// it), while different plans are decided concurrently. An entry lives while its plan is
     /// being decided.
@@ -97,11 +103,19 @@ impl PlanCache {
         if !policy.subnet.shared_across_plans {
             return Ok(alone);
         }
-        let mut others = Vec::new();
-        for p in self.region(arm, &alone.plan).await?.iter() {
-            if p != plan {
-                others.push(self.alone(arm, policy, p).await?);
-            }
+        let region = self.region(arm, &alone.plan).await?;
+        // The region's plans are read a few at a time: the first plan step of a region reads
+        // them all, and each plan's own lock keeps them from being read twice.
+        let ids: Vec<ResourceId> = region.iter().filter(|p| *p != plan).cloned().collect();
+        let mut others: Vec<Arc<Decided>> = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(MEMBER_READS) {
+            let reads = batch.iter().map(|p| self.member(arm, policy, p));
+            others.extend(
+                futures::future::try_join_all(reads)
+                    .await?
+                    .into_iter()
+                    .flatten(),
+            );
         }
         let decisions: Vec<&PlanDecision> = std::iter::once(&alone.decision)
             .chain(others.iter().map(|d| &d.decision))
@@ -115,6 +129,20 @@ impl PlanCache {
             autoscale: alone.autoscale.clone(),
             swift_supported: alone.swift_supported,
         }))
+    }
+
+    /// Another plan of the region, on its own; None when it was deleted since the region was
+    /// listed (it shares nothing).
+    async fn member(
+        &self,
+        arm: &ArmClient,
+        policy: &Policy,
+        plan: &ResourceId,
+    ) -> Result<Option<Arc<Decided>>, StepError> {
+        match self.alone(arm, policy, plan).await {
+            Err(StepError::Arm(e)) if e.status() == Some(404) => Ok(None),
+            r => r.map(Some),
+        }
     }
 
     /// The plans of `plan`'s subscription in its region (cached for the TTL).
@@ -357,6 +385,27 @@ mod tests {
         )
         .unwrap();
         (sim, server, arm, plans)
+    }
+
+    #[tokio::test]
+    async fn plans_of_a_region_are_decided_with_the_subnet_they_share() {
+        let (_sim, server, arm, [p1, p2]) = two_plans().await;
+        let mut policy = Policy::default();
+        let cache = PlanCache::default();
+        let choice = |d: &Decided| d.decision.subnets.clone();
+        let alone = choice(&cache.decision(&arm, &policy, &p1).await.unwrap());
+        assert_eq!(alone[0].name, "snet-p1-integration");
+        policy.subnet.shared_across_plans = true;
+        let one = choice(&cache.decision(&arm, &policy, &p1).await.unwrap());
+        let two = choice(&cache.decision(&arm, &policy, &p2).await.unwrap());
+        assert_eq!(one, two);
+        assert_eq!(one[0].name, "snet-shared-00000000-integration");
+        // Two one-instance plans: 2 × 2 + 5 addresses, in ARM's /26 for a shared subnet.
+        assert_eq!(
+            (one[0].shared_addresses, one[0].prefix.prefix_len()),
+            (Some(9), 26)
+        );
+        server.shutdown().await;
     }
 
     #[tokio::test]
