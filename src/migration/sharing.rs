@@ -65,7 +65,7 @@ struct Member<'a> {
 
 /// The shared subnets of the plans of `subscription`, from each plan's decision on its own
 /// (`alone`, the plans of one region) and the destination VNets as read (`vnets`).
-pub fn share(
+pub(crate) fn share(
     subscription: &str,
     alone: &[&PlanDecision],
     vnets: &[VirtualNetwork],
