@@ -8,8 +8,8 @@
 //! plan's decision on its own (`decide` without sharing: the VNets picked for it) and from the
 //! VNets as ARM shows them. Who shares a VNet's subnet:
 //! - a plan linked to it (a service association link) always;
-//! - a plan picked that VNet and would otherwise create its own subnet there (a plan that
-//!   already has another subnet there keeps it);
+//! - a plan with apps still to move into that VNet and no subnet of its own there (a plan
+//!   that has one keeps it);
 //! - not a plan whose apps span more than two VNets: its ranking of VNets relies on its own
 //!   prepared subnets to stay the same while its apps are mid-cut-over, so it keeps them.
 //!
@@ -18,6 +18,12 @@
 //! gets its own subnet. A shared subnet that cannot be shared (smaller than /26, used by
 //! something else, linked to another subscription's plan) is left alone: every plan gets its
 //! own.
+//!
+//! One gap remains: while a plan's last app bound for a VNet is mid-cut-over (its gateway
+//! connection removed, the subnet not joined yet) and the plan is not linked there yet, ARM
+//! shows nothing tying the plan to the VNet. Its decision cached by `plan_cache` (minutes)
+//! still names the VNet, so only a decision made again in those seconds could give its room
+//! to another plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 
