@@ -1121,4 +1121,35 @@ mod tests {
             s.release_all_locks().unwrap();
         }
     }
+
+    /// A file written before per-VNet admission: on open, each live message gets its
+    /// destination VNet, and a full VNet's message then waits.
+    #[tokio::test]
+    async fn a_queue_from_before_per_vnet_admission_learns_each_messages_vnet_on_open() {
+        let dir = Dir::new();
+        let p = dir.path().join("unplaced.db");
+        let vnet = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/Hub",
+        )
+        .unwrap();
+        let mut planned = msg("a", Step::Verify);
+        planned.plan = Some(crate::pipeline::message::PlannedSubnet {
+            subnet: vnet.child("subnets", "snet").unwrap(),
+            vnet: vnet.clone(),
+            prefix: "10.0.0.0/26".into(),
+            create: false,
+            required_prefix_length: None,
+        });
+        {
+            let s = SqliteStore::open(&p).unwrap();
+            s.send(vec![Outgoing::now(planned)]).await.unwrap();
+            s.conn()
+                .execute_batch("ALTER TABLE queue DROP COLUMN vnet")
+                .unwrap();
+        }
+        let s = SqliteStore::open(&p).unwrap();
+        assert!(s.receive(now(), LEASE, &[vnet.key()]).unwrap().is_none());
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(d.vnet.as_deref(), Some(vnet.key()));
+    }
 }
