@@ -117,6 +117,7 @@ fn plan_all(fleet: &Fleet, policy: &Policy) -> (usize, usize, Duration) {
             vnets,
             swift_supported: true,
             policy,
+            shared: None,
         });
         decided += d.targets.len();
     }
@@ -194,7 +195,7 @@ fn main() {
         let t = Instant::now();
         let local = LocalRun {
             dry_run: false,
-            runner: RunnerConfig { max_in_flight: 256, per_subscription: 64, lease: Duration::from_secs(600) },
+            runner: RunnerConfig { max_in_flight: 256, per_subscription: 64, per_vnet: None, lease: Duration::from_secs(600) },
             origin: "bench".into(),
             progress: false,
             rollout: Default::default(),

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::azure::resource_id::{NameError, NameRule, ResourceId, ResourceIdError, ResourceKind};
+use crate::pipeline::runner::RunnerConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -241,12 +242,17 @@ impl<'de> Deserialize<'de> for WaveSize {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub(crate) struct Concurrency {
     pub(crate) per_subscription: u32,
+    /// Planned targets of one destination VNet executing a step at once; none = no limit but
+    /// the subscription's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) per_vnet: Option<u32>,
 }
 
 impl Default for Concurrency {
     fn default() -> Self {
         Self {
             per_subscription: 16,
+            per_vnet: None,
         }
     }
 }
@@ -336,6 +342,9 @@ pub(crate) struct SubnetPolicy {
     pub(crate) preferred_prefix: u8,
     /// Reuse empty subnets of other names (otherwise only the pattern's name or a linked one).
     pub(crate) reuse_empty_subnets: bool,
+    /// The multi-plan subnet join: the plans of one subscription moving into one VNet share
+    /// one subnet there (`plan::share`).
+    pub(crate) shared_across_plans: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) network_security_group_id: Option<ResourceId>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -350,6 +359,7 @@ impl Default for SubnetPolicy {
             name_pattern: "snet-{plan}-integration".to_string(),
             preferred_prefix: 26,
             reuse_empty_subnets: false,
+            shared_across_plans: false,
             network_security_group_id: None,
             route_table_id: None,
             nat_gateway_id: None,
@@ -445,9 +455,31 @@ impl Policy {
         }
     }
 
+    /// The embedded runner's admission limits (`concurrency`), other settings at their defaults.
+    pub fn runner_config(&self) -> RunnerConfig {
+        RunnerConfig {
+            per_subscription: self.concurrency.per_subscription as usize,
+            per_vnet: self.concurrency.per_vnet.map(|n| n as usize),
+            ..RunnerConfig::default()
+        }
+    }
+
     /// The name of the plan's own integration subnet.
     pub(crate) fn subnet_name(&self, plan_name: &str) -> String {
         self.subnet.name_pattern.replace("{plan}", plan_name)
+    }
+
+    /// The name of the subnet the plans of `subscription` share in a VNet
+    /// (`subnet.sharedAcrossPlans`): the pattern with `shared-` and the subscription id's first
+    /// eight characters for `{plan}`, since a VNet may serve plans of several subscriptions
+    /// and ARM joins plans of one subscription only (arm-vnet reference §6).
+    pub(crate) fn shared_subnet_name(&self, subscription: &str) -> String {
+        let short: String = subscription
+            .chars()
+            .take(8)
+            .collect::<String>()
+            .to_ascii_lowercase();
+        self.subnet_name(&format!("shared-{short}"))
     }
 
     /// Range and format checks serde cannot express; the first failure is returned.
@@ -481,14 +513,22 @@ impl Policy {
                 _ => {}
             }
         }
-        let n = self.concurrency.per_subscription;
-        if !(1..=MAX_CONCURRENCY).contains(&n) {
-            return Err(field_err(
+        let limits = [
+            (
                 "concurrency.perSubscription",
-                format!(
-                    "must be between 1 and {MAX_CONCURRENCY} (ARM's write bucket per subscription), got {n}"
-                ),
-            ));
+                Some(self.concurrency.per_subscription),
+            ),
+            ("concurrency.perVnet", self.concurrency.per_vnet),
+        ];
+        for (field, n) in limits {
+            if let Some(n) = n.filter(|n| !(1..=MAX_CONCURRENCY).contains(n)) {
+                return Err(field_err(
+                    field,
+                    format!(
+                        "must be between 1 and {MAX_CONCURRENCY} (ARM's write bucket per subscription), got {n}"
+                    ),
+                ));
+            }
         }
         if self.bake_minutes > MAX_BAKE_MINUTES {
             return Err(field_err(
@@ -627,9 +667,9 @@ impl Policy {
 }
 
 /// Fields of the published schema (DESIGN §9) that have no behaviour yet, as dotted paths.
-/// A document naming one is refused whatever its value: `"perVnet": 1` or `"sharedAcrossPlans": false`
-/// would otherwise read as a promise the runner does not keep.
-pub(crate) const UNSUPPORTED: [&str; 2] = ["concurrency.perVnet", "subnet.sharedAcrossPlans"];
+/// A document naming one is refused whatever its value: even `false` would read as a promise
+/// the runner does not keep. Empty while every field has its behaviour.
+pub(crate) const UNSUPPORTED: [&str; 0] = [];
 
 fn refuse_unsupported(doc: &Value) -> Result<(), PolicyError> {
     for field in UNSUPPORTED {
@@ -722,11 +762,11 @@ mod tests {
                           "tags": {"env": "prod"},
                           "exclude": ["/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/keep"]},
                 "waves": [1, "10%", 50],
-                "concurrency": {"perSubscription": 8},
+                "concurrency": {"perSubscription": 8, "perVnet": 2},
                 "bakeMinutes": 30,
                 "gates": {"maxFailureRate": 0.2, "keyVaultReferencesMustResolve": false,
                           "probe": {"path": "/health", "expectedStatus": 204}, "manualApproval": true},
-                "subnet": {"namePattern": "snet-{plan}", "preferredPrefix": 27, "reuseEmptySubnets": true,
+                "subnet": {"namePattern": "snet-{plan}", "preferredPrefix": 27, "reuseEmptySubnets": true, "sharedAcrossPlans": true,
                            "networkSecurityGroupId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/networkSecurityGroups/nsg",
                            "routeTableId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/routeTables/rt",
                            "natGatewayId": "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/natGateways/nat"},
@@ -793,7 +833,7 @@ mod tests {
             ),
             (
                 json!({"concurrency": {"perVnet": 100000}}),
-                "policy field concurrency.perVnet is not supported yet: remove it",
+                "policy field concurrency.perVnet: must be between 1 and 200 (ARM's write bucket per subscription), got 100000",
             ),
             (
                 json!({"settleSeconds": u64::MAX}),
@@ -1111,6 +1151,16 @@ mod tests {
             "a_backlog_that_cannot_be_admitted_is_awaited_not_polled",
         ),
         (
+            "concurrency.perVnet",
+            "runner.rs",
+            "at_most_per_vnet_targets_of_one_vnet_run_at_once",
+        ),
+        (
+            "concurrency.perVnet",
+            "per_vnet.rs",
+            "at_most_per_vnet_targets_of_a_vnet_execute_at_once",
+        ),
+        (
             "gates.keyVaultReferencesMustResolve",
             "scenarios.rs",
             "key_vault_references_breaking_after_connect_park_when_policy_says_so",
@@ -1134,6 +1184,21 @@ mod tests {
             "subnet.reuseEmptySubnets",
             "plan.rs",
             "empty_subnets_are_reused_only_when_the_policy_says_so",
+        ),
+        (
+            "subnet.sharedAcrossPlans",
+            "sharing.rs",
+            "plans_of_a_subscription_share_one_subnet_sized_for_all",
+        ),
+        (
+            "subnet.sharedAcrossPlans",
+            "sharing.rs",
+            "an_existing_shared_subnet_takes_later_plans_while_it_has_room",
+        ),
+        (
+            "subnet.sharedAcrossPlans",
+            "shared_subnets.rs",
+            "plans_of_one_subscription_migrate_into_one_subnet_sized_for_all",
         ),
         (
             "subnet.networkSecurityGroupId",
@@ -1187,6 +1252,7 @@ mod tests {
             "rollout.rs" => include_str!("pipeline/rollout.rs"),
             "runner.rs" => include_str!("pipeline/runner.rs"),
             "plan.rs" => include_str!("migration/plan.rs"),
+            "sharing.rs" => include_str!("migration/sharing.rs"),
             "steps.rs" => include_str!("migration/steps.rs"),
             "scenarios.rs" => include_str!("../tests/it/scenarios.rs"),
             "functions_host.rs" => include_str!("../tests/it/functions_host.rs"),
@@ -1194,6 +1260,8 @@ mod tests {
             "rollout_gates.rs" => include_str!("../tests/it/rollout_gates.rs"),
             "window.rs" => include_str!("migration/window.rs"),
             "windows.rs" => include_str!("../tests/it/windows.rs"),
+            "per_vnet.rs" => include_str!("../tests/it/per_vnet.rs"),
+            "shared_subnets.rs" => include_str!("../tests/it/shared_subnets.rs"),
             other => panic!("no source {other}"),
         }
     }

@@ -113,7 +113,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let code = common::finish(global, &report, |r| {
         let mut s = r.table();
         if violations.is_empty() {
-            s.push_str("invariants: every target has one outcome; migrated targets sit in a delegated subnet of their region with no gateway connection; rolled-back targets have their gateway connection back in sync; no overlapping subnets; no plan with more than two subnets\n");
+            s.push_str("invariants: every target has one outcome; migrated targets sit in a delegated subnet of their region with no gateway connection; rolled-back targets have their gateway connection back in sync; no overlapping subnets; no plan with more than two subnets; a subnet several plans share is one subscription's, a /26 at least, and holds them all\n");
         }
         s
     })?;

@@ -16,7 +16,6 @@ use crate::migration::FrontEnd;
 use crate::pipeline::contract::{hash, same_endpoint, AppliedPlanFile, Requested, RunContract};
 use crate::pipeline::ledger::Ledger;
 use crate::pipeline::local::{LocalRun, Start, StateFile};
-use crate::pipeline::runner::RunnerConfig;
 use crate::policy::Policy;
 use crate::report::{self, round3, BucketCounts, Performance, Report};
 
@@ -254,10 +253,7 @@ pub(crate) async fn migrate(
     (state, start): (StateFile, Start),
     dry_run: bool,
 ) -> Result<Report> {
-    let runner = RunnerConfig {
-        per_subscription: scope.policy.concurrency.per_subscription as usize,
-        ..RunnerConfig::default()
-    };
+    let runner = scope.policy.runner_config();
     let subscription_count = scope.subscriptions.len();
     let (arm, time_scale) = (scope.arm.clone(), scope.time_scale);
     let local = LocalRun {

@@ -158,7 +158,11 @@ pub struct SubnetPlan {
     pub id: ResourceId,
     pub prefix: Ipv4Net,
     pub create: bool,
+    /// The first App Service plan (by target id) that claims it.
     pub app_service_plan: ResourceId,
+    /// The other plans that join it (`subnet.sharedAcrossPlans`), by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<ResourceId>,
     pub write: Write,
 }
 
@@ -383,10 +387,11 @@ pub fn build(inputs: PlanInputs<'_>) -> PlanFile {
     }
 }
 
-/// Reserves the prefixes of new subnets across the fleet and returns the subnet writes. A
-/// subnet two App Service plans both chose (an empty one both would reuse) goes to the first
-/// plan by id; the other plan's targets are forecast `blocked:subnet-in-use`, as are targets
-/// whose new subnet finds no free block (`blocked:no-address-space`).
+/// Reserves the prefixes of new subnets across the fleet and returns the subnet writes, each
+/// subnet once. A subnet two App Service plans both chose (an empty one both would reuse) goes
+/// to the first plan by id, and the other plan's targets are forecast `blocked:subnet-in-use`,
+/// unless both chose it as the subnet they share (`subnet.sharedAcrossPlans`). Targets whose
+/// new subnet finds no free block are forecast `blocked:no-address-space`.
 fn reserve(
     targets: &mut [TargetPlan],
     forecasts: &HashMap<ResourceId, Forecast>,
@@ -395,6 +400,8 @@ fn reserve(
     // Subnet → (its plan, the choice, the required length), in subnet id order.
     let mut chosen: BTreeMap<ResourceId, (ResourceId, super::plan::SubnetChoice, u8)> =
         BTreeMap::new();
+    // Shared subnet → the other plans that join it.
+    let mut joined: BTreeMap<ResourceId, BTreeSet<ResourceId>> = BTreeMap::new();
     let mut refused: BTreeMap<ResourceId, BlockedReason> = BTreeMap::new();
     for t in targets.iter() {
         let (Some(TargetDecision::Migrate(c)), Some(plan), Some(len)) =
@@ -403,6 +410,16 @@ fn reserve(
             continue;
         };
         match chosen.get(&c.subnet) {
+            Some((first, shared, _))
+                if first != plan
+                    && c.shared_addresses.is_some()
+                    && shared.shared_addresses.is_some() =>
+            {
+                joined
+                    .entry(c.subnet.clone())
+                    .or_default()
+                    .insert(plan.clone());
+            }
             Some((first, _, _)) if first != plan => {
                 refused.insert(t.id.clone(), BlockedReason::SubnetInUse);
             }
@@ -468,6 +485,10 @@ fn reserve(
                 prefix,
                 create: choice.create,
                 app_service_plan: plan.clone(),
+                shared_with: joined
+                    .remove(subnet)
+                    .map(|p| p.into_iter().collect())
+                    .unwrap_or_default(),
                 write: Write {
                     method: "PUT".into(),
                     resource: subnet.to_string(),
@@ -575,6 +596,7 @@ mod tests {
             prefix: prefix.parse().unwrap(),
             create: true,
             needs_update: false,
+            shared_addresses: None,
         });
         let fingerprint = super::fingerprint(
             &state,

@@ -19,6 +19,8 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use super::ipam;
+use super::sharing;
+pub use super::sharing::SharedSubnets;
 use crate::azure::models::{
     normalize_location, AutoscaleSetting, Plan, Subnet, VirtualNetwork, VnetConnection, VnetRoute,
 };
@@ -88,6 +90,9 @@ pub struct PlanContext<'a> {
     /// `swiftSupported` from `GET {site}/networkConfig/virtualNetwork`.
     pub swift_supported: bool,
     pub policy: &'a Policy,
+    /// The subnets this plan shares with other plans of its subscription
+    /// (`subnet.sharedAcrossPlans`); None = each plan its own subnet.
+    pub shared: Option<&'a SharedSubnets>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +106,22 @@ pub struct SubnetChoice {
     pub(crate) create: bool,
     /// It exists but lacks the delegation or the policy's NSG / route table / NAT gateway.
     pub(crate) needs_update: bool,
+    /// Shared by several plans (the multi-plan subnet join): the addresses it must hold for
+    /// all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) shared_addresses: Option<u32>,
+}
+
+impl SubnetChoice {
+    /// The longest prefix that holds what the subnet must: the plan's `plan_addresses`, or
+    /// every sharing plan's, in a block of at least /26 (ARM's minimum for a subnet several
+    /// plans join, arm-vnet reference §5).
+    pub(crate) fn required_prefix_length(&self, plan_addresses: u32) -> u8 {
+        match self.shared_addresses {
+            Some(n) => ipam::prefix_len_for(n).min(sharing::MAX_SHARED_PREFIX_LEN),
+            None => ipam::prefix_len_for(plan_addresses),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +143,10 @@ pub struct PlanDecision {
     pub(crate) required_addresses: u32,
     /// At most two (the plan limit), ordered by VNet id.
     pub(crate) subnets: Vec<SubnetChoice>,
+    /// The VNets picked for the plan's gateway targets still to migrate (at most two, the
+    /// plan limit), ordered by VNet id, whether or not a subnet could be chosen in them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) destinations: Vec<ResourceId>,
     pub targets: BTreeMap<ResourceId, TargetDecision>,
     pub(crate) warnings: Vec<String>,
 }
@@ -194,7 +219,7 @@ fn links_other_plan(s: &Subnet, plan: &ResourceId) -> bool {
 }
 
 /// The first IPv4 prefix of a subnet (the one integration uses).
-fn first_prefix(s: &Subnet) -> Option<Ipv4Net> {
+pub(super) fn first_prefix(s: &Subnet) -> Option<Ipv4Net> {
     ipam::parse_prefixes(&s.prefixes())
         .ok()
         .and_then(|v| v.into_iter().next())
@@ -244,7 +269,11 @@ fn needs_update(s: &Subnet, policy: &Policy) -> bool {
         )
 }
 
-fn existing_choice(vnet: &VirtualNetwork, s: &Subnet, policy: &Policy) -> Option<SubnetChoice> {
+pub(super) fn existing_choice(
+    vnet: &VirtualNetwork,
+    s: &Subnet,
+    policy: &Policy,
+) -> Option<SubnetChoice> {
     Some(SubnetChoice {
         vnet: vnet.id.clone(),
         subnet: subnet_id(vnet, s),
@@ -252,7 +281,27 @@ fn existing_choice(vnet: &VirtualNetwork, s: &Subnet, policy: &Policy) -> Option
         prefix: first_prefix(s)?,
         create: false,
         needs_update: needs_update(s, policy),
+        shared_addresses: None,
     })
+}
+
+/// The lowest free block of the VNet for a new subnet: `preferred_len` when larger than
+/// `required_len` and space allows, else `required_len`.
+pub(super) fn free_block(
+    vnet: &VirtualNetwork,
+    required_len: u8,
+    preferred_len: u8,
+) -> Result<Ipv4Net, BlockedReason> {
+    let space = ipam::parse_prefixes(&vnet.properties.address_space.address_prefixes)
+        .map_err(|_| BlockedReason::NoAddressSpace)?;
+    let mut used = Vec::new();
+    for s in &vnet.properties.subnets {
+        used.extend(
+            ipam::parse_prefixes(&s.prefixes()).map_err(|_| BlockedReason::NoAddressSpace)?,
+        );
+    }
+    ipam::choose_prefix(&space, &used, required_len, preferred_len)
+        .ok_or(BlockedReason::NoAddressSpace)
 }
 
 /// Picks the plan's subnet in one destination VNet (DESIGN §4 "Subnet choice").
@@ -301,21 +350,11 @@ fn choose_subnet(
         }
     }
 
-    let space = ipam::parse_prefixes(&vnet.properties.address_space.address_prefixes)
-        .map_err(|_| BlockedReason::NoAddressSpace)?;
-    let mut used = Vec::new();
-    for s in subnets {
-        used.extend(
-            ipam::parse_prefixes(&s.prefixes()).map_err(|_| BlockedReason::NoAddressSpace)?,
-        );
-    }
-    let prefix = ipam::choose_prefix(
-        &space,
-        &used,
+    let prefix = free_block(
+        vnet,
         ipam::prefix_len_for(required),
         policy.subnet.preferred_prefix,
-    )
-    .ok_or(BlockedReason::NoAddressSpace)?;
+    )?;
     Ok(SubnetChoice {
         vnet: vnet.id.clone(),
         subnet: vnet
@@ -326,6 +365,7 @@ fn choose_subnet(
         prefix,
         create: true,
         needs_update: false,
+        shared_addresses: None,
     })
 }
 
@@ -453,14 +493,19 @@ pub fn decide(ctx: &PlanContext) -> PlanDecision {
         .map(|(_, _, id)| id)
         .collect();
 
+    let pending_vnets: BTreeSet<ResourceId> = pending.keys().cloned().collect();
     let mut subnets = Vec::new();
     for (dest, ids) in pending {
         let decision = if !chosen.contains(&dest) {
             TargetDecision::Blocked(BlockedReason::PlanSubnetLimit)
         } else {
-            let choice = vnet_of(&dest)
-                .ok_or(BlockedReason::CrossRegionNoPeering)
-                .and_then(|v| choose_subnet(v, plan, policy, required));
+            let shared = ctx.shared.and_then(|s| s.choice(&dest, &plan.id));
+            let choice = match shared {
+                Some(c) => Ok(c.clone()),
+                None => vnet_of(&dest)
+                    .ok_or(BlockedReason::CrossRegionNoPeering)
+                    .and_then(|v| choose_subnet(v, plan, policy, required)),
+            };
             match choice {
                 Ok(c) => {
                     subnets.push(c.clone());
@@ -483,18 +528,24 @@ pub fn decide(ctx: &PlanContext) -> PlanDecision {
         ));
     }
 
+    let mut destinations: Vec<ResourceId> = chosen
+        .into_iter()
+        .filter(|v| pending_vnets.contains(v))
+        .collect();
+    destinations.sort();
     PlanDecision {
         plan: plan.id.clone(),
         expected_max_instances: expected_max,
         required_addresses: required,
         subnets,
+        destinations,
         targets: decisions,
         warnings: warnings.into_iter().collect(),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::{json, Value};
@@ -506,13 +557,13 @@ mod tests {
         ResourceId::parse(s).unwrap()
     }
 
-    fn vnet_id(name: &str) -> ResourceId {
+    pub(crate) fn vnet_id(name: &str) -> ResourceId {
         id(&format!(
             "/subscriptions/s/resourceGroups/net/providers/Microsoft.Network/virtualNetworks/{name}"
         ))
     }
 
-    fn site_id(name: &str) -> ResourceId {
+    pub(crate) fn site_id(name: &str) -> ResourceId {
         id(&format!(
             "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/{name}"
         ))
@@ -528,7 +579,7 @@ mod tests {
     }
 
     /// A subnet of `vnet`; `props` is merged into its properties.
-    fn subnet(vnet: &str, name: &str, prefix: &str, props: Value) -> Value {
+    pub(crate) fn subnet(vnet: &str, name: &str, prefix: &str, props: Value) -> Value {
         let mut p = json!({"addressPrefix": prefix, "delegations": []});
         p.as_object_mut()
             .unwrap()
@@ -537,7 +588,7 @@ mod tests {
                "type": "Microsoft.Network/virtualNetworks/subnets", "properties": p})
     }
 
-    fn vnet(
+    pub(crate) fn vnet(
         name: &str,
         location: &str,
         space: &str,
@@ -558,7 +609,7 @@ mod tests {
     }
 
     /// A gateway VNet with its GatewaySubnet at the top of the space.
-    fn gw_vnet(name: &str, location: &str, second_octet: u8) -> VirtualNetwork {
+    pub(crate) fn gw_vnet(name: &str, location: &str, second_octet: u8) -> VirtualNetwork {
         vnet(
             name,
             location,
@@ -573,7 +624,7 @@ mod tests {
         )
     }
 
-    fn gateway(app: &str, vnet: &ResourceId) -> TargetState {
+    pub(crate) fn gateway(app: &str, vnet: &ResourceId) -> TargetState {
         TargetState {
             id: site_id(app),
             location: "westeurope".into(),
@@ -614,6 +665,7 @@ mod tests {
                 vnets: &self.vnets,
                 swift_supported: self.swift,
                 policy: &self.policy,
+                shared: None,
             })
         }
 
@@ -622,7 +674,7 @@ mod tests {
         }
     }
 
-    fn migrate(d: TargetDecision) -> SubnetChoice {
+    pub(crate) fn migrate(d: TargetDecision) -> SubnetChoice {
         match d {
             TargetDecision::Migrate(c) => c,
             other => panic!("expected Migrate, got {other:?}"),

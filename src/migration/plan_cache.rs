@@ -5,32 +5,61 @@
 //! per plan can be shared by all its targets: that keeps planning to a handful of reads per
 //! plan instead of per target. A cached decision expires, and is dropped when a write shows
 //! the VNet changed under it.
+//!
+//! With `subnet.sharedAcrossPlans` a plan's decision also depends on the other plans of its
+//! subscription and region (`sharing::share`): their decisions on their own are read (and
+//! cached) the same way, the plans of the region listed once per TTL, and the shared subnets
+//! worked out from them and this plan's fresh view of its VNets at each call: pure, so every
+//! target of every plan gets the same answer from the same ARM state.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::context::StepError;
-use super::fleet_plan::VnetDigest;
-use super::plan::{self, Integration, PlanContext, PlanDecision, TargetState};
+use super::plan::{self, Integration, PlanContext, PlanDecision, SharedSubnets, TargetState};
+use super::sharing;
 use crate::azure::arm::ArmClient;
-use crate::azure::models::{AutoscaleSetting, Plan, Site, VirtualNetwork, VnetConnection};
+use crate::azure::models::{
+    normalize_location, AutoscaleSetting, Plan, Site, VirtualNetwork, VnetConnection,
+};
 use crate::azure::{ResourceId, ResourceKind};
 use crate::policy::Policy;
 
 const TTL: Duration = Duration::from_secs(600);
+
+/// Plans of a region decided at once when a shared subnet needs them all.
+const MEMBER_READS: usize = 8;
 
 /// A plan's decision with what it was decided from.
 #[derive(Debug)]
 pub(crate) struct Decided {
     pub(crate) decision: PlanDecision,
     /// Every site and slot of the plan, with its integration as read.
-    pub(crate) targets: Vec<TargetState>,
-    /// The VNets read (gateway VNets, their peers, VNets holding the plan's subnets), as far
-    /// as a forecast's fingerprint depends on them. Digests, not the VNets: a decision stays
-    /// cached for its plan's targets, and a hub VNet with every subnet's links and delegations
-    /// decoded took megabytes per plan (10,000 targets: most of a rehearsal's 800 MB).
-    pub(crate) vnets: Vec<VnetDigest>,
+    pub(crate) targets: Arc<Vec<TargetState>>,
+    /// The VNets read (gateway VNets, their peers, VNets holding the plan's subnets), with
+    /// only what planning reads (`VirtualNetwork::for_planning`): a decision stays cached for
+    /// its plan's targets.
+    pub(crate) vnets: Arc<Vec<VirtualNetwork>>,
+    // The rest of what the decision was made from, so it can be made again with the subnets
+    // the plan shares (shared, not copied, by that second decision).
+    plan: Arc<Plan>,
+    autoscale: Arc<Vec<AutoscaleSetting>>,
+    swift_supported: bool,
+}
+
+impl Decided {
+    fn decide(&self, policy: &Policy, shared: Option<&SharedSubnets>) -> PlanDecision {
+        plan::decide(&PlanContext {
+            plan: &self.plan,
+            autoscale: &self.autoscale,
+            targets: &self.targets,
+            vnets: &self.vnets,
+            swift_supported: self.swift_supported,
+            policy,
+            shared,
+        })
+    }
 }
 
 /// A decision and when it was made.
@@ -39,9 +68,17 @@ type Cached = (Instant, Arc<Decided>);
 /// The lock under which one plan's decision is computed.
 type Building = Arc<tokio::sync::Mutex<()>>;
 
+/// A subscription and a region (normalised).
+type Region = (String, String);
+
+/// The plans of a region, and when they were listed.
+type Listed = (Instant, Arc<Vec<ResourceId>>);
+
 #[derive(Clone, Default)]
 pub(crate) struct PlanCache {
     inner: Arc<Mutex<HashMap<ResourceId, Cached>>>,
+    /// `subnet.sharedAcrossPlans`: the plans of each subscription and region.
+    regions: Arc<Mutex<HashMap<Region, Listed>>>,
     /// One computation per plan at a time (the plan's other targets wait for it and share
     /// it), while different plans are decided concurrently. An entry lives while its plan is
     /// being decided.
@@ -56,8 +93,102 @@ impl PlanCache {
             .map(|(_, d)| d.clone())
     }
 
-    /// The cached decision for `plan`, or a fresh one read from ARM.
+    /// The decision for `plan`: on its own, or with the subnets it shares with the other
+    /// plans of its subscription and region when the policy says so.
     pub(crate) async fn decision(
+        &self,
+        arm: &ArmClient,
+        policy: &Policy,
+        plan: &ResourceId,
+    ) -> Result<Arc<Decided>, StepError> {
+        let alone = self.alone(arm, policy, plan).await?;
+        if !policy.subnet.shared_across_plans {
+            return Ok(alone);
+        }
+        let region = self.region(arm, &alone.plan).await?;
+        // The region's plans are read a few at a time: the first plan step of a region reads
+        // them all, and each plan's own lock keeps them from being read twice.
+        let ids: Vec<ResourceId> = region.iter().filter(|p| *p != plan).cloned().collect();
+        let mut others: Vec<Arc<Decided>> = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(MEMBER_READS) {
+            let reads = batch.iter().map(|p| self.member(arm, policy, p));
+            others.extend(
+                futures::future::try_join_all(reads)
+                    .await?
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        let decisions: Vec<&PlanDecision> = std::iter::once(&alone.decision)
+            .chain(others.iter().map(|d| &d.decision))
+            .collect();
+        let shared = sharing::share(plan.subscription(), &decisions, &alone.vnets, policy);
+        Ok(Arc::new(Decided {
+            decision: alone.decide(policy, Some(&shared)),
+            targets: alone.targets.clone(),
+            vnets: alone.vnets.clone(),
+            plan: alone.plan.clone(),
+            autoscale: alone.autoscale.clone(),
+            swift_supported: alone.swift_supported,
+        }))
+    }
+
+    /// Another plan of the region, on its own; None when it was deleted since the region was
+    /// listed (it shares nothing).
+    async fn member(
+        &self,
+        arm: &ArmClient,
+        policy: &Policy,
+        plan: &ResourceId,
+    ) -> Result<Option<Arc<Decided>>, StepError> {
+        match self.alone(arm, policy, plan).await {
+            Err(StepError::Arm(e)) if e.status() == Some(404) => Ok(None),
+            r => r.map(Some),
+        }
+    }
+
+    /// The plans of `plan`'s subscription in its region (cached for the TTL).
+    async fn region(
+        &self,
+        arm: &ArmClient,
+        plan: &Plan,
+    ) -> Result<Arc<Vec<ResourceId>>, StepError> {
+        let key = (
+            plan.id.subscription().to_ascii_lowercase(),
+            normalize_location(&plan.location),
+        );
+        let cached = self
+            .regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < TTL)
+            .map(|(_, plans)| plans.clone());
+        if let Some(plans) = cached {
+            return Ok(plans);
+        }
+        let all: Vec<Plan> = arm
+            .list(&format!(
+                "/subscriptions/{}/providers/Microsoft.Web/serverfarms",
+                plan.id.subscription()
+            ))
+            .await?;
+        let mut plans: Vec<ResourceId> = all
+            .into_iter()
+            .filter(|p| normalize_location(&p.location) == key.1)
+            .map(|p| p.id)
+            .collect();
+        plans.sort();
+        let plans = Arc::new(plans);
+        self.regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Instant::now(), plans.clone()));
+        Ok(plans)
+    }
+
+    /// The cached decision for `plan` on its own, or a fresh one read from ARM.
+    async fn alone(
         &self,
         arm: &ArmClient,
         policy: &Policy,
@@ -187,7 +318,7 @@ async fn compute(
                 }
             }
         }
-        vnets.push(v);
+        vnets.push(v.for_planning());
     }
     vnets.sort_by(|a, b| a.id.cmp(&b.id));
 
@@ -216,11 +347,15 @@ async fn compute(
         vnets: &vnets,
         swift_supported,
         policy,
+        shared: None,
     });
     Ok(Decided {
         decision,
-        targets,
-        vnets: vnets.iter().map(VnetDigest::of).collect(),
+        targets: Arc::new(targets),
+        vnets: Arc::new(vnets),
+        plan: Arc::new(plan),
+        autoscale: Arc::new(autoscale),
+        swift_supported,
     })
 }
 
@@ -252,6 +387,27 @@ mod tests {
         )
         .unwrap();
         (sim, server, arm, plans)
+    }
+
+    #[tokio::test]
+    async fn plans_of_a_region_are_decided_with_the_subnet_they_share() {
+        let (_sim, server, arm, [p1, p2]) = two_plans().await;
+        let mut policy = Policy::default();
+        let cache = PlanCache::default();
+        let choice = |d: &Decided| d.decision.subnets.clone();
+        let alone = choice(&cache.decision(&arm, &policy, &p1).await.unwrap());
+        assert_eq!(alone[0].name, "snet-p1-integration");
+        policy.subnet.shared_across_plans = true;
+        let one = choice(&cache.decision(&arm, &policy, &p1).await.unwrap());
+        let two = choice(&cache.decision(&arm, &policy, &p2).await.unwrap());
+        assert_eq!(one, two);
+        assert_eq!(one[0].name, "snet-shared-00000000-integration");
+        // Two one-instance plans: 2 × 2 + 5 addresses, in ARM's /26 for a shared subnet.
+        assert_eq!(
+            (one[0].shared_addresses, one[0].prefix.prefix_len()),
+            (Some(9), 26)
+        );
+        server.shutdown().await;
     }
 
     #[tokio::test]

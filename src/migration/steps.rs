@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::context::{StepContext, StepError};
 use super::cutover::{connect, disconnect};
-use super::fleet_plan::{self, Forecast};
+use super::fleet_plan::{self, Forecast, VnetDigest};
 use super::plan_cache::connections;
 use super::subnet::prepare_subnet;
 use crate::azure::arm::ArmClient;
@@ -121,30 +121,44 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
             "the target is not listed under its plan {plan_id}"
         )));
     };
-    let vnet = match live {
-        TargetDecision::Migrate(c) => decided.vnets.iter().find(|v| v.id == c.vnet),
+    let vnet = || match live {
+        TargetDecision::Migrate(c) => decided
+            .vnets
+            .iter()
+            .find(|v| v.id == c.vnet)
+            .map(VnetDigest::of),
         _ => None,
     };
     let no_subnets = Default::default();
+    // A shared subnet is sized for all its plans: their sum is what the plan rests on.
+    let (required_addresses, mut required_prefix_length) = match live {
+        TargetDecision::Migrate(c) => (
+            c.shared_addresses.unwrap_or(decision.required_addresses),
+            c.required_prefix_length(decision.required_addresses),
+        ),
+        _ => (
+            decision.required_addresses,
+            ipam::prefix_len_for(decision.required_addresses),
+        ),
+    };
     // Only a plan being applied and a forecast being written use it.
-    let fingerprint = || {
+    let fingerprint = |vnet: Option<&VnetDigest>| {
         fleet_plan::fingerprint(
             state,
             &plan_id,
-            decision.required_addresses,
+            required_addresses,
             live,
             vnet,
             ctx.applied.as_ref().map_or(&no_subnets, |a| &a.creates),
         )
     };
     let mut target_decision = live.clone();
-    let mut required_prefix_length = ipam::prefix_len_for(decision.required_addresses);
     if let Some(applied) = &ctx.applied {
         // Exactly the plan: its decision and reserved prefix, unless ARM drifted from it.
         let Some(planned) = applied.target(&msg.target) else {
             return drifted("the target is not in the plan");
         };
-        if planned.fingerprint.as_deref() != Some(fingerprint().as_str()) {
+        if planned.fingerprint.as_deref() != Some(fingerprint(vnet().as_ref()).as_str()) {
             return drifted("ARM no longer shows what the plan was computed from");
         }
         if let Some(d) = &planned.decision {
@@ -156,6 +170,7 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
     }
     let routing_differs = !routes_as(&desired_routing(&ctx.policy), &current_routing(&site));
     if let (true, Some(into)) = (msg.dry_run, &ctx.forecasts) {
+        let vnet = vnet();
         into.push(Forecast {
             target: msg.target.clone(),
             app_service_plan: plan_id.clone(),
@@ -165,9 +180,9 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
                 Integration::Gateway { connection, .. } => Some(connection.clone()),
                 _ => None,
             },
-            vnet: vnet.cloned(),
+            fingerprint: fingerprint(vnet.as_ref()),
+            vnet,
             routing_differs,
-            fingerprint: fingerprint(),
         });
     }
     match &target_decision {

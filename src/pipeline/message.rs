@@ -250,6 +250,12 @@ impl StepMessage {
         }
     }
 
+    /// The lower-cased destination VNet of a planned target's step: the unit of the runner's
+    /// per-VNet admission (`concurrency.perVnet`). None before planning.
+    pub(crate) fn vnet_key(&self) -> Option<&str> {
+        self.plan.as_ref().map(|p| p.vnet.key())
+    }
+
     pub fn new(run: RunId, target: ResourceId, step: Step, origin: Origin) -> Self {
         StepMessage {
             v: MESSAGE_VERSION,

@@ -22,6 +22,9 @@ pub struct RunnerConfig {
     pub max_in_flight: usize,
     /// Steps executing at once per subscription (ARM limits are per subscription).
     pub per_subscription: usize,
+    /// Planned targets' steps executing at once per destination VNet (`concurrency.perVnet`);
+    /// None = no limit but the subscription's.
+    pub per_vnet: Option<usize>,
     /// How long a delivery stays locked to its worker.
     pub lease: Duration,
 }
@@ -31,6 +34,7 @@ impl Default for RunnerConfig {
         RunnerConfig {
             max_in_flight: 64,
             per_subscription: 16,
+            per_vnet: None,
             lease: Duration::from_secs(600),
         }
     }
@@ -87,9 +91,9 @@ impl<R: Reconciler> Runner<R> {
     /// next future visibility of a session head the queue could deliver. Held, it takes
     /// nothing new and returns once the steps in flight are settled.
     pub(crate) async fn run_until_idle(&self) -> Result<RunStats, QueueError> {
-        // Steps in flight per subscription; a subscription at the limit is `full`.
-        let mut in_flight: HashMap<String, usize> = HashMap::new();
-        let mut tasks: JoinSet<(String, Result<RunStats, QueueError>)> = JoinSet::new();
+        // Steps in flight per admission unit; a unit at its limit is `full`.
+        let mut in_flight: HashMap<Unit, usize> = HashMap::new();
+        let mut tasks: JoinSet<(Vec<Unit>, Result<RunStats, QueueError>)> = JoinSet::new();
         let mut stats = RunStats::default();
         let mut hold = self.hold.clone();
         loop {
@@ -101,11 +105,11 @@ impl<R: Reconciler> Runner<R> {
                 return Ok(stats);
             }
             let now = OffsetDateTime::now_utc();
-            let full = |in_flight: &HashMap<String, usize>| -> Vec<String> {
+            let full = |in_flight: &HashMap<Unit, usize>| -> Vec<String> {
                 in_flight
                     .iter()
-                    .filter(|(_, n)| **n >= self.config.per_subscription)
-                    .map(|(s, _)| s.clone())
+                    .filter(|(unit, n)| **n >= self.limit(unit))
+                    .map(|(unit, _)| unit.key().to_string())
                     .collect()
             };
             // Fill the pool.
@@ -121,8 +125,13 @@ impl<R: Reconciler> Runner<R> {
                     exhausted = true;
                     break;
                 };
-                let sub = delivery.subscription.clone();
-                *in_flight.entry(sub.clone()).or_default() += 1;
+                let units: Vec<Unit> =
+                    std::iter::once(Unit::Subscription(delivery.subscription.clone()))
+                        .chain(delivery.vnet.clone().map(Unit::Vnet))
+                        .collect();
+                for unit in &units {
+                    *in_flight.entry(unit.clone()).or_default() += 1;
+                }
                 let (store, engine, on_step, lease, held) = (
                     self.store.clone(),
                     self.engine.clone(),
@@ -132,7 +141,7 @@ impl<R: Reconciler> Runner<R> {
                 );
                 tasks.spawn(async move {
                     let r = work(&store, &engine, delivery, lease, on_step.as_ref(), held).await;
-                    (sub, r)
+                    (units, r)
                 });
             }
             // With the pool full only a finishing worker matters; otherwise also the moment
@@ -171,11 +180,13 @@ impl<R: Reconciler> Runner<R> {
             };
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    let (sub, result) = done.map_err(|join| QueueError::storage("a worker panicked", Some(Box::new(join))))?;
-                    if let Some(n) = in_flight.get_mut(&sub) {
-                        *n -= 1;
-                        if *n == 0 {
-                            in_flight.remove(&sub);
+                    let (units, result) = done.map_err(|join| QueueError::storage("a worker panicked", Some(Box::new(join))))?;
+                    for unit in units {
+                        if let Some(n) = in_flight.get_mut(&unit) {
+                            *n -= 1;
+                            if *n == 0 {
+                                in_flight.remove(&unit);
+                            }
                         }
                     }
                     let done = result?;
@@ -186,6 +197,31 @@ impl<R: Reconciler> Runner<R> {
                 _ = due => {}
                 Ok(()) = async { hold.as_mut().expect("guarded").changed().await }, if hold.is_some() => {}
             }
+        }
+    }
+
+    fn limit(&self, unit: &Unit) -> usize {
+        match (unit, self.config.per_vnet) {
+            (Unit::Vnet(_), Some(n)) => n,
+            (Unit::Vnet(_), None) => usize::MAX,
+            (Unit::Subscription(_), _) => self.config.per_subscription,
+        }
+    }
+}
+
+/// What the runner admits steps by: each has its own in-flight limit. The queue takes the keys
+/// of the full ones in one list (a subscription id never looks like a VNet id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Unit {
+    Subscription(String),
+    /// The lower-cased id of a planned target's destination VNet.
+    Vnet(String),
+}
+
+impl Unit {
+    fn key(&self) -> &str {
+        match self {
+            Unit::Subscription(k) | Unit::Vnet(k) => k,
         }
     }
 }
@@ -300,6 +336,7 @@ mod tests {
             RunnerConfig {
                 max_in_flight: 8,
                 per_subscription: 1,
+                per_vnet: None,
                 lease: Duration::from_secs(7200),
             },
         );
@@ -319,5 +356,94 @@ mod tests {
         // One receive that delivers and one that finds nothing admissible per step, plus the
         // first fill and the wake-up of the initial send.
         assert!(stats.polls <= 2 * stats.steps + 2, "{stats:?}");
+    }
+
+    /// Most steps seen running at once, per destination VNet ("unplanned" for none).
+    type MaxRunning = Arc<std::sync::Mutex<HashMap<String, (usize, usize)>>>;
+
+    /// Takes a simulated second per step and records the most steps running at once per VNet.
+    struct PerVnet {
+        running: MaxRunning,
+    }
+
+    #[async_trait]
+    impl Reconciler for PerVnet {
+        type Error = std::io::Error;
+
+        async fn reconcile(&self, msg: &StepMessage) -> Result<StepResult, Self::Error> {
+            let vnet = msg.vnet_key().unwrap_or("unplanned").to_string();
+            {
+                let mut running = self.running.lock().unwrap();
+                let (now, max) = running.entry(vnet.clone()).or_default();
+                *now += 1;
+                *max = (*max).max(*now);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.running.lock().unwrap().get_mut(&vnet).unwrap().0 -= 1;
+            Ok(StepResult::done(Outcome::Migrated, "done"))
+        }
+
+        fn error_policy(&self, _: &StepMessage, _: &Self::Error) -> StepResult {
+            StepResult::done(Outcome::Cancelled, "reconcile never fails here")
+        }
+    }
+
+    /// Ten planned targets bound for each of VNets `hub` and `spoke` and ten unplanned ones,
+    /// run 8 at a time with `per_vnet`: the most steps seen at once per VNet.
+    async fn most_at_once(per_vnet: Option<usize>) -> HashMap<String, usize> {
+        let (_dir, store) = store();
+        let store = Arc::new(store);
+        let planned = |app: &str, vnet: &str| {
+            let mut m = msg_in("s1", app, Step::Verify);
+            let vnet = crate::azure::resource_id::ResourceId::parse(&format!(
+                "/subscriptions/s1/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/{vnet}"
+            ))
+            .unwrap();
+            m.plan = Some(crate::pipeline::message::PlannedSubnet {
+                subnet: vnet.child("subnets", "snet").unwrap(),
+                vnet,
+                prefix: "10.0.0.0/26".into(),
+                create: false,
+                required_prefix_length: None,
+            });
+            Outgoing::now(m)
+        };
+        let mut backlog: Vec<Outgoing> =
+            (0..10).map(|i| planned(&format!("a{i}"), "hub")).collect();
+        backlog.extend((0..10).map(|i| planned(&format!("b{i}"), "spoke")));
+        backlog.extend((0..10).map(|i| Outgoing::now(msg_in("s1", &format!("c{i}"), Step::Plan))));
+        store.send(backlog).await.unwrap();
+        let running = MaxRunning::default();
+        let config = RunnerConfig {
+            max_in_flight: 8,
+            per_subscription: 8,
+            per_vnet,
+            lease: Duration::from_secs(600),
+        };
+        let engine = Arc::new(Engine::new(PerVnet {
+            running: running.clone(),
+        }));
+        let stats = Runner::new(store, engine, config)
+            .run_until_idle()
+            .await
+            .unwrap();
+        assert_eq!(stats.steps, 30);
+        let max = running.lock().unwrap();
+        max.iter().map(|(k, (_, m))| (k.clone(), *m)).collect()
+    }
+
+    /// `concurrency.perVnet`: at most N steps of targets bound for one VNet execute at once,
+    /// while unplanned targets (no VNet yet) and other VNets' targets use the rest of the
+    /// pool; without the limit one VNet's targets take the whole pool.
+    #[tokio::test(start_paused = true)]
+    async fn at_most_per_vnet_targets_of_one_vnet_run_at_once() {
+        let hub =
+            "/subscriptions/s1/resourcegroups/n/providers/microsoft.network/virtualnetworks/hub";
+        let spoke = hub.replace("hub", "spoke");
+        let limited = most_at_once(Some(2)).await;
+        assert_eq!((limited[hub], limited[&spoke]), (2, 2), "{limited:?}");
+        assert!(limited["unplanned"] >= 4, "{limited:?}");
+        let unlimited = most_at_once(None).await;
+        assert!(unlimited[hub] > 2, "{unlimited:?}");
     }
 }

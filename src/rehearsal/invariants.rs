@@ -8,9 +8,10 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::azure::models::{normalize_location, Site, VirtualNetwork};
+use crate::azure::models::{normalize_location, AutoscaleSetting, Plan, Site, VirtualNetwork};
 use crate::azure::{ResourceId, ResourceKind};
 use crate::fleet::Fleet;
+use crate::migration::{ipam, plan::expected_max_instances};
 use crate::report::Report;
 
 /// Subscriptions that own sites in the fleet.
@@ -45,6 +46,9 @@ struct GatewayFacts {
 pub struct View {
     sites: BTreeMap<ResourceId, SiteFacts>,
     vnets: BTreeMap<ResourceId, VirtualNetwork>,
+    /// App Service plans and autoscale settings: what a shared subnet is sized by.
+    plans: BTreeMap<ResourceId, Plan>,
+    autoscale: Vec<AutoscaleSetting>,
     /// target → its gateway connections
     gateways: BTreeMap<ResourceId, GatewayFacts>,
 }
@@ -55,6 +59,8 @@ impl View {
         let mut v = View {
             sites: BTreeMap::new(),
             vnets: BTreeMap::new(),
+            plans: BTreeMap::new(),
+            autoscale: Vec::new(),
             gateways: BTreeMap::new(),
         };
         for r in resources {
@@ -82,6 +88,16 @@ impl View {
                 ResourceKind::VirtualNetwork => {
                     if let Ok(n) = VirtualNetwork::deserialize(r) {
                         v.vnets.insert(id, n);
+                    }
+                }
+                ResourceKind::ServerFarm => {
+                    if let Ok(p) = Plan::deserialize(r) {
+                        v.plans.insert(id, p);
+                    }
+                }
+                ResourceKind::AutoscaleSetting => {
+                    if let Ok(a) = AutoscaleSetting::deserialize(r) {
+                        v.autoscale.push(a);
                     }
                 }
                 ResourceKind::SiteVnetConnection => {
@@ -227,13 +243,21 @@ pub fn check_views(before: &View, after: &View, report: &Report) -> Vec<String> 
     }
 
     let mut per_plan: BTreeMap<ResourceId, BTreeSet<ResourceId>> = BTreeMap::new();
+    let mut per_subnet: BTreeMap<ResourceId, BTreeSet<ResourceId>> = BTreeMap::new();
     for s in after.sites.values() {
         if let (Some(plan), Some(subnet)) = (&s.plan, &s.regional_subnet) {
             per_plan
                 .entry(plan.clone())
                 .or_default()
                 .insert(subnet.clone());
+            per_subnet
+                .entry(subnet.clone())
+                .or_default()
+                .insert(plan.clone());
         }
+    }
+    for (subnet, plans) in per_subnet.iter().filter(|(_, p)| p.len() > 1) {
+        bad.extend(shared_subnet_problem(after, subnet, plans));
     }
     for (plan, subnets) in per_plan {
         if subnets.len() > 2 {
@@ -244,4 +268,121 @@ pub fn check_views(before: &View, after: &View, report: &Report) -> Vec<String> 
         }
     }
     bad
+}
+
+/// What is wrong with a subnet several plans use (the multi-plan subnet join): ARM joins plans
+/// of one subscription in a subnet of at least /26 (arm-vnet reference §6, §13) but does not
+/// check its addresses, so it must hold twice the expected maximum instances of every plan,
+/// plus the 5 Azure keeps (§5).
+fn shared_subnet_problem(
+    view: &View,
+    subnet: &ResourceId,
+    plans: &BTreeSet<ResourceId>,
+) -> Option<String> {
+    let names = || {
+        plans
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let subs: BTreeSet<String> = plans
+        .iter()
+        .map(|p| p.subscription().to_ascii_lowercase())
+        .collect();
+    if subs.len() > 1 {
+        return Some(format!(
+            "{subnet}: shared by plans of several subscriptions ({})",
+            names()
+        ));
+    }
+    let prefix = subnet
+        .vnet()
+        .and_then(|v| view.vnets.get(&v))
+        .and_then(|v| {
+            v.properties
+                .subnets
+                .iter()
+                .find(|s| s.name.eq_ignore_ascii_case(subnet.name()))
+        })
+        .and_then(|s| s.prefixes().first()?.parse::<Ipv4Net>().ok())?;
+    if prefix.prefix_len() > 26 {
+        return Some(format!(
+            "{subnet}: /{} shared by plans {} (at least /26)",
+            prefix.prefix_len(),
+            names()
+        ));
+    }
+    let instances: u32 = plans
+        .iter()
+        .filter_map(|p| view.plans.get(p))
+        .map(|p| expected_max_instances(p, &view.autoscale))
+        .sum();
+    let needed = ipam::required_addresses(instances);
+    let holds = 1u64 << (32 - u32::from(prefix.prefix_len()));
+    (holds < u64::from(needed)).then(|| {
+        format!(
+            "{subnet}: {prefix} holds {holds} addresses, plans {} need {needed}",
+            names()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const RG: &str = "/subscriptions/s/resourceGroups/rg/providers";
+
+    /// A VNet whose subnet `shared` has `prefix`, and plans of `instances` each.
+    fn view(prefix: &str, plans: &[(&str, u32)]) -> View {
+        let mut resources = vec![json!({
+            "id": format!("{RG}/Microsoft.Network/virtualNetworks/v"), "name": "v",
+            "type": "Microsoft.Network/virtualNetworks", "location": "westeurope",
+            "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
+                "subnets": [{"name": "shared", "properties": {"addressPrefix": prefix}}]}
+        })];
+        for (p, n) in plans {
+            resources.push(
+                json!({"id": format!("{RG}/Microsoft.Web/serverfarms/{p}"), "name": p,
+                "type": "Microsoft.Web/serverfarms", "location": "westeurope",
+                "sku": {"name": "P1v3", "tier": "PremiumV3", "capacity": n},
+                "properties": {"maximumNumberOfWorkers": 30}}),
+            );
+        }
+        View::of(resources.into_iter())
+    }
+
+    fn problem(prefix: &str, plans: &[(&str, u32)]) -> Option<String> {
+        let subnet = ResourceId::parse(&format!(
+            "{RG}/Microsoft.Network/virtualNetworks/v/subnets/shared"
+        ))
+        .unwrap();
+        let ids = plans
+            .iter()
+            .map(|(p, _)| {
+                ResourceId::parse(&format!("{RG}/Microsoft.Web/serverfarms/{p}")).unwrap()
+            })
+            .collect();
+        shared_subnet_problem(&view(prefix, plans), &subnet, &ids)
+    }
+
+    #[test]
+    fn a_shared_subnet_must_hold_every_plan_in_a_slash_26_at_least() {
+        // 2 × (20 + 5) + 5 = 55 addresses fit a /26; 2 × (20 + 10) + 5 = 65 do not.
+        assert_eq!(problem("10.0.0.0/26", &[("p1", 20), ("p2", 5)]), None);
+        let over = problem("10.0.0.0/26", &[("p1", 20), ("p2", 10)]).unwrap();
+        assert!(
+            over.ends_with("10.0.0.0/26 holds 64 addresses, plans p1, p2 need 65"),
+            "{over}"
+        );
+        assert_eq!(problem("10.0.0.0/25", &[("p1", 20), ("p2", 10)]), None);
+        let small = problem("10.0.0.0/27", &[("p1", 1), ("p2", 1)]).unwrap();
+        assert!(
+            small.ends_with("/27 shared by plans p1, p2 (at least /26)"),
+            "{small}"
+        );
+    }
 }

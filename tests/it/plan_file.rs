@@ -56,8 +56,13 @@ impl Sim {
 
     /// `plan --out-file plan.json` over the whole fleet; the plan file.
     fn plan(&self) -> Value {
+        self.plan_with(POLICY)
+    }
+
+    /// `plan` under the policy document `policy`.
+    fn plan_with(&self, policy_text: &str) -> Value {
         let policy = self.dir.file("p.json");
-        std::fs::write(&policy, POLICY).unwrap();
+        std::fs::write(&policy, policy_text).unwrap();
         let out_file = self.dir.file("plan.json");
         let mut args = vec![
             "plan",
@@ -168,13 +173,42 @@ fn outcome_label(t: &Value) -> String {
     }
 }
 
+/// The multi-plan subnet join: plans of one subscription share a subnet per VNet.
+const SHARED: &str = r#"{"settleSeconds": 0, "subnet": {"sharedAcrossPlans": true}}"#;
+
 #[test]
 fn plan_then_run_plan_creates_exactly_the_planned_subnets_for_any_generated_fleet() {
-    for seed in ["3", "6", "11"] {
+    for (seed, policy) in [("3", POLICY), ("6", POLICY), ("11", POLICY), ("6", SHARED)] {
         let sim = Sim::start("60", seed);
         let before = subnets(&sim.state());
-        let plan = sim.plan();
+        let plan = sim.plan_with(policy);
         assert_eq!(sim.writes(), 0, "seed {seed}: plan wrote to ARM");
+        // Each subnet is planned once; a shared one names the plans that join it, and the
+        // targets of several plans move into it.
+        let planned_ids: Vec<&str> = plan["subnets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        let distinct: std::collections::BTreeSet<&str> = planned_ids.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            planned_ids.len(),
+            "seed {seed}: {planned_ids:?}"
+        );
+        let shared_with = |s: &Value| s["sharedWith"].as_array().map_or(0, Vec::len);
+        let joined = plan["subnets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(shared_with)
+            .max();
+        if policy == SHARED {
+            assert!(joined.unwrap_or(0) > 0, "seed {seed}: no subnet is shared");
+        } else {
+            assert_eq!(joined.unwrap_or(0), 0, "seed {seed}");
+        }
 
         // Reserved prefixes overlap neither each other nor what the VNets hold.
         let planned = planned_new_subnets(&plan);

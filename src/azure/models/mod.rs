@@ -82,6 +82,39 @@ mod tests {
     }
 
     #[test]
+    fn a_vnet_for_planning_keeps_what_planning_reads() {
+        let sub = "/subscriptions/s/resourceGroups/r/providers/Microsoft.Network/virtualNetworks/v";
+        let raw = json!({
+            "id": sub, "name": "v", "location": "westeurope", "etag": "W/\"x\"",
+            "properties": {"addressSpace": {"addressPrefixes": ["10.0.0.0/16"]}, "provisioningState": "Succeeded",
+                "subnets": [{"name": "a", "etag": "W/\"y\"", "properties": {
+                    "addressPrefix": "10.0.0.0/26", "provisioningState": "Failed",
+                    "privateEndpointNetworkPolicies": "Disabled",
+                    "delegations": [{"name": "d", "etag": "e", "properties": {"serviceName": "Microsoft.Web/serverFarms", "actions": ["x"]}}],
+                    "serviceAssociationLinks": [{"name": "l", "etag": "e", "properties": {
+                        "linkedResourceType": "Microsoft.Web/serverfarms",
+                        "link": "/subscriptions/s/resourceGroups/r/providers/Microsoft.Web/serverfarms/p",
+                        "allowDelete": false, "locations": ["westeurope"]}}]}}]}
+        });
+        let full: VirtualNetwork = serde_json::from_value(raw).unwrap();
+        let lean = full.clone().for_planning();
+        let s = &lean.properties.subnets[0];
+        assert_eq!(s.prefixes(), ["10.0.0.0/26"]);
+        assert!(s.provisioning_failed() && s.is_delegated_to_web());
+        assert_eq!(s.linked_plans(), full.properties.subnets[0].linked_plans());
+        assert_eq!(lean.properties.address_space, full.properties.address_space);
+        let text = serde_json::to_string(&lean).unwrap();
+        for dropped in [
+            "etag",
+            "actions",
+            "allowDelete",
+            "privateEndpointNetworkPolicies",
+        ] {
+            assert!(!text.contains(dropped), "{dropped} kept: {text}");
+        }
+    }
+
+    #[test]
     fn autoscale_capacity_strings() {
         let c: ScaleCapacity =
             serde_json::from_value(json!({"minimum": "1", "maximum": "10", "default": 2})).unwrap();

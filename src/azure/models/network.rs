@@ -351,6 +351,38 @@ impl VirtualNetworkGateway {
 const GATEWAY_SUBNET: &str = "GatewaySubnet";
 
 impl VirtualNetwork {
+    /// The VNet with what planning reads and nothing else: the fields ARM returns that no
+    /// model names (etags, types, provisioning states, network policies; a link's or a
+    /// delegation's own) are dropped, except a subnet's `provisioningState`
+    /// ([`Subnet::provisioning_failed`]). A cached plan decision keeps its VNets for its
+    /// plan's targets, and a hub VNet's hundreds of integration subnets, each with its
+    /// delegation and links, were mostly those fields (10,000 targets: ~500 MB of a
+    /// rehearsal's memory).
+    pub(crate) fn for_planning(mut self) -> Self {
+        self.extra.clear();
+        self.properties.extra.clear();
+        self.properties.address_space.extra.clear();
+        for p in &mut self.properties.virtual_network_peerings {
+            p.extra.clear();
+            p.properties.extra.clear();
+        }
+        for s in &mut self.properties.subnets {
+            s.extra.clear();
+            s.properties
+                .extra
+                .retain(|k, _| k.as_str() == "provisioningState");
+            for d in s.properties.delegations.iter_mut().flatten() {
+                d.extra.clear();
+                d.properties.extra.clear();
+            }
+            for l in s.properties.service_association_links.iter_mut().flatten() {
+                l.extra.clear();
+                l.properties.extra.clear();
+            }
+        }
+        self
+    }
+
     /// The gateways whose ip configurations the VNet's `GatewaySubnet` lists (ARM shows them
     /// as `…/virtualNetworkGateways/{gw}/ipConfigurations/{name}` ids).
     pub(crate) fn gateway_ids(&self) -> Vec<ResourceId> {

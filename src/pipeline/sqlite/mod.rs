@@ -100,7 +100,8 @@ CREATE TABLE IF NOT EXISTS queue (
   locked_until INTEGER,
   state TEXT NOT NULL DEFAULT 'active',
   dead_reason TEXT,
-  dead_at INTEGER
+  dead_at INTEGER,
+  vnet TEXT
 );
 CREATE TABLE IF NOT EXISTS message_ids (message_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS queue_heads ON queue(subscription, priority, visible_at, seq) WHERE state='active' AND head=1;
@@ -205,11 +206,20 @@ impl SqliteStore {
         if !timed {
             tx.execute_batch("ALTER TABLE queue ADD COLUMN dead_at INTEGER")?;
         }
+        // Files written before per-VNet admission.
+        let placed: bool = tx.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('queue') WHERE name='vnet'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !placed {
+            tx.execute_batch("ALTER TABLE queue ADD COLUMN vnet TEXT")?;
+        }
         if old_queue {
             tx.execute_batch(MIGRATE_QUEUE)?;
         }
-        if columns > 0 && !has_priority {
-            queue::prioritise_live(&tx)?;
+        if (columns > 0 && !has_priority) || old_queue || !placed {
+            queue::classify_live(&tx)?;
         }
         tx.commit()
     }

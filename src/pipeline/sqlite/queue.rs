@@ -1,5 +1,5 @@
 //! The queue half of the store: send, receive (sessions, scheduled visibility, leases,
-//! delivery counts, per-subscription admission), settle and dead-letter.
+//! delivery counts, per-subscription and per-VNet admission), settle and dead-letter.
 //!
 //! Every hot path is an index lookup: `receive` walks the session heads of each subscription
 //! with room (`queue_heads`), sending and settling find a session's first message through
@@ -26,6 +26,8 @@ pub(crate) struct Delivery {
     session_id: String,
     /// The lower-cased subscription of the target: the runner's admission unit.
     pub(crate) subscription: String,
+    /// The lower-cased destination VNet of a planned target's step: its other admission unit.
+    pub(crate) vnet: Option<String>,
     pub(crate) body: Vec<u8>,
     pub(crate) delivery_count: u32,
     pub(crate) lock_token: String,
@@ -46,10 +48,11 @@ struct Candidate {
     session_id: String,
     subscription: String,
     delivery_count: u32,
+    vnet: Option<String>,
 }
 
 impl Candidate {
-    /// From a row of `seq, message_id, session_id, subscription, delivery_count`.
+    /// From a row of `seq, message_id, session_id, subscription, delivery_count, vnet`.
     fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
         Ok(Candidate {
             seq: r.get(0)?,
@@ -57,6 +60,7 @@ impl Candidate {
             session_id: r.get(2)?,
             subscription: r.get(3)?,
             delivery_count: r.get(4)?,
+            vnet: r.get(5)?,
         })
     }
 }
@@ -77,17 +81,19 @@ fn levels() -> String {
     format!(", levels(p) AS (VALUES {})", rows.join(","))
 }
 
-/// The best deliverable head of the subscriptions not in ?2 (a JSON array): the highest
-/// level, oldest first within it. One index seek per subscription and level, each skipping
-/// only the leased heads (at most the subscription's in-flight limit). ?1 is now.
+/// The best deliverable head of the subscriptions not in ?2 (a JSON array of the admission
+/// units at their limit), outside the VNets in ?2: the highest level, oldest first within it.
+/// One index seek per subscription and level, each skipping only the leased heads (at most
+/// the subscription's in-flight limit) and the heads of full VNets. ?1 is now.
 fn candidate_sql() -> String {
     format!(
         "{SUBSCRIPTIONS}{}
-        SELECT q.seq, q.message_id, q.session_id, q.subscription, q.delivery_count
+        SELECT q.seq, q.message_id, q.session_id, q.subscription, q.delivery_count, q.vnet
         FROM subs CROSS JOIN levels JOIN queue q ON q.seq=(
           SELECT h.seq FROM queue h
           WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.priority=levels.p
             AND h.visible_at<=?1 AND (h.locked_until IS NULL OR h.locked_until<=?1)
+            AND (h.vnet IS NULL OR h.vnet NOT IN (SELECT value FROM json_each(?2)))
           ORDER BY h.visible_at, h.seq LIMIT 1)
         WHERE subs.s NOT IN (SELECT value FROM json_each(?2)) AND levels.p>=?3
         ORDER BY q.priority DESC, q.visible_at, q.seq LIMIT 1",
@@ -95,13 +101,14 @@ fn candidate_sql() -> String {
     )
 }
 
-/// The earliest visibility after ?1 of a head in a subscription not in ?2.
+/// The earliest visibility after ?1 of a head in a subscription and VNet not in ?2.
 fn next_visible_sql() -> String {
     format!(
         "{SUBSCRIPTIONS}{}
         SELECT MIN((SELECT h.visible_at FROM queue h
                     WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s
                       AND h.priority=levels.p AND h.visible_at>?1
+                      AND (h.vnet IS NULL OR h.vnet NOT IN (SELECT value FROM json_each(?2)))
                     ORDER BY h.visible_at LIMIT 1))
         FROM subs CROSS JOIN levels
         WHERE subs.s IS NOT NULL AND subs.s NOT IN (SELECT value FROM json_each(?2))
@@ -110,17 +117,18 @@ fn next_visible_sql() -> String {
     )
 }
 
-/// Sets the level of every live message of a queue written before levels existed.
-pub(super) fn prioritise_live(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+/// Sets the level and the destination VNet of every live message of a queue written before
+/// levels or per-VNet admission existed.
+pub(super) fn classify_live(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     let live: Vec<(i64, Vec<u8>)> = tx
         .prepare("SELECT seq, body FROM queue WHERE state='active'")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut set = tx.prepare("UPDATE queue SET priority=?2 WHERE seq=?1")?;
+    let mut set = tx.prepare("UPDATE queue SET priority=?2, vnet=?3 WHERE seq=?1")?;
     for (seq, body) in live {
-        // An undecodable body keeps level 0; it is dead-lettered when delivered.
+        // An undecodable body keeps level 0 and no VNet; it is dead-lettered when delivered.
         if let Ok(m) = StepMessage::decode(&body) {
-            set.execute(params![seq, m.priority()])?;
+            set.execute(params![seq, m.priority(), m.vnet_key()])?;
         }
     }
     Ok(())
@@ -146,7 +154,7 @@ impl SqliteStore {
             .prepare_cached("UPDATE queue SET head=0 WHERE seq=?1")
             .map_err(storage)?;
         let mut add = tx
-            .prepare_cached("INSERT INTO queue (message_id, session_id, subscription, body, visible_at, head, priority) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+            .prepare_cached("INSERT INTO queue (message_id, session_id, subscription, body, visible_at, head, priority, vnet) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
             .map_err(storage)?;
         for m in messages {
             let id = m.message.message_id();
@@ -178,7 +186,8 @@ impl SqliteStore {
                 m.message.encode(),
                 visible_at,
                 is_head,
-                m.message.priority()
+                m.message.priority(),
+                m.message.vnet_key()
             ])
             .map_err(storage)?;
         }
@@ -197,7 +206,8 @@ impl SqliteStore {
     }
 
     /// Locks and returns the best visible, unleased session head among the subscriptions
-    /// not in `full` (those at the runner's per-subscription limit), or None: the highest
+    /// not in `full` (the admission units at the runner's limits: subscription ids and the
+    /// keys of destination VNets; a head bound for a VNet in `full` waits too), or None: the highest
     /// scheduling level (`Step::priority`), oldest first within it. Each subscription offers
     /// its own best head, so a backlog in a full subscription never hides another
     /// subscription's work. A message already delivered `max_delivery_count` times is
@@ -276,6 +286,7 @@ impl SqliteStore {
             message_id: c.message_id,
             session_id: c.session_id,
             subscription: c.subscription,
+            vnet: c.vnet,
             body,
             delivery_count: c.delivery_count + 1,
             lock_token: token,
@@ -346,7 +357,8 @@ impl SqliteStore {
     }
 
     /// `commit`, then, in the same transaction, leases the next message of the delivery's
-    /// session when it is visible at `now` and in the same subscription: the worker that
+    /// session when it is visible at `now` and in the same subscription and VNet (so the
+    /// runner's admission counts stay true): the worker that
     /// held the session keeps it, as a Service Bus session receiver does, so a serial chain
     /// (a VNet's subnet writes and cut-overs, a target's discover and plan) goes on without a
     /// round through the runner and with one transaction per step instead of two.
@@ -364,14 +376,14 @@ impl SqliteStore {
             Self::settle(tx, d, next, record)?;
             self.lease_first(tx, now.after(lease), |tx| {
                 tx.prepare_cached(
-                    "SELECT seq, message_id, session_id, subscription, delivery_count FROM queue
+                    "SELECT seq, message_id, session_id, subscription, delivery_count, vnet FROM queue
                      WHERE session_id=?1 AND state='active' AND head=1 AND subscription=?2
                        AND visible_at<=?3 AND (locked_until IS NULL OR locked_until<=?3)
-                       AND priority>=?4",
+                       AND priority>=?4 AND vnet IS ?5",
                 )
                 .and_then(|mut s| {
                     s.query_row(
-                        params![d.session_id, d.subscription, now, min_level],
+                        params![d.session_id, d.subscription, now, min_level, d.vnet],
                         Candidate::read,
                     )
                     .optional()
@@ -1108,5 +1120,36 @@ mod tests {
             assert_eq!(first.message_id, verify.message_id());
             s.release_all_locks().unwrap();
         }
+    }
+
+    /// A file written before per-VNet admission: on open, each live message gets its
+    /// destination VNet, and a full VNet's message then waits.
+    #[tokio::test]
+    async fn a_queue_from_before_per_vnet_admission_learns_each_messages_vnet_on_open() {
+        let dir = Dir::new();
+        let p = dir.path().join("unplaced.db");
+        let vnet = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/Hub",
+        )
+        .unwrap();
+        let mut planned = msg("a", Step::Verify);
+        planned.plan = Some(crate::pipeline::message::PlannedSubnet {
+            subnet: vnet.child("subnets", "snet").unwrap(),
+            vnet: vnet.clone(),
+            prefix: "10.0.0.0/26".into(),
+            create: false,
+            required_prefix_length: None,
+        });
+        {
+            let s = SqliteStore::open(&p).unwrap();
+            s.send(vec![Outgoing::now(planned)]).await.unwrap();
+            s.conn()
+                .execute_batch("ALTER TABLE queue DROP COLUMN vnet")
+                .unwrap();
+        }
+        let s = SqliteStore::open(&p).unwrap();
+        assert!(s.receive(now(), LEASE, &[vnet.key()]).unwrap().is_none());
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(d.vnet.as_deref(), Some(vnet.key()));
     }
 }

@@ -69,6 +69,9 @@ pub(super) fn check_connect(
     if normalize_location(site_loc) != normalize_location(vnet_loc) {
         return Err(bad_request(format!("The virtual network {vnet_name} is in region '{vnet_loc}' but the app is in region '{site_loc}'. Regional virtual network integration requires both in the same region.")));
     }
+    // The multi-plan subnet join takes plans of the subscription of the plans already there
+    // (the VNet may be another's), in a /26 at least, and checks no addresses (arm-vnet
+    // reference §3.2, §6, §13); a plan of another subscription meets the pre-MPSJ refusal.
     let links = network::sal_links(&sn);
     let others: Vec<ResourceId> = links
         .iter()
@@ -347,6 +350,31 @@ mod tests {
         assert_eq!(message(r), "Minimum subnet size allowed for joining multiple App Service Plans to same subnet is /26, the subnet attempting to be joined is /28");
         // the plan that owns the link may use its /28; a /26 takes a second plan
         assert!(connect(&st, "app-p1", "small").is_ok());
+        assert!(connect(&st, "app-p2", "big").is_ok());
+    }
+
+    #[test]
+    fn only_plans_of_one_subscription_share_a_subnet() {
+        let foreign =
+            "/subscriptions/other/resourceGroups/rg/providers/Microsoft.Web/serverfarms/x";
+        let mut linked = subnet("big", "10.0.2.0/24", Some("p1"));
+        linked["properties"]["serviceAssociationLinks"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "AppServiceLink", "properties": {"link": foreign}}));
+        let st = state(&["10.0.0.0/16"], vec![linked], SimOptions::instant());
+        let r = connect(&st, "app-p2", "big").unwrap_err();
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            message(r),
+            format!("Subnet big in VNET v is already occupied by service {foreign}.")
+        );
+        // Without the other subscription's plan, p2 joins p1 (no address check, as ARM).
+        let st = state(
+            &["10.0.0.0/16"],
+            vec![subnet("big", "10.0.2.0/26", Some("p1"))],
+            SimOptions::instant(),
+        );
         assert!(connect(&st, "app-p2", "big").is_ok());
     }
 

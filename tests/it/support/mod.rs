@@ -419,6 +419,7 @@ impl Rig {
                 max_in_flight: in_flight,
                 per_subscription: in_flight,
                 lease: Duration::from_secs(60),
+                ..policy.runner_config()
             },
             origin: "test".into(),
             progress: false,
