@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::context::StepError;
+use super::fleet_plan::VnetDigest;
 use super::plan::{self, Integration, PlanContext, PlanDecision, SharedSubnets, TargetState};
 use super::sharing;
 use crate::azure::arm::ArmClient;
@@ -37,27 +38,35 @@ pub(crate) struct Decided {
     pub(crate) decision: PlanDecision,
     /// Every site and slot of the plan, with its integration as read.
     pub(crate) targets: Arc<Vec<TargetState>>,
-    /// The VNets read (gateway VNets, their peers, VNets holding the plan's subnets), with
-    /// only what planning reads (`VirtualNetwork::for_planning`): a decision stays cached for
-    /// its plan's targets.
-    pub(crate) vnets: Arc<Vec<VirtualNetwork>>,
+    /// The VNets read (gateway VNets, their peers, VNets holding the plan's subnets), as far
+    /// as a forecast's fingerprint depends on them. A decision stays cached for its plan's
+    /// targets, and a hub VNet's hundreds of subnets, each with its delegation and links,
+    /// took a megabyte or more per cached plan (10,000 targets: ~500 MB of a rehearsal).
+    pub(crate) vnets: Vec<VnetDigest>,
     // The rest of what the decision was made from, so it can be made again with the subnets
-    // the plan shares (shared, not copied, by that second decision).
+    // the plan shares (shared, not copied, by that second decision). The VNets themselves
+    // only when plans share subnets, with only what planning reads.
+    shareable_vnets: Option<Arc<Vec<VirtualNetwork>>>,
     plan: Arc<Plan>,
     autoscale: Arc<Vec<AutoscaleSetting>>,
     swift_supported: bool,
 }
 
 impl Decided {
-    fn decide(&self, policy: &Policy, shared: Option<&SharedSubnets>) -> PlanDecision {
+    fn decide(
+        &self,
+        policy: &Policy,
+        vnets: &[VirtualNetwork],
+        shared: &SharedSubnets,
+    ) -> PlanDecision {
         plan::decide(&PlanContext {
             plan: &self.plan,
             autoscale: &self.autoscale,
             targets: &self.targets,
-            vnets: &self.vnets,
+            vnets,
             swift_supported: self.swift_supported,
             policy,
-            shared,
+            shared: Some(shared),
         })
     }
 }
@@ -101,10 +110,18 @@ impl PlanCache {
         policy: &Policy,
         plan: &ResourceId,
     ) -> Result<Arc<Decided>, StepError> {
-        let alone = self.alone(arm, policy, plan).await?;
+        let mut alone = self.alone(arm, policy, plan).await?;
         if !policy.subnet.shared_across_plans {
             return Ok(alone);
         }
+        if alone.shareable_vnets.is_none() {
+            // Decided under a policy that shared nothing: decide again, keeping the VNets.
+            self.invalidate(plan);
+            alone = self.alone(arm, policy, plan).await?;
+        }
+        let vnets = alone.shareable_vnets.clone().ok_or_else(|| {
+            StepError::Unexpected(format!("plan {plan} was decided without its VNets"))
+        })?;
         let region = self.region(arm, &alone.plan).await?;
         // The region's plans are read a few at a time: the first plan step of a region reads
         // them all, and each plan's own lock keeps them from being read twice.
@@ -122,11 +139,12 @@ impl PlanCache {
         let decisions: Vec<&PlanDecision> = std::iter::once(&alone.decision)
             .chain(others.iter().map(|d| &d.decision))
             .collect();
-        let shared = sharing::share(plan.subscription(), &decisions, &alone.vnets, policy);
+        let shared = sharing::share(plan.subscription(), &decisions, &vnets, policy);
         Ok(Arc::new(Decided {
-            decision: alone.decide(policy, Some(&shared)),
+            decision: alone.decide(policy, &vnets, &shared),
             targets: alone.targets.clone(),
             vnets: alone.vnets.clone(),
+            shareable_vnets: Some(vnets),
             plan: alone.plan.clone(),
             autoscale: alone.autoscale.clone(),
             swift_supported: alone.swift_supported,
@@ -318,7 +336,7 @@ async fn compute(
                 }
             }
         }
-        vnets.push(v.for_planning());
+        vnets.push(v);
     }
     vnets.sort_by(|a, b| a.id.cmp(&b.id));
 
@@ -352,7 +370,10 @@ async fn compute(
     Ok(Decided {
         decision,
         targets: Arc::new(targets),
-        vnets: Arc::new(vnets),
+        vnets: vnets.iter().map(VnetDigest::of).collect(),
+        shareable_vnets: policy.subnet.shared_across_plans.then(|| {
+            Arc::new(vnets.into_iter().map(VirtualNetwork::for_planning).collect())
+        }),
         plan: Arc::new(plan),
         autoscale: Arc::new(autoscale),
         swift_supported,

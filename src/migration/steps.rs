@@ -122,11 +122,7 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
         )));
     };
     let vnet = || match live {
-        TargetDecision::Migrate(c) => decided
-            .vnets
-            .iter()
-            .find(|v| v.id == c.vnet)
-            .map(VnetDigest::of),
+        TargetDecision::Migrate(c) => decided.vnets.iter().find(|v| v.id == c.vnet),
         _ => None,
     };
     let no_subnets = Default::default();
@@ -158,7 +154,7 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
         let Some(planned) = applied.target(&msg.target) else {
             return drifted("the target is not in the plan");
         };
-        if planned.fingerprint.as_deref() != Some(fingerprint(vnet().as_ref()).as_str()) {
+        if planned.fingerprint.as_deref() != Some(fingerprint(vnet()).as_str()) {
             return drifted("ARM no longer shows what the plan was computed from");
         }
         if let Some(d) = &planned.decision {
@@ -180,8 +176,8 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
                 Integration::Gateway { connection, .. } => Some(connection.clone()),
                 _ => None,
             },
-            fingerprint: fingerprint(vnet.as_ref()),
-            vnet,
+            fingerprint: fingerprint(vnet),
+            vnet: vnet.cloned(),
             routing_differs,
         });
     }
