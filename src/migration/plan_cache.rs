@@ -372,7 +372,12 @@ async fn compute(
         targets: Arc::new(targets),
         vnets: vnets.iter().map(VnetDigest::of).collect(),
         shareable_vnets: policy.subnet.shared_across_plans.then(|| {
-            Arc::new(vnets.into_iter().map(VirtualNetwork::for_planning).collect())
+            Arc::new(
+                vnets
+                    .into_iter()
+                    .map(VirtualNetwork::for_planning)
+                    .collect(),
+            )
         }),
         plan: Arc::new(plan),
         autoscale: Arc::new(autoscale),
