@@ -720,19 +720,29 @@ async fn on_deploy_debounces_filters_and_the_event_run_completes() {
     play_host(&w, &mut serve, None).await;
     assert_eq!(w.sb.fake().counts(QUEUE).dead, 0);
 
-    let req = json!({"Data": {"req": {"Method": "POST", "Url": "http://localhost/api/status", "Query": {}, "Headers": {}}}, "Metadata": {}});
-    let r = post("status", req.to_string()).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["Outputs"]["res"]["statusCode"], 200);
-    let report: Value =
-        serde_json::from_str(v["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    let report = status_function(&serve.url, json!({})).await;
     assert!(
         report["run"].as_str().unwrap().starts_with("ev-"),
         "{report}"
     );
     assert_eq!(report["targets"].as_array().unwrap().len(), 1);
     assert_eq!(report["targets"][0]["outcome"], "migrated", "{report}");
+}
+
+/// The body of the `status` function's answer, invoked as the Functions host does (HTTP
+/// trigger, `query` as the request's query), checked to be a 200.
+async fn status_function(serve_url: &str, query: Value) -> Value {
+    let req = json!({"Data": {"req": {"Method": "POST", "Url": "http://localhost/api/status", "Query": query, "Headers": {}}}, "Metadata": {}});
+    let r = reqwest::Client::new()
+        .post(format!("{serve_url}/status"))
+        .body(req.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["Outputs"]["res"]["statusCode"], 200, "{v}");
+    serde_json::from_str(v["Outputs"]["res"]["body"].as_str().unwrap()).unwrap()
 }
 
 /// Exit status and stderr of `serve` started so (it must refuse to start).
@@ -950,18 +960,7 @@ async fn waves_are_released_by_rollout_ticks_after_their_bake_and_a_tripped_gate
 
     // `rollout status` in Azure prints what the `status` function returns.
     let cli = rollout_cli(&w, &["status", "-o", "json"]);
-    let req = json!({"Data": {"req": {"Method": "POST", "Url": "http://localhost/api/status", "Query": {"run": run.as_str()}, "Headers": {}}}, "Metadata": {}});
-    let r: Value = reqwest::Client::new()
-        .post(format!("{}/status", serve.url))
-        .body(req.to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let function: Value =
-        serde_json::from_str(r["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    let function = status_function(&serve.url, json!({"run": run.as_str()})).await;
     assert_eq!(cli, function);
     assert_eq!(function["run"], run.as_str());
     assert_eq!(function["finished"], false);
@@ -1076,18 +1075,7 @@ async fn manual_approval_in_azure_waits_until_rollout_promote() {
         3,
         "{cli}"
     );
-    let req = json!({"Data": {"req": {"Method": "POST", "Url": "http://localhost/api/status", "Query": {"run": run.as_str()}, "Headers": {}}}, "Metadata": {}});
-    let r: Value = reqwest::Client::new()
-        .post(format!("{}/status", serve.url))
-        .body(req.to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let function: Value =
-        serde_json::from_str(r["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    let function = status_function(&serve.url, json!({"run": run.as_str()})).await;
     assert_eq!(cli, function);
 
     rollout_cli(&w, &["promote"]);
