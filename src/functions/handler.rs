@@ -161,11 +161,13 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
             };
         }
     };
-    if let Err(e) = h.ledger.record(&executed.record).await {
-        tracing::error!("{label}: ledger: {e}");
-        return InvocationResponse::new()
-            .log(format!("{label}: ledger: {e}"))
-            .redeliver();
+    if let Some(record) = executed.ledger_record() {
+        if let Err(e) = h.ledger.record(record).await {
+            tracing::error!("{label}: ledger: {e}");
+            return InvocationResponse::new()
+                .log(format!("{label}: ledger: {e}"))
+                .redeliver();
+        }
     }
     if let Err(e) = h.sender.send(executed.next).await {
         tracing::error!("{label}: send next: {e}");

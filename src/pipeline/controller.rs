@@ -27,21 +27,25 @@ pub enum ControllerError {
     Queue(#[from] QueueError),
 }
 
-/// The first message of each site, sent when its wave is released.
-pub(crate) fn first_messages<'a>(
+/// What a wave's release sends: the first message of each of its sites and, unless in a dry
+/// run (which never writes), the preparation of the next wave's network ahead of it
+/// (`migration/ahead.rs`): while this wave runs and bakes, the next one's new subnets are
+/// created, so its own steps find them ready.
+pub(crate) fn release_messages<'a>(
     run: &RunId,
     dry_run: bool,
     sites: impl IntoIterator<Item = &'a ResourceId>,
+    next_wave: impl IntoIterator<Item = &'a ResourceId>,
 ) -> Vec<Outgoing> {
-    sites
+    let first = sites.into_iter().map(|s| {
+        StepMessage::new(run.clone(), s.clone(), Step::Discover, Origin::Rollout)
+            .with_dry_run(dry_run)
+    });
+    let ahead = next_wave
         .into_iter()
-        .map(|s| {
-            Outgoing::now(
-                StepMessage::new(run.clone(), s.clone(), Step::Discover, Origin::Rollout)
-                    .with_dry_run(dry_run),
-            )
-        })
-        .collect()
+        .filter(|_| !dry_run)
+        .map(|s| StepMessage::ahead_of_wave(run.clone(), s.clone()));
+    first.chain(ahead).map(Outgoing::now).collect()
 }
 
 /// What one tick found and did.
@@ -91,7 +95,12 @@ impl<'a> Controller<'a> {
         self.ledger
             .add_waves(&run.run, &waves, run.started_at)
             .await?;
-        let first = first_messages(&run.run, run.dry_run, waves.first().into_iter().flatten());
+        let first = release_messages(
+            &run.run,
+            run.dry_run,
+            waves.first().into_iter().flatten(),
+            waves.get(1).into_iter().flatten(),
+        );
         self.sender.send(first).await?;
         Ok(waves.len())
     }
@@ -118,7 +127,8 @@ impl<'a> Controller<'a> {
             Decision::Stop { index, gate } => self.ledger.record_gate(run, *index, gate).await?,
             Decision::Release { index, gate } => {
                 let sites = self.ledger.wave_sites(run, *index).await?;
-                let first = first_messages(run, dry_run, &sites);
+                let next = self.ledger.wave_sites(run, index + 1).await?;
+                let first = release_messages(run, dry_run, &sites, &next);
                 let released = self
                     .ledger
                     .release_wave(run, *index, gate, &first, now)

@@ -1005,8 +1005,8 @@ async fn rollout_abort_in_azure_leaves_untouched_targets_cancelled() {
     let run = start_in_azure(&w);
     assert_eq!(
         w.sb.fake().counts(QUEUE).active,
-        2,
-        "the first wave is queued"
+        2 + 5,
+        "the first wave is queued, and the next wave's network preparation"
     );
     rollout_cli(&w, &["abort"]);
     play_host(&w, &mut serve, None).await;
