@@ -177,6 +177,8 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
             policy: policy.clone(),
             front_end: front_end.clone(),
         }),
+        // The `rollout-tick` timer fires every minute (function-definitions/rollout-tick).
+        held_for: time::Duration::seconds_f64(60.0 / global.arm_speed),
     };
     let engine = Engine::new(Migration::new(
         StepContext::new(arm, policy.clone(), ledger.clone()).probing_through(front_end),

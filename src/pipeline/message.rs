@@ -210,8 +210,8 @@ pub struct StepMessage {
     /// duplicate of one re-send is still dropped.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) transient: u32,
-    /// Times this step was put off until a maintenance window opened (not attempts either):
-    /// part of the MessageId, so each deferral is a new message.
+    /// Times this step was put off until a maintenance window opened, or while its rollout was
+    /// paused (not attempts either): part of the MessageId, so each deferral is a new message.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) waited: u32,
     /// Network preparation ahead of the target's wave (issue 12 item 5): `plan`, then
@@ -313,7 +313,8 @@ impl StepMessage {
         }
     }
 
-    /// The same step, put off (until a maintenance window opens): no attempt is spent.
+    /// The same step, put off (until a maintenance window opens, or its rollout is resumed):
+    /// no attempt is spent.
     pub(crate) fn deferred(&self) -> Self {
         StepMessage {
             waited: self.waited + 1,
