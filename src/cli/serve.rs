@@ -171,7 +171,8 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
     };
     let rollouts = Rollouts {
         // `--arm-speed` is refused above for anything but a simulator on loopback.
-        config: RolloutConfig::of(&policy, global.arm_speed, RolloutConfig::default().tick),
+        config: RolloutConfig::of(&policy, global.arm_speed, RolloutConfig::default().tick)
+            .in_azure(&policy),
         checks: Arc::new(MigratedChecks {
             arm: arm.clone(),
             policy: policy.clone(),

@@ -404,7 +404,15 @@ async fn rollout_tick(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
                 .collect();
             for t in h.ledger.targets(&run.run).await? {
                 let released = t.wave.is_none_or(|w| !waiting.contains(&w));
-                if t.outcome.is_none() && released && !paused && now - t.updated_at > stall {
+                // A rollout's untouched targets are started by its controller, as
+                // `concurrency.perSubscription` admits them.
+                let started = waves.is_empty() || t.steps > 0;
+                if t.outcome.is_none()
+                    && released
+                    && started
+                    && !paused
+                    && now - t.updated_at > stall
+                {
                     out.push(Outgoing::now(resume_message(&t, run.dry_run, replay)));
                 }
             }

@@ -1147,6 +1147,35 @@ async fn play_until(
     logs
 }
 
+/// [`play_until`] without duplicate deliveries, until the queue is idle twice in a row, 100 ms
+/// apart.
+async fn play_until_idle(w: &World, serve: &Serve) {
+    let mut idle_since: Option<Instant> = None;
+    play_until(w, serve, false, |_| {
+        if busy(&w.sb) > 0 {
+            idle_since = None;
+            return false;
+        }
+        idle_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(100)
+    })
+    .await;
+}
+
+/// `n` gateway-connected apps `a00`… on one plan in one hub, one subscription.
+fn one_plan(n: usize) -> (Fleet, Vec<vnet_migrate::azure::ResourceId>) {
+    let mut b = base();
+    let v = hub(&mut b, "hub", "westeurope", "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", "westeurope", "P1v2", 2);
+    let apps = (0..n)
+        .map(|i| {
+            let s = b.site("apps", &format!("a{i:02}"), &plan);
+            b.gateway_connection(&s, &v);
+            s
+        })
+        .collect();
+    (b.build(), apps)
+}
+
 /// `rollout pause` in Azure holds the steps already on the queue (issue 13 part 3), as the
 /// embedded runner does: paused mid-run, the step function puts every step of the run off a
 /// tick at a time instead of executing it, so no new target starts however many ticks pass
@@ -1155,17 +1184,8 @@ async fn play_until(
 /// target's next step is another test's subject.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pause_in_azure_holds_queued_steps_and_resume_finishes_them() {
-    let mut b = base();
-    let v = hub(&mut b, "hub", "westeurope", "10.1.0.0/16");
-    let plan = b.plan("apps", "plan1", "westeurope", "P1v2", 2);
-    let apps: Vec<_> = (0..12)
-        .map(|i| {
-            let s = b.site("apps", &format!("a{i:02}"), &plan);
-            b.gateway_connection(&s, &v);
-            s
-        })
-        .collect();
-    let mut w = world_on(LedgerKind::Table, b.build(), "plan-only", 10).await;
+    let (fleet, apps) = one_plan(12);
+    let mut w = world_on(LedgerKind::Table, fleet, "plan-only", 10).await;
     // A paused step is looked at again every 2 s (a minute's tick at this speed).
     w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
     let serve = spawn_serve(&w.env).await;
@@ -1200,21 +1220,70 @@ async fn pause_in_azure_holds_queued_steps_and_resume_finishes_them() {
     assert!(busy(&w.sb) > 0, "the held steps wait on the queue");
 
     rollout_cli(&w, &["resume"]);
-    // Until the queue is idle twice in a row, 100 ms apart.
-    let mut idle_since: Option<Instant> = None;
-    play_until(&w, &serve, false, |_| {
-        if busy(&w.sb) > 0 {
-            idle_since = None;
-            return false;
-        }
-        idle_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(100)
-    })
-    .await;
+    play_until_idle(&w, &serve).await;
     let report = report_of(&*ledger, &run).await;
     for app in &apps {
         assert_eq!(crate::support::outcome(&report, app), "migrated", "{app}");
     }
     assert!(w.sb.fake().dead_letters(QUEUE).is_empty());
+    let v = invariants::check(&w.fleet, &w.sim.state(), &report);
+    assert!(v.is_empty(), "invariants broken:\n{}", v.join("\n"));
+}
+
+/// `concurrency.perSubscription` in Azure: the controller starts at most that many targets of
+/// one subscription (the release sends that many first steps) and each `rollout-tick` starts
+/// as many more as have finished, so no more than that many are ever in progress at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_subscription_in_azure_starts_targets_as_others_finish() {
+    let (fleet, apps) = one_plan(10);
+    let w = world_on(LedgerKind::Table, fleet, "plan-only", 10).await;
+    std::fs::write(
+        &w.env.policy,
+        json!({
+            "settleSeconds": 0,
+            "scope": { "subscriptions": w.subs },
+            "concurrency": { "perSubscription": 3 }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let serve = spawn_serve(&w.env).await;
+    let run = start_in_azure(&w);
+    assert_eq!(w.sb.fake().counts(QUEUE).active, 3, "three targets started");
+    let mut rounds = 0;
+    loop {
+        play_until_idle(&w, &serve).await;
+        let logs = tick(&serve).await;
+        if logs.iter().any(|l| l.contains("Done")) {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 20, "{logs:?}");
+    }
+    assert!(
+        rounds >= 3,
+        "ten targets three at a time: {rounds} round(s)"
+    );
+    let ledger = w.ledger().await;
+    let report = report_of(&*ledger, &run).await;
+    // Each target was in progress from its first step to its last.
+    let mut spans = Vec::new();
+    for app in &apps {
+        assert_eq!(crate::support::outcome(&report, app), "migrated", "{app}");
+        let log = ledger.step_log(&run, app).await.unwrap();
+        spans.push((log[0].at(), log[log.len() - 1].at()));
+    }
+    let most = spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start <= e)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 3, "{most} targets in progress at once: {spans:?}");
     let v = invariants::check(&w.fleet, &w.sim.state(), &report);
     assert!(v.is_empty(), "invariants broken:\n{}", v.join("\n"));
 }
