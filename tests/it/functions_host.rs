@@ -1287,3 +1287,77 @@ async fn per_subscription_in_azure_starts_targets_as_others_finish() {
     let v = invariants::check(&w.fleet, &w.sim.state(), &report);
     assert!(v.is_empty(), "invariants broken:\n{}", v.join("\n"));
 }
+
+/// Network preparation ahead of the cut-over through the Functions host (issue 12 item 5):
+/// while the rollout waits for `rollout promote` after wave 0, wave 1's subnet (a plan of its
+/// own) already exists and wave 1 is untouched; released, its targets' own `prepare-subnet`
+/// finds the subnet ready and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_next_waves_subnets_are_prepared_ahead_in_azure() {
+    let mut b = base();
+    let v = hub(&mut b, "hub", "westeurope", "10.1.0.0/16");
+    let plans: Vec<_> = (0..2)
+        .map(|p| b.plan("apps", &format!("plan{p}"), "westeurope", "P1v2", 1))
+        .collect();
+    let apps: Vec<_> = (0..4)
+        .map(|i| {
+            let s = b.site("apps", &format!("a{i}"), &plans[i / 2]);
+            b.gateway_connection(&s, &v);
+            s
+        })
+        .collect();
+    let w = world_on(LedgerKind::Table, b.build(), "plan-only", 10).await;
+    std::fs::write(
+        &w.env.policy,
+        json!({
+            "settleSeconds": 0,
+            "scope": { "subscriptions": w.subs },
+            "waves": [2],
+            "gates": { "manualApproval": true }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let serve = spawn_serve(&w.env).await;
+    let run = start_in_azure(&w);
+    play_until_idle(&w, &serve).await;
+    let logs = tick(&serve).await;
+    assert!(logs.iter().any(|l| l.contains("AwaitApproval")), "{logs:?}");
+    let ahead = crate::network_ahead::web_subnets(&w.sim, &v);
+    assert_eq!(ahead.len(), 2, "{ahead:?}");
+    let ledger = w.ledger().await;
+    for app in &apps[2..] {
+        assert!(
+            ledger.step_log(&run, app).await.unwrap().is_empty(),
+            "{app}"
+        );
+    }
+    rollout_cli(&w, &["promote"]);
+    let logs = tick(&serve).await;
+    assert!(logs.iter().any(|l| l.contains("Release")), "{logs:?}");
+    play_until_idle(&w, &serve).await;
+    let logs = tick(&serve).await;
+    assert!(logs.iter().any(|l| l.contains("Done")), "{logs:?}");
+    assert_eq!(crate::network_ahead::web_subnets(&w.sim, &v), ahead);
+    let report = report_of(&*ledger, &run).await;
+    for app in &apps {
+        assert_eq!(crate::support::outcome(&report, app), "migrated", "{app}");
+    }
+    for app in &apps[2..] {
+        let log: Vec<String> = ledger
+            .step_log(&run, app)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.detail().to_string())
+            .collect();
+        assert!(
+            log.iter().any(|d| d.contains("already prepared")),
+            "{app}: {log:?}"
+        );
+        assert!(
+            !log.iter().any(|d| d.contains("created subnet")),
+            "{app}: {log:?}"
+        );
+    }
+}

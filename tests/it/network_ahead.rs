@@ -1,6 +1,7 @@
-//! Network preparation ahead of the cut-over (issue 12 item 5), on the embedded runner: the
-//! subnets the next wave needs exist before that wave is released, and its targets' own
-//! `prepare-subnet` finds them ready and writes nothing.
+//! Network preparation ahead of the cut-over (issue 12 item 5), on the embedded runner (and
+//! through the Functions host in `functions_host.rs`): the subnets the next wave needs exist
+//! before that wave is released, and its targets' own `prepare-subnet` finds them ready and
+//! writes nothing.
 
 use std::time::Duration;
 
@@ -8,12 +9,14 @@ use vnet_migrate::azure::ResourceId;
 use vnet_migrate::pipeline::ledger::Ledger;
 use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
+use vnet_migrate::sim::Simulator;
 
 use crate::support::{base, hub, outcome, report_of, Rig};
 
 /// The names of the VNet's subnets delegated to App Service, as the simulator has them.
-fn web_subnets(rig: &Rig, vnet: &ResourceId) -> Vec<String> {
-    let v = rig.resource(vnet).unwrap();
+pub(crate) fn web_subnets(sim: &Simulator, vnet: &ResourceId) -> Vec<String> {
+    let state = sim.state();
+    let (_, v) = state.with_ids().find(|(id, _)| id == vnet).unwrap();
     let mut names: Vec<String> = v["properties"]["subnets"]
         .as_array()
         .unwrap()
@@ -47,7 +50,7 @@ async fn the_next_waves_subnets_exist_before_it_is_released() {
         })
         .collect();
     let rig = Rig::start(b.build()).await;
-    assert!(web_subnets(&rig, &v).is_empty());
+    assert!(web_subnets(&rig.sim, &v).is_empty());
     let policy = Policy::from_json(
         r#"{"waves": [2], "settleSeconds": 0, "gates": {"manualApproval": true}}"#,
     )
@@ -72,7 +75,7 @@ async fn the_next_waves_subnets_exist_before_it_is_released() {
     };
     // Both plans' subnets exist: wave 1's was created ahead of it, and nothing else of
     // wave 1 was touched (no step recorded, the gateway connection still in place).
-    let ahead = web_subnets(&rig, &v);
+    let ahead = web_subnets(&rig.sim, &v);
     assert_eq!(ahead.len(), 2, "{ahead:?}");
     for app in &apps[2..] {
         assert!(store.step_log(&run, app).await.unwrap().is_empty(), "{app}");
@@ -87,7 +90,11 @@ async fn the_next_waves_subnets_exist_before_it_is_released() {
     for app in &apps {
         assert_eq!(outcome(&report, app), "migrated", "{app}");
     }
-    assert_eq!(web_subnets(&rig, &v), ahead, "no subnet was added after");
+    assert_eq!(
+        web_subnets(&rig.sim, &v),
+        ahead,
+        "no subnet was added after"
+    );
     for app in &apps[2..] {
         let subnet = rig.subnet_of(app).unwrap();
         assert!(
