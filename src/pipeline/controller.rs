@@ -6,9 +6,10 @@
 //!
 //! A release is recorded before its first messages are sent: of two ticks racing, the ledger
 //! lets one release the wave and only that one sends; the messages' MessageIds are
-//! deterministic, so a repeat is dropped by duplicate detection anyway. A tick that dies
-//! between the two leaves the wave's targets untouched with their clocks restarted, and the
-//! stalled-target re-send of `rollout-tick` sends them later.
+//! deterministic, so a repeat is dropped by duplicate detection anyway. The embedded store
+//! queues them in the release's own transaction; in Azure, a tick that dies between the two
+//! leaves the wave's targets untouched with their clocks restarted, and the next tick starts
+//! them.
 //!
 //! In Azure no runner admits steps, so the controller keeps `concurrency.perSubscription`
 //! ([`RolloutConfig::in_azure`]): a release starts at most that many targets of one
