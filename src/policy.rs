@@ -1151,6 +1151,11 @@ mod tests {
             "a_backlog_that_cannot_be_admitted_is_awaited_not_polled",
         ),
         (
+            "concurrency.perSubscription",
+            "functions_host.rs",
+            "per_subscription_in_azure_starts_targets_as_others_finish",
+        ),
+        (
             "concurrency.perVnet",
             "runner.rs",
             "at_most_per_vnet_targets_of_one_vnet_run_at_once",

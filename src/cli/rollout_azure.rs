@@ -105,7 +105,8 @@ impl Azure {
             dry_run: args.dry_run,
             origin: "vnet-migrate rollout start (Azure)".into(),
         };
-        let config = RolloutConfig::of(&policy, 1.0, RolloutConfig::default().tick);
+        let config =
+            RolloutConfig::of(&policy, 1.0, RolloutConfig::default().tick).in_azure(&policy);
         let targets = sites.len();
         let waves = Controller::new(&*self.ledger, &sender, &config)
             .start(&record, sites)

@@ -171,12 +171,15 @@ pub(crate) async fn run(global: &Global, _args: Args) -> Result<ExitCode> {
     };
     let rollouts = Rollouts {
         // `--arm-speed` is refused above for anything but a simulator on loopback.
-        config: RolloutConfig::of(&policy, global.arm_speed, RolloutConfig::default().tick),
+        config: RolloutConfig::of(&policy, global.arm_speed, RolloutConfig::default().tick)
+            .in_azure(&policy),
         checks: Arc::new(MigratedChecks {
             arm: arm.clone(),
             policy: policy.clone(),
             front_end: front_end.clone(),
         }),
+        // The `rollout-tick` timer fires every minute (function-definitions/rollout-tick).
+        held_for: time::Duration::seconds_f64(60.0 / global.arm_speed),
     };
     let engine = Engine::new(Migration::new(
         StepContext::new(arm, policy.clone(), ledger.clone()).probing_through(front_end),

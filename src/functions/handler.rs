@@ -23,9 +23,9 @@ use crate::migration::Migration;
 use crate::pipeline::controller::{Controller, ControllerError};
 use crate::pipeline::engine::Engine;
 use crate::pipeline::ledger::{Ledger, LedgerError, RunRecord, TargetRecord};
-use crate::pipeline::message::{Origin, PlannedSubnet, RunId, Step, StepMessage};
+use crate::pipeline::message::{Origin, PlannedSubnet, RunId, Step, StepMessage, URGENT};
 use crate::pipeline::queue::{Outgoing, StepSender};
-use crate::pipeline::rollout::{RolloutConfig, WaveChecks};
+use crate::pipeline::rollout::{Control, RolloutConfig, WaveChecks};
 use crate::pipeline::Outcome;
 use crate::policy::{OnDeploy, Policy};
 use crate::report::status::{run_status, Around};
@@ -54,6 +54,9 @@ pub(crate) struct Rollouts {
     pub(crate) config: RolloutConfig,
     /// The checks of a wave's migrated targets after its bake (Key Vault references, probe).
     pub(crate) checks: Arc<dyn WaveChecks>,
+    /// How long a step of a paused rollout is put off before it is looked at again: one
+    /// period of the `rollout-tick` timer, shortened as the bake is.
+    pub(crate) held_for: time::Duration,
 }
 
 impl Handler {
@@ -124,6 +127,10 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
             .redeliver();
     }
     let label = format!("{} {} attempt {}", msg.target, msg.step, msg.attempt);
+    // `rollout pause` holds the steps already on the queue too, as the embedded runner does.
+    if let Some(resp) = hold_if_paused(&h, &msg, &label).await {
+        return resp;
+    }
     // A wave's first message may wait in the queue past `rollout abort`, which cancelled
     // its target: it is dropped, not executed (Service Bus has no way to withdraw it).
     if msg.origin == Origin::Rollout && msg.step == Step::Discover {
@@ -161,11 +168,13 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
             };
         }
     };
-    if let Err(e) = h.ledger.record(&executed.record).await {
-        tracing::error!("{label}: ledger: {e}");
-        return InvocationResponse::new()
-            .log(format!("{label}: ledger: {e}"))
-            .redeliver();
+    if let Some(record) = executed.ledger_record() {
+        if let Err(e) = h.ledger.record(record).await {
+            tracing::error!("{label}: ledger: {e}");
+            return InvocationResponse::new()
+                .log(format!("{label}: ledger: {e}"))
+                .redeliver();
+        }
     }
     if let Err(e) = h.sender.send(executed.next).await {
         tracing::error!("{label}: send next: {e}");
@@ -178,6 +187,52 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
         line.push_str(&format!(" => {o}"));
     }
     InvocationResponse::new().log(line).ok()
+}
+
+/// While `msg`'s rollout is paused, its step is not executed but sent again a tick later (its
+/// `waited` count bumped: every delivery of this message makes the same MessageId, so a
+/// duplicate delivery sends nothing more): the answer, or None to execute it. A message whose
+/// app may be off its VNet (a cut-over after its gateway connection went, a rollback) is
+/// executed anyway, as the embedded runner delivers it: holding it would keep the app offline.
+async fn hold_if_paused(h: &Handler, msg: &StepMessage, label: &str) -> Option<Response> {
+    if msg.priority() >= URGENT {
+        return None;
+    }
+    match h.ledger.control(&msg.run).await {
+        Ok(Control::Paused) => {}
+        Ok(_) => return None,
+        Err(e) => {
+            return Some(
+                InvocationResponse::new()
+                    .log(format!("{label}: ledger: {e}"))
+                    .redeliver(),
+            )
+        }
+    }
+    let visible_at = OffsetDateTime::now_utc() + h.rollouts.held_for;
+    let mut later = msg.deferred();
+    later.not_before = Some(visible_at);
+    Some(
+        match h
+            .sender
+            .send(vec![Outgoing {
+                message: later,
+                visible_at,
+            }])
+            .await
+        {
+            Ok(()) => InvocationResponse::new()
+                .log(format!(
+                    "{label}: the rollout is paused; put off until {visible_at}"
+                ))
+                .ok(),
+            Err(e) => InvocationResponse::new()
+                .log(format!(
+                    "{label}: the rollout is paused and the put-off failed: {e}"
+                ))
+                .redeliver(),
+        },
+    )
 }
 
 /// `ev-YYYYMMDDHHMM-<8 hex>`: minutes floored to the bucket, hex of the lowercased target.
@@ -338,8 +393,10 @@ async fn rollout_tick(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
     let result: Result<Vec<Outgoing>, ControllerError> = async {
         let mut out = Vec::new();
         for run in h.ledger.runs().await? {
-            // Targets of a wave not yet released wait for it, however long.
+            // Targets of a wave not yet released wait for it, however long, and a paused
+            // rollout's targets wait for `resume` (their steps are put off, not lost).
             let waves = h.ledger.waves(&run.run).await?;
+            let paused = h.ledger.control(&run.run).await? == Control::Paused;
             let waiting: Vec<u32> = waves
                 .iter()
                 .filter(|w| w.released_at.is_none())
@@ -347,7 +404,15 @@ async fn rollout_tick(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
                 .collect();
             for t in h.ledger.targets(&run.run).await? {
                 let released = t.wave.is_none_or(|w| !waiting.contains(&w));
-                if t.outcome.is_none() && released && now - t.updated_at > stall {
+                // A rollout's untouched targets are started by its controller, as
+                // `concurrency.perSubscription` admits them.
+                let started = waves.is_empty() || t.steps > 0;
+                if t.outcome.is_none()
+                    && released
+                    && started
+                    && !paused
+                    && now - t.updated_at > stall
+                {
                     out.push(Outgoing::now(resume_message(&t, run.dry_run, replay)));
                 }
             }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::ahead;
 use super::context::{StepContext, StepError};
 use super::cutover::{connect, disconnect};
 use super::fleet_plan::{self, Forecast, VnetDigest};
@@ -29,6 +30,11 @@ use crate::policy::{Policy, RollbackMode};
 
 /// Dispatches a message to its step's reconciler.
 pub(crate) async fn run(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepError> {
+    if msg.ahead {
+        if let Some(why) = ahead::unwanted(ctx, msg).await? {
+            return Ok(StepResult::end(why));
+        }
+    }
     match msg.step {
         Step::Discover => discover(ctx, msg).await,
         Step::Plan => plan(ctx, msg).await,
@@ -213,6 +219,19 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
                 let mut r = StepResult::done(Outcome::Skipped(SkipReason::DryRun), detail);
                 r.planned = Some(p);
                 return Ok(r);
+            }
+            // Ahead of the wave only a new subnet is prepared (no baseline: nothing of the
+            // app is compared, its own `plan` reads it when the wave is released).
+            if msg.ahead {
+                if !choice.create {
+                    return Ok(StepResult::end(format!(
+                        "{detail}: exists, nothing to prepare ahead"
+                    )));
+                }
+                let mut next = msg.next(Step::PrepareSubnet);
+                next.attempt = msg.attempt;
+                next.plan = Some(p);
+                return Ok(StepResult::next(next, detail));
             }
             // The baseline serves the Key Vault gate of `verify` only: without the gate it is
             // not read. A 404 there: the app was deleted since it was read above.

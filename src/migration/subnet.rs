@@ -94,6 +94,17 @@ fn is_conflict(e: &ArmError) -> bool {
     )
 }
 
+/// What follows a prepared subnet: the cut-over, or the end of a preparation ahead of the
+/// wave (`ahead.rs`).
+fn prepared(msg: &StepMessage, plan: PlannedSubnet, detail: String) -> StepResult {
+    if msg.ahead {
+        return StepResult::end(format!("{detail} ahead of the wave"));
+    }
+    let mut next = msg.next(Step::Disconnect);
+    next.plan = Some(plan);
+    StepResult::next(next, detail)
+}
+
 pub(super) async fn prepare_subnet(
     ctx: &StepContext,
     msg: &StepMessage,
@@ -145,10 +156,9 @@ pub(super) async fn prepare_subnet(
             .first()
             .cloned()
             .unwrap_or(next_plan.prefix);
-        let mut next = msg.next(Step::Disconnect);
-        next.plan = Some(next_plan);
-        return Ok(StepResult::next(
-            next,
+        return Ok(prepared(
+            msg,
+            next_plan,
             format!("subnet {} already prepared", p.subnet),
         ));
     }
@@ -156,15 +166,14 @@ pub(super) async fn prepare_subnet(
     match ctx.arm.put::<Subnet>(p.subnet.as_str(), &body).await {
         Ok(s) => {
             next_plan.prefix = s.prefixes().first().cloned().unwrap_or(next_plan.prefix);
-            let mut next = msg.next(Step::Disconnect);
-            next.plan = Some(next_plan);
             let verb = if current.is_some() {
                 "updated"
             } else {
                 "created"
             };
-            Ok(StepResult::next(
-                next,
+            Ok(prepared(
+                msg,
+                next_plan,
                 format!("{verb} subnet {} ({})", p.subnet, prefix),
             ))
         }

@@ -6,13 +6,22 @@
 //!
 //! A release is recorded before its first messages are sent: of two ticks racing, the ledger
 //! lets one release the wave and only that one sends; the messages' MessageIds are
-//! deterministic, so a repeat is dropped by duplicate detection anyway. A tick that dies
-//! between the two leaves the wave's targets untouched with their clocks restarted, and the
-//! stalled-target re-send of `rollout-tick` sends them later.
+//! deterministic, so a repeat is dropped by duplicate detection anyway. The embedded store
+//! queues them in the release's own transaction; in Azure, a tick that dies between the two
+//! leaves the wave's targets untouched with their clocks restarted, and the next tick starts
+//! them.
+//!
+//! In Azure no runner admits steps, so the controller keeps `concurrency.perSubscription`
+//! ([`RolloutConfig::in_azure`]): a release starts at most that many targets of one
+//! subscription, and each tick with the waves in flight starts as many more as have finished
+//! (the untouched targets of released waves are the controller's to start, not the stalled
+//! re-send's).
+
+use std::collections::HashMap;
 
 use time::OffsetDateTime;
 
-use super::ledger::{Ledger, LedgerError, Released, RunRecord};
+use super::ledger::{Ledger, LedgerError, Released, RunRecord, TargetRecord};
 use super::message::{Origin, RunId, Step, StepMessage};
 use super::queue::{Outgoing, QueueError, StepSender};
 use super::rollout::{self, Candidate, Control, Decision, RolloutConfig, WaveChecks, WaveView};
@@ -27,19 +36,50 @@ pub enum ControllerError {
     Queue(#[from] QueueError),
 }
 
-/// The first message of each site, sent when its wave is released.
-pub(crate) fn first_messages<'a>(
+/// What a wave's release sends: the first message of each of its sites and, unless in a dry
+/// run (which never writes), the preparation of the next wave's network ahead of it
+/// (`migration/ahead.rs`): while this wave runs and bakes, the next one's new subnets are
+/// created, so its own steps find them ready.
+pub(crate) fn release_messages<'a>(
     run: &RunId,
     dry_run: bool,
     sites: impl IntoIterator<Item = &'a ResourceId>,
+    next_wave: impl IntoIterator<Item = &'a ResourceId>,
 ) -> Vec<Outgoing> {
+    let first = sites.into_iter().map(|s| {
+        StepMessage::new(run.clone(), s.clone(), Step::Discover, Origin::Rollout)
+            .with_dry_run(dry_run)
+    });
+    let ahead = next_wave
+        .into_iter()
+        .filter(|_| !dry_run)
+        .map(|s| StepMessage::ahead_of_wave(run.clone(), s.clone()));
+    first.chain(ahead).map(Outgoing::now).collect()
+}
+
+/// Of `sites` (untouched targets of released waves, in the order they are to start), those
+/// that may start now: with targets of their subscription in progress (touched, without an
+/// outcome) counted from `targets`, at most `limit` of one subscription at once. The choice
+/// is stable: a site chosen but not yet started is chosen again, and its first message, sent
+/// again with its deterministic MessageId, is dropped by duplicate detection.
+fn admissible(targets: &[TargetRecord], sites: Vec<ResourceId>, limit: usize) -> Vec<ResourceId> {
+    let mut in_progress: HashMap<String, usize> = HashMap::new();
+    for t in targets
+        .iter()
+        .filter(|t| t.outcome.is_none() && t.steps > 0)
+    {
+        *in_progress
+            .entry(t.target.subscription().to_ascii_lowercase())
+            .or_default() += 1;
+    }
     sites
         .into_iter()
-        .map(|s| {
-            Outgoing::now(
-                StepMessage::new(run.clone(), s.clone(), Step::Discover, Origin::Rollout)
-                    .with_dry_run(dry_run),
-            )
+        .filter(|s| {
+            let n = in_progress
+                .entry(s.subscription().to_ascii_lowercase())
+                .or_default();
+            *n += 1;
+            *n <= limit
         })
         .collect()
 }
@@ -91,7 +131,16 @@ impl<'a> Controller<'a> {
         self.ledger
             .add_waves(&run.run, &waves, run.started_at)
             .await?;
-        let first = first_messages(&run.run, run.dry_run, waves.first().into_iter().flatten());
+        let mut starting = waves.first().cloned().unwrap_or_default();
+        if let Some(limit) = self.config.per_subscription {
+            starting = admissible(&[], starting, limit);
+        }
+        let first = release_messages(
+            &run.run,
+            run.dry_run,
+            &starting,
+            waves.get(1).into_iter().flatten(),
+        );
         self.sender.send(first).await?;
         Ok(waves.len())
     }
@@ -117,14 +166,23 @@ impl<'a> Controller<'a> {
         match &decision {
             Decision::Stop { index, gate } => self.ledger.record_gate(run, *index, gate).await?,
             Decision::Release { index, gate } => {
-                let sites = self.ledger.wave_sites(run, *index).await?;
-                let first = first_messages(run, dry_run, &sites);
+                let mut sites = self.ledger.wave_sites(run, *index).await?;
+                if let Some(limit) = self.config.per_subscription {
+                    sites = admissible(&self.ledger.targets(run).await?, sites, limit);
+                }
+                let next = self.ledger.wave_sites(run, index + 1).await?;
+                let first = release_messages(run, dry_run, &sites, &next);
                 let released = self
                     .ledger
                     .release_wave(run, *index, gate, &first, now)
                     .await?;
                 if released == Released::Send {
                     self.sender.send(first).await?;
+                }
+            }
+            Decision::InFlight if control == Control::Running => {
+                if let Some(limit) = self.config.per_subscription {
+                    self.start_more(run, dry_run, limit).await?;
                 }
             }
             Decision::InFlight
@@ -135,6 +193,38 @@ impl<'a> Controller<'a> {
             | Decision::Done => {}
         }
         Ok(Tick { decision, control })
+    }
+
+    /// With the waves in flight, starts the untouched targets of the released waves that
+    /// `concurrency.perSubscription` admits now, in wave then id order, as others finish.
+    async fn start_more(
+        &self,
+        run: &RunId,
+        dry_run: bool,
+        limit: usize,
+    ) -> Result<(), ControllerError> {
+        let targets = self.ledger.targets(run).await?;
+        let released: Vec<u32> = self
+            .ledger
+            .waves(run)
+            .await?
+            .iter()
+            .filter(|w| w.released_at.is_some())
+            .map(|w| w.index)
+            .collect();
+        let mut untouched: Vec<&TargetRecord> = targets
+            .iter()
+            .filter(|t| t.outcome.is_none() && t.steps == 0)
+            .filter(|t| t.wave.is_some_and(|w| released.contains(&w)))
+            .collect();
+        untouched.sort_by(|a, b| (a.wave, a.target.key()).cmp(&(b.wave, b.target.key())));
+        let sites = untouched.into_iter().map(|t| t.target.clone()).collect();
+        let starting = admissible(&targets, sites, limit);
+        if !starting.is_empty() {
+            let first = release_messages(run, dry_run, &starting, std::iter::empty());
+            self.sender.send(first).await?;
+        }
+        Ok(())
     }
 
     /// Judges wave `index`'s gate after its bake (its failure rate, then the checks of its

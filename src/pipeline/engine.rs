@@ -22,6 +22,16 @@ pub struct Executed {
     pub next: Vec<Outgoing>,
     pub(crate) record: StepRecord,
     pub outcome: Option<Outcome>,
+    /// The message prepared the network ahead of its target's wave: no step of the target's.
+    ahead: bool,
+}
+
+impl Executed {
+    /// What the ledger records of this step: nothing for preparation ahead of a wave, which
+    /// is no step of its target's (the target stays untouched until its wave is released).
+    pub(crate) fn ledger_record(&self) -> Option<&StepRecord> {
+        (!self.ahead).then_some(&self.record)
+    }
 }
 
 pub struct Engine<R> {
@@ -74,6 +84,9 @@ impl<R: Reconciler> Engine<R> {
                     .collect(),
                 None,
             ),
+            // Preparation ahead of a wave decides no outcome: whatever stopped it (a blocker,
+            // a failure), the wave's own steps find and decide it again.
+            Transition::Done(_) if msg.ahead => (Vec::new(), None),
             Transition::Done(o) => (
                 spawned
                     .map(|(m, _)| Outgoing {
@@ -120,6 +133,7 @@ impl<R: Reconciler> Engine<R> {
             next,
             record,
             outcome,
+            ahead: msg.ahead,
         }
     }
 }

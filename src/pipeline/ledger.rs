@@ -195,7 +195,8 @@ pub trait Ledger: Send + Sync {
     async fn record_gate(&self, run: &RunId, index: u32, gate: &Gate) -> Result<(), LedgerError>;
     /// Records the gate of wave `index - 1` (unless recorded) and releases wave `index` at
     /// `now` (its targets' clocks start now) unless it is released already: of two callers
-    /// racing, one releases. `first` are the wave's first messages: see [`Released`].
+    /// racing, one releases. `first` are the release's messages (the wave's first ones and
+    /// the next wave's preparation, `controller::release_messages`): see [`Released`].
     async fn release_wave(
         &self,
         run: &RunId,

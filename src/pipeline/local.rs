@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use time::OffsetDateTime;
 
 use super::contract::RunContract;
-use super::controller::{first_messages, Controller, ControllerError, Tick};
+use super::controller::{release_messages, Controller, ControllerError, Tick};
 use super::engine::Engine;
 use super::ledger::{Ledger, RunRecord};
 use super::message::RunId;
@@ -224,10 +224,11 @@ impl LocalRun {
                     origin: self.origin.clone(),
                 };
                 let waves = rollout::assign(sites, &self.rollout.sizes);
-                let first = first_messages(
+                let first = release_messages(
                     &record.run,
                     self.dry_run,
                     waves.first().into_iter().flatten(),
+                    waves.get(1).into_iter().flatten(),
                 );
                 store.begin_run(&record, &contract, &waves, &first)?;
                 (record.run, false)

@@ -210,10 +210,15 @@ pub struct StepMessage {
     /// duplicate of one re-send is still dropped.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) transient: u32,
-    /// Times this step was put off until a maintenance window opened (not attempts either):
-    /// part of the MessageId, so each deferral is a new message.
+    /// Times this step was put off until a maintenance window opened, or while its rollout was
+    /// paused (not attempts either): part of the MessageId, so each deferral is a new message.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub(crate) waited: u32,
+    /// Network preparation ahead of the target's wave (issue 12 item 5): `plan`, then
+    /// `prepare-subnet` of a new subnet, and the chain ends there. It is no step of the
+    /// target's: nothing is recorded against the target and it decides no outcome.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) ahead: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -242,6 +247,10 @@ pub(crate) const URGENT: u8 = 3;
 impl StepMessage {
     /// This message's scheduling level in the embedded queue.
     pub(crate) fn priority(&self) -> u8 {
+        // Preparation ahead of a wave gives way to every step of the waves released.
+        if self.ahead {
+            return 0;
+        }
         let cut = matches!(self.step, Step::Disconnect | Step::Connect) && self.gateway.is_some();
         if cut || self.step == Step::Rollback {
             URGENT
@@ -275,6 +284,15 @@ impl StepMessage {
             replay: 0,
             transient: 0,
             waited: 0,
+            ahead: false,
+        }
+    }
+
+    /// The first message preparing the network of `target` ahead of its wave: its `plan`.
+    pub(crate) fn ahead_of_wave(run: RunId, target: ResourceId) -> Self {
+        StepMessage {
+            ahead: true,
+            ..StepMessage::new(run, target, Step::Plan, Origin::Rollout)
         }
     }
 
@@ -295,7 +313,8 @@ impl StepMessage {
         }
     }
 
-    /// The same step, put off (until a maintenance window opens): no attempt is spent.
+    /// The same step, put off (until a maintenance window opens, or its rollout is resumed):
+    /// no attempt is spent.
     pub(crate) fn deferred(&self) -> Self {
         StepMessage {
             waited: self.waited + 1,
@@ -364,15 +383,15 @@ impl StepMessage {
 
     /// Lowercase hex SHA-256 of `run|target-lowercased|step|attempt`, first 32 characters.
     /// A replay appends `|replay-N` and a transient re-send `|transient-N`, so neither is
-    /// dropped as a duplicate.
+    /// dropped as a duplicate. Preparation ahead of a wave appends `|ahead`, and its
+    /// `prepare-subnet` names the subnet instead of the target: the targets of one plan (or
+    /// of plans sharing a subnet) send one subnet write between them.
     pub fn message_id(&self) -> String {
-        let mut s = format!(
-            "{}|{}|{}|{}",
-            self.run,
-            self.target.key(),
-            self.step,
-            self.attempt
-        );
+        let named = match (&self.plan, self.step) {
+            (Some(p), Step::PrepareSubnet) if self.ahead => p.subnet.key(),
+            _ => self.target.key(),
+        };
+        let mut s = format!("{}|{}|{}|{}", self.run, named, self.step, self.attempt);
         if self.replay > 0 {
             s.push_str(&format!("|replay-{}", self.replay));
         }
@@ -381,6 +400,9 @@ impl StepMessage {
         }
         if self.waited > 0 {
             s.push_str(&format!("|waited-{}", self.waited));
+        }
+        if self.ahead {
+            s.push_str("|ahead");
         }
         let digest = Sha256::digest(s.as_bytes());
         hex::encode(digest)[..32].to_string()
@@ -393,11 +415,14 @@ impl StepMessage {
     /// until that one finished. A cut-over re-sent after its gateway connection was removed
     /// (it carries the saved snapshot) goes back to its target's own session: queued behind
     /// the VNet's other cut-overs, its app would stay offline until they all finished.
+    /// Preparation ahead of a wave plans in the run's session (the rollout controller's), out
+    /// of the target's, which holds only the target's own steps.
     pub fn session_id(&self) -> String {
         match (self.step, &self.plan, &self.gateway) {
             (Step::PrepareSubnet, Some(p), _) | (Step::Disconnect, Some(p), None) => {
                 p.vnet.key().to_string()
             }
+            _ if self.ahead => self.run.as_str().to_string(),
             _ => self.target.key().to_string(),
         }
     }
@@ -576,6 +601,49 @@ mod tests {
             routes: None,
         });
         assert_eq!(resent.session_id(), target().key());
+    }
+
+    #[test]
+    fn preparation_ahead_plans_in_the_runs_session_and_writes_each_subnet_once() {
+        let run = RunId("r".into());
+        let ahead = StepMessage::ahead_of_wave(run.clone(), target());
+        assert_eq!((ahead.step, ahead.ahead), (Step::Plan, true));
+        assert_eq!(ahead.session_id(), "r");
+        assert_eq!(ahead.priority(), 0);
+        let own = StepMessage::new(run.clone(), target(), Step::Plan, Origin::Rollout);
+        assert_ne!(ahead.message_id(), own.message_id());
+        let wire = String::from_utf8(ahead.encode()).unwrap();
+        assert!(wire.contains(r#""ahead":true"#), "{wire}");
+        assert!(!String::from_utf8(own.encode()).unwrap().contains("ahead"));
+        assert_eq!(
+            StepMessage::decode(ahead.encode().as_slice()).unwrap(),
+            ahead
+        );
+        // Two targets of one plan: one subnet write between them, in the VNet's session.
+        let vnet = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/V",
+        )
+        .unwrap();
+        let prepare = |t: ResourceId| {
+            let mut m = StepMessage::ahead_of_wave(run.clone(), t).next(Step::PrepareSubnet);
+            m.plan = Some(PlannedSubnet {
+                vnet: vnet.clone(),
+                subnet: vnet.child("subnets", "a").unwrap(),
+                prefix: "10.0.0.0/26".into(),
+                create: true,
+                required_prefix_length: Some(26),
+            });
+            m
+        };
+        let other = ResourceId::parse(
+            "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Web/sites/App2",
+        )
+        .unwrap();
+        assert_eq!(prepare(target()).message_id(), prepare(other).message_id());
+        assert_eq!(prepare(target()).session_id(), vnet.key());
+        let mut own = prepare(target());
+        own.ahead = false;
+        assert_ne!(own.message_id(), prepare(target()).message_id());
     }
 
     proptest! {

@@ -57,6 +57,17 @@ impl StepResult {
             cutover: Cutover::default(),
         }
     }
+    /// Ends a chain that is no target's journey (preparation ahead of a wave): nothing next,
+    /// no outcome.
+    pub(crate) fn end(detail: impl Into<String>) -> Self {
+        StepResult {
+            transition: Transition::Continue(Vec::new()),
+            detail: detail.into(),
+            spawn: Vec::new(),
+            planned: None,
+            cutover: Cutover::default(),
+        }
+    }
     pub(crate) fn done(outcome: Outcome, detail: impl Into<String>) -> Self {
         StepResult {
             transition: Transition::Done(outcome),

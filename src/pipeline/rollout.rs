@@ -243,6 +243,10 @@ pub struct RolloutConfig {
     pub(crate) manual_approval: bool,
     /// How often a running rollout looks for `pause` and `abort` from another process.
     pub tick: std::time::Duration,
+    /// Targets of one subscription in progress at once, kept by the controller's releases
+    /// (`concurrency.perSubscription` in Azure, where no runner admits steps); None on the
+    /// embedded runner, which admits each step itself.
+    pub(crate) per_subscription: Option<usize>,
 }
 
 impl Default for RolloutConfig {
@@ -253,6 +257,7 @@ impl Default for RolloutConfig {
             max_failure_rate: 1.0,
             manual_approval: false,
             tick: std::time::Duration::from_secs(1),
+            per_subscription: None,
         }
     }
 }
@@ -267,7 +272,15 @@ impl RolloutConfig {
             max_failure_rate: policy.gates.max_failure_rate,
             manual_approval: policy.gates.manual_approval,
             tick,
+            per_subscription: None,
         }
+    }
+
+    /// The rollout as the Functions host drives it: the controller keeps the policy's
+    /// `concurrency.perSubscription` by starting targets as others finish.
+    pub(crate) fn in_azure(mut self, policy: &Policy) -> Self {
+        self.per_subscription = Some(policy.concurrency.per_subscription as usize);
+        self
     }
 }
 

@@ -263,7 +263,7 @@ async fn work<R: Reconciler>(
         match store.commit_and_continue(
             &d,
             &executed.next,
-            Some(&executed.record),
+            executed.ledger_record(),
             now,
             lease,
             min_level,

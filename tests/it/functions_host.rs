@@ -170,9 +170,26 @@ struct Host {
     http: reqwest::Client,
     /// Every line the handler logged, prefixed with the MessageId it answered.
     logs: std::sync::Mutex<Vec<String>>,
+    /// Every fifth message is posted twice (an at-least-once delivery).
+    duplicates: bool,
 }
 
 impl Host {
+    /// A host delivering the world's queue to `serve`, with or without duplicate deliveries.
+    fn new(w: &World, serve: &Serve, duplicates: bool) -> Arc<Host> {
+        Arc::new(Host {
+            client: w.client.clone(),
+            url: RwLock::new(serve.url.clone()),
+            posted: AtomicUsize::new(0),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            logs: std::sync::Mutex::new(Vec::new()),
+            duplicates,
+        })
+    }
+
     /// One receiver loop of the host; returns when `stop` says so.
     async fn receiver(self: Arc<Self>, stop: Arc<AtomicUsize>) {
         while stop.load(Ordering::SeqCst) == 0 {
@@ -184,7 +201,11 @@ impl Host {
             // Waits here while the handler restarts, as the host waits for its worker.
             let url = self.url.read().await.clone();
             let body = envelope(&m).to_string();
-            let times = if n.is_multiple_of(5) { 2 } else { 1 };
+            let times = if self.duplicates && n.is_multiple_of(5) {
+                2
+            } else {
+                1
+            };
             let mut ok = true;
             for _ in 0..times {
                 let r = self
@@ -318,16 +339,7 @@ impl World {
 
 /// Plays the host until the queue is idle; `restart_after` kills and restarts the handler once.
 async fn play_host(w: &World, serve: &mut Serve, restart_after: Option<usize>) -> Played {
-    let host = Arc::new(Host {
-        client: w.client.clone(),
-        url: RwLock::new(serve.url.clone()),
-        posted: AtomicUsize::new(0),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap(),
-        logs: std::sync::Mutex::new(Vec::new()),
-    });
+    let host = Host::new(w, serve, true);
     let stop = Arc::new(AtomicUsize::new(0));
     let receivers: Vec<_> = (0..4)
         .map(|_| tokio::spawn(host.clone().receiver(stop.clone())))
@@ -1004,8 +1016,8 @@ async fn rollout_abort_in_azure_leaves_untouched_targets_cancelled() {
     let run = start_in_azure(&w);
     assert_eq!(
         w.sb.fake().counts(QUEUE).active,
-        2,
-        "the first wave is queued"
+        2 + 5,
+        "the first wave is queued, and the next wave's network preparation"
     );
     rollout_cli(&w, &["abort"]);
     play_host(&w, &mut serve, None).await;
@@ -1095,4 +1107,245 @@ async fn manual_approval_in_azure_waits_until_rollout_promote() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// Plays the host (four receivers, duplicate deliveries or not) until `enough` says so of the
+/// invocations posted so far, looked at every 20 ms; the handler's log lines.
+async fn play_until(
+    w: &World,
+    serve: &Serve,
+    duplicates: bool,
+    mut enough: impl FnMut(usize) -> bool,
+) -> Vec<String> {
+    let host = Host::new(w, serve, duplicates);
+    let stop = Arc::new(AtomicUsize::new(0));
+    let receivers: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(host.clone().receiver(stop.clone())))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !enough(host.posted.load(Ordering::SeqCst)) {
+        assert!(Instant::now() < deadline, "not enough in 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(1, Ordering::SeqCst);
+    for r in receivers {
+        r.await.unwrap();
+    }
+    let logs = std::mem::take(&mut *host.logs.lock().unwrap());
+    logs
+}
+
+/// [`play_until`] without duplicate deliveries, until the queue is idle twice in a row, 100 ms
+/// apart.
+async fn play_until_idle(w: &World, serve: &Serve) {
+    let mut idle_since: Option<Instant> = None;
+    play_until(w, serve, false, |_| {
+        if busy(&w.sb) > 0 {
+            idle_since = None;
+            return false;
+        }
+        idle_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(100)
+    })
+    .await;
+}
+
+/// `n` gateway-connected apps `a00`… on one plan in one hub, one subscription.
+fn one_plan(n: usize) -> (Fleet, Vec<vnet_migrate::azure::ResourceId>) {
+    let mut b = base();
+    let v = hub(&mut b, "hub", "westeurope", "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", "westeurope", "P1v2", 2);
+    let apps = (0..n)
+        .map(|i| {
+            let s = b.site("apps", &format!("a{i:02}"), &plan);
+            b.gateway_connection(&s, &v);
+            s
+        })
+        .collect();
+    (b.build(), apps)
+}
+
+/// `rollout pause` in Azure holds the steps already on the queue (issue 13 part 3), as the
+/// embedded runner does: paused mid-run, the step function puts every step of the run off a
+/// tick at a time instead of executing it, so no new target starts however many ticks pass
+/// (duplicate deliveries of the held steps send nothing more); `rollout resume` lets them all
+/// finish. Duplicates are delivered only while paused: a duplicate of a cut-over racing its
+/// target's next step is another test's subject.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_in_azure_holds_queued_steps_and_resume_finishes_them() {
+    let (fleet, apps) = one_plan(12);
+    let mut w = world_on(LedgerKind::Table, fleet, "plan-only", 10).await;
+    // A paused step is looked at again every 2 s (a minute's tick at this speed).
+    w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
+    let serve = spawn_serve(&w.env).await;
+    let run = start_in_azure(&w);
+    // Mid-run: a few steps taken, most targets not started.
+    play_until(&w, &serve, false, |posted| posted >= 4).await;
+    rollout_cli(&w, &["pause"]);
+    let ledger = w.ledger().await;
+    let steps_of = |r: &vnet_migrate::report::Report| -> Vec<u32> {
+        r.targets.iter().map(|t| t.steps).collect()
+    };
+    let at_pause = steps_of(&report_of(&*ledger, &run).await);
+    let untouched = at_pause.iter().filter(|s| **s == 0).count();
+    assert!(untouched > 0, "{at_pause:?}");
+    // Three ticks' worth of deliveries while paused.
+    let started = Instant::now();
+    let logs = play_until(&w, &serve, true, |_| {
+        started.elapsed() > Duration::from_secs(6)
+    })
+    .await;
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("the rollout is paused; put off until")),
+        "{logs:?}"
+    );
+    let paused = steps_of(&report_of(&*ledger, &run).await);
+    assert_eq!(
+        paused.iter().filter(|s| **s == 0).count(),
+        untouched,
+        "no new target started: {at_pause:?} then {paused:?}"
+    );
+    assert!(busy(&w.sb) > 0, "the held steps wait on the queue");
+
+    rollout_cli(&w, &["resume"]);
+    play_until_idle(&w, &serve).await;
+    let report = report_of(&*ledger, &run).await;
+    for app in &apps {
+        assert_eq!(crate::support::outcome(&report, app), "migrated", "{app}");
+    }
+    assert!(w.sb.fake().dead_letters(QUEUE).is_empty());
+    let v = invariants::check(&w.fleet, &w.sim.state(), &report);
+    assert!(v.is_empty(), "invariants broken:\n{}", v.join("\n"));
+}
+
+/// `concurrency.perSubscription` in Azure: the controller starts at most that many targets of
+/// one subscription (the release sends that many first steps) and each `rollout-tick` starts
+/// as many more as have finished, so no more than that many are ever in progress at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_subscription_in_azure_starts_targets_as_others_finish() {
+    let (fleet, apps) = one_plan(10);
+    let w = world_on(LedgerKind::Table, fleet, "plan-only", 10).await;
+    std::fs::write(
+        &w.env.policy,
+        json!({
+            "settleSeconds": 0,
+            "scope": { "subscriptions": w.subs },
+            "concurrency": { "perSubscription": 3 }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let serve = spawn_serve(&w.env).await;
+    let run = start_in_azure(&w);
+    assert_eq!(w.sb.fake().counts(QUEUE).active, 3, "three targets started");
+    let mut rounds = 0;
+    loop {
+        play_until_idle(&w, &serve).await;
+        let logs = tick(&serve).await;
+        if logs.iter().any(|l| l.contains("Done")) {
+            break;
+        }
+        rounds += 1;
+        assert!(rounds < 20, "{logs:?}");
+    }
+    assert!(
+        rounds >= 3,
+        "ten targets three at a time: {rounds} round(s)"
+    );
+    let ledger = w.ledger().await;
+    let report = report_of(&*ledger, &run).await;
+    // Each target was in progress from its first step to its last.
+    let mut spans = Vec::new();
+    for app in &apps {
+        assert_eq!(crate::support::outcome(&report, app), "migrated", "{app}");
+        let log = ledger.step_log(&run, app).await.unwrap();
+        spans.push((log[0].at(), log[log.len() - 1].at()));
+    }
+    let most = spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start <= e)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 3, "{most} targets in progress at once: {spans:?}");
+    let v = invariants::check(&w.fleet, &w.sim.state(), &report);
+    assert!(v.is_empty(), "invariants broken:\n{}", v.join("\n"));
+}
+
+/// Network preparation ahead of the cut-over through the Functions host (issue 12 item 5):
+/// while the rollout waits for `rollout promote` after wave 0, wave 1's subnet (a plan of its
+/// own) already exists and wave 1 is untouched; released, its targets' own `prepare-subnet`
+/// finds the subnet ready and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_next_waves_subnets_are_prepared_ahead_in_azure() {
+    let mut b = base();
+    let v = hub(&mut b, "hub", "westeurope", "10.1.0.0/16");
+    let plans: Vec<_> = (0..2)
+        .map(|p| b.plan("apps", &format!("plan{p}"), "westeurope", "P1v2", 1))
+        .collect();
+    let apps: Vec<_> = (0..4)
+        .map(|i| {
+            let s = b.site("apps", &format!("a{i}"), &plans[i / 2]);
+            b.gateway_connection(&s, &v);
+            s
+        })
+        .collect();
+    let w = world_on(LedgerKind::Table, b.build(), "plan-only", 10).await;
+    std::fs::write(
+        &w.env.policy,
+        json!({
+            "settleSeconds": 0,
+            "scope": { "subscriptions": w.subs },
+            "waves": [2],
+            "gates": { "manualApproval": true }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let serve = spawn_serve(&w.env).await;
+    let run = start_in_azure(&w);
+    play_until_idle(&w, &serve).await;
+    let logs = tick(&serve).await;
+    assert!(logs.iter().any(|l| l.contains("AwaitApproval")), "{logs:?}");
+    let ahead = crate::network_ahead::web_subnets(&w.sim, &v);
+    assert_eq!(ahead.len(), 2, "{ahead:?}");
+    let ledger = w.ledger().await;
+    for app in &apps[2..] {
+        assert!(
+            ledger.step_log(&run, app).await.unwrap().is_empty(),
+            "{app}"
+        );
+    }
+    rollout_cli(&w, &["promote"]);
+    let logs = tick(&serve).await;
+    assert!(logs.iter().any(|l| l.contains("Release")), "{logs:?}");
+    play_until_idle(&w, &serve).await;
+    let logs = tick(&serve).await;
+    assert!(logs.iter().any(|l| l.contains("Done")), "{logs:?}");
+    assert_eq!(crate::network_ahead::web_subnets(&w.sim, &v), ahead);
+    let report = report_of(&*ledger, &run).await;
+    for app in &apps {
+        assert_eq!(crate::support::outcome(&report, app), "migrated", "{app}");
+    }
+    for app in &apps[2..] {
+        let log: Vec<String> = ledger
+            .step_log(&run, app)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.detail().to_string())
+            .collect();
+        assert!(
+            log.iter().any(|d| d.contains("already prepared")),
+            "{app}: {log:?}"
+        );
+        assert!(
+            !log.iter().any(|d| d.contains("created subnet")),
+            "{app}: {log:?}"
+        );
+    }
 }

@@ -11,6 +11,7 @@ mod functions_host;
 mod html_report;
 mod infra;
 mod loop_prevention;
+mod network_ahead;
 mod operator;
 mod per_vnet;
 mod permissions;
