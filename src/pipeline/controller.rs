@@ -36,17 +36,18 @@ pub enum ControllerError {
     Queue(#[from] QueueError),
 }
 
-/// What a wave's release sends: the first message of each of its sites and, unless in a dry
-/// run (which never writes), the preparation of the next wave's network ahead of it
-/// (`migration/ahead.rs`): while this wave runs and bakes, the next one's new subnets are
-/// created, so its own steps find them ready.
+/// What a wave's release sends: the first message of each of its sites, one resource group
+/// at a time in turn ([`in_turn_by_group`]), and, unless in a dry run (which never writes),
+/// the preparation of the next wave's network ahead of it (`migration/ahead.rs`): while this
+/// wave runs and bakes, the next one's new subnets are created, so its own steps find them
+/// ready.
 pub(crate) fn release_messages<'a>(
     run: &RunId,
     dry_run: bool,
     sites: impl IntoIterator<Item = &'a ResourceId>,
     next_wave: impl IntoIterator<Item = &'a ResourceId>,
 ) -> Vec<Outgoing> {
-    let first = sites.into_iter().map(|s| {
+    let first = in_turn_by_group(sites).into_iter().map(|s| {
         StepMessage::new(run.clone(), s.clone(), Step::Discover, Origin::Rollout)
             .with_dry_run(dry_run)
     });
@@ -55,6 +56,33 @@ pub(crate) fn release_messages<'a>(
         .filter(|_| !dry_run)
         .map(|s| StepMessage::ahead_of_wave(run.clone(), s.clone()));
     first.chain(ahead).map(Outgoing::now).collect()
+}
+
+/// `sites` taken one per (subscription, resource group) in turn, each group's in their
+/// order. Discovery goes in the order of the first messages; in id order it went through a
+/// subscription one resource group after another, while a hub VNet serves apps of many
+/// groups: its serial chain of subnet writes and cut-overs, the bound of a large run, began
+/// only when discovery reached the first of them (4.5 s into a 10,000-target rehearsal).
+fn in_turn_by_group<'a>(sites: impl IntoIterator<Item = &'a ResourceId>) -> Vec<&'a ResourceId> {
+    let mut groups: Vec<std::collections::VecDeque<&ResourceId>> = Vec::new();
+    let mut index: HashMap<(String, String), usize> = HashMap::new();
+    for s in sites {
+        let key = (
+            s.subscription().to_ascii_lowercase(),
+            s.resource_group().unwrap_or_default().to_ascii_lowercase(),
+        );
+        let i = *index.entry(key).or_insert_with(|| {
+            groups.push(Default::default());
+            groups.len() - 1
+        });
+        groups[i].push_back(s);
+    }
+    let total = groups.iter().map(|g| g.len()).sum();
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        out.extend(groups.iter_mut().filter_map(|g| g.pop_front()));
+    }
+    out
 }
 
 /// Of `sites` (untouched targets of released waves, in the order they are to start), those
@@ -293,5 +321,35 @@ pub(crate) async fn promote(
             Ok(Ok(index))
         }
         other => Ok(Err(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_messages_take_resource_groups_in_turn() {
+        let site = |sub: &str, rg: &str, name: &str| {
+            ResourceId::parse(&format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Web/sites/{name}"
+            ))
+            .unwrap()
+        };
+        let sites = [
+            site("s1", "rg-a", "a1"),
+            site("s1", "rg-a", "a2"),
+            site("s1", "rg-a", "a3"),
+            site("s1", "RG-B", "b1"),
+            site("s1", "rg-b", "b2"),
+            site("s2", "rg-a", "c1"),
+        ];
+        let run = RunId("r".into());
+        let order: Vec<String> = release_messages(&run, false, &sites, std::iter::empty())
+            .iter()
+            .map(|o| o.message.target.name().to_string())
+            .collect();
+        // Groups in the order they first appear, each in its own order; case-insensitive.
+        assert_eq!(order, ["a1", "b1", "c1", "a2", "b2", "a3"]);
     }
 }
