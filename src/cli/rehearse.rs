@@ -89,6 +89,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let mut contract = local::contract(&policy, &[], &server.url(), false, None);
     contract.simulated_speed = Some(args.speed);
     let settle_seconds = policy.settle_seconds as f64;
+    let bake_seconds = policy.bake_minutes as f64 * 60.0;
     let scope = LocalScope {
         arm,
         policy: std::sync::Arc::new(policy),
@@ -102,7 +103,13 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     };
     let mut report = migrate(global, scope, (file, Start::New(contract)), false).await?;
 
-    rehearsal::use_simulator_figures(&mut report, &sim.stats(), args.speed, settle_seconds);
+    rehearsal::use_simulator_figures(
+        &mut report,
+        &sim.stats(),
+        args.speed,
+        settle_seconds,
+        bake_seconds,
+    );
 
     let violations = invariants::check_views(
         &before,

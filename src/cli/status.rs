@@ -227,38 +227,7 @@ fn run_table(view: &RunStatus, records: &[TargetRecord]) -> String {
             });
         s.push_str(&format!("  {label} {}\n", t.target));
     }
-    for w in &r.waves {
-        let when = |s: Option<f64>| s.map_or_else(|| "-".to_string(), |s| format!("{s:.1}s"));
-        let outcomes = w
-            .outcomes
-            .iter()
-            .map(|(k, n)| format!("{n} {k}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        s.push_str(&format!(
-            "wave {}: {} target(s) ({outcomes}), started {}, ended {}, gate {}\n",
-            w.index,
-            w.size,
-            when(w.started_seconds),
-            when(w.ended_seconds),
-            match &w.gate {
-                None => "not judged",
-                Some(g) if g.passed => "passed",
-                Some(_) => "tripped",
-            }
-        ));
-        for c in w.gate.iter().flat_map(|g| &g.checks) {
-            s.push_str(&format!(
-                "  {} {}: {}\n",
-                if c.passed { "passed" } else { "FAILED" },
-                c.kind.as_str(),
-                c.detail
-            ));
-        }
-    }
-    if let Some(w) = &r.waiting {
-        s.push_str(&format!("rollout: {w}\n"));
-    }
+    s.push_str(&r.waves_lines());
     if let Some(n) = view.dead_letters.filter(|n| *n > 0) {
         s.push_str(&format!(
             "{n} dead-lettered message(s): `replay --dry-run` lists them\n"

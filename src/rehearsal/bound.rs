@@ -111,6 +111,10 @@ pub(crate) struct LowerBound {
     pub(crate) buckets: f64,
     /// The longest chain one target of the run went through.
     pub(crate) target_chain: f64,
+    /// The bake times between the rollout's waves: a wave starts only after the previous
+    /// wave's last outcome and its bake, so the waves run one after another and the bakes,
+    /// with the longest chain (whichever wave it is in), lie end to end.
+    pub(crate) bakes: f64,
     /// The longest chain of operations one VNet (or VPN gateway) ran one at a time, each for
     /// as long as it held the VNet.
     pub(crate) vnet_chain: f64,
@@ -122,6 +126,7 @@ impl LowerBound {
         stats: &SimStats,
         speed: f64,
         settle_seconds: f64,
+        bakes_seconds: f64,
         chains: impl IntoIterator<Item = Chain>,
     ) -> Self {
         let buckets = report::bucket_bound_seconds(
@@ -137,11 +142,14 @@ impl LowerBound {
             buckets,
             target_chain: longest(&mut chains.into_iter().map(|c| c.seconds(settle_seconds))),
             vnet_chain: longest(&mut stats.vnet_held_seconds.values().copied()),
+            bakes: bakes_seconds / speed,
         }
     }
 
     pub(crate) fn seconds(&self) -> f64 {
-        self.buckets.max(self.target_chain).max(self.vnet_chain)
+        self.buckets
+            .max(self.target_chain + self.bakes)
+            .max(self.vnet_chain)
     }
 }
 
@@ -195,16 +203,19 @@ mod tests {
         stats.vnet_held_seconds.insert("v2".into(), 14.0);
         // Speed 10: reads (2500 - 250) / 250 = 9 s beat deletes (700 - 200) / 100 = 5 s;
         // the migrated chain 67.36 / 10; VNet v1 71 / 10.
-        let b = LowerBound::new(&stats, 10.0, 60.0, [Chain::Refused, Chain::Migrated]);
+        let b = LowerBound::new(&stats, 10.0, 60.0, 0.0, [Chain::Refused, Chain::Migrated]);
         assert!(close(b.buckets, 9.0));
         assert!(close(b.target_chain, 6.736));
         assert!(close(b.vnet_chain, 7.1));
         assert!(close(b.seconds(), 9.0));
         // A small run: no bucket drains, the target's own chain is the floor.
         let small = SimStats::default();
-        let b = LowerBound::new(&small, 50.0, 60.0, [Chain::Migrated]);
+        let b = LowerBound::new(&small, 50.0, 60.0, 0.0, [Chain::Migrated]);
         assert_eq!(b.buckets, 0.0);
         assert!(close(b.seconds(), 67.36 / 50.0));
-        assert_eq!(LowerBound::new(&small, 50.0, 60.0, []).seconds(), 0.0);
+        assert_eq!(LowerBound::new(&small, 50.0, 60.0, 0.0, []).seconds(), 0.0);
+        // Three waves with a two-minute bake: two bakes and the longest chain end to end.
+        let waves = LowerBound::new(&small, 50.0, 60.0, 240.0, [Chain::Migrated]);
+        assert!(close(waves.seconds(), (240.0 + 67.36) / 50.0));
     }
 }

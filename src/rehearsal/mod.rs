@@ -13,12 +13,14 @@ use bound::{Chain, LowerBound};
 
 /// Replaces the client's estimates in the report's performance block with the simulator's
 /// exact per-subscription counts and its model of ARM's durations (`bound`); `settle_seconds`
-/// is the policy's settle delay, in simulated seconds.
+/// is the policy's settle delay and `bake_seconds` its bake time between waves, in simulated
+/// seconds.
 pub(crate) fn use_simulator_figures(
     report: &mut Report,
     stats: &SimStats,
     speed: f64,
     settle_seconds: f64,
+    bake_seconds: f64,
 ) {
     let write_bound = report::bucket_bound_seconds(
         stats.by_subscription.values().map(|s| BucketCounts {
@@ -35,7 +37,8 @@ pub(crate) fn use_simulator_figures(
         .filter_map(|o| o.parse::<Outcome>().ok())
         .filter_map(|o| Chain::of(&o))
         .collect();
-    let bound = LowerBound::new(stats, speed, settle_seconds, chains).seconds();
+    let bakes = bake_seconds * report.waves.len().saturating_sub(1) as f64;
+    let bound = LowerBound::new(stats, speed, settle_seconds, bakes, chains).seconds();
     let p = &mut report.performance;
     p.arm_write_bound_seconds = round3(write_bound);
     p.lower_bound_seconds = round3(bound);

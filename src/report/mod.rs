@@ -251,6 +251,45 @@ impl Report {
                 .any(|t| t.outcome == "parked" || t.outcome == remedy::UNFINISHED)
     }
 
+    /// One line per rollout wave (its outcomes, times and gate, each gate check under it) and
+    /// what the rollout waits for; empty for a run without waves.
+    pub(crate) fn waves_lines(&self) -> String {
+        let mut s = String::new();
+        for w in &self.waves {
+            let when = |s: Option<f64>| s.map_or_else(|| "-".to_string(), |s| format!("{s:.1}s"));
+            let outcomes = w
+                .outcomes
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            s.push_str(&format!(
+                "wave {}: {} target(s) ({outcomes}), started {}, ended {}, gate {}\n",
+                w.index,
+                w.size,
+                when(w.started_seconds),
+                when(w.ended_seconds),
+                match &w.gate {
+                    None => "not judged",
+                    Some(g) if g.passed => "passed",
+                    Some(_) => "tripped",
+                }
+            ));
+            for c in w.gate.iter().flat_map(|g| &g.checks) {
+                s.push_str(&format!(
+                    "  {} {}: {}\n",
+                    if c.passed { "passed" } else { "FAILED" },
+                    c.kind.as_str(),
+                    c.detail
+                ));
+            }
+        }
+        if let Some(w) = &self.waiting {
+            s.push_str(&format!("rollout: {w}\n"));
+        }
+        s
+    }
+
     /// The summary table printed at the end of a run.
     pub(crate) fn table(&self) -> String {
         let mut s = String::new();
@@ -265,6 +304,7 @@ impl Report {
             let _ = writeln!(s, "{k:<44} {n:>7}");
         }
         let _ = writeln!(s, "{:<44} {:>7}", "total", self.targets.len());
+        s.push_str(&self.waves_lines());
         let p = &self.performance;
         let bound = if p.lower_bound_seconds > 0.0 {
             format!(
