@@ -304,7 +304,10 @@ impl Report {
             let _ = writeln!(s, "{k:<44} {n:>7}");
         }
         let _ = writeln!(s, "{:<44} {:>7}", "total", self.targets.len());
-        s.push_str(&self.waves_lines());
+        // A run without waves in its policy is one wave of everything: nothing to add.
+        if self.waves.len() > 1 || self.waiting.is_some() {
+            s.push_str(&self.waves_lines());
+        }
         let p = &self.performance;
         let bound = if p.lower_bound_seconds > 0.0 {
             format!(
