@@ -1,6 +1,7 @@
 //! The custom handler's HTTP surface (DESIGN §3.2, §7): one axum route per function. Every
 //! answer is JSON; a non-2xx makes the host abandon a Service Bus message (redelivery is safe
-//! because steps are idempotent and re-sends are deduplicated by MessageId).
+//! because steps are idempotent, re-sends are deduplicated by MessageId, and a message already
+//! recorded is not executed again).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,6 @@ use crate::pipeline::ledger::{Ledger, LedgerError, RunRecord, TargetRecord};
 use crate::pipeline::message::{Origin, PlannedSubnet, RunId, Step, StepMessage, URGENT};
 use crate::pipeline::queue::{Outgoing, StepSender};
 use crate::pipeline::rollout::{Control, RolloutConfig, WaveChecks};
-use crate::pipeline::Outcome;
 use crate::policy::{OnDeploy, Policy};
 use crate::report::status::{run_status, Around};
 
@@ -127,30 +127,24 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
             .redeliver();
     }
     let label = format!("{} {} attempt {}", msg.target, msg.step, msg.attempt);
+    match settled(&*h.ledger, &msg).await {
+        Ok(Some(why)) => {
+            return InvocationResponse::new()
+                .log(format!("{label}: {why}; not executed"))
+                .ok();
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return InvocationResponse::new()
+                .log(format!("{label}: ledger: {e}"))
+                .redeliver();
+        }
+    }
     // `rollout pause` holds the steps already on the queue too, as the embedded runner does.
     if let Some(resp) = hold_if_paused(&h, &msg, &label).await {
         return resp;
     }
-    // A wave's first message may wait in the queue past `rollout abort`, which cancelled
-    // its target: it is dropped, not executed (Service Bus has no way to withdraw it).
-    if msg.origin == Origin::Rollout && msg.step == Step::Discover {
-        match h.ledger.target(&msg.run, &msg.target).await {
-            Ok(Some(t)) if t.outcome == Some(Outcome::Cancelled) => {
-                return InvocationResponse::new()
-                    .log(format!(
-                        "{label}: cancelled by `rollout abort`; not executed"
-                    ))
-                    .ok();
-            }
-            Ok(_) => {}
-            Err(e) => {
-                return InvocationResponse::new()
-                    .log(format!("{label}: ledger: {e}"))
-                    .redeliver();
-            }
-        }
-    }
-    let executed = match tokio::time::timeout(h.deadline, h.engine.execute(&msg)).await {
+    let mut executed = match tokio::time::timeout(h.deadline, h.engine.execute(&msg)).await {
         Ok(x) => x,
         Err(_) => {
             // The reconciler of the re-sent step re-reads ARM and continues from there.
@@ -168,6 +162,15 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
             };
         }
     };
+    // The next steps are sent before the step is recorded: a recorded message has sent its
+    // successors, so `settled` can judge any later delivery of it done (a failed send leaves
+    // no record, and the redelivery executes and sends again).
+    if let Err(e) = h.sender.send(std::mem::take(&mut executed.next)).await {
+        tracing::error!("{label}: send next: {e}");
+        return InvocationResponse::new()
+            .log(format!("{label}: send next: {e}"))
+            .redeliver();
+    }
     if let Some(record) = executed.ledger_record() {
         if let Err(e) = h.ledger.record(record).await {
             tracing::error!("{label}: ledger: {e}");
@@ -175,12 +178,6 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
                 .log(format!("{label}: ledger: {e}"))
                 .redeliver();
         }
-    }
-    if let Err(e) = h.sender.send(executed.next).await {
-        tracing::error!("{label}: send next: {e}");
-        return InvocationResponse::new()
-            .log(format!("{label}: send next: {e}"))
-            .redeliver();
     }
     let mut line = format!("{label}: {}", executed.record.detail);
     if let Some(o) = &executed.outcome {
@@ -233,6 +230,26 @@ async fn hold_if_paused(h: &Handler, msg: &StepMessage, label: &str) -> Option<R
                 .redeliver(),
         },
     )
+}
+
+/// Why a delivery of `msg` must not execute, if it must not. Service Bus delivers a message
+/// again after its settlement was lost (a host restart, an expired lock), possibly once the
+/// steps after it ran or while they run in another session: a cut-over delivered again while
+/// its target's rollback runs would remove the gateway connection the rollback is restoring.
+/// So a message is not executed again once its target ended in the run (a late duplicate, or a
+/// wave's first message after `rollout abort` cancelled it), nor once it was recorded in full:
+/// its next steps were sent before its record (see `step`).
+async fn settled(ledger: &dyn Ledger, msg: &StepMessage) -> Result<Option<String>, LedgerError> {
+    let Some(t) = ledger.target(&msg.run, &msg.target).await? else {
+        // A target no step has recorded yet (a slot its site's discover found).
+        return Ok(None);
+    };
+    if let Some(o) = &t.outcome {
+        return Ok(Some(format!("the target already ended in this run ({o})")));
+    }
+    let id = msg.message_id();
+    let recorded = ledger.recorded(&msg.run, &msg.target, &id).await?;
+    Ok(recorded.then(|| format!("message {id} was executed and recorded already")))
 }
 
 /// `ev-YYYYMMDDHHMM-<8 hex>`: minutes floored to the bucket, hex of the lowercased target.
@@ -494,6 +511,7 @@ async fn status(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::Outcome;
 
     fn id(s: &str) -> ResourceId {
         ResourceId::parse(s).unwrap()
@@ -532,6 +550,58 @@ mod tests {
             cutover: Default::default(),
             wave: None,
         }
+    }
+
+    fn recorded(m: &StepMessage, outcome: Option<Outcome>) -> crate::pipeline::ledger::StepRecord {
+        crate::pipeline::ledger::StepRecord {
+            run: m.run.clone(),
+            target: m.target.clone(),
+            step: m.step,
+            attempt: m.attempt,
+            message_id: m.message_id(),
+            detail: "done".into(),
+            at: OffsetDateTime::now_utc(),
+            duration_ms: 1,
+            next: outcome.is_none().then_some(Step::Configure),
+            outcome,
+            subnet: None,
+            prefix: None,
+            gateway: None,
+            cutover: Default::default(),
+        }
+    }
+
+    /// A delivery of a message already recorded (its next steps were sent) or of a target that
+    /// already ended is not executed; a target's first step, a retry or a replay is.
+    #[tokio::test]
+    async fn a_recorded_message_or_an_ended_target_is_not_executed_again() {
+        use crate::pipeline::sqlite::test_support::{msg_in, now, store};
+        let (_dir, ledger) = store();
+        let cut_over = msg_in("s", "a", Step::Disconnect);
+        assert_eq!(settled(&ledger, &cut_over).await.unwrap(), None, "no row");
+        ledger
+            .add_target(&cut_over.run, &cut_over.target, now())
+            .await
+            .unwrap();
+        assert_eq!(settled(&ledger, &cut_over).await.unwrap(), None);
+        ledger.record(&recorded(&cut_over, None)).await.unwrap();
+        let why = settled(&ledger, &cut_over).await.unwrap().unwrap();
+        assert!(why.contains("recorded already"), "{why}");
+        let retried = cut_over.retry();
+        assert_eq!(settled(&ledger, &retried).await.unwrap(), None);
+        let mut replayed = cut_over.clone();
+        replayed.replay = 1;
+        assert_eq!(settled(&ledger, &replayed).await.unwrap(), None);
+        let verify = cut_over.next(Step::Verify);
+        ledger
+            .record(&recorded(&verify, Some(Outcome::Migrated)))
+            .await
+            .unwrap();
+        let why = settled(&ledger, &retried).await.unwrap().unwrap();
+        assert!(
+            why.contains("already ended in this run (migrated)"),
+            "{why}"
+        );
     }
 
     #[test]

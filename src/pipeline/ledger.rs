@@ -155,6 +155,8 @@ pub trait Ledger: Send + Sync {
         target: &ResourceId,
         at: OffsetDateTime,
     ) -> Result<(), LedgerError>;
+    /// Logs a step and applies it to its target's row, except that a target's outcome is final:
+    /// a step recorded after it (a late duplicate) is logged and counted only.
     async fn record(&self, step: &StepRecord) -> Result<(), LedgerError>;
     /// Keeps the gateway connection before it is deleted, so rollback can always find it.
     async fn save_gateway(
@@ -174,6 +176,14 @@ pub trait Ledger: Send + Sync {
         run: &RunId,
         target: &ResourceId,
     ) -> Result<Vec<StepLogEntry>, LedgerError>;
+    /// Whether a step of message `message_id` is recorded in full: its log entry and its
+    /// target's row, or its log entry and a later step of the target's (which it led to).
+    async fn recorded(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+        message_id: &str,
+    ) -> Result<bool, LedgerError>;
     /// A run in which this target has no terminal outcome yet.
     async fn active_run_for(&self, target: &ResourceId) -> Result<Option<RunId>, LedgerError>;
 

@@ -384,6 +384,38 @@ async fn play_host(w: &World, serve: &mut Serve, restart_after: Option<usize>) -
     }
 }
 
+/// Seeds `run` like `rollout start`: ledger rows, then one discover per site in scope.
+async fn start_run(w: &World, policy: &Policy, run: &RunId) {
+    let arm = arm_for(&w.env.arm, &w.subs);
+    let sites = sites_in_scope(&arm, &w.subs, policy, &[]).await.unwrap();
+    let store = w.ledger().await;
+    let now = OffsetDateTime::now_utc();
+    store
+        .start_run(&RunRecord {
+            run: run.clone(),
+            started_at: now,
+            dry_run: false,
+            origin: "test".into(),
+        })
+        .await
+        .unwrap();
+    for s in &sites {
+        store.add_target(run, s, now).await.unwrap();
+    }
+    let first: Vec<Outgoing> = sites
+        .iter()
+        .map(|s| {
+            Outgoing::now(StepMessage::new(
+                run.clone(),
+                s.clone(),
+                Step::Discover,
+                Origin::Rollout,
+            ))
+        })
+        .collect();
+    StepSender::send(&w.client, first).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn host_faithful_run_with_duplicates_and_a_restart_matches_the_embedded_runner() {
     host_faithful_run(LedgerKind::Sqlite).await;
@@ -399,42 +431,12 @@ async fn host_faithful_run(kind: LedgerKind) {
     let w = world_on(kind, fleet(), "plan-only", 10).await;
     let policy = Policy::from_json(&policy_json(&w.subs, "plan-only")).unwrap();
 
-    // Seed the run like `rollout start`: ledger rows, then one discover per site.
     let run = RunId("r-20261123-e2e0".into());
-    let targets = {
-        let arm = arm_for(&w.env.arm, &w.subs);
-        let sites = sites_in_scope(&arm, &w.subs, &policy, &[]).await.unwrap();
-        let store = w.ledger().await;
-        let now = OffsetDateTime::now_utc();
-        store
-            .start_run(&RunRecord {
-                run: run.clone(),
-                started_at: now,
-                dry_run: false,
-                origin: "test".into(),
-            })
-            .await
-            .unwrap();
-        for s in &sites {
-            store.add_target(&run, s, now).await.unwrap();
-        }
-        sites
-    };
     let mut serve = spawn_serve(&w.env).await;
-    let first: Vec<Outgoing> = targets
-        .iter()
-        .map(|s| {
-            Outgoing::now(StepMessage::new(
-                run.clone(),
-                s.clone(),
-                Step::Discover,
-                Origin::Rollout,
-            ))
-        })
-        .collect();
-    StepSender::send(&w.client, first).await.unwrap();
+    start_run(&w, &policy, &run).await;
 
-    let posted = play_host(&w, &mut serve, Some(15)).await.posted;
+    let played = play_host(&w, &mut serve, Some(15)).await;
+    let posted = played.posted;
     assert!(
         posted > 30,
         "too few messages to restart at a third: {posted}"
@@ -448,7 +450,12 @@ async fn host_faithful_run(kind: LedgerKind) {
     let got = report_of(&*w.ledger().await, &run).await;
     let rig = Rig::start(w.fleet.clone()).await;
     let expected = rig.run(&policy, "local.db").await;
-    assert_eq!(outcomes(&got), outcomes(&expected));
+    assert_eq!(
+        outcomes(&got),
+        outcomes(&expected),
+        "{}",
+        differences(&*w.ledger().await, &run, &got, &expected, &played.logs).await
+    );
     assert!(outcomes(&got).values().any(|o| o == "migrated"));
     assert!(outcomes(&got)
         .values()
@@ -458,6 +465,89 @@ async fn host_faithful_run(kind: LedgerKind) {
         .any(|o| o == "blocked:cross-region-no-peering"));
     let v = invariants::check(&w.fleet, &w.sim.state(), &got);
     assert!(v.is_empty(), "invariants broken:\n{}", v.join("\n"));
+}
+
+/// A cut-over delivered again after its target was rolled back, as Service Bus delivers a
+/// message whose settlement was lost (a host restart, an expired lock): it is answered 200 and
+/// not executed. Executed, it would find the gateway connection the rollback restored, remove
+/// it and fail to connect again, leaving the app on no VNet at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_over_delivered_again_after_its_rollback_is_not_executed() {
+    let w = world(fleet(), "plan-only", 10).await;
+    let policy = Policy::from_json(&policy_json(&w.subs, "plan-only")).unwrap();
+    let run = RunId("r-20261123-late".into());
+    let mut serve = spawn_serve(&w.env).await;
+    start_run(&w, &policy, &run).await;
+    play_host(&w, &mut serve, None).await;
+    let rej = |r: &vnet_migrate::report::Report| {
+        r.targets
+            .iter()
+            .find(|t| t.id.to_ascii_lowercase().ends_with("/sites/rej"))
+            .cloned()
+            .unwrap()
+    };
+    let before = rej(&report_of(&*w.ledger().await, &run).await);
+    assert_eq!(before.outcome, "rolled-back");
+    let subnet = before.subnet.clone().unwrap();
+    let vnet = subnet.rsplit_once("/subnets/").unwrap().0;
+    // The cut-over as `prepare-subnet` sent it (its MessageId is run, target, step, attempt).
+    let cut_over = json!({
+        "v": 1, "run": run.as_str(), "target": before.id, "step": "disconnect", "attempt": 0,
+        "dryRun": false, "origin": "rollout",
+        "plan": { "vnet": vnet, "subnet": subnet, "prefix": before.prefix, "create": false }
+    });
+    let arm = w.sim.stats();
+    let answer = reqwest::Client::new()
+        .post(format!("{}/step", serve.url))
+        .body(json!({"Data": {"msg": base64::engine::general_purpose::STANDARD.encode(cut_over.to_string())}, "Metadata": {}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let logs: Value = answer.json().await.unwrap();
+    assert!(
+        logs["Logs"][0].as_str().unwrap().contains("not executed"),
+        "{logs}"
+    );
+    let after = w.sim.stats();
+    assert_eq!((after.writes, after.deletes), (arm.writes, arm.deletes));
+    let now = rej(&report_of(&*w.ledger().await, &run).await);
+    assert_eq!((now.outcome, now.reason), (before.outcome, before.reason));
+}
+
+/// For a failed comparison: each target whose outcome differs, with its step log from the
+/// ledger and what the handler answered for it, in order.
+async fn differences(
+    ledger: &dyn Ledger,
+    run: &RunId,
+    got: &vnet_migrate::report::Report,
+    expected: &vnet_migrate::report::Report,
+    logs: &[String],
+) -> String {
+    let (got, expected) = (outcomes(got), outcomes(expected));
+    let mut out = String::new();
+    for (target, outcome) in &got {
+        if expected.get(target) == Some(outcome) {
+            continue;
+        }
+        let id = vnet_migrate::azure::ResourceId::parse(target).unwrap();
+        out.push_str(&format!(
+            "\n{target}: {outcome}, expected {:?}\n  step log:\n",
+            expected.get(target)
+        ));
+        for e in ledger.step_log(run, &id).await.unwrap() {
+            out.push_str(&format!("    {} {}\n", e.at(), e.detail()));
+        }
+        out.push_str("  handler:\n");
+        let name = format!("{} ", id.as_str());
+        for l in logs
+            .iter()
+            .filter(|l| l.to_ascii_lowercase().contains(&name.to_ascii_lowercase()))
+        {
+            out.push_str(&format!("    {l}\n"));
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,18 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
         s.execute(params![r.run, r.target.key(), r.target, r.step, r.attempt, r.message_id, r.detail, at, r.duration_ms as i64])
     })
     .map_err(lstorage)?;
+    // A target's outcome is final (only an operator reopens it, `reopen_target`): a step
+    // recorded after it is a late duplicate (a redelivery, or a step recorded after the one it
+    // sent ended the target), logged and counted but never undoing the end.
+    let ended = tx
+        .prepare_cached(
+            "UPDATE targets SET steps=steps+1, attempts=MAX(attempts, ?3) WHERE run=?1 AND target_key=?2 AND outcome IS NOT NULL",
+        )
+        .and_then(|mut s| s.execute(params![r.run, r.target.key(), r.attempt]))
+        .map_err(lstorage)?;
+    if ended > 0 {
+        return Ok(());
+    }
     let reason = r.outcome.as_ref().and_then(|o| o.reason());
     let finished = r.outcome.as_ref().map(|_| at);
     // The first disconnect time recorded is kept (a redelivery only observes the connection
@@ -270,6 +282,22 @@ impl Ledger for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    async fn recorded(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+        message_id: &str,
+    ) -> Result<bool, LedgerError> {
+        // `record_tx` logs a step and applies it to the row in one transaction.
+        self.conn()
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM step_log WHERE run=?1 AND target_key=?2 AND message_id=?3)",
+                params![run, target.key(), message_id],
+                |r| r.get(0),
+            )
+            .map_err(lstorage)
     }
 
     async fn active_run_for(&self, target: &ResourceId) -> Result<Option<RunId>, LedgerError> {

@@ -111,24 +111,35 @@ impl TableLedger {
         change: impl Fn(Option<TargetRecord>) -> TargetRecord,
     ) -> Result<(), LedgerError> {
         let record_id = uuid::Uuid::new_v4().to_string();
+        self.write_target(run, target, &record_id, change).await
+    }
+
+    /// [`Self::update_target`] stamping the row with `record_id`.
+    async fn write_target(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+        record_id: &str,
+        change: impl Fn(Option<TargetRecord>) -> TargetRecord,
+    ) -> Result<(), LedgerError> {
         for tried in 1..=RMW_TRIES {
             let current = self.read_target(run, target).await?;
             if let Some((_, props, _)) = &current {
-                if props.get(RECORD_ID).and_then(Value::as_str) == Some(record_id.as_str()) {
+                if props.get(RECORD_ID).and_then(Value::as_str) == Some(record_id) {
                     return Ok(());
                 }
             }
             let what = || format!("writing {target} in run {run}");
             let landed = match current {
                 None => {
-                    let row = target_entity(&change(None), &record_id)?;
+                    let row = target_entity(&change(None), record_id)?;
                     self.client
                         .insert(TARGETS, &row)
                         .await
                         .map_err(storage(what()))?
                 }
                 Some((record, _, etag)) => {
-                    let row = target_entity(&change(Some(record)), &record_id)?;
+                    let row = target_entity(&change(Some(record)), record_id)?;
                     self.client
                         .replace_if(TARGETS, &row, &etag)
                         .await
@@ -148,6 +159,11 @@ impl TableLedger {
             None,
         ))
     }
+}
+
+/// How a row's record id begins when a step of message `message_id` wrote it last.
+fn recorded_by(message_id: &str) -> String {
+    format!("{message_id}~")
 }
 
 /// The row of a target no step has touched yet.
@@ -199,6 +215,13 @@ fn apply(before: Option<TargetRecord>, r: &StepRecord, site_wave: Option<u32>) -
             finished_at,
             cutover: r.cutover,
             wave: site_wave,
+        },
+        // A target's outcome is final (only an operator reopens it): a step recorded after it
+        // is a late duplicate, logged but never undoing the end (see `record_tx`).
+        Some(t) if t.outcome.is_some() => TargetRecord {
+            steps: t.steps + 1,
+            attempts: t.attempts.max(r.attempt),
+            ..t
         },
         Some(t) => TargetRecord {
             outcome: r.outcome.clone(),
@@ -291,6 +314,19 @@ fn target_from_entity(mut props: Map<String, Value>) -> Result<TargetRecord, Led
 /// Table service operations").
 const DURATION: &str = "durationMs";
 
+fn log_entry(r: &StepRecord) -> StepLogEntry {
+    StepLogEntry {
+        run: r.run.clone(),
+        target: r.target.clone(),
+        step: r.step,
+        attempt: r.attempt,
+        message_id: r.message_id.clone(),
+        detail: r.detail.clone(),
+        at: r.at,
+        duration_ms: r.duration_ms,
+    }
+}
+
 fn step_log_entity(e: &StepLogEntry) -> Result<Map<String, Value>, LedgerError> {
     let row = format!(
         "{:020}~{}~{}",
@@ -360,20 +396,10 @@ impl Ledger for TableLedger {
     }
 
     async fn record(&self, r: &StepRecord) -> Result<(), LedgerError> {
-        let entry = StepLogEntry {
-            run: r.run.clone(),
-            target: r.target.clone(),
-            step: r.step,
-            attempt: r.attempt,
-            message_id: r.message_id.clone(),
-            detail: r.detail.clone(),
-            at: r.at,
-            duration_ms: r.duration_ms,
-        };
         // The log entry first: if the row's update then fails, the step is redelivered and
         // logged again, which is what happened; the other order could lose the entry.
         self.client
-            .insert(STEPLOG, &step_log_entity(&entry)?)
+            .insert(STEPLOG, &step_log_entity(&log_entry(r))?)
             .await
             .map_err(storage(format!(
                 "logging a step of {} in run {}",
@@ -387,8 +413,35 @@ impl Ledger for TableLedger {
                 .and_then(|(t, _, _)| t.wave),
             None => None,
         };
-        self.update_target(&r.run, &r.target, |before| apply(before, r, site_wave))
-            .await
+        // The row names the message that last changed it (see `recorded`).
+        let record_id = format!("{}{}", recorded_by(&r.message_id), uuid::Uuid::new_v4());
+        self.write_target(&r.run, &r.target, &record_id, |before| {
+            apply(before, r, site_wave)
+        })
+        .await
+    }
+
+    async fn recorded(
+        &self,
+        run: &RunId,
+        target: &ResourceId,
+        message_id: &str,
+    ) -> Result<bool, LedgerError> {
+        let log = self.step_log(run, target).await?;
+        Ok(match log.iter().rposition(|e| e.message_id == message_id) {
+            None => false,
+            Some(i) if i + 1 < log.len() => true,
+            // Logged last: in full once the row update, which follows the log entry, landed.
+            Some(_) => self
+                .read_target(run, target)
+                .await?
+                .is_some_and(|(_, props, _)| {
+                    props
+                        .get(RECORD_ID)
+                        .and_then(Value::as_str)
+                        .is_some_and(|id| id.starts_with(&recorded_by(message_id)))
+                }),
+        })
     }
 
     async fn save_gateway(
@@ -756,6 +809,36 @@ mod tests {
             let got = l.target(&run, &c).await.unwrap().unwrap().cutover;
             assert_eq!(got, expected);
         }
+
+        // An outcome is final: a step recorded after it (a cut-over delivered again, recorded
+        // after the verify it led to) is logged and counted, and the target stays ended.
+        let d = site("s", "d");
+        let cut_over = step(&run, &d, Step::Disconnect, "m-d1");
+        let mut verified = step(&run, &d, Step::Verify, "m-d2");
+        verified.next = None;
+        verified.outcome = Some(Outcome::Migrated);
+        l.record(&cut_over).await.unwrap();
+        assert!(l.recorded(&run, &d, "m-d1").await.unwrap());
+        assert!(!l.recorded(&run, &d, "m-d2").await.unwrap());
+        l.record(&verified).await.unwrap();
+        let mut again = step(&run, &d, Step::Disconnect, "m-d1");
+        again.attempt = 1;
+        again.cutover.connected_at = Some(now());
+        l.record(&again).await.unwrap();
+        let t = l.target(&run, &d).await.unwrap().unwrap();
+        assert_eq!(
+            (t.outcome, t.current_step, t.finished_at, t.updated_at),
+            (
+                Some(Outcome::Migrated),
+                None,
+                Some(verified.at),
+                verified.at
+            )
+        );
+        assert_eq!((t.steps, t.attempts), (3, 1));
+        assert_eq!(t.cutover, Cutover::default());
+        assert_eq!(l.step_log(&run, &d).await.unwrap().len(), 3);
+        assert_eq!(l.active_run_for(&d).await.unwrap(), None);
     }
 
     #[tokio::test]
@@ -772,6 +855,30 @@ mod tests {
         // Opening again finds the tables there (409 TableAlreadyExists is fine) and the rows.
         let again = table(&az).await;
         assert_eq!(again.runs().await.unwrap().len(), 2);
+    }
+
+    /// A step logged whose row update never landed (the instance stopped between the two
+    /// writes) is not recorded in full, until a later step of its target is logged.
+    #[tokio::test]
+    async fn a_record_cut_short_before_its_row_is_not_recorded_in_full() {
+        let az = azurite();
+        let l = table(&az).await;
+        let run = RunId("r-cut".into());
+        let a = site("s", "cut");
+        l.add_target(&run, &a, now()).await.unwrap();
+        l.record(&step(&run, &a, Step::Plan, "m-1")).await.unwrap();
+        let cut = log_entry(&step(&run, &a, Step::PrepareSubnet, "m-2"));
+        l.client
+            .insert(STEPLOG, &step_log_entity(&cut).unwrap())
+            .await
+            .unwrap();
+        assert!(l.recorded(&run, &a, "m-1").await.unwrap());
+        assert!(!l.recorded(&run, &a, "m-2").await.unwrap());
+        l.record(&step(&run, &a, Step::Disconnect, "m-3"))
+            .await
+            .unwrap();
+        assert!(l.recorded(&run, &a, "m-2").await.unwrap());
+        assert!(l.recorded(&run, &a, "m-3").await.unwrap());
     }
 
     /// Two instances settling the same target at once: every record lands (the steps counter
