@@ -1439,3 +1439,71 @@ async fn the_next_waves_subnets_are_prepared_ahead_in_azure() {
         );
     }
 }
+
+/// Maintenance windows through the Functions host (issue 12): a cut-over outside its window
+/// is not executed but put off to the window's opening (a scheduled message, no spinning),
+/// with the opening in the step log; an app no window covers goes ahead meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_over_outside_its_window_is_scheduled_for_the_opening_in_azure() {
+    let mut b = base();
+    let v = hub(&mut b, "hub", "westeurope", "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", "westeurope", "P1v2", 1);
+    let prod = b.site("apps", "prod-app", &plan);
+    b.gateway_connection(&prod, &v);
+    b.tag(&prod, "env", "prod");
+    let dev = b.site("apps", "dev-app", &plan);
+    b.gateway_connection(&dev, &v);
+    let mut w = world(b.build(), "plan-only", 10).await;
+    // ARM's waits (the subnet write's LRO) shortened as for the rollouts above; the window,
+    // days away, stays closed throughout at this speed.
+    w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
+    // Prod's window opens five days from now (UTC), all day: closed now, whatever the time.
+    let day = (OffsetDateTime::now_utc() + time::Duration::days(5)).weekday();
+    let day = day.to_string()[..3].to_ascii_lowercase();
+    let policy = json!({
+        "settleSeconds": 0,
+        "scope": {"subscriptions": w.subs},
+        "windows": [{"days": [day], "startHour": 0, "endHour": 24, "tags": {"env": "prod"}}]
+    })
+    .to_string();
+    std::fs::write(&w.env.policy, &policy).unwrap();
+    let serve = spawn_serve(&w.env).await;
+    let run = RunId("r-20261202-win0".into());
+    start_run(&w, &Policy::from_json(&policy).unwrap(), &run).await;
+    let started = Instant::now();
+    play_until(&w, &serve, false, |_| {
+        started.elapsed() > Duration::from_secs(4)
+    })
+    .await;
+
+    let ledger = w.ledger().await;
+    let report = report_of(&*ledger, &run).await;
+    assert_eq!(crate::support::outcome(&report, &dev), "migrated");
+    let prod_log: Vec<String> = ledger
+        .step_log(&run, &prod)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.detail().to_string())
+        .collect();
+    assert!(
+        prod_log
+            .iter()
+            .any(|d| d.contains("outside its maintenance window: the cut-over waits until")),
+        "{prod_log:?}"
+    );
+    assert!(
+        !prod_log.iter().any(|d| d.contains("removed gateway")),
+        "prod was cut over outside its window: {prod_log:?}"
+    );
+    assert!(
+        report
+            .targets
+            .iter()
+            .any(|t| t.id == prod.as_str() && t.outcome == "unfinished"),
+        "{:?}",
+        report.targets
+    );
+    // Its cut-over waits on the queue, scheduled, not delivered again and again.
+    assert!(busy(&w.sb) > 0);
+}
