@@ -27,8 +27,9 @@ use vnet_migrate::sim::servicebus::{FakeOptions, ServiceBusServer};
 use vnet_migrate::sim::{Fleet, SimOptions, Simulator};
 
 use crate::support::{
-    arm_for, base, bin, free_port, hub, outcomes, report_of, start_service_bus, start_sim,
-    ChildGuard, Rig, TempDir, TEST_TOKEN as TOKEN,
+    arm_for, base, bin, free_port, hub, outcomes, prod_and_dev, prod_window_in_five_days,
+    report_of, start_service_bus, start_sim, two_plans_of_two, ChildGuard, Rig, TempDir,
+    TEST_TOKEN as TOKEN,
 };
 
 const QUEUE: &str = "migration-steps";
@@ -1372,19 +1373,8 @@ async fn per_subscription_in_azure_starts_targets_as_others_finish() {
 /// finds the subnet ready and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_next_waves_subnets_are_prepared_ahead_in_azure() {
-    let mut b = base();
-    let v = hub(&mut b, "hub", "westeurope", "10.1.0.0/16");
-    let plans: Vec<_> = (0..2)
-        .map(|p| b.plan("apps", &format!("plan{p}"), "westeurope", "P1v2", 1))
-        .collect();
-    let apps: Vec<_> = (0..4)
-        .map(|i| {
-            let s = b.site("apps", &format!("a{i}"), &plans[i / 2]);
-            b.gateway_connection(&s, &v);
-            s
-        })
-        .collect();
-    let w = world_on(LedgerKind::Table, b.build(), "plan-only", 10).await;
+    let (fleet, v, apps) = two_plans_of_two();
+    let w = world_on(LedgerKind::Table, fleet, "plan-only", 10).await;
     std::fs::write(
         &w.env.policy,
         json!({
@@ -1445,25 +1435,15 @@ async fn the_next_waves_subnets_are_prepared_ahead_in_azure() {
 /// with the opening in the step log; an app no window covers goes ahead meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_over_outside_its_window_is_scheduled_for_the_opening_in_azure() {
-    let mut b = base();
-    let v = hub(&mut b, "hub", "westeurope", "10.1.0.0/16");
-    let plan = b.plan("apps", "plan1", "westeurope", "P1v2", 1);
-    let prod = b.site("apps", "prod-app", &plan);
-    b.gateway_connection(&prod, &v);
-    b.tag(&prod, "env", "prod");
-    let dev = b.site("apps", "dev-app", &plan);
-    b.gateway_connection(&dev, &v);
-    let mut w = world(b.build(), "plan-only", 10).await;
+    let (fleet, prod, dev) = prod_and_dev();
+    let mut w = world(fleet, "plan-only", 10).await;
     // ARM's waits (the subnet write's LRO) shortened as for the rollouts above; the window,
     // days away, stays closed throughout at this speed.
     w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
-    // Prod's window opens five days from now (UTC), all day: closed now, whatever the time.
-    let day = (OffsetDateTime::now_utc() + time::Duration::days(5)).weekday();
-    let day = day.to_string()[..3].to_ascii_lowercase();
     let policy = json!({
         "settleSeconds": 0,
         "scope": {"subscriptions": w.subs},
-        "windows": [{"days": [day], "startHour": 0, "endHour": 24, "tags": {"env": "prod"}}]
+        "windows": prod_window_in_five_days()
     })
     .to_string();
     std::fs::write(&w.env.policy, &policy).unwrap();

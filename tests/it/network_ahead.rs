@@ -11,7 +11,7 @@ use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::sim::Simulator;
 
-use crate::support::{base, hub, outcome, report_of, Rig};
+use crate::support::{outcome, report_of, two_plans_of_two, Rig};
 
 /// The names of the VNet's subnets delegated to App Service, as the simulator has them.
 pub(crate) fn web_subnets(sim: &Simulator, vnet: &ResourceId) -> Vec<String> {
@@ -37,19 +37,8 @@ pub(crate) fn web_subnets(sim: &Simulator, vnet: &ResourceId) -> Vec<String> {
 #[tokio::test]
 async fn the_next_waves_subnets_exist_before_it_is_released() {
     // Wave 0 is a0, a1 on plan0; wave 1 is a2, a3 on plan1: its subnet is one of its own.
-    let mut b = base();
-    let v = hub(&mut b, "hub-we", "westeurope", "10.1.0.0/16");
-    let plans: Vec<ResourceId> = (0..2)
-        .map(|p| b.plan("apps", &format!("plan{p}"), "westeurope", "P1v2", 1))
-        .collect();
-    let apps: Vec<ResourceId> = (0..4)
-        .map(|i| {
-            let s = b.site("apps", &format!("a{i}"), &plans[i / 2]);
-            b.gateway_connection(&s, &v);
-            s
-        })
-        .collect();
-    let rig = Rig::start(b.build()).await;
+    let (fleet, v, apps) = two_plans_of_two();
+    let rig = Rig::start(fleet).await;
     assert!(web_subnets(&rig.sim, &v).is_empty());
     let policy = Policy::from_json(
         r#"{"waves": [2], "settleSeconds": 0, "gates": {"manualApproval": true}}"#,

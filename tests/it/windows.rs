@@ -4,36 +4,21 @@
 //! migrated then; a target no window covers is cut over at once.
 
 use serde_json::json;
-use time::OffsetDateTime;
 use vnet_migrate::pipeline::ledger::Ledger;
 use vnet_migrate::policy::Policy;
 
-use crate::support::{base, hub, report_of, Rig};
+use crate::support::{prod_and_dev, prod_window_in_five_days, report_of, Rig};
 
 #[tokio::test]
 async fn a_cut_over_outside_its_window_waits_for_the_opening_and_others_do_not() {
-    let mut b = base();
-    let v = hub(&mut b, "hub-we", "westeurope", "10.1.0.0/16");
-    let plan = b.plan("apps", "plan1", "westeurope", "P1v2", 1);
-    let prod = b.site("apps", "prod-app", &plan);
-    b.gateway_connection(&prod, &v);
-    b.tag(&prod, "env", "prod");
-    let dev = b.site("apps", "dev-app", &plan);
-    b.gateway_connection(&dev, &v);
-    let rig = Rig::start(b.build()).await;
+    let (fleet, prod, dev) = prod_and_dev();
+    let rig = Rig::start(fleet).await;
 
-    // Prod may be cut over only on the day five days from now (UTC), all day: closed now,
-    // whatever the time, and for at least four simulated days — at the rig's compression
-    // about 0.35 s of real time, so a slow machine still reaches the cut-over before the
-    // window opens (with "tomorrow" it could open within a few real milliseconds).
-    let opening_day = (OffsetDateTime::now_utc() + time::Duration::days(5)).weekday();
-    let day = opening_day.to_string()[..3].to_ascii_lowercase();
+    // Prod's window opens in at least four simulated days — at the rig's compression about
+    // 0.35 s of real time, so a slow machine still reaches the cut-over before the window
+    // opens (with "tomorrow" it could open within a few real milliseconds).
     let policy = Policy::from_json(
-        &json!({
-            "settleSeconds": 0,
-            "windows": [{"days": [day], "startHour": 0, "endHour": 24, "tags": {"env": "prod"}}]
-        })
-        .to_string(),
+        &json!({"settleSeconds": 0, "windows": prod_window_in_five_days()}).to_string(),
     )
     .unwrap();
     let finished = rig

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use time::OffsetDateTime;
 use vnet_migrate::azure::arm::{ArmClient, ArmConfig, PacerConfig};
 use vnet_migrate::azure::credential::StaticToken;
 use vnet_migrate::azure::servicebus::{ServiceBusClient, StaticBearer};
@@ -504,6 +505,46 @@ pub fn base() -> FleetBuilder {
     b.resource_group("net", "westeurope");
     b.resource_group("apps", "westeurope");
     b
+}
+
+/// Two gateway-connected apps on one plan in one hub: `prod-app`, tagged `env=prod`, and
+/// `dev-app`, untagged (the maintenance-window tests).
+pub fn prod_and_dev() -> (Fleet, ResourceId, ResourceId) {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", "westeurope", "10.1.0.0/16");
+    let plan = b.plan("apps", "plan1", "westeurope", "P1v2", 1);
+    let prod = b.site("apps", "prod-app", &plan);
+    b.gateway_connection(&prod, &v);
+    b.tag(&prod, "env", "prod");
+    let dev = b.site("apps", "dev-app", &plan);
+    b.gateway_connection(&dev, &v);
+    (b.build(), prod, dev)
+}
+
+/// The `windows` policy field opening prod's cut-over only on the day five days from now
+/// (UTC), all day: closed now, whatever the time, and for at least four days.
+pub fn prod_window_in_five_days() -> serde_json::Value {
+    let day = (OffsetDateTime::now_utc() + time::Duration::days(5)).weekday();
+    let day = day.to_string()[..3].to_ascii_lowercase();
+    serde_json::json!([{"days": [day], "startHour": 0, "endHour": 24, "tags": {"env": "prod"}}])
+}
+
+/// Four gateway-connected apps `a0`…`a3` in one hub, two on each of two plans (`plan0`,
+/// `plan1`): waves of two give each wave a plan, and so a subnet, of its own.
+pub fn two_plans_of_two() -> (Fleet, ResourceId, Vec<ResourceId>) {
+    let mut b = base();
+    let v = hub(&mut b, "hub-we", "westeurope", "10.1.0.0/16");
+    let plans: Vec<ResourceId> = (0..2)
+        .map(|p| b.plan("apps", &format!("plan{p}"), "westeurope", "P1v2", 1))
+        .collect();
+    let apps = (0..4)
+        .map(|i| {
+            let s = b.site("apps", &format!("a{i}"), &plans[i / 2]);
+            b.gateway_connection(&s, &v);
+            s
+        })
+        .collect();
+    (b.build(), v, apps)
 }
 
 /// A VNet in `net` with its VPN gateway (gateway-based apps connect through it).
