@@ -180,6 +180,7 @@ mod tests {
             finished_at: Some(now),
             cutover: Default::default(),
             wave: None,
+            next_at: None,
         }
     }
 

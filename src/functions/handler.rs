@@ -549,6 +549,7 @@ mod tests {
             finished_at: None,
             cutover: Default::default(),
             wave: None,
+            next_at: None,
         }
     }
 
@@ -563,6 +564,7 @@ mod tests {
             at: OffsetDateTime::now_utc(),
             duration_ms: 1,
             next: outcome.is_none().then_some(Step::Configure),
+            next_at: None,
             outcome,
             subnet: None,
             prefix: None,

@@ -120,6 +120,7 @@ impl<R: Reconciler> Engine<R> {
             at: now,
             duration_ms: started.elapsed().as_millis() as u64,
             next: next_step,
+            next_at: own.and_then(|m| m.not_before),
             outcome: outcome.clone(),
             subnet: planned.map(|p| p.subnet.clone()),
             prefix: planned.map(|p| p.prefix.clone()),

@@ -52,6 +52,10 @@ pub struct TargetRecord {
     /// The rollout wave it belongs to; None in runs written before rollouts.
     #[serde(default)]
     pub(crate) wave: Option<u32>,
+    /// When its next step is due, if its last step put it off (a maintenance window, the
+    /// settle time, a backoff); None when the next step was due at once.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub(crate) next_at: Option<OffsetDateTime>,
 }
 
 /// A target's downtime as ARM's answers timed it (DESIGN §3): `disconnected_at` when the
@@ -88,6 +92,8 @@ pub struct StepRecord {
     pub(crate) duration_ms: u64,
     /// The step the target moves to next (None when terminal).
     pub(crate) next: Option<Step>,
+    /// When that step is due, when this one put it off.
+    pub(crate) next_at: Option<OffsetDateTime>,
     pub(crate) outcome: Option<Outcome>,
     pub(crate) subnet: Option<ResourceId>,
     pub(crate) prefix: Option<String>,

@@ -463,6 +463,7 @@ mod tests {
                 connected_at: cutover.map(|c| t(c.1)),
             },
             wave: None,
+            next_at: None,
         }
     }
 

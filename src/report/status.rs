@@ -4,6 +4,8 @@
 //! measures none), plus what the back end says around it.
 
 use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 use super::{Performance, Report};
 use crate::pipeline::controller::standing;
@@ -44,6 +46,26 @@ impl Around {
     };
 }
 
+/// Unfinished targets whose next step is due more than a few minutes from `now` (a
+/// maintenance window, not the settle time or a backoff): how many, and when the first and
+/// the last go on.
+fn put_off(records: &[TargetRecord], now: OffsetDateTime) -> Option<String> {
+    let later: Vec<OffsetDateTime> = records
+        .iter()
+        .filter(|t| t.outcome.is_none())
+        .filter_map(|t| t.next_at)
+        .filter(|at| *at > now + time::Duration::minutes(5))
+        .collect();
+    let (first, last) = (later.iter().min()?, later.iter().max()?);
+    let at = |t: &OffsetDateTime| t.format(&Rfc3339).unwrap_or_else(|_| t.to_string());
+    Some(format!(
+        "{} target(s) put off (outside their maintenance window; `status --app ID` says why): the first goes on at {}, the last at {}",
+        later.len(),
+        at(first),
+        at(last)
+    ))
+}
+
 /// The status of `run` from `ledger`, and the target records it was built from; what the
 /// rollout waits for is judged with `config`, the settings its controller runs with.
 pub(crate) async fn run_status(
@@ -53,8 +75,8 @@ pub(crate) async fn run_status(
     config: &RolloutConfig,
 ) -> Result<(RunStatus, Vec<TargetRecord>), LedgerError> {
     let records = ledger.targets(&run.run).await?;
-    let (waves, _, decision) =
-        standing(ledger, &run.run, config, time::OffsetDateTime::now_utc()).await?;
+    let now = OffsetDateTime::now_utc();
+    let (waves, _, decision) = standing(ledger, &run.run, config, now).await?;
     let perf = Performance {
         simulated_speed: around.simulated_speed,
         ..Default::default()
@@ -65,7 +87,10 @@ pub(crate) async fn run_status(
         .finished
         .unwrap_or_else(|| records.iter().all(|t| t.outcome.is_some()));
     if !finished {
-        report.waiting = Some(decision.to_string());
+        report.waiting = Some(match put_off(&records, now) {
+            Some(later) => format!("{decision}; {later}"),
+            None => decision.to_string(),
+        });
     }
     let status = RunStatus {
         report,

@@ -1432,11 +1432,12 @@ async fn the_next_waves_subnets_are_prepared_ahead_in_azure() {
 
 /// Maintenance windows through the Functions host (issue 12): a cut-over outside its window
 /// is not executed but put off to the window's opening (a scheduled message, no spinning),
-/// with the opening in the step log; an app no window covers goes ahead meanwhile.
+/// with the opening in the step log and the run's status; an app no window covers goes ahead
+/// meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_over_outside_its_window_is_scheduled_for_the_opening_in_azure() {
     let (fleet, prod, dev) = prod_and_dev();
-    let mut w = world(fleet, "plan-only", 10).await;
+    let mut w = world_on(LedgerKind::Table, fleet, "plan-only", 10).await;
     // ARM's waits (the subnet write's LRO) shortened as for the rollouts above; the window,
     // days away, stays closed throughout at this speed.
     w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
@@ -1486,4 +1487,12 @@ async fn a_cut_over_outside_its_window_is_scheduled_for_the_opening_in_azure() {
     );
     // Its cut-over waits on the queue, scheduled, not delivered again and again.
     assert!(busy(&w.sb) > 0);
+    // The run's status says so, and until when.
+    let status = status_function(&serve.url, json!({"run": run.as_str()})).await;
+    let waiting = status["waiting"].as_str().unwrap_or_default();
+    assert!(
+        waiting.contains("1 target(s) put off (outside their maintenance window")
+            && waiting.contains("the first goes on at"),
+        "{status}"
+    );
 }

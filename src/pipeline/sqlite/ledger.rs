@@ -15,13 +15,15 @@ use crate::pipeline::queue::Outgoing;
 use crate::pipeline::rollout::{Control, Gate, WaveView};
 
 /// Columns of `targets` added after the first state files were written, with their types.
-const ADDED_TARGET_COLUMNS: [(&str, &str); 4] = [
+const ADDED_TARGET_COLUMNS: [(&str, &str); 5] = [
     ("disconnected_at", "TEXT"),
     ("connected_at", "TEXT"),
     ("retries", "INTEGER NOT NULL DEFAULT 0"),
     // The rollout wave the target belongs to (a slot goes with its site); NULL in runs
     // written before rollouts.
     ("wave", "INTEGER"),
+    // When the target's next step is due, if put off (`TargetRecord::next_at`).
+    ("next_at", "TEXT"),
 ];
 
 /// Adds the columns an older state file's `targets` table lacks, so files written by earlier
@@ -103,15 +105,15 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
     // A target first seen here is a slot found by its site's discover: it joins the site's wave.
     let site = r.target.site().map(|s| s.key().to_string());
     tx.prepare_cached(
-        "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at, wave)
-         VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?11,?11,?12,?13,?14,(SELECT wave FROM targets WHERE run=?1 AND target_key=?15))
+        "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at, wave, next_at)
+         VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?11,?11,?12,?13,?14,(SELECT wave FROM targets WHERE run=?1 AND target_key=?15),?16)
          ON CONFLICT(run, target_key) DO UPDATE SET
            outcome=excluded.outcome, current_step=excluded.current_step, steps=targets.steps+1,
            attempts=MAX(targets.attempts, excluded.attempts), reason=COALESCE(excluded.reason, targets.reason),
            subnet=COALESCE(excluded.subnet, targets.subnet), prefix=COALESCE(excluded.prefix, targets.prefix),
            gateway=COALESCE(excluded.gateway, targets.gateway), updated_at=excluded.updated_at, finished_at=excluded.finished_at,
            disconnected_at=COALESCE(targets.disconnected_at, excluded.disconnected_at),
-           connected_at=COALESCE(excluded.connected_at, targets.connected_at)",
+           connected_at=COALESCE(excluded.connected_at, targets.connected_at), next_at=excluded.next_at",
     )
     .and_then(|mut s| s.execute(params![
             r.run,
@@ -128,13 +130,14 @@ pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), Ledg
             finished,
             r.cutover.disconnected_at.map(Rfc3339),
             r.cutover.connected_at.map(Rfc3339),
-            site
+            site,
+            r.next_at.map(Rfc3339)
         ]))
     .map_err(lstorage)?;
     Ok(())
 }
 
-const TARGET_COLS: &str = "run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at, wave";
+const TARGET_COLS: &str = "run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at, wave, next_at";
 
 fn target_from_row(row: &Row<'_>) -> Result<TargetRecord, LedgerError> {
     let col = LedgerRow::new(row, "targets", &["run", "target_key"]);
@@ -157,6 +160,7 @@ fn target_from_row(row: &Row<'_>) -> Result<TargetRecord, LedgerError> {
             connected_at: col.get::<Option<Rfc3339>>("connected_at")?.map(|t| t.0),
         },
         wave: col.get("wave")?,
+        next_at: col.get::<Option<Rfc3339>>("next_at")?.map(|t| t.0),
     })
 }
 

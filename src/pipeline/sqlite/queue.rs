@@ -615,6 +615,7 @@ mod tests {
             at: now(),
             duration_ms: 3,
             next: Some(Step::Plan),
+            next_at: None,
             outcome: None,
             subnet: None,
             prefix: None,

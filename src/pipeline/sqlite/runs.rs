@@ -181,6 +181,7 @@ mod tests {
             at: now(),
             duration_ms: 1,
             next: None,
+            next_at: None,
             outcome: Some(Outcome::RolledBack(
                 crate::pipeline::reason::RollbackReason::Unhealthy(
                     crate::pipeline::reason::HealthFailure::ProbeFailed,

@@ -189,6 +189,7 @@ pub(super) fn untouched(
         finished_at: None,
         cutover: Default::default(),
         wave,
+        next_at: None,
     }
 }
 
@@ -215,6 +216,7 @@ fn apply(before: Option<TargetRecord>, r: &StepRecord, site_wave: Option<u32>) -
             finished_at,
             cutover: r.cutover,
             wave: site_wave,
+            next_at: r.next_at,
         },
         // A target's outcome is final (only an operator reopens it): a step recorded after it
         // is a late duplicate, logged but never undoing the end (see `record_tx`).
@@ -243,6 +245,7 @@ fn apply(before: Option<TargetRecord>, r: &StepRecord, site_wave: Option<u32>) -
                 disconnected_at: t.cutover.disconnected_at.or(r.cutover.disconnected_at),
                 connected_at: r.cutover.connected_at.or(t.cutover.connected_at),
             },
+            next_at: r.next_at,
             ..t
         },
     }
@@ -473,6 +476,7 @@ impl Ledger for TableLedger {
                 finished_at: None,
                 cutover: Default::default(),
                 wave: None,
+                next_at: None,
             },
         })
         .await
@@ -638,6 +642,7 @@ mod tests {
             at: now(),
             duration_ms: 5,
             next: Some(Step::Configure),
+            next_at: None,
             outcome: None,
             subnet: None,
             prefix: None,
