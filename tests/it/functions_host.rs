@@ -28,8 +28,8 @@ use vnet_migrate::sim::{Fleet, SimOptions, Simulator};
 
 use crate::support::{
     arm_for, base, bin, free_port, hub, outcomes, prod_and_dev, prod_window_in_five_days,
-    report_of, start_service_bus, start_sim, two_plans_of_two, ChildGuard, Rig, TempDir,
-    TEST_TOKEN as TOKEN,
+    report_of, start_service_bus, start_sim, step_details, two_plans_of_two, ChildGuard, Rig,
+    TempDir, TEST_TOKEN as TOKEN,
 };
 
 const QUEUE: &str = "migration-steps";
@@ -1412,13 +1412,7 @@ async fn the_next_waves_subnets_are_prepared_ahead_in_azure() {
         assert_eq!(crate::support::outcome(&report, app), "migrated", "{app}");
     }
     for app in &apps[2..] {
-        let log: Vec<String> = ledger
-            .step_log(&run, app)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.detail().to_string())
-            .collect();
+        let log = step_details(&*ledger, &run, app).await;
         assert!(
             log.iter().any(|d| d.contains("already prepared")),
             "{app}: {log:?}"
@@ -1460,13 +1454,7 @@ async fn a_cut_over_outside_its_window_is_scheduled_for_the_opening_in_azure() {
     let ledger = w.ledger().await;
     let report = report_of(&*ledger, &run).await;
     assert_eq!(crate::support::outcome(&report, &dev), "migrated");
-    let prod_log: Vec<String> = ledger
-        .step_log(&run, &prod)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.detail().to_string())
-        .collect();
+    let prod_log = step_details(&*ledger, &run, &prod).await;
     assert!(
         prod_log
             .iter()

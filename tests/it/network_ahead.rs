@@ -11,7 +11,7 @@ use vnet_migrate::pipeline::sqlite::SqliteStore;
 use vnet_migrate::policy::Policy;
 use vnet_migrate::sim::Simulator;
 
-use crate::support::{outcome, report_of, two_plans_of_two, Rig};
+use crate::support::{outcome, report_of, step_details, two_plans_of_two, Rig};
 
 /// The names of the VNet's subnets delegated to App Service, as the simulator has them.
 pub(crate) fn web_subnets(sim: &Simulator, vnet: &ResourceId) -> Vec<String> {
@@ -91,14 +91,7 @@ async fn the_next_waves_subnets_exist_before_it_is_released() {
             "{app}: {subnet}"
         );
         // Its own prepare-subnet found the subnet ready: no subnet write of its own.
-        let log: Vec<String> = finished
-            .store
-            .step_log(&finished.run, app)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.detail().to_string())
-            .collect();
+        let log = step_details(finished.store.as_ref(), &finished.run, app).await;
         assert!(
             log.iter().any(|d| d.contains("already prepared")),
             "{app}: {log:?}"

@@ -499,6 +499,17 @@ impl Rig {
     }
 }
 
+/// What each step of `target` in `run` said, in order (its step log's details).
+pub async fn step_details(ledger: &dyn Ledger, run: &RunId, target: &ResourceId) -> Vec<String> {
+    ledger
+        .step_log(run, target)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.detail().to_string())
+        .collect()
+}
+
 /// A fleet builder with the `net` and `apps` resource groups in West Europe.
 pub fn base() -> FleetBuilder {
     let mut b = FleetBuilder::new();
