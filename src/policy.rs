@@ -1166,6 +1166,11 @@ mod tests {
             "at_most_per_vnet_targets_of_a_vnet_execute_at_once",
         ),
         (
+            "concurrency.perVnet",
+            "functions_host.rs",
+            "per_vnet_in_azure_holds_targets_while_their_vnet_is_full",
+        ),
+        (
             "gates.keyVaultReferencesMustResolve",
             "scenarios.rs",
             "key_vault_references_breaking_after_connect_park_when_policy_says_so",

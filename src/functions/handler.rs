@@ -3,6 +3,7 @@
 //! because steps are idempotent, re-sends are deduplicated by MessageId, and a message already
 //! recorded is not executed again).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,6 +145,9 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
     if let Some(resp) = hold_if_paused(&h, &msg, &label).await {
         return resp;
     }
+    if let Some(resp) = hold_if_vnet_full(&h, &msg, &label).await {
+        return resp;
+    }
     let mut executed = match tokio::time::timeout(h.deadline, h.engine.execute(&msg)).await {
         Ok(x) => x,
         Err(_) => {
@@ -186,18 +190,43 @@ async fn step(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
     InvocationResponse::new().log(line).ok()
 }
 
-/// While `msg`'s rollout is paused, its step is not executed but sent again a tick later (its
-/// `waited` count bumped: every delivery of this message makes the same MessageId, so a
-/// duplicate delivery sends nothing more): the answer, or None to execute it. A message whose
-/// app may be off its VNet (a cut-over after its gateway connection went, a rollback) is
+/// While `msg`'s rollout is paused, its step is not executed but put off a tick. A message
+/// whose app may be off its VNet (a cut-over after its gateway connection went, a rollback) is
 /// executed anyway, as the embedded runner delivers it: holding it would keep the app offline.
 async fn hold_if_paused(h: &Handler, msg: &StepMessage, label: &str) -> Option<Response> {
     if msg.priority() >= URGENT {
         return None;
     }
     match h.ledger.control(&msg.run).await {
-        Ok(Control::Paused) => {}
-        Ok(_) => return None,
+        Ok(Control::Paused) => Some(put_off(h, msg, label, "the rollout is paused").await),
+        Ok(_) => None,
+        Err(e) => Some(
+            InvocationResponse::new()
+                .log(format!("{label}: ledger: {e}"))
+                .redeliver(),
+        ),
+    }
+}
+
+/// `concurrency.perVnet` in Azure, counted per target: a target's `prepare-subnet` starts its
+/// work in its destination VNet, and is put off a tick while `perVnet` other targets of the run
+/// are at work there (see [`started_in_vnets`]). It reads the run's targets once, and only for
+/// such a message. That message runs in its VNet's session, one at a time per VNet, so no other
+/// target of the VNet starts between the count and the step. Preparation ahead of a wave starts
+/// no target, and a re-plan after the gateway connection went (the message carries the saved
+/// connection) is not held: its app may be offline.
+async fn hold_if_vnet_full(h: &Handler, msg: &StepMessage, label: &str) -> Option<Response> {
+    let limit = h.policy.concurrency.per_vnet? as usize;
+    let vnet = msg.vnet_key()?;
+    if msg.step != Step::PrepareSubnet
+        || msg.ahead
+        || msg.gateway.is_some()
+        || msg.priority() >= URGENT
+    {
+        return None;
+    }
+    let targets = match h.ledger.targets(&msg.run).await {
+        Ok(t) => t,
         Err(e) => {
             return Some(
                 InvocationResponse::new()
@@ -205,31 +234,76 @@ async fn hold_if_paused(h: &Handler, msg: &StepMessage, label: &str) -> Option<R
                     .redeliver(),
             )
         }
+    };
+    let others = started_in_vnets(targets.iter().filter(|t| t.target != msg.target))
+        .get(vnet)
+        .copied()
+        .unwrap_or(0);
+    if others < limit {
+        return None;
     }
+    let why = format!("{others} target(s) bound for its VNet are in progress (perVnet {limit})");
+    Some(put_off(h, msg, label, &why).await)
+}
+
+/// Per lower-cased destination VNet, the targets at work in it: without an outcome and past
+/// their `prepare-subnet` (a planned target waiting for it is not counted, or the targets held
+/// would hold each other).
+fn started_in_vnets<'a>(targets: impl Iterator<Item = &'a TargetRecord>) -> HashMap<String, usize> {
+    let mut n = HashMap::new();
+    for t in targets {
+        let started = matches!(
+            t.current_step,
+            Some(
+                Step::Disconnect | Step::Connect | Step::Configure | Step::Verify | Step::Rollback
+            )
+        );
+        if let (None, true, Some(vnet)) = (
+            &t.outcome,
+            started,
+            t.subnet.as_ref().and_then(|s| s.vnet()),
+        ) {
+            *n.entry(vnet.key().to_string()).or_default() += 1;
+        }
+    }
+    n
+}
+
+/// Whether `t` waits for room in its destination VNet (its `prepare-subnet` is put off while
+/// `limit` targets are at work there, `busy` counting them): waiting, not stalled, as a paused
+/// rollout's targets are.
+fn waits_for_its_vnet(t: &TargetRecord, busy: &HashMap<String, usize>, limit: Option<u32>) -> bool {
+    let vnet = t.subnet.as_ref().and_then(|s| s.vnet());
+    match (limit, vnet) {
+        (Some(limit), Some(vnet)) if t.current_step == Some(Step::PrepareSubnet) => {
+            busy.get(vnet.key()).is_some_and(|&n| n >= limit as usize)
+        }
+        _ => false,
+    }
+}
+
+/// Sends `msg` again a tick later instead of executing it (its `waited` count bumped: every
+/// delivery of this message makes the same MessageId, so a duplicate delivery sends nothing
+/// more), and answers the delivery.
+async fn put_off(h: &Handler, msg: &StepMessage, label: &str, why: &str) -> Response {
     let visible_at = OffsetDateTime::now_utc() + h.rollouts.held_for;
     let mut later = msg.deferred();
     later.not_before = Some(visible_at);
-    Some(
-        match h
-            .sender
-            .send(vec![Outgoing {
-                message: later,
-                visible_at,
-            }])
-            .await
-        {
-            Ok(()) => InvocationResponse::new()
-                .log(format!(
-                    "{label}: the rollout is paused; put off until {visible_at}"
-                ))
-                .ok(),
-            Err(e) => InvocationResponse::new()
-                .log(format!(
-                    "{label}: the rollout is paused and the put-off failed: {e}"
-                ))
-                .redeliver(),
-        },
-    )
+    match h
+        .sender
+        .send(vec![Outgoing {
+            message: later,
+            visible_at,
+        }])
+        .await
+    {
+        Ok(()) => InvocationResponse::new()
+            .log(format!("{label}: {why}; put off until {visible_at}"))
+            .ok(),
+        Err(e) => InvocationResponse::new()
+            .log(format!("{label}: {why}; the put-off failed: {e}"))
+            .redeliver(),
+    }
 }
 
 /// Why a delivery of `msg` must not execute, if it must not. Service Bus delivers a message
@@ -419,7 +493,9 @@ async fn rollout_tick(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
                 .filter(|w| w.released_at.is_none())
                 .map(|w| w.index)
                 .collect();
-            for t in h.ledger.targets(&run.run).await? {
+            let targets = h.ledger.targets(&run.run).await?;
+            let busy = started_in_vnets(targets.iter());
+            for t in targets {
                 let released = t.wave.is_none_or(|w| !waiting.contains(&w));
                 // A rollout's untouched targets are started by its controller, as
                 // `concurrency.perSubscription` admits them.
@@ -428,6 +504,7 @@ async fn rollout_tick(State(h): State<Arc<Handler>>, body: Bytes) -> Response {
                     && released
                     && started
                     && !paused
+                    && !waits_for_its_vnet(&t, &busy, h.policy.concurrency.per_vnet)
                     && now - t.updated_at > stall
                 {
                     out.push(Outgoing::now(resume_message(&t, run.dry_run, replay)));
@@ -604,6 +681,37 @@ mod tests {
             why.contains("already ended in this run (migrated)"),
             "{why}"
         );
+    }
+
+    /// A VNet's targets at work are those past their `prepare-subnet` without an outcome: the
+    /// ones waiting for it are not counted (they would hold each other), and while the VNet is
+    /// full they wait rather than stall.
+    #[test]
+    fn a_vnets_targets_at_work_are_past_their_prepare_subnet() {
+        let hub = "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/Hub/subnets/x";
+        let other = "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/o/subnets/x";
+        let ended = TargetRecord {
+            outcome: Some(Outcome::Migrated),
+            ..record(Some(Step::Verify), Some(hub))
+        };
+        let waiting = record(Some(Step::PrepareSubnet), Some(hub));
+        let targets = [
+            record(Some(Step::Disconnect), Some(hub)),
+            record(Some(Step::Verify), Some(hub)),
+            record(Some(Step::Rollback), Some(other)),
+            waiting.clone(),
+            ended,
+            record(Some(Step::Plan), None),
+        ];
+        let busy = started_in_vnets(targets.iter());
+        let key = |s: &str| id(s).vnet().unwrap().key().to_string();
+        assert_eq!(busy.get(&key(hub)), Some(&2));
+        assert_eq!(busy.get(&key(other)), Some(&1));
+        assert_eq!(busy.len(), 2, "{busy:?}");
+        assert!(waits_for_its_vnet(&waiting, &busy, Some(2)));
+        assert!(!waits_for_its_vnet(&waiting, &busy, Some(3)));
+        assert!(!waits_for_its_vnet(&waiting, &busy, None));
+        assert!(!waits_for_its_vnet(&targets[0], &busy, Some(1)), "at work");
     }
 
     #[test]

@@ -124,6 +124,11 @@ impl StepLogEntry {
         &self.detail
     }
 
+    /// Which step it was.
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
     /// When the step was taken.
     pub fn at(&self) -> OffsetDateTime {
         self.at

@@ -1228,7 +1228,7 @@ async fn play_until(
 
 /// [`play_until`] without duplicate deliveries, until the queue is idle twice in a row, 100 ms
 /// apart.
-async fn play_until_idle(w: &World, serve: &Serve) {
+async fn play_until_idle(w: &World, serve: &Serve) -> Vec<String> {
     let mut idle_since: Option<Instant> = None;
     play_until(w, serve, false, |_| {
         if busy(&w.sb) > 0 {
@@ -1237,7 +1237,7 @@ async fn play_until_idle(w: &World, serve: &Serve) {
         }
         idle_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_millis(100)
     })
-    .await;
+    .await
 }
 
 /// `n` gateway-connected apps `a00`… on one plan in one hub, one subscription.
@@ -1363,6 +1363,64 @@ async fn per_subscription_in_azure_starts_targets_as_others_finish() {
         .max()
         .unwrap();
     assert!(most <= 3, "{most} targets in progress at once: {spans:?}");
+    let v = invariants::check(&w.fleet, &w.sim.state(), &report);
+    assert!(v.is_empty(), "invariants broken:\n{}", v.join("\n"));
+}
+
+/// `concurrency.perVnet` in Azure: a target's `prepare-subnet`, which starts its work in its
+/// destination VNet, is put off a tick while that many other targets are at work there (past
+/// their own `prepare-subnet`, without an outcome, counted from the ledger), so no more than
+/// that many targets of the hub are ever in progress at once, and all of them migrate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_vnet_in_azure_holds_targets_while_their_vnet_is_full() {
+    let (fleet, apps) = one_plan(8);
+    let mut w = world_on(LedgerKind::Table, fleet, "plan-only", 10).await;
+    // A held step is looked at again every 2 s (a minute's tick at this speed).
+    w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
+    std::fs::write(
+        &w.env.policy,
+        json!({
+            "settleSeconds": 0,
+            "scope": { "subscriptions": w.subs },
+            "concurrency": { "perVnet": 2 }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let serve = spawn_serve(&w.env).await;
+    let run = start_in_azure(&w);
+    let logs = play_until_idle(&w, &serve).await;
+    assert!(
+        logs.iter().any(|l| l
+            .contains("2 target(s) bound for its VNet are in progress (perVnet 2); put off until")),
+        "{logs:?}"
+    );
+    let ledger = w.ledger().await;
+    let report = report_of(&*ledger, &run).await;
+    // Each target was at work in the hub from its (last) prepare-subnet to its last step.
+    let mut spans = Vec::new();
+    for app in &apps {
+        assert_eq!(crate::support::outcome(&report, app), "migrated", "{app}");
+        let log = ledger.step_log(&run, app).await.unwrap();
+        let start = log
+            .iter()
+            .rev()
+            .find(|e| e.step() == Step::PrepareSubnet)
+            .unwrap_or_else(|| panic!("{app}: no prepare-subnet"));
+        spans.push((start.at(), log[log.len() - 1].at()));
+    }
+    let most = spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start <= e)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(most <= 2, "{most} targets in the hub at once: {spans:?}");
+    assert!(w.sb.fake().dead_letters(QUEUE).is_empty());
     let v = invariants::check(&w.fleet, &w.sim.state(), &report);
     assert!(v.is_empty(), "invariants broken:\n{}", v.join("\n"));
 }
