@@ -832,6 +832,16 @@ async fn on_deploy_debounces_filters_and_the_event_run_completes() {
     assert_eq!(report["targets"][0]["outcome"], "migrated", "{report}");
 }
 
+/// Writes the function app's policy: no settle time, the world's subscriptions as its scope,
+/// and `fields`.
+fn set_policy(w: &World, fields: Value) {
+    let mut policy = json!({ "settleSeconds": 0, "scope": { "subscriptions": w.subs } });
+    if let (Some(p), Value::Object(f)) = (policy.as_object_mut(), fields) {
+        p.extend(f);
+    }
+    std::fs::write(&w.env.policy, policy.to_string()).unwrap();
+}
+
 /// The body of the `status` function's answer, invoked as the Functions host does (HTTP
 /// trigger, `query` as the request's query), checked to be a 200.
 async fn status_function(serve_url: &str, query: Value) -> Value {
@@ -999,18 +1009,14 @@ async fn waves_are_released_by_rollout_ticks_after_their_bake_and_a_tripped_gate
     w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
     // Sites in id order: a | b c | d kv | rej x; kv is rolled back after its connect, so
     // wave 2 fails 1 of 2 (50%), above the gate's 40%.
-    std::fs::write(
-        &w.env.policy,
+    set_policy(
+        &w,
         json!({
-            "settleSeconds": 0,
-            "scope": { "subscriptions": w.subs },
             "waves": [1, 2, 2],
             "bakeMinutes": 1,
             "gates": { "maxFailureRate": 0.4 }
-        })
-        .to_string(),
-    )
-    .unwrap();
+        }),
+    );
     let mut serve = spawn_serve(&w.env).await;
     let run = start_in_azure(&w);
     let waves = waves_of(&w, &run).await;
@@ -1136,17 +1142,13 @@ async fn rollout_abort_in_azure_leaves_untouched_targets_cancelled() {
 async fn manual_approval_in_azure_waits_until_rollout_promote() {
     let mut w = world_on(LedgerKind::Table, fleet(), "plan-only", 10).await;
     w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
-    std::fs::write(
-        &w.env.policy,
+    set_policy(
+        &w,
         json!({
-            "settleSeconds": 0,
-            "scope": { "subscriptions": w.subs },
             "waves": [1],
             "gates": { "manualApproval": true, "probe": { "path": "/health", "expectedStatus": 200 } }
-        })
-        .to_string(),
-    )
-    .unwrap();
+        }),
+    );
     let mut serve = spawn_serve(&w.env).await;
     let run = start_in_azure(&w);
     play_host(&w, &mut serve, None).await;
@@ -1316,16 +1318,12 @@ async fn pause_in_azure_holds_queued_steps_and_resume_finishes_them() {
 async fn per_subscription_in_azure_starts_targets_as_others_finish() {
     let (fleet, apps) = one_plan(10);
     let w = world_on(LedgerKind::Table, fleet, "plan-only", 10).await;
-    std::fs::write(
-        &w.env.policy,
+    set_policy(
+        &w,
         json!({
-            "settleSeconds": 0,
-            "scope": { "subscriptions": w.subs },
             "concurrency": { "perSubscription": 3 }
-        })
-        .to_string(),
-    )
-    .unwrap();
+        }),
+    );
     let serve = spawn_serve(&w.env).await;
     let run = start_in_azure(&w);
     assert_eq!(w.sb.fake().counts(QUEUE).active, 3, "three targets started");
@@ -1377,16 +1375,12 @@ async fn per_vnet_in_azure_holds_targets_while_their_vnet_is_full() {
     let mut w = world_on(LedgerKind::Table, fleet, "plan-only", 10).await;
     // A held step is looked at again every 2 s (a minute's tick at this speed).
     w.env.arm_speed = Some(ROLLOUT_SPEED.to_string());
-    std::fs::write(
-        &w.env.policy,
+    set_policy(
+        &w,
         json!({
-            "settleSeconds": 0,
-            "scope": { "subscriptions": w.subs },
             "concurrency": { "perVnet": 2 }
-        })
-        .to_string(),
-    )
-    .unwrap();
+        }),
+    );
     let serve = spawn_serve(&w.env).await;
     let run = start_in_azure(&w);
     let logs = play_until_idle(&w, &serve).await;
@@ -1433,17 +1427,13 @@ async fn per_vnet_in_azure_holds_targets_while_their_vnet_is_full() {
 async fn the_next_waves_subnets_are_prepared_ahead_in_azure() {
     let (fleet, v, apps) = two_plans_of_two();
     let w = world_on(LedgerKind::Table, fleet, "plan-only", 10).await;
-    std::fs::write(
-        &w.env.policy,
+    set_policy(
+        &w,
         json!({
-            "settleSeconds": 0,
-            "scope": { "subscriptions": w.subs },
             "waves": [2],
             "gates": { "manualApproval": true }
-        })
-        .to_string(),
-    )
-    .unwrap();
+        }),
+    );
     let serve = spawn_serve(&w.env).await;
     let run = start_in_azure(&w);
     play_until_idle(&w, &serve).await;
