@@ -188,6 +188,17 @@ mod tests {
         .unwrap()
     }
 
+    /// The shared subnet of the hub at `prefix`, delegated and linked to plan p1 already.
+    fn shared_linked_to_p1(prefix: &str) -> serde_json::Value {
+        subnet(
+            "hub",
+            SHARED,
+            prefix,
+            json!({"delegations": [{"name": "d", "properties": {"serviceName": "Microsoft.Web/serverFarms"}}],
+                   "serviceAssociationLinks": [{"name": "AppServiceLink", "properties": {"link": plan_id("p1").to_string()}}]}),
+        )
+    }
+
     /// A PremiumV3 plan of `instances` that may grow to 30.
     fn plan(name: &str, instances: u32) -> Plan {
         serde_json::from_value(json!({
@@ -291,13 +302,7 @@ mod tests {
             "10.1.0.0/16",
             vec![
                 subnet("hub", "GatewaySubnet", "10.1.255.0/27", json!({})),
-                subnet(
-                    "hub",
-                    SHARED,
-                    "10.1.0.0/25",
-                    json!({"delegations": [{"name": "d", "properties": {"serviceName": "Microsoft.Web/serverFarms"}}],
-                           "serviceAssociationLinks": [{"name": "AppServiceLink", "properties": {"link": plan_id("p1").to_string()}}]}),
-                ),
+                shared_linked_to_p1("10.1.0.0/25"),
             ],
             &[],
         )];
@@ -341,13 +346,7 @@ mod tests {
             "hub",
             "westeurope",
             "10.1.0.0/16",
-            vec![subnet(
-                "hub",
-                SHARED,
-                "10.1.0.0/26",
-                json!({"delegations": [{"name": "d", "properties": {"serviceName": "Microsoft.Web/serverFarms"}}],
-                       "serviceAssociationLinks": [{"name": "AppServiceLink", "properties": {"link": plan_id("p1").to_string()}}]}),
-            )],
+            vec![shared_linked_to_p1("10.1.0.0/26")],
             &[],
         );
         // p1 (linked, 20 instances) uses 45 of 64 addresses; p2 (5) brings it to 55; p3 (10)
