@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 
 use super::admission::{message_in_scope, MessageScope, OutOfScope};
 use super::fleet_plan::{AppliedPlan, Forecasts};
+use super::holds::VnetHolds;
 use super::plan_cache::PlanCache;
 use super::steps;
 use crate::azure::arm::{ArmClient, ArmError};
@@ -104,6 +105,8 @@ pub struct StepContext {
     pub(crate) forecasts: Option<Arc<Forecasts>>,
     /// Where `verify`'s probe reaches the app.
     pub(crate) front_end: super::health::FrontEnd,
+    /// The VNets this process's rollbacks are removing regional integration from.
+    pub(crate) holds: VnetHolds,
 }
 
 impl StepContext {
@@ -118,6 +121,7 @@ impl StepContext {
             applied: None,
             forecasts: None,
             front_end: Default::default(),
+            holds: VnetHolds::default(),
         }
     }
 

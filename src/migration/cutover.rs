@@ -5,6 +5,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::context::{StepContext, StepError};
+use super::holds::{self, Work};
 use super::plan_cache::{connections, integration_of};
 use super::steps::{current_routing, planned};
 use super::window;
@@ -44,6 +45,12 @@ pub(super) async fn disconnect(
     msg: &StepMessage,
 ) -> Result<StepResult, StepError> {
     let p = planned(msg)?;
+    // Observed after any removal of ours in the destination VNet ends, and none starts until
+    // the join does (`holds`): the app must not go offline for the rest of a removal.
+    let _hold = ctx
+        .holds
+        .enter(&p.vnet, Work::CutOver, ctx.scaled(holds::LIMIT))
+        .await;
     let conns = connections(&ctx.arm, &msg.target).await?;
     let (gateway, removed) = match conns.iter().find(|c| c.is_gateway()) {
         Some(c) => {

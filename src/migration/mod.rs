@@ -1,7 +1,7 @@
 //! The migration: what a step message may name (`admission`), pure planning (`ipam`, `plan`), the reconciler the pipeline drives
 //! (`context`: [`Migration`], its step context and error policy) with one reconcile function
 //! per step (`discover`, `steps`, `subnet`, `cutover`, `rollback`), the network prepared ahead of a wave (`ahead`), the plan-wide decisions it shares
-//! (`plan_cache`) and the subnets plans share (`sharing`), the checks after the cut-over (`health`) and of a wave after its bake (`gates`), `snapshot` (export a fleet), the plan
+//! (`plan_cache`) and the subnets plans share (`sharing`), the checks after the cut-over (`health`) and of a wave after its bake (`gates`), the VNets a rollback's removal holds (`holds`), `snapshot` (export a fleet), the plan
 //! file (`fleet_plan`: forecasts, fleet-wide prefix reservation, drift fingerprints) and
 //! `local` (a whole migration on one machine).
 
@@ -13,6 +13,7 @@ pub mod discover;
 pub mod fleet_plan;
 mod gates;
 pub(crate) mod health;
+mod holds;
 pub(crate) mod ipam;
 pub mod local;
 pub mod plan;

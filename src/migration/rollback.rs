@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::context::{StepContext, StepError};
+use super::holds::{self, Work};
 use super::plan_cache::connections;
 use crate::azure::arm::ArmError;
 use crate::azure::models::{Site, VirtualNetwork, VirtualNetworkGateway, VnetConnection};
@@ -53,7 +54,17 @@ pub(crate) async fn rollback(
     let reason = msg.reason.clone().unwrap_or(RollbackReason::Requested);
     let site: Site = ctx.arm.get(msg.target.as_str()).await?;
     let mut did = Vec::new();
-    if site.properties.virtual_network_subnet_id.is_some() {
+    if let Some(subnet) = &site.properties.virtual_network_subnet_id {
+        // The removal holds the VNet for ~50 s: it waits for the cut-over in progress there,
+        // and later cut-overs wait for it before removing their gateway connections (`holds`).
+        let _hold = match subnet.vnet() {
+            Some(vnet) => Some(
+                ctx.holds
+                    .enter(&vnet, Work::Removal, ctx.scaled(holds::LIMIT))
+                    .await,
+            ),
+            None => None,
+        };
         ctx.arm
             .delete(&format!("{}/networkConfig/virtualNetwork", msg.target))
             .await?;
