@@ -302,8 +302,9 @@ pub(crate) async fn migrate(
         // A rehearsal runs `time_scale` times faster than ARM: its downtimes are reported in
         // the simulated seconds they stand for.
         simulated_speed: (time_scale > 1.0).then_some(time_scale),
-        // Only a rehearsal knows it (`rehearsal::use_simulator_figures`).
+        // Only a rehearsal knows them (`rehearsal::use_simulator_figures`).
         busiest_vnet: None,
+        downtime_ratio: None,
     };
     let waves = finished.store.waves(&finished.run)?;
     let mut report =

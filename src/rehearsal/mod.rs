@@ -7,7 +7,7 @@ pub mod invariants;
 
 use crate::azure::arm::PacerConfig;
 use crate::pipeline::Outcome;
-use crate::report::{self, round3, BucketCounts, Report};
+use crate::report::{self, round3, BucketCounts, Percentiles, Report};
 use crate::sim::SimStats;
 use bound::{Chain, LowerBound};
 
@@ -47,6 +47,17 @@ pub(crate) fn use_simulator_figures(
     p.arm_writes = stats.writes + stats.deletes;
     p.throttled429 = stats.throttled429;
     p.busiest_vnet = busiest_vnet(stats, speed);
+    p.downtime_ratio = downtime_ratio(&report.targets, stats);
+}
+
+/// Each migrated target's downtime over its join call as the simulator drew it.
+fn downtime_ratio(targets: &[report::TargetReport], stats: &SimStats) -> Option<Percentiles> {
+    let migrated = Outcome::Migrated.to_string();
+    Percentiles::of(targets.iter().filter_map(|t| {
+        let downtime = t.downtime_seconds.filter(|_| t.outcome == migrated)?;
+        let join = stats.join_seconds.get(&t.id.to_ascii_lowercase())?;
+        (*join > 0.0).then(|| downtime / join)
+    }))
 }
 
 /// The VNet its operations held longest, with the span from its first to its last.
@@ -77,5 +88,37 @@ mod tests {
         let v = busiest_vnet(&stats, 50.0).unwrap();
         assert_eq!((v.held_seconds, v.span_seconds), (8.0, 10.0));
         assert_eq!(busiest_vnet(&SimStats::default(), 50.0), None);
+    }
+
+    #[test]
+    fn the_downtime_ratio_counts_migrated_targets_with_a_join_only() {
+        let target = |id: &str, outcome: &str, downtime: Option<f64>| report::TargetReport {
+            id: id.into(),
+            outcome: outcome.into(),
+            reason: None,
+            subnet: None,
+            prefix: None,
+            steps: 6,
+            attempts: 0,
+            duration_seconds: 1.0,
+            downtime_seconds: downtime,
+            finished_seconds: None,
+            wave: None,
+        };
+        let mut stats = SimStats::default();
+        for (id, join) in [("/s/a", 8.0), ("/s/b", 10.0), ("/s/c", 9.0)] {
+            stats.join_seconds.insert(id.into(), join);
+        }
+        let targets = [
+            target("/S/A", "migrated", Some(8.8)),
+            target("/s/b", "migrated", Some(12.0)),
+            // A rollback's downtime runs on past its join: not the join's ratio.
+            target("/s/c", "rolled-back", Some(140.0)),
+            // Migrated without a join the simulator saw (none recorded): left out.
+            target("/s/d", "migrated", Some(9.0)),
+        ];
+        let r = downtime_ratio(&targets, &stats).unwrap();
+        assert_eq!((r.p50, r.max), (1.1, 1.2));
+        assert_eq!(downtime_ratio(&targets[2..], &stats), None);
     }
 }

@@ -78,6 +78,11 @@ pub struct Performance {
     /// A rehearsal's busiest VNet, the one whose chain of operations is usually the bound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) busiest_vnet: Option<VnetChain>,
+    /// A rehearsal's migrated targets: each one's downtime over the simulated seconds of the
+    /// site write that joined its subnet (its transport and the join the latency model drew),
+    /// the least its downtime could be. 1.0 = offline only for that call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) downtime_ratio: Option<Percentiles>,
 }
 
 /// How one VNet's serial chain filled the run, in the makespan's seconds: its operations held
@@ -348,6 +353,13 @@ impl Report {
             ),
             None => writeln!(s, "downtime n/a (no target was cut over)"),
         };
+        if let Some(r) = &p.downtime_ratio {
+            let _ = writeln!(
+                s,
+                "downtime of migrated targets over their join call: p50 {:.2}, p95 {:.2}, p99 {:.2}, max {:.2}",
+                r.p50, r.p95, r.p99, r.max
+            );
+        }
         if let Some(v) = &p.busiest_vnet {
             let _ = writeln!(
                 s,

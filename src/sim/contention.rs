@@ -19,7 +19,7 @@ use crate::azure::{ResourceId, ResourceKind};
 pub(super) struct Claim {
     pub(super) work: Work,
     /// The site or slot written (App Service locks it for the whole write).
-    site: Option<ResourceId>,
+    pub(super) site: Option<ResourceId>,
     /// The VNets written, each with the subnet whose state (delegation, service association
     /// link) the write changes.
     vnets: Vec<(ResourceId, Option<ResourceId>)>,

@@ -183,6 +183,11 @@ pub struct SimStats {
     /// operations (what a schedule adds to its chain).
     #[serde(default)]
     pub vnet_span_seconds: BTreeMap<String, [f64; 2]>,
+    /// Lowercased site or slot id → simulated seconds of its last accepted site write that
+    /// joined a subnet: the request's transport and the join the latency model drew. What an
+    /// app's downtime spans at the least, once its gateway connection is gone.
+    #[serde(default)]
+    pub join_seconds: BTreeMap<String, f64>,
 }
 
 fn one() -> u32 {

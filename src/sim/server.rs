@@ -210,6 +210,12 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
                 let mut wait = Duration::ZERO;
                 if r.is_success() {
                     contention::hold(&mut st, &claim, Instant::now() + work, true);
+                    if let (Work::SubnetJoin, Some(site)) = (claim.work, &claim.site) {
+                        let seconds = (delay + work).as_secs_f64() * st.options.speed();
+                        st.stats
+                            .join_seconds
+                            .insert(site.key().to_string(), seconds);
+                    }
                     // An LRO answers at once and runs on; a synchronous write answers when
                     // done (site writes with virtualNetworkSubnetId: 200 after ~7–10 s,
                     // arm-vnet reference §13).

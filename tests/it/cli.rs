@@ -486,6 +486,13 @@ fn rehearse_json_has_every_target_and_the_performance_block() {
         "{p}"
     );
     assert!(p["boundRatio"].as_f64().unwrap() >= 1.0, "{p}");
+    // A migrated app is offline at least for the join the simulator drew for it.
+    let r = &p["downtimeRatio"];
+    let q = |k: &str| r[k].as_f64().unwrap();
+    assert!(
+        q("p50") >= 1.0 && q("p50") <= q("p99") && q("p99") <= q("max"),
+        "{p}"
+    );
     let total: u64 = report["summary"]
         .as_object()
         .unwrap()
