@@ -56,7 +56,7 @@ fn downtime_ratio(targets: &[report::TargetReport], stats: &SimStats) -> Option<
     Percentiles::of(targets.iter().filter_map(|t| {
         let downtime = t.downtime_seconds.filter(|_| t.outcome == migrated)?;
         let join = stats.join_seconds.get(&t.id.to_ascii_lowercase())?;
-        (*join > 0.0).then(|| downtime / join)
+        (*join > 0.0).then(|| round3(downtime / join))
     }))
 }
 
