@@ -11,6 +11,7 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -50,6 +51,9 @@ pub(crate) enum Malformed {
     NoResourceType,
     #[error("resource type without a name")]
     NoName,
+    /// Its parts are kept as 32-bit offsets.
+    #[error("longer than 4 GiB")]
+    TooLong,
     #[error("a scope id has no child resources")]
     ScopeHasNoChildren,
     #[error("not below {0}")]
@@ -74,16 +78,25 @@ fn expected_text(kinds: &[ResourceKind]) -> String {
 /// Ids below a resource (e.g. `…/sites/app/config/web`) parse too: a provider is followed by
 /// any number of `type/name` pairs. Scope-only ids (a subscription or a resource group) have
 /// no provider.
+///
+/// The id is held as one shared allocation (the text as it arrived, then its lowercased
+/// form) with the byte spans of its parts: a rehearsal holds hundreds of thousands of ids
+/// (messages, plan decisions, the simulator's indexes) and clones them freely, and an id of
+/// a separate string per part took about ten allocations, each clone as many again.
 #[derive(Clone)]
 pub struct ResourceId {
-    raw: String,
-    lower: String,
-    subscription: String,
-    resource_group: Option<String>,
-    provider: Option<String>,
-    /// `(type, name)` pairs after the provider, outermost first.
-    segments: Vec<(String, String)>,
+    /// The id as it arrived, then the same bytes lowercased (ASCII: the same length).
+    text: Arc<str>,
+    /// Where each part lies in the id as it arrived, as byte ranges.
+    subscription: Span,
+    resource_group: Option<Span>,
+    provider: Option<Span>,
+    /// Where the `type/name` pairs after the provider begin (the id's length when none).
+    segments_at: u32,
 }
+
+/// A byte range of an id (ids are short: far below 4 GiB).
+type Span = (u32, u32);
 
 /// The kinds of resource the migration handles; everything else is `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -218,26 +231,34 @@ impl ResourceId {
         if parts.len() < 2 || !parts[0].eq_ignore_ascii_case("subscriptions") {
             return Err(err(Malformed::NoSubscription));
         }
-        let subscription = parts[1].to_string();
+        // Byte offset in `s` of each part (each follows a '/').
+        let mut starts = Vec::with_capacity(parts.len());
+        let mut at = 1;
+        for p in &parts {
+            starts.push(at);
+            at += p.len() + 1;
+        }
+        let span = |i: usize| -> Span { (starts[i] as u32, (starts[i] + parts[i].len()) as u32) };
+        let subscription = span(1);
         let mut i = 2;
         let mut resource_group = None;
         if parts.len() > i && parts[i].eq_ignore_ascii_case("resourceGroups") {
-            let rg = parts
-                .get(i + 1)
-                .ok_or_else(|| err(Malformed::ResourceGroupWithoutName))?;
-            resource_group = Some(rg.to_string());
+            if parts.len() == i + 1 {
+                return Err(err(Malformed::ResourceGroupWithoutName));
+            }
+            resource_group = Some(span(i + 1));
             i += 2;
         }
         let mut provider = None;
-        let mut segments = Vec::new();
+        let mut segments_at = s.len();
         if parts.len() > i {
             if !parts[i].eq_ignore_ascii_case("providers") {
                 return Err(err(Malformed::ExpectedProviders));
             }
-            let ns = parts
-                .get(i + 1)
-                .ok_or_else(|| err(Malformed::NoNamespace))?;
-            provider = Some(ns.to_string());
+            if parts.len() == i + 1 {
+                return Err(err(Malformed::NoNamespace));
+            }
+            provider = Some(span(i + 1));
             i += 2;
             let rest = &parts[i..];
             if rest.is_empty() {
@@ -246,21 +267,48 @@ impl ResourceId {
             if !rest.len().is_multiple_of(2) {
                 return Err(err(Malformed::NoName));
             }
-            segments = rest
-                .chunks(2)
-                .map(|c| (c[0].to_string(), c[1].to_string()))
-                .collect();
+            segments_at = starts[i];
         }
-        let raw = format!("/{}", parts.join("/"));
-        let lower = raw.to_ascii_lowercase();
+        if u32::try_from(s.len()).is_err() {
+            return Err(err(Malformed::TooLong));
+        }
+        let mut text = String::with_capacity(2 * s.len());
+        text.push_str(s);
+        text.push_str(&s.to_ascii_lowercase());
         Ok(Self {
-            raw,
-            lower,
+            text: text.into(),
             subscription,
             resource_group,
             provider,
-            segments,
+            segments_at: segments_at as u32,
         })
+    }
+
+    /// The id as it arrived.
+    fn raw(&self) -> &str {
+        &self.text[..self.text.len() / 2]
+    }
+
+    fn part(&self, (from, to): Span) -> &str {
+        &self.raw()[from as usize..to as usize]
+    }
+
+    /// The `type/name` pairs after the provider, as text (empty for a scope id).
+    fn segments_text(&self) -> &str {
+        &self.raw()[self.segments_at as usize..]
+    }
+
+    /// The `(type, name)` pairs after the provider, outermost first.
+    fn segments(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut parts = self.segments_text().split('/');
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+    }
+
+    /// The innermost `(type, name)` pair.
+    fn last_segment(&self) -> Option<(&str, &str)> {
+        let mut parts = self.segments_text().rsplitn(3, '/');
+        let name = parts.next().filter(|n| !n.is_empty())?;
+        Some((parts.next()?, name))
     }
 
     /// Ok when the id is one of `kinds`; otherwise an error naming what was expected.
@@ -269,7 +317,7 @@ impl ResourceId {
             return Ok(());
         }
         Err(ResourceIdError {
-            id: self.raw.clone(),
+            id: self.raw().to_string(),
             why: Malformed::WrongKind {
                 expected: kinds,
                 got: self.type_name(),
@@ -278,31 +326,30 @@ impl ResourceId {
     }
 
     pub fn as_str(&self) -> &str {
-        &self.raw
+        self.raw()
     }
 
     /// Lowercased form: the identity used for equality, hashing, session ids and message ids.
     pub fn key(&self) -> &str {
-        &self.lower
+        &self.text[self.text.len() / 2..]
     }
 
     pub fn subscription(&self) -> &str {
-        &self.subscription
+        self.part(self.subscription)
     }
 
     pub(crate) fn resource_group(&self) -> Option<&str> {
-        self.resource_group.as_deref()
+        self.resource_group.map(|s| self.part(s))
     }
 
     pub(crate) fn provider(&self) -> Option<&str> {
-        self.provider.as_deref()
+        self.provider.map(|s| self.part(s))
     }
 
     /// Full type, e.g. `Microsoft.Web/sites/slots`; `None` for scope ids.
     pub(crate) fn resource_type(&self) -> Option<String> {
-        let p = self.provider.as_ref()?;
-        let mut t = p.clone();
-        for (ty, _) in &self.segments {
+        let mut t = self.provider()?.to_string();
+        for (ty, _) in self.segments() {
             t.push('/');
             t.push_str(ty);
         }
@@ -321,12 +368,12 @@ impl ResourceId {
 
     /// Last name segment (resource name, resource group name or subscription id).
     pub fn name(&self) -> &str {
-        if let Some((_, n)) = self.segments.last() {
+        if let Some((_, n)) = self.last_segment() {
             n
-        } else if let Some(rg) = &self.resource_group {
+        } else if let Some(rg) = self.resource_group() {
             rg
         } else {
-            &self.subscription
+            self.subscription()
         }
     }
 
@@ -341,23 +388,23 @@ impl ResourceId {
     /// The enclosing resource (`…/sites/a/slots/b` → `…/sites/a`), resource group, or
     /// subscription; `None` for a subscription.
     pub fn parent(&self) -> Option<ResourceId> {
-        if self.segments.len() > 1 {
-            let cut = self.raw.len()
+        let segments = self.segments().count();
+        if segments > 1 {
+            let cut = self.raw().len()
                 - self
-                    .segments
-                    .last()
+                    .last_segment()
                     .map(|(t, n)| t.len() + n.len() + 2)
                     .unwrap_or(0);
-            return Some(Self::parse(&self.raw[..cut]).expect("prefix of a valid id"));
+            return Some(Self::parse(&self.raw()[..cut]).expect("prefix of a valid id"));
         }
-        let scope = if self.segments.is_empty() {
+        let scope = if segments == 0 {
             // A resource group's parent is its subscription; a subscription has none.
-            self.resource_group.as_ref()?;
-            Self::subscription_id(&self.subscription)
+            self.resource_group()?;
+            Self::subscription_id(self.subscription())
         } else {
-            match &self.resource_group {
-                Some(rg) => Self::resource_group_id(&self.subscription, rg),
-                None => Self::subscription_id(&self.subscription),
+            match self.resource_group() {
+                Some(rg) => Self::resource_group_id(self.subscription(), rg),
+                None => Self::subscription_id(self.subscription()),
             }
         };
         // Its segments were valid in `self`, so the scope's id is.
@@ -368,14 +415,14 @@ impl ResourceId {
     /// and `name` must each be one segment (a `/` in a name would make it another resource).
     pub(crate) fn child(&self, ty: &str, name: &str) -> Result<ResourceId, ResourceIdError> {
         let err = |why| ResourceIdError {
-            id: format!("{}/{ty}/{name}", self.raw),
+            id: format!("{}/{ty}/{name}", self.raw()),
             why,
         };
         if self.provider.is_none() {
             return Err(err(Malformed::ScopeHasNoChildren));
         }
         one_segment(ty).and(one_segment(name)).map_err(err)?;
-        Self::parse(&format!("{}/{}/{}", self.raw, ty, name))
+        Self::parse(&format!("{}/{}/{}", self.raw(), ty, name))
     }
 
     /// The id of a subscription; refused unless `sub` is one valid segment.
@@ -419,7 +466,8 @@ impl ResourceId {
 
     /// True when `self` is `scope` or lies below it (case-insensitive, segment-wise).
     pub(crate) fn is_within(&self, scope: &ResourceId) -> bool {
-        self.lower == scope.lower || self.lower.starts_with(&format!("{}/", scope.lower))
+        let (inner, outer) = (self.key(), scope.key());
+        inner == outer || (inner.starts_with(outer) && inner[outer.len()..].starts_with('/'))
     }
 }
 
@@ -517,11 +565,12 @@ impl ResourceId {
     /// The names in this id a user could have mistyped, checked against ARM's rules: the
     /// subscription, the resource group, and a site's or slot's own names.
     pub(crate) fn check_names(&self) -> Result<(), NameError> {
-        NameRule::SubscriptionId.check(&self.subscription)?;
-        if let Some(rg) = &self.resource_group {
+        NameRule::SubscriptionId.check(self.subscription())?;
+        if let Some(rg) = self.resource_group() {
             NameRule::ResourceGroup.check(rg)?;
         }
-        match (self.kind(), self.segments.as_slice()) {
+        let segments: Vec<(&str, &str)> = self.segments().collect();
+        match (self.kind(), segments.as_slice()) {
             (ResourceKind::Site, [(_, site)]) => NameRule::Site.check(site),
             (ResourceKind::Slot, [(_, site), (_, slot)]) => {
                 NameRule::Site.check(site)?;
@@ -534,13 +583,13 @@ impl ResourceId {
 
 impl PartialEq for ResourceId {
     fn eq(&self, other: &Self) -> bool {
-        self.lower == other.lower
+        self.key() == other.key()
     }
 }
 impl Eq for ResourceId {}
 impl Hash for ResourceId {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.lower.hash(state)
+        self.key().hash(state)
     }
 }
 impl PartialOrd for ResourceId {
@@ -550,17 +599,17 @@ impl PartialOrd for ResourceId {
 }
 impl Ord for ResourceId {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.lower.cmp(&other.lower)
+        self.key().cmp(other.key())
     }
 }
 impl fmt::Display for ResourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.raw)
+        f.write_str(self.raw())
     }
 }
 impl fmt::Debug for ResourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ResourceId({})", self.raw)
+        write!(f, "ResourceId({})", self.raw())
     }
 }
 impl FromStr for ResourceId {
@@ -571,7 +620,7 @@ impl FromStr for ResourceId {
 }
 impl Serialize for ResourceId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.raw)
+        s.serialize_str(self.raw())
     }
 }
 impl<'de> Deserialize<'de> for ResourceId {

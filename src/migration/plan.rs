@@ -182,7 +182,7 @@ pub(crate) fn expected_max_instances(plan: &Plan, autoscale: &[AutoscaleSetting]
     let autoscale_max = autoscale
         .iter()
         .filter(|s| s.properties.enabled != Some(false))
-        .filter(|s| s.properties.target_resource_uri.as_ref() == Some(&plan.id))
+        .filter(|s| s.targets(&plan.id))
         .flat_map(|s| &s.properties.profiles)
         .filter_map(|p| p.capacity.maximum)
         .max();

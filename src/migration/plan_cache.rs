@@ -340,10 +340,14 @@ async fn compute(
     }
     vnets.sort_by(|a, b| a.id.cmp(&b.id));
 
-    let autoscale: Vec<AutoscaleSetting> = match plan_id.resource_group() {
+    let mut autoscale: Vec<AutoscaleSetting> = match plan_id.resource_group() {
         Some(rg) => arm.list(&format!("/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.Insights/autoscalesettings", plan_id.subscription())).await?,
         None => Vec::new(),
     };
+    // The decision is cached with what it was made from, and planning reads only the settings
+    // that scale this plan: the group's others (every plan of the group kept them all: ~90 MB
+    // of a 10,000-target rehearsal) are dropped here.
+    autoscale.retain(|s| s.targets(&plan.id));
 
     // Regional integration support is per scale unit, so any app of the plan can tell.
     let swift_supported = match members.first() {

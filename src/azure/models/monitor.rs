@@ -73,3 +73,10 @@ pub struct AutoscaleSetting {
     #[serde(flatten)]
     pub(crate) extra: Extra,
 }
+
+impl AutoscaleSetting {
+    /// Whether the setting scales `plan` (its `targetResourceUri`; ids compare as ARM's do).
+    pub(crate) fn targets(&self, plan: &ResourceId) -> bool {
+        self.properties.target_resource_uri.as_ref() == Some(plan)
+    }
+}
