@@ -124,6 +124,82 @@ fn plan_all(fleet: &Fleet, policy: &Policy) -> (usize, usize, Duration) {
     (by_plan.len(), decided, deciding.elapsed())
 }
 
+/// Starts `vnet-migrate serve` five times (SQLite ledger, loopback endpoints that are never
+/// called) and polls `GET /` every 2 ms as the Functions host does until it answers; then reads
+/// its `VmRSS` after 1 s idle.
+fn serve_start() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("vnet-migrate-serve-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("rollout.json");
+    std::fs::write(
+        &policy,
+        r#"{"scope": {"subscriptions": ["00000000-0000-0000-0000-000000000001"]}}"#,
+    )
+    .unwrap();
+    let answers = |port: u16| -> bool {
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1")
+    };
+    let (mut starts, mut rss) = (Vec::new(), Vec::new());
+    for i in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let t = Instant::now();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vnet-migrate"))
+            .args(["serve", "--arm-endpoint", "http://127.0.0.1:9"])
+            .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
+            .env("VNET_MIGRATE_POLICY", &policy)
+            .env(
+                "VNET_MIGRATE_LEDGER",
+                format!("sqlite:{}", dir.join(format!("l{i}.db")).display()),
+            )
+            .env("VNET_MIGRATE_CREDENTIAL", "static")
+            .env("VNET_MIGRATE_STATIC_TOKEN", "bench")
+            .env("VNET_MIGRATE_SERVICEBUS_ENDPOINT", "http://127.0.0.1:9/")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        while !answers(port) {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "serve exited before answering"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        starts.push(t.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_secs(1));
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        let kb: Option<f64> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok());
+        rss.extend(kb.map(|kb| kb / 1024.0));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let range = |v: &[f64]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        format!("{lo:.0}–{hi:.0}")
+    };
+    println!(
+        "serve: start to first answer {} ms, idle RSS {} MB (5 starts)",
+        range(&starts),
+        range(&rss)
+    );
+}
+
 fn main() {
     let n = env("BENCH_TARGETS", 2000.0) as usize;
     let speed = env("BENCH_SPEED", 50.0);
@@ -176,7 +252,10 @@ fn main() {
     }
     println!("handler overhead: {:.1} µs of CPU per step for envelope + message handling (bar: well under 1 ms)", t.elapsed().as_secs_f64() * 1e6 / rounds as f64);
 
-    // 3. A rehearsal: makespan against the ARM write-rate bound (BENCH_TARGETS=0 skips it).
+    // 3. `serve`: start to first answer and idle RSS.
+    serve_start();
+
+    // 4. A rehearsal: makespan against the ARM write-rate bound (BENCH_TARGETS=0 skips it).
     if n == 0 {
         return;
     }
