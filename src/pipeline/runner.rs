@@ -1,7 +1,8 @@
 //! The embedded runner: a bounded pool of workers that take step messages from the SQLite
 //! queue, execute them with the engine, and settle them (complete + next steps + ledger) in
-//! one transaction. Stop it at any point (Ctrl-C, SIGKILL) and start it again on the same
-//! state file: leased work is delivered again and the reconcilers pick up where ARM is.
+//! one atomic unit (committed with the store's batch). Stop it at any point (Ctrl-C, SIGKILL)
+//! and start it again on the same state file: leased work is delivered again and the
+//! reconcilers pick up where ARM is.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! The embedded durable store of `run` and `rehearse`: one SQLite file holding the step queue
 //! (duplicate detection by MessageId, sessions, scheduled visibility, leases, delivery counts,
 //! dead letters) and the ledger. Settling a delivery, enqueuing its next steps and recording
-//! the step happen in one transaction, so a crash leaves either all of it or none.
+//! the step happen in one atomic unit, so a crash leaves either all of it or none; the runner's
+//! units are committed in batches (`Db`).
 //!
 //! `queue` is the queue half, `ledger` the ledger half, `runs` how a run begins (its contract,
 //! targets and first messages in one transaction), `columns` how values are stored.
@@ -65,7 +66,7 @@ fn lstorage(e: rusqlite::Error) -> LedgerError {
 /// durable unit ends (`SqliteStore::transaction`), when the runner goes idle and when the
 /// store is dropped (`SqliteStore::flush`).
 ///
-/// Why: a settle changes a dozen pages of which most (the queue's rows and indexes, the
+/// Why: a settle changes a dozen pages of which several (the queue's last page, the
 /// freelist, the header, the step log's last page) are the same pages every settle changes; a
 /// WAL commit writes each page it touched in full, so one commit per settle wrote them once
 /// per step. Committing a batch writes them once per batch, and no worker waits for it.
