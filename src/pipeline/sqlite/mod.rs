@@ -151,6 +151,10 @@ fn commit_aged(db: &Db) {
             Some(left) if left.is_zero() => {
                 if let Err(e) = open.commit() {
                     tracing::warn!("cannot commit the state file's batch yet: {e}");
+                    // Tried again a batch's age later, not in a loop.
+                    if let Some(batch) = open.batch.as_mut() {
+                        batch.since = Instant::now();
+                    }
                 }
                 open
             }
