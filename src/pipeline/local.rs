@@ -167,6 +167,16 @@ pub struct StateFile {
     store: Arc<SqliteStore>,
 }
 
+/// The batch the runner left open is committed before the file's lock goes (the store
+/// itself may outlive this, in a task not yet dropped).
+impl Drop for StateFile {
+    fn drop(&mut self) {
+        if let Err(e) = self.store.flush() {
+            tracing::error!("the state file's last steps were not committed: {e}");
+        }
+    }
+}
+
 impl StateFile {
     /// Locks and opens (or creates) the state file, and releases the leases a crashed runner
     /// left: this process is the only runner on it.

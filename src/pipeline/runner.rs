@@ -1,7 +1,8 @@
 //! The embedded runner: a bounded pool of workers that take step messages from the SQLite
 //! queue, execute them with the engine, and settle them (complete + next steps + ledger) in
-//! one transaction. Stop it at any point (Ctrl-C, SIGKILL) and start it again on the same
-//! state file: leased work is delivered again and the reconcilers pick up where ARM is.
+//! one atomic unit (committed with the store's batch). Stop it at any point (Ctrl-C, SIGKILL)
+//! and start it again on the same state file: leased work is delivered again and the
+//! reconcilers pick up where ARM is.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,6 +103,7 @@ impl<R: Reconciler> Runner<R> {
             // its VNet is still delivered: holding it would keep the app offline until resume.
             let min_level = if held { URGENT } else { 0 };
             if held && tasks.is_empty() && !self.store.has_active_at_least(URGENT)? {
+                self.store.flush()?;
                 return Ok(stats);
             }
             let now = OffsetDateTime::now_utc();
@@ -154,6 +156,7 @@ impl<R: Reconciler> Runner<R> {
                 if tasks.is_empty() {
                     let counts = self.store.counts_at(now)?;
                     if counts.active == 0 && counts.locked == 0 {
+                        self.store.flush()?;
                         return Ok(stats);
                     }
                     // A lease left by a worker that is gone ends; its message is then due.
@@ -168,6 +171,10 @@ impl<R: Reconciler> Runner<R> {
                         ));
                     }
                 }
+            }
+            if tasks.is_empty() {
+                // Idle until `wake_at`: what the run did reaches other connections now.
+                self.store.flush()?;
             }
             let due = async {
                 match wake_at {
@@ -356,6 +363,31 @@ mod tests {
         // One receive that delivers and one that finds nothing admissible per step, plus the
         // first fill and the wake-up of the initial send.
         assert!(stats.polls <= 2 * stats.steps + 2, "{stats:?}");
+    }
+
+    /// A runner that goes idle has committed its batch: another connection sees every step.
+    #[tokio::test]
+    async fn an_idle_runner_has_committed_its_steps() {
+        let (dir, store) = store();
+        store.hold_batches();
+        let store = Arc::new(store);
+        let work = (0..3)
+            .map(|i| Outgoing::now(msg_in("s2", &format!("a{i}"), Step::Verify)))
+            .collect();
+        store.send(work).await.unwrap();
+        let engine = Arc::new(Engine::new(Gated {
+            gate: Arc::new(Semaphore::new(0)),
+        }));
+        let stats = Runner::new(store.clone(), engine, RunnerConfig::default())
+            .run_until_idle()
+            .await
+            .unwrap();
+        assert_eq!(stats.steps, 3);
+        let left: i64 = rusqlite::Connection::open(dir.path().join("state.db"))
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     /// Most steps seen running at once, per destination VNet ("unplanned" for none).

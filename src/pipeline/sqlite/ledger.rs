@@ -1,7 +1,7 @@
 //! The ledger half of the store: runs, one row per target per run, and the step log.
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, Row, ToSql, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 use time::OffsetDateTime;
 
 use super::columns::{LedgerRow, Rfc3339};
@@ -77,7 +77,7 @@ impl SqliteStore {
 
 /// Appends a step to the step log and updates its target's row, inside the caller's
 /// transaction (the queue settles a delivery and records its step in one).
-pub(super) fn record_tx(tx: &Transaction<'_>, r: &StepRecord) -> Result<(), LedgerError> {
+pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerError> {
     let at = Rfc3339(r.at);
     tx.prepare_cached(
         "INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
@@ -188,12 +188,13 @@ impl SqliteStore {
 #[async_trait]
 impl Ledger for SqliteStore {
     async fn start_run(&self, run: &RunRecord) -> Result<(), LedgerError> {
-        self.conn()
-            .execute(
+        self.transaction(lstorage, |tx| {
+            tx.execute(
                 "INSERT OR IGNORE INTO runs (run, started_at, dry_run, origin) VALUES (?1, ?2, ?3, ?4)",
                 params![run.run, Rfc3339(run.started_at), run.dry_run, run.origin],
             )
-            .map_err(lstorage)?;
+            .map_err(lstorage)
+        })?;
         Ok(())
     }
 
@@ -235,15 +236,18 @@ impl Ledger for SqliteStore {
         target: &ResourceId,
         gateway: &GatewaySnapshot,
     ) -> Result<(), LedgerError> {
-        self.conn()
-            .prepare_cached(
+        // Durable: the cut-over deletes the gateway connection once this returns, and only
+        // this snapshot can restore it.
+        self.transaction(lstorage, |tx| {
+            tx.prepare_cached(
                 "INSERT INTO targets (run, target_key, target, gateway, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
                  ON CONFLICT(run, target_key) DO UPDATE SET gateway=excluded.gateway, updated_at=excluded.updated_at",
             )
             .and_then(|mut s| {
                 s.execute(params![run, target.key(), target, gateway, Rfc3339(OffsetDateTime::now_utc())])
             })
-            .map_err(lstorage)?;
+            .map_err(lstorage)
+        })?;
         Ok(())
     }
 

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
 use super::columns::UnixMs;
@@ -119,7 +119,7 @@ fn next_visible_sql() -> String {
 
 /// Sets the level and the destination VNet of every live message of a queue written before
 /// levels or per-VNet admission existed.
-pub(super) fn classify_live(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+pub(super) fn classify_live(tx: &Connection) -> rusqlite::Result<()> {
     let live: Vec<(i64, Vec<u8>)> = tx
         .prepare("SELECT seq, body FROM queue WHERE state='active'")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -140,7 +140,7 @@ impl SqliteStore {
     /// session's head when the session has no active message or when it orders before the
     /// current head; a leased head keeps its place (the message is made visible no earlier
     /// than it), so a session never has two messages in flight.
-    pub(super) fn insert(tx: &Transaction<'_>, messages: &[Outgoing]) -> Result<(), QueueError> {
+    pub(super) fn insert(tx: &Connection, messages: &[Outgoing]) -> Result<(), QueueError> {
         let mut accept = tx
             .prepare_cached("INSERT OR IGNORE INTO message_ids (message_id) VALUES (?1)")
             .map_err(storage)?;
@@ -196,7 +196,7 @@ impl SqliteStore {
 
     /// Makes the first active message of `session` (if any) its head: called when the head
     /// leaves (settled or dead-lettered).
-    fn promote(tx: &Transaction<'_>, session: &str) -> Result<(), QueueError> {
+    fn promote(tx: &Connection, session: &str) -> Result<(), QueueError> {
         tx.prepare_cached(
             "UPDATE queue SET head=1 WHERE seq=(SELECT seq FROM queue WHERE session_id=?1 AND state='active' ORDER BY visible_at, seq LIMIT 1)",
         )
@@ -233,7 +233,7 @@ impl SqliteStore {
     ) -> Result<Option<Delivery>, QueueError> {
         let now = UnixMs::at(now);
         let full = serde_json::to_string(full).expect("strings serialise");
-        self.transaction(storage, |tx| {
+        self.batched(storage, |tx| {
             self.lease_first(tx, now.after(lease), |tx| {
                 Self::candidate(tx, now, &full, min_level)
             })
@@ -244,9 +244,9 @@ impl SqliteStore {
     /// `max_delivery_count` times, dead-lettering those delivered too often on the way.
     fn lease_first(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         until: UnixMs,
-        next: impl Fn(&Transaction<'_>) -> Result<Option<Candidate>, QueueError>,
+        next: impl Fn(&Connection) -> Result<Option<Candidate>, QueueError>,
     ) -> Result<Option<Delivery>, QueueError> {
         while let Some(c) = next(tx)? {
             if c.delivery_count < self.max_delivery_count {
@@ -259,7 +259,7 @@ impl SqliteStore {
 
     /// The best deliverable head of the subscriptions not in `full` (a JSON array).
     fn candidate(
-        tx: &Transaction<'_>,
+        tx: &Connection,
         now: UnixMs,
         full: &str,
         min_level: u8,
@@ -275,7 +275,7 @@ impl SqliteStore {
 
     /// Leases a candidate until `until` under a fresh lock token and reads its body. Only the
     /// row changes: no index covers the lease columns.
-    fn lock(tx: &Transaction<'_>, c: Candidate, until: UnixMs) -> Result<Delivery, QueueError> {
+    fn lock(tx: &Connection, c: Candidate, until: UnixMs) -> Result<Delivery, QueueError> {
         let token = uuid::Uuid::new_v4().to_string();
         let body: Vec<u8> = tx
             .prepare_cached("UPDATE queue SET lock_token=?1, locked_until=?2, delivery_count=delivery_count+1 WHERE seq=?3 RETURNING body")
@@ -332,7 +332,7 @@ impl SqliteStore {
         Ok(v.map(UnixMs::datetime))
     }
 
-    fn check_lock(tx: &Transaction<'_>, d: &Delivery) -> Result<(), QueueError> {
+    fn check_lock(tx: &Connection, d: &Delivery) -> Result<(), QueueError> {
         let token: Option<String> = tx
             .prepare_cached("SELECT lock_token FROM queue WHERE seq=?1 AND state='active'")
             .and_then(|mut s| s.query_row(params![d.seq], |r| r.get(0)).optional())
@@ -353,7 +353,7 @@ impl SqliteStore {
         next: &[Outgoing],
         record: Option<&StepRecord>,
     ) -> Result<(), QueueError> {
-        self.transaction(storage, |tx| Self::settle(tx, d, next, record))
+        self.batched(storage, |tx| Self::settle(tx, d, next, record))
     }
 
     /// `commit`, then, in the same transaction, leases the next message of the delivery's
@@ -372,7 +372,7 @@ impl SqliteStore {
         min_level: u8,
     ) -> Result<Option<Delivery>, QueueError> {
         let now = UnixMs::at(now);
-        self.transaction(storage, |tx| {
+        self.batched(storage, |tx| {
             Self::settle(tx, d, next, record)?;
             self.lease_first(tx, now.after(lease), |tx| {
                 tx.prepare_cached(
@@ -397,7 +397,7 @@ impl SqliteStore {
     /// completed row is deleted; its MessageId stays in `message_ids`, so a re-sent copy is
     /// still dropped.
     fn settle(
-        tx: &Transaction<'_>,
+        tx: &Connection,
         d: &Delivery,
         next: &[Outgoing],
         record: Option<&StepRecord>,
@@ -416,7 +416,7 @@ impl SqliteStore {
     }
 
     pub(crate) fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
-        self.transaction(storage, |tx| {
+        self.batched(storage, |tx| {
             Self::check_lock(tx, d)?;
             Self::retire_dead(tx, d.seq, &d.session_id, reason)
         })
@@ -424,7 +424,7 @@ impl SqliteStore {
 
     /// Moves a session head to the dead letters; the next message of its session leads.
     fn retire_dead(
-        tx: &Transaction<'_>,
+        tx: &Connection,
         seq: i64,
         session: &str,
         reason: &str,

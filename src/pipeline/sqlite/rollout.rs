@@ -136,24 +136,26 @@ impl SqliteStore {
         index: u32,
         gate: &Gate,
     ) -> Result<(), LedgerError> {
-        self.conn()
-            .execute(
+        self.transaction(lstorage, |tx| {
+            tx.execute(
                 "UPDATE rollout_waves SET gate_passed=?3, gate_reason=?4, gate_checks=?5 WHERE run=?1 AND wave=?2 AND gate_passed IS NULL",
                 params![run, index, gate.passed, gate.reason, gate.checks_text()],
             )
-            .map_err(lstorage)?;
+            .map_err(lstorage)
+        })?;
         Ok(())
     }
 
     /// An operator's approval of wave `index` (`rollout promote`): it is released once its
     /// predecessor's gate passed.
     pub fn approve(&self, run: &RunId, index: u32) -> Result<(), LedgerError> {
-        self.conn()
-            .execute(
+        self.transaction(lstorage, |tx| {
+            tx.execute(
                 "UPDATE rollout_waves SET approved=1 WHERE run=?1 AND wave=?2",
                 params![run, index],
             )
-            .map_err(lstorage)?;
+            .map_err(lstorage)
+        })?;
         Ok(())
     }
 
