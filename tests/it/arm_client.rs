@@ -260,6 +260,34 @@ async fn location_polling_until_done() {
     assert_eq!(arm.metrics().lro_polls, 4);
 }
 
+/// The simulator forgets a finished operation after ten simulated minutes, and ARM documents
+/// no retention: a poll that comes too late is answered 404. That is no refusal of the write.
+#[tokio::test]
+async fn a_status_url_gone_before_its_poll_is_a_failed_operation_to_send_again() {
+    let server = serve(|req, _, base| match req.method.as_str() {
+        "PATCH" => reply(
+            202,
+            &[("Azure-AsyncOperation", format!("{base}/subscriptions/sub1/providers/Microsoft.Web/sites/app1/operationResults/op9?api-version=2024-11-01"))],
+            None,
+        ),
+        _ => reply(404, &[], Some(json!({"error": {"code": "OperationNotFound", "message": "no operation op9"}}))),
+    })
+    .await;
+    let arm = client(&server);
+    let err = arm
+        .patch::<Value>(
+            SITE,
+            &json!({"properties": {"virtualNetworkSubnetId": SUBNET}}),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ArmError::LroFailed { code, .. } if code == "OperationNotFound"),
+        "{err:?}"
+    );
+    assert_eq!(server.count("GET"), 1);
+}
+
 #[tokio::test]
 async fn lro_failure_carries_code_and_message() {
     let server = serve(|req, _, base| {

@@ -125,6 +125,18 @@ impl ArmClient {
             self.sleep_until_poll(url, deadline, wait).await?;
             bump(&self.inner.metrics.lro_polls);
             let resp = self.read(&op_url).await?;
+            if resp.status == 404 {
+                // ARM documents no retention for a finished operation's status (arm-vnet
+                // reference §8), so one polled late may be gone: whether the write took
+                // effect is unknown, not refused. As a failed operation, the step is sent
+                // again (counted) and observes what ARM shows.
+                let (code, message) = error_envelope(&resp.body, resp.status);
+                return Err(ArmError::LroFailed {
+                    path: url.path().to_string(),
+                    code,
+                    message: format!("its status is no longer known ({message})"),
+                });
+            }
             if !resp.ok() {
                 return Err(status_error(&Method::GET, &op_url, &resp));
             }
