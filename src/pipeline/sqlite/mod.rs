@@ -554,6 +554,7 @@ pub(crate) mod test_support {
 
     use super::SqliteStore;
     use crate::azure::ResourceId;
+    use crate::pipeline::ledger::StepRecord;
     use crate::pipeline::message::{Origin, RunId, Step, StepMessage};
 
     pub(crate) const LEASE: Duration = Duration::from_secs(60);
@@ -602,14 +603,35 @@ pub(crate) mod test_support {
     pub(crate) fn now() -> OffsetDateTime {
         OffsetDateTime::now_utc()
     }
+
+    /// The record of `m`'s `discover` step, which found a gateway connection.
+    pub(crate) fn discovered(m: &StepMessage) -> StepRecord {
+        StepRecord {
+            run: m.run.clone(),
+            target: m.target.clone(),
+            step: Step::Discover,
+            attempt: 0,
+            message_id: m.message_id(),
+            detail: "gateway-based: v1".into(),
+            at: now(),
+            duration_ms: 3,
+            next: Some(Step::Plan),
+            next_at: None,
+            outcome: None,
+            subnet: None,
+            prefix: None,
+            gateway: None,
+            cutover: Default::default(),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{msg, now, store, Dir, LEASE};
+    use super::test_support::{discovered, msg, now, store, Dir, LEASE};
     use super::*;
     use crate::azure::ResourceId;
-    use crate::pipeline::ledger::{Ledger, StepRecord};
+    use crate::pipeline::ledger::Ledger;
     use crate::pipeline::message::{GatewaySnapshot, Step};
     use crate::pipeline::queue::{Outgoing, StepSender};
 
@@ -691,23 +713,7 @@ mod tests {
         let dir = Dir::new();
         let p = dir.path().join("s.db");
         let m = msg("a", Step::Discover);
-        let rec = StepRecord {
-            run: m.run.clone(),
-            target: m.target.clone(),
-            step: Step::Discover,
-            attempt: 0,
-            message_id: m.message_id(),
-            detail: "gateway-based: v1".into(),
-            at: now(),
-            duration_ms: 3,
-            next: Some(Step::Plan),
-            next_at: None,
-            outcome: None,
-            subnet: None,
-            prefix: None,
-            gateway: None,
-            cutover: Default::default(),
-        };
+        let rec = discovered(&m);
         let settle = |s: &SqliteStore| {
             let d = s.receive(now(), LEASE, &[]).unwrap().expect("delivered");
             s.commit(&d, &[Outgoing::now(m.next(Step::Plan))], Some(&rec))

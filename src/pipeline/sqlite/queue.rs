@@ -470,7 +470,7 @@ impl StepSender for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{msg, msg_in, now, store, Dir, LEASE};
+    use super::super::test_support::{discovered, msg, msg_in, now, store, Dir, LEASE};
     use super::*;
     use crate::azure::ResourceId;
     use crate::pipeline::ledger::Ledger;
@@ -605,23 +605,7 @@ mod tests {
         s.send(vec![Outgoing::now(m.clone())]).await.unwrap();
         s.add_target(&m.run, &m.target, now()).await.unwrap();
         let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
-        let rec = StepRecord {
-            run: m.run.clone(),
-            target: m.target.clone(),
-            step: Step::Discover,
-            attempt: 0,
-            message_id: m.message_id(),
-            detail: "gateway-based: v1".into(),
-            at: now(),
-            duration_ms: 3,
-            next: Some(Step::Plan),
-            next_at: None,
-            outcome: None,
-            subnet: None,
-            prefix: None,
-            gateway: None,
-            cutover: Default::default(),
-        };
+        let rec = discovered(&m);
         s.commit(&d, &[Outgoing::now(m.next(Step::Plan))], Some(&rec))
             .unwrap();
         let t = s.target(&m.run, &m.target).await.unwrap().unwrap();
