@@ -5,6 +5,8 @@
 mod bound;
 pub mod invariants;
 
+use std::collections::HashMap;
+
 use crate::azure::arm::PacerConfig;
 use crate::pipeline::Outcome;
 use crate::report::{self, round3, BucketCounts, Percentiles, Report};
@@ -30,15 +32,14 @@ pub(crate) fn use_simulator_figures(
         }),
         &PacerConfig::default().scaled(speed),
     );
-    // Outcomes as the report counts them (`Outcome`'s text), each with the chain it implies.
-    let chains: Vec<Chain> = report
-        .by_reason
-        .keys()
-        .filter_map(|o| o.parse::<Outcome>().ok())
-        .filter_map(|o| Chain::of(&o))
+    // The chain each target's outcome implies, by the lowercased id the simulator's counts use.
+    let chains: HashMap<String, Chain> = report
+        .targets
+        .iter()
+        .filter_map(|t| Some((t.id.to_ascii_lowercase(), Chain::of(&t.parsed_outcome()?)?)))
         .collect();
     let bakes = bake_seconds * report.waves.len().saturating_sub(1) as f64;
-    let bound = LowerBound::new(stats, speed, settle_seconds, bakes, chains).seconds();
+    let bound = LowerBound::new(stats, speed, settle_seconds, bakes, &chains).seconds();
     let p = &mut report.performance;
     p.arm_write_bound_seconds = round3(write_bound);
     p.lower_bound_seconds = round3(bound);

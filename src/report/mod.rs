@@ -37,6 +37,16 @@ pub struct TargetReport {
     pub wave: Option<u32>,
 }
 
+impl TargetReport {
+    /// The outcome `outcome` and `reason` spell together; None while the target has none.
+    pub(crate) fn parsed_outcome(&self) -> Option<Outcome> {
+        match &self.reason {
+            Some(reason) => format!("{}:{reason}", self.outcome).parse().ok(),
+            None => self.outcome.parse().ok(),
+        }
+    }
+}
+
 /// One rollout wave (DESIGN §8): its targets, when it was released and when its last target
 /// reached its outcome (seconds since the run started, on the clock of `makespanSeconds`),
 /// and its gate once judged.
@@ -477,6 +487,19 @@ mod tests {
             wave: None,
             next_at: None,
         }
+    }
+
+    /// A target's outcome reads back from the report's two fields, and an unfinished one has none.
+    #[test]
+    fn each_target_outcome_parses_back_from_outcome_and_reason() {
+        let mut rolled_back = record("a", Some((0, 100)));
+        rolled_back.outcome = Some("rolled-back:connect-rejected:BadRequest".parse().unwrap());
+        let mut unfinished = record("b", None);
+        unfinished.outcome = None;
+        let records = [record("m", None), rolled_back.clone(), unfinished];
+        let report = Report::new("r", false, &records, Performance::default());
+        let parsed: Vec<_> = report.targets.iter().map(|t| t.parsed_outcome()).collect();
+        assert_eq!(parsed, [Some(Outcome::Migrated), rolled_back.outcome, None]);
     }
 
     #[test]

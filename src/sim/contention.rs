@@ -289,6 +289,17 @@ pub(super) fn hold(st: &mut State, claim: &Claim, until: Instant, awaited: bool)
             .vnet_held_seconds
             .entry(v.key().to_string())
             .or_default() += held;
+        // Holds on one VNet never overlap, so the one taken last ends last.
+        match (claim.work, &claim.site) {
+            (Work::SubnetJoin, Some(site)) => {
+                st.stats
+                    .vnet_last_join
+                    .insert(v.key().to_string(), site.key().to_string());
+            }
+            _ => {
+                st.stats.vnet_last_join.remove(v.key());
+            }
+        }
         st.vnet_busy.insert(
             v.key().to_string(),
             Hold {
@@ -459,6 +470,8 @@ mod tests {
         let key = hub.key().to_string();
         assert_eq!(st.stats.vnet_lock_seconds[&key], 7.0);
         assert!((st.stats.vnet_held_seconds[&key] - 8.0).abs() < 0.01);
+        let app1 = ResourceId::parse(SITE).unwrap();
+        assert_eq!(st.stats.vnet_last_join[&key], app1.key());
         let other = SITE.replace("app1", "app2");
         let late = claim(
             &st,
@@ -474,9 +487,26 @@ mod tests {
         );
         assert_eq!(st.stats.vnet_lock_seconds[&key], 14.0);
         assert!((st.stats.vnet_held_seconds[&key] - 15.0).abs() < 0.01);
+        let app2 = ResourceId::parse(&other).unwrap();
+        assert_eq!(st.stats.vnet_last_join[&key], app2.key());
         // The span runs from the first hold's start to the end of the one that ends last.
         let [first, last] = st.stats.vnet_span_seconds[&key];
         assert!((last - first - 60.0).abs() < 0.01);
+        // A subnet write after the joins: no join is the VNet's last operation any more.
+        let write = claim(
+            &st,
+            "PUT",
+            SUBNET,
+            &json!({"properties": {"addressPrefix": "10.0.9.0/26"}}),
+        );
+        assert_eq!(write.work, Work::NetworkWrite);
+        hold(
+            &mut st,
+            &write,
+            Instant::now() + Duration::from_secs(2),
+            true,
+        );
+        assert!(!st.stats.vnet_last_join.contains_key(&key));
     }
 
     #[test]

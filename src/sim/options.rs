@@ -188,6 +188,11 @@ pub struct SimStats {
     /// app's downtime spans at the least, once its gateway connection is gone.
     #[serde(default)]
     pub join_seconds: BTreeMap<String, f64>,
+    /// Lowercased VNet id → the site or slot whose subnet join is, so far, the last operation
+    /// that held the VNet (absent when the last was another operation): that target's settle
+    /// and check still follow the VNet's chain, so they add to its floor (`rehearsal::bound`).
+    #[serde(default)]
+    pub vnet_last_join: BTreeMap<String, String>,
 }
 
 fn one() -> u32 {
