@@ -102,7 +102,9 @@ pub(super) fn claim(st: &State, method: &str, path: &str, body: &Value) -> Claim
         return Claim::free(Work::Write);
     };
     if let Some(target) = web_target(&id) {
-        let current = st.store.get(&target).and_then(|s| current_subnet(&s));
+        // Read only for the writes that take part in the VNet lock: parsing the site costs
+        // more than the rest of the claim.
+        let current = || st.store.get(&target).and_then(|s| current_subnet(&s));
         let swift = type_key(&id).ends_with("/networkconfig")
             && id.name().eq_ignore_ascii_case("virtualnetwork");
         // A site write that sets or clears `virtualNetworkSubnetId` (or the swift PUT) and the
@@ -111,15 +113,18 @@ pub(super) fn claim(st: &State, method: &str, path: &str, body: &Value) -> Claim
         let (work, vnets) = match (method, id == target, swift) {
             ("PUT" | "PATCH", true, _) => {
                 match body.pointer("/properties/virtualNetworkSubnetId") {
-                    Some(v) => (Work::SubnetJoin, integration_vnets(subnet_in(v), current)),
+                    Some(v) => (Work::SubnetJoin, integration_vnets(subnet_in(v), current())),
                     None => (Work::Write, Vec::new()),
                 }
             }
             ("PUT" | "PATCH", false, true) => (
                 Work::SubnetJoin,
-                integration_vnets(subnet_in(&body["properties"]["subnetResourceId"]), current),
+                integration_vnets(
+                    subnet_in(&body["properties"]["subnetResourceId"]),
+                    current(),
+                ),
             ),
-            ("DELETE", false, true) => (Work::SwiftDelete, integration_vnets(None, current)),
+            ("DELETE", false, true) => (Work::SwiftDelete, integration_vnets(None, current())),
             _ => (Work::Write, Vec::new()),
         };
         return Claim {
