@@ -126,7 +126,10 @@ impl Body {
                 match d.decompress_vec(&stored[read..], &mut out, FlushDecompress::Finish)? {
                     Status::StreamEnd => return Ok(out),
                     // Neither read nor wrote although room was left: the stream is cut short.
-                    _ if out.len() == before && out.len() < out.capacity() => {
+                    _ if d.total_in() as usize == read
+                        && out.len() == before
+                        && out.len() < out.capacity() =>
+                    {
                         return Err("truncated deflate stream".into())
                     }
                     _ => out.reserve(stored.len() * 4),
