@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 use time::OffsetDateTime;
 
-use super::columns::{Rfc3339, UnixMs};
+use super::columns::{Body, Rfc3339, UnixMs};
 use super::{lstorage, storage, SqliteStore};
 use crate::pipeline::dead_letters::{DeadLettered, DeadLetters};
 use crate::pipeline::ledger::LedgerError;
@@ -75,7 +75,7 @@ impl DeadLetters for SqliteStore {
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, u32>(3)?,
                     r.get::<_, Option<UnixMs>>(4)?,
-                    r.get::<_, Vec<u8>>(5)?,
+                    r.get::<_, Body>(5)?,
                 ))
             })
             .map_err(storage)?;
@@ -88,7 +88,7 @@ impl DeadLetters for SqliteStore {
                 reason: reason.unwrap_or_default(),
                 delivery_count,
                 dead_lettered_at: at.map(UnixMs::datetime),
-                message: StepMessage::decode(&body).map_err(|e| e.to_string()),
+                message: StepMessage::decode(&body.0).map_err(|e| e.to_string()),
             });
         }
         Ok(out)

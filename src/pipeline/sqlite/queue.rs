@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 
-use super::columns::UnixMs;
+use super::columns::{Body, UnixMs};
 use super::ledger::record_tx;
 use super::{storage, SqliteStore};
 use crate::pipeline::ledger::StepRecord;
@@ -120,14 +120,14 @@ fn next_visible_sql() -> String {
 /// Sets the level and the destination VNet of every live message of a queue written before
 /// levels or per-VNet admission existed.
 pub(super) fn classify_live(tx: &Connection) -> rusqlite::Result<()> {
-    let live: Vec<(i64, Vec<u8>)> = tx
+    let live: Vec<(i64, Body)> = tx
         .prepare("SELECT seq, body FROM queue WHERE state='active'")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut set = tx.prepare("UPDATE queue SET priority=?2, vnet=?3 WHERE seq=?1")?;
     for (seq, body) in live {
         // An undecodable body keeps level 0 and no VNet; it is dead-lettered when delivered.
-        if let Ok(m) = StepMessage::decode(&body) {
+        if let Ok(m) = StepMessage::decode(&body.0) {
             set.execute(params![seq, m.priority(), m.vnet_key()])?;
         }
     }
@@ -183,7 +183,7 @@ impl SqliteStore {
                 id,
                 session,
                 m.message.target.subscription().to_ascii_lowercase(),
-                m.message.encode(),
+                Body(m.message.encode()),
                 visible_at,
                 is_head,
                 m.message.priority(),
@@ -277,7 +277,7 @@ impl SqliteStore {
     /// row changes: no index covers the lease columns.
     fn lock(tx: &Connection, c: Candidate, until: UnixMs) -> Result<Delivery, QueueError> {
         let token = uuid::Uuid::new_v4().to_string();
-        let body: Vec<u8> = tx
+        let Body(body) = tx
             .prepare_cached("UPDATE queue SET lock_token=?1, locked_until=?2, delivery_count=delivery_count+1 WHERE seq=?3 RETURNING body")
             .and_then(|mut s| s.query_row(params![token, until, c.seq], |r| r.get(0)))
             .map_err(storage)?;
