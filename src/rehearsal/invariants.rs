@@ -18,10 +18,14 @@ use crate::report::Report;
 pub fn subscriptions(fleet: &Fleet) -> Vec<String> {
     let subs: BTreeSet<String> = fleet
         .with_ids()
-        .filter(|(id, _)| id.kind() == ResourceKind::Site)
-        .map(|(id, _)| id.subscription().to_ascii_lowercase())
+        .filter_map(|(id, _)| site_subscription(&id))
         .collect();
     subs.into_iter().collect()
+}
+
+/// The subscription of a site's id (lowercased), what `subscriptions` collects.
+fn site_subscription(id: &ResourceId) -> Option<String> {
+    (id.kind() == ResourceKind::Site).then(|| id.subscription().to_ascii_lowercase())
 }
 
 /// What the invariants read of one app: a handful of fields rather than the whole resource,
@@ -51,6 +55,8 @@ pub struct View {
     autoscale: Vec<AutoscaleSetting>,
     /// target → its gateway connections
     gateways: BTreeMap<ResourceId, GatewayFacts>,
+    /// Subscriptions that own sites.
+    subscriptions: BTreeSet<String>,
 }
 
 impl View {
@@ -62,6 +68,7 @@ impl View {
             plans: BTreeMap::new(),
             autoscale: Vec::new(),
             gateways: BTreeMap::new(),
+            subscriptions: BTreeSet::new(),
         };
         for r in resources {
             let r = r.borrow();
@@ -72,6 +79,7 @@ impl View {
             else {
                 continue;
             };
+            v.subscriptions.extend(site_subscription(&id));
             match id.kind() {
                 ResourceKind::Site | ResourceKind::Slot => {
                     if let Ok(s) = Site::deserialize(r) {
@@ -115,6 +123,11 @@ impl View {
             }
         }
         v
+    }
+
+    /// Subscriptions that own sites (as `subscriptions` of the fleet read).
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.subscriptions.iter().cloned().collect()
     }
 }
 

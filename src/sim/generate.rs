@@ -134,11 +134,17 @@ pub const MAX_TARGETS: usize = 50_000;
 /// A deterministic estate of `n_targets` sites + slots (exactly) from `seed` (the command line
 /// asks for at most [`MAX_TARGETS`]).
 pub fn generate(n_targets: usize, seed: u64) -> Fleet {
+    builder(n_targets, seed).into_fleet()
+}
+
+/// The builder holding `generate`'s estate, for a simulator to take over as it is
+/// (`Simulator::from_builder`).
+pub fn builder(n_targets: usize, seed: u64) -> FleetBuilder {
     let mut g = Gen::new(n_targets, seed);
     while g.remaining > 0 {
         g.plan_group();
     }
-    g.b.into_fleet()
+    g.b
 }
 
 struct Subscription {

@@ -46,7 +46,16 @@ pub struct Simulator {
 
 impl Simulator {
     pub fn new(fleet: Fleet, options: SimOptions) -> Self {
-        let store = Store::from_resources(fleet.resources);
+        Self::with_store(Store::from_resources(fleet.resources), options)
+    }
+
+    /// A simulator holding what `builder` built, taken over as it is kept (no second copy
+    /// of the fleet, no parsing).
+    pub fn from_builder(builder: builder::FleetBuilder, options: SimOptions) -> Self {
+        Self::with_store(Store::from_stored(builder.into_stored()), options)
+    }
+
+    fn with_store(store: Store, options: SimOptions) -> Self {
         Self {
             inner: Arc::new(Mutex::new(State::new(store, options))),
         }

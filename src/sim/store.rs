@@ -47,36 +47,70 @@ fn references(id: &ResourceId, value: &Value) -> Vec<(Ref, ResourceId)> {
     }
 }
 
-/// One stored resource.
+/// One stored resource (also how `FleetBuilder` keeps what it builds, so a generated fleet
+/// reaches the store without being parsed again).
 #[derive(Debug, Clone)]
-enum Stored {
+pub(crate) enum Stored {
     /// Compact JSON text, LZ4-compressed (its length prepended).
     Compact(Box<[u8]>),
     Parsed(Value),
 }
 
 impl Stored {
-    fn new(id: &ResourceId, value: Value) -> Self {
+    pub(crate) fn new(id: &ResourceId, value: Value) -> Self {
         if type_key(id).starts_with("microsoft.network/") {
             Stored::Parsed(value)
         } else {
-            Stored::Compact(lz4_flex::compress_prepend_size(value.to_string().as_bytes()).into())
+            Stored::Compact(pack(&value))
         }
     }
 
-    fn value(&self) -> Cow<'_, Value> {
+    pub(crate) fn value(&self) -> Cow<'_, Value> {
         match self {
-            // The store compressed the text of a value, so it decompresses and parses.
-            Stored::Compact(packed) => {
-                let text = lz4_flex::decompress_size_prepended(packed)
-                    .expect("the store holds the LZ4 it wrote");
-                Cow::Owned(
-                    serde_json::from_slice(&text).expect("the store holds the JSON it wrote"),
-                )
-            }
+            Stored::Compact(packed) => Cow::Owned(unpack(packed)),
             Stored::Parsed(v) => Cow::Borrowed(v),
         }
     }
+
+    pub(crate) fn into_value(self) -> Value {
+        match self {
+            Stored::Compact(packed) => unpack(&packed),
+            Stored::Parsed(v) => v,
+        }
+    }
+
+    pub(crate) fn is_compact(&self) -> bool {
+        matches!(self, Stored::Compact(_))
+    }
+
+    /// The value in place, parsed first when compact (`close` compacts it again).
+    pub(crate) fn open(&mut self) -> &mut Value {
+        match self {
+            Stored::Parsed(v) => v,
+            Stored::Compact(packed) => {
+                *self = Stored::Parsed(unpack(packed));
+                self.open()
+            }
+        }
+    }
+
+    /// Compacts a value `open` parsed.
+    pub(crate) fn close(&mut self) {
+        if let Stored::Parsed(v) = self {
+            *self = Stored::Compact(pack(v));
+        }
+    }
+}
+
+fn pack(value: &Value) -> Box<[u8]> {
+    lz4_flex::compress_prepend_size(value.to_string().as_bytes()).into()
+}
+
+/// The store compressed the text of a value, so it decompresses and parses.
+fn unpack(packed: &[u8]) -> Value {
+    let text =
+        lz4_flex::decompress_size_prepended(packed).expect("the store holds the LZ4 it wrote");
+    serde_json::from_slice(&text).expect("the store holds the JSON it wrote")
 }
 
 #[derive(Debug, Default, Clone)]
@@ -111,6 +145,16 @@ impl Store {
         s
     }
 
+    /// Takes over resources already in their stored form (`FleetBuilder::into_stored`).
+    pub(crate) fn from_stored(resources: impl IntoIterator<Item = (ResourceId, Stored)>) -> Self {
+        let mut s = Self::default();
+        for (id, stored) in resources {
+            let refs = references(&id, &stored.value());
+            s.insert(&id, refs, stored);
+        }
+        s
+    }
+
     /// The resource as stored (change it through `put` or `update`).
     pub(crate) fn get(&self, id: &ResourceId) -> Option<Cow<'_, Value>> {
         self.resources.get(id.key()).map(Stored::value)
@@ -125,15 +169,12 @@ impl Store {
         f: impl FnOnce(&mut Value) -> R,
     ) -> Option<R> {
         let stored = self.resources.get_mut(id.key())?;
-        Some(match stored {
-            Stored::Parsed(v) => f(v),
-            Stored::Compact(_) => {
-                let mut value = stored.value().into_owned();
-                let out = f(&mut value);
-                *stored = Stored::new(id, value);
-                out
-            }
-        })
+        let compact = stored.is_compact();
+        let out = f(stored.open());
+        if compact {
+            stored.close();
+        }
+        Some(out)
     }
 
     pub(crate) fn contains(&self, id: &ResourceId) -> bool {
@@ -142,6 +183,12 @@ impl Store {
 
     /// Inserts or replaces; returns true when the resource is new.
     pub(crate) fn put(&mut self, id: &ResourceId, value: Value) -> bool {
+        let refs = references(id, &value);
+        self.insert(id, refs, Stored::new(id, value))
+    }
+
+    /// `put` with the references of the value already read.
+    fn insert(&mut self, id: &ResourceId, refs: Vec<(Ref, ResourceId)>, stored: Stored) -> bool {
         let key = id.key().to_string();
         self.by_type
             .entry(type_key(id))
@@ -151,13 +198,13 @@ impl Store {
         if let Some(o) = &old {
             self.unlink(id, &o.value());
         }
-        self.link(id, &value);
-        self.resources.insert(key, Stored::new(id, value));
+        self.link(id, refs);
+        self.resources.insert(key, stored);
         old.is_none()
     }
 
-    fn link(&mut self, id: &ResourceId, value: &Value) {
-        for (r, target) in references(id, value) {
+    fn link(&mut self, id: &ResourceId, refs: Vec<(Ref, ResourceId)>) {
+        for (r, target) in refs {
             self.referrers
                 .entry((r, target.key().to_string()))
                 .or_default()
