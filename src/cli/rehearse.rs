@@ -56,7 +56,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     };
     // The invariants need a few facts of the fleet as it was, not the fleet: read from the
     // simulator before it serves (one copy of the fleet in memory, not two).
-    let before = sim.with_resources(|r| invariants::View::of(r));
+    let before = sim.with_resources(|r| invariants::Targets::of(r));
     let subs = before.subscriptions();
     let server = sim
         .serve(([127, 0, 0, 1], 0).into())

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use super::context::StepError;
 use super::fleet_plan::VnetDigest;
-use super::plan::{self, Integration, PlanContext, PlanDecision, SharedSubnets, TargetState};
+use super::plan::{
+    self, Integration, PlanContext, PlanDecision, SharedSubnets, TargetDecision, TargetState,
+};
 use super::sharing;
 use crate::azure::arm::ArmClient;
 use crate::azure::models::{
@@ -38,10 +40,11 @@ pub(crate) struct Decided {
     pub(crate) decision: PlanDecision,
     /// Every site and slot of the plan, with its integration as read.
     pub(crate) targets: Arc<Vec<TargetState>>,
-    /// The VNets read (gateway VNets, their peers, VNets holding the plan's subnets), as far
-    /// as a forecast's fingerprint depends on them. A decision stays cached for its plan's
-    /// targets, and a hub VNet's hundreds of subnets, each with its delegation and links,
-    /// took a megabyte or more per cached plan (10,000 targets: ~500 MB of a rehearsal).
+    /// The VNets the decision migrates targets into, as far as a forecast's fingerprint
+    /// depends on them (it reads no other). A decision stays cached for its plan's targets:
+    /// a hub VNet's hundreds of subnets, each with its delegation and links, took a megabyte
+    /// or more per cached plan (10,000 targets: ~500 MB of a rehearsal), and their digests,
+    /// for every VNet read, still ~18 MB.
     pub(crate) vnets: Vec<VnetDigest>,
     // The rest of what the decision was made from, so it can be made again with the subnets
     // the plan shares (shared, not copied, by that second decision). The VNets themselves
@@ -140,10 +143,11 @@ impl PlanCache {
             .chain(others.iter().map(|d| &d.decision))
             .collect();
         let shared = sharing::share(plan.subscription(), &decisions, &vnets, policy);
+        let decision = alone.decide(policy, &vnets, &shared);
         Ok(Arc::new(Decided {
-            decision: alone.decide(policy, &vnets, &shared),
+            vnets: destination_digests(&decision, &vnets),
+            decision,
             targets: alone.targets.clone(),
-            vnets: alone.vnets.clone(),
             shareable_vnets: Some(vnets),
             plan: alone.plan.clone(),
             autoscale: alone.autoscale.clone(),
@@ -346,8 +350,9 @@ async fn compute(
     };
     // The decision is cached with what it was made from, and planning reads only the settings
     // that scale this plan: the group's others (every plan of the group kept them all: ~90 MB
-    // of a 10,000-target rehearsal) are dropped here.
+    // of a 10,000-target rehearsal) are dropped here, with the room they took.
     autoscale.retain(|s| s.targets(&plan.id));
+    autoscale.shrink_to_fit();
 
     // Regional integration support is per scale unit, so any app of the plan can tell.
     let swift_supported = match members.first() {
@@ -372,9 +377,9 @@ async fn compute(
         shared: None,
     });
     Ok(Decided {
+        vnets: destination_digests(&decision, &vnets),
         decision,
         targets: Arc::new(targets),
-        vnets: vnets.iter().map(VnetDigest::of).collect(),
         shareable_vnets: policy.subnet.shared_across_plans.then(|| {
             Arc::new(
                 vnets
@@ -387,6 +392,20 @@ async fn compute(
         autoscale: Arc::new(autoscale),
         swift_supported,
     })
+}
+
+/// Digests of the VNets of `vnets` that `decision` migrates a target into.
+fn destination_digests(decision: &PlanDecision, vnets: &[VirtualNetwork]) -> Vec<VnetDigest> {
+    vnets
+        .iter()
+        .filter(|v| {
+            decision
+                .targets
+                .values()
+                .any(|t| matches!(t, TargetDecision::Migrate(c) if c.vnet == v.id))
+        })
+        .map(VnetDigest::of)
+        .collect()
 }
 
 #[cfg(test)]
