@@ -15,6 +15,8 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -113,14 +115,23 @@ fn unpack(packed: &[u8]) -> Value {
     serde_json::from_slice(&text).expect("the store holds the JSON it wrote")
 }
 
+/// A resource's lowercased id, one allocation shared by the store's maps (at 10,000 targets a
+/// copy per map took megabytes).
+type Key = Arc<str>;
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Store {
     /// Lowercased id → the resource.
-    resources: BTreeMap<String, Stored>,
-    by_type: HashMap<String, BTreeSet<String>>,
+    resources: BTreeMap<Key, Stored>,
+    by_type: HashMap<String, BTreeSet<Key>>,
     /// (reference, referenced key) → keys of the resources holding that reference, kept in
     /// step with `resources` by `put` and `remove_tree`.
-    referrers: HashMap<(Ref, String), BTreeSet<String>>,
+    referrers: HashMap<(Ref, String), BTreeSet<Key>>,
+}
+
+/// The range of an ordered map or set of keys from `start` on.
+fn from(start: &str) -> (Bound<&str>, Bound<&str>) {
+    (Bound::Included(start), Bound::Unbounded)
 }
 
 /// Lowercased full type of a resource id (`microsoft.web/sites/slots`), or the ARM names of
@@ -189,7 +200,10 @@ impl Store {
 
     /// `put` with the references of the value already read.
     fn insert(&mut self, id: &ResourceId, refs: Vec<(Ref, ResourceId)>, stored: Stored) -> bool {
-        let key = id.key().to_string();
+        let key: Key = match self.resources.get_key_value(id.key()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(id.key()),
+        };
         self.by_type
             .entry(type_key(id))
             .or_default()
@@ -198,17 +212,17 @@ impl Store {
         if let Some(o) = &old {
             self.unlink(id, &o.value());
         }
-        self.link(id, refs);
+        self.link(&key, refs);
         self.resources.insert(key, stored);
         old.is_none()
     }
 
-    fn link(&mut self, id: &ResourceId, refs: Vec<(Ref, ResourceId)>) {
+    fn link(&mut self, key: &Key, refs: Vec<(Ref, ResourceId)>) {
         for (r, target) in refs {
             self.referrers
                 .entry((r, target.key().to_string()))
                 .or_default()
-                .insert(id.key().to_string());
+                .insert(key.clone());
         }
     }
 
@@ -234,19 +248,19 @@ impl Store {
             .get(&(r, target.key().to_string()))
             .into_iter()
             .flatten()
-            .filter_map(|k| self.resources.get(k).map(|v| (k.as_str(), v.value())))
+            .filter_map(|k| self.resources.get(k).map(|v| (&**k, v.value())))
     }
 
     /// Removes the resource and everything below it; returns whether it existed.
     pub(crate) fn remove_tree(&mut self, id: &ResourceId) -> bool {
         let prefix = format!("{}/", id.key());
-        let doomed: Vec<String> = self
+        let doomed: Vec<Key> = self
             .resources
-            .range(id.key().to_string()..)
-            .take_while(|(k, _)| *k == id.key() || k.starts_with(&prefix))
+            .range::<str, _>(from(id.key()))
+            .take_while(|(k, _)| &***k == id.key() || k.starts_with(&prefix))
             .map(|(k, _)| k.clone())
             .collect();
-        let existed = doomed.iter().any(|k| k == id.key());
+        let existed = doomed.iter().any(|k| &**k == id.key());
         for k in doomed {
             let Some(old) = self.resources.remove(&k) else {
                 continue;
@@ -272,7 +286,7 @@ impl Store {
         &'a self,
         ty: &str,
         scope: &ResourceId,
-    ) -> impl Iterator<Item = &'a String> + 'a {
+    ) -> impl Iterator<Item = &'a Key> + 'a {
         // The type index is ordered, so the resources below `scope` are one contiguous range.
         let prefix = format!("{}/", scope.key());
         self.by_type
@@ -280,7 +294,7 @@ impl Store {
             .into_iter()
             .flat_map(move |keys| {
                 let within = prefix.clone();
-                keys.range(prefix.clone()..)
+                keys.range::<str, _>(from(&prefix))
                     .take_while(move |k| k.starts_with(&within))
             })
     }
@@ -325,7 +339,7 @@ impl Store {
     pub(crate) fn any_within(&self, scope: &ResourceId) -> bool {
         let prefix = format!("{}/", scope.key());
         self.resources
-            .range(prefix.clone()..)
+            .range::<str, _>(from(&prefix))
             .next()
             .is_some_and(|(k, _)| k.starts_with(&prefix))
     }
@@ -334,7 +348,7 @@ impl Store {
     pub(crate) fn first_location_within(&self, scope: &ResourceId) -> Option<String> {
         let prefix = format!("{}/", scope.key());
         self.resources
-            .range(prefix.clone()..)
+            .range::<str, _>(from(&prefix))
             .take_while(|(k, _)| k.starts_with(&prefix))
             .find_map(|(_, v)| {
                 v.value()
