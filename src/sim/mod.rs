@@ -137,12 +137,7 @@ impl SimServer {
 
 /// `vnet-migrate simulate-arm`: serves on 127.0.0.1:`port`, prints
 /// `listening on http://127.0.0.1:PORT` as the first stdout line, runs until Ctrl-C.
-pub(crate) async fn run_simulate_arm(
-    fleet: Fleet,
-    options: SimOptions,
-    port: u16,
-) -> anyhow::Result<()> {
-    let sim = Simulator::new(fleet, options);
+pub(crate) async fn run_simulate_arm(sim: Simulator, port: u16) -> anyhow::Result<()> {
     let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     {
         let mut out = std::io::stdout().lock();
