@@ -44,8 +44,8 @@ pub(crate) struct Decided {
     /// depends on them (it reads no other). A decision stays cached for its plan's targets:
     /// a hub VNet's hundreds of subnets, each with its delegation and links, took a megabyte
     /// or more per cached plan (10,000 targets: ~500 MB of a rehearsal), and their digests,
-    /// for every VNet read, still ~18 MB.
-    pub(crate) vnets: Vec<VnetDigest>,
+    /// for every VNet read, still ~18 MB. Equal digests are shared (`Digests`).
+    pub(crate) vnets: Vec<Arc<VnetDigest>>,
     // The rest of what the decision was made from, so it can be made again with the subnets
     // the plan shares (shared, not copied, by that second decision). The VNets themselves
     // only when plans share subnets, with only what planning reads.
@@ -86,6 +86,11 @@ type Region = (String, String);
 /// The plans of a region, and when they were listed.
 type Listed = (Instant, Arc<Vec<ResourceId>>);
 
+/// The last digest of each VNet, so that the decisions made while a VNet's subnets stay the
+/// same share one (a hub's, with its hundreds of subnets, is the destination of hundreds of
+/// plans: 10,000 targets, ~11 MB of copies).
+type Digests = Mutex<HashMap<ResourceId, Arc<VnetDigest>>>;
+
 #[derive(Clone, Default)]
 pub(crate) struct PlanCache {
     inner: Arc<Mutex<HashMap<ResourceId, Cached>>>,
@@ -95,6 +100,7 @@ pub(crate) struct PlanCache {
     /// it), while different plans are decided concurrently. An entry lives while its plan is
     /// being decided.
     building: Arc<Mutex<HashMap<ResourceId, Building>>>,
+    digests: Arc<Digests>,
 }
 
 impl PlanCache {
@@ -145,7 +151,7 @@ impl PlanCache {
         let shared = sharing::share(plan.subscription(), &decisions, &vnets, policy);
         let decision = alone.decide(policy, &vnets, &shared);
         Ok(Arc::new(Decided {
-            vnets: destination_digests(&decision, &vnets),
+            vnets: destination_digests(&self.digests, &decision, &vnets),
             decision,
             targets: alone.targets.clone(),
             shareable_vnets: Some(vnets),
@@ -230,7 +236,9 @@ impl PlanCache {
         if let Some(d) = self.lookup(plan) {
             return Ok(d);
         }
-        let decided = compute(arm, policy, plan).await.map(Arc::new);
+        let decided = compute(arm, policy, plan, &self.digests)
+            .await
+            .map(Arc::new);
         if let Ok(d) = &decided {
             self.inner
                 .lock()
@@ -290,6 +298,7 @@ async fn compute(
     arm: &ArmClient,
     policy: &Policy,
     plan_id: &ResourceId,
+    digests: &Digests,
 ) -> Result<Decided, StepError> {
     let plan: Plan = arm.get(plan_id.as_str()).await?;
     let sites: Vec<Site> = arm.list(&format!("{plan_id}/sites")).await?;
@@ -377,7 +386,7 @@ async fn compute(
         shared: None,
     });
     Ok(Decided {
-        vnets: destination_digests(&decision, &vnets),
+        vnets: destination_digests(digests, &decision, &vnets),
         decision,
         targets: Arc::new(targets),
         shareable_vnets: policy.subnet.shared_across_plans.then(|| {
@@ -394,8 +403,14 @@ async fn compute(
     })
 }
 
-/// Digests of the VNets of `vnets` that `decision` migrates a target into.
-fn destination_digests(decision: &PlanDecision, vnets: &[VirtualNetwork]) -> Vec<VnetDigest> {
+/// Digests of the VNets of `vnets` that `decision` migrates a target into, each the last one
+/// of `digests` when equal.
+fn destination_digests(
+    digests: &Digests,
+    decision: &PlanDecision,
+    vnets: &[VirtualNetwork],
+) -> Vec<Arc<VnetDigest>> {
+    let mut last = digests.lock().unwrap_or_else(|p| p.into_inner());
     vnets
         .iter()
         .filter(|v| {
@@ -404,7 +419,17 @@ fn destination_digests(decision: &PlanDecision, vnets: &[VirtualNetwork]) -> Vec
                 .values()
                 .any(|t| matches!(t, TargetDecision::Migrate(c) if c.vnet == v.id))
         })
-        .map(VnetDigest::of)
+        .map(|v| {
+            let digest = VnetDigest::of(v);
+            match last.get(&v.id) {
+                Some(known) if **known == digest => known.clone(),
+                _ => {
+                    let digest = Arc::new(digest);
+                    last.insert(v.id.clone(), digest.clone());
+                    digest
+                }
+            }
+        })
         .collect()
 }
 
