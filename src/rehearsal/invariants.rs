@@ -159,8 +159,10 @@ impl View {
             };
             match id.kind() {
                 ResourceKind::VirtualNetwork => {
+                    // Stripped as for planning: the checks read subnets' names, prefixes and
+                    // delegations, while a hub's every subnet came with all its fields.
                     if let Ok(n) = VirtualNetwork::deserialize(r) {
-                        v.vnets.insert(id, n);
+                        v.vnets.insert(id, n.for_planning());
                     }
                 }
                 ResourceKind::ServerFarm => {
