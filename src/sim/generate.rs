@@ -125,8 +125,8 @@ enum SlotMode {
 }
 
 /// The largest estate `--generate` accepts. A rehearsal holds the whole estate in memory (the
-/// simulator's store, ARM resources as JSON): its peak RSS was 460 MB at 10,000 targets
-/// (BENCHMARKS.md), so 50,000 already takes over 2 GB and the 150,000 of issue 10 about 7 GB.
+/// simulator's store, ARM resources as compressed JSON): its peak RSS was about 150 MB at
+/// 10,000 targets (BENCHMARKS.md) and grows with the estate (50,000 not measured).
 /// (On such estates a team's VNets fill up with integration subnets; the plans that find no
 /// room stay on their gateway connections.)
 pub const MAX_TARGETS: usize = 50_000;
