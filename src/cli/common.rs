@@ -19,6 +19,7 @@ use crate::azure::resource_id::{NameRule, ResourceKind};
 use crate::azure::ResourceId;
 use crate::policy::Policy;
 use crate::report::Report;
+use crate::sim::{SimOptions, Simulator};
 
 pub use super::output::OutputFormat;
 
@@ -238,6 +239,19 @@ impl FleetSource {
             (Some(path), _) => Some(crate::sim::Fleet::load(path)?),
             (None, Some(n)) => Some(crate::sim::generate::generate(n, self.seed)),
             (None, None) => None,
+        })
+    }
+
+    /// A simulator holding the fleet; `None` when neither `--fleet` nor `--generate` was
+    /// given. A generated fleet goes straight into the simulator's store, never whole as
+    /// `serde_json` values.
+    pub(crate) fn simulator(&self, options: SimOptions) -> Result<Option<Simulator>> {
+        Ok(match (&self.fleet, self.generate) {
+            (None, Some(n)) => Some(Simulator::from_builder(
+                crate::sim::generate::builder(n, self.seed),
+                options,
+            )),
+            _ => self.load()?.map(|fleet| Simulator::new(fleet, options)),
         })
     }
 }

@@ -17,7 +17,7 @@ use crate::pipeline::local::{Start, StateFile};
 use crate::policy::Policy;
 use crate::rehearsal::{self, invariants};
 use crate::report::html;
-use crate::sim::{FaultProfile, SimOptions, Simulator};
+use crate::sim::{FaultProfile, SimOptions};
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
@@ -45,22 +45,19 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         Some(p) => Policy::load(p)?,
         None => Policy::default(),
     };
-    let Some(fleet) = args.source.load()? else {
+    let options = SimOptions {
+        speed: args.speed,
+        faults: args.faults,
+        seed: args.source.seed,
+        ..SimOptions::default()
+    };
+    let Some(sim) = args.source.simulator(options)? else {
         anyhow::bail!("rehearse needs --fleet FILE or --generate N");
     };
-    let subs = invariants::subscriptions(&fleet);
-    // The invariants need a few facts of the fleet as it was, not the fleet: the simulator
-    // takes the fleet itself (one copy of it in memory, not two).
-    let before = invariants::View::of(&mut fleet.resources.iter());
-    let sim = Simulator::new(
-        fleet,
-        SimOptions {
-            speed: args.speed,
-            faults: args.faults,
-            seed: args.source.seed,
-            ..SimOptions::default()
-        },
-    );
+    // The invariants need a few facts of the fleet as it was, not the fleet: read from the
+    // simulator before it serves (one copy of the fleet in memory, not two).
+    let before = sim.with_resources(|r| invariants::Targets::of(r));
+    let subs = before.subscriptions();
     let server = sim
         .serve(([127, 0, 0, 1], 0).into())
         .await

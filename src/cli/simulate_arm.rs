@@ -7,7 +7,7 @@ use clap::Args as ClapArgs;
 
 use super::common::Global;
 use super::exit::Exit;
-use crate::sim::{FaultProfile, SimOptions};
+use crate::sim::{FaultProfile, Fleet, SimOptions, Simulator};
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
@@ -25,14 +25,17 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(_global: &Global, args: Args) -> Result<ExitCode> {
-    // With neither, an empty ARM: clients create what they need (as the az CLI recordings do).
-    let fleet = args.source.load()?.unwrap_or_default();
     let options = SimOptions {
         speed: args.speed,
         faults: args.faults,
         seed: args.source.seed,
         ..SimOptions::default()
     };
-    crate::sim::run_simulate_arm(fleet, options, args.port).await?;
+    // With neither, an empty ARM: clients create what they need (as the az CLI recordings do).
+    let sim = match args.source.simulator(options.clone())? {
+        Some(sim) => sim,
+        None => Simulator::new(Fleet::default(), options),
+    };
+    crate::sim::run_simulate_arm(sim, args.port).await?;
     Ok(Exit::Done.into())
 }

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use super::context::StepError;
 use super::fleet_plan::VnetDigest;
-use super::plan::{self, Integration, PlanContext, PlanDecision, SharedSubnets, TargetState};
+use super::plan::{
+    self, Integration, PlanContext, PlanDecision, SharedSubnets, TargetDecision, TargetState,
+};
 use super::sharing;
 use crate::azure::arm::ArmClient;
 use crate::azure::models::{
@@ -38,11 +40,12 @@ pub(crate) struct Decided {
     pub(crate) decision: PlanDecision,
     /// Every site and slot of the plan, with its integration as read.
     pub(crate) targets: Arc<Vec<TargetState>>,
-    /// The VNets read (gateway VNets, their peers, VNets holding the plan's subnets), as far
-    /// as a forecast's fingerprint depends on them. A decision stays cached for its plan's
-    /// targets, and a hub VNet's hundreds of subnets, each with its delegation and links,
-    /// took a megabyte or more per cached plan (10,000 targets: ~500 MB of a rehearsal).
-    pub(crate) vnets: Vec<VnetDigest>,
+    /// The VNets the decision migrates targets into, as far as a forecast's fingerprint
+    /// depends on them (it reads no other). A decision stays cached for its plan's targets:
+    /// a hub VNet's hundreds of subnets, each with its delegation and links, took a megabyte
+    /// or more per cached plan (10,000 targets: ~500 MB of a rehearsal), and their digests,
+    /// for every VNet read, still ~18 MB. Equal digests are shared (`Digests`).
+    pub(crate) vnets: Vec<Arc<VnetDigest>>,
     // The rest of what the decision was made from, so it can be made again with the subnets
     // the plan shares (shared, not copied, by that second decision). The VNets themselves
     // only when plans share subnets, with only what planning reads.
@@ -83,6 +86,11 @@ type Region = (String, String);
 /// The plans of a region, and when they were listed.
 type Listed = (Instant, Arc<Vec<ResourceId>>);
 
+/// The last digest of each VNet, so that the decisions made while a VNet's subnets stay the
+/// same share one (a hub's, with its hundreds of subnets, is the destination of hundreds of
+/// plans: 10,000 targets, ~11 MB of copies).
+type Digests = Mutex<HashMap<ResourceId, Arc<VnetDigest>>>;
+
 #[derive(Clone, Default)]
 pub(crate) struct PlanCache {
     inner: Arc<Mutex<HashMap<ResourceId, Cached>>>,
@@ -92,6 +100,7 @@ pub(crate) struct PlanCache {
     /// it), while different plans are decided concurrently. An entry lives while its plan is
     /// being decided.
     building: Arc<Mutex<HashMap<ResourceId, Building>>>,
+    digests: Arc<Digests>,
 }
 
 impl PlanCache {
@@ -140,10 +149,11 @@ impl PlanCache {
             .chain(others.iter().map(|d| &d.decision))
             .collect();
         let shared = sharing::share(plan.subscription(), &decisions, &vnets, policy);
+        let decision = alone.decide(policy, &vnets, &shared);
         Ok(Arc::new(Decided {
-            decision: alone.decide(policy, &vnets, &shared),
+            vnets: destination_digests(&self.digests, &decision, &vnets),
+            decision,
             targets: alone.targets.clone(),
-            vnets: alone.vnets.clone(),
             shareable_vnets: Some(vnets),
             plan: alone.plan.clone(),
             autoscale: alone.autoscale.clone(),
@@ -226,7 +236,9 @@ impl PlanCache {
         if let Some(d) = self.lookup(plan) {
             return Ok(d);
         }
-        let decided = compute(arm, policy, plan).await.map(Arc::new);
+        let decided = compute(arm, policy, plan, &self.digests)
+            .await
+            .map(Arc::new);
         if let Ok(d) = &decided {
             self.inner
                 .lock()
@@ -286,6 +298,7 @@ async fn compute(
     arm: &ArmClient,
     policy: &Policy,
     plan_id: &ResourceId,
+    digests: &Digests,
 ) -> Result<Decided, StepError> {
     let plan: Plan = arm.get(plan_id.as_str()).await?;
     let sites: Vec<Site> = arm.list(&format!("{plan_id}/sites")).await?;
@@ -346,8 +359,9 @@ async fn compute(
     };
     // The decision is cached with what it was made from, and planning reads only the settings
     // that scale this plan: the group's others (every plan of the group kept them all: ~90 MB
-    // of a 10,000-target rehearsal) are dropped here.
+    // of a 10,000-target rehearsal) are dropped here, with the room they took.
     autoscale.retain(|s| s.targets(&plan.id));
+    autoscale.shrink_to_fit();
 
     // Regional integration support is per scale unit, so any app of the plan can tell.
     let swift_supported = match members.first() {
@@ -372,9 +386,9 @@ async fn compute(
         shared: None,
     });
     Ok(Decided {
+        vnets: destination_digests(digests, &decision, &vnets),
         decision,
         targets: Arc::new(targets),
-        vnets: vnets.iter().map(VnetDigest::of).collect(),
         shareable_vnets: policy.subnet.shared_across_plans.then(|| {
             Arc::new(
                 vnets
@@ -387,6 +401,36 @@ async fn compute(
         autoscale: Arc::new(autoscale),
         swift_supported,
     })
+}
+
+/// Digests of the VNets of `vnets` that `decision` migrates a target into, each the last one
+/// of `digests` when equal.
+fn destination_digests(
+    digests: &Digests,
+    decision: &PlanDecision,
+    vnets: &[VirtualNetwork],
+) -> Vec<Arc<VnetDigest>> {
+    let mut last = digests.lock().unwrap_or_else(|p| p.into_inner());
+    vnets
+        .iter()
+        .filter(|v| {
+            decision
+                .targets
+                .values()
+                .any(|t| matches!(t, TargetDecision::Migrate(c) if c.vnet == v.id))
+        })
+        .map(|v| {
+            let digest = VnetDigest::of(v);
+            match last.get(&v.id) {
+                Some(known) if **known == digest => known.clone(),
+                _ => {
+                    let digest = Arc::new(digest);
+                    last.insert(v.id.clone(), digest.clone());
+                    digest
+                }
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

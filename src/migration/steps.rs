@@ -128,7 +128,7 @@ async fn plan(ctx: &StepContext, msg: &StepMessage) -> Result<StepResult, StepEr
         )));
     };
     let vnet = || match live {
-        TargetDecision::Migrate(c) => decided.vnets.iter().find(|v| v.id == c.vnet),
+        TargetDecision::Migrate(c) => decided.vnets.iter().find(|v| v.id == c.vnet).map(|v| &**v),
         _ => None,
     };
     let no_subnets = Default::default();

@@ -2,7 +2,7 @@
 //! `rehearse` at the end of every rehearsal and by the tests.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use ipnet::Ipv4Net;
 use serde::Deserialize;
@@ -18,10 +18,14 @@ use crate::report::Report;
 pub fn subscriptions(fleet: &Fleet) -> Vec<String> {
     let subs: BTreeSet<String> = fleet
         .with_ids()
-        .filter(|(id, _)| id.kind() == ResourceKind::Site)
-        .map(|(id, _)| id.subscription().to_ascii_lowercase())
+        .filter_map(|(id, _)| site_subscription(&id))
         .collect();
     subs.into_iter().collect()
+}
+
+/// The subscription of a site's id (lowercased), what `subscriptions` collects.
+fn site_subscription(id: &ResourceId) -> Option<String> {
+    (id.kind() == ResourceKind::Site).then(|| id.subscription().to_ascii_lowercase())
 }
 
 /// What the invariants read of one app: a handful of fields rather than the whole resource,
@@ -40,54 +44,125 @@ struct GatewayFacts {
     connected: bool,
 }
 
-/// The compact view of a fleet the invariants are checked on; built while the resources are
-/// at hand (before the simulator takes the fleet, and from its store at the end) so neither
-/// copy of the fleet has to be cloned.
-pub struct View {
+/// What the invariants read of a fleet's targets: all they read of the fleet before the run.
+pub struct Targets {
     sites: BTreeMap<ResourceId, SiteFacts>,
+    /// target → its gateway connections
+    gateways: BTreeMap<ResourceId, GatewayFacts>,
+    /// Subscriptions that own sites.
+    subscriptions: BTreeSet<String>,
+    /// Every id read, so equal ids share one allocation (a plan's, a site's and its
+    /// connections' parent; 10,000 targets: ~8 MB otherwise).
+    ids: HashSet<ResourceId>,
+}
+
+impl Targets {
+    /// Reads `resources`; entries without a valid id are passed over (as `Fleet::with_ids`).
+    pub fn of<V: Borrow<Value>>(resources: impl Iterator<Item = V>) -> Targets {
+        let mut t = Targets::new();
+        for r in resources {
+            let r = r.borrow();
+            if let Some(id) = id_of(r) {
+                t.read(&id, r);
+            }
+        }
+        t
+    }
+
+    fn new() -> Targets {
+        Targets {
+            sites: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            subscriptions: BTreeSet::new(),
+            ids: HashSet::new(),
+        }
+    }
+
+    /// `id`, or the equal id read before.
+    fn shared(&mut self, id: ResourceId) -> ResourceId {
+        match self.ids.get(&id) {
+            Some(known) => known.clone(),
+            None => {
+                self.ids.insert(id.clone());
+                id
+            }
+        }
+    }
+
+    /// Takes what it needs of resource `r` (at `id`).
+    fn read(&mut self, id: &ResourceId, r: &Value) {
+        self.subscriptions.extend(site_subscription(id));
+        match id.kind() {
+            ResourceKind::Site | ResourceKind::Slot => {
+                if let Ok(s) = Site::deserialize(r) {
+                    let facts = SiteFacts {
+                        location: s.location,
+                        plan: s.properties.server_farm_id.map(|p| self.shared(p)),
+                        regional_subnet: s
+                            .properties
+                            .virtual_network_subnet_id
+                            .map(|n| self.shared(n)),
+                    };
+                    let id = self.shared(id.clone());
+                    self.sites.insert(id, facts);
+                }
+            }
+            ResourceKind::SiteVnetConnection => {
+                let flag = |name: &str| {
+                    r.pointer(&format!("/properties/{name}"))
+                        .and_then(Value::as_bool)
+                };
+                if let (false, Some(parent)) = (flag("isSwift") == Some(true), id.parent()) {
+                    let parent = self.shared(parent);
+                    let g = self.gateways.entry(parent).or_default();
+                    g.count += 1;
+                    g.connected |= flag("resyncRequired") == Some(false);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Subscriptions that own sites (as `subscriptions` of the fleet read).
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.subscriptions.iter().cloned().collect()
+    }
+}
+
+fn id_of(r: &Value) -> Option<ResourceId> {
+    ResourceId::parse(r.get("id")?.as_str()?).ok()
+}
+
+/// The compact view of a fleet the invariants are checked on after the run; built while the
+/// resources are at hand (from the simulator's store) so the fleet is not copied.
+pub struct View {
+    targets: Targets,
     vnets: BTreeMap<ResourceId, VirtualNetwork>,
     /// App Service plans and autoscale settings: what a shared subnet is sized by.
     plans: BTreeMap<ResourceId, Plan>,
     autoscale: Vec<AutoscaleSetting>,
-    /// target → its gateway connections
-    gateways: BTreeMap<ResourceId, GatewayFacts>,
 }
 
 impl View {
     /// Reads `resources`; entries without a valid id are passed over (as `Fleet::with_ids`).
     pub fn of<V: Borrow<Value>>(resources: impl Iterator<Item = V>) -> View {
         let mut v = View {
-            sites: BTreeMap::new(),
+            targets: Targets::new(),
             vnets: BTreeMap::new(),
             plans: BTreeMap::new(),
             autoscale: Vec::new(),
-            gateways: BTreeMap::new(),
         };
         for r in resources {
             let r = r.borrow();
-            let Some(id) = r
-                .get("id")
-                .and_then(Value::as_str)
-                .and_then(|i| ResourceId::parse(i).ok())
-            else {
+            let Some(id) = id_of(r) else {
                 continue;
             };
             match id.kind() {
-                ResourceKind::Site | ResourceKind::Slot => {
-                    if let Ok(s) = Site::deserialize(r) {
-                        v.sites.insert(
-                            id,
-                            SiteFacts {
-                                location: s.location,
-                                plan: s.properties.server_farm_id,
-                                regional_subnet: s.properties.virtual_network_subnet_id,
-                            },
-                        );
-                    }
-                }
                 ResourceKind::VirtualNetwork => {
+                    // Stripped as for planning: the checks read subnets' names, prefixes and
+                    // delegations, while a hub's every subnet came with all its fields.
                     if let Ok(n) = VirtualNetwork::deserialize(r) {
-                        v.vnets.insert(id, n);
+                        v.vnets.insert(id, n.for_planning());
                     }
                 }
                 ResourceKind::ServerFarm => {
@@ -100,18 +175,7 @@ impl View {
                         v.autoscale.push(a);
                     }
                 }
-                ResourceKind::SiteVnetConnection => {
-                    let flag = |name: &str| {
-                        r.pointer(&format!("/properties/{name}"))
-                            .and_then(Value::as_bool)
-                    };
-                    if let (false, Some(parent)) = (flag("isSwift") == Some(true), id.parent()) {
-                        let g = v.gateways.entry(parent).or_default();
-                        g.count += 1;
-                        g.connected |= flag("resyncRequired") == Some(false);
-                    }
-                }
-                _ => {}
+                _ => v.targets.read(&id, r),
             }
         }
         v
@@ -121,15 +185,15 @@ impl View {
 /// Every broken invariant between two fleets, as one line each (empty = all hold).
 pub fn check(initial: &Fleet, final_state: &Fleet, report: &Report) -> Vec<String> {
     check_views(
-        &View::of(&mut initial.resources.iter()),
-        &View::of(&mut final_state.resources.iter()),
+        &Targets::of(initial.resources.iter()),
+        &View::of(final_state.resources.iter()),
         report,
     )
 }
 
-/// Every broken invariant between the views of the fleet before and after, as one line each
-/// (empty = all hold).
-pub fn check_views(before: &View, after: &View, report: &Report) -> Vec<String> {
+/// Every broken invariant between the fleet's targets before and its view after, as one line
+/// each (empty = all hold).
+pub fn check_views(before: &Targets, after: &View, report: &Report) -> Vec<String> {
     let mut bad = Vec::new();
     let outcomes: BTreeMap<ResourceId, (&str, Option<&str>)> = report
         .targets
@@ -151,12 +215,13 @@ pub fn check_views(before: &View, after: &View, report: &Report) -> Vec<String> 
         if *outcome == "unfinished" {
             bad.push(format!("{id}: no terminal outcome"));
         }
-        let (Some(site_before), Some(site_after)) = (before.sites.get(id), after.sites.get(id))
+        let (Some(site_before), Some(site_after)) =
+            (before.sites.get(id), after.targets.sites.get(id))
         else {
             continue;
         };
         let gw_before = before.gateways.get(id).map_or(0, |g| g.count);
-        let gw_after = after.gateways.get(id).map_or(0, |g| g.count);
+        let gw_after = after.targets.gateways.get(id).map_or(0, |g| g.count);
         let regional_after = site_after.regional_subnet.clone();
         match *outcome {
             "migrated" => {
@@ -201,7 +266,7 @@ pub fn check_views(before: &View, after: &View, report: &Report) -> Vec<String> 
             // Re-adding a gateway-based connection is a handshake: declared alone it does not
             // carry traffic (`resyncRequired: true`, arm-vnet reference §2.2).
             "rolled-back" if gw_before > 0 => {
-                if !after.gateways.get(id).is_some_and(|g| g.connected) {
+                if !after.targets.gateways.get(id).is_some_and(|g| g.connected) {
                     bad.push(format!(
                         "{id}: rolled back but its gateway connection is not connected (resyncRequired)"
                     ));
@@ -244,7 +309,7 @@ pub fn check_views(before: &View, after: &View, report: &Report) -> Vec<String> 
 
     let mut per_plan: BTreeMap<ResourceId, BTreeSet<ResourceId>> = BTreeMap::new();
     let mut per_subnet: BTreeMap<ResourceId, BTreeSet<ResourceId>> = BTreeMap::new();
-    for s in after.sites.values() {
+    for s in after.targets.sites.values() {
         if let (Some(plan), Some(subnet)) = (&s.plan, &s.regional_subnet) {
             per_plan
                 .entry(plan.clone())

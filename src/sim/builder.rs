@@ -21,10 +21,12 @@ pub(crate) use network::delegate_to_web;
 #[cfg(test)]
 pub(crate) use network::{free_block, subnet_prefixes};
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
+use super::store::Stored;
 use crate::azure::ResourceId;
 use crate::fleet::Fleet;
 
@@ -33,12 +35,18 @@ pub(crate) const DEFAULT_SUBSCRIPTION: &str = "00000000-0000-0000-0000-000000000
 /// `probe-fails-after-connect`, `old-scale-unit`).
 pub(crate) const SIM_TAG: &str = "vnet-migrate-sim";
 
+/// Resources are kept as the simulator's store keeps them (web resources compressed, network
+/// resources parsed): a generated 10,000-target fleet as `serde_json` values took ~130 MB at
+/// once, which the allocator then kept for the whole rehearsal.
 #[derive(Debug, Clone)]
 pub struct FleetBuilder {
     subscription: String,
-    resources: Vec<Value>,
-    /// Lowercased id → position in `resources` (lookup only; output order is insertion order).
-    index: HashMap<String, usize>,
+    resources: Vec<(ResourceId, Stored)>,
+    /// Id → position in `resources` (lookup only; output order is insertion order).
+    index: HashMap<ResourceId, usize>,
+    /// The compact resource `resource_mut` parsed last, compacted again when another one is
+    /// opened or the resources are taken.
+    open: Option<usize>,
     /// Lowercased VNet id → its gateway id, to register app certificates on the gateway.
     gateways: HashMap<String, ResourceId>,
     classic_count: u32,
@@ -56,6 +64,7 @@ impl FleetBuilder {
             subscription: DEFAULT_SUBSCRIPTION.to_string(),
             resources: Vec::new(),
             index: HashMap::new(),
+            open: None,
             gateways: HashMap::new(),
             classic_count: 0,
         }
@@ -72,7 +81,7 @@ impl FleetBuilder {
     pub fn resource_group(&mut self, rg: &str, location: &str) -> ResourceId {
         let id = ResourceId::resource_group_id(&self.subscription, rg)
             .unwrap_or_else(|e| panic!("FleetBuilder: {e}"));
-        if !self.index.contains_key(id.key()) {
+        if !self.index.contains_key(&id) {
             self.put(json!({
                 "id": id.as_str(),
                 "name": rg,
@@ -94,46 +103,72 @@ impl FleetBuilder {
         r["tags"][key] = json!(value);
     }
 
-    /// A stored resource, for reading what the builder derived.
-    pub(crate) fn resource(&self, id: &ResourceId) -> &Value {
-        match self.index.get(id.key()) {
-            Some(&i) => &self.resources[i],
+    fn position(&self, id: &ResourceId) -> usize {
+        match self.index.get(id) {
+            Some(&i) => i,
             None => panic!("FleetBuilder: {id} was not added to this builder"),
         }
     }
 
+    /// A stored resource, for reading what the builder derived.
+    pub(crate) fn resource(&self, id: &ResourceId) -> Cow<'_, Value> {
+        self.resources[self.position(id)].1.value()
+    }
+
     /// A stored resource, for scenario tweaks the typed methods do not cover.
     pub(crate) fn resource_mut(&mut self, id: &ResourceId) -> &mut Value {
-        match self.index.get(id.key()) {
-            Some(&i) => &mut self.resources[i],
-            None => panic!("FleetBuilder: {id} was not added to this builder"),
+        let i = self.position(id);
+        if self.resources[i].1.is_compact() {
+            self.close();
+            self.open = Some(i);
+        }
+        self.resources[i].1.open()
+    }
+
+    /// Compacts the resource `resource_mut` opened, if any.
+    fn close(&mut self) {
+        if let Some(i) = self.open.take() {
+            self.resources[i].1.close();
         }
     }
 
     pub fn build(&self) -> Fleet {
         Fleet {
-            resources: self.resources.clone(),
+            resources: self
+                .resources
+                .iter()
+                .map(|(_, r)| r.value().into_owned())
+                .collect(),
         }
     }
 
-    /// Consumes the builder without copying the resources.
     pub(crate) fn into_fleet(self) -> Fleet {
         Fleet {
-            resources: self.resources,
+            resources: self.into_stored().map(|(_, r)| r.into_value()).collect(),
         }
+    }
+
+    /// The resources in their stored form, in insertion order (for the simulator's store).
+    pub(crate) fn into_stored(mut self) -> impl Iterator<Item = (ResourceId, Stored)> {
+        self.close();
+        self.resources.into_iter()
     }
 
     /// Inserts or replaces (ARM PUT semantics) a resource keyed by its `id`.
     fn put(&mut self, v: Value) {
-        let key = v["id"]
-            .as_str()
-            .expect("resource has an id")
-            .to_ascii_lowercase();
-        match self.index.get(&key) {
-            Some(&i) => self.resources[i] = v,
+        let id = ResourceId::parse(v["id"].as_str().expect("resource has an id"))
+            .unwrap_or_else(|e| panic!("FleetBuilder: {e}"));
+        let stored = Stored::new(&id, v);
+        match self.index.get(&id) {
+            Some(&i) => {
+                if self.open == Some(i) {
+                    self.open = None;
+                }
+                self.resources[i] = (id, stored);
+            }
             None => {
-                self.index.insert(key, self.resources.len());
-                self.resources.push(v);
+                self.index.insert(id.clone(), self.resources.len());
+                self.resources.push((id, stored));
             }
         }
     }

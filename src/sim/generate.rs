@@ -125,8 +125,8 @@ enum SlotMode {
 }
 
 /// The largest estate `--generate` accepts. A rehearsal holds the whole estate in memory (the
-/// simulator's store, ARM resources as JSON): its peak RSS was 460 MB at 10,000 targets
-/// (BENCHMARKS.md), so 50,000 already takes over 2 GB and the 150,000 of issue 10 about 7 GB.
+/// simulator's store, ARM resources as compressed JSON): its peak RSS was about 150 MB at
+/// 10,000 targets (BENCHMARKS.md) and grows with the estate (50,000 not measured).
 /// (On such estates a team's VNets fill up with integration subnets; the plans that find no
 /// room stay on their gateway connections.)
 pub const MAX_TARGETS: usize = 50_000;
@@ -134,11 +134,17 @@ pub const MAX_TARGETS: usize = 50_000;
 /// A deterministic estate of `n_targets` sites + slots (exactly) from `seed` (the command line
 /// asks for at most [`MAX_TARGETS`]).
 pub fn generate(n_targets: usize, seed: u64) -> Fleet {
+    builder(n_targets, seed).into_fleet()
+}
+
+/// The builder holding `generate`'s estate, for a simulator to take over as it is
+/// (`Simulator::from_builder`).
+pub fn builder(n_targets: usize, seed: u64) -> FleetBuilder {
     let mut g = Gen::new(n_targets, seed);
     while g.remaining > 0 {
         g.plan_group();
     }
-    g.b.into_fleet()
+    g.b
 }
 
 struct Subscription {

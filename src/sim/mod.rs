@@ -46,7 +46,16 @@ pub struct Simulator {
 
 impl Simulator {
     pub fn new(fleet: Fleet, options: SimOptions) -> Self {
-        let store = Store::from_resources(fleet.resources);
+        Self::with_store(Store::from_resources(fleet.resources), options)
+    }
+
+    /// A simulator holding what `builder` built, taken over as it is kept (no second copy
+    /// of the fleet, no parsing).
+    pub fn from_builder(builder: builder::FleetBuilder, options: SimOptions) -> Self {
+        Self::with_store(Store::from_stored(builder.into_stored()), options)
+    }
+
+    fn with_store(store: Store, options: SimOptions) -> Self {
         Self {
             inner: Arc::new(Mutex::new(State::new(store, options))),
         }
@@ -128,12 +137,7 @@ impl SimServer {
 
 /// `vnet-migrate simulate-arm`: serves on 127.0.0.1:`port`, prints
 /// `listening on http://127.0.0.1:PORT` as the first stdout line, runs until Ctrl-C.
-pub(crate) async fn run_simulate_arm(
-    fleet: Fleet,
-    options: SimOptions,
-    port: u16,
-) -> anyhow::Result<()> {
-    let sim = Simulator::new(fleet, options);
+pub(crate) async fn run_simulate_arm(sim: Simulator, port: u16) -> anyhow::Result<()> {
     let server = sim.serve(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     {
         let mut out = std::io::stdout().lock();

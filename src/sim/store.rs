@@ -15,6 +15,8 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -47,46 +49,89 @@ fn references(id: &ResourceId, value: &Value) -> Vec<(Ref, ResourceId)> {
     }
 }
 
-/// One stored resource.
+/// One stored resource (also how `FleetBuilder` keeps what it builds, so a generated fleet
+/// reaches the store without being parsed again).
 #[derive(Debug, Clone)]
-enum Stored {
+pub(crate) enum Stored {
     /// Compact JSON text, LZ4-compressed (its length prepended).
     Compact(Box<[u8]>),
     Parsed(Value),
 }
 
 impl Stored {
-    fn new(id: &ResourceId, value: Value) -> Self {
+    pub(crate) fn new(id: &ResourceId, value: Value) -> Self {
         if type_key(id).starts_with("microsoft.network/") {
             Stored::Parsed(value)
         } else {
-            Stored::Compact(lz4_flex::compress_prepend_size(value.to_string().as_bytes()).into())
+            Stored::Compact(pack(&value))
         }
     }
 
-    fn value(&self) -> Cow<'_, Value> {
+    pub(crate) fn value(&self) -> Cow<'_, Value> {
         match self {
-            // The store compressed the text of a value, so it decompresses and parses.
-            Stored::Compact(packed) => {
-                let text = lz4_flex::decompress_size_prepended(packed)
-                    .expect("the store holds the LZ4 it wrote");
-                Cow::Owned(
-                    serde_json::from_slice(&text).expect("the store holds the JSON it wrote"),
-                )
-            }
+            Stored::Compact(packed) => Cow::Owned(unpack(packed)),
             Stored::Parsed(v) => Cow::Borrowed(v),
+        }
+    }
+
+    pub(crate) fn into_value(self) -> Value {
+        match self {
+            Stored::Compact(packed) => unpack(&packed),
+            Stored::Parsed(v) => v,
+        }
+    }
+
+    pub(crate) fn is_compact(&self) -> bool {
+        matches!(self, Stored::Compact(_))
+    }
+
+    /// The value in place, parsed first when compact (`close` compacts it again).
+    pub(crate) fn open(&mut self) -> &mut Value {
+        match self {
+            Stored::Parsed(v) => v,
+            Stored::Compact(packed) => {
+                *self = Stored::Parsed(unpack(packed));
+                self.open()
+            }
+        }
+    }
+
+    /// Compacts a value `open` parsed.
+    pub(crate) fn close(&mut self) {
+        if let Stored::Parsed(v) = self {
+            *self = Stored::Compact(pack(v));
         }
     }
 }
 
+fn pack(value: &Value) -> Box<[u8]> {
+    lz4_flex::compress_prepend_size(value.to_string().as_bytes()).into()
+}
+
+/// The store compressed the text of a value, so it decompresses and parses.
+fn unpack(packed: &[u8]) -> Value {
+    let text =
+        lz4_flex::decompress_size_prepended(packed).expect("the store holds the LZ4 it wrote");
+    serde_json::from_slice(&text).expect("the store holds the JSON it wrote")
+}
+
+/// A resource's lowercased id, one allocation shared by the store's maps (at 10,000 targets a
+/// copy per map took megabytes).
+type Key = Arc<str>;
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Store {
     /// Lowercased id → the resource.
-    resources: BTreeMap<String, Stored>,
-    by_type: HashMap<String, BTreeSet<String>>,
+    resources: BTreeMap<Key, Stored>,
+    by_type: HashMap<String, BTreeSet<Key>>,
     /// (reference, referenced key) → keys of the resources holding that reference, kept in
     /// step with `resources` by `put` and `remove_tree`.
-    referrers: HashMap<(Ref, String), BTreeSet<String>>,
+    referrers: HashMap<(Ref, String), BTreeSet<Key>>,
+}
+
+/// The range of an ordered map or set of keys from `start` on.
+fn from(start: &str) -> (Bound<&str>, Bound<&str>) {
+    (Bound::Included(start), Bound::Unbounded)
 }
 
 /// Lowercased full type of a resource id (`microsoft.web/sites/slots`), or the ARM names of
@@ -111,6 +156,16 @@ impl Store {
         s
     }
 
+    /// Takes over resources already in their stored form (`FleetBuilder::into_stored`).
+    pub(crate) fn from_stored(resources: impl IntoIterator<Item = (ResourceId, Stored)>) -> Self {
+        let mut s = Self::default();
+        for (id, stored) in resources {
+            let refs = references(&id, &stored.value());
+            s.insert(&id, refs, stored);
+        }
+        s
+    }
+
     /// The resource as stored (change it through `put` or `update`).
     pub(crate) fn get(&self, id: &ResourceId) -> Option<Cow<'_, Value>> {
         self.resources.get(id.key()).map(Stored::value)
@@ -125,15 +180,12 @@ impl Store {
         f: impl FnOnce(&mut Value) -> R,
     ) -> Option<R> {
         let stored = self.resources.get_mut(id.key())?;
-        Some(match stored {
-            Stored::Parsed(v) => f(v),
-            Stored::Compact(_) => {
-                let mut value = stored.value().into_owned();
-                let out = f(&mut value);
-                *stored = Stored::new(id, value);
-                out
-            }
-        })
+        let compact = stored.is_compact();
+        let out = f(stored.open());
+        if compact {
+            stored.close();
+        }
+        Some(out)
     }
 
     pub(crate) fn contains(&self, id: &ResourceId) -> bool {
@@ -142,7 +194,16 @@ impl Store {
 
     /// Inserts or replaces; returns true when the resource is new.
     pub(crate) fn put(&mut self, id: &ResourceId, value: Value) -> bool {
-        let key = id.key().to_string();
+        let refs = references(id, &value);
+        self.insert(id, refs, Stored::new(id, value))
+    }
+
+    /// `put` with the references of the value already read.
+    fn insert(&mut self, id: &ResourceId, refs: Vec<(Ref, ResourceId)>, stored: Stored) -> bool {
+        let key: Key = match self.resources.get_key_value(id.key()) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(id.key()),
+        };
         self.by_type
             .entry(type_key(id))
             .or_default()
@@ -151,17 +212,17 @@ impl Store {
         if let Some(o) = &old {
             self.unlink(id, &o.value());
         }
-        self.link(id, &value);
-        self.resources.insert(key, Stored::new(id, value));
+        self.link(&key, refs);
+        self.resources.insert(key, stored);
         old.is_none()
     }
 
-    fn link(&mut self, id: &ResourceId, value: &Value) {
-        for (r, target) in references(id, value) {
+    fn link(&mut self, key: &Key, refs: Vec<(Ref, ResourceId)>) {
+        for (r, target) in refs {
             self.referrers
                 .entry((r, target.key().to_string()))
                 .or_default()
-                .insert(id.key().to_string());
+                .insert(key.clone());
         }
     }
 
@@ -187,19 +248,19 @@ impl Store {
             .get(&(r, target.key().to_string()))
             .into_iter()
             .flatten()
-            .filter_map(|k| self.resources.get(k).map(|v| (k.as_str(), v.value())))
+            .filter_map(|k| self.resources.get(k).map(|v| (&**k, v.value())))
     }
 
     /// Removes the resource and everything below it; returns whether it existed.
     pub(crate) fn remove_tree(&mut self, id: &ResourceId) -> bool {
         let prefix = format!("{}/", id.key());
-        let doomed: Vec<String> = self
+        let doomed: Vec<Key> = self
             .resources
-            .range(id.key().to_string()..)
-            .take_while(|(k, _)| *k == id.key() || k.starts_with(&prefix))
+            .range::<str, _>(from(id.key()))
+            .take_while(|(k, _)| &***k == id.key() || k.starts_with(&prefix))
             .map(|(k, _)| k.clone())
             .collect();
-        let existed = doomed.iter().any(|k| k == id.key());
+        let existed = doomed.iter().any(|k| &**k == id.key());
         for k in doomed {
             let Some(old) = self.resources.remove(&k) else {
                 continue;
@@ -225,7 +286,7 @@ impl Store {
         &'a self,
         ty: &str,
         scope: &ResourceId,
-    ) -> impl Iterator<Item = &'a String> + 'a {
+    ) -> impl Iterator<Item = &'a Key> + 'a {
         // The type index is ordered, so the resources below `scope` are one contiguous range.
         let prefix = format!("{}/", scope.key());
         self.by_type
@@ -233,7 +294,7 @@ impl Store {
             .into_iter()
             .flat_map(move |keys| {
                 let within = prefix.clone();
-                keys.range(prefix.clone()..)
+                keys.range::<str, _>(from(&prefix))
                     .take_while(move |k| k.starts_with(&within))
             })
     }
@@ -278,7 +339,7 @@ impl Store {
     pub(crate) fn any_within(&self, scope: &ResourceId) -> bool {
         let prefix = format!("{}/", scope.key());
         self.resources
-            .range(prefix.clone()..)
+            .range::<str, _>(from(&prefix))
             .next()
             .is_some_and(|(k, _)| k.starts_with(&prefix))
     }
@@ -287,7 +348,7 @@ impl Store {
     pub(crate) fn first_location_within(&self, scope: &ResourceId) -> Option<String> {
         let prefix = format!("{}/", scope.key());
         self.resources
-            .range(prefix.clone()..)
+            .range::<str, _>(from(&prefix))
             .take_while(|(k, _)| k.starts_with(&prefix))
             .find_map(|(_, v)| {
                 v.value()

@@ -98,7 +98,7 @@ impl FleetBuilder {
     pub fn gateway(&mut self, vnet: &ResourceId) -> ResourceId {
         let (location, vnet_name) = {
             let v = self.resource(vnet);
-            (str_field(v, "location"), str_field(v, "name"))
+            (str_field(&v, "location"), str_field(&v, "name"))
         };
         let rg = vnet
             .resource_group()
@@ -384,7 +384,7 @@ mod tests {
             .collect();
         assert_eq!(rgs.len(), 1);
         assert_eq!(rgs[0]["location"], "westeurope");
-        let vn: VirtualNetwork = serde_json::from_value(b.resource(&c).clone()).unwrap();
+        let vn: VirtualNetwork = serde_json::from_value(b.resource(&c).into_owned()).unwrap();
         let peer = &vn.properties.virtual_network_peerings[0];
         assert_eq!(peer.properties.peering_state.as_deref(), Some("Initiated"));
         assert!(!peer.is_connected_to(&a));

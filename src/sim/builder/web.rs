@@ -58,7 +58,7 @@ impl FleetBuilder {
         let (location, capacity) = {
             let p = self.resource(plan);
             (
-                str_field(p, "location"),
+                str_field(&p, "location"),
                 p["sku"]["capacity"].as_u64().unwrap_or(1) as u32,
             )
         };
@@ -97,7 +97,7 @@ impl FleetBuilder {
 
     /// A Windows web app on `plan`, in the plan's location, with no VNet integration.
     pub fn site(&mut self, rg: &str, name: &str, plan: &ResourceId) -> ResourceId {
-        let location = str_field(self.resource(plan), "location");
+        let location = str_field(&self.resource(plan), "location");
         self.resource_group(rg, &location);
         let id = self.provider_id(rg, "Microsoft.Web/sites", name);
         let body = site_body(&id, name, "Microsoft.Web/sites", &location, plan, name);
@@ -110,7 +110,7 @@ impl FleetBuilder {
         let (location, plan) = {
             let s = self.resource(site);
             (
-                str_field(s, "location"),
+                str_field(&s, "location"),
                 ResourceId::parse(&str_field(&s["properties"], "serverFarmId"))
                     .expect("site has a serverFarmId"),
             )
@@ -134,7 +134,7 @@ impl FleetBuilder {
     /// VNet). The app certificate is one per subscription × VNet, as App Service issues it, and
     /// is registered as a root certificate on the VNet's gateway when this builder made one.
     pub fn gateway_connection(&mut self, target: &ResourceId, vnet: &ResourceId) -> ResourceId {
-        let location = str_field(self.resource(target), "location");
+        let location = str_field(&self.resource(target), "location");
         let ty = connection_type(target);
         let id = child(target, "virtualNetworkConnections", vnet.name());
         let (thumbprint, blob) = app_certificate(target.subscription(), vnet);
@@ -348,9 +348,9 @@ mod tests {
         let subnet = &vnet.properties.subnets[0];
         assert!(subnet.is_delegated_to_web());
         assert_eq!(subnet.linked_plans(), vec![p.clone()]);
-        let site: Site = serde_json::from_value(b.resource(&a2).clone()).unwrap();
+        let site: Site = serde_json::from_value(b.resource(&a2).into_owned()).unwrap();
         assert_eq!(site.properties.virtual_network_subnet_id, Some(s));
-        let plan: Plan = serde_json::from_value(b.resource(&p).clone()).unwrap();
+        let plan: Plan = serde_json::from_value(b.resource(&p).into_owned()).unwrap();
         assert_eq!(plan.properties.maximum_number_of_workers, Some(30));
         assert_eq!(plan.sku.tier.as_deref(), Some("PremiumV2"));
     }
@@ -373,7 +373,7 @@ mod tests {
         let sl = b.slot(&a, "staging");
         let c1 = b.gateway_connection(&a, &v);
         let c2 = b.gateway_connection(&sl, &v);
-        let conn: VnetConnection = serde_json::from_value(b.resource(&c2).clone()).unwrap();
+        let conn: VnetConnection = serde_json::from_value(b.resource(&c2).into_owned()).unwrap();
         assert!(conn.is_gateway());
         assert_eq!(conn.properties.vnet_resource_id, Some(v.clone()));
         assert_eq!(
