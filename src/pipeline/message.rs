@@ -57,7 +57,7 @@ impl Step {
 
     /// Scheduling priority levels of the embedded queue, highest first: [`URGENT`] (a message
     /// whose app may be off its VNet), then the steps' own levels.
-    pub(crate) const PRIORITIES: [u8; 4] = [URGENT, 2, 1, 0];
+    pub(crate) const PRIORITIES: [u8; 4] = [URGENT, PLANNED, 1, 0];
 
     /// The step's level: targets past planning (their subnet writes and cut-overs feed the
     /// VNet chains that bound a run) go before planning discovered ones, and those before
@@ -67,7 +67,7 @@ impl Step {
         match self {
             Step::Discover => 0,
             Step::Plan => 1,
-            _ => 2,
+            _ => PLANNED,
         }
     }
 }
@@ -243,6 +243,10 @@ pub enum MessageError {
 /// message goes first, and a paused run still delivers it: holding it would keep an app
 /// offline until an operator resumes.
 pub(crate) const URGENT: u8 = 3;
+
+/// The level of a planned target's steps (`Step::priority`): below it, the discovery and
+/// planning that feed them.
+pub(crate) const PLANNED: u8 = 2;
 
 impl StepMessage {
     /// This message's scheduling level in the embedded queue.

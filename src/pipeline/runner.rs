@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use tokio::task::JoinSet;
 
 use super::engine::Engine;
-use super::message::{StepMessage, URGENT};
+use super::message::{StepMessage, PLANNED, URGENT};
 use super::queue::QueueError;
 use super::reconciler::Reconciler;
 use super::sqlite::{Delivery, SqliteStore};
@@ -26,6 +26,11 @@ pub struct RunnerConfig {
     /// Planned targets' steps executing at once per destination VNet (`concurrency.perVnet`);
     /// None = no limit but the subscription's.
     pub per_vnet: Option<usize>,
+    /// Steps below `message::PLANNED` (discovery, planning) executing at once. A run starts
+    /// with thousands of them; a pool full of them takes the CPU that the cut-overs wait for,
+    /// with apps offline meanwhile (10,000 targets at speed 50, idle machine: migrated
+    /// downtime over the join p99 1.175 with 64, 1.094 with 8; makespan 143.9 and 142.8 s).
+    pub max_unplanned_in_flight: usize,
     /// How long a delivery stays locked to its worker.
     pub lease: Duration,
 }
@@ -36,6 +41,7 @@ impl Default for RunnerConfig {
             max_in_flight: 64,
             per_subscription: 16,
             per_vnet: None,
+            max_unplanned_in_flight: 8,
             lease: Duration::from_secs(600),
         }
     }
@@ -94,7 +100,9 @@ impl<R: Reconciler> Runner<R> {
     pub(crate) async fn run_until_idle(&self) -> Result<RunStats, QueueError> {
         // Steps in flight per admission unit; a unit at its limit is `full`.
         let mut in_flight: HashMap<Unit, usize> = HashMap::new();
-        let mut tasks: JoinSet<(Vec<Unit>, Result<RunStats, QueueError>)> = JoinSet::new();
+        let mut tasks: JoinSet<(Vec<Unit>, bool, Result<RunStats, QueueError>)> = JoinSet::new();
+        // Tasks in flight that began with a step below `PLANNED`.
+        let mut unplanned = 0;
         let mut stats = RunStats::default();
         let mut hold = self.hold.clone();
         loop {
@@ -120,13 +128,18 @@ impl<R: Reconciler> Runner<R> {
                 let full = full(&in_flight);
                 let full: Vec<&str> = full.iter().map(String::as_str).collect();
                 stats.polls += 1;
-                let Some(delivery) =
-                    self.store
-                        .receive_at_least(now, self.config.lease, &full, min_level)?
+                let Some(delivery) = self.store.receive_at_least(
+                    now,
+                    self.config.lease,
+                    &full,
+                    self.floor(min_level, unplanned),
+                )?
                 else {
                     exhausted = true;
                     break;
                 };
+                let early = delivery.priority < PLANNED;
+                unplanned += usize::from(early);
                 let units: Vec<Unit> =
                     std::iter::once(Unit::Subscription(delivery.subscription.clone()))
                         .chain(delivery.vnet.clone().map(Unit::Vnet))
@@ -143,7 +156,7 @@ impl<R: Reconciler> Runner<R> {
                 );
                 tasks.spawn(async move {
                     let r = work(&store, &engine, delivery, lease, on_step.as_ref(), held).await;
-                    (units, r)
+                    (units, early, r)
                 });
             }
             // With the pool full only a finishing worker matters; otherwise also the moment
@@ -152,7 +165,11 @@ impl<R: Reconciler> Runner<R> {
             if exhausted {
                 let full = full(&in_flight);
                 let full: Vec<&str> = full.iter().map(String::as_str).collect();
-                wake_at = self.store.next_visible_at_least(now, &full, min_level)?;
+                wake_at = self.store.next_visible_at_least(
+                    now,
+                    &full,
+                    self.floor(min_level, unplanned),
+                )?;
                 if tasks.is_empty() {
                     let counts = self.store.counts_at(now)?;
                     if counts.active == 0 && counts.locked == 0 {
@@ -187,7 +204,8 @@ impl<R: Reconciler> Runner<R> {
             };
             tokio::select! {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    let (units, result) = done.map_err(|join| QueueError::storage("a worker panicked", Some(Box::new(join))))?;
+                    let (units, early, result) = done.map_err(|join| QueueError::storage("a worker panicked", Some(Box::new(join))))?;
+                    unplanned -= usize::from(early);
                     for unit in units {
                         if let Some(n) = in_flight.get_mut(&unit) {
                             *n -= 1;
@@ -204,6 +222,16 @@ impl<R: Reconciler> Runner<R> {
                 _ = due => {}
                 Ok(()) = async { hold.as_mut().expect("guarded").changed().await }, if hold.is_some() => {}
             }
+        }
+    }
+
+    /// The least level the runner takes next: `min_level`, or `PLANNED` while the pool holds
+    /// as many unplanned steps as it may.
+    fn floor(&self, min_level: u8, unplanned: usize) -> u8 {
+        if unplanned >= self.config.max_unplanned_in_flight {
+            min_level.max(PLANNED)
+        } else {
+            min_level
         }
     }
 
@@ -344,6 +372,7 @@ mod tests {
                 max_in_flight: 8,
                 per_subscription: 1,
                 per_vnet: None,
+                max_unplanned_in_flight: 8,
                 lease: Duration::from_secs(7200),
             },
         );
@@ -421,8 +450,9 @@ mod tests {
     }
 
     /// Ten planned targets bound for each of VNets `hub` and `spoke` and ten unplanned ones,
-    /// run 8 at a time with `per_vnet`: the most steps seen at once per VNet.
-    async fn most_at_once(per_vnet: Option<usize>) -> HashMap<String, usize> {
+    /// run 8 at a time with `per_vnet` and `max_unplanned`: the most steps seen at once per
+    /// VNet.
+    async fn most_at_once(per_vnet: Option<usize>, max_unplanned: usize) -> HashMap<String, usize> {
         let (_dir, store) = store();
         let store = Arc::new(store);
         let planned = |app: &str, vnet: &str| {
@@ -450,6 +480,7 @@ mod tests {
             max_in_flight: 8,
             per_subscription: 8,
             per_vnet,
+            max_unplanned_in_flight: max_unplanned,
             lease: Duration::from_secs(600),
         };
         let engine = Arc::new(Engine::new(PerVnet {
@@ -472,10 +503,21 @@ mod tests {
         let hub =
             "/subscriptions/s1/resourcegroups/n/providers/microsoft.network/virtualnetworks/hub";
         let spoke = hub.replace("hub", "spoke");
-        let limited = most_at_once(Some(2)).await;
+        let limited = most_at_once(Some(2), 8).await;
         assert_eq!((limited[hub], limited[&spoke]), (2, 2), "{limited:?}");
         assert!(limited["unplanned"] >= 4, "{limited:?}");
-        let unlimited = most_at_once(None).await;
+        let unlimited = most_at_once(None, 8).await;
         assert!(unlimited[hub] > 2, "{unlimited:?}");
+    }
+
+    /// Discovery and planning take at most `max_unplanned_in_flight` of the pool, and the
+    /// steps of planned targets the rest.
+    #[tokio::test(start_paused = true)]
+    async fn unplanned_steps_take_at_most_their_share_of_the_pool() {
+        let hub =
+            "/subscriptions/s1/resourcegroups/n/providers/microsoft.network/virtualnetworks/hub";
+        let most = most_at_once(None, 2).await;
+        assert_eq!(most["unplanned"], 2, "{most:?}");
+        assert!(most[hub] > 2, "{most:?}");
     }
 }

@@ -28,6 +28,8 @@ pub(crate) struct Delivery {
     pub(crate) subscription: String,
     /// The lower-cased destination VNet of a planned target's step: its other admission unit.
     pub(crate) vnet: Option<String>,
+    /// The message's scheduling level (`StepMessage::priority`), as queued.
+    pub(crate) priority: u8,
     pub(crate) body: Vec<u8>,
     pub(crate) delivery_count: u32,
     pub(crate) lock_token: String,
@@ -277,9 +279,11 @@ impl SqliteStore {
     /// row changes: no index covers the lease columns.
     fn lock(tx: &Connection, c: Candidate, until: UnixMs) -> Result<Delivery, QueueError> {
         let token = uuid::Uuid::new_v4().to_string();
-        let Body(body) = tx
-            .prepare_cached("UPDATE queue SET lock_token=?1, locked_until=?2, delivery_count=delivery_count+1 WHERE seq=?3 RETURNING body")
-            .and_then(|mut s| s.query_row(params![token, until, c.seq], |r| r.get(0)))
+        let (Body(body), priority) = tx
+            .prepare_cached("UPDATE queue SET lock_token=?1, locked_until=?2, delivery_count=delivery_count+1 WHERE seq=?3 RETURNING body, priority")
+            .and_then(|mut s| {
+                s.query_row(params![token, until, c.seq], |r| Ok((r.get(0)?, r.get(1)?)))
+            })
             .map_err(storage)?;
         Ok(Delivery {
             seq: c.seq,
@@ -287,6 +291,7 @@ impl SqliteStore {
             session_id: c.session_id,
             subscription: c.subscription,
             vnet: c.vnet,
+            priority,
             body,
             delivery_count: c.delivery_count + 1,
             lock_token: token,
