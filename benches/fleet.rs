@@ -274,7 +274,7 @@ fn main() {
         let t = Instant::now();
         let local = LocalRun {
             dry_run: false,
-            runner: RunnerConfig { max_in_flight: 256, per_subscription: 64, per_vnet: None, lease: Duration::from_secs(600) },
+            runner: RunnerConfig { max_in_flight: 256, per_subscription: 64, ..RunnerConfig::default() },
             origin: "bench".into(),
             progress: false,
             rollout: Default::default(),
