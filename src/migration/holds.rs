@@ -134,6 +134,8 @@ impl Drop for Hold {
 
 #[cfg(test)]
 mod tests {
+    use tokio::task::JoinHandle;
+
     use super::*;
 
     fn vnet(name: &str) -> ResourceId {
@@ -150,16 +152,19 @@ mod tests {
         (hold, start.elapsed())
     }
 
+    /// `wait_to_enter` on a task of its own: how long it waited, once it entered.
+    fn waiter(holds: &VnetHolds, name: &'static str, work: Work) -> JoinHandle<Duration> {
+        let holds = holds.clone();
+        tokio::spawn(async move { wait_to_enter(&holds, name, work).await.1 })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_cut_over_waits_for_a_removal_in_its_vnet_only() {
         let holds = VnetHolds::default();
         let (removal, _) = wait_to_enter(&holds, "Hub", Work::Removal).await;
         let (_, other_vnet) = wait_to_enter(&holds, "spoke", Work::CutOver).await;
         assert_eq!(other_vnet, Duration::ZERO);
-        let waiter = {
-            let holds = holds.clone();
-            tokio::spawn(async move { wait_to_enter(&holds, "hub", Work::CutOver).await.1 })
-        };
+        let waiter = waiter(&holds, "hub", Work::CutOver);
         tokio::time::sleep(Duration::from_secs(50)).await;
         drop(removal);
         assert_eq!(waiter.await.unwrap(), Duration::from_secs(50));
@@ -173,10 +178,7 @@ mod tests {
         let (second, took) = wait_to_enter(&holds, "hub", Work::CutOver).await;
         assert_eq!(took, Duration::ZERO);
         drop(second);
-        let waiter = {
-            let holds = holds.clone();
-            tokio::spawn(async move { wait_to_enter(&holds, "hub", Work::Removal).await.1 })
-        };
+        let waiter = waiter(&holds, "hub", Work::Removal);
         tokio::time::sleep(Duration::from_secs(8)).await;
         drop(cut);
         assert_eq!(waiter.await.unwrap(), Duration::from_secs(8));
