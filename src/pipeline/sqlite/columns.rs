@@ -161,7 +161,7 @@ impl FromSql for Body {
 
 /// A queue time (`visible_at`, `locked_until`): whole milliseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct UnixMs(i64);
+pub(super) struct UnixMs(pub(super) i64);
 
 impl UnixMs {
     pub(super) fn at(t: OffsetDateTime) -> Self {

@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 use time::OffsetDateTime;
 
-use super::columns::{LedgerRow, Rfc3339};
+use super::columns::{LedgerRow, Rfc3339, UnixMs};
+use super::gateway_log::Saved;
 use super::{lstorage, SqliteStore};
 use crate::azure::ResourceId;
 use crate::pipeline::ledger::{
@@ -30,6 +31,36 @@ const ADDED_TARGET_COLUMNS: [(&str, &str); 5] = [
 /// versions still open.
 pub(super) fn add_target_columns(conn: &Connection) -> rusqlite::Result<()> {
     add_columns(conn, "targets", &ADDED_TARGET_COLUMNS)
+}
+
+/// Moves the gateway snapshots of a state file that kept them in `targets` to `gateways`, and
+/// drops the column.
+pub(super) fn move_gateways(conn: &Connection) -> rusqlite::Result<()> {
+    let kept: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('targets') WHERE name='gateway'",
+        [],
+        |r| r.get(0),
+    )?;
+    if kept {
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO gateways (run, target_key, gateway, saved_at)
+               SELECT run, target_key, gateway, 0 FROM targets WHERE gateway IS NOT NULL;
+             ALTER TABLE targets DROP COLUMN gateway;",
+        )?;
+    }
+    Ok(())
+}
+
+/// Saves a target's gateway snapshot unless the one saved is newer or the same (an unchanged
+/// snapshot writes nothing: every step after a cut-over carries it).
+fn put_gateway(tx: &Connection, saved: &Saved) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO gateways (run, target_key, gateway, saved_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(run, target_key) DO UPDATE SET gateway=excluded.gateway, saved_at=excluded.saved_at
+           WHERE excluded.saved_at >= gateways.saved_at AND excluded.gateway IS NOT gateways.gateway",
+    )?
+    .execute(params![saved.run, saved.target.key(), saved.gateway, saved.saved_at])?;
+    Ok(())
 }
 
 /// Adds the `columns` (name, type) `table` lacks (SQLite has no `ADD COLUMN IF NOT EXISTS`).
@@ -79,6 +110,18 @@ impl SqliteStore {
 /// transaction (the queue settles a delivery and records its step in one).
 pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerError> {
     let at = Rfc3339(r.at);
+    if let Some(gateway) = &r.gateway {
+        put_gateway(
+            tx,
+            &Saved {
+                run: r.run.clone(),
+                target: r.target.clone(),
+                saved_at: UnixMs::at(r.at).0,
+                gateway: gateway.clone(),
+            },
+        )
+        .map_err(lstorage)?;
+    }
     tx.prepare_cached(
         "INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
     )
@@ -105,13 +148,13 @@ pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerErr
     // A target first seen here is a slot found by its site's discover: it joins the site's wave.
     let site = r.target.site().map(|s| s.key().to_string());
     tx.prepare_cached(
-        "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at, wave, next_at)
-         VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?11,?11,?12,?13,?14,(SELECT wave FROM targets WHERE run=?1 AND target_key=?15),?16)
+        "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, started_at, updated_at, finished_at, disconnected_at, connected_at, wave, next_at)
+         VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?10,?11,?12,?13,(SELECT wave FROM targets WHERE run=?1 AND target_key=?14),?15)
          ON CONFLICT(run, target_key) DO UPDATE SET
            outcome=excluded.outcome, current_step=excluded.current_step, steps=targets.steps+1,
            attempts=MAX(targets.attempts, excluded.attempts), reason=COALESCE(excluded.reason, targets.reason),
            subnet=COALESCE(excluded.subnet, targets.subnet), prefix=COALESCE(excluded.prefix, targets.prefix),
-           gateway=COALESCE(excluded.gateway, targets.gateway), updated_at=excluded.updated_at, finished_at=excluded.finished_at,
+           updated_at=excluded.updated_at, finished_at=excluded.finished_at,
            disconnected_at=COALESCE(targets.disconnected_at, excluded.disconnected_at),
            connected_at=COALESCE(excluded.connected_at, targets.connected_at), next_at=excluded.next_at",
     )
@@ -125,7 +168,6 @@ pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerErr
             reason,
             r.subnet,
             r.prefix,
-            r.gateway,
             at,
             finished,
             r.cutover.disconnected_at.map(Rfc3339),
@@ -137,7 +179,10 @@ pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerErr
     Ok(())
 }
 
-const TARGET_COLS: &str = "run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at, wave, next_at";
+/// A target's row with its gateway snapshot, if one was saved (`run` and `target_key` name the
+/// joined columns).
+const TARGETS: &str = "SELECT run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, gateway, started_at, updated_at, finished_at, disconnected_at, connected_at, wave, next_at
+  FROM targets LEFT JOIN gateways USING (run, target_key)";
 
 fn target_from_row(row: &Row<'_>) -> Result<TargetRecord, LedgerError> {
     let col = LedgerRow::new(row, "targets", &["run", "target_key"]);
@@ -165,6 +210,21 @@ fn target_from_row(row: &Row<'_>) -> Result<TargetRecord, LedgerError> {
 }
 
 impl SqliteStore {
+    /// Commits the records of the gateway log (`gateway_log`) and empties it.
+    pub(super) fn fold_gateways(&self) -> Result<(), LedgerError> {
+        self.gateways.fold(
+            |e| LedgerError::storage("cannot read the gateway log", Some(Box::new(e))),
+            |records| {
+                self.transaction(lstorage, |tx| {
+                    records
+                        .iter()
+                        .try_for_each(|saved| put_gateway(tx, saved))
+                        .map_err(lstorage)
+                })
+            },
+        )
+    }
+
     fn query_targets(
         &self,
         where_: &str,
@@ -172,9 +232,7 @@ impl SqliteStore {
     ) -> Result<Vec<TargetRecord>, LedgerError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {TARGET_COLS} FROM targets WHERE {where_} ORDER BY target_key"
-            ))
+            .prepare(&format!("{TARGETS} WHERE {where_} ORDER BY target_key"))
             .map_err(lstorage)?;
         let mut rows = stmt.query(args).map_err(lstorage)?;
         let mut out = Vec::new();
@@ -236,19 +294,19 @@ impl Ledger for SqliteStore {
         target: &ResourceId,
         gateway: &GatewaySnapshot,
     ) -> Result<(), LedgerError> {
-        // Durable: the cut-over deletes the gateway connection once this returns, and only
-        // this snapshot can restore it.
-        self.transaction(lstorage, |tx| {
-            tx.prepare_cached(
-                "INSERT INTO targets (run, target_key, target, gateway, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-                 ON CONFLICT(run, target_key) DO UPDATE SET gateway=excluded.gateway, updated_at=excluded.updated_at",
-            )
-            .and_then(|mut s| {
-                s.execute(params![run, target.key(), target, gateway, Rfc3339(OffsetDateTime::now_utc())])
-            })
-            .map_err(lstorage)
+        // The cut-over deletes the gateway connection once this returns, and only this
+        // snapshot can restore it: logged before it returns, committed with the batch
+        // (`gateway_log`).
+        let saved = Saved {
+            run: run.clone(),
+            target: target.clone(),
+            saved_at: UnixMs::at(OffsetDateTime::now_utc()).0,
+            gateway: gateway.clone(),
+        };
+        self.gateways.append(&saved).map_err(|e| {
+            LedgerError::storage("cannot append to the gateway log", Some(Box::new(e)))
         })?;
-        Ok(())
+        self.batched(lstorage, |tx| put_gateway(tx, &saved).map_err(lstorage))
     }
 
     async fn target(
@@ -406,9 +464,10 @@ mod tests {
             .execute_batch(&format!(
                 "INSERT INTO runs VALUES ('r-7', '2026-11-23T10:20:30.123456789Z', 0, 'run');
                  INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts,
-                   reason, subnet, prefix, gateway, started_at, updated_at, finished_at) VALUES ('r-7', '{key}', '{site}', 'rolled-back:not-connected', NULL, 5, 1,
-                   'not-connected', '{vnet}/subnets/apps', '10.0.1.0/26', '{{\"name\":\"gw\",\"vnetResourceId\":\"{vnet}\"}}',
+                   reason, subnet, prefix, started_at, updated_at, finished_at) VALUES ('r-7', '{key}', '{site}', 'rolled-back:not-connected', NULL, 5, 1,
+                   'not-connected', '{vnet}/subnets/apps', '10.0.1.0/26',
                    '2026-11-23T10:20:30Z', '2026-11-23T10:21:00.5Z', '2026-11-23T10:21:00.5Z');
+                 INSERT INTO gateways VALUES ('r-7', '{key}', '{{\"name\":\"gw\",\"vnetResourceId\":\"{vnet}\"}}', 0);
                  INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms)
                    VALUES ('r-7', '{key}', '{site}', 'prepare-subnet', 1, 'm', 'd', '2026-11-23T10:20:31Z', 12);"
             ))
@@ -439,6 +498,8 @@ mod tests {
         let dir = super::super::test_support::Dir::new();
         let path = dir.path().join("old.db");
         let site = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/a";
+        let vnet =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v";
         {
             // The `targets` table as earlier versions created it.
             let c = Connection::open(&path).unwrap();
@@ -449,17 +510,19 @@ mod tests {
                    reason TEXT, subnet TEXT, prefix TEXT, gateway TEXT,
                    started_at TEXT NOT NULL, updated_at TEXT NOT NULL, finished_at TEXT,
                    PRIMARY KEY (run, target_key));
-                 INSERT INTO targets (run, target_key, target, current_step, started_at, updated_at)
-                   VALUES ('r-1', '{site}', '{site}', 'connect', '2026-11-23T10:20:30Z', '2026-11-23T10:20:30Z');"
+                 INSERT INTO targets (run, target_key, target, current_step, gateway, started_at, updated_at)
+                   VALUES ('r-1', '{site}', '{site}', 'connect', '{{\"name\":\"gw\",\"vnetResourceId\":\"{vnet}\"}}',
+                     '2026-11-23T10:20:30Z', '2026-11-23T10:20:30Z');"
             ))
             .unwrap();
         }
         for _ in 0..2 {
-            // Opened twice: the columns are added once.
+            // Opened twice: the columns are added once, the gateway snapshot moved once.
             let s = SqliteStore::open(&path).unwrap();
             let t = &s.targets(&RunId("r-1".into())).await.unwrap()[0];
             assert_eq!(t.current_step, Some(Step::Connect));
             assert_eq!(t.cutover, Cutover::default());
+            assert_eq!(t.gateway.as_ref().unwrap().name, "gw");
         }
     }
 

@@ -5,9 +5,11 @@
 //! units are committed in batches (`Db`).
 //!
 //! `queue` is the queue half, `ledger` the ledger half, `runs` how a run begins (its contract,
-//! targets and first messages in one transaction), `columns` how values are stored.
+//! targets and first messages in one transaction), `columns` how values are stored,
+//! `gateway_log` how a gateway snapshot is made durable without committing the batch.
 
 mod columns;
+mod gateway_log;
 mod ledger;
 mod operator;
 mod queue;
@@ -24,6 +26,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use self::columns::UnixMs;
+use self::gateway_log::GatewayLog;
 use super::ledger::LedgerError;
 use super::queue::QueueError;
 
@@ -49,6 +52,7 @@ pub struct SqliteStore {
     /// Signalled when messages are sent from outside a settle (a settle wakes the runner
     /// through its finished worker).
     sent: Notify,
+    gateways: GatewayLog,
 }
 
 fn storage(e: rusqlite::Error) -> QueueError {
@@ -75,9 +79,10 @@ fn lstorage(e: rusqlite::Error) -> LedgerError {
 /// committed: its settles were never recorded, so their messages are delivered again and
 /// their steps, which are idempotent (they observe ARM and act on the difference), run again
 /// to the same outcomes; a lease lost with it is released at the next start anyway. What must
-/// not be lost once an external effect follows (the gateway snapshot before the cut-over's
-/// DELETE, the run's registration, an operator's command another process acts on, a rollout's
-/// decision) is written by a durable unit, which commits the batch with it before returning.
+/// not be lost once an external effect follows (the run's registration, an operator's command
+/// another process acts on, a rollout's decision) is written by a durable unit, which commits
+/// the batch with it before returning; the gateway snapshot before the cut-over's DELETE, the
+/// most frequent of them, goes to the gateway log instead (`gateway_log`).
 /// Other connections (`status`, an operator's command, a second process) see the runner's
 /// progress up to `BATCH_AGE` late, and an operator's write waits at most that long for the
 /// batch to release the write lock.
@@ -93,6 +98,8 @@ struct Open {
     /// `BATCH_AGE`, but for tests that must see a batch still open.
     batch_age: Duration,
     closing: bool,
+    /// Set by `crash` (tests): the drop then leaves the files as a killed process would.
+    crashed: bool,
 }
 
 /// The batch transaction open on the connection.
@@ -208,6 +215,9 @@ PRAGMA wal_autocheckpoint=262144;
 /// message rewrites its row and nothing else. The step log is appended to by every settle and
 /// read per target only to inspect one (a scan): it has no index, which on (run, target)
 /// added a page in a random place of the file to every settle (files that have it lose it).
+/// A target's gateway snapshot has a table of its own: written once per cut-over, it made the
+/// target's row spill into an overflow page that every later step rewrote with the row (files
+/// that kept it in `targets` have it moved, `ledger::move_gateways`).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
   seq INTEGER PRIMARY KEY,
@@ -235,8 +245,12 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS targets (
   run TEXT NOT NULL, target_key TEXT NOT NULL, target TEXT NOT NULL,
   outcome TEXT, current_step TEXT, steps INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
-  reason TEXT, subnet TEXT, prefix TEXT, gateway TEXT,
+  reason TEXT, subnet TEXT, prefix TEXT,
   started_at TEXT NOT NULL, updated_at TEXT NOT NULL, finished_at TEXT,
+  PRIMARY KEY (run, target_key)
+);
+CREATE TABLE IF NOT EXISTS gateways (
+  run TEXT NOT NULL, target_key TEXT NOT NULL, gateway TEXT NOT NULL, saved_at INTEGER NOT NULL,
   PRIMARY KEY (run, target_key)
 );
 CREATE TABLE IF NOT EXISTS step_log (
@@ -293,6 +307,7 @@ impl SqliteStore {
                 batch: None,
                 batch_age: BATCH_AGE,
                 closing: false,
+                crashed: false,
             }),
             changed: Condvar::new(),
         });
@@ -308,12 +323,24 @@ impl SqliteStore {
                     )
                 })?
         };
-        Ok(SqliteStore {
+        let store = SqliteStore {
             db,
             committer: Some(committer),
             max_delivery_count: 10,
             sent: Notify::new(),
-        })
+            gateways: GatewayLog::beside(path),
+        };
+        // Snapshots a crash kept only in the log.
+        store.fold_gateways().map_err(|e| {
+            QueueError::storage(
+                format!(
+                    "cannot fold the gateway log into state file {}",
+                    path.display()
+                ),
+                Some(Box::new(e)),
+            )
+        })?;
+        Ok(store)
     }
 
     /// Applies the settings and creates the tables, rebuilding a queue of the old shape in
@@ -341,6 +368,7 @@ impl SqliteStore {
         }
         tx.execute_batch(SCHEMA)?;
         ledger::add_target_columns(&tx)?;
+        ledger::move_gateways(&tx)?;
         ledger::add_columns(&tx, "rollout_waves", &rollout::ADDED_WAVE_COLUMNS)?;
         // Files written before dead letters were timed.
         let timed: bool = tx.query_row(
@@ -465,6 +493,7 @@ impl SqliteStore {
         if open.batch.take().is_some() {
             open.conn.execute_batch("ROLLBACK").expect("rolled back");
         }
+        open.crashed = true;
     }
 
     /// Releases every lease: called by the single runner that owns the file when it starts,
@@ -544,8 +573,14 @@ impl Drop for SqliteStore {
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
         }
+        if self.conn().crashed {
+            return;
+        }
         if let Err(e) = self.flush() {
             tracing::error!("the state file's last steps were not committed: {e}");
+        }
+        if let Err(e) = self.fold_gateways() {
+            tracing::error!("the gateway log stays beside the state file for its next open: {e}");
         }
     }
 }
@@ -671,15 +706,18 @@ mod tests {
         assert_eq!(committed_rows(&p, "queue"), 0);
     }
 
-    /// The cut-over deletes the gateway connection once `save_gateway` returns: the snapshot
-    /// (and the batch before it) is in the file by then, and a crash right after keeps it.
+    /// The cut-over deletes the gateway connection once `save_gateway` returns: by then the
+    /// snapshot is in the gateway log, without the batch being committed for it, and a crash
+    /// right after keeps it: the next open folds it into the ledger.
     #[tokio::test]
-    async fn a_gateway_snapshot_is_committed_before_save_gateway_returns() {
+    async fn a_gateway_snapshot_is_logged_before_save_gateway_returns() {
         let dir = Dir::new();
         let p = dir.path().join("s.db");
         let s = SqliteStore::open(&p).unwrap();
         s.hold_batches();
         let m = msg("a", Step::Disconnect);
+        s.add_targets(&m.run, std::slice::from_ref(&m.target), now())
+            .unwrap();
         s.send(vec![Outgoing::now(m.clone())]).await.unwrap();
         let _leased = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         let vnet = ResourceId::parse(
@@ -695,19 +733,20 @@ mod tests {
             routes: None,
         };
         s.save_gateway(&m.run, &m.target, &snapshot).await.unwrap();
-        let other = Connection::open(&p).unwrap();
-        let (gateways, leased): (i64, i64) = other
-            .query_row(
-                "SELECT (SELECT COUNT(gateway) FROM targets), (SELECT COUNT(lock_token) FROM queue)",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .unwrap();
-        assert_eq!((gateways, leased), (1, 1));
+        // The store sees it at once; the file only once the batch commits (never, here).
+        let seen = s.target(&m.run, &m.target).await.unwrap().unwrap();
+        assert_eq!(seen.gateway.unwrap().name, "v");
+        assert_eq!(committed_rows(&p, "gateways"), 0);
+        let log = std::fs::read_to_string(dir.path().join("s.db-gateways")).unwrap();
+        assert!(log.contains(m.target.as_str()), "{log}");
         s.crash();
         let s = SqliteStore::open(&p).unwrap();
         let saved = s.target(&m.run, &m.target).await.unwrap().unwrap();
         assert_eq!(saved.gateway.unwrap().name, "v");
+        // Folded: committed, and the log emptied.
+        assert_eq!(committed_rows(&p, "gateways"), 1);
+        let log = std::fs::read(dir.path().join("s.db-gateways")).unwrap();
+        assert!(log.is_empty());
     }
 
     /// A crash before the batch commits loses its settle and its lease: the message is
