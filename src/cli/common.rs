@@ -277,8 +277,9 @@ impl TempState {
 
 impl Drop for TempState {
     fn drop(&mut self) {
-        // SQLite's WAL mode keeps `-wal` and `-shm` next to the database.
-        for suffix in ["", "-wal", "-shm"] {
+        // SQLite's WAL mode keeps `-wal` and `-shm` next to the database, the store its
+        // gateway log.
+        for suffix in ["", "-wal", "-shm", "-gateways"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
         }
     }

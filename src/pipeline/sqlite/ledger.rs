@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, ToSql};
 use time::OffsetDateTime;
 
-use super::columns::{LedgerRow, Rfc3339, UnixMs};
+use super::columns::{Detail, LedgerRow, Rfc3339, UnixMs};
 use super::gateway_log::Saved;
 use super::{lstorage, SqliteStore};
 use crate::azure::ResourceId;
@@ -33,27 +33,43 @@ pub(super) fn add_target_columns(conn: &Connection) -> rusqlite::Result<()> {
     add_columns(conn, "targets", &ADDED_TARGET_COLUMNS)
 }
 
-/// Moves the gateway snapshots of a state file that kept them in `targets` to `gateways`, and
-/// drops the column.
-pub(super) fn move_gateways(conn: &Connection) -> rusqlite::Result<()> {
-    let kept: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('targets') WHERE name='gateway'",
-        [],
-        |r| r.get(0),
-    )?;
-    if kept {
+/// What a state file written by an earlier version has that the current shape moved or
+/// dropped: the gateway snapshots kept in `targets` move to `gateways`, and the step log's copy
+/// of the target's id goes (it is the one in `targets`).
+pub(super) fn drop_moved_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let has = |table: &str, column: &str| {
+        conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name=?2",
+            params![table, column],
+            |r| r.get::<_, bool>(0),
+        )
+    };
+    if has("targets", "gateway")? {
         conn.execute_batch(
             "INSERT OR IGNORE INTO gateways (run, target_key, gateway, saved_at)
                SELECT run, target_key, gateway, 0 FROM targets WHERE gateway IS NOT NULL;
              ALTER TABLE targets DROP COLUMN gateway;",
         )?;
     }
+    if has("step_log", "target")? {
+        conn.execute_batch("ALTER TABLE step_log DROP COLUMN target")?;
+    }
     Ok(())
 }
 
 /// Saves a target's gateway snapshot unless the one saved is newer or the same (an unchanged
-/// snapshot writes nothing: every step after a cut-over carries it).
+/// snapshot writes nothing: every step after a cut-over carries it), with the target's row if
+/// the run has none yet (the snapshot is read with the row).
 fn put_gateway(tx: &Connection, saved: &Saved) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO targets (run, target_key, target, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+    )?
+    .execute(params![
+        saved.run,
+        saved.target.key(),
+        saved.target,
+        Rfc3339(UnixMs(saved.saved_at).datetime())
+    ])?;
     tx.prepare_cached(
         "INSERT INTO gateways (run, target_key, gateway, saved_at) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(run, target_key) DO UPDATE SET gateway=excluded.gateway, saved_at=excluded.saved_at
@@ -123,10 +139,10 @@ pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerErr
         .map_err(lstorage)?;
     }
     tx.prepare_cached(
-        "INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+        "INSERT INTO step_log (run, target_key, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
     )
     .and_then(|mut s| {
-        s.execute(params![r.run, r.target.key(), r.target, r.step, r.attempt, r.message_id, r.detail, at, r.duration_ms as i64])
+        s.execute(params![r.run, r.target.key(), r.step, r.attempt, r.message_id, Detail(r.detail.as_str().into()), at, r.duration_ms as i64])
     })
     .map_err(lstorage)?;
     // A target's outcome is final (only an operator reopens it, `reopen_target`): a step
@@ -306,7 +322,21 @@ impl Ledger for SqliteStore {
         self.gateways.append(&saved).map_err(|e| {
             LedgerError::storage("cannot append to the gateway log", Some(Box::new(e)))
         })?;
-        self.batched(lstorage, |tx| put_gateway(tx, &saved).map_err(lstorage))
+        // The message that asked for the cut-over must be in the file too: when it was queued
+        // in the open batch, a crash would lose it and the settles before it, and the target's
+        // earlier step, done again, would find the connection gone with no cut-over of its own
+        // to explain it. Then the batch is committed with the snapshot.
+        let fresh: bool = self
+            .conn()
+            .prepare_cached("SELECT EXISTS(SELECT 1 FROM temp.fresh WHERE target_key=?1)")
+            .and_then(|mut s| s.query_row(params![target.key()], |r| r.get(0)))
+            .map_err(lstorage)?;
+        let put = |tx: &Connection| put_gateway(tx, &saved).map_err(lstorage);
+        if fresh {
+            self.transaction(lstorage, put)
+        } else {
+            self.batched(lstorage, put)
+        }
     }
 
     async fn target(
@@ -328,9 +358,17 @@ impl Ledger for SqliteStore {
         run: &RunId,
         target: &ResourceId,
     ) -> Result<Vec<StepLogEntry>, LedgerError> {
+        // The target's id as the run wrote it, whatever the case of `target`.
+        let target = match self
+            .query_targets("run=?1 AND target_key=?2", &[run, &target.key()])?
+            .pop()
+        {
+            Some(t) => t.target,
+            None => target.clone(),
+        };
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT id, target, step, attempt, message_id, detail, at, duration_ms FROM step_log WHERE run=?1 AND target_key=?2 ORDER BY id")
+            .prepare("SELECT id, step, attempt, message_id, detail, at, duration_ms FROM step_log WHERE run=?1 AND target_key=?2 ORDER BY id")
             .map_err(lstorage)?;
         let mut rows = stmt.query(params![run, target.key()]).map_err(lstorage)?;
         let mut out = Vec::new();
@@ -338,11 +376,11 @@ impl Ledger for SqliteStore {
             let col = LedgerRow::new(row, "step_log", &["id"]);
             out.push(StepLogEntry {
                 run: run.clone(),
-                target: col.get("target")?,
+                target: target.clone(),
                 step: col.get("step")?,
                 attempt: col.get("attempt")?,
                 message_id: col.get("message_id")?,
-                detail: col.get("detail")?,
+                detail: col.get::<Detail>("detail")?.0.into_owned(),
                 at: col.get::<Rfc3339>("at")?.0,
                 duration_ms: col.get::<i64>("duration_ms")? as u64,
             });
@@ -468,8 +506,8 @@ mod tests {
                    'not-connected', '{vnet}/subnets/apps', '10.0.1.0/26',
                    '2026-11-23T10:20:30Z', '2026-11-23T10:21:00.5Z', '2026-11-23T10:21:00.5Z');
                  INSERT INTO gateways VALUES ('r-7', '{key}', '{{\"name\":\"gw\",\"vnetResourceId\":\"{vnet}\"}}', 0);
-                 INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms)
-                   VALUES ('r-7', '{key}', '{site}', 'prepare-subnet', 1, 'm', 'd', '2026-11-23T10:20:31Z', 12);"
+                 INSERT INTO step_log (run, target_key, step, attempt, message_id, detail, at, duration_ms)
+                   VALUES ('r-7', '{key}', 'prepare-subnet', 1, 'm', 'd', '2026-11-23T10:20:31Z', 12);"
             ))
             .unwrap();
         let runs = s.runs().await.unwrap();
@@ -489,8 +527,14 @@ mod tests {
             t.finished_at,
             Some(time::macros::datetime!(2026-11-23 10:21:00.5 UTC))
         );
-        let log = s.step_log(&run, &t.target).await.unwrap();
+        // Asked for in another case, it names the target as written.
+        let lower = ResourceId::parse(&key).unwrap();
+        let log = s.step_log(&run, &lower).await.unwrap();
         assert_eq!((log[0].step, log[0].duration_ms), (Step::PrepareSubnet, 12));
+        assert_eq!(
+            (log[0].target.as_str(), log[0].detail.as_str()),
+            (site, "d")
+        );
     }
 
     #[tokio::test]
@@ -498,6 +542,7 @@ mod tests {
         let dir = super::super::test_support::Dir::new();
         let path = dir.path().join("old.db");
         let site = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/a";
+        let key = site.to_ascii_lowercase();
         let vnet =
             "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v";
         {
@@ -511,8 +556,14 @@ mod tests {
                    started_at TEXT NOT NULL, updated_at TEXT NOT NULL, finished_at TEXT,
                    PRIMARY KEY (run, target_key));
                  INSERT INTO targets (run, target_key, target, current_step, gateway, started_at, updated_at)
-                   VALUES ('r-1', '{site}', '{site}', 'connect', '{{\"name\":\"gw\",\"vnetResourceId\":\"{vnet}\"}}',
-                     '2026-11-23T10:20:30Z', '2026-11-23T10:20:30Z');"
+                   VALUES ('r-1', '{key}', '{site}', 'connect', '{{\"name\":\"gw\",\"vnetResourceId\":\"{vnet}\"}}',
+                     '2026-11-23T10:20:30Z', '2026-11-23T10:20:30Z');
+                 CREATE TABLE step_log (
+                   id INTEGER PRIMARY KEY, run TEXT NOT NULL, target_key TEXT NOT NULL, target TEXT NOT NULL,
+                   step TEXT NOT NULL, attempt INTEGER NOT NULL, message_id TEXT NOT NULL, detail TEXT NOT NULL,
+                   at TEXT NOT NULL, duration_ms INTEGER NOT NULL);
+                 INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms)
+                   VALUES ('r-1', '{key}', '{site}', 'discover', 0, 'm', 'gateway-based', '2026-11-23T10:20:31Z', 4);"
             ))
             .unwrap();
         }
@@ -523,6 +574,8 @@ mod tests {
             assert_eq!(t.current_step, Some(Step::Connect));
             assert_eq!(t.cutover, Cutover::default());
             assert_eq!(t.gateway.as_ref().unwrap().name, "gw");
+            let log = s.step_log(&t.run, &t.target).await.unwrap();
+            assert_eq!(log[0].detail, "gateway-based");
         }
     }
 

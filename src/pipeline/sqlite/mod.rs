@@ -109,10 +109,12 @@ struct Batch {
 }
 
 /// A batch is committed once it is this old: the run's progress reaches other connections,
-/// and a crash loses, at most 50 ms of work. In a rehearsal the batches are shorter anyway:
-/// every cut-over's gateway snapshot is a durable unit, and at 2,000 targets those commit a
-/// batch every 18 ms on average (a 200 ms bound wrote as many bytes per step).
-const BATCH_AGE: Duration = Duration::from_millis(50);
+/// and a crash loses, at most 200 ms of work (done again: see `Db`). Most pages a settle
+/// changes are in random places of large b-trees (its target's row, its MessageId, its
+/// session's index entry) and cost a page per settle however long the batch; a longer batch
+/// saves the rest, written once per batch (10,000 targets: 10.7 KB written per step at 50 ms,
+/// 9.9 KB at 200 ms, with no change in the downtime of the cut-overs).
+const BATCH_AGE: Duration = Duration::from_millis(200);
 /// ...or this large: a batch's changed pages stay in the page cache until it commits, and
 /// 256 settles touch a few thousand pages at most, well inside the 16 MiB cache (a spill would
 /// write pages to the WAL before the commit, and again at it).
@@ -124,11 +126,14 @@ impl Open {
         if self.batch.is_some() {
             let committed = self.conn.execute_batch("COMMIT");
             // A failed COMMIT leaves the batch open to be committed again, unless SQLite
-            // rolled it back.
+            // rolled it back (`fresh` with it).
             if committed.is_ok() || self.conn.is_autocommit() {
                 self.batch = None;
             }
             committed?;
+            // Its messages are in the file now. Cleared after the COMMIT, not in it: a COMMIT
+            // that fails leaves them counted as fresh.
+            self.conn.execute_batch("DELETE FROM temp.fresh")?;
         }
         Ok(())
     }
@@ -203,6 +208,7 @@ PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
 PRAGMA cache_size=-16384;
 PRAGMA wal_autocheckpoint=262144;
+PRAGMA temp_store=MEMORY;
 ";
 
 /// The queue holds only live messages (active or dead-lettered): a completed message is
@@ -215,7 +221,8 @@ PRAGMA wal_autocheckpoint=262144;
 /// message rewrites its row and nothing else. The step log is appended to by every settle and
 /// read per target only to inspect one (a scan): it has no index, which on (run, target)
 /// added a page in a random place of the file to every settle (files that have it lose it).
-/// A target's gateway snapshot has a table of its own: written once per cut-over, it made the
+/// Its rows carry the target's key only (its id as written is in `targets`) and the detail
+/// deflated (`columns::Detail`). A target's gateway snapshot has a table of its own: written once per cut-over, it made the
 /// target's row spill into an overflow page that every later step rewrote with the row (files
 /// that kept it in `targets` have it moved, `ledger::move_gateways`).
 const SCHEMA: &str = "
@@ -254,8 +261,8 @@ CREATE TABLE IF NOT EXISTS gateways (
   PRIMARY KEY (run, target_key)
 );
 CREATE TABLE IF NOT EXISTS step_log (
-  id INTEGER PRIMARY KEY, run TEXT NOT NULL, target_key TEXT NOT NULL, target TEXT NOT NULL,
-  step TEXT NOT NULL, attempt INTEGER NOT NULL, message_id TEXT NOT NULL, detail TEXT NOT NULL,
+  id INTEGER PRIMARY KEY, run TEXT NOT NULL, target_key TEXT NOT NULL,
+  step TEXT NOT NULL, attempt INTEGER NOT NULL, message_id TEXT NOT NULL, detail BLOB NOT NULL,
   at TEXT NOT NULL, duration_ms INTEGER NOT NULL
 );
 DROP INDEX IF EXISTS step_log_target;
@@ -368,7 +375,7 @@ impl SqliteStore {
         }
         tx.execute_batch(SCHEMA)?;
         ledger::add_target_columns(&tx)?;
-        ledger::move_gateways(&tx)?;
+        ledger::drop_moved_columns(&tx)?;
         ledger::add_columns(&tx, "rollout_waves", &rollout::ADDED_WAVE_COLUMNS)?;
         // Files written before dead letters were timed.
         let timed: bool = tx.query_row(
@@ -394,7 +401,12 @@ impl SqliteStore {
         if (columns > 0 && !has_priority) || old_queue || !placed {
             queue::classify_live(&tx)?;
         }
-        tx.commit()
+        tx.commit()?;
+        // The targets a message was queued for in the open batch (`save_gateway`): this
+        // connection's own, in memory.
+        conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS fresh (target_key TEXT PRIMARY KEY) WITHOUT ROWID",
+        )
     }
 
     /// The connection, for reads (they see the open batch). Every write goes through
@@ -480,7 +492,7 @@ impl SqliteStore {
     }
 
     /// Keeps batches open until a durable unit, `flush` or the drop: what a test that looks
-    /// at an open batch needs (the committer would otherwise commit it 50 ms in).
+    /// at an open batch needs (the committer would otherwise commit it 200 ms in).
     #[cfg(test)]
     pub(crate) fn hold_batches(&self) {
         self.conn().batch_age = Duration::from_secs(3600);
@@ -672,7 +684,7 @@ mod tests {
     use super::*;
     use crate::azure::ResourceId;
     use crate::pipeline::ledger::Ledger;
-    use crate::pipeline::message::{GatewaySnapshot, Step};
+    use crate::pipeline::message::{GatewaySnapshot, Step, StepMessage};
     use crate::pipeline::queue::{Outgoing, StepSender};
 
     /// The rows of `table` another connection to the file sees: what is committed.
@@ -706,19 +718,19 @@ mod tests {
         assert_eq!(committed_rows(&p, "queue"), 0);
     }
 
-    /// The cut-over deletes the gateway connection once `save_gateway` returns: by then the
-    /// snapshot is in the gateway log, without the batch being committed for it, and a crash
-    /// right after keeps it: the next open folds it into the ledger.
-    #[tokio::test]
-    async fn a_gateway_snapshot_is_logged_before_save_gateway_returns() {
-        let dir = Dir::new();
-        let p = dir.path().join("s.db");
-        let s = SqliteStore::open(&p).unwrap();
-        s.hold_batches();
-        let m = msg("a", Step::Disconnect);
-        s.add_targets(&m.run, std::slice::from_ref(&m.target), now())
+    /// A cut-over's message, queued by the settle of the step before it (then committed, or
+    /// left in the open batch) and leased, and the snapshot its cut-over saves.
+    async fn leased_cut_over(s: &SqliteStore, committed: bool) -> (StepMessage, GatewaySnapshot) {
+        let prepare = msg("a", Step::PrepareSubnet);
+        s.add_targets(&prepare.run, std::slice::from_ref(&prepare.target), now())
             .unwrap();
-        s.send(vec![Outgoing::now(m.clone())]).await.unwrap();
+        s.send(vec![Outgoing::now(prepare.clone())]).await.unwrap();
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        let m = prepare.next(Step::Disconnect);
+        s.commit(&d, &[Outgoing::now(m.clone())], None).unwrap();
+        if committed {
+            s.flush().unwrap();
+        }
         let _leased = s.receive(now(), LEASE, &[]).unwrap().unwrap();
         let vnet = ResourceId::parse(
             "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v",
@@ -732,6 +744,19 @@ mod tests {
             cert_blob: None,
             routes: None,
         };
+        (m, snapshot)
+    }
+
+    /// The cut-over deletes the gateway connection once `save_gateway` returns: by then the
+    /// snapshot is in the gateway log, without the batch being committed for it, and a crash
+    /// right after keeps it: the next open folds it into the ledger.
+    #[tokio::test]
+    async fn a_gateway_snapshot_is_logged_before_save_gateway_returns() {
+        let dir = Dir::new();
+        let p = dir.path().join("s.db");
+        let s = SqliteStore::open(&p).unwrap();
+        s.hold_batches();
+        let (m, snapshot) = leased_cut_over(&s, true).await;
         s.save_gateway(&m.run, &m.target, &snapshot).await.unwrap();
         // The store sees it at once; the file only once the batch commits (never, here).
         let seen = s.target(&m.run, &m.target).await.unwrap().unwrap();
@@ -747,6 +772,42 @@ mod tests {
         assert_eq!(committed_rows(&p, "gateways"), 1);
         let log = std::fs::read(dir.path().join("s.db-gateways")).unwrap();
         assert!(log.is_empty());
+    }
+
+    /// A cut-over whose message was queued in the open batch commits the batch with its
+    /// snapshot: a crash after its DELETE must not send the target back to its earlier step.
+    #[tokio::test]
+    async fn a_cut_over_queued_in_the_open_batch_commits_it_before_the_delete() {
+        let dir = Dir::new();
+        let p = dir.path().join("s.db");
+        let s = SqliteStore::open(&p).unwrap();
+        s.hold_batches();
+        let (m, snapshot) = leased_cut_over(&s, false).await;
+        let queued = |p: &Path| -> i64 {
+            Connection::open(p)
+                .unwrap()
+                .query_row(
+                    "SELECT COUNT(*) FROM queue WHERE message_id=?1",
+                    [m.message_id()],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(queued(&p), 0);
+        s.save_gateway(&m.run, &m.target, &snapshot).await.unwrap();
+        assert_eq!(queued(&p), 1);
+        assert_eq!(committed_rows(&p, "gateways"), 1);
+        // The batch after it starts with nothing fresh: the next cut-over only logs.
+        let (m2, snapshot) = {
+            let m2 = msg("b", Step::Disconnect);
+            s.add_targets(&m2.run, std::slice::from_ref(&m2.target), now())
+                .unwrap();
+            (m2, snapshot)
+        };
+        s.save_gateway(&m2.run, &m2.target, &snapshot)
+            .await
+            .unwrap();
+        assert_eq!(committed_rows(&p, "gateways"), 1);
     }
 
     /// A crash before the batch commits loses its settle and its lease: the message is

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 use time::OffsetDateTime;
 
-use super::columns::{Body, Rfc3339, UnixMs};
+use super::columns::{Body, Detail, Rfc3339, UnixMs};
 use super::{lstorage, storage, SqliteStore};
 use crate::pipeline::dead_letters::{DeadLettered, DeadLetters};
 use crate::pipeline::ledger::LedgerError;
@@ -37,8 +37,8 @@ impl SqliteStore {
                 ));
             }
             tx.execute(
-                "INSERT INTO step_log (run, target_key, target, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,0)",
-                params![m.run, m.target.key(), m.target, m.step, m.attempt, m.message_id(), note, now],
+                "INSERT INTO step_log (run, target_key, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,0)",
+                params![m.run, m.target.key(), m.step, m.attempt, m.message_id(), Detail(note.into()), now],
             )
             .map_err(lstorage)?;
             Self::insert(tx, std::slice::from_ref(&message))

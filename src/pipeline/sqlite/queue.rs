@@ -158,6 +158,9 @@ impl SqliteStore {
         let mut add = tx
             .prepare_cached("INSERT INTO queue (message_id, session_id, subscription, body, visible_at, head, priority, vnet) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
             .map_err(storage)?;
+        let mut fresh = tx
+            .prepare_cached("INSERT OR IGNORE INTO temp.fresh (target_key) VALUES (?1)")
+            .map_err(storage)?;
         for m in messages {
             let id = m.message.message_id();
             if accept.execute(params![id]).map_err(storage)? == 0 {
@@ -192,6 +195,9 @@ impl SqliteStore {
                 m.message.vnet_key()
             ])
             .map_err(storage)?;
+            fresh
+                .execute(params![m.message.target.key()])
+                .map_err(storage)?;
         }
         Ok(())
     }
