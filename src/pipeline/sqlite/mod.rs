@@ -112,11 +112,11 @@ struct Batch {
 /// and a crash loses, at most 200 ms of work (done again: see `Db`). Most pages a settle
 /// changes are in random places of large b-trees (its target's row, its MessageId, its
 /// session's index entry) and cost a page per settle however long the batch; a longer batch
-/// saves the rest, written once per batch (10,000 targets: 10.7 KB written per step at 50 ms,
-/// 9.9 KB at 200 ms, with no change in the downtime of the cut-overs).
+/// saves the rest, written once per batch (10,000 targets, 1 KiB pages: 10.7 KB written per
+/// step at 50 ms, 9.9 KB at 200 ms, with no change in the downtime of the cut-overs).
 const BATCH_AGE: Duration = Duration::from_millis(200);
 /// ...or this large: a batch's changed pages stay in the page cache until it commits, and
-/// 256 settles touch a few thousand pages at most, well inside the 16 MiB cache (a spill would
+/// 256 settles touch a few thousand pages at most, well inside the cache's 16,384 (a spill would
 /// write pages to the WAL before the commit, and again at it).
 const BATCH_UNITS: u32 = 256;
 
@@ -180,34 +180,38 @@ fn commit_aged(db: &Db) {
     }
 }
 
-/// Connection settings: 1 KiB pages for new files (a WAL commit writes every page it touched
-/// in full, and a settle touches pages in random places: the target's row, the message id's
-/// leaf, the queue rows and their neighbours when a B-tree rebalances; the smaller the page,
-/// the fewer bytes each costs, even though a target row (~1.5 KB) now spills into an
-/// overflow page (a message no longer does: its body is stored deflated, `columns::Body`);
-/// 2,000 targets with batched settles: 29.7 KB written per step with 4 KiB pages, 19.4 with 2
-/// KiB, 14.6 with 1 KiB; files created with another size keep it); WAL with `synchronous=NORMAL` (a commit is one WAL append without an
-/// fsync: it survives the process being killed at once; a power loss may lose the last
-/// commits but never consistency, and a lost settle is only a redelivery the reconcilers
-/// absorb; the runner's settles are committed in batches on top of that, see `Db` for what a
-/// crash loses and what is committed at once), and a 16 MiB page cache so the hot pages
-/// (active queue rows, their indexes, the run's targets) stay in memory. The WAL is
-/// checkpointed every 262,144 pages (256 MiB of WAL with 1 KiB pages, the size the WAL file
-/// then keeps until the store closes) rather than SQLite's 1,000: a checkpoint writes each
-/// page changed since the last one once, and the pages settles change (the queue's, the
-/// targets', the message ids') are then copied to the file once per many thousand steps
-/// (2,000 targets, 2 KiB pages: 53 -> 41 KB written per step at 8,192 pages, 21.9 -> 19.2 KB
-/// from 8,192 to 32,768 with batches; 10,000 targets, 1 KiB pages: 18.1 -> 15.5 KB from
-/// 32,768 to 131,072, and, with deflated bodies, 14.5 -> 13.6 KB from 131,072 to 262,144).
-/// The price: the commit that crosses the threshold runs the checkpoint with the store
-/// locked, for longer the larger it is (10,000 targets: one commit over 40 ms in the run,
-/// 0.37 s, against four of 0.05–0.23 s at 131,072).
+/// Connection settings: 512-byte pages for new files (a WAL commit writes every page it
+/// touched in full, and a settle touches pages in random places: the target's row, the message
+/// id's leaf, the session index's leaf, the queue rows and their neighbours when a B-tree
+/// rebalances; the smaller the page, the fewer bytes each costs, even though queue rows and
+/// gateway snapshots now spill into overflow pages. 2,000 targets with batched settles: 29.7
+/// KB written per step with 4 KiB pages, 19.4 with 2 KiB, 14.6 with 1 KiB; 10,000 targets with
+/// 200 ms batches: 10.5 KB with 1 KiB, 8.2 with 512 bytes; files created with another size keep
+/// it); WAL with `synchronous=NORMAL` (a commit is one WAL append without an fsync: it
+/// survives the process being killed at once; a power loss may lose the last commits but never
+/// consistency, and a lost settle is only a redelivery the reconcilers absorb; the runner's
+/// settles are committed in batches on top of that, see `Db` for what a crash loses and what is
+/// committed at once), and an 8 MiB page cache (16,384 pages) so the hot pages (active queue
+/// rows, their indexes, the run's targets) stay in memory. The WAL is checkpointed every
+/// 524,288 pages (256 MiB of WAL with 512-byte pages, the size the WAL file then keeps until
+/// the store closes) rather than SQLite's 1,000: a checkpoint writes each page changed since
+/// the last one once, and the pages settles change (the queue's, the targets', the message
+/// ids') are then copied to the file once per many thousand steps (2,000 targets, 2 KiB pages:
+/// 53 -> 41 KB written per step at 8,192 pages, 21.9 -> 19.2 KB from 8,192 to 32,768 with
+/// batches; 10,000 targets, 1 KiB pages: 18.1 -> 15.5 KB from 32,768 to 131,072, and, with
+/// deflated bodies, 14.5 -> 13.6 KB from 131,072 to 262,144). The price: the commit that
+/// crosses the threshold runs the checkpoint with the store locked, for longer the larger it
+/// is (10,000 targets, 1 KiB pages: one commit over 40 ms in the run, 0.37 s, against four of
+/// 0.05–0.23 s at 131,072).
+/// Prepared statements the connection keeps (`SqliteStore::open`).
+const STATEMENTS: usize = 64;
+
 const PRAGMAS: &str = "
-PRAGMA page_size=1024;
+PRAGMA page_size=512;
 PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
-PRAGMA cache_size=-16384;
-PRAGMA wal_autocheckpoint=262144;
+PRAGMA cache_size=-8192;
+PRAGMA wal_autocheckpoint=524288;
 PRAGMA temp_store=MEMORY;
 ";
 
@@ -299,6 +303,10 @@ impl SqliteStore {
             )
         })?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(storage)?;
+        // Room for every statement a settle, a lease and a step's record prepare (two dozen):
+        // rusqlite keeps 16 by default, and a statement pushed out is parsed and planned again
+        // at its next use.
+        conn.set_prepared_statement_cache_capacity(STATEMENTS);
         Self::initialise(&mut conn).map_err(|e| {
             QueueError::storage(
                 format!(
