@@ -60,8 +60,14 @@ pub(crate) enum Stored {
 
 impl Stored {
     pub(crate) fn new(id: &ResourceId, value: Value) -> Self {
+        Self::of(id, Cow::Owned(value))
+    }
+
+    /// `new` for a value the caller may go on using: a compacted one is packed from it and
+    /// not copied.
+    fn of(id: &ResourceId, value: Cow<'_, Value>) -> Self {
         if type_key(id).starts_with("microsoft.network/") {
-            Stored::Parsed(value)
+            Stored::Parsed(value.into_owned())
         } else {
             Stored::Compact(pack(&value))
         }
@@ -105,7 +111,8 @@ impl Stored {
 }
 
 fn pack(value: &Value) -> Box<[u8]> {
-    lz4_flex::compress_prepend_size(value.to_string().as_bytes()).into()
+    let text = serde_json::to_vec(value).expect("a value serializes");
+    lz4_flex::compress_prepend_size(&text).into()
 }
 
 /// The store compressed the text of a value, so it decompresses and parses.
@@ -194,8 +201,17 @@ impl Store {
 
     /// Inserts or replaces; returns true when the resource is new.
     pub(crate) fn put(&mut self, id: &ResourceId, value: Value) -> bool {
+        self.put_cow(id, Cow::Owned(value))
+    }
+
+    /// `put` of a value the caller goes on using (a written site is also its answer).
+    pub(crate) fn put_copy(&mut self, id: &ResourceId, value: &Value) -> bool {
+        self.put_cow(id, Cow::Borrowed(value))
+    }
+
+    fn put_cow(&mut self, id: &ResourceId, value: Cow<'_, Value>) -> bool {
         let refs = references(id, &value);
-        self.insert(id, refs, Stored::new(id, value))
+        self.insert(id, refs, Stored::of(id, value))
     }
 
     /// `put` with the references of the value already read.
