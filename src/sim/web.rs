@@ -38,7 +38,11 @@ const SITE_CONNECTIONS: &str = "microsoft.web/sites/virtualnetworkconnections";
 const SLOT_CONNECTIONS: &str = "microsoft.web/sites/slots/virtualnetworkconnections";
 
 pub(crate) fn has_knob(resource: &Value, knob: &str) -> bool {
-    resource["tags"][KNOB_TAG].as_str().is_some_and(|t| {
+    tags_have_knob(&resource["tags"], knob)
+}
+
+fn tags_have_knob(tags: &Value, knob: &str) -> bool {
+    tags[KNOB_TAG].as_str().is_some_and(|t| {
         t.split([',', ' ', ';'])
             .any(|k| k.trim().eq_ignore_ascii_case(knob))
     })
@@ -61,6 +65,7 @@ fn parse_id(v: &Value) -> Option<ResourceId> {
 struct SiteFields {
     id: Value,
     location: Value,
+    tags: Value,
     properties: Lenient<SiteProperties>,
 }
 
@@ -75,6 +80,11 @@ impl SiteFields {
     fn subnet(&self) -> Option<ResourceId> {
         parse_id(&self.properties.0.virtual_network_subnet_id)
     }
+}
+
+/// The subnet a stored site or slot is integrated with (`current_subnet`), read partially.
+pub(crate) fn stored_subnet(st: &State, target: &ResourceId) -> Option<ResourceId> {
+    st.store.get_as::<SiteFields>(target)?.subnet()
 }
 
 /// The plan a site or slot names itself in `serverFarmId` (a bare name resolves in the

@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 
 use super::regional::{apply_integration, check_connect};
 use super::routing;
-use super::{bad_request, current_subnet, has_knob, is_target, parse_id, plan_of};
+use super::{
+    bad_request, current_subnet, has_knob, is_target, parse_id, plan_of, tags_have_knob, SiteFields,
+};
 use crate::azure::{ResourceId, ResourceKind};
 use crate::sim::reply::{Ctx, Reply};
 use crate::sim::state::State;
@@ -359,8 +361,10 @@ pub(crate) fn render_kv_reference(st: &State, mut v: Value) -> Value {
         .and_then(|p| p.parent());
     let broken = target
         .filter(is_target)
-        .and_then(|t| st.store.get(&t))
-        .is_some_and(|s| has_knob(&s, "kv-breaks-after-connect") && current_subnet(&s).is_some());
+        .and_then(|t| st.store.get_as::<SiteFields>(&t))
+        .is_some_and(|s| {
+            tags_have_knob(&s.tags, "kv-breaks-after-connect") && s.subnet().is_some()
+        });
     if broken {
         v["properties"]["status"] = json!("AccessToKeyVaultDenied");
     }
