@@ -161,15 +161,17 @@ impl Stored {
 
     /// The fields `T` declares, decoded from the stored text without building the rest of
     /// the value (a site is kilobytes of settings; a plan's checks read two fields of each
-    /// member). `T` must accept any JSON object: its fields `Value`s or `Lenient`, defaulted.
-    pub(crate) fn read_as<T: DeserializeOwned>(&self) -> T {
-        match self {
+    /// member); all absent when the value is no object. `T`'s fields must accept any JSON:
+    /// `Value`s, or `Lenient`, defaulted.
+    pub(crate) fn read_as<T: DeserializeOwned + Default>(&self) -> T {
+        let read: Lenient<T> = match self {
             Stored::Compact(packed) => serde_json::from_slice(&decompress(packed))
-                .expect("a partial read accepts any JSON object the store wrote"),
+                .expect("a partial read accepts any JSON the store wrote"),
             Stored::Parsed(v) => {
-                T::deserialize(v).expect("a partial read accepts any JSON object the store holds")
+                Lenient::deserialize(v).expect("a partial read accepts any JSON the store holds")
             }
-        }
+        };
+        read.0
     }
 
     pub(crate) fn into_value(self) -> Value {
@@ -273,7 +275,7 @@ impl Store {
     }
 
     /// The fields `T` declares of the resource (`Stored::read_as`).
-    pub(crate) fn get_as<T: DeserializeOwned>(&self, id: &ResourceId) -> Option<T> {
+    pub(crate) fn get_as<T: DeserializeOwned + Default>(&self, id: &ResourceId) -> Option<T> {
         self.resources.get(id.key()).map(Stored::read_as)
     }
 
@@ -725,6 +727,9 @@ mod tests {
                 );
             }
         }
+        let mut st = Store::default();
+        st.put(&site, json!(["not", "an", "object"]));
+        assert!(st.get_as::<Fields>(&site).expect("stored").name.is_null());
         assert!(Store::default().get_as::<Fields>(&site).is_none());
     }
 

@@ -58,8 +58,8 @@ fn parse_id(v: &Value) -> Option<ResourceId> {
         .and_then(|s| ResourceId::parse(s).ok())
 }
 
-/// The fields of a site or slot that its plan's checks and its connection list read, read
-/// from the store without parsing the rest of it (`Stored::read_as`).
+/// The fields of a site or slot that most requests about it read (its id, location, knobs,
+/// plan and subnet), read from the store without parsing the rest of it (`Stored::read_as`).
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct SiteFields {
