@@ -231,14 +231,9 @@ impl ResourceId {
         if parts.len() < 2 || !parts[0].eq_ignore_ascii_case("subscriptions") {
             return Err(err(Malformed::NoSubscription));
         }
-        // Byte offset in `s` of each part (each follows a '/').
-        let mut starts = Vec::with_capacity(parts.len());
-        let mut at = 1;
-        for p in &parts {
-            starts.push(at);
-            at += p.len() + 1;
-        }
-        let span = |i: usize| -> Span { (starts[i] as u32, (starts[i] + parts[i].len()) as u32) };
+        // Byte offset in `s` of a part: each is a slice of `s`.
+        let start = |i: usize| parts[i].as_ptr() as usize - s.as_ptr() as usize;
+        let span = |i: usize| -> Span { (start(i) as u32, (start(i) + parts[i].len()) as u32) };
         let subscription = span(1);
         let mut i = 2;
         let mut resource_group = None;
@@ -267,14 +262,15 @@ impl ResourceId {
             if !rest.len().is_multiple_of(2) {
                 return Err(err(Malformed::NoName));
             }
-            segments_at = starts[i];
+            segments_at = start(i);
         }
         if u32::try_from(s.len()).is_err() {
             return Err(err(Malformed::TooLong));
         }
         let mut text = String::with_capacity(2 * s.len());
         text.push_str(s);
-        text.push_str(&s.to_ascii_lowercase());
+        text.push_str(s);
+        text[s.len()..].make_ascii_lowercase();
         Ok(Self {
             text: text.into(),
             subscription,

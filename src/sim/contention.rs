@@ -11,7 +11,7 @@ use super::options::Work;
 use super::reply::Reply;
 use super::state::{Hold, State};
 use super::store::type_key;
-use super::web::current_subnet;
+use super::web::stored_subnet;
 use crate::azure::{ResourceId, ResourceKind};
 
 /// What a request does and which locks it takes while it runs.
@@ -102,9 +102,9 @@ pub(super) fn claim(st: &State, method: &str, path: &str, body: &Value) -> Claim
         return Claim::free(Work::Write);
     };
     if let Some(target) = web_target(&id) {
-        // Read only for the writes that take part in the VNet lock: parsing the site costs
+        // Read only for the writes that take part in the VNet lock: reading the site costs
         // more than the rest of the claim.
-        let current = || st.store.get(&target).and_then(|s| current_subnet(&s));
+        let current = || stored_subnet(st, &target);
         let swift = type_key(&id).ends_with("/networkconfig")
             && id.name().eq_ignore_ascii_case("virtualnetwork");
         // A site write that sets or clears `virtualNetworkSubnetId` (or the swift PUT) and the

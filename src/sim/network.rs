@@ -120,7 +120,24 @@ pub(crate) fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
     let Some(vnet_id) = id.vnet() else {
         return Reply::not_found(id.as_str());
     };
-    let Some(vnet) = st.store.get(&vnet_id).map(Cow::into_owned) else {
+    // What the checks need of the VNet, read in place: a hub VNet holds every integration
+    // subnet, and a copy of it per subnet write grew with the fleet.
+    let Some((space, siblings, location)) = st.store.get(&vnet_id).map(|vnet| {
+        let siblings: Vec<(String, Vec<String>)> = arr(&vnet, &["properties", "subnets"])
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap_or_default().to_string(),
+                    prefixes(s),
+                )
+            })
+            .collect();
+        let location = vnet["location"]
+            .as_str()
+            .unwrap_or("westeurope")
+            .to_string();
+        (address_space(&vnet), siblings, location)
+    }) else {
         return Reply::not_found(vnet_id.as_str());
     };
     let mut body = if body.is_object() {
@@ -130,22 +147,7 @@ pub(crate) fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
     };
     body["name"] = json!(id.name());
     let old = find_subnet(&st.store, id).map(|(_, s)| s);
-    let siblings: Vec<(String, Vec<String>)> = arr(&vnet, &["properties", "subnets"])
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap_or_default().to_string(),
-                prefixes(s),
-            )
-        })
-        .collect();
-    if let Err(r) = validate_ranges(
-        &vnet_id,
-        &address_space(&vnet),
-        id.name(),
-        &prefixes(&body),
-        &siblings,
-    ) {
+    if let Err(r) = validate_ranges(&vnet_id, &space, id.name(), &prefixes(&body), &siblings) {
         return r;
     }
     if let Err(r) = validate_delegation_count(id.as_str(), &body) {
@@ -171,10 +173,6 @@ pub(crate) fn put_subnet(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
         }
     });
     let status = if old.is_some() { 200 } else { 201 };
-    let location = vnet["location"]
-        .as_str()
-        .unwrap_or("westeurope")
-        .to_string();
     let reply = Reply::new(status, set_provisioning(&subnet, "Updating"));
     network_lro(st, ctx, &vnet_id, id, &location, reply)
 }

@@ -328,7 +328,7 @@ fn into_response(reply: Reply, verdict: Option<Verdict>, reset: bool) -> Respons
         }
         (Some(b), false) => {
             put("content-type", "application/json; charset=utf-8");
-            Body::from(b.to_string())
+            Body::from(serde_json::to_vec(b).expect("a value serializes"))
         }
         (None, false) => Body::empty(),
     };

@@ -15,10 +15,15 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::marker::PhantomData;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
 
 use super::{network, web};
 use crate::azure::ResourceId;
@@ -49,6 +54,80 @@ fn references(id: &ResourceId, value: &Value) -> Vec<(Ref, ResourceId)> {
     }
 }
 
+/// The fields of a resource `references` reads (a site's `serverFarmId`, a gateway's
+/// `ipConfigurations`), read without parsing the rest: replacing a site unlinks the
+/// references of the one it replaces.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Referencing {
+    properties: Lenient<ReferencingProperties>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ReferencingProperties {
+    server_farm_id: Value,
+    ip_configurations: Value,
+}
+
+/// The references of a stored resource.
+fn stored_references(id: &ResourceId, stored: &Stored) -> Vec<(Ref, ResourceId)> {
+    match stored {
+        Stored::Parsed(v) => references(id, v),
+        Stored::Compact(_) => {
+            let p = stored.read_as::<Referencing>().properties.0;
+            let fields = json!({"properties": {
+                "serverFarmId": p.server_farm_id,
+                "ipConfigurations": p.ip_configurations,
+            }});
+            references(id, &fields)
+        }
+    }
+}
+
+/// `T` read from a JSON object, `T::default()` from any other value: a partial read sees
+/// the field of a non-object as absent, as indexing a `Value` does (`v["a"]["b"]`).
+#[derive(Debug, Default)]
+pub(crate) struct Lenient<T>(pub(crate) T);
+
+impl<'de, T: Deserialize<'de> + Default> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Any<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Default> Visitor<'de> for Any<T> {
+            type Value = Lenient<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(Lenient)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Lenient::default())
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient::default())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Lenient::default())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Lenient::default())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Lenient::default())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Lenient::default())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Lenient::default())
+            }
+        }
+        d.deserialize_any(Any(PhantomData))
+    }
+}
+
 /// One stored resource (also how `FleetBuilder` keeps what it builds, so a generated fleet
 /// reaches the store without being parsed again).
 #[derive(Debug, Clone)]
@@ -60,8 +139,14 @@ pub(crate) enum Stored {
 
 impl Stored {
     pub(crate) fn new(id: &ResourceId, value: Value) -> Self {
+        Self::of(id, Cow::Owned(value))
+    }
+
+    /// `new` for a value the caller may go on using: a compacted one is packed from it and
+    /// not copied.
+    fn of(id: &ResourceId, value: Cow<'_, Value>) -> Self {
         if type_key(id).starts_with("microsoft.network/") {
-            Stored::Parsed(value)
+            Stored::Parsed(value.into_owned())
         } else {
             Stored::Compact(pack(&value))
         }
@@ -72,6 +157,21 @@ impl Stored {
             Stored::Compact(packed) => Cow::Owned(unpack(packed)),
             Stored::Parsed(v) => Cow::Borrowed(v),
         }
+    }
+
+    /// The fields `T` declares, decoded from the stored text without building the rest of
+    /// the value (a site is kilobytes of settings; a plan's checks read two fields of each
+    /// member); all absent when the value is no object. `T`'s fields must accept any JSON:
+    /// `Value`s, or `Lenient`, defaulted.
+    pub(crate) fn read_as<T: DeserializeOwned + Default>(&self) -> T {
+        let read: Lenient<T> = match self {
+            Stored::Compact(packed) => serde_json::from_slice(&decompress(packed))
+                .expect("a partial read accepts any JSON the store wrote"),
+            Stored::Parsed(v) => {
+                Lenient::deserialize(v).expect("a partial read accepts any JSON the store holds")
+            }
+        };
+        read.0
     }
 
     pub(crate) fn into_value(self) -> Value {
@@ -105,14 +205,17 @@ impl Stored {
 }
 
 fn pack(value: &Value) -> Box<[u8]> {
-    lz4_flex::compress_prepend_size(value.to_string().as_bytes()).into()
+    let text = serde_json::to_vec(value).expect("a value serializes");
+    lz4_flex::compress_prepend_size(&text).into()
 }
 
 /// The store compressed the text of a value, so it decompresses and parses.
 fn unpack(packed: &[u8]) -> Value {
-    let text =
-        lz4_flex::decompress_size_prepended(packed).expect("the store holds the LZ4 it wrote");
-    serde_json::from_slice(&text).expect("the store holds the JSON it wrote")
+    serde_json::from_slice(&decompress(packed)).expect("the store holds the JSON it wrote")
+}
+
+fn decompress(packed: &[u8]) -> Vec<u8> {
+    lz4_flex::decompress_size_prepended(packed).expect("the store holds the LZ4 it wrote")
 }
 
 /// A resource's lowercased id, one allocation shared by the store's maps (at 10,000 targets a
@@ -160,7 +263,7 @@ impl Store {
     pub(crate) fn from_stored(resources: impl IntoIterator<Item = (ResourceId, Stored)>) -> Self {
         let mut s = Self::default();
         for (id, stored) in resources {
-            let refs = references(&id, &stored.value());
+            let refs = stored_references(&id, &stored);
             s.insert(&id, refs, stored);
         }
         s
@@ -169,6 +272,11 @@ impl Store {
     /// The resource as stored (change it through `put` or `update`).
     pub(crate) fn get(&self, id: &ResourceId) -> Option<Cow<'_, Value>> {
         self.resources.get(id.key()).map(Stored::value)
+    }
+
+    /// The fields `T` declares of the resource (`Stored::read_as`).
+    pub(crate) fn get_as<T: DeserializeOwned + Default>(&self, id: &ResourceId) -> Option<T> {
+        self.resources.get(id.key()).map(Stored::read_as)
     }
 
     /// Changes a resource in place with `f`, for changes that leave the `Ref` indexes alone
@@ -194,8 +302,17 @@ impl Store {
 
     /// Inserts or replaces; returns true when the resource is new.
     pub(crate) fn put(&mut self, id: &ResourceId, value: Value) -> bool {
+        self.put_cow(id, Cow::Owned(value))
+    }
+
+    /// `put` of a value the caller goes on using (a written site is also its answer).
+    pub(crate) fn put_copy(&mut self, id: &ResourceId, value: &Value) -> bool {
+        self.put_cow(id, Cow::Borrowed(value))
+    }
+
+    fn put_cow(&mut self, id: &ResourceId, value: Cow<'_, Value>) -> bool {
         let refs = references(id, &value);
-        self.insert(id, refs, Stored::new(id, value))
+        self.insert(id, refs, Stored::of(id, value))
     }
 
     /// `put` with the references of the value already read.
@@ -210,7 +327,7 @@ impl Store {
             .insert(key.clone());
         let old = self.resources.remove(&key);
         if let Some(o) = &old {
-            self.unlink(id, &o.value());
+            self.unlink(id, o);
         }
         self.link(&key, refs);
         self.resources.insert(key, stored);
@@ -226,8 +343,8 @@ impl Store {
         }
     }
 
-    fn unlink(&mut self, id: &ResourceId, value: &Value) {
-        for (r, target) in references(id, value) {
+    fn unlink(&mut self, id: &ResourceId, stored: &Stored) {
+        for (r, target) in stored_references(id, stored) {
             let k = (r, target.key().to_string());
             if let Some(set) = self.referrers.get_mut(&k) {
                 set.remove(id.key());
@@ -238,17 +355,17 @@ impl Store {
         }
     }
 
-    /// Keys of the resources holding reference `r` to `target`, in id order.
+    /// The resources holding reference `r` to `target` (key and stored form), in id order.
     pub(crate) fn referrers<'a>(
         &'a self,
         r: Ref,
         target: &ResourceId,
-    ) -> impl Iterator<Item = (&'a str, Cow<'a, Value>)> + 'a {
+    ) -> impl Iterator<Item = (&'a str, &'a Stored)> + 'a {
         self.referrers
             .get(&(r, target.key().to_string()))
             .into_iter()
             .flatten()
-            .filter_map(|k| self.resources.get(k).map(|v| (&**k, v.value())))
+            .filter_map(|k| self.resources.get(k).map(|v| (&**k, v)))
     }
 
     /// Removes the resource and everything below it; returns whether it existed.
@@ -268,7 +385,7 @@ impl Store {
             let Ok(doomed_id) = ResourceId::parse(&k) else {
                 continue;
             };
-            self.unlink(&doomed_id, &old.value());
+            self.unlink(&doomed_id, &old);
             if let Some(set) = self.by_type.get_mut(&type_key(&doomed_id)) {
                 set.remove(&k);
             }
@@ -305,9 +422,19 @@ impl Store {
 
     /// Resources of type `ty` lying within `scope` (a subscription, group or parent resource).
     pub(crate) fn of_type_within(&self, ty: &str, scope: &ResourceId) -> Vec<Value> {
-        self.keys_within(ty, scope)
-            .filter_map(|k| self.read(k))
+        self.stored_within(ty, scope)
+            .map(|v| v.value().into_owned())
             .collect()
+    }
+
+    /// `of_type_within` in stored form, for partial reads.
+    pub(crate) fn stored_within<'a>(
+        &'a self,
+        ty: &str,
+        scope: &ResourceId,
+    ) -> impl Iterator<Item = &'a Stored> + 'a {
+        self.keys_within(ty, scope)
+            .filter_map(|k| self.resources.get(k))
     }
 
     /// One page of `of_type_within`: how many there are, and those from `skip` on (at most
@@ -556,6 +683,54 @@ mod tests {
         let read = st.get(&site).unwrap().into_owned();
         assert_eq!(read, value);
         assert_eq!(read.to_string(), text);
+    }
+
+    /// A partial read sees what indexing the whole value sees, kept compact or parsed: the
+    /// fields it names, absent when their parent is no object, everything else skipped.
+    #[test]
+    fn a_partial_read_sees_what_the_whole_value_shows() {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Fields {
+            name: Value,
+            properties: Lenient<Properties>,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct Properties {
+            server_farm_id: Value,
+        }
+        let rg = "/subscriptions/s/resourceGroups/rg/providers";
+        let site = id(&format!("{rg}/Microsoft.Web/sites/a"));
+        let vnet = id(&format!("{rg}/Microsoft.Network/virtualNetworks/v"));
+        let shapes = [
+            json!({"serverFarmId": "p", "siteConfig": {"a": [1, {"b": null}]}}),
+            json!({"siteConfig": {}}),
+            json!("text"),
+            json!([1, {"serverFarmId": "q"}, [2.5]]),
+            json!(null),
+            json!(-3),
+            json!(4.5),
+            json!(true),
+        ];
+        for properties in shapes {
+            for rid in [&site, &vnet] {
+                let mut st = Store::default();
+                let value = json!({"z": [properties], "name": "a", "properties": properties});
+                st.put(rid, value);
+                let fields = st.get_as::<Fields>(rid).expect("stored");
+                let whole = st.get(rid).expect("stored");
+                assert_eq!(fields.name, whole["name"]);
+                assert_eq!(
+                    fields.properties.0.server_farm_id, whole["properties"]["serverFarmId"],
+                    "{properties}"
+                );
+            }
+        }
+        let mut st = Store::default();
+        st.put(&site, json!(["not", "an", "object"]));
+        assert!(st.get_as::<Fields>(&site).expect("stored").name.is_null());
+        assert!(Store::default().get_as::<Fields>(&site).is_none());
     }
 
     #[test]

@@ -22,11 +22,12 @@ pub(crate) use sites::{
     render_site, write_config_web,
 };
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::reply::Reply;
 use super::state::State;
-use super::store::Ref;
+use super::store::{Lenient, Ref};
 use crate::azure::{ResourceId, ResourceKind};
 
 /// Tag carrying the simulator's behaviour knobs.
@@ -37,7 +38,11 @@ const SITE_CONNECTIONS: &str = "microsoft.web/sites/virtualnetworkconnections";
 const SLOT_CONNECTIONS: &str = "microsoft.web/sites/slots/virtualnetworkconnections";
 
 pub(crate) fn has_knob(resource: &Value, knob: &str) -> bool {
-    resource["tags"][KNOB_TAG].as_str().is_some_and(|t| {
+    tags_have_knob(&resource["tags"], knob)
+}
+
+fn tags_have_knob(tags: &Value, knob: &str) -> bool {
+    tags[KNOB_TAG].as_str().is_some_and(|t| {
         t.split([',', ' ', ';'])
             .any(|k| k.trim().eq_ignore_ascii_case(knob))
     })
@@ -53,12 +58,44 @@ fn parse_id(v: &Value) -> Option<ResourceId> {
         .and_then(|s| ResourceId::parse(s).ok())
 }
 
+/// The fields of a site or slot that most requests about it read (its id, location, knobs,
+/// plan and subnet), read from the store without parsing the rest of it (`Stored::read_as`).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SiteFields {
+    id: Value,
+    location: Value,
+    tags: Value,
+    properties: Lenient<SiteProperties>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct SiteProperties {
+    server_farm_id: Value,
+    virtual_network_subnet_id: Value,
+}
+
+impl SiteFields {
+    fn subnet(&self) -> Option<ResourceId> {
+        parse_id(&self.properties.0.virtual_network_subnet_id)
+    }
+}
+
+/// The subnet a stored site or slot is integrated with (`current_subnet`), read partially.
+pub(crate) fn stored_subnet(st: &State, target: &ResourceId) -> Option<ResourceId> {
+    st.store.get_as::<SiteFields>(target)?.subnet()
+}
+
 /// The plan a site or slot names itself in `serverFarmId` (a bare name resolves in the
 /// site's resource group, as App Service accepts); none when the field is empty.
 pub(crate) fn declared_plan(target: &ResourceId, site: &Value) -> Option<ResourceId> {
-    let raw = site["properties"]["serverFarmId"]
-        .as_str()
-        .unwrap_or_default();
+    named_plan(target, &site["properties"]["serverFarmId"])
+}
+
+/// `declared_plan` from the `serverFarmId` field.
+fn named_plan(target: &ResourceId, server_farm_id: &Value) -> Option<ResourceId> {
+    let raw = server_farm_id.as_str().unwrap_or_default();
     if raw.starts_with('/') {
         return ResourceId::parse(raw).ok();
     }
@@ -111,21 +148,23 @@ fn plan_members(
     let mut sites = Vec::new();
     let mut slots = Vec::new();
     for (_, v) in st.store.referrers(Ref::Plan, plan) {
-        let Some(id) = parse_id(&v["id"]) else {
+        let v = v.read_as::<SiteFields>();
+        let Some(id) = parse_id(&v.id) else {
             continue;
         };
         if id.kind() == ResourceKind::Slot {
-            slots.push((id, current_subnet(&v)));
+            slots.push((id, v.subnet()));
             continue;
         }
-        for slot in st.store.of_type_within(SLOTS, &id) {
-            if let Some(slot_id) = parse_id(&slot["id"]) {
-                if declared_plan(&slot_id, &slot).is_none() {
-                    slots.push((slot_id, current_subnet(&slot)));
+        for slot in st.store.stored_within(SLOTS, &id) {
+            let slot = slot.read_as::<SiteFields>();
+            if let Some(slot_id) = parse_id(&slot.id) {
+                if named_plan(&slot_id, &slot.properties.0.server_farm_id).is_none() {
+                    slots.push((slot_id, slot.subnet()));
                 }
             }
         }
-        sites.push((id, current_subnet(&v)));
+        sites.push((id, v.subnet()));
     }
     slots.sort_by(|a, b| a.0.cmp(&b.0));
     sites
@@ -139,8 +178,11 @@ fn plan_members(
 pub(crate) fn plan_sites(st: &State, plan: &ResourceId) -> Vec<Value> {
     st.store
         .referrers(Ref::Plan, plan)
-        .filter(|(_, v)| parse_id(&v["id"]).is_some_and(|id| id.kind() == ResourceKind::Site))
-        .map(|(_, v)| v.into_owned())
+        .filter(|(_, v)| {
+            parse_id(&v.read_as::<SiteFields>().id)
+                .is_some_and(|id| id.kind() == ResourceKind::Site)
+        })
+        .map(|(_, v)| v.value().into_owned())
         .collect()
 }
 

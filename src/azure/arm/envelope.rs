@@ -20,6 +20,29 @@ pub(super) fn parse_body(url: &Url, body: &[u8]) -> Result<Value, ArmError> {
     })
 }
 
+/// A body decoded straight into `T`, with no `Value` in between (a site or a hub VNet is
+/// kilobytes of JSON, and building its tree cost as much as decoding it). As `parse_body`
+/// then `decode`: a blank body is `null`, malformed JSON is reported against the URL's path,
+/// JSON of the wrong shape against `path`.
+pub(super) fn parse_as<T: DeserializeOwned>(
+    url: &Url,
+    path: &str,
+    body: &[u8],
+) -> Result<T, ArmError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return decode(path, Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|source| ArmError::Decode {
+        path: if source.is_data() {
+            strip_query(path)
+        } else {
+            url.path()
+        }
+        .to_string(),
+        source,
+    })
+}
+
 pub(super) fn decode<T: DeserializeOwned>(path: &str, v: Value) -> Result<T, ArmError> {
     serde_json::from_value(v).map_err(|source| ArmError::Decode {
         path: strip_query(path).to_string(),

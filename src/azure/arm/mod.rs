@@ -25,8 +25,9 @@ use serde_json::Value;
 use super::credential::TokenSource;
 use super::pacer::Pacer;
 use super::ResourceId;
+use attempt::Resp;
 use config::Counters;
-use envelope::{decode, json_kind, parse_body, push_items, shape_error, status_error};
+use envelope::{decode, json_kind, parse_as, parse_body, push_items, shape_error, status_error};
 use retry::Written;
 
 pub use super::pacer::PacerConfig;
@@ -111,26 +112,32 @@ impl ArmClient {
     }
 
     pub async fn get_json(&self, path: &str) -> Result<Value, ArmError> {
+        let (url, resp) = self.read_ok(path).await?;
+        parse_body(&url, &resp.body)
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ArmError> {
+        let (url, resp) = self.read_ok(path).await?;
+        parse_as(&url, path, &resp.body)
+    }
+
+    /// 404 → `None`.
+    pub async fn get_opt<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ArmError> {
+        match self.get(path).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A read of `path` that ARM answered with success.
+    async fn read_ok(&self, path: &str) -> Result<(Url, Resp), ArmError> {
         let url = self.url(path)?;
         let resp = self.read(&url).await?;
         if !resp.ok() {
             return Err(status_error(&Method::GET, &url, &resp));
         }
-        parse_body(&url, &resp.body)
-    }
-
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ArmError> {
-        let v = self.get_json(path).await?;
-        decode(path, v)
-    }
-
-    /// 404 → `None`.
-    pub async fn get_opt<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>, ArmError> {
-        match self.get_json(path).await {
-            Ok(v) => decode(path, v).map(Some),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok((url, resp))
     }
 
     /// A bare JSON array, or `{value, nextLink}` pages followed to the end.

@@ -65,7 +65,11 @@ pub(crate) fn gateway_vnets(gw: &Value) -> Vec<ResourceId> {
 pub(crate) fn gateway_of_vnet(st: &State, vnet: &ResourceId) -> Option<ResourceId> {
     st.store
         .referrers(Ref::GatewayVnet, vnet)
-        .find_map(|(_, gw)| gw["id"].as_str().and_then(|i| ResourceId::parse(i).ok()))
+        .find_map(|(_, gw)| {
+            gw.value()["id"]
+                .as_str()
+                .and_then(|i| ResourceId::parse(i).ok())
+        })
 }
 
 /// `PUT …/virtualNetworkGateways/{gw}`: replaces the gateway (standard ARM PUT, like other

@@ -6,22 +6,28 @@ use serde_json::{json, Value};
 use std::borrow::Cow;
 
 use super::regional::{apply_integration, regional_name, set_vnet_name};
-use super::{bad_request, current_subnet, gateway_connections, parse_id, plan_members};
+use super::{bad_request, current_subnet, gateway_connections, parse_id, plan_members, SiteFields};
 use crate::azure::{ResourceId, ResourceKind};
 use crate::sim::builder::app_certificate;
 use crate::sim::network;
 use crate::sim::reply::Reply;
 use crate::sim::state::State;
 
-/// The derived regional entry of `target`'s connection list.
-fn regional_entry(st: &State, target: &ResourceId, site: &Value) -> Option<Value> {
-    let subnet = current_subnet(site)?;
+/// The derived regional entry of `target`'s connection list, from the site's subnet and
+/// location.
+fn regional_entry(
+    st: &State,
+    target: &ResourceId,
+    subnet: Option<ResourceId>,
+    location: &Value,
+) -> Option<Value> {
+    let subnet = subnet?;
     let name = regional_name(st, &subnet);
     Some(json!({
         "id": format!("{}/virtualNetworkConnections/{name}", target.as_str()),
         "name": name,
         "type": "Microsoft.Web/sites/virtualNetworkConnections",
-        "location": site["location"],
+        "location": location,
         "properties": {
             "vnetResourceId": subnet.as_str(),
             "certThumbprint": null, "certBlob": null, "routes": null,
@@ -32,11 +38,11 @@ fn regional_entry(st: &State, target: &ResourceId, site: &Value) -> Option<Value
 
 /// `GET {site|slot}/virtualNetworkConnections`: a bare JSON array.
 pub(crate) fn list_connections(st: &State, target: &ResourceId) -> Reply {
-    let Some(site) = st.store.get(target) else {
+    let Some(site) = st.store.get_as::<SiteFields>(target) else {
         return Reply::not_found(target.as_str());
     };
     let mut list = gateway_connections(st, target);
-    list.extend(regional_entry(st, target, &site));
+    list.extend(regional_entry(st, target, site.subnet(), &site.location));
     Reply::ok(Value::Array(list))
 }
 
@@ -47,8 +53,8 @@ pub(crate) fn get_connection(st: &State, id: &ResourceId) -> Reply {
     let target = id.parent().expect("connection has a parent");
     match st
         .store
-        .get(&target)
-        .and_then(|s| regional_entry(st, &target, &s))
+        .get_as::<SiteFields>(&target)
+        .and_then(|s| regional_entry(st, &target, s.subnet(), &s.location))
     {
         Some(e)
             if e["name"]
@@ -213,7 +219,7 @@ pub(crate) fn delete_connection(st: &mut State, id: &ResourceId) -> Reply {
     }
     // The derived regional entry can be deleted too: it removes regional integration.
     if let Some(mut site) = st.store.get(&target).map(Cow::into_owned) {
-        if regional_entry(st, &target, &site).is_some_and(|e| {
+        if regional_entry(st, &target, current_subnet(&site), &site["location"]).is_some_and(|e| {
             e["name"]
                 .as_str()
                 .is_some_and(|n| n.eq_ignore_ascii_case(id.name()))

@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 
 use super::regional::{apply_integration, check_connect};
 use super::routing;
-use super::{bad_request, current_subnet, has_knob, is_target, parse_id, plan_of};
+use super::{
+    bad_request, current_subnet, has_knob, is_target, parse_id, plan_of, tags_have_knob, SiteFields,
+};
 use crate::azure::{ResourceId, ResourceKind};
 use crate::sim::reply::{Ctx, Reply};
 use crate::sim::state::State;
@@ -17,7 +19,10 @@ use crate::sim::store::merge;
 
 /// A quoted strong ETag derived from the site's content (changes with every write).
 fn site_etag(v: &Value) -> String {
-    let h = Sha256::digest(v.to_string().as_bytes());
+    // Hashed as it is serialized: a site is kilobytes, and its text is not needed.
+    let mut hasher = Sha256::new();
+    serde_json::to_writer(&mut hasher, v).expect("a value serializes");
+    let h = hasher.finalize();
     format!(
         "\"{}\"",
         hex::encode_upper(&h[..8])
@@ -92,44 +97,62 @@ fn site_defaults(id: &ResourceId, v: &mut Value) {
         *p = json!({});
     }
     let p = p.as_object_mut().expect("object");
-    p.entry("defaultHostName").or_insert_with(|| json!(host));
-    p.entry("enabled").or_insert(json!(true));
-    p.entry("state").or_insert(json!("Running"));
-    p.entry("reserved").or_insert(json!(false));
-    p.entry("virtualNetworkSubnetId").or_insert(Value::Null);
-    let rg = id.resource_group().unwrap_or_default().to_string();
-    let scm = host.replace(".azurewebsites.net", ".scm.azurewebsites.net");
+    default(p, "defaultHostName", || json!(host));
+    default(p, "enabled", || json!(true));
+    default(p, "state", || json!("Running"));
+    default(p, "reserved", || json!(false));
+    default(p, "virtualNetworkSubnetId", || Value::Null);
+    let rg = id.resource_group().unwrap_or_default();
+    let scm = || host.replace(".azurewebsites.net", ".scm.azurewebsites.net");
     let ssl = |h: &str, ty: &str| {
         json!({"name": h, "sslState": "Disabled", "ipBasedSslResult": null, "virtualIP": null,
         "thumbprint": null, "toUpdate": null, "toUpdateIpBasedSsl": null, "ipBasedSslState": "NotConfigured", "hostType": ty})
     };
-    let per_site = [
-        ("name", json!(site_name)),
-        ("hostNames", json!([host])),
-        ("enabledHostNames", json!([host, scm])),
-        ("hostNameSslStates", json!([ssl(&host, "Standard"), ssl(&scm, "Repository")])),
-        ("repositorySiteName", json!(site_name)),
-        ("deploymentId", json!(site_name)),
-        ("resourceGroup", json!(rg)),
-        ("webSpace", json!(format!("{rg}-webspace"))),
-        ("selfLink", json!(format!("https://waws-prod-sim.api.azurewebsites.windows.net:454/subscriptions/{}/webspaces/{rg}-webspace/sites/{site_name}", id.subscription()))),
-        ("ftpUsername", json!(format!("{site_name}\\${site_name}"))),
-        ("slotName", if id.kind() == ResourceKind::Slot { json!(id.name()) } else { Value::Null }),
-        ("kind", kind),
-    ];
-    for (k, val) in per_site {
-        p.entry(k).or_insert(val);
-    }
-    for (k, val) in SERVER_FIELDS.iter() {
-        p.entry(k.as_str()).or_insert_with(|| val.clone());
-    }
-    p.entry("outboundVnetRouting").or_insert_with(|| {
-        json!({"allTraffic": false, "applicationTraffic": false, "contentShareTraffic": false, "imagePullTraffic": false, "backupRestoreTraffic": false})
+    default(p, "name", || json!(site_name));
+    default(p, "hostNames", || json!([host]));
+    default(p, "enabledHostNames", || json!([host, scm()]));
+    default(p, "hostNameSslStates", || {
+        json!([ssl(&host, "Standard"), ssl(&scm(), "Repository")])
     });
+    default(p, "repositorySiteName", || json!(site_name));
+    default(p, "deploymentId", || json!(site_name));
+    default(p, "resourceGroup", || json!(rg));
+    default(p, "webSpace", || json!(format!("{rg}-webspace")));
+    default(p, "selfLink", || {
+        json!(format!("https://waws-prod-sim.api.azurewebsites.windows.net:454/subscriptions/{}/webspaces/{rg}-webspace/sites/{site_name}", id.subscription()))
+    });
+    default(p, "ftpUsername", || {
+        json!(format!("{site_name}\\${site_name}"))
+    });
+    default(p, "slotName", || {
+        if id.kind() == ResourceKind::Slot {
+            json!(id.name())
+        } else {
+            Value::Null
+        }
+    });
+    default(p, "kind", || kind);
+    for (k, val) in SERVER_FIELDS.iter() {
+        default(p, k, || val.clone());
+    }
+    default(
+        p,
+        "outboundVnetRouting",
+        || json!({"allTraffic": false, "applicationTraffic": false, "contentShareTraffic": false, "imagePullTraffic": false, "backupRestoreTraffic": false}),
+    );
     let sc = p.entry("siteConfig").or_insert_with(|| json!({}));
     if let Some(sc) = sc.as_object_mut() {
-        sc.entry("vnetName").or_insert(json!(""));
-        sc.entry("vnetRouteAllEnabled").or_insert(json!(false));
+        default(sc, "vnetName", || json!(""));
+        default(sc, "vnetRouteAllEnabled", || json!(false));
+    }
+}
+
+/// Sets `key` to `value()` unless present. Every write of a site fills its defaults again,
+/// and they are nearly all present by then: `Map::entry` would allocate the key (and the
+/// caller build the value) for each of them.
+fn default(map: &mut Map<String, Value>, key: &str, value: impl FnOnce() -> Value) {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), value());
     }
 }
 
@@ -148,6 +171,7 @@ pub(super) fn write_site(
     }
     let old = st.store.get(id).map(Cow::into_owned);
     let created = old.is_none();
+    let old_subnet = old.as_ref().and_then(current_subnet);
     if created && !create_ok {
         return Err(Reply::not_found(id.as_str()));
     }
@@ -157,7 +181,7 @@ pub(super) fn write_site(
     {
         return Err(Reply::not_found(id.site().expect("slot").as_str()));
     }
-    let mut site = old.clone().unwrap_or_else(|| json!({}));
+    let mut site = old.unwrap_or_else(|| json!({}));
     let mut patch = body.clone();
     // vnetName is read-only; integration fields are applied below after validation.
     if let Some(sc) = patch
@@ -206,7 +230,6 @@ pub(super) fn write_site(
             site["properties"]["sku"] = json!(tier);
         }
     }
-    let old_subnet = old.as_ref().and_then(current_subnet);
     let new_subnet = match &subnet_field {
         None => old_subnet.clone(),
         Some(v) if v.is_null() || v.as_str().is_some_and(|s| s.trim().is_empty()) => None,
@@ -226,7 +249,7 @@ pub(super) fn write_site(
         }
         apply_integration(st, id, &mut site, old_subnet, new_subnet);
     }
-    st.store.put(id, site.clone());
+    st.store.put_copy(id, &site);
     Ok((site, created, changed))
 }
 
@@ -338,8 +361,10 @@ pub(crate) fn render_kv_reference(st: &State, mut v: Value) -> Value {
         .and_then(|p| p.parent());
     let broken = target
         .filter(is_target)
-        .and_then(|t| st.store.get(&t))
-        .is_some_and(|s| has_knob(&s, "kv-breaks-after-connect") && current_subnet(&s).is_some());
+        .and_then(|t| st.store.get_as::<SiteFields>(&t))
+        .is_some_and(|s| {
+            tags_have_knob(&s.tags, "kv-breaks-after-connect") && s.subnet().is_some()
+        });
     if broken {
         v["properties"]["status"] = json!("AccessToKeyVaultDenied");
     }
