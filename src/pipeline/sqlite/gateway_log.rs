@@ -22,7 +22,7 @@
 //! followed: the append had not returned).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -79,27 +79,28 @@ impl GatewayLog {
         written
     }
 
-    /// Hands every record in the log to `commit`, oldest first, and empties the log once
-    /// `commit` succeeded (it must have made them durable). Nothing is written when there is
-    /// no log or it is empty.
+    /// Hands the records in the log to `commit`, oldest first, read one at a time (a run's
+    /// log holds a record per cut-over), and empties the log once `commit` succeeded (it must
+    /// have made them durable). Nothing is written when there is no log or it is empty.
     pub(super) fn fold<E>(
         &self,
         io_err: impl Fn(io::Error) -> E,
-        commit: impl FnOnce(Vec<Saved>) -> Result<(), E>,
+        commit: impl FnOnce(&mut Records<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut file = match OpenOptions::new().read(true).write(true).open(&self.path) {
+        let file = match OpenOptions::new().read(true).write(true).open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io_err(e)),
         };
         file.lock().map_err(&io_err)?;
         let folded = (|| {
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes).map_err(&io_err)?;
-            if bytes.is_empty() {
+            if file.metadata().map_err(&io_err)?.len() == 0 {
                 return Ok(());
             }
-            commit(parse(&bytes))?;
+            commit(&mut Records {
+                reader: BufReader::new(&file),
+                line: Vec::new(),
+            })?;
             file.set_len(0).map_err(&io_err)
         })();
         file.unlock().map_err(&io_err)?;
@@ -107,13 +108,31 @@ impl GatewayLog {
     }
 }
 
-/// The whole records of a log, oldest first (a torn one is skipped).
-fn parse(bytes: &[u8]) -> Vec<Saved> {
-    bytes
-        .split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .filter_map(|line| serde_json::from_slice(line).ok())
-        .collect()
+/// The whole records of a log, oldest first (a torn one is skipped), or the error that
+/// stopped the reading.
+pub(super) struct Records<'a> {
+    reader: BufReader<&'a File>,
+    line: Vec<u8>,
+}
+
+impl Iterator for Records<'_> {
+    type Item = io::Result<Saved>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.line.clear();
+            match self.reader.read_until(b'\n', &mut self.line) {
+                Ok(0) => return None,
+                Ok(_) => {
+                    let record = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+                    if let Ok(saved) = serde_json::from_slice(record) {
+                        return Some(Ok(saved));
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -148,7 +167,7 @@ mod tests {
         log.fold(
             |e| e,
             |records| {
-                out = records;
+                out = records.collect::<io::Result<_>>()?;
                 Ok(())
             },
         )

@@ -228,17 +228,14 @@ fn target_from_row(row: &Row<'_>) -> Result<TargetRecord, LedgerError> {
 impl SqliteStore {
     /// Commits the records of the gateway log (`gateway_log`) and empties it.
     pub(super) fn fold_gateways(&self) -> Result<(), LedgerError> {
-        self.gateways.fold(
-            |e| LedgerError::storage("cannot read the gateway log", Some(Box::new(e))),
-            |records| {
-                self.transaction(lstorage, |tx| {
-                    records
-                        .iter()
-                        .try_for_each(|saved| put_gateway(tx, saved))
-                        .map_err(lstorage)
+        let unreadable = |e| LedgerError::storage("cannot read the gateway log", Some(Box::new(e)));
+        self.gateways.fold(unreadable, |records| {
+            self.transaction(lstorage, |tx| {
+                records.try_for_each(|saved| {
+                    put_gateway(tx, &saved.map_err(unreadable)?).map_err(lstorage)
                 })
-            },
-        )
+            })
+        })
     }
 
     fn query_targets(
