@@ -704,12 +704,19 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test]
-    async fn settles_wait_in_the_batch_which_is_committed_when_the_store_goes() {
+    /// A store at `s.db` in a throwaway directory, its batches kept open until something
+    /// commits them.
+    fn held_store() -> (Dir, std::path::PathBuf, SqliteStore) {
         let dir = Dir::new();
         let p = dir.path().join("s.db");
         let s = SqliteStore::open(&p).unwrap();
         s.hold_batches();
+        (dir, p, s)
+    }
+
+    #[tokio::test]
+    async fn settles_wait_in_the_batch_which_is_committed_when_the_store_goes() {
+        let (_dir, p, s) = held_store();
         s.send(vec![
             Outgoing::now(msg("a", Step::Discover)),
             Outgoing::now(msg("b", Step::Discover)),
@@ -761,10 +768,7 @@ mod tests {
     /// right after keeps it: the next open folds it into the ledger.
     #[tokio::test]
     async fn a_gateway_snapshot_is_logged_before_save_gateway_returns() {
-        let dir = Dir::new();
-        let p = dir.path().join("s.db");
-        let s = SqliteStore::open(&p).unwrap();
-        s.hold_batches();
+        let (dir, p, s) = held_store();
         let (m, snapshot) = leased_cut_over(&s, true).await;
         s.save_gateway(&m.run, &m.target, &snapshot).await.unwrap();
         // The store sees it at once; the file only once the batch commits (never, here).
@@ -787,10 +791,7 @@ mod tests {
     /// snapshot: a crash after its DELETE must not send the target back to its earlier step.
     #[tokio::test]
     async fn a_cut_over_queued_in_the_open_batch_commits_it_before_the_delete() {
-        let dir = Dir::new();
-        let p = dir.path().join("s.db");
-        let s = SqliteStore::open(&p).unwrap();
-        s.hold_batches();
+        let (_dir, p, s) = held_store();
         let (m, snapshot) = leased_cut_over(&s, false).await;
         let queued = |p: &Path| -> i64 {
             Connection::open(p)
@@ -807,12 +808,9 @@ mod tests {
         assert_eq!(queued(&p), 1);
         assert_eq!(committed_rows(&p, "gateways"), 1);
         // The batch after it starts with nothing fresh: the next cut-over only logs.
-        let (m2, snapshot) = {
-            let m2 = msg("b", Step::Disconnect);
-            s.add_targets(&m2.run, std::slice::from_ref(&m2.target), now())
-                .unwrap();
-            (m2, snapshot)
-        };
+        let m2 = msg("b", Step::Disconnect);
+        s.add_targets(&m2.run, std::slice::from_ref(&m2.target), now())
+            .unwrap();
         s.save_gateway(&m2.run, &m2.target, &snapshot)
             .await
             .unwrap();
