@@ -9,7 +9,8 @@
 //! is appended to this file beside the state file (`<state file>-gateways`) before
 //! `save_gateway` returns: one `write` of a few hundred bytes. At the next open (after a
 //! crash: the batch may be lost, this record is not) and at a clean close, the store folds the
-//! records into the ledger in one committed transaction and empties the file.
+//! records into the ledger in one committed transaction and empties the file. One cut-over
+//! still commits the batch: one whose own message was queued in it (`save_gateway` says why).
 //!
 //! Durability is the state file's own: its WAL commits are not synced either
 //! (`synchronous=NORMAL`), so both survive the process being killed, and either may lose its
