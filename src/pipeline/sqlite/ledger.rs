@@ -58,9 +58,26 @@ pub(super) fn drop_moved_columns(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Saves a target's gateway snapshot unless the one saved is newer or the same (an unchanged
-/// snapshot writes nothing: every step after a cut-over carries it), with the target's row if
-/// the run has none yet (the snapshot is read with the row).
-fn put_gateway(tx: &Connection, saved: &Saved) -> rusqlite::Result<()> {
+/// snapshot writes nothing: every step after a cut-over carries it).
+fn put_gateway(
+    tx: &Connection,
+    run: &RunId,
+    target: &ResourceId,
+    gateway: &GatewaySnapshot,
+    saved_at: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO gateways (run, target_key, gateway, saved_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(run, target_key) DO UPDATE SET gateway=excluded.gateway, saved_at=excluded.saved_at
+           WHERE excluded.saved_at >= gateways.saved_at AND excluded.gateway IS NOT gateways.gateway",
+    )?
+    .execute(params![run, target.key(), gateway, saved_at])?;
+    Ok(())
+}
+
+/// `put_gateway` for a snapshot saved before a cut-over or folded from the gateway log, with
+/// the target's row if the run has none yet (the snapshot is read with the row).
+fn put_saved(tx: &Connection, saved: &Saved) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT OR IGNORE INTO targets (run, target_key, target, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)",
     )?
@@ -70,13 +87,13 @@ fn put_gateway(tx: &Connection, saved: &Saved) -> rusqlite::Result<()> {
         saved.target,
         Rfc3339(UnixMs(saved.saved_at).datetime())
     ])?;
-    tx.prepare_cached(
-        "INSERT INTO gateways (run, target_key, gateway, saved_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(run, target_key) DO UPDATE SET gateway=excluded.gateway, saved_at=excluded.saved_at
-           WHERE excluded.saved_at >= gateways.saved_at AND excluded.gateway IS NOT gateways.gateway",
-    )?
-    .execute(params![saved.run, saved.target.key(), saved.gateway, saved.saved_at])?;
-    Ok(())
+    put_gateway(
+        tx,
+        &saved.run,
+        &saved.target,
+        &saved.gateway,
+        saved.saved_at,
+    )
 }
 
 /// Adds the `columns` (name, type) `table` lacks (SQLite has no `ADD COLUMN IF NOT EXISTS`).
@@ -126,18 +143,6 @@ impl SqliteStore {
 /// transaction (the queue settles a delivery and records its step in one).
 pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerError> {
     let at = Rfc3339(r.at);
-    if let Some(gateway) = &r.gateway {
-        put_gateway(
-            tx,
-            &Saved {
-                run: r.run.clone(),
-                target: r.target.clone(),
-                saved_at: UnixMs::at(r.at).0,
-                gateway: gateway.clone(),
-            },
-        )
-        .map_err(lstorage)?;
-    }
     tx.prepare_cached(
         "INSERT INTO step_log (run, target_key, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
     )
@@ -192,6 +197,10 @@ pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerErr
             r.next_at.map(Rfc3339)
         ]))
     .map_err(lstorage)?;
+    // After the early return above: a late duplicate changes nothing of an ended target.
+    if let Some(gateway) = &r.gateway {
+        put_gateway(tx, &r.run, &r.target, gateway, UnixMs::at(r.at).0).map_err(lstorage)?;
+    }
     Ok(())
 }
 
@@ -232,7 +241,7 @@ impl SqliteStore {
         self.gateways.fold(unreadable, |records| {
             self.transaction(lstorage, |tx| {
                 records.try_for_each(|saved| {
-                    put_gateway(tx, &saved.map_err(unreadable)?).map_err(lstorage)
+                    put_saved(tx, &saved.map_err(unreadable)?).map_err(lstorage)
                 })
             })
         })
@@ -328,7 +337,7 @@ impl Ledger for SqliteStore {
             .prepare_cached("SELECT EXISTS(SELECT 1 FROM temp.fresh WHERE target_key=?1)")
             .and_then(|mut s| s.query_row(params![target.key()], |r| r.get(0)))
             .map_err(lstorage)?;
-        let put = |tx: &Connection| put_gateway(tx, &saved).map_err(lstorage);
+        let put = |tx: &Connection| put_saved(tx, &saved).map_err(lstorage);
         if fresh {
             self.transaction(lstorage, put)
         } else {
@@ -470,6 +479,37 @@ mod tests {
     use crate::pipeline::message::Step;
     use crate::pipeline::reason::{HealthFailure, RollbackReason};
     use crate::pipeline::Outcome;
+
+    /// A step's record keeps the snapshot its message carries, unless the target had ended:
+    /// a late duplicate changes nothing of it.
+    #[tokio::test]
+    async fn a_late_record_leaves_an_ended_targets_gateway_alone() {
+        let (_d, s) = store();
+        let m = msg("a", Step::Verify);
+        s.add_target(&m.run, &m.target, now()).await.unwrap();
+        let vnet = ResourceId::parse(
+            "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/v",
+        )
+        .unwrap();
+        let gateway = |name: &str| GatewaySnapshot {
+            name: name.into(),
+            vnet_resource_id: vnet.clone(),
+            dns_servers: None,
+            cert_thumbprint: None,
+            cert_blob: None,
+            routes: None,
+        };
+        let mut rec = super::super::test_support::discovered(&m);
+        rec.gateway = Some(gateway("first"));
+        rec.outcome = Some(Outcome::Migrated);
+        s.record(&rec).await.unwrap();
+        rec.gateway = Some(gateway("late"));
+        rec.at += time::Duration::seconds(1);
+        s.record(&rec).await.unwrap();
+        let t = s.target(&m.run, &m.target).await.unwrap().unwrap();
+        assert_eq!(t.gateway.unwrap().name, "first");
+        assert_eq!(t.steps, 2);
+    }
 
     #[tokio::test]
     async fn a_run_registers_its_targets_in_one_go_and_once() {
