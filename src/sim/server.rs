@@ -19,6 +19,7 @@ use super::reply::{Ctx, Reply};
 use super::routes::route;
 use super::state::State;
 use super::throttle::{OpClass, Verdict};
+use super::timer;
 
 pub(super) type Shared = Arc<Mutex<State>>;
 
@@ -160,7 +161,7 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
         (pre, verdict, delay)
     };
     if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+        timer::sleep(delay).await;
     }
     let mut contended = false;
     let (reply, reset, wait) = match pre {
@@ -189,7 +190,7 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
                 } else {
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        tokio::time::sleep(applied_in).await;
+                        timer::sleep(applied_in).await;
                         late.apply(&mut shared.lock().expect("simulator lock"));
                     });
                 }
@@ -235,7 +236,7 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
         }
     };
     if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
+        timer::sleep(wait).await;
     }
     // Contention answers are not throttling: they are counted as `contended`.
     if reply.status == 429 && !contended {
