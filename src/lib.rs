@@ -7,6 +7,8 @@
 //!   and the Service Bus REST client.
 //! - `policy`: the rollout policy file (scope, subnet naming and size, routing, rollback).
 //! - `error`: showing an error and its causes on one line.
+//! - `timer`: waits kept to the duration asked for (tokio's end up to 2 ms late, which a
+//!   rehearsal's compressed time multiplies).
 //! - `fleet`: the fleet file (ARM resources as ARM returns them), written by `snapshot` and
 //!   read by the simulator.
 //! - `pipeline`: the runtime, which knows nothing of the domain: the versioned step message
@@ -43,3 +45,4 @@ pub mod policy;
 pub mod rehearsal;
 pub mod report;
 pub mod sim;
+mod timer;

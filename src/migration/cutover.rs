@@ -183,21 +183,22 @@ pub(super) async fn connect(ctx: &StepContext, msg: &StepMessage) -> Result<Step
     if site.properties.virtual_network_subnet_id.as_ref() == Some(&p.subnet) {
         // The PATCH of an earlier delivery went through: the app has been back on a VNet since
         // then at the latest, which is all this delivery can tell.
-        let mut result = StepResult::next(configure_next(msg, &site), "already connected");
+        let mut result = StepResult::next(configure_next(msg, Some(&site)), "already connected");
         result.cutover.connected_at = Some(OffsetDateTime::now_utc());
         return Ok(result);
     }
     join_subnet(ctx, msg, p).await
 }
 
-/// The `configure` message after a cut-over that has just seen `site`, carrying its routing.
-/// Carried rather than configured in the cut-over itself: the cut-over holds its VNet's
-/// session, and another write there would keep the VNet's next cut-over (and its app, offline
-/// meanwhile) waiting.
-fn configure_next(msg: &StepMessage, site: &Site) -> StepMessage {
+/// The `configure` message after a cut-over, carrying the routing of the site it has just
+/// seen (if it saw it). Carried rather than configured in the cut-over itself: the cut-over
+/// holds its VNet's session, and another write there would keep the VNet's next cut-over (and
+/// its app, offline meanwhile) waiting.
+fn configure_next(msg: &StepMessage, site: Option<&Site>) -> StepMessage {
     let mut next = msg.next(Step::Configure);
-    next.routing =
-        Some(serde_json::from_value(current_routing(site)).expect("routing in its own shape"));
+    next.routing = site.map(|site| {
+        serde_json::from_value(current_routing(site)).expect("routing in its own shape")
+    });
     next
 }
 
@@ -208,13 +209,15 @@ async fn join_subnet(
     p: &PlannedSubnet,
 ) -> Result<StepResult, StepError> {
     let body = json!({"properties": {"virtualNetworkSubnetId": p.subnet.as_str()}});
-    // The PATCH answers with the site (200 with the full site, as the site PUT of the
-    // recordings does: recording test_webapp_vnetE2E #22; or, after a 202, the final GET of
-    // the LRO): its routing goes to `configure` in the message.
-    match ctx.arm.patch::<Site>(msg.target.as_str(), &body).await {
+    // A 200 answers with the site (the full site, as the site PUT of the recordings does:
+    // recording test_webapp_vnetE2E #22): its routing goes to `configure` in the message.
+    // After a 202 the join is done when its operation says so; the site is not read again
+    // here but by `configure`, since the VNet's next cut-over (its app about to go offline)
+    // waits for this step to end.
+    match ctx.arm.patch_done::<Site>(msg.target.as_str(), &body).await {
         Ok(site) => {
             let mut result = StepResult::next(
-                configure_next(msg, &site),
+                configure_next(msg, site.as_ref()),
                 format!("connected to {}", p.subnet),
             );
             result.cutover.connected_at = Some(OffsetDateTime::now_utc());

@@ -3,9 +3,9 @@
 //! A generic resource store (`store`) plus type-specific behaviour for sites (`web`) and
 //! networks (`network`), reached through ARM's path routing (`routes`, which also answers LRO
 //! status polls) and wrapped by ARM's platform behaviour (`server`: auth, throttling,
-//! latency, whose waits `timer` keeps to the drawn durations; `faults`: injected and random
-//! faults). Beside it, test infrastructure: the Service Bus REST fake (`servicebus`) and a
-//! launcher for the Azurite storage emulator (`azurite`).
+//! latency, its waits kept to the drawn durations by `crate::timer`; `faults`: injected and
+//! random faults). Beside it, test infrastructure: the Service Bus REST fake (`servicebus`)
+//! and a launcher for the Azurite storage emulator (`azurite`).
 
 pub mod azurite;
 pub mod builder;
@@ -21,7 +21,6 @@ pub mod servicebus;
 mod state;
 mod store;
 mod throttle;
-mod timer;
 mod web;
 
 pub use crate::fleet::Fleet;

@@ -19,7 +19,6 @@ use super::reply::{Ctx, Reply};
 use super::routes::route;
 use super::state::State;
 use super::throttle::{OpClass, Verdict};
-use super::timer;
 
 pub(super) type Shared = Arc<Mutex<State>>;
 
@@ -161,7 +160,7 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
         (pre, verdict, delay)
     };
     if !delay.is_zero() {
-        timer::sleep(delay).await;
+        crate::timer::sleep(delay).await;
     }
     let mut contended = false;
     let (reply, reset, wait) = match pre {
@@ -190,7 +189,7 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
                 } else {
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        timer::sleep(applied_in).await;
+                        crate::timer::sleep(applied_in).await;
                         late.apply(&mut shared.lock().expect("simulator lock"));
                     });
                 }
@@ -236,7 +235,7 @@ pub(super) async fn handle(shared: Shared, req: Request) -> Response {
         }
     };
     if !wait.is_zero() {
-        timer::sleep(wait).await;
+        crate::timer::sleep(wait).await;
     }
     // Contention answers are not throttling: they are counted as `contended`.
     if reply.status == 429 && !contended {

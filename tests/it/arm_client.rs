@@ -199,6 +199,42 @@ async fn patch_202_azure_async_operation_then_get() {
     assert_eq!(arm.metrics().writes, 1);
 }
 
+/// `patch_done` ends with the operation: no read of the resource after an LRO, the resource
+/// when the answer itself carried it.
+#[tokio::test]
+async fn patch_done_ends_with_the_operation_and_reads_nothing_after_it() {
+    let server = serve(|req, prior, base| match req.method.as_str() {
+        "PATCH" if prior.is_empty() => reply(
+            202,
+            &[("Azure-AsyncOperation", format!("{base}/subscriptions/sub1/providers/Microsoft.Web/sites/app1/operationResults/op1?api-version=2024-11-01"))],
+            None,
+        ),
+        "PATCH" => reply(200, &[], Some(site(Some(SUBNET)))),
+        _ if req.path.contains("operationResults") => {
+            let polls = prior.iter().filter(|r| r.path.contains("operationResults")).count();
+            let status = if polls == 0 { "InProgress" } else { "Succeeded" };
+            reply(200, &[("Retry-After", "0".into())], Some(json!({"status": status})))
+        }
+        _ => reply(200, &[], Some(site(Some(SUBNET)))),
+    })
+    .await;
+    let arm = client(&server);
+    let body = json!({"properties": {"virtualNetworkSubnetId": SUBNET}});
+    let after_lro: Option<Value> = arm.patch_done(SITE, &body).await.unwrap();
+    assert_eq!(after_lro, None);
+    let paths: Vec<String> = server.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths.len(), 3, "{paths:?}");
+    assert!(
+        paths[1..].iter().all(|p| p.contains("operationResults")),
+        "{paths:?}"
+    );
+    let answered: Option<Value> = arm.patch_done(SITE, &body).await.unwrap();
+    assert_eq!(
+        answered.unwrap()["properties"]["virtualNetworkSubnetId"],
+        SUBNET
+    );
+    assert_eq!(server.requests().len(), 4);
+}
 #[tokio::test]
 async fn put_201_network_style_lro_returns_final_resource() {
     let server = serve(|req, prior, base| {

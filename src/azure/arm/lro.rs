@@ -14,6 +14,18 @@ use super::envelope::{error_envelope, lro_failed, parse_body, status_error};
 use super::error::ArmError;
 use super::ArmClient;
 
+/// What the caller of a write wants once it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want {
+    /// The resource (PUT, PATCH): read again when no answer carried it.
+    Resource,
+    /// The resource if an answer carried it, else nothing (`Value::Null`): not read again
+    /// when the write ended through its operation status.
+    Carried,
+    /// The operation's result (DELETE, actions).
+    Result,
+}
+
 impl ArmClient {
     /// Finishes a write's successful first answer: follows its LRO, returns the final body.
     pub(super) async fn complete(
@@ -21,15 +33,18 @@ impl ArmClient {
         method: &Method,
         url: &Url,
         resp: Resp,
+        want: Want,
     ) -> Result<Value, ArmError> {
         if !resp.ok() {
             return Err(status_error(method, url, &resp));
         }
-        let wants_resource = *method == Method::PUT || *method == Method::PATCH;
+        let wants_resource = want == Want::Resource;
         if let Some(op) = resp.async_op.as_deref() {
             let status = self.poll_async_operation(url, op, resp.retry_after).await?;
             return if wants_resource {
                 self.final_resource(url).await
+            } else if want == Want::Carried {
+                Ok(Value::Null)
             } else if let Some(loc) = resp.location.as_deref() {
                 self.poll_location(method, url, loc, None).await
             } else {
@@ -200,7 +215,7 @@ impl ArmClient {
                 path: url.path().to_string(),
             });
         }
-        tokio::time::sleep(wait.min(deadline - now)).await;
+        crate::timer::sleep(wait.min(deadline - now)).await;
         Ok(())
     }
 

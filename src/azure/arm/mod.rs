@@ -28,6 +28,7 @@ use super::ResourceId;
 use attempt::Resp;
 use config::Counters;
 use envelope::{decode, json_kind, parse_as, parse_body, push_items, shape_error, status_error};
+use lro::Want;
 use retry::Written;
 
 pub use super::pacer::PacerConfig;
@@ -182,7 +183,7 @@ impl ArmClient {
 
     /// Waits for the LRO and returns the final resource.
     pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ArmError> {
-        let v = self.upsert(Method::PUT, path, body).await?;
+        let v = self.upsert(Method::PUT, path, body, Want::Resource).await?;
         decode(path, v)
     }
 
@@ -192,8 +193,27 @@ impl ArmClient {
         path: &str,
         body: &Value,
     ) -> Result<T, ArmError> {
-        let v = self.upsert(Method::PATCH, path, body).await?;
+        let v = self
+            .upsert(Method::PATCH, path, body, Want::Resource)
+            .await?;
         decode(path, v)
+    }
+
+    /// Waits for the PATCH to finish, without reading the resource again: it when ARM's answer
+    /// carried it, `None` when the write ended through its operation status. For a caller that
+    /// must go on the moment the write is done and can read the resource later.
+    pub async fn patch_done<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<Option<T>, ArmError> {
+        match self
+            .upsert(Method::PATCH, path, body, Want::Carried)
+            .await?
+        {
+            Value::Null => Ok(None),
+            v => decode(path, v).map(Some),
+        }
     }
 
     /// Idempotent: a 404 (at once, or on the re-read after an ambiguous failure) is success.
@@ -204,7 +224,8 @@ impl ArmClient {
             Written::AlreadyDone(_) => Ok(Deleted::NotFound),
             Written::Answer(resp) if resp.status == 404 => Ok(Deleted::NotFound),
             Written::Answer(resp) => {
-                self.complete(&Method::DELETE, &url, resp).await?;
+                self.complete(&Method::DELETE, &url, resp, Want::Result)
+                    .await?;
                 Ok(Deleted::Removed)
             }
         }
@@ -216,16 +237,22 @@ impl ArmClient {
         self.guard(&Method::POST, &url)?;
         match self.write(&Method::POST, &url, Some(body)).await? {
             Written::AlreadyDone(v) => Ok(v),
-            Written::Answer(resp) => self.complete(&Method::POST, &url, resp).await,
+            Written::Answer(resp) => self.complete(&Method::POST, &url, resp, Want::Result).await,
         }
     }
 
-    async fn upsert(&self, method: Method, path: &str, body: &Value) -> Result<Value, ArmError> {
+    async fn upsert(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+        want: Want,
+    ) -> Result<Value, ArmError> {
         let url = self.url(path)?;
         self.guard(&method, &url)?;
         match self.write(&method, &url, Some(body)).await? {
             Written::AlreadyDone(v) => Ok(v),
-            Written::Answer(resp) => self.complete(&method, &url, resp).await,
+            Written::Answer(resp) => self.complete(&method, &url, resp, want).await,
         }
     }
 }

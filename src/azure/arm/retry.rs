@@ -134,7 +134,7 @@ impl ArmClient {
                 .map(|d| d.min(self.inner.config.retry_after_cap))
                 .unwrap_or_else(|| self.backoff(*used));
             debug!(method = %method, path = url.path(), retry = *used, wait_ms = wait.as_millis() as u64, error = %err, "retrying");
-            tokio::time::sleep(wait).await;
+            crate::timer::sleep(wait).await;
             if ambiguous {
                 return Ok(Sent::Ambiguous);
             }

@@ -1,10 +1,11 @@
-//! The simulator's waits, kept to the duration the latency model drew. Tokio's timer rounds
-//! every sleep up to its next millisecond tick and fires a little after it: on this project's
+//! Waits kept to the duration asked for: the simulator's latencies, and the ARM client's waits
+//! for a `Retry-After` (a rehearsal divides both by its speed). Tokio's timer rounds every
+//! sleep up to its next millisecond tick and fires a little after it: on this project's
 //! machine a sleep ended 1.1 ms late at the median (1.8 ms at p90). At `--speed 50` that is
 //! 55–90 simulated milliseconds added to every request, four of them on a cut-over's path,
 //! which the run's lower bound (the durations as drawn) does not contain. One thread keeps the
 //! pending deadlines and waits on a condition variable, whose timeout the kernel keeps to tens
-//! of microseconds.
+//! of microseconds. Not for waits a test runs on tokio's paused clock: this one is real time.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-/// Waits `d` (already divided by the speed), to within the kernel's timer slack.
-pub(super) async fn sleep(d: Duration) {
+/// Waits `d`, to within the kernel's timer slack.
+pub(crate) async fn sleep(d: Duration) {
     if d.is_zero() {
         return;
     }
@@ -59,9 +60,9 @@ fn timer() -> &'static Timer {
     TIMER.get_or_init(|| {
         let timer: &'static Timer = Box::leak(Box::default());
         std::thread::Builder::new()
-            .name("sim-timer".into())
+            .name("timer".into())
             .spawn(move || timer.run())
-            .expect("start the simulator's timer thread");
+            .expect("start the timer thread");
         timer
     })
 }
