@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 
 use super::common::{self, Global, TempState};
-use super::run::migrate;
+use super::run::run_to_end;
 use crate::azure::arm::{ArmClient, ArmConfig};
 use crate::azure::credential::StaticToken;
 use crate::migration::local::{self, Scope as LocalScope};
@@ -98,22 +98,22 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
         // The simulator answers for the apps' host names.
         front_end: FrontEnd::Simulator(server.url()),
     };
-    let mut report = migrate(global, scope, (file, Start::New(contract)), false).await?;
-
+    let ran = run_to_end(global, scope, (file, Start::New(contract)), false).await?;
+    server.shutdown().await;
+    // What the checks and the figures need of the simulator's final state, then the
+    // simulator goes before the report is built (`Ran`).
+    let after = sim.with_resources(|r| invariants::View::of(r));
+    let stats = sim.stats();
+    drop(sim);
+    let mut report = ran.report().await?;
     rehearsal::use_simulator_figures(
         &mut report,
-        &sim.stats(),
+        &stats,
         args.speed,
         settle_seconds,
         bake_seconds,
     );
-
-    let violations = invariants::check_views(
-        &before,
-        &sim.with_resources(|r| invariants::View::of(r)),
-        &report,
-    );
-    server.shutdown().await;
+    let violations = invariants::check_views(&before, &after, &report);
     let code = common::finish(global, &report, |r| {
         let mut s = r.table();
         if violations.is_empty() {

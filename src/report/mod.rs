@@ -6,6 +6,7 @@ pub(crate) mod html;
 pub(crate) mod remedy;
 pub(crate) mod status;
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -158,7 +159,7 @@ impl Report {
     pub fn new(
         run: &str,
         dry_run: bool,
-        records: &[TargetRecord],
+        records: &[impl Borrow<TargetRecord>],
         performance: Performance,
     ) -> Self {
         let mut summary = BTreeMap::new();
@@ -166,10 +167,11 @@ impl Report {
         let time_scale = performance.simulated_speed.unwrap_or(1.0);
         // Every target of a run is recorded when the run begins (targets found later, such
         // as slots, start later), so the earliest start is the run's.
-        let run_start = records.iter().map(|r| r.started_at).min();
+        let run_start = records.iter().map(|r| r.borrow().started_at).min();
         let targets = records
             .iter()
             .map(|r| {
+                let r = r.borrow();
                 let (kind, reason) = match &r.outcome {
                     Some(o) => (o.kind().to_string(), o.reason()),
                     None => (
@@ -229,10 +231,10 @@ impl Report {
     /// Adds the run's rollout waves, timed from the run's start (its earliest target start).
     pub fn with_waves(
         mut self,
-        records: &[TargetRecord],
+        records: &[impl Borrow<TargetRecord>],
         waves: &[crate::pipeline::rollout::WaveView],
     ) -> Self {
-        let run_start = records.iter().map(|r| r.started_at).min();
+        let run_start = records.iter().map(|r| r.borrow().started_at).min();
         let since = |t: Option<time::OffsetDateTime>| {
             t.zip(run_start)
                 .map(|(t, s)| round3((t - s).as_seconds_f64()))

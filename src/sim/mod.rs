@@ -89,15 +89,19 @@ impl Simulator {
     /// Current resources in fleet format (same as `GET /_sim/state`).
     pub fn state(&self) -> Fleet {
         self.with_resources(|r| Fleet {
-            resources: r.collect(),
+            resources: r.map(std::borrow::Cow::into_owned).collect(),
         })
     }
 
     /// Runs `f` over the current resources, one at a time, under the simulator's lock: reading
-    /// a large fleet without a copy of it (requests wait meanwhile).
-    pub fn with_resources<T>(&self, f: impl FnOnce(&mut dyn Iterator<Item = Value>) -> T) -> T {
+    /// a large fleet without a copy of it (requests wait meanwhile). The resources the store
+    /// keeps parsed (VNets, a hub's holding every integration subnet) are lent, not cloned.
+    pub fn with_resources<T>(
+        &self,
+        f: impl for<'a> FnOnce(&mut dyn Iterator<Item = std::borrow::Cow<'a, Value>>) -> T,
+    ) -> T {
         let st = self.inner.lock().expect("simulator lock");
-        let mut resources = st.store.all().map(std::borrow::Cow::into_owned);
+        let mut resources = st.store.all();
         f(&mut resources)
     }
 
