@@ -262,7 +262,7 @@ pub(crate) async fn migrate(
 /// A local run driven to its end, with what its report is computed from. `rehearse` holds it
 /// while it reads the simulator's final state and lets the simulator go before the report is
 /// built: the fleet, the ledger's records and the report are then never in memory at once
-/// (10,000 targets: the end had been the rehearsal's peak, 157–161 MB of RSS; now 144–152).
+/// (10,000 targets: the end had been the rehearsal's peak, 156–161 MB of RSS; now 143–152).
 pub(crate) struct Ran {
     finished: crate::pipeline::local::Finished,
     arm: crate::azure::arm::ArmClient,
