@@ -105,7 +105,7 @@ pub(crate) async fn run(global: &Global, args: Args) -> Result<ExitCode> {
     let after = sim.with_resources(|r| invariants::View::of(r));
     let stats = sim.stats();
     drop(sim);
-    let mut report = ran.report().await?;
+    let mut report = ran.report()?;
     rehearsal::use_simulator_figures(
         &mut report,
         &stats,

@@ -9,13 +9,14 @@ use clap::Args as ClapArgs;
 
 use super::common::{self, Global, Scope};
 use super::state::{decide, Decision};
+use crate::azure::arm::ArmClient;
 use crate::azure::ResourceId;
 use crate::migration::fleet_plan::{AppliedPlan, PlanFile};
 use crate::migration::local::{self, migrate_locally, Scope as LocalScope};
 use crate::migration::FrontEnd;
 use crate::pipeline::contract::{hash, same_endpoint, AppliedPlanFile, Requested, RunContract};
 use crate::pipeline::ledger::Ledger;
-use crate::pipeline::local::{LocalRun, Start, StateFile};
+use crate::pipeline::local::{Finished, LocalRun, Start, StateFile};
 use crate::policy::Policy;
 use crate::report::{self, round3, BucketCounts, Performance, Report};
 
@@ -253,10 +254,7 @@ pub(crate) async fn migrate(
     state: (StateFile, Start),
     dry_run: bool,
 ) -> Result<Report> {
-    run_to_end(global, scope, state, dry_run)
-        .await?
-        .report()
-        .await
+    run_to_end(global, scope, state, dry_run).await?.report()
 }
 
 /// A local run driven to its end, with what its report is computed from. `rehearse` holds it
@@ -264,8 +262,8 @@ pub(crate) async fn migrate(
 /// built: the fleet, the ledger's records and the report are then never in memory at once
 /// (10,000 targets: the end had been the rehearsal's peak, 156–161 MB of RSS; now 143–152).
 pub(crate) struct Ran {
-    finished: crate::pipeline::local::Finished,
-    arm: crate::azure::arm::ArmClient,
+    finished: Finished,
+    arm: ArmClient,
     subscription_count: usize,
     time_scale: f64,
     dry_run: bool,
@@ -301,7 +299,7 @@ pub(crate) async fn run_to_end(
 
 impl Ran {
     /// The run's report, from its ledger and the ARM client's counters.
-    pub(crate) async fn report(self) -> Result<Report> {
+    pub(crate) fn report(self) -> Result<Report> {
         let Ran {
             finished,
             arm,
