@@ -83,7 +83,21 @@ fn levels() -> String {
     format!(", levels(p) AS (VALUES {})", rows.join(","))
 }
 
-/// The best deliverable head of the subscriptions not in ?2 (a JSON array of the admission
+/// The keys of the admission units at their limit as one parameter: each between two unit
+/// separators (U+001F, in no subscription or VNet id), so that `instr` finds a key only whole.
+/// A `NOT IN` over a JSON array built an ephemeral table at every run of a statement, and
+/// those runs are the runner's most frequent (500 targets: 26 B-tree opens per step, 1.5 % of
+/// the allocations).
+fn unit_list(full: &[&str]) -> String {
+    let mut list = String::from('\u{1f}');
+    for key in full {
+        list.push_str(key);
+        list.push('\u{1f}');
+    }
+    list
+}
+
+/// The best deliverable head of the subscriptions not in ?2 (`unit_list`: the admission
 /// units at their limit), outside the VNets in ?2: the highest level, oldest first within it.
 /// One index seek per subscription and level, each skipping only the leased heads (at most
 /// the subscription's in-flight limit) and the heads of full VNets. ?1 is now.
@@ -95,9 +109,9 @@ fn candidate_sql() -> String {
           SELECT h.seq FROM queue h
           WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s AND h.priority=levels.p
             AND h.visible_at<=?1 AND (h.locked_until IS NULL OR h.locked_until<=?1)
-            AND (h.vnet IS NULL OR h.vnet NOT IN (SELECT value FROM json_each(?2)))
+            AND (h.vnet IS NULL OR instr(?2, char(31)||h.vnet||char(31))=0)
           ORDER BY h.visible_at, h.seq LIMIT 1)
-        WHERE subs.s NOT IN (SELECT value FROM json_each(?2)) AND levels.p>=?3
+        WHERE instr(?2, char(31)||subs.s||char(31))=0 AND levels.p>=?3
         ORDER BY q.priority DESC, q.visible_at, q.seq LIMIT 1",
         levels()
     )
@@ -110,10 +124,10 @@ fn next_visible_sql() -> String {
         SELECT MIN((SELECT h.visible_at FROM queue h
                     WHERE h.state='active' AND h.head=1 AND h.subscription=subs.s
                       AND h.priority=levels.p AND h.visible_at>?1
-                      AND (h.vnet IS NULL OR h.vnet NOT IN (SELECT value FROM json_each(?2)))
+                      AND (h.vnet IS NULL OR instr(?2, char(31)||h.vnet||char(31))=0)
                     ORDER BY h.visible_at LIMIT 1))
         FROM subs CROSS JOIN levels
-        WHERE subs.s IS NOT NULL AND subs.s NOT IN (SELECT value FROM json_each(?2))
+        WHERE subs.s IS NOT NULL AND instr(?2, char(31)||subs.s||char(31))=0
           AND levels.p>=?3",
         levels()
     )
@@ -240,7 +254,7 @@ impl SqliteStore {
         min_level: u8,
     ) -> Result<Option<Delivery>, QueueError> {
         let now = UnixMs::at(now);
-        let full = serde_json::to_string(full).expect("strings serialise");
+        let full = unit_list(full);
         self.batched(storage, |tx| {
             self.lease_first(tx, now.after(lease), |tx| {
                 Self::candidate(tx, now, &full, min_level)
@@ -334,7 +348,7 @@ impl SqliteStore {
         min_level: u8,
     ) -> Result<Option<OffsetDateTime>, QueueError> {
         let sql = next_visible_sql();
-        let full = serde_json::to_string(full).expect("strings serialise");
+        let full = unit_list(full);
         let v: Option<UnixMs> = self
             .conn()
             .prepare_cached(&sql)
@@ -766,16 +780,15 @@ mod tests {
                     && !l.contains("USING")
                     && !l.contains("subs")
                     && !l.contains("levels")
-                    && !l.contains("json_each")
                     && !l.contains("CONSTANT")
             })
         };
-        let next = plan(&next_visible_sql(), &[&0i64, &"[]", &0i64]);
+        let next = plan(&next_visible_sql(), &[&0i64, &unit_list(&[]), &0i64]);
         assert!(
             next.contains("INDEX queue_heads (subscription=? AND priority=? AND visible_at>?)"),
             "{next}"
         );
-        let cand = plan(&candidate_sql(), &[&0i64, &"[]", &0i64]);
+        let cand = plan(&candidate_sql(), &[&0i64, &unit_list(&[]), &0i64]);
         assert!(
             cand.contains("INDEX queue_heads (subscription=? AND priority=? AND visible_at<?)"),
             "{cand}"
