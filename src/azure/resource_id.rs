@@ -330,6 +330,13 @@ impl ResourceId {
         &self.text[self.text.len() / 2..]
     }
 
+    /// The SHA-256 of `key`, in hex: 64 characters whatever the id's length. For where a
+    /// long id does not fit: a Service Bus SessionId (at most 128 characters), a Table Storage
+    /// key, an index entry kept within its page.
+    pub fn key_digest(&self) -> String {
+        key_digest(self.key())
+    }
+
     pub fn subscription(&self) -> &str {
         self.part(self.subscription)
     }
@@ -598,6 +605,12 @@ impl Ord for ResourceId {
         self.key().cmp(other.key())
     }
 }
+/// `ResourceId::key_digest` of the id whose key is `key`.
+pub(crate) fn key_digest(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
 impl fmt::Display for ResourceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.raw())

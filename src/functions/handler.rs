@@ -14,7 +14,6 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::eventgrid::{classify, EventAction};
@@ -330,7 +329,7 @@ async fn settled(ledger: &dyn Ledger, msg: &StepMessage) -> Result<Option<String
 pub(crate) fn event_run_id(target: &ResourceId, at: OffsetDateTime) -> RunId {
     let at = at.to_offset(time::UtcOffset::UTC);
     let minute = at.minute() as i64 - at.minute() as i64 % EVENT_BUCKET_MINUTES;
-    let digest = hex::encode(Sha256::digest(target.key().as_bytes()));
+    let digest = target.key_digest();
     RunId(format!(
         "ev-{:04}{:02}{:02}{:02}{:02}-{}",
         at.year(),

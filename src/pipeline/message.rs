@@ -420,14 +420,16 @@ impl StepMessage {
     /// (it carries the saved snapshot) goes back to its target's own session: queued behind
     /// the VNet's other cut-overs, its app would stay offline until they all finished.
     /// Preparation ahead of a wave plans in the run's session (the rollout controller's), out
-    /// of the target's, which holds only the target's own steps.
+    /// of the target's, which holds only the target's own steps. A VNet's or a target's
+    /// session is named by the digest of its id (`ResourceId::key_digest`): a lowercased slot
+    /// id is longer than the 128 characters a SessionId may have.
     pub fn session_id(&self) -> String {
         match (self.step, &self.plan, &self.gateway) {
             (Step::PrepareSubnet, Some(p), _) | (Step::Disconnect, Some(p), None) => {
-                p.vnet.key().to_string()
+                p.vnet.key_digest()
             }
             _ if self.ahead => self.run.as_str().to_string(),
-            _ => self.target.key().to_string(),
+            _ => self.target.key_digest(),
         }
     }
 }
@@ -579,7 +581,16 @@ mod tests {
             Step::PrepareSubnet,
             Origin::Cli,
         );
-        assert_eq!(m.session_id(), target().key());
+        assert_eq!(m.session_id(), target().key_digest());
+        // A slot's id is longer than a SessionId may be; its session's name is not.
+        let slot = ResourceId::parse(&format!(
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-payments-westeurope-prod/providers/Microsoft.Web/sites/app-payments-api-{}/slots/staging",
+            "x".repeat(20)
+        ))
+        .unwrap();
+        assert!(slot.key().len() > 128);
+        let m_slot = StepMessage::new(RunId("r".into()), slot, Step::Discover, Origin::Cli);
+        assert_eq!(m_slot.session_id().len(), 64);
         let vnet = ResourceId::parse(
             "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/V",
         )
@@ -591,9 +602,9 @@ mod tests {
             create: true,
             required_prefix_length: Some(26),
         });
-        assert_eq!(m.session_id(), vnet.key());
-        assert_eq!(m.next(Step::Disconnect).session_id(), vnet.key());
-        assert_eq!(m.next(Step::Configure).session_id(), target().key());
+        assert_eq!(m.session_id(), vnet.key_digest());
+        assert_eq!(m.next(Step::Disconnect).session_id(), vnet.key_digest());
+        assert_eq!(m.next(Step::Configure).session_id(), target().key_digest());
         // Mid-cut-over (the gateway connection already removed): the target's own session.
         let mut resent = m.next(Step::Disconnect);
         resent.gateway = Some(GatewaySnapshot {
@@ -604,7 +615,7 @@ mod tests {
             cert_blob: None,
             routes: None,
         });
-        assert_eq!(resent.session_id(), target().key());
+        assert_eq!(resent.session_id(), target().key_digest());
     }
 
     #[test]
@@ -644,7 +655,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(prepare(target()).message_id(), prepare(other).message_id());
-        assert_eq!(prepare(target()).session_id(), vnet.key());
+        assert_eq!(prepare(target()).session_id(), vnet.key_digest());
         let mut own = prepare(target());
         own.ahead = false;
         assert_ne!(own.message_id(), prepare(target()).message_id());

@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{params, Connection};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -363,6 +364,17 @@ impl SqliteStore {
     /// place first (one transaction: an interrupted migration leaves the old file as it was).
     fn initialise(conn: &mut Connection) -> rusqlite::Result<()> {
         conn.execute_batch(PRAGMAS)?;
+        // The session of a target's or VNet's messages from its key (`StepMessage::session_id`).
+        conn.create_scalar_function(
+            "session_of",
+            1,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+            |ctx| {
+                Ok(crate::azure::resource_id::key_digest(
+                    &ctx.get::<String>(0)?,
+                ))
+            },
+        )?;
         let tx = conn.transaction()?;
         let (columns, has_head, has_priority): (u32, bool, bool) = tx.query_row(
             "SELECT COUNT(*), COALESCE(SUM(name='head'), 0) > 0, COALESCE(SUM(name='priority'), 0) > 0 FROM pragma_table_info('queue')",
@@ -409,6 +421,19 @@ impl SqliteStore {
         }
         if (columns > 0 && !has_priority) || old_queue || !placed {
             queue::classify_live(&tx)?;
+        }
+        // Files whose sessions were named by the lowercased id itself (a key starts with '/';
+        // a run's own session keeps its name). Renamed one to one, so heads stay heads. Only
+        // when there are any: a write would wait for the lock of a run that has the file open.
+        let id_named: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM queue WHERE session_id LIKE '/%')",
+            [],
+            |r| r.get(0),
+        )?;
+        if id_named {
+            tx.execute_batch(
+                "UPDATE queue SET session_id=session_of(session_id) WHERE session_id LIKE '/%'",
+            )?;
         }
         tx.commit()?;
         // The targets a message was queued for in the open batch (`save_gateway`): this
@@ -913,6 +938,39 @@ mod tests {
             )
             .unwrap();
         assert_eq!(indexes, 0);
+    }
+
+    /// Sessions named by a lowercased id (files of earlier versions) are renamed by its digest,
+    /// the name `StepMessage::session_id` now gives them; a run's own session keeps its name.
+    #[test]
+    fn sessions_named_by_an_id_are_renamed_by_its_digest() {
+        let dir = Dir::new();
+        let p = dir.path().join("old.db");
+        let key = "/subscriptions/s/resourcegroups/g/providers/microsoft.web/sites/a";
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            for (seq, session) in [(1, key), (2, "r-1")] {
+                c.execute(
+                    "INSERT INTO queue (seq, message_id, session_id, subscription, body, visible_at, head) VALUES (?1, ?1, ?2, 's', x'00', 0, 1)",
+                    params![seq, session],
+                )
+                .unwrap();
+            }
+        }
+        let s = SqliteStore::open(&p).unwrap();
+        let sessions: Vec<String> = s
+            .conn()
+            .prepare("SELECT session_id FROM queue ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            sessions,
+            [crate::azure::resource_id::key_digest(key), "r-1".into()]
+        );
     }
 
     #[tokio::test]

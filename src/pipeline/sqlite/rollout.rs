@@ -241,10 +241,10 @@ impl SqliteStore {
             )
             .map_err(lstorage)?;
             let untouched = "run=?1 AND outcome IS NULL AND steps=0 AND NOT EXISTS (
-                SELECT 1 FROM queue q WHERE q.session_id = targets.target_key AND q.state='active' AND q.lock_token IS NOT NULL)";
+                SELECT 1 FROM queue q WHERE q.session_id = session_of(targets.target_key) AND q.state='active' AND q.lock_token IS NOT NULL)";
             // An untouched target's session holds only its first message.
             tx.execute(
-                &format!("DELETE FROM queue WHERE state='active' AND lock_token IS NULL AND session_id IN (SELECT target_key FROM targets WHERE {untouched})"),
+                &format!("DELETE FROM queue WHERE state='active' AND lock_token IS NULL AND session_id IN (SELECT session_of(target_key) FROM targets WHERE {untouched})"),
                 params![run],
             )
             .map_err(lstorage)?;

@@ -20,7 +20,6 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::client::{key, literal, TableAuth, TableClient, TableError};
@@ -356,11 +355,7 @@ fn step_log_from_entity(mut props: Map<String, Value>) -> Result<StepLogEntry, L
 }
 
 fn step_log_partition(run: &RunId, target: &ResourceId) -> String {
-    format!(
-        "{}~{}",
-        key(run.as_str()),
-        hex::encode(Sha256::digest(target.key().as_bytes()))
-    )
+    format!("{}~{}", key(run.as_str()), target.key_digest())
 }
 
 #[async_trait]

@@ -110,6 +110,9 @@ struct BatchItem {
     user_properties: Option<BTreeMap<String, serde_json::Value>>,
 }
 
+/// The longest SessionId Service Bus takes.
+const MAX_SESSION_ID: usize = 128;
+
 fn send(fake: &ServiceBusFake, queue: &str, headers: &HeaderMap, body: Bytes) -> Response {
     let ctype = headers
         .get(header::CONTENT_TYPE)
@@ -157,6 +160,21 @@ fn send(fake: &ServiceBusFake, queue: &str, headers: &HeaderMap, body: Bytes) ->
         }
         vec![(bp, body.to_vec(), BTreeMap::new())]
     };
+    // "The session identifier. Maximum length is 128 characters." (ServiceBusMessage.SessionId,
+    // Azure SDK for .NET reference); the fake refuses a longer one as a bad request.
+    if let Some(long) = items
+        .iter()
+        .filter_map(|(bp, _, _)| bp.session_id.as_deref())
+        .find(|s| s.chars().count() > MAX_SESSION_ID)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "The SessionId '{long}' is {} characters long; the maximum is {MAX_SESSION_ID}.",
+                long.chars().count()
+            ),
+        );
+    }
     if fake.over_quota(queue, items.len()) {
         return error(
             StatusCode::FORBIDDEN,
