@@ -31,6 +31,29 @@ fn msg(id: &str, session: Option<&str>, body: &str) -> SendMessage {
     }
 }
 
+/// Service Bus takes a SessionId of at most 128 characters; a slot's step goes out under a
+/// session name that fits.
+#[tokio::test]
+async fn a_session_id_longer_than_128_characters_is_refused_and_a_slots_step_fits() {
+    let (_server, client) = start(FakeOptions::default()).await;
+    let err = client
+        .send(&msg("m1", Some(&"s".repeat(129)), "{}"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("maximum is 128"), "{err}");
+    let slot = ResourceId::parse(&format!(
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-payments-westeurope-prod/providers/Microsoft.Web/sites/app-payments-{}/slots/staging",
+        "x".repeat(40)
+    ))
+    .unwrap();
+    assert!(slot.key().len() > 128);
+    let step = StepMessage::new(RunId("r-1".into()), slot, Step::Discover, Origin::Cli);
+    StepSender::send(&client, vec![Outgoing::now(step)])
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn send_receive_complete() {
     let (server, client) = start(FakeOptions::default()).await;
