@@ -71,7 +71,7 @@ fn put_gateway(
          ON CONFLICT(run, target_key) DO UPDATE SET gateway=excluded.gateway, saved_at=excluded.saved_at
            WHERE excluded.saved_at >= gateways.saved_at AND excluded.gateway IS NOT gateways.gateway",
     )?
-    .execute(params![run, target.key(), gateway, saved_at])?;
+    .execute(params![run, target.key_digest(), gateway, saved_at])?;
     Ok(())
 }
 
@@ -83,7 +83,7 @@ fn put_saved(tx: &Connection, saved: &Saved) -> rusqlite::Result<()> {
     )?
     .execute(params![
         saved.run,
-        saved.target.key(),
+        saved.target.key_digest(),
         saved.target,
         Rfc3339(UnixMs(saved.saved_at).datetime())
     ])?;
@@ -131,7 +131,7 @@ impl SqliteStore {
                 )
                 .map_err(lstorage)?;
             for t in targets {
-                add.execute(params![run, t.key(), t, Rfc3339(at)])
+                add.execute(params![run, t.key_digest(), t, Rfc3339(at)])
                     .map_err(lstorage)?;
             }
             Ok(())
@@ -143,11 +143,12 @@ impl SqliteStore {
 /// transaction (the queue settles a delivery and records its step in one).
 pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerError> {
     let at = Rfc3339(r.at);
+    let key = r.target.key_digest();
     tx.prepare_cached(
         "INSERT INTO step_log (run, target_key, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
     )
     .and_then(|mut s| {
-        s.execute(params![r.run, r.target.key(), r.step, r.attempt, r.message_id, Detail(r.detail.as_str().into()), at, r.duration_ms as i64])
+        s.execute(params![r.run, key, r.step, r.attempt, r.message_id, Detail(r.detail.as_str().into()), at, r.duration_ms as i64])
     })
     .map_err(lstorage)?;
     // A target's outcome is final (only an operator reopens it, `reopen_target`): a step
@@ -157,7 +158,7 @@ pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerErr
         .prepare_cached(
             "UPDATE targets SET steps=steps+1, attempts=MAX(attempts, ?3) WHERE run=?1 AND target_key=?2 AND outcome IS NOT NULL",
         )
-        .and_then(|mut s| s.execute(params![r.run, r.target.key(), r.attempt]))
+        .and_then(|mut s| s.execute(params![r.run, key, r.attempt]))
         .map_err(lstorage)?;
     if ended > 0 {
         return Ok(());
@@ -167,7 +168,7 @@ pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerErr
     // The first disconnect time recorded is kept (a redelivery only observes the connection
     // gone, later), the last connect time wins (a rollback after a connect ends the downtime).
     // A target first seen here is a slot found by its site's discover: it joins the site's wave.
-    let site = r.target.site().map(|s| s.key().to_string());
+    let site = r.target.site().map(|s| s.key_digest());
     tx.prepare_cached(
         "INSERT INTO targets (run, target_key, target, outcome, current_step, steps, attempts, reason, subnet, prefix, started_at, updated_at, finished_at, disconnected_at, connected_at, wave, next_at)
          VALUES (?1,?2,?3,?4,?5,1,?6,?7,?8,?9,?10,?10,?11,?12,?13,(SELECT wave FROM targets WHERE run=?1 AND target_key=?14),?15)
@@ -181,7 +182,7 @@ pub(super) fn record_tx(tx: &Connection, r: &StepRecord) -> Result<(), LedgerErr
     )
     .and_then(|mut s| s.execute(params![
             r.run,
-            r.target.key(),
+            key,
             r.target,
             r.outcome,
             r.next,
@@ -297,7 +298,7 @@ impl SqliteStore {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT {TARGET_COLUMNS}, {from} WHERE {where_} ORDER BY target_key"
+                "SELECT {TARGET_COLUMNS}, {from} WHERE {where_} ORDER BY lower(target)"
             ))
             .map_err(lstorage)?;
         let mut rows = stmt.query(args).map_err(lstorage)?;
@@ -378,7 +379,7 @@ impl Ledger for SqliteStore {
         let fresh: bool = self
             .conn()
             .prepare_cached("SELECT EXISTS(SELECT 1 FROM temp.fresh WHERE target_key=?1)")
-            .and_then(|mut s| s.query_row(params![target.key()], |r| r.get(0)))
+            .and_then(|mut s| s.query_row(params![target.key_digest()], |r| r.get(0)))
             .map_err(lstorage)?;
         let put = |tx: &Connection| put_saved(tx, &saved).map_err(lstorage);
         if fresh {
@@ -394,7 +395,7 @@ impl Ledger for SqliteStore {
         target: &ResourceId,
     ) -> Result<Option<TargetRecord>, LedgerError> {
         Ok(self
-            .query_targets("run=?1 AND target_key=?2", &[run, &target.key()])?
+            .query_targets("run=?1 AND target_key=?2", &[run, &target.key_digest()])?
             .pop())
     }
 
@@ -409,7 +410,7 @@ impl Ledger for SqliteStore {
     ) -> Result<Vec<StepLogEntry>, LedgerError> {
         // The target's id as the run wrote it, whatever the case of `target`.
         let target = match self
-            .query_targets("run=?1 AND target_key=?2", &[run, &target.key()])?
+            .query_targets("run=?1 AND target_key=?2", &[run, &target.key_digest()])?
             .pop()
         {
             Some(t) => t.target,
@@ -419,7 +420,9 @@ impl Ledger for SqliteStore {
         let mut stmt = conn
             .prepare("SELECT id, step, attempt, message_id, detail, at, duration_ms FROM step_log WHERE run=?1 AND target_key=?2 ORDER BY id")
             .map_err(lstorage)?;
-        let mut rows = stmt.query(params![run, target.key()]).map_err(lstorage)?;
+        let mut rows = stmt
+            .query(params![run, target.key_digest()])
+            .map_err(lstorage)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(lstorage)? {
             let col = LedgerRow::new(row, "step_log", &["id"]);
@@ -447,7 +450,7 @@ impl Ledger for SqliteStore {
         self.conn()
             .query_row(
                 "SELECT EXISTS(SELECT 1 FROM step_log WHERE run=?1 AND target_key=?2 AND message_id=?3)",
-                params![run, target.key(), message_id],
+                params![run, target.key_digest(), message_id],
                 |r| r.get(0),
             )
             .map_err(lstorage)
@@ -457,7 +460,7 @@ impl Ledger for SqliteStore {
         self.conn()
             .query_row(
                 "SELECT run FROM targets WHERE target_key=?1 AND outcome IS NULL ORDER BY started_at DESC LIMIT 1",
-                params![target.key()],
+                params![target.key_digest()],
                 |r| r.get(0),
             )
             .optional()
@@ -578,7 +581,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_rows_as_earlier_versions_wrote_them() {
-        let (_d, s) = store();
+        let (d, s) = store();
         let site = "/subscriptions/S/resourceGroups/RG/providers/Microsoft.Web/sites/App";
         let key = site.to_ascii_lowercase();
         let vnet =
@@ -592,9 +595,13 @@ mod tests {
                    '2026-11-23T10:20:30Z', '2026-11-23T10:21:00.5Z', '2026-11-23T10:21:00.5Z');
                  INSERT INTO gateways VALUES ('r-7', '{key}', '{{\"name\":\"gw\",\"vnetResourceId\":\"{vnet}\"}}', 0);
                  INSERT INTO step_log (run, target_key, step, attempt, message_id, detail, at, duration_ms)
-                   VALUES ('r-7', '{key}', 'prepare-subnet', 1, 'm', 'd', '2026-11-23T10:20:31Z', 12);"
+                   VALUES ('r-7', '{key}', 'prepare-subnet', 1, 'm', 'd', '2026-11-23T10:20:31Z', 12);
+                 PRAGMA user_version=0;"
             ))
             .unwrap();
+        // Keyed by the id itself, as files before version 1: opened again, keyed by its digest.
+        drop(s);
+        let s = SqliteStore::open(&d.path().join("state.db")).unwrap();
         let runs = s.runs().await.unwrap();
         assert_eq!(runs[0].started_at.nanosecond(), 123_456_789);
         let run = RunId("r-7".into());

@@ -27,7 +27,7 @@ impl SqliteStore {
                     "UPDATE targets SET outcome=NULL, reason=NULL, finished_at=NULL, current_step=?3, updated_at=?4,
                        disconnected_at=NULL, connected_at=NULL, retries=retries+1
                      WHERE run=?1 AND target_key=?2",
-                    params![m.run, m.target.key(), m.step, now],
+                    params![m.run, m.target.key_digest(), m.step, now],
                 )
                 .map_err(lstorage)?;
             if changed != 1 {
@@ -38,7 +38,7 @@ impl SqliteStore {
             }
             tx.execute(
                 "INSERT INTO step_log (run, target_key, step, attempt, message_id, detail, at, duration_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,0)",
-                params![m.run, m.target.key(), m.step, m.attempt, m.message_id(), Detail(note.into()), now],
+                params![m.run, m.target.key_digest(), m.step, m.attempt, m.message_id(), Detail(note.into()), now],
             )
             .map_err(lstorage)?;
             Self::insert(tx, std::slice::from_ref(&message))
@@ -53,7 +53,7 @@ impl SqliteStore {
         self.conn()
             .query_row(
                 "SELECT retries FROM targets WHERE run=?1 AND target_key=?2",
-                params![message.run, message.target.key()],
+                params![message.run, message.target.key_digest()],
                 |r| r.get(0),
             )
             .map_err(lstorage)

@@ -210,7 +210,7 @@ impl SqliteStore {
             ])
             .map_err(storage)?;
             fresh
-                .execute(params![m.message.target.key()])
+                .execute(params![m.message.target.key_digest()])
                 .map_err(storage)?;
         }
         Ok(())

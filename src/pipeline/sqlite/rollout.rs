@@ -57,7 +57,7 @@ pub(super) fn insert_waves(
         wave.execute(params![run, i as u32, released])
             .map_err(lstorage)?;
         for t in targets {
-            add.execute(params![run, t.key(), t, Rfc3339(at), i as u32])
+            add.execute(params![run, t.key_digest(), t, Rfc3339(at), i as u32])
                 .map_err(lstorage)?;
         }
     }
@@ -121,7 +121,7 @@ impl SqliteStore {
     ) -> Result<Vec<ResourceId>, LedgerError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare("SELECT target FROM targets WHERE run=?1 AND wave=?2 AND steps=0 AND outcome IS NULL ORDER BY target_key")
+            .prepare("SELECT target FROM targets WHERE run=?1 AND wave=?2 AND steps=0 AND outcome IS NULL ORDER BY lower(target)")
             .map_err(lstorage)?;
         let rows = stmt
             .query_map(params![run, index], |r| r.get::<_, ResourceId>(0))
@@ -241,10 +241,10 @@ impl SqliteStore {
             )
             .map_err(lstorage)?;
             let untouched = "run=?1 AND outcome IS NULL AND steps=0 AND NOT EXISTS (
-                SELECT 1 FROM queue q WHERE q.session_id = session_of(targets.target_key) AND q.state='active' AND q.lock_token IS NOT NULL)";
+                SELECT 1 FROM queue q WHERE q.session_id = targets.target_key AND q.state='active' AND q.lock_token IS NOT NULL)";
             // An untouched target's session holds only its first message.
             tx.execute(
-                &format!("DELETE FROM queue WHERE state='active' AND lock_token IS NULL AND session_id IN (SELECT session_of(target_key) FROM targets WHERE {untouched})"),
+                &format!("DELETE FROM queue WHERE state='active' AND lock_token IS NULL AND session_id IN (SELECT target_key FROM targets WHERE {untouched})"),
                 params![run],
             )
             .map_err(lstorage)?;

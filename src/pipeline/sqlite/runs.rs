@@ -107,7 +107,7 @@ impl SqliteStore {
                  WHERE t.outcome LIKE 'rolled-back%' AND NOT EXISTS (
                    SELECT 1 FROM targets t2 JOIN runs r2 ON r2.run = t2.run
                    WHERE t2.target_key = t.target_key AND r2.started_at > r.started_at)
-                 ORDER BY t.target_key",
+                 ORDER BY lower(t.target)",
             )
             .map_err(lstorage)?;
         let rows = stmt
