@@ -326,6 +326,18 @@ impl SqliteStore {
         // rusqlite keeps 16 by default, and a statement pushed out is parsed and planned again
         // at its next use.
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
+        // A file a later version has rekeyed would look empty of targets to this one.
+        if let Ok(version) = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, u32>(0)) {
+            if version > KEYED_BY_DIGEST {
+                return Err(QueueError::storage(
+                    format!(
+                        "state file {} was written by a later vnet-migrate (format {version}; this one reads formats up to {KEYED_BY_DIGEST}): run it with that version or a later one",
+                        path.display()
+                    ),
+                    None,
+                ));
+            }
+        }
         Self::initialise(&mut conn).map_err(|e| {
             QueueError::storage(
                 format!(
@@ -949,6 +961,26 @@ mod tests {
             )
             .unwrap();
         assert_eq!(indexes, 0);
+    }
+
+    #[test]
+    fn a_file_of_a_later_format_is_refused_untouched() {
+        let dir = Dir::new();
+        let p = dir.path().join("later.db");
+        Connection::open(&p)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x); PRAGMA user_version=2;")
+            .unwrap();
+        let err = SqliteStore::open(&p).err().unwrap().to_string();
+        assert!(
+            err.contains("written by a later vnet-migrate (format 2"),
+            "{err}"
+        );
+        let tables: i64 = Connection::open(&p)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 1, "nothing created in it");
     }
 
     /// Sessions named by a lowercased id (files of earlier versions) are renamed by its digest,
