@@ -582,15 +582,6 @@ mod tests {
             Origin::Cli,
         );
         assert_eq!(m.session_id(), target().key_digest());
-        // A slot's id is longer than a SessionId may be; its session's name is not.
-        let slot = ResourceId::parse(&format!(
-            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-payments-westeurope-prod/providers/Microsoft.Web/sites/app-payments-api-{}/slots/staging",
-            "x".repeat(20)
-        ))
-        .unwrap();
-        assert!(slot.key().len() > 128);
-        let m_slot = StepMessage::new(RunId("r".into()), slot, Step::Discover, Origin::Cli);
-        assert_eq!(m_slot.session_id().len(), 64);
         let vnet = ResourceId::parse(
             "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/V",
         )
