@@ -15,6 +15,10 @@ use time::OffsetDateTime;
 
 use super::credential::check_token_endpoint;
 
+/// The longest SessionId Service Bus takes: "The session identifier. Maximum length is 128
+/// characters." (`ServiceBusMessage.SessionId`, Azure SDK for .NET reference).
+pub const MAX_SESSION_ID: usize = 128;
+
 /// Content type of a batch send.
 pub(crate) const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
 /// Token scope for Entra ID (public cloud); the caller obtains the token.

@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use super::reason::RollbackReason;
 use crate::azure::models::{KeyVaultStatus, OutboundVnetRouting};
 use crate::azure::resource_id::{Malformed, ResourceIdError, ResourceKind};
+use crate::azure::servicebus::MAX_SESSION_ID;
 use crate::azure::ResourceId;
 
 pub(crate) const MESSAGE_VERSION: u32 = 1;
@@ -420,16 +421,33 @@ impl StepMessage {
     /// (it carries the saved snapshot) goes back to its target's own session: queued behind
     /// the VNet's other cut-overs, its app would stay offline until they all finished.
     /// Preparation ahead of a wave plans in the run's session (the rollout controller's), out
-    /// of the target's, which holds only the target's own steps. A VNet's or a target's
-    /// session is named by the digest of its id (`ResourceId::key_digest`): a lowercased slot
-    /// id is longer than the 128 characters a SessionId may have.
-    pub fn session_id(&self) -> String {
+    /// of the target's, which holds only the target's own steps.
+    fn session(&self) -> Result<&ResourceId, &RunId> {
         match (self.step, &self.plan, &self.gateway) {
-            (Step::PrepareSubnet, Some(p), _) | (Step::Disconnect, Some(p), None) => {
-                p.vnet.key_digest()
-            }
-            _ if self.ahead => self.run.as_str().to_string(),
-            _ => self.target.key_digest(),
+            (Step::PrepareSubnet, Some(p), _) | (Step::Disconnect, Some(p), None) => Ok(&p.vnet),
+            _ if self.ahead => Err(&self.run),
+            _ => Ok(&self.target),
+        }
+    }
+
+    /// The Service Bus SessionId (DESIGN §3.1): the lowercased id of the session's target or
+    /// VNet, or the run id. An id longer than the 128 characters a SessionId may have (a
+    /// slot's often is) gives its digest (`ResourceId::key_digest`) instead.
+    pub fn session_id(&self) -> String {
+        match self.session() {
+            Ok(id) if id.key().len() <= MAX_SESSION_ID => id.key().to_string(),
+            Ok(id) => id.key_digest(),
+            Err(run) => run.as_str().to_string(),
+        }
+    }
+
+    /// The session as the state file names it: a target's or VNet's by the digest of its id
+    /// always, which an index entry of a 512-byte page holds whole (a lowercased id is
+    /// longer); the run's by the run id.
+    pub(crate) fn stored_session(&self) -> String {
+        match self.session() {
+            Ok(id) => id.key_digest(),
+            Err(run) => run.as_str().to_string(),
         }
     }
 }
@@ -581,7 +599,8 @@ mod tests {
             Step::PrepareSubnet,
             Origin::Cli,
         );
-        assert_eq!(m.session_id(), target().key_digest());
+        assert_eq!(m.session_id(), target().key());
+        assert_eq!(m.stored_session(), target().key_digest());
         let vnet = ResourceId::parse(
             "/subscriptions/s/resourceGroups/n/providers/Microsoft.Network/virtualNetworks/V",
         )
@@ -593,9 +612,9 @@ mod tests {
             create: true,
             required_prefix_length: Some(26),
         });
-        assert_eq!(m.session_id(), vnet.key_digest());
-        assert_eq!(m.next(Step::Disconnect).session_id(), vnet.key_digest());
-        assert_eq!(m.next(Step::Configure).session_id(), target().key_digest());
+        assert_eq!(m.session_id(), vnet.key());
+        assert_eq!(m.next(Step::Disconnect).session_id(), vnet.key());
+        assert_eq!(m.next(Step::Configure).session_id(), target().key());
         // Mid-cut-over (the gateway connection already removed): the target's own session.
         let mut resent = m.next(Step::Disconnect);
         resent.gateway = Some(GatewaySnapshot {
@@ -606,7 +625,7 @@ mod tests {
             cert_blob: None,
             routes: None,
         });
-        assert_eq!(resent.session_id(), target().key_digest());
+        assert_eq!(resent.session_id(), target().key());
     }
 
     #[test]
@@ -646,7 +665,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(prepare(target()).message_id(), prepare(other).message_id());
-        assert_eq!(prepare(target()).session_id(), vnet.key_digest());
+        assert_eq!(prepare(target()).session_id(), vnet.key());
         let mut own = prepare(target());
         own.ahead = false;
         assert_ne!(own.message_id(), prepare(target()).message_id());

@@ -180,7 +180,7 @@ impl SqliteStore {
             if accept.execute(params![id]).map_err(storage)? == 0 {
                 continue;
             }
-            let session = m.message.session_id();
+            let session = m.message.stored_session();
             let mut visible_at = UnixMs::at(m.visible_at);
             let head: Option<(i64, UnixMs, bool)> = head_of
                 .query_row(params![session], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -873,7 +873,7 @@ mod tests {
             for (m, state, count, token) in rows {
                 conn.execute(
                     "INSERT INTO queue (message_id, session_id, subscription, body, visible_at, delivery_count, lock_token, locked_until, state) VALUES (?1,?2,'s',?3,?4,?5,?6,?7,?8)",
-                    params![m.message_id(), m.session_id(), m.encode(), t, count, token, token.map(|_| UnixMs::at(now() + time::Duration::hours(1))), state],
+                    params![m.message_id(), m.stored_session(), m.encode(), t, count, token, token.map(|_| UnixMs::at(now() + time::Duration::hours(1))), state],
                 )
                 .unwrap();
             }
@@ -1104,7 +1104,7 @@ mod tests {
                 let t = UnixMs::at(now() - time::Duration::minutes(minutes));
                 conn.execute(
                     "INSERT INTO queue (message_id, session_id, subscription, body, visible_at, head) VALUES (?1,?2,'s',?3,?4,1)",
-                    params![m.message_id(), m.session_id(), m.encode(), t],
+                    params![m.message_id(), m.stored_session(), m.encode(), t],
                 )
                 .unwrap();
                 conn.execute(

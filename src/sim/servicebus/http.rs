@@ -13,7 +13,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::azure::servicebus::{rfc1123, BrokerProperties, BATCH_CONTENT_TYPE, DEAD_LETTER_QUEUE};
+use crate::azure::servicebus::{
+    rfc1123, BrokerProperties, BATCH_CONTENT_TYPE, DEAD_LETTER_QUEUE, MAX_SESSION_ID,
+};
 
 use super::broker::Settlement;
 use super::queue::{Entity, Message};
@@ -110,9 +112,6 @@ struct BatchItem {
     user_properties: Option<BTreeMap<String, serde_json::Value>>,
 }
 
-/// The longest SessionId Service Bus takes.
-const MAX_SESSION_ID: usize = 128;
-
 fn send(fake: &ServiceBusFake, queue: &str, headers: &HeaderMap, body: Bytes) -> Response {
     let ctype = headers
         .get(header::CONTENT_TYPE)
@@ -160,8 +159,7 @@ fn send(fake: &ServiceBusFake, queue: &str, headers: &HeaderMap, body: Bytes) ->
         }
         vec![(bp, body.to_vec(), BTreeMap::new())]
     };
-    // "The session identifier. Maximum length is 128 characters." (ServiceBusMessage.SessionId,
-    // Azure SDK for .NET reference); the fake refuses a longer one as a bad request.
+    // A longer SessionId than Service Bus takes is refused as a bad request.
     if let Some(long) = items
         .iter()
         .filter_map(|(bp, _, _)| bp.session_id.as_deref())
