@@ -259,7 +259,8 @@ fn main() {
     if n == 0 {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // One thread, as `vnet-migrate rehearse` runs (`cli::Command::runtime`).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
