@@ -227,8 +227,8 @@ PRAGMA temp_store=MEMORY;
 /// message rewrites its row and nothing else. The step log is appended to by every settle and
 /// read per target only to inspect one (a scan): it has no index, which on (run, target)
 /// added a page in a random place of the file to every settle (files that have it lose it).
-/// Its rows carry the target's key only (the digest of its id; the id as written is in `targets`) and the detail
-/// deflated (`columns::Detail`). A target's gateway snapshot has a table of its own: written once per cut-over, it made the
+/// Its rows carry the target's key only (the digest of its id; the id as written is in
+/// `targets`) and the detail deflated (`columns::Detail`). A target's gateway snapshot has a table of its own: written once per cut-over, it made the
 /// target's row spill into an overflow page that every later step rewrote with the row (files
 /// that kept it in `targets` have it moved, `ledger::move_gateways`).
 const SCHEMA: &str = "
@@ -984,7 +984,7 @@ mod tests {
     }
 
     /// Sessions named by a lowercased id (files of earlier versions) are renamed by its digest,
-    /// the name `StepMessage::session_id` now gives them; a run's own session keeps its name.
+    /// the name `StepMessage::stored_session` gives them; a run's own session keeps its name.
     #[test]
     fn sessions_named_by_an_id_are_renamed_by_its_digest() {
         let dir = Dir::new();
