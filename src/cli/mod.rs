@@ -90,9 +90,7 @@ impl Command {
             | Command::Package(_) => None,
         }
     }
-}
 
-impl Command {
     /// The servers, which answer requests other processes send at their own pace, run on a
     /// worker per core. A command runs on one thread: its work is waiting on ARM (and, in a
     /// rehearsal, the simulator in the same process answering), and handing each wake-up

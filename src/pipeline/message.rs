@@ -422,11 +422,13 @@ impl StepMessage {
     /// the VNet's other cut-overs, its app would stay offline until they all finished.
     /// Preparation ahead of a wave plans in the run's session (the rollout controller's), out
     /// of the target's, which holds only the target's own steps.
-    fn session(&self) -> Result<&ResourceId, &RunId> {
+    fn session(&self) -> Session<'_> {
         match (self.step, &self.plan, &self.gateway) {
-            (Step::PrepareSubnet, Some(p), _) | (Step::Disconnect, Some(p), None) => Ok(&p.vnet),
-            _ if self.ahead => Err(&self.run),
-            _ => Ok(&self.target),
+            (Step::PrepareSubnet, Some(p), _) | (Step::Disconnect, Some(p), None) => {
+                Session::Of(&p.vnet)
+            }
+            _ if self.ahead => Session::Run(&self.run),
+            _ => Session::Of(&self.target),
         }
     }
 
@@ -435,9 +437,9 @@ impl StepMessage {
     /// slot's often is) gives its digest (`ResourceId::key_digest`) instead.
     pub fn session_id(&self) -> String {
         match self.session() {
-            Ok(id) if id.key().len() <= MAX_SESSION_ID => id.key().to_string(),
-            Ok(id) => id.key_digest(),
-            Err(run) => run.as_str().to_string(),
+            Session::Of(id) if id.key().len() <= MAX_SESSION_ID => id.key().to_string(),
+            Session::Of(id) => id.key_digest(),
+            Session::Run(run) => run.as_str().to_string(),
         }
     }
 
@@ -446,10 +448,16 @@ impl StepMessage {
     /// longer); the run's by the run id.
     pub(crate) fn stored_session(&self) -> String {
         match self.session() {
-            Ok(id) => id.key_digest(),
-            Err(run) => run.as_str().to_string(),
+            Session::Of(id) => id.key_digest(),
+            Session::Run(run) => run.as_str().to_string(),
         }
     }
+}
+
+/// Whose messages a session holds, one at a time: a target's or a VNet's, or the run's own.
+enum Session<'a> {
+    Of(&'a ResourceId),
+    Run(&'a RunId),
 }
 
 #[cfg(test)]
