@@ -339,11 +339,14 @@ impl SqliteStore {
             }
         }
         Self::initialise(&mut conn).map_err(|e| {
+            // Upgrading a file writes to it, and waits for a process that is writing it.
+            let what = if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+                "is being written by another process (a run of an earlier version?); open it again once that has stopped"
+            } else {
+                "is not a vnet-migrate state file"
+            };
             QueueError::storage(
-                format!(
-                    "state file {} is not a vnet-migrate state file",
-                    path.display()
-                ),
+                format!("state file {} {what}", path.display()),
                 Some(Box::new(e)),
             )
         })?;
@@ -961,6 +964,23 @@ mod tests {
             )
             .unwrap();
         assert_eq!(indexes, 0);
+    }
+
+    /// A file of format 0 that another process is writing cannot be upgraded yet: said so, not
+    /// called a foreign file.
+    #[test]
+    fn a_file_being_written_elsewhere_is_not_upgraded_under_it() {
+        let dir = Dir::new();
+        let p = dir.path().join("busy.db");
+        let writer = Connection::open(&p).unwrap();
+        writer.execute_batch(PRAGMAS).unwrap();
+        writer.execute_batch(SCHEMA).unwrap();
+        // Holds the write lock as a running process would.
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let err = SqliteStore::open(&p).err().unwrap().to_string();
+        assert!(err.contains("is being written by another process"), "{err}");
+        writer.execute_batch("ROLLBACK").unwrap();
+        SqliteStore::open(&p).unwrap();
     }
 
     #[test]
