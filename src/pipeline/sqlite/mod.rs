@@ -943,17 +943,20 @@ mod tests {
         );
     }
 
+    /// A file as another version left it: `sql` run on a new file, in a directory of its own.
+    fn file_written_by(sql: &str) -> (Dir, std::path::PathBuf) {
+        let dir = Dir::new();
+        let p = dir.path().join("other.db");
+        Connection::open(&p).unwrap().execute_batch(sql).unwrap();
+        (dir, p)
+    }
+
     /// Settles write no index page of the step log: a file that has the old index loses it.
     #[test]
     fn the_step_log_of_an_older_file_loses_its_index() {
-        let dir = Dir::new();
-        let p = dir.path().join("old.db");
-        {
-            let c = Connection::open(&p).unwrap();
-            c.execute_batch(SCHEMA).unwrap();
-            c.execute_batch("CREATE INDEX step_log_target ON step_log(run, target_key)")
-                .unwrap();
-        }
+        let (_dir, p) = file_written_by(&format!(
+            "{SCHEMA}; CREATE INDEX step_log_target ON step_log(run, target_key);"
+        ));
         let s = SqliteStore::open(&p).unwrap();
         let indexes: i64 = s
             .conn()
@@ -985,12 +988,7 @@ mod tests {
 
     #[test]
     fn a_file_of_a_later_format_is_refused_untouched() {
-        let dir = Dir::new();
-        let p = dir.path().join("later.db");
-        Connection::open(&p)
-            .unwrap()
-            .execute_batch("CREATE TABLE t (x); PRAGMA user_version=2;")
-            .unwrap();
+        let (_dir, p) = file_written_by("CREATE TABLE t (x); PRAGMA user_version=2;");
         let err = SqliteStore::open(&p).err().unwrap().to_string();
         assert!(
             err.contains("written by a later vnet-migrate (format 2"),
@@ -1007,20 +1005,11 @@ mod tests {
     /// the name `StepMessage::stored_session` gives them; a run's own session keeps its name.
     #[test]
     fn sessions_named_by_an_id_are_renamed_by_its_digest() {
-        let dir = Dir::new();
-        let p = dir.path().join("old.db");
         let key = "/subscriptions/s/resourcegroups/g/providers/microsoft.web/sites/a";
-        {
-            let c = Connection::open(&p).unwrap();
-            c.execute_batch(SCHEMA).unwrap();
-            for (seq, session) in [(1, key), (2, "r-1")] {
-                c.execute(
-                    "INSERT INTO queue (seq, message_id, session_id, subscription, body, visible_at, head) VALUES (?1, ?1, ?2, 's', x'00', 0, 1)",
-                    params![seq, session],
-                )
-                .unwrap();
-            }
-        }
+        let (_dir, p) = file_written_by(&format!(
+            "{SCHEMA}; INSERT INTO queue (seq, message_id, session_id, subscription, body, visible_at, head)
+             VALUES (1, 'm1', '{key}', 's', x'00', 0, 1), (2, 'm2', 'r-1', 's', x'00', 0, 1);"
+        ));
         let s = SqliteStore::open(&p).unwrap();
         let sessions: Vec<String> = s
             .conn()
