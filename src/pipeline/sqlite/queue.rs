@@ -566,6 +566,19 @@ mod tests {
             .is_some());
     }
 
+    /// A full unit holds back its own messages only: not those of a unit whose key it is a
+    /// part of.
+    #[tokio::test]
+    async fn a_full_unit_holds_back_only_its_own_whole_key() {
+        let (_d, s) = store();
+        s.send(vec![Outgoing::now(msg_in("s1", "a", Step::Verify))])
+            .await
+            .unwrap();
+        assert!(s.receive(now(), LEASE, &["s1"]).unwrap().is_none());
+        let d = s.receive(now(), LEASE, &["s", "1", "s1x"]).unwrap();
+        assert_eq!(d.unwrap().subscription, "s1");
+    }
+
     #[tokio::test]
     async fn expired_lease_redelivers_and_counts_deliveries_then_dead_letters() {
         let (_d, mut s) = store();
