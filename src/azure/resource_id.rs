@@ -137,29 +137,64 @@ impl ResourceKind {
 
     /// The kind of a resource type below a provider (`Microsoft.Web/sites/slots`).
     fn of_resource_type(ty: &str) -> ResourceKind {
-        let lower = ty.to_ascii_lowercase();
-        let mut parts = lower.split('/');
+        let mut parts = ty.split('/');
         let provider = parts.next().unwrap_or_default();
-        let types: Vec<&str> = parts.collect();
-        match (provider, types.as_slice()) {
-            ("microsoft.web", ["sites"]) => ResourceKind::Site,
-            ("microsoft.web", ["sites", "slots"]) => ResourceKind::Slot,
-            ("microsoft.web", ["serverfarms"]) => ResourceKind::ServerFarm,
-            ("microsoft.web", ["sites", "virtualnetworkconnections"])
-            | ("microsoft.web", ["sites", "slots", "virtualnetworkconnections"]) => {
-                ResourceKind::SiteVnetConnection
+        ResourceKind::of_provider_types(provider, parts)
+    }
+
+    /// The kind of a provider's nested `types` (case-insensitive), without building the type.
+    fn of_provider_types<'a>(provider: &str, types: impl Iterator<Item = &'a str>) -> ResourceKind {
+        const KINDS: &[(&str, &[&str], ResourceKind)] = &[
+            ("microsoft.web", &["sites"], ResourceKind::Site),
+            ("microsoft.web", &["sites", "slots"], ResourceKind::Slot),
+            ("microsoft.web", &["serverfarms"], ResourceKind::ServerFarm),
+            (
+                "microsoft.web",
+                &["sites", "virtualnetworkconnections"],
+                ResourceKind::SiteVnetConnection,
+            ),
+            (
+                "microsoft.web",
+                &["sites", "slots", "virtualnetworkconnections"],
+                ResourceKind::SiteVnetConnection,
+            ),
+            ("microsoft.network", &["virtualnetworks"], ResourceKind::VirtualNetwork),
+            ("microsoft.network", &["virtualnetworks", "subnets"], ResourceKind::Subnet),
+            (
+                "microsoft.network",
+                &["virtualnetworks", "virtualnetworkpeerings"],
+                ResourceKind::Peering,
+            ),
+            (
+                "microsoft.classicnetwork",
+                &["virtualnetworks"],
+                ResourceKind::ClassicVirtualNetwork,
+            ),
+            (
+                "microsoft.insights",
+                &["autoscalesettings"],
+                ResourceKind::AutoscaleSetting,
+            ),
+        ];
+        // No kind above nests more than three types deep.
+        let mut found = [""; 4];
+        let mut n = 0;
+        for t in types {
+            if n == found.len() {
+                return ResourceKind::Other;
             }
-            ("microsoft.network", ["virtualnetworks"]) => ResourceKind::VirtualNetwork,
-            ("microsoft.network", ["virtualnetworks", "subnets"]) => ResourceKind::Subnet,
-            ("microsoft.network", ["virtualnetworks", "virtualnetworkpeerings"]) => {
-                ResourceKind::Peering
-            }
-            ("microsoft.classicnetwork", ["virtualnetworks"]) => {
-                ResourceKind::ClassicVirtualNetwork
-            }
-            ("microsoft.insights", ["autoscalesettings"]) => ResourceKind::AutoscaleSetting,
-            _ => ResourceKind::Other,
+            found[n] = t;
+            n += 1;
         }
+        let found = &found[..n];
+        KINDS
+            .iter()
+            .find(|(p, ts, _)| {
+                p.eq_ignore_ascii_case(provider)
+                    && ts.len() == found.len()
+                    && ts.iter().zip(found).all(|(a, b)| a.eq_ignore_ascii_case(b))
+            })
+            .map_or(ResourceKind::Other, |(_, _, kind)| *kind)
     }
 
     /// The ARM type as a `type` property spells it (for messages).
@@ -196,6 +231,17 @@ fn one_segment(seg: &str) -> Result<(), Malformed> {
 fn check_segment(seg: &str) -> Result<(), Malformed> {
     if seg.is_empty() {
         return Err(Malformed::EmptySegment);
+    }
+    // Nearly every segment is printable ASCII: decided byte by byte, without decoding chars.
+    let bytes = seg.as_bytes();
+    let plain = |b: &u8| (b' '..0x7f).contains(b) && !matches!(b, b'%' | b'?' | b'#' | b'\\');
+    if bytes.iter().all(plain)
+        && bytes[0] != b' '
+        && bytes[bytes.len() - 1] != b' '
+        && seg != "."
+        && seg != ".."
+    {
+        return Ok(());
     }
     if seg == "." || seg == ".." {
         return Err(Malformed::DotSegment(seg.to_string()));
@@ -381,8 +427,8 @@ impl ResourceId {
     }
 
     pub fn kind(&self) -> ResourceKind {
-        match self.resource_type() {
-            Some(t) => ResourceKind::of_resource_type(&t),
+        match self.provider() {
+            Some(p) => ResourceKind::of_provider_types(p, self.segments().map(|(ty, _)| ty)),
             None if self.resource_group.is_some() => ResourceKind::ResourceGroup,
             None => ResourceKind::Subscription,
         }
@@ -392,26 +438,44 @@ impl ResourceId {
     /// subscription; `None` for a subscription.
     pub fn parent(&self) -> Option<ResourceId> {
         let segments = self.segments().count();
-        if segments > 1 {
-            let cut = self.raw().len()
+        let cut = if segments > 1 {
+            self.raw().len()
                 - self
                     .last_segment()
                     .map(|(t, n)| t.len() + n.len() + 2)
-                    .unwrap_or(0);
-            return Some(Self::parse(&self.raw()[..cut]).expect("prefix of a valid id"));
-        }
-        let scope = if segments == 0 {
-            // A resource group's parent is its subscription; a subscription has none.
-            self.resource_group()?;
-            Self::subscription_id(self.subscription())
-        } else {
-            match self.resource_group() {
-                Some(rg) => Self::resource_group_id(self.subscription(), rg),
-                None => Self::subscription_id(self.subscription()),
+                    .unwrap_or(0)
+        } else if segments == 1 {
+            match self.resource_group {
+                Some((_, end)) => end as usize,
+                None => self.subscription.1 as usize,
             }
+        } else {
+            // A resource group's parent is its subscription; a subscription has none.
+            self.resource_group?;
+            self.subscription.1 as usize
         };
-        // Its segments were valid in `self`, so the scope's id is.
-        Some(scope.expect("scope of a valid id"))
+        Some(self.prefix(cut))
+    }
+
+    /// The id made of the first `cut` bytes of this one, `cut` being where one of its parts
+    /// ends: its parts were checked when this id was parsed, so they are only cut, not parsed.
+    fn prefix(&self, cut: usize) -> ResourceId {
+        let mut text = String::with_capacity(2 * cut);
+        text.push_str(&self.raw()[..cut]);
+        text.push_str(&self.key()[..cut]);
+        let ends_within = |s: &Span| s.1 as usize <= cut;
+        let provider = self.provider.filter(|_| cut > self.segments_at as usize);
+        ResourceId {
+            text: text.into(),
+            subscription: self.subscription,
+            resource_group: self.resource_group.filter(ends_within),
+            provider,
+            segments_at: if provider.is_some() {
+                self.segments_at
+            } else {
+                cut as u32
+            },
+        }
     }
 
     /// A child resource: `self/{type}/{name}`. Only valid below a resource, not a scope; `ty`
@@ -911,6 +975,38 @@ mod tests {
         "[A-Za-z0-9][A-Za-z0-9._-]{0,11}"
     }
 
+    /// Every part of an id as parsing finds it, to compare ids beyond their text.
+    fn parts(id: &ResourceId) -> (String, String, Option<String>, Option<String>, String) {
+        (
+            id.key().to_string(),
+            id.subscription().to_string(),
+            id.resource_group().map(str::to_string),
+            id.provider().map(str::to_string),
+            id.segments_text().to_string(),
+        )
+    }
+
+    /// `parent` cuts the id rather than parsing the cut text: the same id, part for part.
+    #[test]
+    fn a_parent_is_what_parsing_its_text_gives() {
+        for id in [
+            "/subscriptions/S/resourceGroups/R/providers/Microsoft.Web/sites/A/slots/B/virtualNetworkConnections/V",
+            "/subscriptions/S/resourceGroups/R/providers/Microsoft.Web/sites/A/slots/B",
+            "/subscriptions/S/resourceGroups/R/providers/Microsoft.Web/sites/A",
+            "/subscriptions/S/providers/Microsoft.Insights/autoscaleSettings/X",
+            "/subscriptions/S/resourceGroups/R",
+        ] {
+            let mut id = ResourceId::parse(id).unwrap();
+            while let Some(parent) = id.parent() {
+                let parsed = ResourceId::parse(parent.as_str()).unwrap();
+                assert_eq!(parts(&parent), parts(&parsed), "parent of {id}");
+                assert_eq!(parent.kind(), parsed.kind());
+                id = parent;
+            }
+            assert_eq!(id.kind(), ResourceKind::Subscription);
+        }
+    }
+
     proptest! {
         #[test]
         fn round_trips(sub in seg(), rg in seg(), app in seg(), slot in proptest::option::of(seg())) {
@@ -923,6 +1019,23 @@ mod tests {
             let json = serde_json::to_string(&id).unwrap();
             let back: ResourceId = serde_json::from_str(&json).unwrap();
             prop_assert_eq!(back.as_str(), id.as_str());
+        }
+
+        /// The byte-wise check of plain segments agrees with the rules as written for chars.
+        #[test]
+        fn a_segment_is_checked_the_same_byte_by_byte(seg in "[ -~\\t\u{a0}\u{e9}\u{2028}]{0,6}") {
+            let by_chars = if seg.is_empty() {
+                Err(Malformed::EmptySegment)
+            } else if seg == "." || seg == ".." {
+                Err(Malformed::DotSegment(seg.clone()))
+            } else if let Some(ch) = seg.chars().find(|c| matches!(c, '%' | '?' | '#' | '\\') || c.is_control()) {
+                Err(Malformed::ForbiddenChar { segment: seg.clone(), ch })
+            } else if seg.starts_with(char::is_whitespace) || seg.ends_with(char::is_whitespace) {
+                Err(Malformed::EdgeWhitespace(seg.clone()))
+            } else {
+                Ok(())
+            };
+            prop_assert_eq!(check_segment(&seg), by_chars);
         }
 
         #[test]

@@ -24,6 +24,7 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use super::{network, web};
 use crate::azure::ResourceId;
@@ -181,6 +182,20 @@ impl Stored {
         }
     }
 
+    /// SHA-256 of the resource as stored: equal for equal content, different after any change
+    /// (a compact resource's bytes are the LZ4 of its compact text, both deterministic), and
+    /// computed without rendering the resource (a site is kilobytes of JSON).
+    fn content_digest(&self) -> [u8; 32] {
+        match self {
+            Stored::Compact(packed) => Sha256::digest(packed).into(),
+            Stored::Parsed(v) => {
+                let mut hasher = Sha256::new();
+                serde_json::to_writer(&mut hasher, v).expect("a value serializes");
+                hasher.finalize().into()
+            }
+        }
+    }
+
     pub(crate) fn is_compact(&self) -> bool {
         matches!(self, Stored::Compact(_))
     }
@@ -294,6 +309,11 @@ impl Store {
             stored.close();
         }
         Some(out)
+    }
+
+    /// `Stored::content_digest` of the resource: what an ETag derived from its content hashes.
+    pub(crate) fn content_digest(&self, id: &ResourceId) -> Option<[u8; 32]> {
+        self.resources.get(id.key()).map(Stored::content_digest)
     }
 
     pub(crate) fn contains(&self, id: &ResourceId) -> bool {

@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::regional::{apply_integration, check_connect};
 use super::routing;
@@ -17,19 +16,12 @@ use crate::sim::reply::{Ctx, Reply};
 use crate::sim::state::State;
 use crate::sim::store::merge;
 
-/// A quoted strong ETag derived from the site's content (changes with every write).
-fn site_etag(v: &Value) -> String {
-    // Hashed as it is serialized: a site is kilobytes, and its text is not needed.
-    let mut hasher = Sha256::new();
-    serde_json::to_writer(&mut hasher, v).expect("a value serializes");
-    let h = hasher.finalize();
-    format!(
-        "\"{}\"",
-        hex::encode_upper(&h[..8])
-            .chars()
-            .take(15)
-            .collect::<String>()
-    )
+/// A quoted strong ETag derived from the site's stored content (changes with every write),
+/// the same at every api-version, as a site's version is. Hashed from the stored bytes: hashing
+/// the rendered site meant serializing kilobytes of JSON once more for every answer.
+fn site_etag(st: &State, id: &ResourceId) -> String {
+    let h = st.store.content_digest(id).unwrap_or_default();
+    format!("\"{}\"", &hex::encode_upper(&h[..8])[..15])
 }
 
 /// A stored site or slot as answered at `api_version`: routing in that version's shape, and
@@ -46,16 +38,15 @@ pub(crate) fn render_site(v: Value, api_version: &str) -> Value {
     v
 }
 
-/// A site answer in the shape of the request's api-version.
-fn site_reply(status: u16, ctx: &Ctx, v: Value) -> Reply {
-    let v = render_site(v, &ctx.api_version);
-    let e = site_etag(&v);
-    Reply::new(status, v).header("ETag", e)
+/// A site answer in the shape of the request's api-version; `v` is the site as `st` holds it.
+fn site_reply(st: &State, status: u16, ctx: &Ctx, id: &ResourceId, v: Value) -> Reply {
+    let e = site_etag(st, id);
+    Reply::new(status, render_site(v, &ctx.api_version)).header("ETag", e)
 }
 
 pub(crate) fn get_site(st: &State, ctx: &Ctx, id: &ResourceId) -> Reply {
     match st.store.get(id).map(Cow::into_owned) {
-        Some(v) => site_reply(200, ctx, v),
+        Some(v) => site_reply(st, 200, ctx, id, v),
         None => Reply::not_found(id.as_str()),
     }
 }
@@ -255,7 +246,7 @@ pub(super) fn write_site(
 
 pub(crate) fn put_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Value) -> Reply {
     match write_site(st, id, body, true) {
-        Ok((site, _, _)) => site_reply(200, ctx, site),
+        Ok((site, _, _)) => site_reply(st, 200, ctx, id, site),
         Err(r) => r,
     }
 }
@@ -277,11 +268,11 @@ pub(crate) fn patch_site(st: &mut State, ctx: &Ctx, id: &ResourceId, body: &Valu
             id.subscription(),
             ctx.api_version
         );
-        return site_reply(202, ctx, site)
+        return site_reply(st, 202, ctx, id, site)
             .header("Azure-AsyncOperation", url)
             .header("Retry-After", State::retry_after(d));
     }
-    site_reply(200, ctx, site)
+    site_reply(st, 200, ctx, id, site)
 }
 
 pub(crate) fn delete_site(st: &mut State, id: &ResourceId) -> Reply {
