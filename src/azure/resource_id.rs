@@ -158,8 +158,16 @@ impl ResourceKind {
                 &["sites", "slots", "virtualnetworkconnections"],
                 ResourceKind::SiteVnetConnection,
             ),
-            ("microsoft.network", &["virtualnetworks"], ResourceKind::VirtualNetwork),
-            ("microsoft.network", &["virtualnetworks", "subnets"], ResourceKind::Subnet),
+            (
+                "microsoft.network",
+                &["virtualnetworks"],
+                ResourceKind::VirtualNetwork,
+            ),
+            (
+                "microsoft.network",
+                &["virtualnetworks", "subnets"],
+                ResourceKind::Subnet,
+            ),
             (
                 "microsoft.network",
                 &["virtualnetworks", "virtualnetworkpeerings"],

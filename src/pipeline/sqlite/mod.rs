@@ -285,6 +285,14 @@ CREATE TABLE IF NOT EXISTS rollout_control (run TEXT PRIMARY KEY, control TEXT N
 /// digest of the id (`ResourceId::key_digest`, in SQL `key_digest(key)`).
 const KEYED_BY_DIGEST: u32 = 1;
 
+/// The `user_version` of files that may hold bodies and details stored as LZ4
+/// (`columns::Body`): a version that knows only deflated ones would dead-letter every such
+/// message, so it must refuse the file. Bodies a file of format 1 holds are read as they are.
+const LZ4_BODIES: u32 = 2;
+
+/// The format this version writes, and the latest it reads.
+const FORMAT: u32 = LZ4_BODIES;
+
 /// Turns the ids of a version-0 file into their digests, one to one: a session's head stays its
 /// head, a target's rows stay together. A key is a lowercased id, so it starts with '/'; a
 /// run's own session keeps its name. A lowercased id (~130 bytes, most of it a prefix shared
@@ -328,10 +336,10 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(STATEMENTS);
         // A file a later version has rekeyed would look empty of targets to this one.
         if let Ok(version) = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, u32>(0)) {
-            if version > KEYED_BY_DIGEST {
+            if version > FORMAT {
                 return Err(QueueError::storage(
                     format!(
-                        "state file {} was written by a later vnet-migrate (format {version}; this one reads formats up to {KEYED_BY_DIGEST}): run it with that version or a later one",
+                        "state file {} was written by a later vnet-migrate (format {version}; this one reads formats up to {FORMAT}): run it with that version or a later one",
                         path.display()
                     ),
                     None,
@@ -459,7 +467,9 @@ impl SqliteStore {
         let version: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version < KEYED_BY_DIGEST {
             tx.execute_batch(DIGEST_KEYS)?;
-            tx.pragma_update(None, "user_version", KEYED_BY_DIGEST)?;
+        }
+        if version < FORMAT {
+            tx.pragma_update(None, "user_version", FORMAT)?;
         }
         tx.commit()?;
         // The targets a message was queued for in the open batch (`save_gateway`): this
@@ -988,10 +998,10 @@ mod tests {
 
     #[test]
     fn a_file_of_a_later_format_is_refused_untouched() {
-        let (_dir, p) = file_written_by("CREATE TABLE t (x); PRAGMA user_version=2;");
+        let (_dir, p) = file_written_by("CREATE TABLE t (x); PRAGMA user_version=3;");
         let err = SqliteStore::open(&p).err().unwrap().to_string();
         assert!(
-            err.contains("written by a later vnet-migrate (format 2"),
+            err.contains("written by a later vnet-migrate (format 3"),
             "{err}"
         );
         let tables: i64 = Connection::open(&p)
