@@ -372,7 +372,7 @@ fn cause(e: &rusqlite::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use rusqlite::{params, Connection};
     use time::macros::datetime;
 
@@ -440,7 +440,7 @@ mod tests {
     }
 
     /// A body as format 1 stored it: deflated against the dictionary.
-    fn deflated(json: &[u8]) -> Vec<u8> {
+    pub(in crate::pipeline::sqlite) fn deflated(json: &[u8]) -> Vec<u8> {
         use flate2::{Compress, Compression, FlushCompress};
         let mut c = Compress::new(Compression::default(), false);
         c.set_dictionary(BODY_DICTIONARY).unwrap();

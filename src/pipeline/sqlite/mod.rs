@@ -228,9 +228,10 @@ PRAGMA temp_store=MEMORY;
 /// read per target only to inspect one (a scan): it has no index, which on (run, target)
 /// added a page in a random place of the file to every settle (files that have it lose it).
 /// Its rows carry the target's key only (the digest of its id; the id as written is in
-/// `targets`) and the detail deflated (`columns::Detail`). A target's gateway snapshot has a table of its own: written once per cut-over, it made the
-/// target's row spill into an overflow page that every later step rewrote with the row (files
-/// that kept it in `targets` have it moved, `ledger::move_gateways`).
+/// `targets`) and the detail compressed (`columns::Detail`). A target's gateway snapshot has a
+/// table of its own: written once per cut-over, it made the target's row spill into an
+/// overflow page that every later step rewrote with the row (files that kept it in `targets`
+/// have it moved, `ledger::move_gateways`).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
   seq INTEGER PRIMARY KEY,
@@ -1033,6 +1034,41 @@ mod tests {
             sessions,
             [crate::azure::resource_id::key_digest(key), "r-1".into()]
         );
+    }
+
+    /// A file of format 1 is marked format 2 when opened, and the messages it holds, their
+    /// bodies deflated, are delivered as they were sent.
+    #[tokio::test]
+    async fn a_format_1_file_opens_as_format_2_and_its_deflated_bodies_are_read() {
+        use rusqlite::types::{FromSql, ValueRef};
+        let (dir, s) = store();
+        let sent = msg("a", Step::Discover);
+        s.send(vec![Outgoing::now(sent.clone())]).await.unwrap();
+        drop(s);
+        let p = dir.path().join("state.db");
+        {
+            let c = Connection::open(&p).unwrap();
+            let stored: Vec<u8> = c
+                .query_row("SELECT body FROM queue", [], |r| r.get(0))
+                .unwrap();
+            let json = columns::Body::column_result(ValueRef::Blob(&stored))
+                .unwrap()
+                .0;
+            c.execute(
+                "UPDATE queue SET body=?1",
+                [columns::tests::deflated(&json)],
+            )
+            .unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let s = SqliteStore::open(&p).unwrap();
+        let version: u32 = s
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, FORMAT);
+        let d = s.receive(now(), LEASE, &[]).unwrap().unwrap();
+        assert_eq!(StepMessage::decode(&d.body).unwrap(), sent);
     }
 
     #[tokio::test]
