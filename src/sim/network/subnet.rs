@@ -75,13 +75,18 @@ pub(crate) fn find_subnet<'a>(
     subnet: &ResourceId,
 ) -> Option<(Cow<'a, Value>, Value)> {
     let vnet = store.get(&subnet.vnet()?)?;
+    let name = subnet.name();
+    // A hub VNet holds hundreds of subnets: a subnet's `name` is found among its few fields
+    // by comparing them in order, not by hashing "name" once per subnet (the object's map).
+    let named = |s: &&Value| {
+        s.as_object()
+            .and_then(|o| o.iter().find(|(k, _)| k.as_str() == "name"))
+            .and_then(|(_, n)| n.as_str())
+            .is_some_and(|n| n.eq_ignore_ascii_case(name))
+    };
     let s = arr(&vnet, &["properties", "subnets"])
         .iter()
-        .find(|s| {
-            s["name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(subnet.name()))
-        })?
+        .find(named)?
         .clone();
     Some((vnet, s))
 }
