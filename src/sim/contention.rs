@@ -315,19 +315,26 @@ pub(super) fn hold(st: &mut State, claim: &Claim, until: Instant, awaited: bool)
     }
 }
 
+/// The operation running on `vnet` (a VNet or a VPN gateway), if any: while there is none, a
+/// GET shows the resource as stored (`render_network` changes nothing).
+pub(super) fn running_on<'a>(st: &'a State, vnet: &ResourceId) -> Option<&'a Hold> {
+    st.vnet_busy
+        .get(vnet.key())
+        .filter(|h| h.until > Instant::now())
+}
+
 /// `provisioningState` of a Network resource as a GET shows it: `Updating` while an operation
 /// runs on it (arm-vnet reference §13; Azure/azure-rest-api-specs#11143). For a VNet, also
 /// its inline subnet under the running operation.
 pub(super) fn render_network(st: &State, id: &ResourceId, mut v: Value) -> Value {
-    let now = Instant::now();
-    let (vnet, subnet) = match id.kind() {
+    let (hold, subnet) = match id.kind() {
         ResourceKind::Subnet => match id.vnet() {
-            Some(vnet) => (vnet, Some(id.clone())),
+            Some(vnet) => (running_on(st, &vnet), Some(id.clone())),
             None => return v,
         },
-        _ => (id.clone(), None),
+        _ => (running_on(st, id), None),
     };
-    let Some(hold) = st.vnet_busy.get(vnet.key()).filter(|h| h.until > now) else {
+    let Some(hold) = hold else {
         return v;
     };
     let updating = |v: &mut Value| {

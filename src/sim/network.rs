@@ -21,10 +21,10 @@ pub(crate) use subnet::{
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 
-use super::contention::render_network;
+use super::contention::{render_network, running_on};
 use super::reply::{Ctx, Reply};
 use super::state::State;
-use crate::azure::ResourceId;
+use crate::azure::{ResourceId, ResourceKind};
 use subnet::{arr, ip_configurations, subnets_of, with_subnet};
 use validate::{
     address_space, bad, normalize_subnet, parse_net, validate_delegation_count, validate_ranges,
@@ -98,19 +98,27 @@ pub(crate) fn get_subnet(st: &State, id: &ResourceId) -> Reply {
     }
 }
 
-/// GET of a VNet or a VPN gateway: `Updating` while an operation runs on it.
+/// GET of a VNet or a VPN gateway: `Updating` while an operation runs on it; otherwise a
+/// VNet as stored, serialized from the store's value.
 pub(crate) fn get_network_resource(st: &State, id: &ResourceId) -> Reply {
-    match st.store.get(id).map(Cow::into_owned) {
-        Some(v) => etagged(render_network(st, id, v)),
-        None => Reply::not_found(id.as_str()),
+    let Some(v) = st.store.get(id) else {
+        return Reply::not_found(id.as_str());
+    };
+    if id.kind() == ResourceKind::VirtualNetwork && running_on(st, id).is_none() {
+        return with_etag(&v, Reply::stored(&v));
     }
+    etagged(render_network(st, id, v.into_owned()))
 }
 
 /// Network GETs carry the body's etag as the `ETag` header too.
 fn etagged(v: Value) -> Reply {
-    let etag = v["etag"].as_str().map(String::from);
-    let r = Reply::ok(v);
-    match etag {
+    let r = with_etag(&v, Reply::empty(200));
+    Reply { body: Some(v), ..r }
+}
+
+/// `r` with the `ETag` header of the resource `v`, if it has one.
+fn with_etag(v: &Value, r: Reply) -> Reply {
+    match v["etag"].as_str() {
         Some(e) => r.header("ETag", e),
         None => r,
     }

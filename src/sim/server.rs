@@ -330,7 +330,13 @@ fn into_response(reply: Reply, verdict: Option<Verdict>, reset: bool) -> Respons
             put("content-type", "application/json; charset=utf-8");
             Body::from(serde_json::to_vec(b).expect("a value serializes"))
         }
-        (None, false) => Body::empty(),
+        (None, false) => match &reply.text {
+            Some(text) => {
+                put("content-type", "application/json; charset=utf-8");
+                Body::from(text.clone())
+            }
+            None => Body::empty(),
+        },
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
