@@ -8,7 +8,7 @@ pub(crate) struct Reply {
     /// `None` = empty body (e.g. swift DELETE), or the body is `text`.
     pub(crate) body: Option<Value>,
     /// A JSON body already serialized: a large resource answered as stored (`Reply::stored`).
-    pub(crate) text: Option<Vec<u8>>,
+    pub(crate) text: Option<Box<[u8]>>,
     pub(crate) headers: Vec<(String, String)>,
 }
 
@@ -29,7 +29,7 @@ impl Reply {
         Self {
             status: 200,
             body: None,
-            text: Some(serde_json::to_vec(v).expect("a value serializes")),
+            text: Some(serde_json::to_vec(v).expect("a value serializes").into()),
             headers: Vec::new(),
         }
     }

@@ -330,10 +330,10 @@ fn into_response(reply: Reply, verdict: Option<Verdict>, reset: bool) -> Respons
             put("content-type", "application/json; charset=utf-8");
             Body::from(serde_json::to_vec(b).expect("a value serializes"))
         }
-        (None, false) => match &reply.text {
+        (None, false) => match reply.text {
             Some(text) => {
                 put("content-type", "application/json; charset=utf-8");
-                Body::from(text.clone())
+                Body::from(Vec::from(text))
             }
             None => Body::empty(),
         },
