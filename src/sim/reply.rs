@@ -23,8 +23,8 @@ impl Reply {
     }
 
     /// 200 with `v` serialized as it is, without a copy of it: a hub VNet holds every
-    /// integration subnet, so a copy per GET grew with the fleet (10,000 targets: 4.7 % of
-    /// a rehearsal's samples in that GET, most of it the copy).
+    /// integration subnet, so a copy per GET grew with the fleet (10,000 targets: the GET took
+    /// 4.7 % of a rehearsal's samples with the copy, 3.9 % without, its serialization).
     pub(crate) fn stored(v: &Value) -> Self {
         Self {
             status: 200,
