@@ -821,7 +821,27 @@ async fn site_connect_validations_and_derived_state() {
     // success: derived SAL, connection entry, vnetName
     let r = patch("a2", Some(subnet("web"))).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.headers.get("etag").is_some());
+    // The ETag is the site's version: a GET at any api-version shows the one the write
+    // answered with, and the next write changes it.
+    let etag = r.headers.get("etag").expect("an ETag").clone();
+    for version in ["2024-11-01", "2022-03-01"] {
+        let url = format!(
+            "{}{}?api-version={version}",
+            server.url(),
+            web("sites", "a2")
+        );
+        let g = call(&c, "GET", &url, None).await;
+        assert_eq!(g.headers.get("etag"), Some(&etag), "GET at {version}");
+    }
+    let tagged = call(
+        &c,
+        "PATCH",
+        &u(&web("sites", "a2")),
+        Some(r#"{"tags": {"team": "payments"}}"#),
+    )
+    .await;
+    assert_eq!(tagged.status, 200, "{}", tagged.body);
+    assert_ne!(tagged.headers.get("etag"), Some(&etag));
     assert_eq!(
         r.body["properties"]["virtualNetworkSubnetId"],
         subnet("web")
