@@ -60,10 +60,10 @@ impl FromSql for Rfc3339 {
 /// pages, and more of them share a page.
 ///
 /// Files of format 1 hold bodies deflated against the same dictionary (`DEFLATED`); they are
-/// still read. Deflate stored a body in a third less, but its state is reset for every body (a
+/// still read. Deflate stored that body in 322 bytes, but its state is reset for every body (a
 /// 128 KiB hash table cleared) and builds Huffman trees for a few hundred bytes: 14 µs to
-/// compress a body and 9 µs a step's detail, against 1.5 and 0.8 µs with LZ4 (500-target
-/// rehearsal, 7.5 % of the engine's CPU in deflate).
+/// compress a body and 9 µs a step's detail, against 1.5 and 0.8 µs with LZ4 (in a profile of
+/// the engine alone, 500 targets, deflate was 7.5 % of its CPU).
 ///
 /// A stored body starting with `{` is JSON an earlier version wrote, read as it is; one that
 /// does not decompress is handed on as stored, so it fails to decode and is dead-lettered like
@@ -113,7 +113,14 @@ thread_local! {
 }
 
 impl Body {
-    fn compress(json: &[u8]) -> Vec<u8> {
+    /// The stored form of `json`; refused when larger than any body is read back (`MAX_BODY`).
+    fn compress(json: &[u8]) -> rusqlite::Result<Vec<u8>> {
+        if json.len() > MAX_BODY {
+            return Err(unwritable(format!(
+                "a body of {} bytes is larger than any message ({MAX_BODY} bytes)",
+                json.len()
+            )));
+        }
         let mut out =
             Vec::with_capacity(1 + 4 + lz4_flex::block::get_maximum_output_size(json.len()));
         out.push(LZ4);
@@ -124,7 +131,7 @@ impl Body {
             lz4_flex::block::compress_into_with_dict(json, &mut out[at..], BODY_DICTIONARY)
                 .expect("room for the largest output");
         out.truncate(at + written);
-        out
+        Ok(out)
     }
 
     /// The JSON of a stored body, `None` when it is not one of the forms written.
@@ -172,7 +179,7 @@ impl Body {
 
 impl ToSql for Body {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(Body::compress(&self.0)))
+        Body::compress(&self.0).map(ToSqlOutput::from)
     }
 }
 
@@ -193,7 +200,7 @@ pub(super) struct Detail<'a>(pub std::borrow::Cow<'a, str>);
 
 impl ToSql for Detail<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(Body::compress(self.0.as_bytes())))
+        Body::compress(self.0.as_bytes()).map(ToSqlOutput::from)
     }
 }
 
@@ -505,6 +512,8 @@ pub(super) mod tests {
             Body(huge.clone())
         );
         assert_eq!(round_trip(&Body(Vec::new())).1, Body(Vec::new()));
+        // Nothing is written that would not be read back.
+        assert!(Body(vec![b' '; MAX_BODY + 1]).to_sql().is_err());
     }
 
     /// A step's detail likewise; one that does not decompress is an error, not text.
