@@ -314,29 +314,30 @@ fn into_response(reply: Reply, verdict: Option<Verdict>, reset: bool) -> Respons
         put(k, v);
     }
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = match (&reply.body, reset) {
-        (_, true) => {
-            // Half a body, then an I/O error: hyper aborts the connection mid-stream.
-            let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
-                Ok(Bytes::from_static(b"{\"id\":\"")),
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "simulated connection reset",
-                )),
-            ];
-            Body::from_stream(futures::stream::iter(chunks))
-        }
-        (Some(b), false) => {
-            put("content-type", "application/json; charset=utf-8");
-            Body::from(serde_json::to_vec(b).expect("a value serializes"))
-        }
-        (None, false) => match reply.text {
-            Some(text) => {
+    // The body as JSON text: serialized here, or already (`Reply::stored`).
+    let json = |reply: Reply| match (reply.text, reply.body) {
+        (Some(text), _) => Some(Vec::from(text)),
+        (None, Some(b)) => Some(serde_json::to_vec(&b).expect("a value serializes")),
+        (None, None) => None,
+    };
+    let body = if reset {
+        // Half a body, then an I/O error: hyper aborts the connection mid-stream.
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"{\"id\":\"")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated connection reset",
+            )),
+        ];
+        Body::from_stream(futures::stream::iter(chunks))
+    } else {
+        match json(reply) {
+            Some(json) => {
                 put("content-type", "application/json; charset=utf-8");
-                Body::from(Vec::from(text))
+                Body::from(json)
             }
             None => Body::empty(),
-        },
+        }
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
